@@ -1,0 +1,1 @@
+"""sandboxd's data plane: the baggage-routing proxy (its own issue builds it out)."""

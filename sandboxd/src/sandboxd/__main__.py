@@ -1,0 +1,103 @@
+"""`sandboxd serve` (also `python -m sandboxd serve`): run the control plane."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from sandboxd.app import create_app
+from sandboxd.core.catalog import CatalogError
+from sandboxd.core.errors import describe, one_line
+from sandboxd.settings import Settings
+
+cli = typer.Typer(
+    help="sandboxd: ephemeral per-PR sandboxes for AI agents and MCP tool servers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@cli.callback()
+def _root() -> None:
+    """sandboxd control plane."""
+
+
+@cli.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Listen address [env SANDBOXD_HOST; 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [env SANDBOXD_PORT; 7070]")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="State directory [env SANDBOXD_DATA_DIR; ~/.sandboxd]")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL [env SANDBOXD_DATABASE_URL; SQLite in the data dir]"),
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="Catalog file, sandboxd.yaml [env SANDBOXD_CATALOG]")
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Where forks run: local [env SANDBOXD_RUNTIME]")
+    ] = None,
+    start_baseline: Annotated[
+        bool | None,
+        typer.Option(
+            "--start-baseline/--no-start-baseline",
+            help="Run the catalog's baseline commands [env SANDBOXD_START_BASELINE]",
+        ),
+    ] = None,
+    reaper_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between TTL sweeps [env SANDBOXD_REAPER_INTERVAL; 10]"),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the control plane: REST API, reconciler, TTL reaper and the local runtime."""
+    given: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "catalog": catalog,
+        "runtime": runtime,
+        "start_baseline": start_baseline,
+        "reaper_interval": reaper_interval,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        app = create_app(settings)
+    except ValidationError as e:
+        _fail(f"invalid setting: {one_line(describe(e.errors()))}")
+    except CatalogError as e:
+        _fail(str(e))
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"sandboxd: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    cli(prog_name="sandboxd")
+
+
+if __name__ == "__main__":
+    main()

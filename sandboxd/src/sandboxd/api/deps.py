@@ -1,0 +1,75 @@
+"""What the API needs from the rest of the control plane, injected at startup."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from sandboxd.core.catalog import Catalog
+from sandboxd.errors import SandboxdError
+from sandboxd.metrics import Metrics
+from sandboxd.routebook import RouteBook
+from sandboxd.settings import Settings
+from sandboxd.store.repository import Store
+
+
+class Kicker(Protocol):
+    def kick(self, name: str) -> None: ...
+
+
+class LogChunkLike(Protocol):
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def next_offset(self) -> int: ...
+
+
+class LogSource(Protocol):
+    async def read_log(
+        self, name: str, service: str, *, offset: int | None, tail: int | None
+    ) -> LogChunkLike | None: ...
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: Store
+    catalog: Catalog
+    routes: RouteBook
+    metrics: Metrics
+    kicker: Kicker
+    logs: LogSource
+    reconciler_alive: Callable[[], bool]
+    token_hashes: set[str] = field(default_factory=set)
+
+
+class Unauthorized(SandboxdError):
+    code = "unauthorized"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.sandboxd
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+_bearer = HTTPBearer(auto_error=False, description="The admin token (see the README).")
+
+
+def require_token(
+    state: StateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    if hash_token(credentials.credentials) not in state.token_hashes:
+        raise Unauthorized("invalid token")

@@ -1,0 +1,66 @@
+"""The one place where errors become HTTP: JSON `{"error", "message", ...}`, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from sandboxd.api.deps import Unauthorized
+from sandboxd.core.errors import describe, one_line
+from sandboxd.errors import Conflict, InvalidRequest, NotFound, SandboxdError, Unavailable
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[SandboxdError], int] = {
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    InvalidRequest: 422,
+    Unavailable: 503,
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = {"error": code, "message": message, **extra}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _sandboxd_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SandboxdError)
+    status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 500)
+    extra = {k: v for k, v in exc.details.items() if k != "error"}
+    code = str(exc.details.get("error", exc.code))
+    return error_response(status, code, exc.message, **extra)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    problems = describe(errors)
+    return error_response(422, "invalid_request", one_line(problems), problems=problems)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal error; the server log has the details")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(SandboxdError, _sandboxd_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,214 @@
+"""`/v1/sandboxes`: create, read, change and delete sandboxes; their events and fork logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from sandboxd.api.deps import AppState, StateDep, require_token
+from sandboxd.api.schemas import ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
+from sandboxd.api.views import event_view, sandbox_view
+from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.plan import PlanError, check_forks
+from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
+from sandboxd.errors import Conflict, InvalidRequest, NotFound
+from sandboxd.store.clock import utcnow
+from sandboxd.store.repository import Event, NewSandbox
+from sandboxd.store.tables import SandboxRow
+
+router = APIRouter(
+    prefix="/v1/sandboxes", tags=["sandboxes"], dependencies=[Depends(require_token)]
+)
+NameParam = Annotated[str, Path(max_length=63, description="The sandbox's name")]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No sandbox was ever called that"}
+}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "Conflicts with the stored sandbox"}
+}
+
+
+def _view(state: AppState, row: SandboxRow) -> SandboxOut:
+    return sandbox_view(
+        row, base_url=state.settings.effective_public_url, baggage_key=state.catalog.baggage_key
+    )
+
+
+def _ttl_seconds(state: AppState, ttl: str | None) -> int:
+    seconds = state.settings.default_ttl if ttl is None else parse_duration(ttl)
+    if seconds > state.settings.max_ttl:
+        cap = format_duration(state.settings.max_ttl)
+        raise InvalidRequest(
+            f"ttl: {format_duration(seconds)} is over the cap of {cap}", error="ttl_too_long"
+        )
+    return seconds
+
+
+async def _row(state: AppState, name: str) -> SandboxRow:
+    row = await state.store.run(state.store.get, name)
+    if row is None:
+        raise NotFound(f"sandbox {name!r} not found", sandbox=name)
+    return row
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SandboxOut,
+    responses={
+        200: {"model": SandboxOut, "description": "Exists already with this spec"},
+        **ERRORS,
+        **_CONFLICT,
+    },
+)
+async def create_sandbox(
+    state: StateDep,
+    response: Response,
+    spec: Annotated[SandboxSpec, Body()],
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> SandboxOut:
+    ttl = _ttl_seconds(state, spec.ttl)
+    try:
+        check_forks(spec, state.catalog)
+    except PlanError as e:
+        raise InvalidRequest(str(e), error="unknown_service") from e
+    canonical = spec.model_copy(update={"ttl": format_duration(ttl)}).canonical()
+    request_hash = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    new = NewSandbox(
+        spec=canonical,
+        labels={**spec.labels, **agent_labels(spec.agent)},
+        ttl_seconds=ttl,
+        request_hash=request_hash,
+        idempotency_key=idempotency_key,
+    )
+    row, created = await state.store.run(state.store.create, new)
+    if created:
+        state.routes.update([row])
+        state.kicker.kick(row.name)
+    response.status_code = 201 if created else 200
+    return _view(state, row)
+
+
+def _label_filter(labels: list[str]) -> dict[str, str]:
+    wanted = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"label filter {item!r} is not k=v", error="invalid_label_filter")
+        wanted[key] = value
+    return wanted
+
+
+@router.get("", response_model=SandboxList, responses=ERRORS)
+async def list_sandboxes(
+    state: StateDep,
+    label: Annotated[list[str], Query(description="k=v; repeat to require several")] = [],  # noqa: B006
+) -> SandboxList:
+    wanted = _label_filter(label)
+    rows = await state.store.run(state.store.sandboxes)
+    matching = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted.items())]
+    return SandboxList(items=[_view(state, r) for r in matching])
+
+
+@router.get("/{name}", response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND})
+async def get_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
+    return _view(state, await _row(state, name))
+
+
+@router.patch("/{name}", response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND, **_CONFLICT})
+async def patch_sandbox(
+    state: StateDep, name: NameParam, patch: Annotated[SandboxPatch, Body()]
+) -> SandboxOut:
+    row = await _row(state, name)
+    changes, what = _changes(state, row, patch)
+    updated = await state.store.run(
+        state.store.update, name, changes=changes, event=Event("Updated", "; ".join(what))
+    )
+    if updated is None:
+        raise Conflict(f"sandbox {name!r} is {row.phase.lower()}; it cannot change", sandbox=name)
+    state.routes.update([updated])
+    state.kicker.kick(name)
+    return _view(state, updated)
+
+
+def _changes(
+    state: AppState, row: SandboxRow, patch: SandboxPatch
+) -> tuple[dict[str, Any], list[str]]:
+    spec = dict(row.spec)
+    changes: dict[str, Any] = {}
+    what = []
+    if patch.ttl is not None:
+        ttl = _ttl_seconds(state, patch.ttl)
+        changes["expires_at"] = utcnow() + timedelta(seconds=ttl)
+        what.append(f"TTL extended: expires {format_duration(ttl)} from now")
+    if patch.labels is not None:
+        labels = {
+            k: v for k, v in {**spec.get("labels", {}), **patch.labels}.items() if v is not None
+        }
+        spec["labels"] = SandboxSpec.model_validate({"name": row.name, "labels": labels}).labels
+        agent = SandboxSpec.model_validate({"name": row.name, "agent": spec.get("agent")}).agent
+        changes["labels"] = {**spec["labels"], **agent_labels(agent)}
+        what.append("labels changed")
+    if patch.faults is not None:
+        spec["faults"] = [
+            f.model_dump(mode="json", by_alias=True, exclude_none=True) for f in patch.faults
+        ]
+        what.append(f"{len(patch.faults)} faults set")
+    changes["spec"] = spec
+    return changes, what
+
+
+@router.delete(
+    "/{name}", status_code=202, response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND}
+)
+async def delete_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
+    event = Event("DeleteRequested", "deletion requested through the API")
+    row = await state.store.run(state.store.request_delete, name, event=event)
+    if row is None:
+        raise NotFound(f"sandbox {name!r} not found", sandbox=name)
+    state.routes.update([row])
+    state.kicker.kick(name)
+    return _view(state, row)
+
+
+@router.get("/{name}/events", response_model=EventList, responses={**ERRORS, **_NOT_FOUND})
+async def sandbox_events(state: StateDep, name: NameParam) -> EventList:
+    row = await _row(state, name)
+    events = await state.store.run(state.store.events, name, uid=row.uid)
+    return EventList(items=[event_view(e) for e in events])
+
+
+@router.get(
+    "/{name}/logs/{service}",
+    response_class=PlainTextResponse,
+    responses={
+        **ERRORS,
+        **_NOT_FOUND,
+        200: {"content": {"text/plain": {}}, "description": "Log bytes"},
+    },
+)
+async def fork_logs(
+    state: StateDep,
+    name: NameParam,
+    service: Annotated[str, Path(max_length=63)],
+    tail: Annotated[int | None, Query(ge=0, le=100_000)] = None,
+    offset: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    """The fork's output: the last `tail` lines (default 100), or the bytes from `offset`.
+    `Sandboxd-Log-Offset` gives the offset to ask for next (for `--follow`)."""
+    row = await _row(state, name)
+    if not any(f.get("service") == service for f in row.spec.get("forks", [])):
+        raise NotFound(f"sandbox {name!r} has no fork of {service!r}", sandbox=name)
+    chunk = await state.logs.read_log(name, service, offset=offset, tail=tail)
+    if chunk is None:
+        raise NotFound(f"no log for {name}/{service} (not started, or removed)", sandbox=name)
+    return Response(
+        chunk.data,
+        media_type="text/plain; charset=utf-8",
+        headers={"Sandboxd-Log-Offset": str(chunk.next_offset)},
+    )

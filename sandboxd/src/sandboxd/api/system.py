@@ -1,0 +1,85 @@
+"""The route table for routers, the catalog, and the health and metrics endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sandboxd.api.deps import StateDep, require_token
+from sandboxd.api.schemas import ERRORS, BaselineOut, RouteTableOut, ServiceList, ServiceOut
+from sandboxd.errors import Unavailable
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+ops = APIRouter(tags=["operations"])
+
+
+@v1.get(
+    "/routes",
+    tags=["routing"],
+    response_model=RouteTableOut,
+    responses={**ERRORS, 304: {"description": "Unchanged (If-None-Match matched)"}},
+)
+async def route_table(
+    state: StateDep,
+    if_none_match: Annotated[str | None, Header(max_length=256)] = None,
+    wait: Annotated[
+        float, Query(ge=0, le=300, description="Seconds to hold the request for a change")
+    ] = 0,
+) -> Response:
+    """The route table. With `If-None-Match` set to the current ETag and `wait` > 0 this is a
+    long poll: it answers as soon as the table changes, or 304 after `wait` seconds."""
+    table = state.routes.table
+    if if_none_match == table.etag and wait > 0:
+        table = await state.routes.wait_for_change(if_none_match, timeout=wait)
+    headers = {"ETag": table.etag, "Cache-Control": "no-cache"}
+    if if_none_match == table.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(table.body, media_type="application/json", headers=headers)
+
+
+@v1.get("/services", tags=["routing"], response_model=ServiceList, responses=ERRORS)
+async def services(state: StateDep) -> ServiceList:
+    host = state.settings.router_host
+    return ServiceList(
+        baggage_key=state.catalog.baggage_key,
+        items=[
+            ServiceOut(
+                name=s.name,
+                protocol=s.protocol,
+                router_port=s.router_port,
+                router_url=f"http://{host}:{s.router_port}" if s.router_port else None,
+                baseline=BaselineOut(url=s.baseline.url, health=s.baseline.health),
+            )
+            for s in state.catalog.services
+        ],
+    )
+
+
+@ops.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@ops.get("/readyz", responses={503: {"description": "Not ready"}})
+async def readyz(state: StateDep) -> JSONResponse:
+    """Readiness: the database answers and the reconciler is alive."""
+    problems = []
+    try:
+        await state.store.run(state.store.ping)
+    except Unavailable as e:
+        problems.append(e.message)
+    if not state.reconciler_alive():
+        problems.append("the reconciler is not running")
+    if problems:
+        return JSONResponse({"status": "unready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@ops.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,138 @@
+"""The composition root: `create_app(settings)` wires store, catalog, runtime, reconciler and API.
+
+Everything long-lived is made in the lifespan and torn down there; nothing at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from sandboxd.api import errors, sandboxes, system
+from sandboxd.api.deps import AppState, hash_token
+from sandboxd.api.middleware import BodyLimit, RequestMetrics
+from sandboxd.core.catalog import Catalog, load_catalog
+from sandboxd.core.plan import plan_baselines
+from sandboxd.metrics import Metrics
+from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
+from sandboxd.routebook import RouteBook
+from sandboxd.runtime.baseline import BaselineSupervisor
+from sandboxd.runtime.local import LocalRuntime
+from sandboxd.settings import Settings
+from sandboxd.store.engine import make_engine, migrate
+from sandboxd.store.repository import Store
+
+log = logging.getLogger(__name__)
+
+
+def admin_token(settings: Settings) -> str:
+    """The configured admin token, else the one in `<data dir>/admin-token`, made on first start."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.data_path / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.info("generated the admin token into %s", path)
+    return token
+
+
+def create_app(settings: Settings) -> FastAPI:
+    catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+    workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = make_engine(settings.effective_database_url)
+        await asyncio.to_thread(migrate, engine)
+        store = Store(engine)
+        await store.run(store.put_token, name="admin", token_hash=hash_token(admin_token(settings)))
+        routes = RouteBook(catalog=catalog)
+        kick = _Deferred()
+        runtime = LocalRuntime(
+            data_dir=settings.data_path, stop_grace=settings.stop_grace, on_change=kick
+        )
+        reconciler = Reconciler(
+            store=store,
+            runtime=runtime,
+            catalog=catalog,
+            routes=routes,
+            metrics=metrics,
+            config=ReconcilerConfig(
+                router_host=settings.router_host,
+                workdir=workdir,
+                health_timeout=settings.health_timeout,
+                sweep_interval=settings.reaper_interval,
+                workers=settings.workers,
+            ),
+        )
+        kick.target = reconciler.kick
+        baseline = BaselineSupervisor(
+            data_dir=settings.data_path,
+            plans=plan_baselines(catalog, router_host=settings.router_host, workdir=workdir),
+            stop_grace=settings.stop_grace,
+        )
+        await runtime.start()
+        if settings.start_baseline:
+            await baseline.start()
+        app.state.sandboxd = AppState(
+            settings=settings,
+            store=store,
+            catalog=catalog,
+            routes=routes,
+            metrics=metrics,
+            kicker=reconciler,
+            logs=runtime,
+            reconciler_alive=reconciler.alive,
+            token_hashes=await store.run(store.token_hashes),
+        )
+        task = asyncio.create_task(reconciler.run(), name="reconciler")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await runtime.close()
+            if settings.start_baseline:
+                await baseline.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="sandboxd",
+        version="0.1.0",
+        summary="Per-pull-request sandboxes for AI agents and their MCP tool servers.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(sandboxes.router)
+    app.include_router(system.v1)
+    app.include_router(system.ops)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+class _Deferred:
+    """The runtime's change callback, pointed at the reconciler once both exist."""
+
+    def __init__(self) -> None:
+        self.target: object = None
+
+    def __call__(self, name: str) -> None:
+        if callable(self.target):
+            self.target(name)
+
+
+__all__ = ["create_app"]

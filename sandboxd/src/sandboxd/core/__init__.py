@@ -1,0 +1,1 @@
+"""The pure core: specs, the catalog, naming, durations and the route table. No I/O here."""

@@ -1,0 +1,56 @@
+"""The route table routers fetch from `GET /v1/routes`, and its ETag.
+
+Keyed by routing key so that a router's lookup is one dict access whatever the number of
+sandboxes. A sandbox appears as soon as it exists (with the forks whose upstream is known), so a
+fork that is still starting answers 502 rather than silently falling back to the baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxd.core.catalog import Catalog
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedSandbox:
+    name: str
+    routing_key: str
+    forks: dict[str, str]  # service → upstream URL
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    body: bytes
+    etag: str
+    sandboxes: int
+
+
+def build_route_table(*, catalog: Catalog, sandboxes: Iterable[RoutedSandbox]) -> RouteTable:
+    services = [
+        {
+            "name": s.name,
+            "protocol": s.protocol,
+            "routerPort": s.router_port,
+            "baseline": s.baseline.url,
+        }
+        for s in catalog.services
+    ]
+    routes = {
+        sb.routing_key: {
+            "sandbox": sb.name,
+            "forks": dict(sorted(sb.forks.items())),
+            "faults": sb.faults,
+        }
+        for sb in sorted(sandboxes, key=lambda s: s.routing_key)
+    }
+    content = {"baggageKey": catalog.baggage_key, "services": services, "routes": routes}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    etag = hashlib.sha256(canonical).hexdigest()[:20]
+    body = json.dumps({"version": etag, **content}, separators=(",", ":")).encode()
+    return RouteTable(body=body, etag=f'"{etag}"', sandboxes=len(routes))

@@ -1,0 +1,236 @@
+"""The sandbox spec: what a client asks for (`POST /v1/sandboxes`, `sandbox up -f`).
+
+Field names are camelCase on the wire. Unknown fields are refused rather than ignored, so a typo
+such as `fork:` for `forks:` is an error and not a silently empty sandbox. Every collection has a
+size limit, because specs arrive from untrusted CI jobs.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.naming import MAX_SANDBOX_NAME, is_dns_label, is_sandbox_name
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+MAX_FORKS = 32
+MAX_FAULTS = 64
+MAX_ARGV = 64
+MAX_ENV = 128
+MAX_STRING = 4096
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def _dns_label(value: str) -> str:
+    if not is_dns_label(value):
+        raise ValueError(
+            f"{value!r} is not a DNS label (lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)"
+        )
+    return value
+
+
+def _sandbox_name(value: str) -> str:
+    if not is_sandbox_name(value):
+        raise ValueError(
+            f"{value!r} is not a valid sandbox name: a DNS label of at most {MAX_SANDBOX_NAME} "
+            "characters (lower-case letters, digits and '-', starting and ending with a letter "
+            "or digit)"
+        )
+    return value
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, item in value.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise ValueError(
+                f"label key {key!r} must be 1-63 characters of letters, digits, '.', '_', '/' "
+                "or '-', starting and ending with a letter or digit"
+            )
+        if len(item) > MAX_LABEL_VALUE or not item.isprintable():
+            raise ValueError(f"label {key!r}: value must be printable, at most 256 characters")
+    return value
+
+
+def _env(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_ENV:
+        raise ValueError(f"at most {MAX_ENV} environment variables")
+    for key, item in value.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not an environment variable name")
+        if len(item) > MAX_STRING or "\x00" in item:
+            raise ValueError(f"env {key!r}: value too long or contains NUL")
+    return value
+
+
+def _argv(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_ARGV:
+        raise ValueError(f"at most {MAX_ARGV} arguments")
+    if any(len(a) > MAX_STRING or "\x00" in a for a in value):
+        raise ValueError("an argument is too long or contains NUL")
+    return value
+
+
+def _health_path(value: str) -> str:
+    if not value.startswith("/") or len(value) > 512 or not value.isprintable() or " " in value:
+        raise ValueError(f"{value!r} is not an HTTP path (it must start with '/')")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+SandboxName = Annotated[str, AfterValidator(_sandbox_name)]
+Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Env = Annotated[dict[str, str], AfterValidator(_env)]
+Argv = Annotated[list[str], AfterValidator(_argv)]
+HealthPath = Annotated[str, AfterValidator(_health_path)]
+ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class AgentVersion(Model):
+    """The agent's composite version: what a behaviour change can be pinned to."""
+
+    prompt_version: ShortText | None = None
+    model_version: ShortText | None = None
+    tools: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
+
+
+class ForkSpec(Model):
+    """One catalog service that this sandbox runs its own copy of."""
+
+    service: DnsLabel
+    command: Argv | None = None
+    args: Annotated[list[str], Field(max_length=MAX_ARGV)] | None = None
+    env: Env = {}
+    health: HealthPath | None = None
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+
+
+class FaultKind(StrEnum):
+    LATENCY = "latency"
+    HTTP_ERROR = "http_error"
+    JSONRPC_ERROR = "jsonrpc_error"
+    TOOL_ERROR = "tool_error"
+    EMPTY_RESULT = "empty_result"
+    DROP_FIELDS = "drop_fields"
+    MALFORMED = "malformed"
+    TIMEOUT = "timeout"
+    RESET = "reset"
+    RATE_LIMIT = "rate_limit"
+    SLOW_STREAM = "slow_stream"
+
+
+class FaultSpec(Model):
+    """A fault the router injects into this sandbox's traffic only (applied in a later release)."""
+
+    service: DnsLabel
+    kind: FaultKind
+    tool: ShortText | None = None
+    path: ShortText | None = None
+    latency_ms: Annotated[int, Field(ge=0, le=600_000)] | None = None
+    status: Annotated[int, Field(ge=100, le=599)] | None = None
+    code: int | None = None
+    message: ShortText | None = None
+    fields: Annotated[list[ShortText], Field(max_length=64)] | None = None
+    retry_after: Annotated[int, Field(ge=0, le=86_400)] | None = None
+    chunk_delay_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
+    probability: Annotated[float, Field(ge=0, le=1)] = 1.0
+    nth: Annotated[int, Field(ge=1)] | None = None
+    times: Annotated[int, Field(ge=1)] | None = None
+
+
+def _ttl(value: object) -> object:
+    if value is None or not isinstance(value, str | int):
+        return value  # let the declared type report it
+    return format_duration(parse_duration(value))
+
+
+Ttl = Annotated[
+    str | None,
+    BeforeValidator(_ttl),
+    Field(description="s/m/h/d units, such as 90m or 2h; a bare number means seconds"),
+]
+
+
+class SandboxSpec(Model):
+    """A sandbox as asked for. `ttl` is normalised (`120m` → `2h`); the API fills its default."""
+
+    name: SandboxName
+    ttl: Ttl = None
+    labels: Labels = {}
+    agent: AgentVersion | None = None
+    forks: Annotated[list[ForkSpec], Field(max_length=MAX_FORKS)] = []
+    faults: Annotated[list[FaultSpec], Field(max_length=MAX_FAULTS)] = []
+
+    @field_validator("forks")
+    @classmethod
+    def _one_fork_per_service(cls, forks: list[ForkSpec]) -> list[ForkSpec]:
+        seen: set[str] = set()
+        for fork in forks:
+            if fork.service in seen:
+                raise ValueError(f"service {fork.service!r} is forked twice")
+            seen.add(fork.service)
+        return forks
+
+    @property
+    def ttl_seconds(self) -> int | None:
+        return None if self.ttl is None else parse_duration(self.ttl)
+
+    def canonical(self) -> dict[str, Any]:
+        """The comparable form: what decides 'same spec' for an idempotent create."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SandboxPatch(Model):
+    """`PATCH /v1/sandboxes/{name}`: a new TTL counted from now, label changes, new faults.
+
+    `labels` is a JSON merge patch: a key set to null is removed.
+    """
+
+    ttl: Ttl = None
+    labels: dict[str, str | None] | None = None
+    faults: Annotated[list[FaultSpec], Field(max_length=MAX_FAULTS)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SandboxPatch:
+        if self.ttl is None and self.labels is None and self.faults is None:
+            raise ValueError("nothing to change: give ttl, labels or faults")
+        return self
+
+
+def agent_labels(agent: AgentVersion | None) -> dict[str, str]:
+    """The composite version as labels, so sandboxes can be listed by prompt or model version."""
+    if agent is None:
+        return {}
+    labels: dict[str, str] = {}
+    if agent.prompt_version:
+        labels["sandboxd.dev/prompt-version"] = agent.prompt_version
+    if agent.model_version:
+        labels["sandboxd.dev/model-version"] = agent.model_version
+    for tool, version in agent.tools.items():
+        labels[f"sandboxd.dev/tool.{tool}"[:63]] = version
+    return labels

@@ -1,0 +1,209 @@
+"""The reconcile loop: workers converge one sandbox each; a sweep reaps, resyncs and collects.
+
+Level-triggered: `reconcile(name)` reads the row and what the runtime observes, and converges,
+whatever happened before; kicks (from the API, the runtime's monitor, timers) only decide when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from sandboxd.core.catalog import Catalog
+from sandboxd.core.phases import LIVE, Phase
+from sandboxd.core.plan import PlanError, plan_sandbox
+from sandboxd.core.spec import SandboxSpec
+from sandboxd.metrics import Metrics
+from sandboxd.reconciler.decide import fork_events, fork_record, verdict
+from sandboxd.reconciler.queue import WorkQueue
+from sandboxd.routebook import RouteBook
+from sandboxd.runtime.base import Runtime
+from sandboxd.store.clock import utcnow
+from sandboxd.store.repository import Event, Store
+from sandboxd.store.tables import SandboxRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilerConfig:
+    router_host: str
+    workdir: str | None
+    health_timeout: float
+    sweep_interval: float
+    workers: int
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runtime: Runtime,
+        catalog: Catalog,
+        routes: RouteBook,
+        metrics: Metrics,
+        config: ReconcilerConfig,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._catalog = catalog
+        self._routes = routes
+        self._metrics = metrics
+        self._config = config
+        self._queue = WorkQueue()
+        self.heartbeat = time.monotonic()
+
+    def kick(self, name: str) -> None:
+        """Converge `name` soon (safe from the event loop thread only)."""
+        self._queue.add(name)
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.heartbeat < max(10.0, 3 * self._config.sweep_interval)
+
+    async def run(self) -> None:
+        workers = [
+            asyncio.create_task(self._worker(), name=f"reconcile-{i}")
+            for i in range(self._config.workers)
+        ]
+        try:
+            await self._sweeper()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._queue.close()
+
+    async def _sweeper(self) -> None:
+        next_sweep = 0.0
+        while True:
+            self.heartbeat = time.monotonic()
+            if self.heartbeat >= next_sweep:
+                try:
+                    await self.sweep()
+                except Exception:
+                    log.exception("sweep failed; retrying at the next interval")
+                next_sweep = time.monotonic() + self._config.sweep_interval
+            await asyncio.sleep(min(1.0, self._config.sweep_interval))
+
+    async def sweep(self) -> None:
+        """Reap expired sandboxes, resync every known one, and collect runtime orphans."""
+        expired = await asyncio.to_thread(self._store.expire_due, now=utcnow())
+        self._metrics.expired.inc(len(expired))
+        phases = [*LIVE, Phase.TERMINATING]
+        rows = await asyncio.to_thread(self._store.sandboxes, phases=phases)
+        self._routes.reload(rows)
+        self._metrics.routes.set(self._routes.table.sandboxes)
+        for phase in Phase:
+            if phase != Phase.DELETED:
+                self._metrics.sandboxes.labels(phase.value).set(
+                    sum(1 for r in rows if r.phase == phase)
+                )
+        known = {row.name for row in rows}
+        for name in known | self._runtime.sandboxes():
+            self.kick(name)
+
+    async def _worker(self) -> None:
+        while True:
+            name = await self._queue.get()
+            try:
+                again = await self.reconcile(name)
+                self._metrics.reconciles.labels("requeue" if again else "done").inc()
+            except Exception:
+                log.exception("reconcile %s failed; retrying", name)
+                self._metrics.reconciles.labels("error").inc()
+                again = 2.0
+            finally:
+                self._queue.done(name)
+            if again is not None:
+                self._queue.add_after(name, again)
+
+    async def reconcile(self, name: str) -> float | None:
+        """Converge one sandbox; the delay before it should run again, or None."""
+        row = await asyncio.to_thread(self._store.get, name)
+        if row is not None and row.phase in LIVE and row.expires_at <= utcnow():
+            await asyncio.to_thread(self._store.expire_due, now=utcnow())
+            row = await asyncio.to_thread(self._store.get, name)
+        if row is None or row.phase == Phase.DELETED:
+            return await self._collect_orphan(name, row)
+        if row.phase == Phase.TERMINATING:
+            return await self._finish_delete(row)
+        if row.phase == Phase.FAILED:
+            return None if await self._runtime.stop(name, keep_logs=True) else 1.0
+        return await self._converge(row)
+
+    async def _converge(self, row: SandboxRow) -> float | None:
+        try:
+            plan = plan_sandbox(
+                SandboxSpec.model_validate(row.spec),
+                uid=row.uid,
+                routing_key=row.routing_key,
+                catalog=self._catalog,
+                router_host=self._config.router_host,
+                workdir=self._config.workdir,
+            )
+        except (PlanError, ValueError) as e:
+            await self._write(row, Phase.FAILED, "InvalidSpec", str(e), row.forks, [])
+            return 0.0
+        observed = await self._runtime.apply(plan)
+        result = verdict(observed, now=time.time(), health_timeout=self._config.health_timeout)
+        events = fork_events(row.forks, observed)
+        records = [fork_record(f) for f in observed]
+        await self._write(row, result.phase, result.reason, result.message, records, events)
+        if result.phase == Phase.PROVISIONING:
+            return 0.05
+        if result.phase == Phase.FAILED:
+            return 0.0  # stop its forks now, keeping their logs
+        return None
+
+    async def _finish_delete(self, row: SandboxRow) -> float | None:
+        if not await self._runtime.stop(row.name):
+            return 1.0
+        stopped = [{**f, "phase": "Stopped", "ready": False} for f in row.forks]
+        message = f"deleted ({row.reason or 'requested'})"
+        event = Event("Deleted", "all forks stopped; the sandbox is gone")
+        await self._write(row, Phase.DELETED, row.reason, message, stopped, [event])
+        return None
+
+    async def _collect_orphan(self, name: str, row: SandboxRow | None) -> float | None:
+        if name not in self._runtime.sandboxes():
+            return None
+        log.warning("stopping processes of %s, which has no live sandbox", name)
+        if not await self._runtime.stop(name):
+            return 1.0
+        if row is not None:
+            await asyncio.to_thread(
+                self._store.record, row, Event("OrphanRemoved", "stopped leftover processes")
+            )
+        return None
+
+    async def _write(
+        self,
+        row: SandboxRow,
+        phase: Phase,
+        reason: str | None,
+        message: str | None,
+        forks: list[dict[str, object]],
+        events: list[Event],
+    ) -> None:
+        if phase.value != row.phase:
+            events = [*events, Event(reason or phase.value, message or "", _event_type(phase))]
+            self._metrics.transitions.labels(phase.value).inc()
+        updated = await asyncio.to_thread(
+            self._store.set_status,
+            row.name,
+            uid=row.uid,
+            phase=phase,
+            reason=reason,
+            message=message,
+            forks=forks,
+            events=events,
+        )
+        if updated is not None:
+            self._routes.update([updated])
+
+
+def _event_type(phase: Phase) -> str:
+    return "Warning" if phase == Phase.FAILED else "Normal"

@@ -1,0 +1,81 @@
+"""The pure part of a reconcile: from observed forks to a phase, a reason and the events.
+
+Deterministic in its inputs (the time is passed in), so every rule is a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sandboxd.core.phases import Phase
+from sandboxd.runtime.base import ForkState, ForkStatus
+from sandboxd.store.repository import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    phase: Phase
+    reason: str
+    message: str
+
+
+def verdict(forks: Sequence[ForkStatus], *, now: float, health_timeout: float) -> Verdict:
+    for fork in forks:
+        if fork.state == ForkState.EXITED:
+            return Verdict(Phase.FAILED, "ForkExited", f"fork {fork.service}: {fork.message}")
+    for fork in forks:
+        started = fork.started_at if fork.started_at is not None else now
+        if fork.state == ForkState.STARTING and now - started > health_timeout:
+            return Verdict(
+                Phase.FAILED,
+                "HealthCheckTimeout",
+                f"fork {fork.service} was not healthy {health_timeout:.0f}s after it started",
+            )
+    waiting = [f.service for f in forks if f.state != ForkState.READY]
+    if waiting:
+        return Verdict(Phase.PROVISIONING, "ForksStarting", f"waiting for {', '.join(waiting)}")
+    if not forks:
+        return Verdict(Phase.READY, "NoForks", "ready: no forks, every service is the baseline")
+    return Verdict(Phase.READY, "ForksReady", f"all {len(forks)} forks are ready")
+
+
+def fork_record(fork: ForkStatus) -> dict[str, Any]:
+    """A fork's status as the API shows it (camelCase) and the store keeps it."""
+    started = None
+    if fork.started_at is not None:
+        started = datetime.fromtimestamp(fork.started_at, UTC).isoformat(timespec="milliseconds")
+        started = started.replace("+00:00", "Z")
+    return {
+        "service": fork.service,
+        "phase": fork.state.value,
+        "ready": fork.state == ForkState.READY,
+        "upstream": fork.upstream,
+        "pid": fork.pid,
+        "message": fork.message,
+        "startedAt": started,
+    }
+
+
+def fork_events(before: Sequence[dict[str, Any]], after: Sequence[ForkStatus]) -> list[Event]:
+    old = {f["service"]: f for f in before}
+    events = []
+    for fork in after:
+        prior = old.get(fork.service)
+        if prior is None or prior.get("pid") != fork.pid:
+            verb = "adopted" if fork.adopted else "started"
+            events.append(
+                Event(
+                    f"Fork{verb.title()}",
+                    f"fork {fork.service} {verb} (pid {fork.pid}, {fork.upstream})",
+                )
+            )
+            prior = None
+        was = prior.get("phase") if prior else None
+        if fork.state.value != was and fork.state == ForkState.READY:
+            events.append(Event("ForkReady", f"fork {fork.service} passed its health check"))
+        if fork.state.value != was and fork.state == ForkState.EXITED:
+            events.append(Event("ForkExited", f"fork {fork.service}: {fork.message}", "Warning"))
+    return events

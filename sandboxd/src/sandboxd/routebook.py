@@ -1,0 +1,73 @@
+"""The route table as the API serves it: kept in memory, updated per sandbox, watched.
+
+The API and the reconciler call `update` after every write that can move a route, before they
+answer, so a router's long poll is released before the client that caused the change hears back.
+A periodic `reload` from the database repairs anything another replica changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from sandboxd.core.catalog import Catalog
+from sandboxd.core.phases import LIVE
+from sandboxd.core.routes import RoutedSandbox, RouteTable, build_route_table
+from sandboxd.store.tables import SandboxRow
+
+
+def routed(row: SandboxRow) -> RoutedSandbox | None:
+    """A live sandbox routes its key (to its forks, where their upstream is known); a
+    terminating or deleted one does not route at all."""
+    if row.phase not in LIVE:
+        return None
+    forks = {f["service"]: f["upstream"] for f in row.forks if f.get("upstream")}
+    return RoutedSandbox(row.name, row.routing_key, forks, list(row.spec.get("faults", [])))
+
+
+class RouteBook:
+    def __init__(self, *, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._entries: dict[str, RoutedSandbox] = {}
+        self._table = build_route_table(catalog=catalog, sandboxes=())
+        self._changed = asyncio.Event()
+
+    @property
+    def table(self) -> RouteTable:
+        return self._table
+
+    def update(self, rows: Iterable[SandboxRow]) -> None:
+        changed = False
+        for row in rows:
+            entry = routed(row)
+            if self._entries.get(row.name) != entry:
+                changed = True
+                if entry is None:
+                    self._entries.pop(row.name, None)
+                else:
+                    self._entries[row.name] = entry
+        if changed:
+            self._publish()
+
+    def reload(self, rows: Iterable[SandboxRow]) -> None:
+        entries = {row.name: e for row in rows if (e := routed(row)) is not None}
+        if entries != self._entries:
+            self._entries = entries
+            self._publish()
+
+    async def wait_for_change(self, etag: str, *, timeout: float) -> RouteTable:
+        """The table once its ETag differs from `etag`, or the current one after `timeout`."""
+        if self._table.etag != etag:
+            return self._table
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return self._table
+
+    def _publish(self) -> None:
+        table = build_route_table(catalog=self._catalog, sandboxes=self._entries.values())
+        if table.etag != self._table.etag:
+            self._table = table
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()

@@ -1,0 +1,1 @@
+"""Runtimes: where a sandbox's forks actually run (local processes; Kubernetes later)."""

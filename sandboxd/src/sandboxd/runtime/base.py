@@ -1,0 +1,58 @@
+"""The narrow interface between the reconciler and a runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from sandboxd.core.plan import SandboxPlan
+
+
+class ForkState(StrEnum):
+    STARTING = "Starting"
+    READY = "Ready"
+    EXITED = "Exited"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class ForkStatus:
+    """What the runtime observes of one fork right now."""
+
+    service: str
+    state: ForkState
+    upstream: str | None
+    pid: int | None
+    started_at: float | None  # seconds since the epoch
+    message: str | None = None
+    adopted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    data: bytes
+    next_offset: int
+
+
+class Runtime(Protocol):
+    async def start(self) -> None:
+        """Find what an earlier run of sandboxd left (to adopt or remove)."""
+
+    async def apply(self, plan: SandboxPlan) -> list[ForkStatus]:
+        """Converge the sandbox's forks on `plan`: start what is missing, replace what differs,
+        stop what is no longer planned. Returns at once with what it observes; call again."""
+
+    async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
+        """Stop everything of sandbox `name`; True once nothing of it runs."""
+
+    def sandboxes(self) -> set[str]:
+        """Names of the sandboxes the runtime holds anything for."""
+
+    async def read_log(
+        self, name: str, service: str, *, offset: int | None, tail: int | None
+    ) -> LogChunk | None:
+        """A fork's output; None when the runtime has no log for it."""
+
+    async def close(self) -> None:
+        """Stop everything this runtime started (the server is shutting down)."""

@@ -1,0 +1,102 @@
+"""`sandboxd serve --start-baseline`: the catalog's baseline services as child processes.
+
+For demos and tests on one machine. Each runs on its catalog URL's port, is restarted if it dies,
+and is stopped on exit. Leftovers of a run that was killed are found by their owner marker and
+stopped before anything starts, so a restart never meets its own old processes on the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from sandboxd.core.plan import ProcessPlan, expand
+from sandboxd.runtime import processes
+from sandboxd.runtime.health import probe
+from sandboxd.runtime.local import HOST, OWNER, ROLE, SERVICE, clean_environ, owner_id
+
+log = logging.getLogger(__name__)
+
+
+class BaselineError(RuntimeError):
+    """A baseline service did not come up."""
+
+
+class BaselineSupervisor:
+    def __init__(self, *, data_dir: Path, plans: list[ProcessPlan], stop_grace: float) -> None:
+        self._logs = data_dir / "baseline"
+        self._owner = owner_id(data_dir)
+        self._plans = plans
+        self._grace = stop_grace
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self, *, timeout: float = 60.0) -> None:
+        for info, env in await asyncio.to_thread(processes.find_marked, OWNER, self._owner):
+            if env.get(ROLE) == "baseline":
+                log.warning("stopping baseline %s left by an earlier run", env.get(SERVICE))
+                await processes.stop_group(info.pgid, grace=self._grace)
+        for plan in self._plans:
+            self._spawn(plan)
+        await self._wait_healthy(timeout)
+        self._watcher = asyncio.create_task(self._watch(), name="baseline-watch")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await asyncio.gather(
+            *(processes.stop_group(p.pid, grace=self._grace, popen=p) for p in self._procs.values())
+        )
+
+    def _spawn(self, plan: ProcessPlan) -> None:
+        env = (
+            clean_environ()
+            | dict(plan.env)
+            | {
+                "PORT": str(plan.port),
+                OWNER: self._owner,
+                ROLE: "baseline",
+                SERVICE: plan.service,
+            }
+        )
+        log_path = self._logs / f"{plan.service}.log"
+        try:
+            popen = processes.spawn(expand(plan.argv, env), env=env, cwd=plan.workdir, log=log_path)
+        except OSError as e:
+            raise BaselineError(f"baseline {plan.service}: cannot start: {e}") from e
+        self._procs[plan.service] = popen
+        log.info("baseline %s started (pid %d, port %s)", plan.service, popen.pid, plan.port)
+
+    async def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {p.service: p for p in self._plans}
+        while pending:
+            for name, plan in list(pending.items()):
+                code = self._procs[name].poll()
+                if code is not None:
+                    tail = processes.LogTail.read(self._logs / f"{name}.log", lines=5)
+                    raise BaselineError(
+                        f"baseline {name} exited with code {code}: "
+                        f"{tail.data.decode(errors='replace').strip()}"
+                    )
+                if await probe(HOST, plan.port or 0, plan.health):
+                    log.info("baseline %s is ready", name)
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                raise BaselineError(f"baseline not ready after {timeout:.0f}s: {sorted(pending)}")
+            await asyncio.sleep(0.1)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for plan in self._plans:
+                code = self._procs[plan.service].poll()
+                if code is not None:
+                    log.warning("baseline %s exited with %s; restarting", plan.service, code)
+                    self._spawn(plan)

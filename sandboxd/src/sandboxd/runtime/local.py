@@ -1,0 +1,281 @@
+"""The local runtime: each fork is a child process group on a free loopback port.
+
+Observed state is the processes themselves: on start, the runtime scans `/proc` for processes
+carrying its owner id and adopts them (a fork whose plan digest or sandbox uid no longer matches
+is replaced by the next `apply`). A monitor notices forks that die and tells the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxd.core.plan import ProcessPlan, SandboxPlan, expand
+from sandboxd.runtime import processes
+from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
+from sandboxd.runtime.health import probe
+
+log = logging.getLogger(__name__)
+
+OWNER = "SANDBOXD_OWNER"
+ROLE = "SANDBOXD_ROLE"
+UID = "SANDBOXD_SANDBOX_UID"
+SERVICE = "SANDBOXD_FORK"
+DIGEST = "SANDBOXD_PLAN"
+HOST = "127.0.0.1"
+MAX_LOG_READ = 1 << 20
+
+
+def owner_id(data_dir: Path) -> str:
+    """Stable per data dir, so two sandboxd instances never adopt each other's processes."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def clean_environ() -> dict[str, str]:
+    """sandboxd's environment minus its own settings: forks run untrusted PR code and must
+    never see the admin token or the database URL."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(slots=True)
+class _Fork:
+    sandbox: str
+    uid: str
+    service: str
+    digest: str
+    health: str | None
+    pid: int
+    port: int
+    start_ticks: int
+    started_at: float
+    popen: subprocess.Popen[bytes] | None
+    ready: bool = False
+    exited: str | None = None  # why it is gone, once it is
+    adopted: bool = False
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return processes.is_running(self.pid, self.start_ticks)
+
+    def status(self) -> ForkStatus:
+        if self.exited is not None:
+            state = ForkState.EXITED
+        else:
+            state = ForkState.READY if self.ready else ForkState.STARTING
+        return ForkStatus(
+            service=self.service,
+            state=state,
+            upstream=f"http://{HOST}:{self.port}",
+            pid=self.pid,
+            started_at=self.started_at,
+            message=self.exited,
+            adopted=self.adopted,
+        )
+
+
+class LocalRuntime:
+    def __init__(
+        self, *, data_dir: Path, stop_grace: float, on_change: Callable[[str], None]
+    ) -> None:
+        self._root = data_dir / "forks"
+        self._owner = owner_id(data_dir)
+        self._grace = stop_grace
+        self._on_change = on_change
+        self._forks: dict[tuple[str, str], _Fork] = {}
+        self._monitor: asyncio.Task[None] | None = None
+
+    # lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        found = await asyncio.to_thread(processes.find_marked, OWNER, self._owner)
+        for info, env in found:
+            if env.get(ROLE) != "fork":
+                continue
+            sandbox, service = env.get("SANDBOXD_SANDBOX", ""), env.get(SERVICE, "")
+            if info.pid != info.pgid or not sandbox or (sandbox, service) in self._forks:
+                # a child of a fork whose leader is gone, or a duplicate: nobody's fork
+                await processes.stop_group(info.pgid, grace=self._grace)
+                continue
+            self._forks[(sandbox, service)] = _Fork(
+                sandbox=sandbox,
+                uid=env.get(UID, ""),
+                service=service,
+                digest=env.get(DIGEST, ""),
+                health=env.get("SANDBOXD_HEALTH") or None,
+                pid=info.pid,
+                port=int(env.get("PORT", "0")),
+                start_ticks=info.start_ticks,
+                started_at=time.time(),
+                popen=None,
+                adopted=True,
+            )
+            log.info("adopted fork %s/%s (pid %d)", sandbox, service, info.pid)
+        self._monitor = asyncio.create_task(self._watch(), name="local-runtime-monitor")
+
+    async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await asyncio.gather(*(self._stop_fork(f) for f in list(self._forks.values())))
+        self._forks.clear()
+
+    # the Runtime interface ---------------------------------------------------------------
+    def sandboxes(self) -> set[str]:
+        names = {sandbox for sandbox, _ in self._forks}
+        if self._root.is_dir():
+            names |= {p.name for p in self._root.iterdir() if p.is_dir()}
+        return names
+
+    async def apply(self, plan: SandboxPlan) -> list[ForkStatus]:
+        planned = {p.service for p in plan.forks}
+        for (sandbox, service), unplanned in list(self._forks.items()):
+            if sandbox == plan.name and service not in planned:
+                await self._stop_fork(unplanned)
+        statuses = []
+        for process in plan.forks:
+            fork = self._forks.get((plan.name, process.service))
+            if fork is not None and (fork.uid != plan.uid or fork.digest != process.digest):
+                await self._stop_fork(fork)
+                fork = None
+            statuses.append(fork or self._spawn(plan, process))
+        await asyncio.gather(*(self._check(f) for f in statuses))
+        return [f.status() for f in statuses]
+
+    async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
+        forks = [f for (sandbox, _), f in self._forks.items() if sandbox == name]
+        results = await asyncio.gather(*(self._stop_fork(f) for f in forks))
+        if not all(results):
+            return False
+        if not keep_logs:
+            await asyncio.to_thread(shutil.rmtree, self._root / name, True)
+        return True
+
+    async def read_log(
+        self, name: str, service: str, *, offset: int | None, tail: int | None
+    ) -> LogChunk | None:
+        path = self._log_path(name, service)
+        if not path.is_file():
+            return None
+        if offset is None:
+            tailed = await asyncio.to_thread(processes.LogTail.read, path, lines=tail or 100)
+            return LogChunk(tailed.data, tailed.size)
+        return await asyncio.to_thread(_read_from, path, offset)
+
+    # internals ---------------------------------------------------------------------------
+    def _log_path(self, name: str, service: str) -> Path:
+        return self._root / name / f"{service}.log"
+
+    def _spawn(self, plan: SandboxPlan, process: ProcessPlan) -> _Fork:
+        port = free_port()
+        env = (
+            clean_environ()
+            | dict(process.env)
+            | {
+                "PORT": str(port),
+                OWNER: self._owner,
+                ROLE: "fork",
+                UID: plan.uid,
+                SERVICE: process.service,
+                DIGEST: process.digest,
+                "SANDBOXD_HEALTH": process.health or "",
+            }
+        )
+        argv = expand(process.argv, env)
+        try:
+            popen = processes.spawn(
+                argv, env=env, cwd=process.workdir, log=self._log_path(plan.name, process.service)
+            )
+        except OSError as e:
+            fork = _Fork(
+                plan.name,
+                plan.uid,
+                process.service,
+                process.digest,
+                process.health,
+                pid=0,
+                port=port,
+                start_ticks=0,
+                started_at=time.time(),
+                popen=None,
+            )
+            fork.exited = f"cannot start {argv[0]!r}: {e.strerror or e}"
+            self._forks[(plan.name, process.service)] = fork
+            return fork
+        info = processes.proc_info(popen.pid)
+        fork = _Fork(
+            sandbox=plan.name,
+            uid=plan.uid,
+            service=process.service,
+            digest=process.digest,
+            health=process.health,
+            pid=popen.pid,
+            port=port,
+            start_ticks=info.start_ticks if info else 0,
+            started_at=time.time(),
+            popen=popen,
+        )
+        self._forks[(plan.name, process.service)] = fork
+        log.info(
+            "started fork %s/%s (pid %d, port %d)", plan.name, process.service, popen.pid, port
+        )
+        return fork
+
+    async def _check(self, fork: _Fork) -> None:
+        if fork.exited is not None:
+            return
+        if not fork.alive():
+            fork.exited = self._exit_message(fork)
+            return
+        if not fork.ready:
+            fork.ready = await probe(HOST, fork.port, fork.health)
+
+    def _exit_message(self, fork: _Fork) -> str:
+        code = fork.popen.returncode if fork.popen is not None else None
+        tail = processes.LogTail.read(self._log_path(fork.sandbox, fork.service), lines=3)
+        last = tail.data.decode(errors="replace").strip().replace("\n", " | ")[-300:]
+        how = f"exited with code {code}" if code is not None else "is gone"
+        return f"the process {how}" + (f"; last output: {last}" if last else "")
+
+    async def _stop_fork(self, fork: _Fork) -> bool:
+        done = fork.pid == 0 or await processes.stop_group(
+            fork.pid, grace=self._grace, popen=fork.popen
+        )
+        if done:
+            self._forks.pop((fork.sandbox, fork.service), None)
+        return done
+
+    async def _watch(self) -> None:
+        """Tell the reconciler when a running fork dies, so its sandbox fails promptly."""
+        while True:
+            await asyncio.sleep(0.5)
+            for fork in list(self._forks.values()):
+                if fork.exited is None and not fork.alive():
+                    fork.exited = self._exit_message(fork)
+                    self._on_change(fork.sandbox)
+
+
+def _read_from(path: Path, offset: int) -> LogChunk:
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = min(max(offset, 0), size)
+        f.seek(start)
+        data = f.read(MAX_LOG_READ)
+    return LogChunk(data, start + len(data))

@@ -1,0 +1,156 @@
+"""Process groups on Linux: spawn, tell alive from dead (pid reuse included), stop, find.
+
+Every process sandboxd starts carries marker variables in its environment (`SANDBOXD_OWNER`
+and friends), which `/proc/<pid>/environ` shows to its owner. After a crash, a new sandboxd
+scans `/proc` for its owner id and so finds exactly the processes an earlier run started,
+whether or not it had time to record them anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    pid: int
+    pgid: int
+    state: str
+    start_ticks: int
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    try:
+        raw = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return ProcInfo(pid=pid, pgid=int(fields[2]), state=fields[0], start_ticks=int(fields[19]))
+
+
+def is_running(pid: int, start_ticks: int) -> bool:
+    """The same process (not a reused pid) exists and is not a zombie."""
+    info = proc_info(pid)
+    return info is not None and info.state != "Z" and info.start_ticks == start_ticks
+
+
+def all_pids() -> Iterator[int]:
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def group_alive(pgid: int) -> bool:
+    """Any non-zombie process left in the group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(
+        (info := proc_info(pid)) is not None and info.pgid == pgid and info.state != "Z"
+        for pid in all_pids()
+    )
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def find_marked(marker: str, value: str) -> list[tuple[ProcInfo, dict[str, str]]]:
+    """Processes whose environment has `marker=value` (ours only: others' environ is closed)."""
+    found = []
+    own = os.getpid()
+    for pid in all_pids():
+        if pid == own:
+            continue
+        env = environ(pid)
+        if env.get(marker) != value:
+            continue
+        info = proc_info(pid)
+        if info is not None and info.state != "Z":
+            found.append((info, env))
+    return found
+
+
+def spawn(
+    argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start `argv` as the leader of a new process group (session), output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def stop_group(
+    pgid: int, *, grace: float, popen: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """SIGTERM the group, SIGKILL what is left after `grace` seconds; True once it is gone."""
+    _signal_group(pgid, signal.SIGTERM)
+    for sig_deadline, sig in ((grace, signal.SIGKILL), (5.0, None)):
+        waited = 0.0
+        while waited < sig_deadline:
+            if popen is not None:
+                popen.poll()  # reap our own child so it does not linger as a zombie
+            if not group_alive(pgid):
+                return True
+            await asyncio.sleep(0.02)
+            waited += 0.02
+        if sig is not None:
+            _signal_group(pgid, sig)
+    if popen is not None:
+        popen.poll()
+    return not group_alive(pgid)
+
+
+@dataclass(frozen=True, slots=True)
+class LogTail:
+    data: bytes
+    size: int
+
+    @classmethod
+    def read(cls, path: Path, *, lines: int, window: int = 1 << 20) -> LogTail:
+        """The last `lines` lines, reading at most `window` bytes from the end."""
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - window))
+                data = f.read()
+        except OSError:
+            return cls(b"", 0)
+        kept = data.splitlines(keepends=True)[-lines:] if lines > 0 else []
+        return cls(b"".join(kept), size)

@@ -1,0 +1,74 @@
+"""Settings: typed, read once at the edge (`sandboxd serve`), passed in; never built at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sandboxd.core.duration import parse_duration
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOXD_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Address the API listens on."""
+    port: int = Field(default=7070, ge=0, le=65535)
+    """Port the API listens on."""
+    data_dir: Path = Path("~/.sandboxd")
+    """Where the SQLite database, the admin token and the local runtime's fork logs live."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default a SQLite file in the data dir. `postgresql+psycopg://…` for HA."""
+    catalog: Path | None = None
+    """The catalog file (`sandboxd.yaml`); without one, no service can be forked."""
+    runtime: Literal["local"] = "local"
+    """Where forks run. `local`: child processes on this machine."""
+    start_baseline: bool = False
+    """Start the catalog's baseline commands as child processes and stop them on exit."""
+    reaper_interval: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds between TTL sweeps (and full resyncs of the reconciler)."""
+    default_ttl: int = 2 * 3600
+    """TTL of a sandbox whose spec gives none (seconds; `2h` style accepted)."""
+    max_ttl: int = 72 * 3600
+    """The longest TTL a sandbox may have, at creation or when extended."""
+    admin_token: SecretStr | None = None
+    """The admin bearer token; generated into `<data dir>/admin-token` (0600) when not given."""
+    public_url: str | None = None
+    """The URL users reach the API at, for links; default http://host:port."""
+    router_host: str = "127.0.0.1"
+    """Host of the router's listeners, given to processes as SANDBOXD_SERVICE_<NAME>_URL."""
+    health_timeout: float = Field(default=60.0, gt=0)
+    """A fork that is not healthy this many seconds after it started fails the sandbox."""
+    stop_grace: float = Field(default=5.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL when stopping a process."""
+    max_request_bytes: int = 256 * 1024
+    """Largest request body the API reads; larger ones get 413."""
+    workers: int = Field(default=8, ge=1, le=256)
+    """Sandboxes the reconciler converges at once."""
+
+    @field_validator("default_ttl", "max_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int:
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return parse_duration(value)
+        raise ValueError("a duration such as 2h")
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _blank_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'sandboxd.db'}"
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -1,0 +1,1 @@
+"""Persistence: desired state and observed status in SQL (SQLite by default, PostgreSQL for HA)."""

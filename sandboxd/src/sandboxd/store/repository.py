@@ -1,0 +1,271 @@
+"""Data functions over the tables: every write is one transaction and records its events.
+
+The API and the reconciler both call this; neither holds a session across an await. Concurrent
+creates of one name are serialised by the database itself (primary key on `name`, a row lock on
+PostgreSQL, the write lock on SQLite), so exactly one wins and the others see its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, select
+
+from sandboxd.core.naming import new_routing_key
+from sandboxd.core.phases import LIVE, Phase
+from sandboxd.errors import Conflict, InvalidRequest, Unavailable
+from sandboxd.store.clock import rfc3339, utcnow
+from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    reason: str
+    message: str
+    type: str = "Normal"
+
+
+@dataclass(frozen=True, slots=True)
+class NewSandbox:
+    spec: dict[str, Any]
+    labels: dict[str, str]
+    ttl_seconds: int
+    request_hash: str
+    idempotency_key: str | None = None
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @staticmethod
+    async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call a store function from async code without blocking the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except OperationalError as e:
+            raise Unavailable(f"the database is unavailable: {e.orig}") from e
+
+    def ping(self) -> None:
+        with self._tx() as session:
+            session.execute(text("SELECT 1"))
+
+    # tokens ------------------------------------------------------------------------------
+    def put_token(self, *, name: str, token_hash: str) -> None:
+        with self._tx() as session:
+            row = session.get(TokenRow, name)
+            if row is None:
+                session.add(TokenRow(name=name, token_hash=token_hash, created_at=utcnow()))
+            elif row.token_hash != token_hash:
+                row.token_hash = token_hash
+                row.created_at = utcnow()
+
+    def token_hashes(self) -> set[str]:
+        with self._tx() as session:
+            return set(session.exec(select(TokenRow.token_hash)).all())
+
+    # sandboxes ---------------------------------------------------------------------------
+    def create(self, new: NewSandbox) -> tuple[SandboxRow, bool]:
+        """The sandbox named in `new.spec`, and whether this call created it."""
+        for _ in range(5):
+            try:
+                return self._create_once(new)
+            except IntegrityError:
+                continue  # another create won the race: read what it wrote
+        raise Conflict("the sandbox is being created concurrently; retry")
+
+    def _create_once(self, new: NewSandbox) -> tuple[SandboxRow, bool]:
+        name = new.spec["name"]
+        with self._tx() as session:
+            if new.idempotency_key is not None:
+                replay = self._replay(session, new)
+                if replay is not None:
+                    return replay, False
+            row = session.exec(
+                select(SandboxRow).where(SandboxRow.name == name).with_for_update()
+            ).first()
+            if row is not None and row.phase != Phase.DELETED:
+                if row.spec != new.spec:
+                    raise Conflict(
+                        f"sandbox {name!r} exists with another spec; delete it first or use "
+                        "another name",
+                        sandbox=name,
+                    )
+                if row.phase == Phase.TERMINATING:
+                    raise Conflict(f"sandbox {name!r} is being deleted; retry", sandbox=name)
+                return row, False
+            now = utcnow()
+            expires_at = now + timedelta(seconds=new.ttl_seconds)
+            fields: dict[str, Any] = {
+                "uid": uuid.uuid4().hex,
+                "routing_key": new_routing_key(),
+                "spec": new.spec,
+                "labels": new.labels,
+                "phase": Phase.PENDING.value,
+                "reason": "Created",
+                "message": "waiting for the reconciler",
+                "forks": [],
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": expires_at,
+                "deleted_at": None,
+                "generation": 1,
+            }
+            if row is None:
+                row = SandboxRow(name=name, **fields)
+                session.add(row)
+            else:  # a tombstone: the name is free again
+                for key, value in fields.items():
+                    setattr(row, key, value)
+            if new.idempotency_key is not None:
+                session.add(
+                    IdempotencyRow(
+                        key=new.idempotency_key,
+                        request_hash=new.request_hash,
+                        sandbox=name,
+                        created_at=now,
+                    )
+                )
+            self._event(
+                session, row, Event("Created", f"created; expires at {rfc3339(expires_at)}")
+            )
+            session.flush()
+            return row, True
+
+    def _replay(self, session: Session, new: NewSandbox) -> SandboxRow | None:
+        key = session.get(IdempotencyRow, new.idempotency_key)
+        if key is None:
+            return None
+        if key.request_hash != new.request_hash:
+            raise InvalidRequest(
+                "this Idempotency-Key was used with a different request", error="idempotency_key"
+            )
+        return session.get(SandboxRow, key.sandbox)
+
+    def get(self, name: str) -> SandboxRow | None:
+        with self._tx() as session:
+            return session.get(SandboxRow, name)
+
+    def sandboxes(self, *, phases: Sequence[Phase] | None = None) -> list[SandboxRow]:
+        wanted = [p.value for p in (phases if phases is not None else LIVE)]
+        with self._tx() as session:
+            query = select(SandboxRow).where(col(SandboxRow.phase).in_(wanted))
+            return list(session.exec(query.order_by(SandboxRow.name)).all())
+
+    def update(
+        self, name: str, *, changes: dict[str, Any], event: Event | None = None
+    ) -> SandboxRow | None:
+        """Apply a user change (PATCH) to a live sandbox; None when there is none."""
+        with self._tx() as session:
+            row = session.get(SandboxRow, name, with_for_update=True)
+            if row is None or row.phase not in LIVE:
+                return None
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.generation += 1
+            row.updated_at = utcnow()
+            if event is not None:
+                self._event(session, row, event)
+            return row
+
+    def request_delete(self, name: str, *, event: Event) -> SandboxRow | None:
+        """Mark a sandbox Terminating (idempotent). None only when the name was never seen."""
+        with self._tx() as session:
+            row = session.get(SandboxRow, name, with_for_update=True)
+            if row is None:
+                return None
+            if row.phase in LIVE:
+                self._transition(session, row, Phase.TERMINATING, event)
+            return row
+
+    def expire_due(self, *, now: datetime) -> list[str]:
+        """Mark every live sandbox whose TTL has passed as Terminating; the names marked."""
+        live = [p.value for p in LIVE]
+        with self._tx() as session:
+            rows = session.exec(
+                select(SandboxRow)
+                .where(col(SandboxRow.phase).in_(live), SandboxRow.expires_at <= now)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                event = Event("Expired", f"the TTL ran out at {rfc3339(row.expires_at)}")
+                self._transition(session, row, Phase.TERMINATING, event)
+            return [row.name for row in rows]
+
+    def set_status(
+        self,
+        name: str,
+        *,
+        uid: str,
+        phase: Phase,
+        reason: str | None,
+        message: str | None,
+        forks: list[dict[str, Any]],
+        events: Sequence[Event] = (),
+    ) -> SandboxRow | None:
+        """The reconciler's write. Refused (None) when the row is no longer that `uid` or a
+        user's delete has overtaken it, so a slow pass never resurrects a deleted sandbox."""
+        with self._tx() as session:
+            row = session.get(SandboxRow, name, with_for_update=True)
+            if row is None or row.uid != uid:
+                return None
+            if row.phase == Phase.TERMINATING and phase in LIVE:
+                return None
+            changed = (row.phase, row.reason, row.message, row.forks) != (
+                phase.value,
+                reason,
+                message,
+                forks,
+            )
+            if changed:
+                row.phase, row.reason, row.message = phase.value, reason, message
+                row.forks = forks
+                row.updated_at = utcnow()
+                if phase == Phase.DELETED:
+                    row.deleted_at = row.updated_at
+            for event in events:
+                self._event(session, row, event)
+            return row
+
+    def events(self, name: str, *, uid: str) -> list[EventRow]:
+        with self._tx() as session:
+            query = select(EventRow).where(EventRow.sandbox == name, EventRow.uid == uid)
+            return list(session.exec(query.order_by(col(EventRow.id))).all())
+
+    def record(self, row: SandboxRow, event: Event) -> None:
+        with self._tx() as session:
+            self._event(session, row, event)
+
+    def _transition(self, session: Session, row: SandboxRow, phase: Phase, event: Event) -> None:
+        row.phase, row.reason, row.message = phase.value, event.reason, event.message
+        row.updated_at = utcnow()
+        self._event(session, row, event)
+
+    @staticmethod
+    def _event(session: Session, row: SandboxRow, event: Event) -> None:
+        session.add(
+            EventRow(
+                sandbox=row.name,
+                uid=row.uid,
+                time=utcnow(),
+                type=event.type,
+                reason=event.reason,
+                message=event.message[:2048],
+            )
+        )

@@ -1,0 +1,64 @@
+"""The tables. Times are naive UTC (SQLite keeps no zone); `sandboxd.store.clock` converts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field, SQLModel
+
+
+class SandboxRow(SQLModel, table=True):
+    """One sandbox by name. A deleted sandbox stays as a tombstone (phase Deleted) until its
+    name is used again, which gives the row a new `uid` and routing key."""
+
+    __tablename__ = "sandboxes"
+
+    name: str = Field(primary_key=True, max_length=40)
+    uid: str = Field(max_length=32)
+    routing_key: str = Field(max_length=64, unique=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    labels: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    phase: str = Field(max_length=16, index=True)
+    reason: str | None = Field(default=None, max_length=64)
+    message: str | None = Field(default=None, max_length=2048)
+    forks: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
+    deleted_at: datetime | None = Field(default=None, sa_column=Column(DateTime, nullable=True))
+    generation: int = 1
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sandbox: str = Field(max_length=40, index=True)
+    uid: str = Field(max_length=32)
+    time: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    type: str = Field(max_length=16)  # Normal | Warning
+    reason: str = Field(max_length=64)
+    message: str = Field(max_length=2048)
+
+
+class TokenRow(SQLModel, table=True):
+    """API tokens, stored as SHA-256 hashes only."""
+
+    __tablename__ = "tokens"
+
+    name: str = Field(primary_key=True, max_length=64)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """`Idempotency-Key` of a create: a replay with the same body returns the same sandbox."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    sandbox: str = Field(max_length=40)
+    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
