@@ -44,13 +44,13 @@ class Sandboxd:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def start(self, *, timeout: float = 30) -> None:
-        log = (self.data_dir / "sandboxd.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd", "serve", "--port", str(self.port), *self.args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.data_dir / "sandboxd.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sandboxd", "serve", "--port", str(self.port), *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -167,5 +167,6 @@ def _raise_for(response: httpx.Response, *, what: str | None) -> None:
     if status == 409:
         raise Conflict(message)
     if status in (400, 413, 422):
-        raise BadInput(message, details=problems(body))
+        details = problems(body)
+        raise BadInput(message, details=[] if details == [message] else details)
     raise CliError(f"sandboxd answered {status}: {message}")

@@ -1,0 +1,74 @@
+"""The API suite runs once against SQLite and once against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import write_catalog
+from tests.support.postgres import PostgresServer
+from tests.support.server import Sandboxd, running_sandboxd
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def api(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sandboxd]:
+    """One sandboxd per module and backend: health checks fail after 3 s, graceful stop 1 s."""
+    root = tmp_path_factory.mktemp(f"api-{backend}")
+    url = None
+    if backend == "postgres":
+        pg: PostgresServer = request.getfixturevalue("postgres")
+        url = pg.new_database()
+    catalog = write_catalog(root / "sandboxd.yaml")
+    env = {"SANDBOXD_HEALTH_TIMEOUT": "3", "SANDBOXD_STOP_GRACE": "1"}
+    with running_sandboxd(root / "data", catalog=catalog, database_url=url, env=env) as server:
+        yield server
+
+
+@pytest.fixture
+def client(api: Sandboxd) -> Iterator[httpx.Client]:
+    with api.client() as c:
+        yield c
+
+
+def wait_for(
+    fetch: Callable[[], Any], until: Callable[[Any], bool], *, timeout: float = 20
+) -> Any:
+    """Poll `fetch` until `until(result)`; the last result, or AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s; last: {result!r}")
+        time.sleep(0.05)
+
+
+def wait_phase(client: httpx.Client, name: str, phase: str, *, timeout: float = 20) -> Any:
+    return wait_for(
+        lambda: client.get(f"/v1/sandboxes/{name}").json(),
+        lambda body: body.get("phase") == phase,
+        timeout=timeout,
+    )
+
+
+def snapshot(client: httpx.Client) -> list[dict[str, Any]]:
+    """What is stored, minus what the reconciler may legitimately update meanwhile."""
+    items = client.get("/v1/sandboxes").json()["items"]
+    keep = ("name", "uid", "routingKey", "spec", "labels", "expiresAt", "createdAt")
+    return [{k: item[k] for k in keep} for item in items]
+
+
+
