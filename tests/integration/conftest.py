@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-
 from typing import Any
 
 import httpx
@@ -42,9 +41,7 @@ def client(api: Sandboxd) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_for(
-    fetch: Callable[[], Any], until: Callable[[Any], bool], *, timeout: float = 20
-) -> Any:
+def wait_for(fetch: Callable[[], Any], until: Callable[[Any], bool], *, timeout: float = 20) -> Any:
     """Poll `fetch` until `until(result)`; the last result, or AssertionError on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -69,6 +66,3 @@ def snapshot(client: httpx.Client) -> list[dict[str, Any]]:
     items = client.get("/v1/sandboxes").json()["items"]
     keep = ("name", "uid", "routingKey", "spec", "labels", "expiresAt", "createdAt")
     return [{k: item[k] for k in keep} for item in items]
-
-
-

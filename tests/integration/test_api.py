@@ -56,11 +56,14 @@ def test_fork_gets_sandboxd_variables_and_never_the_admin_token(client: httpx.Cl
         json={
             "name": name,
             "forks": [
-                {"service": "echo", "command": [*fork_command(), "--port=${PORT}"],
-                 "env": {"GREETING": "hello"}}
+                {
+                    "service": "echo",
+                    "command": [*fork_command(), "--port=${PORT}"],
+                    "env": {"GREETING": "hello"},
+                }
             ],
         },
-    ).json()["routingKey"]  # fmt: skip
+    ).json()["routingKey"]
     fork = wait_phase(client, name, "Ready")["forks"][0]
     served = httpx.get(fork["upstream"]).json()
     env, argv = served["env"], served["argv"]
@@ -132,19 +135,29 @@ BAD_CREATES = [
     pytest.param({"name": "ttl-bad", "ttl": "soon"}, 422, "invalid_request", id="ttl-garbled"),
     pytest.param(
         {"name": "svc", "forks": [{"service": "nope", "command": ["x"]}]},
-        422, "unknown_service", id="unknown-service",
-    ),  # fmt: skip
+        422,
+        "unknown_service",
+        id="unknown-service",
+    ),
     pytest.param({"name": "typo", "fork": []}, 422, "invalid_request", id="unknown-field"),
     pytest.param(
         {"name": "dup", "forks": [{"service": "echo", "command": ["a"]}] * 2},
-        422, "invalid_request", id="service-forked-twice",
-    ),  # fmt: skip
+        422,
+        "invalid_request",
+        id="service-forked-twice",
+    ),
     pytest.param(
         {"name": "envname", "forks": [{"service": "echo", "command": ["a"], "env": {"A-B": "1"}}]},
-        422, "invalid_request", id="bad-env-name",
-    ),  # fmt: skip
-    pytest.param({"name": "nocmd", "forks": [{"service": "tools"}]}, 422, "unknown_service",
-                 id="fork-without-command"),  # fmt: skip
+        422,
+        "invalid_request",
+        id="bad-env-name",
+    ),
+    pytest.param(
+        {"name": "nocmd", "forks": [{"service": "tools"}]},
+        422,
+        "unknown_service",
+        id="fork-without-command",
+    ),
     pytest.param([1, 2], 422, "invalid_request", id="not-an-object"),
 ]
 
@@ -170,9 +183,13 @@ def test_bad_specs_get_a_clear_4xx_and_change_nothing(
         pytest.param(b'{"name": "x",', 400, "malformed_json", id="truncated-json"),
         pytest.param(b"name: [unclosed", 400, "malformed_json", id="yaml-is-not-json"),
         pytest.param(
-            json.dumps({"name": "big", "labels": {"k": "v" * 200}, "pad": "x" * 1_048_576}).encode(),
-            413, "request_too_large", id="one-megabyte-spec",
-        ),  # fmt: skip
+            json.dumps(
+                {"name": "big", "labels": {"k": "v" * 200}, "pad": "x" * 1_048_576}
+            ).encode(),
+            413,
+            "request_too_large",
+            id="one-megabyte-spec",
+        ),
     ],
 )
 def test_unparseable_bodies_are_refused(
@@ -192,7 +209,9 @@ def test_streamed_body_over_the_limit_is_refused(client: httpx.Client) -> None:
             yield b"x" * 16384
         yield b'"}'
 
-    response = client.post("/v1/sandboxes", content=chunks(), headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/sandboxes", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
     assert client.get("/v1/sandboxes/stream").status_code == 404
 
@@ -201,11 +220,16 @@ def test_streamed_body_over_the_limit_is_refused(client: httpx.Client) -> None:
 def test_every_v1_call_needs_the_token(api: Sandboxd, token: str | None) -> None:
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     calls = [
-        ("GET", "/v1/sandboxes"), ("POST", "/v1/sandboxes"), ("GET", "/v1/sandboxes/x"),
-        ("PATCH", "/v1/sandboxes/x"), ("DELETE", "/v1/sandboxes/x"),
-        ("GET", "/v1/sandboxes/x/events"), ("GET", "/v1/sandboxes/x/logs/echo"),
-        ("GET", "/v1/services"), ("GET", "/v1/routes"),
-    ]  # fmt: skip
+        ("GET", "/v1/sandboxes"),
+        ("POST", "/v1/sandboxes"),
+        ("GET", "/v1/sandboxes/x"),
+        ("PATCH", "/v1/sandboxes/x"),
+        ("DELETE", "/v1/sandboxes/x"),
+        ("GET", "/v1/sandboxes/x/events"),
+        ("GET", "/v1/sandboxes/x/logs/echo"),
+        ("GET", "/v1/services"),
+        ("GET", "/v1/routes"),
+    ]
     for method, path in calls:
         response = httpx.request(method, api.url + path, headers=headers, json={"name": "x"})
         assert response.status_code == 401, (method, path)
@@ -217,14 +241,18 @@ def test_every_v1_call_needs_the_token(api: Sandboxd, token: str | None) -> None
 def test_list_filters_by_labels(client: httpx.Client) -> None:
     repo = unique("acme/agents")
     a, b = unique("la"), unique("lb")
-    client.post("/v1/sandboxes", json={"name": a, "labels": {"github.repo": repo, "github.pr": "1"}})
+    client.post(
+        "/v1/sandboxes", json={"name": a, "labels": {"github.repo": repo, "github.pr": "1"}}
+    )
     client.post(
         "/v1/sandboxes",
         json={"name": b, "labels": {"github.repo": repo}, "agent": {"promptVersion": "v2"}},
     )
     names = lambda *labels: sorted(  # noqa: E731
         s["name"]
-        for s in client.get("/v1/sandboxes", params=[("label", lab) for lab in labels]).json()["items"]
+        for s in client.get("/v1/sandboxes", params=[("label", lab) for lab in labels]).json()[
+            "items"
+        ]
     )
     assert names(f"github.repo={repo}") == sorted([a, b])
     assert names(f"github.repo={repo}", "github.pr=1") == [a]
@@ -237,7 +265,9 @@ def test_list_filters_by_labels(client: httpx.Client) -> None:
 
 def test_patch_extends_ttl_up_to_the_cap_and_merges_labels(client: httpx.Client) -> None:
     name = unique("patch")
-    created = client.post("/v1/sandboxes", json={"name": name, "ttl": "1h", "labels": {"a": "1", "b": "2"}}).json()
+    created = client.post(
+        "/v1/sandboxes", json={"name": name, "ttl": "1h", "labels": {"a": "1", "b": "2"}}
+    ).json()
     extended = client.patch(f"/v1/sandboxes/{name}", json={"ttl": "48h"})
     assert extended.status_code == 200
     assert extended.json()["expiresAt"] > created["expiresAt"]
@@ -248,7 +278,9 @@ def test_patch_extends_ttl_up_to_the_cap_and_merges_labels(client: httpx.Client)
     assert labels["expiresAt"] == extended.json()["expiresAt"]
     faults = [{"service": "echo", "kind": "latency", "latencyMs": 250}]
     patched = client.patch(f"/v1/sandboxes/{name}", json={"faults": faults}).json()
-    assert patched["faults"] == [{"service": "echo", "kind": "latency", "latencyMs": 250, "probability": 1.0}]
+    assert patched["faults"] == [
+        {"service": "echo", "kind": "latency", "latencyMs": 250, "probability": 1.0}
+    ]
     route = client.get("/v1/routes").json()["routes"][created["routingKey"]]
     assert route["faults"] == patched["faults"]
     assert client.patch(f"/v1/sandboxes/{name}", json={}).status_code == 422
@@ -272,7 +304,14 @@ def test_delete_stops_the_fork_removes_the_route_and_is_idempotent(client: httpx
     missing = client.delete(f"/v1/sandboxes/{unique('never')}")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     reasons = [e["reason"] for e in client.get(f"/v1/sandboxes/{name}/events").json()["items"]]
-    for reason in ("Created", "ForkStarted", "ForkReady", "ForksReady", "DeleteRequested", "Deleted"):
+    for reason in (
+        "Created",
+        "ForkStarted",
+        "ForkReady",
+        "ForksReady",
+        "DeleteRequested",
+        "Deleted",
+    ):
         assert reason in reasons
     # the name is free again: a new sandbox with a new identity
     again = client.post("/v1/sandboxes", json=spec(name))
@@ -283,7 +322,9 @@ def test_delete_stops_the_fork_removes_the_route_and_is_idempotent(client: httpx
 def test_a_fork_that_exits_fails_the_sandbox_with_its_output(client: httpx.Client) -> None:
     name = unique("crash")
     command = ["python3", "-c", "import sys; print('missing DATABASE_URL'); sys.exit(3)"]
-    client.post("/v1/sandboxes", json={"name": name, "forks": [{"service": "echo", "command": command}]})
+    client.post(
+        "/v1/sandboxes", json={"name": name, "forks": [{"service": "echo", "command": command}]}
+    )
     failed = wait_phase(client, name, "Failed")
     assert failed["reason"] == "ForkExited"
     assert "code 3" in failed["message"] and "missing DATABASE_URL" in failed["message"]
@@ -296,7 +337,9 @@ def test_a_fork_that_exits_fails_the_sandbox_with_its_output(client: httpx.Clien
 def test_a_fork_that_never_gets_healthy_times_out(client: httpx.Client) -> None:
     name = unique("slow")
     command = ["python3", "-c", "import time; time.sleep(60)"]
-    client.post("/v1/sandboxes", json={"name": name, "forks": [{"service": "echo", "command": command}]})
+    client.post(
+        "/v1/sandboxes", json={"name": name, "forks": [{"service": "echo", "command": command}]}
+    )
     failed = wait_phase(client, name, "Failed")
     assert failed["reason"] == "HealthCheckTimeout"
     wait_for(lambda: fork_pids(sandbox=name), lambda pids: pids == [])
@@ -306,7 +349,9 @@ def test_a_fork_that_never_gets_healthy_times_out(client: httpx.Client) -> None:
 def test_a_command_that_does_not_exist_fails_clearly(client: httpx.Client) -> None:
     name = unique("nocmd")
     command = ["/nonexistent/binary"]
-    client.post("/v1/sandboxes", json={"name": name, "forks": [{"service": "echo", "command": command}]})
+    client.post(
+        "/v1/sandboxes", json={"name": name, "forks": [{"service": "echo", "command": command}]}
+    )
     failed = wait_phase(client, name, "Failed")
     assert failed["reason"] == "ForkExited" and "/nonexistent/binary" in failed["message"]
     client.delete(f"/v1/sandboxes/{name}")
@@ -337,7 +382,10 @@ def test_routes_etag_and_long_poll(client: httpx.Client) -> None:
     etag = current.headers["ETag"]
     unchanged = client.get("/v1/routes", headers={"If-None-Match": etag})
     assert unchanged.status_code == 304
-    assert client.get("/v1/routes", params={"wait": 0.2}, headers={"If-None-Match": etag}).status_code == 304
+    assert (
+        client.get("/v1/routes", params={"wait": 0.2}, headers={"If-None-Match": etag}).status_code
+        == 304
+    )
 
     result: dict[str, httpx.Response] = {}
 
@@ -363,6 +411,14 @@ def test_metrics_and_openapi(api: Sandboxd, client: httpx.Client) -> None:
     assert 'sandboxd_http_requests_total{method="GET",route="/v1/sandboxes",status="200"}' in text
     assert "sandboxd_reconcile_total" in text
     paths = httpx.get(api.url + "/openapi.json").json()["paths"]
-    for path in ("/v1/sandboxes", "/v1/sandboxes/{name}", "/v1/sandboxes/{name}/events",
-                 "/v1/routes", "/v1/services", "/healthz", "/readyz", "/metrics"):  # fmt: skip
+    for path in (
+        "/v1/sandboxes",
+        "/v1/sandboxes/{name}",
+        "/v1/sandboxes/{name}/events",
+        "/v1/routes",
+        "/v1/services",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in paths

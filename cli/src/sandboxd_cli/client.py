@@ -57,6 +57,12 @@ class Api:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def create(self, spec: Json) -> Json:
         return self._json("POST", "/v1/sandboxes", json=spec, what=_sandbox(spec.get("name")))
 

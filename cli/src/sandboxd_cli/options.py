@@ -45,11 +45,8 @@ OutputOption = Annotated[
 def open_api(ctx: typer.Context) -> Iterator[Api]:
     given = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
     connection = resolve(url=given.url, token=given.token, env=os.environ, home=Path.home())
-    api = Api(connection=connection)
-    try:
+    with Api(connection=connection) as api:
         yield api
-    finally:
-        api.close()
 
 
 def now() -> datetime:

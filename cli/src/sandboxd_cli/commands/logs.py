@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from sandboxd_cli.client import LogChunk
+from sandboxd_cli.client import Api, LogChunk
 from sandboxd_cli.errors import NotFound, reports_errors
 from sandboxd_cli.options import OutputOption, open_api
 from sandboxd_cli.render import Output
@@ -38,19 +38,26 @@ def logs(
 ) -> None:
     """Print a fork's log; json/yaml print one {offset, text} object per chunk read."""
     with open_api(ctx) as api:
-        chunk = api.logs(name, service, tail=tail)
-        emit(chunk, output)
-        if not follow:
-            return
         try:
-            while True:
-                time.sleep(FOLLOW_INTERVAL)
-                chunk = api.logs(name, service, offset=chunk.next_offset)
-                emit(chunk, output)
-        except NotFound:
-            typer.echo(f"sandbox {name} is gone; stopped following", err=True)
+            chunk = api.logs(name, service, tail=tail)
+            emit(chunk, output)
+            if follow:
+                follow_from(api, name, service, offset=chunk.next_offset, output=output)
         except KeyboardInterrupt:
             return
+
+
+def follow_from(api: Api, name: str, service: str, *, offset: int, output: Output) -> None:
+    """Print what is appended from `offset` on, until the sandbox (or its log) is gone."""
+    while True:
+        time.sleep(FOLLOW_INTERVAL)
+        try:
+            chunk = api.logs(name, service, offset=offset)
+        except NotFound:
+            typer.echo(f"sandbox {name}: the log of {service} is gone; stopped following", err=True)
+            return
+        emit(chunk, output)
+        offset = chunk.next_offset
 
 
 def emit(chunk: LogChunk, output: Output) -> None:

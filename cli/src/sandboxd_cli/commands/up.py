@@ -81,7 +81,8 @@ def up(
         show(sandbox, output)
     if error is not None:
         raise error
-    typer.echo(summary(sandbox, services=services, now=now()))
+    if output is Output.TABLE:
+        typer.echo(summary(sandbox, services=services, now=now()))
 
 
 def wait_ready(api: Api, sandbox: Json, *, timeout: float) -> tuple[Json, CliError | None]:

@@ -162,9 +162,9 @@ class Reconciler:
         if not await self._runtime.stop(row.name):
             return 1.0
         stopped = [{**f, "phase": "Stopped", "ready": False} for f in row.forks]
-        message = f"deleted ({row.reason or 'requested'})"
         event = Event("Deleted", "all forks stopped; the sandbox is gone")
-        await self._write(row, Phase.DELETED, row.reason, message, stopped, [event])
+        message = f"deleted ({row.reason or 'requested'})"
+        await self._write(row, Phase.DELETED, row.reason, message, stopped, [event], announce=False)
         return None
 
     async def _collect_orphan(self, name: str, row: SandboxRow | None) -> float | None:
@@ -187,10 +187,15 @@ class Reconciler:
         message: str | None,
         forks: list[dict[str, object]],
         events: list[Event],
+        *,
+        announce: bool = True,
     ) -> None:
+        """Store the new status; `announce` adds an event for a phase change (unless the
+        caller's events already tell it)."""
         if phase.value != row.phase:
-            events = [*events, Event(reason or phase.value, message or "", _event_type(phase))]
             self._metrics.transitions.labels(phase.value).inc()
+            if announce:
+                events = [*events, Event(reason or phase.value, message or "", _event_type(phase))]
         updated = await asyncio.to_thread(
             self._store.set_status,
             row.name,

@@ -1,0 +1,312 @@
+"""Every command against a real `sandboxd serve` with real fork processes, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from typer.testing import Result
+
+from tests.cli.conftest import Catalog, Invoke, run_cli
+from tests.support.server import Sandboxd
+
+SERVE = [sys.executable, "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"]
+EXIT_AT_ONCE = [sys.executable, "-c", "raise SystemExit(3)"]
+NEVER_HEALTHY = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def write_spec(path: Path, *, command: list[str], name: str | None = None) -> str:
+    spec: dict[str, Any] = {"forks": [{"service": "echo", "command": command, "health": "/"}]}
+    if name:
+        spec["name"] = name
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def stored(server: Sandboxd, name: str) -> dict[str, Any]:
+    """The sandbox as the API has it ({} when the name was never seen)."""
+    with server.client() as client:
+        response = client.get(f"/v1/sandboxes/{name}")
+    return {} if response.status_code == 404 else dict(response.json())
+
+
+def names(server: Sandboxd) -> set[str]:
+    with server.client() as client:
+        return {item["name"] for item in client.get("/v1/sandboxes").json()["items"]}
+
+
+def eventually(check: Callable[[], Any], *, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+    return value
+
+
+def as_user(server: Sandboxd, *args: str, **env: str | None) -> Result:
+    return run_cli(*args, env={"SANDBOXD_URL": server.url, "SANDBOXD_TOKEN": server.token, **env})
+
+
+@pytest.fixture(scope="module")
+def web(server: Sandboxd, tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """`sandbox up` of one sandbox `web` forking echo with a real http.server, shared by tests."""
+    spec = write_spec(tmp_path_factory.mktemp("web") / "spec.yaml", command=SERVE)
+    return as_user(server, "up", "-f", spec, "--name", "web", "--label", "suite=cli")
+
+
+def test_up_waits_until_ready_and_prints_how_to_reach_the_sandbox(
+    web: Result, server: Sandboxd, catalog: Catalog
+) -> None:
+    sandbox = stored(server, "web")
+
+    assert web.exit_code == 0, web.output
+    assert sandbox["phase"] == "Ready"
+    lines = web.stdout.splitlines()
+    assert f"baggage: {sandbox['baggage']}" in lines
+    curl = f"curl -H 'baggage: {sandbox['baggage']}' http://127.0.0.1:{catalog.router_port}/"
+    assert curl in lines
+    assert sandbox["routingKey"] in web.stdout
+    assert sandbox["links"]["web"] in web.stdout
+    assert "web: Ready" in web.stderr
+
+
+def test_up_again_with_the_same_spec_returns_the_same_sandbox(
+    web: Result, server: Sandboxd, sandbox: Invoke, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", command=SERVE)
+
+    again = sandbox("up", "-f", spec, "--name", "web", "--label", "suite=cli", "-o", "json")
+
+    assert again.exit_code == 0, again.output
+    body = json.loads(again.stdout)
+    assert body["routingKey"] == stored(server, "web")["routingKey"]
+    assert body["phase"] == "Ready"
+
+
+def test_up_with_yaml_output_prints_only_the_sandbox_object(
+    server: Sandboxd, sandbox: Invoke, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", command=SERVE, name="web-yaml")
+
+    result = sandbox("up", "-f", spec, "-o", "yaml")
+
+    assert result.exit_code == 0, result.output
+    body = yaml.safe_load(result.stdout)
+    assert body == stored(server, "web-yaml") | {"updatedAt": body["updatedAt"]}
+    assert body["phase"] == "Ready"
+
+
+def test_up_with_the_same_name_and_another_spec_exits_7(server: Sandboxd, sandbox: Invoke) -> None:
+    assert sandbox("up", "--name", "taken", "--ttl", "1h", "--no-wait").exit_code == 0
+
+    result = sandbox("up", "--name", "taken", "--ttl", "3h")
+
+    assert result.exit_code == 7
+    assert "another spec" in result.stderr
+    assert stored(server, "taken")["spec"]["ttl"] == "1h"
+
+
+def test_an_invalid_name_exits_2_and_creates_nothing(server: Sandboxd, sandbox: Invoke) -> None:
+    before = names(server)
+
+    result = sandbox("up", "--name", "Not_A_Label")
+
+    assert result.exit_code == 2
+    assert "name: 'Not_A_Label' is not a valid sandbox name" in result.stderr
+    assert names(server) == before
+
+
+def test_an_unknown_service_exits_2(server: Sandboxd, sandbox: Invoke) -> None:
+    result = sandbox("up", "--name", "ghost", "--fork", "no-such-service")
+
+    assert result.exit_code == 2
+    assert "no-such-service" in result.stderr
+    assert stored(server, "ghost") == {}
+
+
+def test_a_fork_that_exits_at_once_fails_up_with_exit_1(sandbox: Invoke, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", command=EXIT_AT_ONCE, name="crashes")
+
+    result = sandbox("up", "-f", spec, "--timeout", "60")
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-2].startswith("sandbox: sandbox crashes failed: ")
+    assert "fork echo: " in result.stderr
+
+
+def test_a_fork_that_never_gets_healthy_times_out_with_exit_3(
+    server: Sandboxd, sandbox: Invoke, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", command=NEVER_HEALTHY, name="slow")
+    started = time.monotonic()
+
+    result = sandbox("up", "-f", spec, "--timeout", "1")
+
+    assert result.exit_code == 3, result.output
+    assert time.monotonic() - started < 10
+    assert "sandbox slow is not Ready after 1s" in result.stderr
+    assert stored(server, "slow")["phase"] in {"Pending", "Provisioning"}
+    assert sandbox("down", "slow").exit_code == 0
+
+
+def test_list_filters_by_label(sandbox: Invoke) -> None:
+    for name, team in (("team-a", "a"), ("team-b", "b")):
+        assert sandbox("up", "--name", name, "--label", f"team={team}", "--no-wait").exit_code == 0
+
+    table = sandbox("list", "--label", "team=a")
+    listing = sandbox("list", "--label", "team=a", "--label", "other=x", "-o", "json")
+
+    assert table.exit_code == 0
+    rows = [line.split()[0] for line in table.stdout.splitlines()]
+    assert rows == ["NAME", "team-a"]
+    assert json.loads(listing.stdout) == {"items": []}
+
+
+def test_get_shows_the_sandbox(web: Result, server: Sandboxd, sandbox: Invoke) -> None:
+    result = sandbox("get", "web")
+    sandbox_now = stored(server, "web")
+
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert f"Routing key:   {sandbox_now['routingKey']}" in lines
+    assert "Phase:         Ready" in lines
+    upstream = sandbox_now["forks"][0]["upstream"]
+    assert any(line.split()[:3] == ["echo", "Ready", upstream] for line in lines)
+
+
+def test_get_of_an_unknown_sandbox_exits_6(sandbox: Invoke) -> None:
+    result = sandbox("get", "no-such")
+
+    assert result.exit_code == 6
+    assert result.stderr.strip() == "sandbox: sandbox no-such not found"
+
+
+def test_extend_moves_the_expiry(server: Sandboxd, sandbox: Invoke) -> None:
+    assert sandbox("up", "--name", "short", "--ttl", "1h", "--no-wait").exit_code == 0
+    before = stored(server, "short")["expiresAt"]
+
+    result = sandbox("extend", "short", "--ttl", "4h")
+
+    after = stored(server, "short")["expiresAt"]
+    assert result.exit_code == 0
+    assert after > before
+    assert "(in 3h59m)" in result.stdout or "(in 4h)" in result.stdout
+
+
+def test_events_list_the_way_from_created_to_ready(web: Result, sandbox: Invoke) -> None:
+    result = sandbox("events", "web")
+
+    assert result.exit_code == 0
+    reasons = [line.split()[2] for line in result.stdout.splitlines()[1:]]
+    assert reasons[0] == "Created"
+    assert "ForksReady" in reasons
+
+
+def fork_upstream(server: Sandboxd, name: str) -> str:
+    return str(stored(server, name)["forks"][0]["upstream"])
+
+
+def test_logs_show_the_forks_output(web: Result, server: Sandboxd, sandbox: Invoke) -> None:
+    httpx.get(f"{fork_upstream(server, 'web')}/marker-for-logs", timeout=5)
+
+    result = eventually(
+        lambda: (
+            (r := sandbox("logs", "web", "echo")).exit_code == 0
+            and "/marker-for-logs" in r.stdout
+            and r
+        )
+    )
+
+    assert '"GET /marker-for-logs HTTP/1.1" 404' in result.stdout
+
+
+def test_logs_follow_prints_new_lines_until_ctrl_c(
+    web: Result, server: Sandboxd, tmp_path: Path
+) -> None:
+    out = tmp_path / "follow.out"
+    script = Path(sys.executable).with_name("sandbox")
+    env = {"SANDBOXD_URL": server.url, "SANDBOXD_TOKEN": server.token, "PATH": "/usr/bin:/bin"}
+    with out.open("wb") as stdout:
+        follower = subprocess.Popen(
+            [str(script), "logs", "web", "echo", "-F", "--tail", "1"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+    try:
+        eventually(lambda: out.stat().st_size > 0)
+        httpx.get(f"{fork_upstream(server, 'web')}/marker-for-follow", timeout=5)
+        eventually(lambda: b"/marker-for-follow" in out.read_bytes())
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, stderr = follower.communicate(timeout=10)
+
+    assert follower.returncode == 0
+    assert b"Traceback" not in stderr
+
+
+def test_logs_of_an_unknown_fork_exit_6(web: Result, sandbox: Invoke) -> None:
+    result = sandbox("logs", "web", "tools")
+
+    assert result.exit_code == 6
+    assert "tools" in result.stderr
+
+
+def test_down_waits_until_deleted(server: Sandboxd, sandbox: Invoke, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", command=SERVE, name="gone")
+    assert sandbox("up", "-f", spec).exit_code == 0
+
+    result = sandbox("down", "gone", "--wait")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "sandbox gone: deleted (phase Deleted)"
+    shown = sandbox("get", "gone", "-o", "json")
+    assert json.loads(shown.stdout)["phase"] == "Deleted"
+    assert sandbox("down", "gone").exit_code == 0
+
+
+def test_down_of_a_name_never_seen_exits_0(sandbox: Invoke) -> None:
+    result = sandbox("down", "never-was")
+
+    assert result.exit_code == 0
+    assert "never-was was never created" in result.stdout
+
+
+def test_a_wrong_token_exits_5(sandbox: Invoke) -> None:
+    result = sandbox("list", env={"SANDBOXD_TOKEN": "wrong-token-0000000000"})
+
+    assert result.exit_code == 5
+    assert result.stderr.startswith("sandbox: not authorised: set SANDBOXD_TOKEN")
+
+
+def test_in_github_actions_up_names_and_labels_the_sandbox_from_the_event(
+    server: Sandboxd, tmp_path: Path
+) -> None:
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"action": "synchronize", "pull_request": {"number": 4242}}))
+    github = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_EVENT_PATH": str(event),
+        "GITHUB_REPOSITORY": "acme/shop",
+        "GITHUB_SHA": "cafe0123",
+    }
+
+    result = as_user(server, "up", "--label", "team=agents", "-o", "json", **github)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "pr-4242"
+    assert stored(server, "pr-4242")["labels"] == {
+        "github.repo": "acme/shop",
+        "github.pr": "4242",
+        "github.sha": "cafe0123",
+        "team": "agents",
+    }

@@ -1,0 +1,178 @@
+"""The pure core: durations, names, specs, the catalog and the route table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sandboxd.core.catalog import CatalogError, load_catalog, parse_catalog
+from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.naming import is_sandbox_name, new_routing_key, service_url_env
+from sandboxd.core.routes import RoutedSandbox, build_route_table
+from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), ("2h", 7200), ("3d", 259200), ("45", 45), (" 5m ", 300), (7, 7)],
+)
+def test_durations_parse(text: str | int, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2x", "-1h", "0s", "1.5h", "h", "1h30m", True])
+def test_bad_durations_say_how_to_write_one(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_durations_format_to_the_shortest_exact_unit() -> None:
+    assert [format_duration(s) for s in (7200, 5400, 61, 86400)] == ["2h", "90m", "61s", "1d"]
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("pr-42", True), ("a", True), ("a" * 40, True), ("a" * 41, False), ("PR-42", False),
+     ("-pr", False), ("pr-", False), ("pr_42", False), ("pr.42", False), ("", False)],
+)  # fmt: skip
+def test_sandbox_names_are_short_dns_labels(name: str, valid: bool) -> None:
+    assert is_sandbox_name(name) is valid
+
+
+def test_routing_keys_are_opaque_and_unique() -> None:
+    keys = {new_routing_key() for _ in range(1000)}
+    assert len(keys) == 1000
+    assert all(len(k) >= 10 and k.isalnum() and k.islower() | k.isdigit() for k in keys)
+
+
+def test_service_url_env_names() -> None:
+    assert service_url_env("cluster-mcp") == "SANDBOXD_SERVICE_CLUSTER_MCP_URL"
+
+
+def test_spec_normalises_ttl_and_compares_canonically() -> None:
+    a = SandboxSpec.model_validate({"name": "pr-1", "ttl": "120m"})
+    b = SandboxSpec.model_validate({"name": "pr-1", "ttl": 7200})
+    assert a.ttl == "2h" and a.canonical() == b.canonical()
+    assert SandboxSpec.model_validate({"name": "pr-1"}).ttl is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x", "forks": [{"service": "a"}, {"service": "a"}]}, "forks"),
+        ({"name": "x", "labels": {"-bad": "v"}}, "labels"),
+        ({"name": "x", "labels": {f"k{i}": "v" for i in range(65)}}, "labels"),
+        ({"name": "x", "forks": [{"service": "a", "env": {"1X": "v"}}]}, "forks.0.env"),
+        ({"name": "x", "forks": [{"service": "a", "command": []}]}, "forks.0.command"),
+        ({"name": "x", "forks": [{"service": "a", "health": "health"}]}, "forks.0.health"),
+        ({"name": "x", "forks": [{"service": "Not_DNS"}]}, "forks.0.service"),
+        ({"name": "x", "faults": [{"service": "a", "kind": "explode"}]}, "faults.0.kind"),
+        ({"name": "x", "faults": [{"service": "a", "kind": "latency", "probability": 2}]},
+         "faults.0.probability"),
+        ({"name": "x", "surprise": 1}, "surprise"),
+    ],
+)  # fmt: skip
+def test_spec_refuses_bad_fields_by_name(body: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        SandboxSpec.model_validate(body)
+    assert field in {".".join(str(p) for p in err["loc"]) for err in e.value.errors()}
+
+
+def test_agent_version_becomes_labels() -> None:
+    spec = SandboxSpec.model_validate(
+        {
+            "name": "x",
+            "agent": {
+                "promptVersion": "v2",
+                "modelVersion": "m-1",
+                "tools": {"cluster-mcp": "2.0.0"},
+            },
+        }
+    )
+    assert agent_labels(spec.agent) == {
+        "sandboxd.dev/prompt-version": "v2",
+        "sandboxd.dev/model-version": "m-1",
+        "sandboxd.dev/tool.cluster-mcp": "2.0.0",
+    }
+
+
+def test_an_empty_patch_is_refused() -> None:
+    with pytest.raises(ValidationError, match="nothing to change"):
+        SandboxPatch.model_validate({})
+
+
+CATALOG = """
+baggageKey: sandbox
+services:
+  - name: echo
+    protocol: http
+    routerPort: 7301
+    baseline:
+      url: http://127.0.0.1:7401
+      command: ["python3", "-m", "http.server", "7401"]
+      env: {}
+      health: /
+"""
+
+
+def test_catalog_loads(tmp_path: Path) -> None:
+    path = tmp_path / "sandboxd.yaml"
+    path.write_text(CATALOG)
+    catalog = load_catalog(path)
+    echo = catalog.get("echo")
+    assert echo is not None and echo.router_port == 7301 and echo.baseline.health == "/"
+    assert catalog.baggage_key == "sandbox"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("services: [", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+        (CATALOG.replace("protocol: http", "protocol: grpc"), "services[0].protocol"),
+        (CATALOG.replace("routerPort: 7301", "routerPort: 0"), "services[0].routerPort"),
+        (
+            CATALOG.replace("url: http://127.0.0.1:7401", "url: 127.0.0.1"),
+            "services[0].baseline.url",
+        ),
+        (CATALOG.replace("health: /", "helth: /"), "services[0].baseline.helth"),
+        (CATALOG + CATALOG.split("services:\n")[1], "two services share the name echo"),
+        (CATALOG.replace("baggageKey: sandbox", "baggageKey: 'a b'"), "baggageKey"),
+    ],
+)
+def test_catalog_errors_name_file_field_and_problem(text: str, expected: str) -> None:
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(text, source="/etc/sandboxd.yaml")
+    assert str(e.value).startswith("/etc/sandboxd.yaml: ")
+    assert expected in str(e.value)
+
+
+def test_missing_catalog_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read the catalog"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def test_route_table_is_keyed_by_routing_key_with_a_content_etag() -> None:
+    catalog = parse_catalog(CATALOG, source="t")
+    a = RoutedSandbox("pr-1", "key1", {"echo": "http://127.0.0.1:5000"})
+    b = RoutedSandbox("pr-2", "key2", {})
+    table = build_route_table(catalog=catalog, sandboxes=[a, b])
+    import json
+
+    body = json.loads(table.body)
+    assert body["routes"]["key1"] == {
+        "sandbox": "pr-1",
+        "forks": {"echo": "http://127.0.0.1:5000"},
+        "faults": [],
+    }
+    assert body["services"][0] == {
+        "name": "echo",
+        "protocol": "http",
+        "routerPort": 7301,
+        "baseline": "http://127.0.0.1:7401",
+    }
+    assert table.etag == build_route_table(catalog=catalog, sandboxes=[b, a]).etag
+    assert table.etag != build_route_table(catalog=catalog, sandboxes=[a]).etag
+    assert body["version"] == table.etag.strip('"')

@@ -1,0 +1,58 @@
+"""The work queue's guarantees and the route book's change notification."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from sandboxd.core.catalog import Catalog
+from sandboxd.reconciler.queue import WorkQueue
+from sandboxd.routebook import RouteBook
+from sandboxd.store.tables import SandboxRow
+
+
+async def test_queue_deduplicates_and_reruns_a_name_kicked_while_active() -> None:
+    queue = WorkQueue()
+    queue.add("a")
+    queue.add("a")
+    queue.add("b")
+    assert await queue.get() == "a"
+    queue.add("a")  # kicked while a worker has it: must run again, but not concurrently
+    assert await queue.get() == "b"
+    assert queue._queue.empty()
+    queue.done("a")
+    assert await asyncio.wait_for(queue.get(), 1) == "a"
+
+
+async def test_queue_add_after_keeps_the_earliest_retry() -> None:
+    queue = WorkQueue()
+    queue.add_after("a", 0.05)
+    queue.add_after("a", 10)
+    assert await asyncio.wait_for(queue.get(), 1) == "a"
+    queue.close()
+
+
+def row(name: str, phase: str, forks: list[dict[str, object]] | None = None) -> SandboxRow:
+    now = datetime(2026, 1, 1)
+    return SandboxRow(
+        name=name, uid="u", routing_key=f"key-{name}", spec={"name": name}, labels={},
+        phase=phase, forks=forks or [], created_at=now, updated_at=now, expires_at=now,
+    )  # fmt: skip
+
+
+async def test_route_book_releases_waiters_on_change_only() -> None:
+    book = RouteBook(catalog=Catalog())
+    etag = book.table.etag
+    waiter = asyncio.create_task(book.wait_for_change(etag, timeout=5))
+    await asyncio.sleep(0.01)
+    book.update([row("a", "Ready", [{"service": "echo", "upstream": "http://127.0.0.1:1"}])])
+    table = await asyncio.wait_for(waiter, 1)
+    assert table.etag != etag and b"key-a" in table.body
+    same = book.table.etag
+    book.update([row("a", "Ready", [{"service": "echo", "upstream": "http://127.0.0.1:1"}])])
+    assert book.table.etag == same
+    assert (await book.wait_for_change(same, timeout=0.05)).etag == same
+    book.update([row("a", "Terminating")])
+    assert b"key-a" not in book.table.body
+    book.reload([row("b", "Pending")])
+    assert b"key-b" in book.table.body
