@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sandboxd_cli.main import app
 from typer.testing import CliRunner, Result
 
+from sandboxd_cli.main import app
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
 Invoke = Callable[..., Result]

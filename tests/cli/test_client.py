@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from sandboxd_cli.client import Api
 from sandboxd_cli.config import Connection, resolve
 from sandboxd_cli.errors import BadInput, CliError, NotAuthorised, exit_code
-
 from tests.cli.conftest import run_cli
 from tests.support.server import free_port
 
@@ -142,3 +142,17 @@ def test_an_explicit_token_wins_over_the_environment_and_the_file(tmp_path: Path
     assert resolve(url=None, token=None, env=env, home=tmp_path).token == "env"
     assert resolve(url=None, token="flag", env=env, home=tmp_path).token == "flag"
     assert resolve(url=None, token=None, env={}, home=tmp_path).url == "http://127.0.0.1:7070"
+
+
+def test_a_name_is_one_path_segment_whatever_it_contains() -> None:
+    paths: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.raw_path)
+        return httpx.Response(200, json={})
+
+    connection = Connection(url="http://sbx.test", token="t")
+    with Api(connection=connection, transport=httpx.MockTransport(handler)) as api:
+        api.get("a/b?c=d")
+
+    assert paths == [b"/v1/sandboxes/a%2Fb%3Fc%3Dd"]

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sandboxd_cli import github
 from sandboxd_cli.errors import BadInput
 from sandboxd_cli.spec import Flags, build_spec
-
 from tests.cli.conftest import run_cli
 
 

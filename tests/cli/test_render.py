@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+
 from sandboxd_cli.render import Output, dump, relative, span, table
 from sandboxd_cli.views import details, event_table, progress, sandbox_list, summary, try_url
-from sandboxd_cli.wait import poll
+from sandboxd_cli.wait import poll, reporter
 
 NOW = datetime(2025, 1, 2, 3, 0, 0, tzinfo=UTC)
 
@@ -95,14 +96,14 @@ def fields(text: str) -> dict[str, str]:
 def test_details_show_key_baggage_expiry_links_and_forks() -> None:
     text = details(SANDBOX, now=NOW)
 
-    assert fields(text) | {"Created": "-"} == {
+    assert fields(text) == {
         "Name": "pr-42",
         "Phase": "Ready",
         "Reason": "ForksReady",
         "Message": "all 1 forks are ready",
         "Routing key": "ab12cd34ef56gh78",
         "Baggage": "sandbox=ab12cd34ef56gh78",
-        "Created": "-",
+        "Created": "2025-01-02T02:59:00Z",
         "Expires": "2025-01-02T04:59:59Z (in 1h59m)",
         "Labels": "github.pr=42,team=agents",
         "Link (self)": "http://sbx/v1/sandboxes/pr-42",
@@ -203,3 +204,26 @@ def test_poll_gives_up_at_the_timeout() -> None:
     assert done is False
     assert last == pytest.approx(1.0)
     assert clock.now == pytest.approx(1.0)
+
+
+def test_without_a_terminal_progress_is_one_line_per_change(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pending = {"name": "x", "phase": "Pending"}
+    with reporter(tty=False) as report:
+        for state in (
+            pending,
+            pending,
+            {**pending, "phase": "Ready"},
+            {**pending, "phase": "Ready"},
+        ):
+            report(state)
+
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["x: Pending", "x: Ready"]
+    assert captured.out == ""
+
+
+def test_the_spinner_shows_server_text_verbatim_not_as_markup() -> None:
+    with reporter(tty=True) as report:
+        report({"name": "x", "phase": "Failed", "reason": "[/unbalanced] [bold]"})

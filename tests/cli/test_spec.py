@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+
 from sandboxd_cli.errors import BadInput
 from sandboxd_cli.github import Defaults
 from sandboxd_cli.spec import Flags, build_spec, parse_env, parse_label, read_spec_file
-
 from tests.cli.conftest import run_cli
 
 NO_GITHUB = Defaults()

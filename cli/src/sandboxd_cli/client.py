@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -67,20 +68,20 @@ class Api:
         return self._json("POST", "/v1/sandboxes", json=spec, what=_sandbox(spec.get("name")))
 
     def get(self, name: str) -> Json:
-        return self._json("GET", f"/v1/sandboxes/{name}", what=_sandbox(name))
+        return self._json("GET", f"/v1/sandboxes/{_seg(name)}", what=_sandbox(name))
 
     def sandboxes(self, *, labels: Sequence[str] = ()) -> Json:
         params = [("label", label) for label in labels]
         return self._json("GET", "/v1/sandboxes", params=params, what="sandboxes")
 
     def patch(self, name: str, body: Json) -> Json:
-        return self._json("PATCH", f"/v1/sandboxes/{name}", json=body, what=_sandbox(name))
+        return self._json("PATCH", f"/v1/sandboxes/{_seg(name)}", json=body, what=_sandbox(name))
 
     def delete(self, name: str) -> Json:
-        return self._json("DELETE", f"/v1/sandboxes/{name}", what=_sandbox(name))
+        return self._json("DELETE", f"/v1/sandboxes/{_seg(name)}", what=_sandbox(name))
 
     def events(self, name: str) -> Json:
-        return self._json("GET", f"/v1/sandboxes/{name}/events", what=_sandbox(name))
+        return self._json("GET", f"/v1/sandboxes/{_seg(name)}/events", what=_sandbox(name))
 
     def services(self) -> Json:
         return self._json("GET", "/v1/services", what="services")
@@ -90,7 +91,7 @@ class Api:
     ) -> LogChunk:
         """The last `tail` lines, or (tail None) the bytes from `offset`."""
         params = {"tail": tail} if tail is not None else {"offset": offset}
-        path = f"/v1/sandboxes/{name}/logs/{service}"
+        path = f"/v1/sandboxes/{_seg(name)}/logs/{_seg(service)}"
         response = self._send("GET", path, params=params, what=None)
         data = response.content
         next_offset = _int(response.headers.get(OFFSET_HEADER), default=offset + len(data))
@@ -125,6 +126,11 @@ class Api:
             raise BadInput(f"{self.url} is not a usable sandboxd URL: {e}") from e
         except httpx.HTTPError as e:
             raise Unreachable(f"cannot talk to sandboxd at {self.url}: {e}") from e
+
+
+def _seg(value: str) -> str:
+    """One path segment: a name typed as `a/b` or `x?y` must not change the URL's shape."""
+    return quote(value, safe="")
 
 
 def _sandbox(name: object) -> str:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from sandboxd_cli.views import progress
 
@@ -64,7 +65,7 @@ def _spinner() -> Iterator[Report]:
     with console.status("waiting for sandboxd…") as status:
 
         def report(sandbox: dict[str, Any]) -> None:
-            status.update(progress(sandbox))
+            status.update(Text(progress(sandbox)))  # Text: server messages are not markup
 
         yield report
 

@@ -1,8 +1,10 @@
 """The route table as the API serves it: kept in memory, updated per sandbox, watched.
 
-The API and the reconciler call `update` after every write that can move a route, before they
-answer, so a router's long poll is released before the client that caused the change hears back.
-A periodic `reload` from the database repairs anything another replica changed.
+The API and the reconciler call `update` after every write that can move a route. The table is
+rebuilt once per burst of updates (on the next turn of the event loop, or at once when someone
+reads it), so a router's long poll is released right after the write, and a thousand creates do
+not serialise a thousand tables. A periodic `reload` from the database repairs anything another
+replica changed.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ class RouteBook:
         self._entries: dict[str, RoutedSandbox] = {}
         self._table = build_route_table(catalog=catalog, sandboxes=())
         self._changed = asyncio.Event()
+        self._dirty = False
 
     @property
     def table(self) -> RouteTable:
+        if self._dirty:
+            self._publish()
         return self._table
 
     def update(self, rows: Iterable[SandboxRow]) -> None:
@@ -48,24 +53,32 @@ class RouteBook:
                 else:
                     self._entries[row.name] = entry
         if changed:
-            self._publish()
+            self._mark_dirty()
 
     def reload(self, rows: Iterable[SandboxRow]) -> None:
         entries = {row.name: e for row in rows if (e := routed(row)) is not None}
         if entries != self._entries:
             self._entries = entries
-            self._publish()
+            self._mark_dirty()
 
     async def wait_for_change(self, etag: str, *, timeout: float) -> RouteTable:
         """The table once its ETag differs from `etag`, or the current one after `timeout`."""
-        if self._table.etag != etag:
+        if self.table.etag != etag:
             return self._table
         event = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         return self._table
 
+    def _mark_dirty(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            asyncio.get_running_loop().call_soon(self._publish)
+
     def _publish(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
         table = build_route_table(catalog=self._catalog, sandboxes=self._entries.values())
         if table.etag != self._table.etag:
             self._table = table

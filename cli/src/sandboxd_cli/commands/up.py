@@ -79,10 +79,10 @@ def up(
         services = api.services() if output is Output.TABLE and error is None else None
     if output is not Output.TABLE:
         show(sandbox, output)
+    elif error is None:
+        typer.echo(summary(sandbox, services=services, now=now()))
     if error is not None:
         raise error
-    if output is Output.TABLE:
-        typer.echo(summary(sandbox, services=services, now=now()))
 
 
 def wait_ready(api: Api, sandbox: Json, *, timeout: float) -> tuple[Json, CliError | None]:

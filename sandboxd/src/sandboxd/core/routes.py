@@ -50,7 +50,9 @@ def build_route_table(*, catalog: Catalog, sandboxes: Iterable[RoutedSandbox]) -
         for sb in sorted(sandboxes, key=lambda s: s.routing_key)
     }
     content = {"baggageKey": catalog.baggage_key, "services": services, "routes": routes}
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-    etag = hashlib.sha256(canonical).hexdigest()[:20]
-    body = json.dumps({"version": etag, **content}, separators=(",", ":")).encode()
+    # Built in a fixed order, so the same content always gives the same bytes and ETag; the
+    # version goes last so that the table is serialised once.
+    encoded = json.dumps(content, separators=(",", ":")).encode()
+    etag = hashlib.sha256(encoded).hexdigest()[:20]
+    body = encoded[:-1] + b',"version":"' + etag.encode() + b'"}'
     return RouteTable(body=body, etag=f'"{etag}"', sandboxes=len(routes))

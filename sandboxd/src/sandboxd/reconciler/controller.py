@@ -34,6 +34,8 @@ class ReconcilerConfig:
     health_timeout: float
     sweep_interval: float
     workers: int
+    resync_interval: float = 60.0
+    """Every sandbox is reconciled at least this often, even if nothing kicked it."""
 
 
 class Reconciler:
@@ -77,19 +79,24 @@ class Reconciler:
             self._queue.close()
 
     async def _sweeper(self) -> None:
-        next_sweep = 0.0
+        next_sweep = next_resync = 0.0
         while True:
             self.heartbeat = time.monotonic()
             if self.heartbeat >= next_sweep:
+                full = self.heartbeat >= next_resync
                 try:
-                    await self.sweep()
+                    await self.sweep(full=full)
                 except Exception:
                     log.exception("sweep failed; retrying at the next interval")
                 next_sweep = time.monotonic() + self._config.sweep_interval
+                if full:
+                    next_resync = time.monotonic() + self._config.resync_interval
             await asyncio.sleep(min(1.0, self._config.sweep_interval))
 
-    async def sweep(self) -> None:
-        """Reap expired sandboxes, resync every known one, and collect runtime orphans."""
+    async def sweep(self, *, full: bool) -> None:
+        """Reap expired sandboxes and collect runtime orphans; converge every sandbox that is
+        not settled (all of them when `full`). A settled sandbox — Ready or Failed — is
+        otherwise kicked by the runtime when one of its forks changes."""
         expired = await asyncio.to_thread(self._store.expire_due, now=utcnow())
         self._metrics.expired.inc(len(expired))
         phases = [*LIVE, Phase.TERMINATING]
@@ -101,8 +108,9 @@ class Reconciler:
                 self._metrics.sandboxes.labels(phase.value).set(
                     sum(1 for r in rows if r.phase == phase)
                 )
-        known = {row.name for row in rows}
-        for name in known | self._runtime.sandboxes():
+        settled = (Phase.READY.value, Phase.FAILED.value)
+        due = {row.name for row in rows if full or row.phase not in settled}
+        for name in due | (self._runtime.sandboxes() - {row.name for row in rows}):
             self.kick(name)
 
     async def _worker(self) -> None:
@@ -192,6 +200,14 @@ class Reconciler:
     ) -> None:
         """Store the new status; `announce` adds an event for a phase change (unless the
         caller's events already tell it)."""
+        unchanged = (phase.value, reason, message, forks) == (
+            row.phase,
+            row.reason,
+            row.message,
+            row.forks,
+        )
+        if unchanged and not events:
+            return
         if phase.value != row.phase:
             self._metrics.transitions.labels(phase.value).inc()
             if announce:

@@ -1,8 +1,9 @@
 """The database engine and schema migrations.
 
-SQLite runs in WAL mode with every transaction opened by `BEGIN IMMEDIATE`: pysqlite's default
-deferred transactions can fail with SQLITE_BUSY when two readers both upgrade to writers, which
-ignores the busy timeout; taking the write lock up front makes concurrent creates queue instead.
+SQLite runs in WAL mode with every writing transaction opened by `BEGIN IMMEDIATE`: pysqlite's
+default deferred transactions can fail with SQLITE_BUSY when two readers both upgrade to
+writers, which ignores the busy timeout; taking the write lock up front makes concurrent creates
+queue instead. Reads use a deferred BEGIN, which in WAL mode never waits for a writer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "sandboxd_read_only"
+"""Execution option: a transaction that only reads (SQLite: a deferred BEGIN, which in WAL mode
+never waits for writers)."""
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -46,7 +50,8 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -23,6 +23,7 @@ from sandboxd.core.naming import new_routing_key
 from sandboxd.core.phases import LIVE, Phase
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
 from sandboxd.store.clock import rfc3339, utcnow
+from sandboxd.store.engine import READ_ONLY
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 P = ParamSpec("P")
@@ -48,6 +49,7 @@ class NewSandbox:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY: True})
 
     @staticmethod
     async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -55,15 +57,16 @@ class Store:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     @contextmanager
-    def _tx(self) -> Iterator[Session]:
+    def _tx(self, *, read_only: bool = False) -> Iterator[Session]:
+        bind = self._reader if read_only else self.engine
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            with Session(bind, expire_on_commit=False) as session, session.begin():
                 yield session
         except OperationalError as e:
             raise Unavailable(f"the database is unavailable: {e.orig}") from e
 
     def ping(self) -> None:
-        with self._tx() as session:
+        with self._tx(read_only=True) as session:
             session.execute(text("SELECT 1"))
 
     # tokens ------------------------------------------------------------------------------
@@ -77,7 +80,7 @@ class Store:
                 row.created_at = utcnow()
 
     def token_hashes(self) -> set[str]:
-        with self._tx() as session:
+        with self._tx(read_only=True) as session:
             return set(session.exec(select(TokenRow.token_hash)).all())
 
     # sandboxes ---------------------------------------------------------------------------
@@ -159,12 +162,12 @@ class Store:
         return session.get(SandboxRow, key.sandbox)
 
     def get(self, name: str) -> SandboxRow | None:
-        with self._tx() as session:
+        with self._tx(read_only=True) as session:
             return session.get(SandboxRow, name)
 
     def sandboxes(self, *, phases: Sequence[Phase] | None = None) -> list[SandboxRow]:
         wanted = [p.value for p in (phases if phases is not None else LIVE)]
-        with self._tx() as session:
+        with self._tx(read_only=True) as session:
             query = select(SandboxRow).where(col(SandboxRow.phase).in_(wanted))
             return list(session.exec(query.order_by(SandboxRow.name)).all())
 
@@ -244,7 +247,7 @@ class Store:
             return row
 
     def events(self, name: str, *, uid: str) -> list[EventRow]:
-        with self._tx() as session:
+        with self._tx(read_only=True) as session:
             query = select(EventRow).where(EventRow.sandbox == name, EventRow.uid == uid)
             return list(session.exec(query.order_by(col(EventRow.id))).all())
 
