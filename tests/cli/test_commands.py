@@ -47,7 +47,7 @@ def test_up_waits_until_ready_and_prints_how_to_reach_the_sandbox(
     curl = f"curl -H 'baggage: {sandbox['baggage']}' http://127.0.0.1:{catalog.router_port}/"
     assert curl in lines
     assert sandbox["routingKey"] in web.stdout
-    assert sandbox["links"]["web"] in web.stdout
+    assert sandbox["links"]["self"] in web.stdout
     assert "web: Ready" in web.stderr
 
 

@@ -34,7 +34,6 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
         links={
             "self": self_url,
             "events": f"{self_url}/events",
-            "web": f"{base_url}/sandboxes/{row.name}",
         },
     )
 
