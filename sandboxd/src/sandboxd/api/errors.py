@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from sandboxd.api.deps import Unauthorized
 from sandboxd.core.errors import describe, one_line
@@ -25,8 +27,17 @@ STATUS: dict[type[SandboxdError], int] = {
 }
 
 
-def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: object,
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     body = {"error": code, "message": message, **extra}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -48,10 +59,23 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", one_line(problems), problems=problems)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return _method_not_allowed(request)
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-    return error_response(exc.status_code, code, str(exc.detail))
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+def _method_not_allowed(request: Request) -> JSONResponse:
+    """405 with an `Allow` that lists every route on the path (Starlette lists only the first)."""
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            allowed |= getattr(route, "methods", None) or set()
+    allow = ", ".join(sorted(allowed))
+    return error_response(405, "method_not_allowed", f"allowed: {allow}", headers={"Allow": allow})
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

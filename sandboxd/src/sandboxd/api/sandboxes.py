@@ -8,12 +8,13 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
-from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError, WithJsonSchema
 
 from sandboxd.api.deps import AppState, StateDep, require_token
-from sandboxd.api.schemas import ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
+from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
 from sandboxd.api.views import event_view, sandbox_view
 from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.errors import describe, one_line
 from sandboxd.core.plan import PlanError, check_forks
 from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
 from sandboxd.errors import Conflict, InvalidRequest, NotFound
@@ -25,6 +26,7 @@ router = APIRouter(
     prefix="/v1/sandboxes", tags=["sandboxes"], dependencies=[Depends(require_token)]
 )
 NameParam = Annotated[str, Path(max_length=63, description="The sandbox's name")]
+LabelFilter = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[^=]+="})]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No sandbox was ever called that"}
 }
@@ -63,6 +65,7 @@ async def _row(state: AppState, name: str) -> SandboxRow:
     responses={
         200: {"model": SandboxOut, "description": "Exists already with this spec"},
         **ERRORS,
+        **BODY_ERRORS,
         **_CONFLICT,
     },
 )
@@ -107,7 +110,7 @@ def _label_filter(labels: list[str]) -> dict[str, str]:
 @router.get("", response_model=SandboxList, responses=ERRORS)
 async def list_sandboxes(
     state: StateDep,
-    label: Annotated[list[str], Query(description="k=v; repeat to require several")] = [],  # noqa: B006
+    label: Annotated[list[LabelFilter], Query(description="k=v; repeat to require several")] = [],  # noqa: B006
 ) -> SandboxList:
     wanted = _label_filter(label)
     rows = await state.store.run(state.store.sandboxes)
@@ -120,7 +123,11 @@ async def get_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
     return _view(state, await _row(state, name))
 
 
-@router.patch("/{name}", response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND, **_CONFLICT})
+@router.patch(
+    "/{name}",
+    response_model=SandboxOut,
+    responses={**ERRORS, **BODY_ERRORS, **_NOT_FOUND, **_CONFLICT},
+)
 async def patch_sandbox(
     state: StateDep, name: NameParam, patch: Annotated[SandboxPatch, Body()]
 ) -> SandboxOut:
@@ -147,12 +154,14 @@ def _changes(
         changes["expires_at"] = utcnow() + timedelta(seconds=ttl)
         what.append(f"TTL extended: expires {format_duration(ttl)} from now")
     if patch.labels is not None:
-        labels = {
-            k: v for k, v in {**spec.get("labels", {}), **patch.labels}.items() if v is not None
-        }
-        spec["labels"] = SandboxSpec.model_validate({"name": row.name, "labels": labels}).labels
-        agent = SandboxSpec.model_validate({"name": row.name, "agent": spec.get("agent")}).agent
-        changes["labels"] = {**spec["labels"], **agent_labels(agent)}
+        merged = {**spec.get("labels", {}), **patch.labels}
+        labels = {k: v for k, v in merged.items() if v is not None}
+        try:  # the merge can still break a rule, such as the number of labels
+            updated = SandboxSpec.model_validate({**spec, "labels": labels})
+        except ValidationError as e:
+            raise InvalidRequest(one_line(describe(e.errors())), error="invalid_request") from e
+        spec["labels"] = updated.labels
+        changes["labels"] = {**updated.labels, **agent_labels(updated.agent)}
         what.append("labels changed")
     if patch.faults is not None:
         spec["faults"] = [
@@ -185,11 +194,20 @@ async def sandbox_events(state: StateDep, name: NameParam) -> EventList:
 
 @router.get(
     "/{name}/logs/{service}",
-    response_class=PlainTextResponse,
+    response_class=Response,
     responses={
         **ERRORS,
         **_NOT_FOUND,
-        200: {"content": {"text/plain": {}}, "description": "Log bytes"},
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Log bytes",
+            "headers": {
+                "Sandboxd-Log-Offset": {
+                    "description": "The offset to ask for next",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
     },
 )
 async def fork_logs(

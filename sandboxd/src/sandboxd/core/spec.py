@@ -23,10 +23,18 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from sandboxd.core.duration import format_duration, parse_duration
-from sandboxd.core.naming import MAX_SANDBOX_NAME, is_dns_label, is_sandbox_name
+from sandboxd.core.naming import (
+    DNS_LABEL,
+    MAX_SANDBOX_NAME,
+    SANDBOX_NAME,
+    is_dns_label,
+    is_sandbox_name,
+)
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_LABEL_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_HEALTH_PATH = re.compile(r"^/[!-~]{0,511}$")  # printable ASCII, no spaces
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_FORKS = 32
@@ -70,8 +78,10 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
                 f"label key {key!r} must be 1-63 characters of letters, digits, '.', '_', '/' "
                 "or '-', starting and ending with a letter or digit"
             )
-        if len(item) > MAX_LABEL_VALUE or not item.isprintable():
-            raise ValueError(f"label {key!r}: value must be printable, at most 256 characters")
+        if len(item) > MAX_LABEL_VALUE or not _LABEL_VALUE_RE.fullmatch(item):
+            raise ValueError(
+                f"label {key!r}: value must have no control characters, at most 256 characters"
+            )
     return value
 
 
@@ -97,17 +107,56 @@ def _argv(value: list[str]) -> list[str]:
 
 
 def _health_path(value: str) -> str:
-    if not value.startswith("/") or len(value) > 512 or not value.isprintable() or " " in value:
+    if not _HEALTH_PATH.fullmatch(value):
         raise ValueError(f"{value!r} is not an HTTP path (it must start with '/')")
     return value
 
 
-DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-SandboxName = Annotated[str, AfterValidator(_sandbox_name)]
-Labels = Annotated[dict[str, str], AfterValidator(_labels)]
-Env = Annotated[dict[str, str], AfterValidator(_env)]
-Argv = Annotated[list[str], AfterValidator(_argv)]
-HealthPath = Annotated[str, AfterValidator(_health_path)]
+# The validators give the messages; the JSON schema documents the same rules (for the OpenAPI
+# document, which clients and fuzzers read).
+DnsLabel = Annotated[
+    str, AfterValidator(_dns_label), Field(json_schema_extra={"pattern": DNS_LABEL.pattern})
+]
+SandboxName = Annotated[
+    str,
+    AfterValidator(_sandbox_name),
+    Field(json_schema_extra={"pattern": SANDBOX_NAME.pattern, "maxLength": MAX_SANDBOX_NAME}),
+]
+_LABEL_VALUE = {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": _LABEL_VALUE_RE.pattern}
+Labels = Annotated[
+    dict[str, str],
+    AfterValidator(_labels),
+    Field(
+        json_schema_extra={
+            "propertyNames": {"pattern": _LABEL_KEY.pattern},
+            "maxProperties": MAX_LABELS,
+            "additionalProperties": _LABEL_VALUE,
+        }
+    ),
+]
+Env = Annotated[
+    dict[str, str],
+    AfterValidator(_env),
+    Field(
+        json_schema_extra={
+            "propertyNames": {"pattern": _ENV_NAME.pattern},
+            "maxProperties": MAX_ENV,
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_STRING,
+                "pattern": "^[^\x00]*$",
+            },
+        }
+    ),
+]
+Argv = Annotated[
+    list[str],
+    AfterValidator(_argv),
+    Field(json_schema_extra={"minItems": 1, "maxItems": MAX_ARGV}),
+]
+HealthPath = Annotated[
+    str, AfterValidator(_health_path), Field(json_schema_extra={"pattern": _HEALTH_PATH.pattern})
+]
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -172,7 +221,10 @@ def _ttl(value: object) -> object:
 Ttl = Annotated[
     str | None,
     BeforeValidator(_ttl),
-    Field(description="s/m/h/d units, such as 90m or 2h; a bare number means seconds"),
+    Field(
+        description="s/m/h/d units, such as 90m or 2h; a bare number means seconds",
+        json_schema_extra={"pattern": r"^\s*0*[1-9][0-9]{0,8}\s*[smhd]?\s*$"},
+    ),
 ]
 
 
@@ -212,8 +264,15 @@ class SandboxPatch(Model):
     """
 
     ttl: Ttl = None
-    labels: dict[str, str | None] | None = None
+    labels: Annotated[dict[str, str | None], Field(max_length=MAX_LABELS)] | None = None
     faults: Annotated[list[FaultSpec], Field(max_length=MAX_FAULTS)] | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _label_rules(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        if value is not None:
+            _labels({k: v or "" for k, v in value.items()})
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> SandboxPatch:

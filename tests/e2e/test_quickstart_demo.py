@@ -1,0 +1,25 @@
+"""The README's first command, as a new user runs it: `scripts/demo --once` exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.procs import fork_pids
+from tests.support.server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_once_shows_fork_beside_baseline_and_cleans_up() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--once", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    assert '"version": "v1"' in result.stdout and '"version": "v2"' in result.stdout
+    assert fork_pids(sandbox="pr-42") == []
