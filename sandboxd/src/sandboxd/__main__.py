@@ -30,32 +30,37 @@ def _root() -> None:
 @cli.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Listen address [env SANDBOXD_HOST; 127.0.0.1]")
+        str | None, typer.Option(help="Listen address (env SANDBOXD_HOST, default 127.0.0.1)")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [env SANDBOXD_PORT; 7070]")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Listen port (env SANDBOXD_PORT, default 7070)")
+    ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="State directory [env SANDBOXD_DATA_DIR; ~/.sandboxd]")
+        Path | None,
+        typer.Option(help="State directory (env SANDBOXD_DATA_DIR, default ~/.sandboxd)"),
     ] = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="SQLAlchemy URL [env SANDBOXD_DATABASE_URL; SQLite in the data dir]"),
+        typer.Option(
+            help="SQLAlchemy URL (env SANDBOXD_DATABASE_URL, default SQLite in the data dir)"
+        ),
     ] = None,
     catalog: Annotated[
-        Path | None, typer.Option(help="Catalog file, sandboxd.yaml [env SANDBOXD_CATALOG]")
+        Path | None, typer.Option(help="Catalog file, sandboxd.yaml (env SANDBOXD_CATALOG)")
     ] = None,
     runtime: Annotated[
-        str | None, typer.Option(help="Where forks run: local [env SANDBOXD_RUNTIME]")
+        str | None, typer.Option(help="Where forks run: local (env SANDBOXD_RUNTIME)")
     ] = None,
     start_baseline: Annotated[
         bool | None,
         typer.Option(
             "--start-baseline/--no-start-baseline",
-            help="Run the catalog's baseline commands [env SANDBOXD_START_BASELINE]",
+            help="Run the catalog's baseline commands (env SANDBOXD_START_BASELINE)",
         ),
     ] = None,
     reaper_interval: Annotated[
         float | None,
-        typer.Option(help="Seconds between TTL sweeps [env SANDBOXD_REAPER_INTERVAL; 10]"),
+        typer.Option(help="Seconds between TTL sweeps (env SANDBOXD_REAPER_INTERVAL, default 10)"),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
