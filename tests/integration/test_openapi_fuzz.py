@@ -16,6 +16,8 @@ from tests.support.server import running_sandboxd
 # - positive_data_acceptance: whether a schema-valid spec is acceptable depends on the catalog
 #   (an unknown service) and on rules JSON Schema cannot state (a service forked twice).
 EXCLUDED = "use_after_free,positive_data_acceptance"
+# One worker: with several threads, CPython 3.11's ast.parse (which hypothesis calls to describe
+# lambdas) can fail with "AST constructor recursion depth mismatch", a bug of the interpreter.
 
 
 def test_the_api_honours_its_openapi_document(tmp_path: Path) -> None:
@@ -25,7 +27,7 @@ def test_the_api_honours_its_openapi_document(tmp_path: Path) -> None:
             [str(Path(sys.executable).parent / "st"), "run", f"{server.url}/openapi.json",
              "-H", f"Authorization: Bearer {server.token}", "--checks", "all",
              "--exclude-checks", EXCLUDED, "--max-examples", "60", "--seed", "20261122",
-             "--workers", "2", "--no-color"],
+             "--workers", "1", "--no-color"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert "Traceback" not in server.log()

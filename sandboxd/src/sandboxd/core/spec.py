@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -194,22 +195,24 @@ class FaultKind(StrEnum):
 
 
 class FaultSpec(Model):
-    """A fault the router injects into this sandbox's traffic only (applied in a later release)."""
+    """A fault the router injects into this sandbox's traffic only (applied in a later release).
+
+    Numbers are strict: `true` is not a probability and `"3"` is not a count."""
 
     service: DnsLabel
     kind: FaultKind
     tool: ShortText | None = None
     path: ShortText | None = None
-    latency_ms: Annotated[int, Field(ge=0, le=600_000)] | None = None
-    status: Annotated[int, Field(ge=100, le=599)] | None = None
-    code: int | None = None
+    latency_ms: Annotated[int, Strict(), Field(ge=0, le=600_000)] | None = None
+    status: Annotated[int, Strict(), Field(ge=100, le=599)] | None = None
+    code: Annotated[int, Strict()] | None = None
     message: ShortText | None = None
     fields: Annotated[list[ShortText], Field(max_length=64)] | None = None
-    retry_after: Annotated[int, Field(ge=0, le=86_400)] | None = None
-    chunk_delay_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
-    probability: Annotated[float, Field(ge=0, le=1)] = 1.0
-    nth: Annotated[int, Field(ge=1)] | None = None
-    times: Annotated[int, Field(ge=1)] | None = None
+    retry_after: Annotated[int, Strict(), Field(ge=0, le=86_400)] | None = None
+    chunk_delay_ms: Annotated[int, Strict(), Field(ge=0, le=60_000)] | None = None
+    probability: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
+    nth: Annotated[int, Strict(), Field(ge=1)] | None = None
+    times: Annotated[int, Strict(), Field(ge=1)] | None = None
 
 
 def _ttl(value: object) -> object:
