@@ -1,17 +1,106 @@
-"""`sandboxd-router`: a placeholder until the router's own issue lands; it says so and exits."""
+"""`sandboxd-router` (also `python -m sandboxd_router`): the baggage-routing proxy."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
+
+import uvloop
+
+from sandboxd_router.accesslog import AccessLog
+from sandboxd_router.server import Router, serve_admin
+from sandboxd_router.state import Limits, RouterState
+from sandboxd_router.table import TableError
+from sandboxd_router.watch import load_file, watch_control_plane
 
 
-def main() -> int:
-    print(
-        "sandboxd-router: the routing proxy is not built yet; the control plane already serves "
-        "its route table at GET /v1/routes",
-        file=sys.stderr,
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="sandboxd-router",
+        description="Route each request to its sandbox's fork (by the W3C baggage routing key) "
+        "or to the baseline.",
     )
-    return 2
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--control-url",
+        default=os.environ.get("SANDBOXD_URL"),
+        help="sandboxd's URL, long-polled for routes (env SANDBOXD_URL)",
+    )
+    source.add_argument(
+        "--routes-file", type=Path, help="a static route table (GET /v1/routes JSON)"
+    )
+    p.add_argument("--token", default=os.environ.get("SANDBOXD_TOKEN"),
+                   help="bearer token for the control plane (env SANDBOXD_TOKEN)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument(
+        "--gateway-port", type=int, help="one more listener that picks the service from Host"
+    )
+    p.add_argument("--admin-port", type=int, help="serve GET /healthz on this port")
+    p.add_argument("--access-log", default="-", help="a file, - for stdout (default), or off")
+    p.add_argument(
+        "--max-header-bytes", type=int, default=32 * 1024, help="431 above (default 32 KiB)"
+    )
+    p.add_argument("--upstream-timeout", type=float, default=60.0,
+                   help="seconds to wait for a response head (504 after; default 60)")  # fmt: skip
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    if args.routes_file is None and not args.control_url:
+        p.error("give --control-url (with --token) or --routes-file")
+    if args.control_url and not args.token:
+        p.error("--control-url needs --token (or SANDBOXD_TOKEN)")
+    return args
+
+
+async def run(args: argparse.Namespace) -> None:
+    limits = Limits(max_header_bytes=args.max_header_bytes, upstream_timeout=args.upstream_timeout)
+    state = RouterState(limits=limits, log=AccessLog(args.access_log))
+    router = Router(state=state, host=args.host, gateway_port=args.gateway_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    admin = await serve_admin(router, args.host, args.admin_port) if args.admin_port else None
+    if args.routes_file is not None:
+        await load_file(args.routes_file, upstreams=router.upstreams, on_table=router.apply)
+        watcher = None
+    else:
+        watcher = asyncio.create_task(
+            watch_control_plane(
+                url=args.control_url,
+                token=args.token,
+                upstreams=router.upstreams,
+                on_table=router.apply,
+            )
+        )
+    await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if admin is not None:
+        admin.close()
+    router.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        uvloop.run(run(args))
+    except TableError as e:
+        print(f"sandboxd-router: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"sandboxd-router: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

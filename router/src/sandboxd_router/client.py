@@ -1,0 +1,218 @@
+"""A client's connection: parse requests (strictly), route them, relay exchanges in order.
+
+Request smuggling is refused before anything reaches an upstream: the parser (llhttp, strict)
+rejects conflicting or duplicate Content-Length, Content-Length with Transfer-Encoding, bad chunk
+sizes and obsolete line folding; we add the checks it leaves to us (HTTP/0.9 request lines, a
+Transfer-Encoding other than `chunked`, the header size limit). A refused request gets a 4xx and
+the connection is closed, so no second request can hide behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+
+from sandboxd_router import routing
+from sandboxd_router.exchange import Exchange
+from sandboxd_router.state import RouterState
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, state: RouterState, *, port: int | None) -> None:
+        self.state = state
+        self.port = port  # None: gateway mode, the Host header picks the service
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b"unknown"
+        self.http11 = True
+        self.closed = False
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self._head_bytes = 0
+        self._paused_turn = False
+        self._paused_upstream = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    # transport events -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode()
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.reject(501, "protocol upgrades (such as WebSocket) are not supported")
+        except httptools.HttpParserError as e:
+            self.reject(400, f"malformed request: {e}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+        for ex in self.queue:
+            if ex.timer is not None:
+                ex.timer.cancel()
+            if ex.conn is not None:
+                ex.conn.abort()  # the client went away: so does the upstream request
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        conn = self.queue[0].conn if self.queue else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        conn = self.queue[0].conn if self.queue else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
+
+    # parser callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self.parsing = Exchange(self)
+        self.queue.append(self.parsing)
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        assert self.parsing is not None
+        self.parsing.target += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self._count(len(name) + len(value) + 4)
+        ex.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"baggage":
+            ex.baggage.append(value)
+        elif lower == b"host":
+            ex.host = value
+        elif lower == b"content-length":
+            ex.content_length = value
+        elif lower == b"transfer-encoding":
+            if ex.chunked or value.strip().lower() != b"chunked":
+                raise httptools.HttpParserError("unsupported Transfer-Encoding (only chunked)")
+            ex.chunked = True
+        elif lower == b"connection":
+            ex.connection_tokens.append(value)
+        elif lower == b"mcp-session-id":
+            ex.session = value
+        elif lower == b"traceparent":
+            ex.traceparent = value
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise httptools.HttpParserError(f"HTTP/{version} is not supported")
+        self.http11 = version == "1.1"
+        ex.method = self.parser.get_method()
+        ex.keep_alive = self.parser.should_keep_alive()
+        routing.route(self.state, ex, port=self.port)
+        if ex is self.queue[0] and not ex.hold and not ex.responded:
+            ex.start()
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.add_body(data)
+        if ex.hold and ex.body_size > self.state.limits.mcp_body_bytes:
+            self._release(ex)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self.parsing = None
+        if ex.hold:
+            self._release(ex)
+        if not ex.responded:
+            ex.request_complete()
+        self._paused_turn = True  # one exchange at a time; pipelined bytes wait
+        self._update_reading()
+
+    # exchange events ----------------------------------------------------------------------
+    def _release(self, ex: Exchange) -> None:
+        """An MCP body has been read (or is too large to read): route it and send it."""
+        routing.route_by_body(self.state, ex)
+        if ex is self.queue[0] and not ex.responded:
+            ex.start()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        if ex.close_after or not ex.keep_alive or not ex.complete:
+            self.close()  # (an upstream that answered before the body ended: the rest is moot)
+            return
+        self._paused_upstream = False
+        if self.queue:
+            nxt = self.queue[0]
+            if nxt.upstream is not None and not nxt.hold and nxt.conn is None and not nxt.responded:
+                nxt.start()
+        else:
+            self._paused_turn = False
+            self._arm_idle()
+        self._update_reading()
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        self._paused_upstream = paused
+        self._update_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def write_error(self, status: int, body: bytes, *, route: bytes) -> None:
+        phrase = HTTPStatus(status).phrase.encode()
+        self.write(
+            b"HTTP/1.1 %d %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"sandboxd-route: %b\r\nConnection: close\r\n\r\n%b"
+            % (status, phrase, len(body), route, body)
+        )
+        self.close()
+
+    def reject(self, status: int, message: str) -> None:
+        """A request we refuse before routing it: 4xx (or 501), JSON, and close."""
+        ex = self.parsing or (self.queue[-1] if self.queue else None) or Exchange(self)
+        ex.fail(status, "bad_request" if status < 500 else "not_implemented", message)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    # helpers ----------------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self.state.limits.max_header_bytes:
+            self.reject(431, "request headers are larger than the limit")
+            raise httptools.HttpParserError("headers too large")
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        if self._paused_turn or self._paused_upstream:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _arm_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.state.limits.idle_timeout, self.close)

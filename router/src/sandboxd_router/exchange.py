@@ -1,0 +1,283 @@
+"""One request and its response, from the client's connection to an upstream and back.
+
+Nothing is buffered that can be streamed: request body chunks go to the upstream as they arrive
+(held only while the upstream connection is being opened, or while an MCP body is read to find
+its routing key), and response bytes go to the client as the upstream sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+from sandboxd_router import headers as h
+from sandboxd_router.pool import Upstream, UpstreamConnection
+
+if TYPE_CHECKING:
+    from sandboxd_router.client import ClientConnection
+    from sandboxd_router.table import Service
+
+REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
+
+
+class Exchange:
+    __slots__ = (
+        "baggage", "body", "body_size", "bytes_out", "chunked", "client", "client_chunked",
+        "close_after", "complete", "conn", "connection_tokens", "content_length", "decision",
+        "headers", "hold", "host", "keep_alive", "method", "replay", "responded", "sandbox",
+        "service", "session", "started", "status", "target", "task", "timer", "traceparent",
+        "upstream",
+    )  # fmt: skip
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.method = b""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.baggage: list[bytes] = []
+        self.connection_tokens: list[bytes] = []
+        self.host: bytes | None = None
+        self.session: bytes | None = None
+        self.traceparent: bytes | None = None
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False
+        self.hold = False
+        self.service: Service | None = None
+        self.upstream: Upstream | None = None
+        self.decision = b"baseline"
+        self.sandbox: str | None = None
+        self.conn: UpstreamConnection | None = None
+        self.replay: list[bytes] | None = []
+        self.started = time.perf_counter()
+        self.status = 0
+        self.bytes_out = 0
+        self.client_chunked = False
+        self.close_after = False
+        self.responded = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Future[None] | None = None  # a connect in progress (kept from GC)
+
+    # request side -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Send the request upstream, on a pooled connection when one is idle."""
+        assert self.upstream is not None
+        conn = self.upstream.take_idle()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.task = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        assert self.upstream is not None
+        limits = self.client.state.limits
+        try:
+            conn = await self.upstream.connect(limits.connect_timeout)
+        except (OSError, TimeoutError) as e:
+            reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+            self.fail(502, "upstream_unreachable", f"cannot connect to {self.upstream!r}: {reason}")
+            return
+        if self.client.closed:
+            conn.close()
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.start(self, head_only=self.method == b"HEAD")
+        framing = (
+            h.CHUNKED
+            if self.chunked
+            else (h.content_length(self.content_length) if self.content_length else b"")
+        )
+        head = h.request_head(
+            self.method,
+            self.target,
+            self.headers,
+            authority=conn.upstream.authority,
+            extra_hop=h.named_by_connection(self.connection_tokens)
+            if self.connection_tokens
+            else frozenset(),
+            forwarded_for=self.client.peer,
+            original_host=self.host,
+            framing=framing,
+        )
+        self._send(head)
+        body, self.body = self.body, []
+        for data in body:
+            self._send(h.chunk(data) if self.chunked else data)
+        if self.complete:
+            self._request_sent()
+
+    def add_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.conn is not None:
+            self._send(h.chunk(data) if self.chunked else data)
+        else:
+            self.body.append(data)
+
+    def request_complete(self) -> None:
+        self.complete = True
+        if self.conn is not None:
+            self._request_sent()
+
+    def _request_sent(self) -> None:
+        if self.chunked:
+            self._send(h.LAST_CHUNK)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.client.state.limits.upstream_timeout, self._timed_out)
+
+    def _send(self, data: bytes) -> None:
+        assert self.conn is not None
+        self.conn.write(data)
+        if self.replay is not None:
+            self.replay.append(data)
+            if sum(map(len, self.replay)) > REPLAY_LIMIT:
+                self.replay = None
+
+    # response side (the Receiver protocol) ----------------------------------------------
+    def response_interim(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.client.write(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
+
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, body: str
+    ) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.replay = None
+        self.responded = True
+        self.status = status
+        framing = b""
+        if body in ("chunked", "close"):
+            if self.client.http11:
+                framing, self.client_chunked = h.CHUNKED, True
+            else:
+                self.close_after = True
+        if not self.keep_alive:
+            self.close_after = True
+        if self.service is not None and self.service.is_mcp:
+            self._track_session(status, headers)
+        tokens = [v for n, v in headers if n.lower() == b"connection"]
+        head = h.response_head(
+            status,
+            reason,
+            headers,
+            route=self.decision,
+            extra_hop=h.named_by_connection(tokens) if tokens else frozenset(),
+            framing=framing,
+            close=self.close_after,
+        )
+        self.client.write(head)
+
+    def response_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.client.write(h.chunk(data) if self.client_chunked else data)
+
+    def response_end(self) -> None:
+        if self.client_chunked:
+            self.client.write(h.LAST_CHUNK)
+        self.conn = None
+        self._log()
+        self.client.exchange_done(self)
+
+    def upstream_failed(self, error: str) -> None:
+        conn, self.conn = self.conn, None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if (
+            not self.responded
+            and conn is not None
+            and conn.reused
+            and self.replay is not None
+            and self.complete
+        ):
+            self._retry()
+            return
+        if self.responded:
+            self._log()
+            self.client.abort()
+        else:
+            self.fail(502, "upstream_failed", error)
+
+    def upstream_pause(self, paused: bool) -> None:
+        self.client.pause_for_upstream(paused)
+
+    def _retry(self) -> None:
+        """A pooled connection the upstream had closed: send the same bytes on a new one."""
+        sent, self.replay = self.replay or [], None
+
+        async def again() -> None:
+            assert self.upstream is not None
+            try:
+                conn = await self.upstream.connect(self.client.state.limits.connect_timeout)
+            except (OSError, TimeoutError) as e:
+                self.fail(502, "upstream_unreachable", f"cannot connect to {self.upstream!r}: {e}")
+                return
+            self.conn = conn
+            conn.start(self, head_only=self.method == b"HEAD")
+            for data in sent:
+                conn.write(data)
+            self.timer = asyncio.get_running_loop().call_later(
+                self.client.state.limits.upstream_timeout, self._timed_out
+            )
+
+        self.task = asyncio.ensure_future(again())
+
+    def _track_session(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        sessions = self.client.state.sessions
+        if self.session is not None:
+            if status == 404 or (self.method == b"DELETE" and status < 300):
+                sessions.forget(self.session)
+            return
+        for name, value in headers:
+            if name.lower() == b"mcp-session-id" and self.upstream is not None:
+                sessions.remember(value, self.upstream, self.decision)
+
+    # failures ---------------------------------------------------------------------------
+    def _timed_out(self) -> None:
+        self.timer = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        if not self.responded:
+            self.fail(504, "upstream_timeout", f"{self.upstream!r} did not answer in time")
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        """Answer the client ourselves (a JSON error naming sandbox and service), then close."""
+        if self.client.closed or self.responded:
+            return
+        self.responded = True
+        self.status = status
+        body = json.dumps(
+            {
+                "error": code,
+                "message": message,
+                "sandbox": self.sandbox,
+                "service": self.service.name if self.service else None,
+            }
+        ).encode()
+        self.client.write_error(status, body, route=self.decision)
+        self._log()
+
+    def _log(self) -> None:
+        log = self.client.state.log
+        if log.enabled:
+            log.record(
+                service=self.service.name if self.service else "-",
+                route=self.decision,
+                method=self.method,
+                status=self.status,
+                started=self.started,
+                bytes_in=self.body_size,
+                bytes_out=self.bytes_out,
+                traceparent=self.traceparent,
+            )

@@ -1,0 +1,106 @@
+"""The router process: listeners per service port (and the gateway), table swaps, admin port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from sandboxd_router.client import ClientConnection
+from sandboxd_router.state import RouterState
+from sandboxd_router.table import Table, UpstreamRegistry
+
+log = logging.getLogger("sandboxd_router")
+
+
+class Router:
+    def __init__(self, *, state: RouterState, host: str, gateway_port: int | None) -> None:
+        self.state = state
+        self.host = host
+        self.gateway_port = gateway_port
+        self.upstreams = UpstreamRegistry()
+        self.listeners: dict[int | None, asyncio.Server] = {}
+        self.ready = asyncio.Event()
+
+    async def apply(self, table: Table) -> None:
+        """Swap in a new table (one reference assignment: requests see the old or the new)."""
+        self.state.table = table
+        for gone in self.upstreams.retain(table):
+            gone.close_idle()
+        live = {id(s.baseline) for s in table.services.values()}
+        live |= {id(u) for r in table.routes.values() for u in r.forks.values()}
+        self.state.sessions.keep_only(live)
+        await self._listen(table)
+        self.ready.set()
+        log.info(
+            "route table %s: %d services, %d sandboxes",
+            table.version,
+            len(table.services),
+            len(table.routes),
+        )
+
+    async def _listen(self, table: Table) -> None:
+        wanted: set[int | None] = set(table.by_port)
+        if self.gateway_port is not None:
+            wanted.add(None)
+        for port in list(self.listeners):
+            if port not in wanted:
+                self.listeners.pop(port).close()
+        loop = asyncio.get_running_loop()
+        for port in wanted - set(self.listeners):
+            bind = self.gateway_port if port is None else port
+            try:
+                self.listeners[port] = await loop.create_server(
+                    lambda port=port: ClientConnection(self.state, port=port),
+                    self.host,
+                    bind,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+                log.info(
+                    "listening on %s:%s%s", self.host, bind, " (gateway)" if port is None else ""
+                )
+            except OSError as e:
+                log.error(
+                    "cannot listen on %s:%s: %s (retried at the next table)",
+                    self.host,
+                    bind,
+                    e.strerror,
+                )
+
+    def close(self) -> None:
+        for server in self.listeners.values():
+            server.close()
+        self.listeners.clear()
+        self.state.log.close()
+
+
+async def serve_admin(router: Router, host: str, port: int) -> asyncio.Server:
+    """`GET /healthz` on a separate port: the table version and size, once there is a table."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            table = router.state.table
+            ok = router.ready.is_set()
+            body = json.dumps(
+                {
+                    "status": "ok" if ok else "waiting for a route table",
+                    "version": table.version,
+                    "services": len(table.services),
+                    "sandboxes": len(table.routes),
+                    "sessions": len(router.state.sessions),
+                }
+            ).encode()
+            status = b"200 OK" if ok else b"503 Service Unavailable"
+            writer.write(
+                b"HTTP/1.1 %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%b" % (status, len(body), body)
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)

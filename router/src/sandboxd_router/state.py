@@ -1,0 +1,30 @@
+"""What every connection shares: the current table, MCP sessions, settings and the access log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sandboxd_router.accesslog import AccessLog
+from sandboxd_router.mcp import Sessions
+from sandboxd_router.table import EMPTY, Table
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 32 * 1024
+    """Request line plus headers over this → 431."""
+    mcp_body_bytes: int = 1 << 20
+    """An MCP request body read to find `params._meta.baggage` (larger: routed without it)."""
+    connect_timeout: float = 5.0
+    upstream_timeout: float = 60.0
+    """Seconds from the request's last byte to the response head (504 after)."""
+    idle_timeout: float = 75.0
+    """A keep-alive client connection idle this long is closed."""
+
+
+@dataclass(slots=True)
+class RouterState:
+    limits: Limits
+    log: AccessLog
+    table: Table = EMPTY
+    sessions: Sessions = field(default_factory=Sessions)

@@ -1,0 +1,108 @@
+"""The route table as the router holds it: built once per change, read on every request.
+
+A request's route is two dict lookups (service by port or host; sandbox by routing key). Upstream
+objects — and so their connection pools — survive table swaps when their URL is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sandboxd_router.pool import Upstream
+
+
+class TableError(ValueError):
+    """The route table JSON is not usable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    is_mcp: bool
+    port: int | None
+    baseline: Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    sandbox: str
+    decision: bytes  # the `sandboxd-route` header value, b"sandbox=<name>"
+    forks: dict[str, Upstream]
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    version: str
+    key: bytes
+    services: dict[str, Service]
+    by_port: dict[int, Service]
+    routes: dict[str, Route]
+
+    def service_for_host(self, host: bytes) -> Service | None:
+        """Gateway mode: the service named by the Host's first DNS label (or the whole host)."""
+        name = host.split(b":", 1)[0].split(b".", 1)[0].decode("ascii", "replace").lower()
+        return self.services.get(name)
+
+
+EMPTY = Table(version="", key=b"sandbox", services={}, by_port={}, routes={})
+
+
+class UpstreamRegistry:
+    """One Upstream (and pool) per URL, reused across tables."""
+
+    def __init__(self) -> None:
+        self._by_url: dict[str, Upstream] = {}
+
+    def get(self, url: str) -> Upstream:
+        upstream = self._by_url.get(url)
+        if upstream is None:
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise TableError(f"unsupported upstream {url!r}: only http://host:port")
+            upstream = Upstream(parts.hostname, parts.port or 80)
+            self._by_url[url] = upstream
+        return upstream
+
+    def retain(self, table: Table) -> list[Upstream]:
+        """Forget upstreams the new table no longer names; they are returned to be closed."""
+        live = {id(s.baseline) for s in table.services.values()}
+        live |= {id(u) for r in table.routes.values() for u in r.forks.values()}
+        gone = [u for u in self._by_url.values() if id(u) not in live]
+        self._by_url = {url: u for url, u in self._by_url.items() if id(u) in live}
+        return gone
+
+
+def parse_table(raw: bytes, *, upstreams: UpstreamRegistry) -> Table:
+    try:
+        data = json.loads(raw)
+        services = {}
+        for item in data["services"]:
+            service = Service(
+                name=str(item["name"]),
+                is_mcp=item.get("protocol") == "mcp",
+                port=int(item["routerPort"]) if item.get("routerPort") else None,
+                baseline=upstreams.get(str(item["baseline"])),
+            )
+            services[service.name] = service
+        routes = {
+            str(key): Route(
+                sandbox=str(route["sandbox"]),
+                decision=f"sandbox={route['sandbox']}".encode(),
+                forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
+                faults=list(route.get("faults") or []),
+            )
+            for key, route in data["routes"].items()
+        }
+        return Table(
+            version=str(data.get("version", "")),
+            key=str(data.get("baggageKey", "sandbox")).encode(),
+            services=services,
+            by_port={s.port: s for s in services.values() if s.port is not None},
+            routes=routes,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TableError(f"malformed route table: {e!r}") from e

@@ -1,0 +1,50 @@
+"""Where route tables come from: the control plane's long poll, or a static file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from sandboxd_router.table import Table, TableError, UpstreamRegistry, parse_table
+
+log = logging.getLogger("sandboxd_router")
+OnTable = Callable[[Table], Awaitable[None]]
+WAIT = 30
+
+
+async def watch_control_plane(
+    *, url: str, token: str, upstreams: UpstreamRegistry, on_table: OnTable
+) -> None:
+    """Long-poll `GET /v1/routes`; apply each new table; keep the last one while the control
+    plane is unreachable, retrying with a capped backoff."""
+    etag: str | None = None
+    backoff = 0.2
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = httpx.Timeout(WAIT + 10, connect=5)
+    async with httpx.AsyncClient(
+        base_url=url.rstrip("/"), headers=headers, timeout=timeout
+    ) as client:
+        while True:
+            try:
+                extra = {"If-None-Match": etag} if etag else {}
+                response = await client.get("/v1/routes", params={"wait": WAIT}, headers=extra)
+                if response.status_code == 304:
+                    continue
+                response.raise_for_status()
+                table = parse_table(response.content, upstreams=upstreams)
+                await on_table(table)
+                etag = response.headers.get("ETag")
+                backoff = 0.2
+            except (httpx.HTTPError, TableError) as e:
+                log.warning("route table from %s unavailable (%s); keeping the last one", url, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+async def load_file(path: Path, *, upstreams: UpstreamRegistry, on_table: OnTable) -> None:
+    raw = await asyncio.to_thread(Path.read_bytes, path)
+    await on_table(parse_table(raw, upstreams=upstreams))

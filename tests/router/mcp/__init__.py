@@ -1,0 +1,1 @@
+"""MCP protocol tests of the router: the official SDK client and conformance suite through it."""
