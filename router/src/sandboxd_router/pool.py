@@ -72,16 +72,13 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
-        self.receiver: Receiver | None = None
-        self.parser: httptools.HttpResponseParser | None = None
+        self.response: _Response | None = None
         self.closed = False
         self.reused = False
-        self._head_only = False
-        self._interim = False
-        self._got_head = False
-        self._until_close = False
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+
+    @property
+    def receiver(self) -> Receiver | None:
+        return self.response.receiver if self.response is not None else None
 
     # lifecycle --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,12 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def start(self, receiver: Receiver, *, head_only: bool) -> None:
-        self.receiver = receiver
-        self.parser = httptools.HttpResponseParser(self)
-        self._head_only = head_only
-        self._got_head = False
-        self._until_close = False
-        self._headers = []
+        self.response = _Response(self, receiver, head_only=head_only)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -109,7 +101,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """The client went away mid-exchange: drop the connection, so the upstream sees it."""
-        self.receiver = None
+        if self.response is not None:
+            self.response.receiver = None
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
@@ -118,15 +111,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self in self.upstream.idle:
             self.upstream.idle.remove(self)
-        receiver, self.receiver = self.receiver, None
-        if receiver is None:
-            return
-        if self._got_head and self._until_close:
-            receiver.response_end()  # a body delimited by the connection's end
-        else:
-            receiver.upstream_failed(
-                "the upstream closed the connection" if exc is None else str(exc)
-            )
+        response, self.response = self.response, None
+        if response is not None:
+            response.lost(exc)
 
     def pause_writing(self) -> None:
         if self.receiver is not None:
@@ -136,39 +123,67 @@ class UpstreamConnection(asyncio.Protocol):
         if self.receiver is not None:
             self.receiver.upstream_pause(False)
 
-    # parsing ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.parser is None:
+        response = self.response
+        if response is None:
             self.close()  # bytes nobody asked for
             return
         try:
-            self.parser.feed_data(data)
+            response.parser.feed_data(data)
         except httptools.HttpParserError as e:
-            receiver, self.receiver = self.receiver, None
+            receiver, response.receiver = response.receiver, None
             self.close()
             if receiver is not None:
                 receiver.upstream_failed(f"malformed response from the upstream: {e}")
 
+    def finished(self, response: _Response, *, keep: bool) -> None:
+        if self.response is response:
+            self.response = None
+        if keep and self.usable():
+            self.reused = True
+            self.upstream.put_idle(self)
+        else:
+            self.close()
+
+
+class _Response:
+    """One response's parser callbacks. A fresh object per response, so that whatever the old
+    parser still reports (bytes after a HEAD answer, say) can never reach the next exchange."""
+
+    __slots__ = ("conn", "got_head", "head_only", "headers", "interim", "parser", "reason",
+                 "receiver", "until_close")  # fmt: skip
+
+    def __init__(self, conn: UpstreamConnection, receiver: Receiver, *, head_only: bool) -> None:
+        self.conn = conn
+        self.receiver: Receiver | None = receiver
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.interim = False
+        self.got_head = False
+        self.until_close = False
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self.parser is not None
-        assert self.receiver is not None
-        status = self.parser.get_status_code()
-        headers, self._headers = self._headers, []
-        if 100 <= status < 200 and status != 101:
-            self._interim = True
-            self.receiver.response_interim(status, self._reason, headers)
+        if self.receiver is None:
             return
-        self._got_head = True
-        body = _body_kind(status, headers, head_only=self._head_only)
-        self._until_close = body == "close"
-        self.receiver.response_head(status, self._reason, headers, body=body)
-        if body == "none" and self._head_only:
+        status = self.parser.get_status_code()
+        headers, self.headers = self.headers, []
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            self.receiver.response_interim(status, self.reason, headers)
+            return
+        self.got_head = True
+        body = _body_kind(status, headers, head_only=self.head_only)
+        self.until_close = body == "close"
+        self.receiver.response_head(status, self.reason, headers, body=body)
+        if body == "none" and self.head_only:
             self._finish(keep=self.parser.should_keep_alive())
 
     def on_body(self, data: bytes) -> None:
@@ -176,23 +191,29 @@ class UpstreamConnection(asyncio.Protocol):
             self.receiver.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+        if self.interim:
+            self.interim = False
             self.parser = httptools.HttpResponseParser(self)
             return
-        if self.parser is not None and self.receiver is not None:
-            self._finish(keep=self.parser.should_keep_alive() and not self._until_close)
+        if self.receiver is not None:
+            self._finish(keep=self.parser.should_keep_alive() and not self.until_close)
 
     def _finish(self, *, keep: bool) -> None:
         receiver, self.receiver = self.receiver, None
-        self.parser = None
-        if keep and self.usable():
-            self.reused = True
-            self.upstream.put_idle(self)
-        else:
-            self.close()
+        self.conn.finished(self, keep=keep)
         if receiver is not None:
             receiver.response_end()
+
+    def lost(self, exc: Exception | None) -> None:
+        receiver, self.receiver = self.receiver, None
+        if receiver is None:
+            return
+        if self.got_head and self.until_close:
+            receiver.response_end()  # a body delimited by the connection's end
+        else:
+            receiver.upstream_failed(
+                "the upstream closed the connection" if exc is None else str(exc)
+            )
 
 
 def _body_kind(status: int, headers: list[tuple[bytes, bytes]], *, head_only: bool) -> str:
