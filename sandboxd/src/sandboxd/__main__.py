@@ -58,6 +58,13 @@ def serve(
             help="Run the catalog's baseline commands (env SANDBOXD_START_BASELINE)",
         ),
     ] = None,
+    with_router: Annotated[
+        bool | None,
+        typer.Option(
+            "--with-router/--no-with-router",
+            help="Also run sandboxd-router, wired to this control plane (env SANDBOXD_WITH_ROUTER)",
+        ),
+    ] = None,
     reaper_interval: Annotated[
         float | None,
         typer.Option(help="Seconds between TTL sweeps (env SANDBOXD_REAPER_INTERVAL, default 10)"),
@@ -74,6 +81,7 @@ def serve(
         "runtime": runtime,
         "start_baseline": start_baseline,
         "reaper_interval": reaper_interval,
+        "with_router": with_router,
     }
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -18,12 +19,12 @@ from sandboxd.api import errors, sandboxes, system
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
-from sandboxd.core.plan import plan_baselines
+from sandboxd.core.plan import ProcessPlan, plan_baselines
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.routebook import RouteBook
-from sandboxd.runtime.baseline import BaselineSupervisor
 from sandboxd.runtime.local import LocalRuntime
+from sandboxd.runtime.supervisor import Supervisor
 from sandboxd.settings import Settings
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import Store
@@ -57,7 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
         engine = make_engine(settings.effective_database_url)
         await asyncio.to_thread(migrate, engine)
         store = Store(engine)
-        await store.run(store.put_token, name="admin", token_hash=hash_token(admin_token(settings)))
+        token = admin_token(settings)
+        await store.run(store.put_token, name="admin", token_hash=hash_token(token))
         routes = RouteBook(catalog=catalog)
         kick = _Deferred()
         runtime = LocalRuntime(
@@ -78,9 +80,16 @@ def create_app(settings: Settings) -> FastAPI:
             ),
         )
         kick.target = reconciler.kick
-        baseline = BaselineSupervisor(
+        baseline = Supervisor(
+            role="baseline",
             data_dir=settings.data_path,
             plans=plan_baselines(catalog, router_host=settings.router_host, workdir=workdir),
+            stop_grace=settings.stop_grace,
+        )
+        router = Supervisor(
+            role="router",
+            data_dir=settings.data_path,
+            plans=[router_plan(settings, token=token)] if settings.with_router else [],
             stop_grace=settings.stop_grace,
         )
         await runtime.start()
@@ -98,9 +107,11 @@ def create_app(settings: Settings) -> FastAPI:
             token_hashes=await store.run(store.token_hashes),
         )
         task = asyncio.create_task(reconciler.run(), name="reconciler")
+        await router.start()
         try:
             yield
         finally:
+            await router.close()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -122,6 +133,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def router_plan(settings: Settings, *, token: str) -> ProcessPlan:
+    """The embedded router: long-polls this control plane (the token goes by env, not argv,
+    so `ps` does not show it) and listens on the catalog's router ports."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    argv = (
+        sys.executable, "-m", "sandboxd_router",
+        "--control-url", f"http://{host}:{settings.port}",
+        "--host", settings.router_host,
+        "--access-log", str(settings.data_path / "router" / "access.log"),
+    )  # fmt: skip
+    return ProcessPlan("router", argv, {"SANDBOXD_TOKEN": token}, None, None)
 
 
 class _Deferred:

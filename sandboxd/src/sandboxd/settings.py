@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     """Where forks run. `local`: child processes on this machine."""
     start_baseline: bool = False
     """Start the catalog's baseline commands as child processes and stop them on exit."""
+    with_router: bool = False
+    """Run `sandboxd-router` as a child process wired to this control plane (restarted if it
+    dies, stopped on exit): one command gives a laptop the whole system."""
     reaper_interval: float = Field(default=10.0, gt=0, le=3600)
     """Seconds between TTL sweeps (and full resyncs of the reconciler)."""
     default_ttl: int = 2 * 3600

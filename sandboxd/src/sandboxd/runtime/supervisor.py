@@ -1,8 +1,9 @@
-"""`sandboxd serve --start-baseline`: the catalog's baseline services as child processes.
+"""Long-running child processes of `sandboxd serve`: the catalog's baselines
+(`--start-baseline`) and the embedded router (`--with-router`).
 
-For demos and tests on one machine. Each runs on its catalog URL's port, is restarted if it dies,
-and is stopped on exit. Leftovers of a run that was killed are found by their owner marker and
-stopped before anything starts, so a restart never meets its own old processes on the ports.
+Each is restarted if it dies and stopped on exit. Leftovers of a run that was killed are found by
+their owner marker and role and stopped before anything starts, so a restart never meets its
+own old processes on the ports.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from sandboxd.runtime.local import HOST, OWNER, ROLE, SERVICE, clean_environ, ow
 log = logging.getLogger(__name__)
 
 
-class BaselineError(RuntimeError):
-    """A baseline service did not come up."""
+class SupervisorError(RuntimeError):
+    """A supervised process did not come up."""
 
 
-class BaselineSupervisor:
-    def __init__(self, *, data_dir: Path, plans: list[ProcessPlan], stop_grace: float) -> None:
-        self._logs = data_dir / "baseline"
+class Supervisor:
+    """Runs `plans` as processes of one `role`; a plan with a port is Ready once it answers."""
+
+    def __init__(
+        self, *, role: str, data_dir: Path, plans: list[ProcessPlan], stop_grace: float
+    ) -> None:
+        self._role = role
+        self._logs = data_dir / role
         self._owner = owner_id(data_dir)
         self._plans = plans
         self._grace = stop_grace
@@ -37,13 +43,13 @@ class BaselineSupervisor:
 
     async def start(self, *, timeout: float = 60.0) -> None:
         for info, env in await asyncio.to_thread(processes.find_marked, OWNER, self._owner):
-            if env.get(ROLE) == "baseline":
-                log.warning("stopping baseline %s left by an earlier run", env.get(SERVICE))
+            if env.get(ROLE) == self._role:
+                log.warning("stopping %s %s left by an earlier run", self._role, env.get(SERVICE))
                 await processes.stop_group(info.pgid, grace=self._grace)
         for plan in self._plans:
             self._spawn(plan)
         await self._wait_healthy(timeout)
-        self._watcher = asyncio.create_task(self._watch(), name="baseline-watch")
+        self._watcher = asyncio.create_task(self._watch(), name=f"{self._role}-watch")
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -58,20 +64,16 @@ class BaselineSupervisor:
         env = (
             clean_environ()
             | dict(plan.env)
-            | {
-                "PORT": str(plan.port),
-                OWNER: self._owner,
-                ROLE: "baseline",
-                SERVICE: plan.service,
-            }
+            | {OWNER: self._owner, ROLE: self._role, SERVICE: plan.service}
+            | ({"PORT": str(plan.port)} if plan.port is not None else {})
         )
         log_path = self._logs / f"{plan.service}.log"
         try:
             popen = processes.spawn(expand(plan.argv, env), env=env, cwd=plan.workdir, log=log_path)
         except OSError as e:
-            raise BaselineError(f"baseline {plan.service}: cannot start: {e}") from e
+            raise SupervisorError(f"{self._role} {plan.service}: cannot start: {e}") from e
         self._procs[plan.service] = popen
-        log.info("baseline %s started (pid %d, port %s)", plan.service, popen.pid, plan.port)
+        log.info("%s %s started (pid %d, port %s)", self._role, plan.service, popen.pid, plan.port)
 
     async def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -81,15 +83,17 @@ class BaselineSupervisor:
                 code = self._procs[name].poll()
                 if code is not None:
                     tail = processes.LogTail.read(self._logs / f"{name}.log", lines=5)
-                    raise BaselineError(
-                        f"baseline {name} exited with code {code}: "
+                    raise SupervisorError(
+                        f"{self._role} {name} exited with code {code}: "
                         f"{tail.data.decode(errors='replace').strip()}"
                     )
-                if await probe(HOST, plan.port or 0, plan.health):
-                    log.info("baseline %s is ready", name)
+                if plan.port is None or await probe(HOST, plan.port, plan.health):
+                    log.info("%s %s is ready", self._role, name)
                     del pending[name]
             if pending and time.monotonic() > deadline:
-                raise BaselineError(f"baseline not ready after {timeout:.0f}s: {sorted(pending)}")
+                raise SupervisorError(
+                    f"{self._role} not ready after {timeout:.0f}s: {sorted(pending)}"
+                )
             await asyncio.sleep(0.1)
 
     async def _watch(self) -> None:
@@ -98,5 +102,8 @@ class BaselineSupervisor:
             for plan in self._plans:
                 code = self._procs[plan.service].poll()
                 if code is not None:
-                    log.warning("baseline %s exited with %s; restarting", plan.service, code)
-                    self._spawn(plan)
+                    log.warning("%s %s exited with %s; restarting", self._role, plan.service, code)
+                    try:
+                        self._spawn(plan)
+                    except SupervisorError as e:
+                        log.error("%s", e)

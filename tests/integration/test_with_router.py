@@ -1,0 +1,141 @@
+"""The whole system on one machine: `sandboxd serve --with-router`, and a router that outlives
+its control plane."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import fork_command
+from tests.integration.conftest import wait_for, wait_phase
+from tests.support.server import Sandboxd, free_port, running_sandboxd
+
+pytestmark = pytest.mark.slow
+
+
+def catalog(path: Path, *, router_port: int, baseline_port: int) -> Path:
+    path.write_text(
+        f"""
+services:
+  - name: echo
+    routerPort: {router_port}
+    baseline:
+      url: http://127.0.0.1:{baseline_port}
+      command: ["{sys.executable}", "{fork_command()[1]}"]
+      health: /
+"""
+    )
+    return path
+
+
+def served_by(url: str, **headers: str) -> tuple[str, str]:
+    response = httpx.get(url, headers=headers, timeout=5)
+    return response.json()["env"]["SANDBOXD_SANDBOX"], response.headers["sandboxd-route"]
+
+
+def test_with_router_gives_a_laptop_the_whole_system(tmp_path: Path) -> None:
+    port = free_port()
+    cat = catalog(tmp_path / "sandboxd.yaml", router_port=port, baseline_port=free_port())
+    args = ["--with-router", "--start-baseline"]
+    with (
+        running_sandboxd(tmp_path / "data", catalog=cat, args=args) as server,
+        server.client() as c,
+    ):
+        key = c.post(
+            "/v1/sandboxes",
+            json={"name": "pr-9", "forks": [{"service": "echo", "command": fork_command()}]},
+        ).json()["routingKey"]
+        wait_phase(c, "pr-9", "Ready")
+        url = f"http://127.0.0.1:{port}/"
+        assert wait_for(
+            lambda: _try(lambda: served_by(url, baggage=f"sandbox={key}")),
+            lambda r: r == ("pr-9", "sandbox=pr-9"),
+        )
+        assert served_by(url) == ("", "baseline")
+        router_pid = _router_pid(server)
+        os.kill(router_pid, 9)  # the router dies: sandboxd restarts it
+        assert wait_for(
+            lambda: _try(lambda: served_by(url, baggage=f"sandbox={key}")),
+            lambda r: r == ("pr-9", "sandbox=pr-9"),
+        )
+        assert _router_pid(server) != router_pid
+    with pytest.raises(httpx.ConnectError):  # stopping sandboxd stopped its router
+        httpx.get(f"http://127.0.0.1:{port}/")
+
+
+def test_router_keeps_its_last_table_while_the_control_plane_is_down(tmp_path: Path) -> None:
+    port = free_port()
+    cat = catalog(tmp_path / "sandboxd.yaml", router_port=port, baseline_port=free_port())
+    with running_sandboxd(tmp_path / "data", catalog=cat, args=["--start-baseline"]) as server:
+        env = {**os.environ, "SANDBOXD_TOKEN": server.token}
+        with (tmp_path / "router.err").open("ab") as err:
+            router = subprocess.Popen(
+                [sys.executable, "-m", "sandboxd_router", "--control-url", server.url, "--access-log", "off"],
+                env=env, stderr=err,
+            )  # fmt: skip
+        try:
+            _keep_routing_across_an_outage(server, port)
+        finally:
+            router.terminate()
+            router.wait(10)
+
+
+def _keep_routing_across_an_outage(server: Sandboxd, port: int) -> None:
+    url = f"http://127.0.0.1:{port}/"
+    with server.client() as c:
+        key = c.post(
+            "/v1/sandboxes",
+            json={"name": "one", "forks": [{"service": "echo", "command": fork_command()}]},
+        ).json()["routingKey"]
+        wait_phase(c, "one", "Ready")
+    assert wait_for(
+        lambda: _try(lambda: served_by(url, baggage=f"sandbox={key}")),
+        lambda r: r == ("one", "sandbox=one"),
+    )
+    server.kill()  # the control plane is gone; the fork and the baseline keep running
+    for _ in range(20):
+        assert served_by(url, baggage=f"sandbox={key}") == ("one", "sandbox=one")
+        assert served_by(url) == ("", "baseline")
+        time.sleep(0.05)
+    server.start()
+    with server.client() as c:
+        key2 = c.post(
+            "/v1/sandboxes",
+            json={"name": "two", "forks": [{"service": "echo", "command": fork_command()}]},
+        ).json()["routingKey"]
+        wait_phase(c, "two", "Ready")
+    assert wait_for(
+        lambda: _try(lambda: served_by(url, baggage=f"sandbox={key2}")),
+        lambda r: r == ("two", "sandbox=two"),
+        timeout=30,
+    )
+    assert served_by(url, baggage=f"sandbox={key}") == ("one", "sandbox=one")
+
+
+def _try(fetch):  # type: ignore[no-untyped-def]
+    try:
+        return fetch()
+    except (httpx.HTTPError, KeyError, ValueError) as e:
+        return repr(e)
+
+
+def _router_pid(server: Sandboxd) -> int:
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            env = (pid_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if (
+            b"SANDBOXD_ROLE=router\0" in env
+            and str(server.data_dir).encode() in (pid_dir / "cmdline").read_bytes()
+        ):
+            return int(pid_dir.name)
+    raise AssertionError("no router process")
