@@ -76,7 +76,7 @@ class Origin(asyncio.Protocol):
             "bodySha256": hashlib.sha256(self.body).hexdigest(),
             "connectionRequest": self.connection_requests,
         })  # fmt: skip
-        asyncio.ensure_future(self.answer(method, parts.path, query))
+        self.task = asyncio.ensure_future(self.answer(method, parts.path, query))
 
     async def answer(self, method: str, path: str, query: dict[str, str]) -> None:
         if path == "/sse":
