@@ -1,9 +1,10 @@
 """The quickstart demo (run through scripts/demo): a PR's fork beside the untouched baseline.
 
-Starts `sandboxd serve --start-baseline` with examples/quickstart, creates the PR's sandbox with
-the `sandbox` CLI, calls the baseline and the fork, shows the route table routers receive, and
-then either keeps running (Ctrl-C to stop) or, with --once, deletes the sandbox, checks that
-nothing is left, and exits 0 when every outcome is as expected.
+Starts `sandboxd serve --with-router --start-baseline` with examples/quickstart, creates the PR's
+sandbox with the `sandbox` CLI, calls greeter through the router with and without the sandbox's
+baggage, shows the route table routers receive, and then either keeps running (Ctrl-C to stop)
+or, with --once, deletes the sandbox, checks that nothing is left, and exits 0 when every
+outcome is as expected.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "quickstart"
 BIN = Path(sys.executable).parent
+ROUTER = "http://127.0.0.1:7301/"  # greeter's routerPort in the quickstart catalog
 
 
 def say(text: str) -> None:
@@ -50,12 +52,20 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     sys.exit(f"sandboxd was not ready after 60 s:\n{log.read_text()[-3000:]}")
 
 
-def get_json(url: str) -> dict[str, Any]:
+def get_json(url: str, **headers: str) -> dict[str, Any]:
     try:
-        body: dict[str, Any] = httpx.get(url, timeout=5).json()
+        response = httpx.get(url, headers=headers, timeout=5)
+        body: dict[str, Any] = response.json()
+        body["route"] = response.headers.get("sandboxd-route")
         return body
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, ValueError) as e:
         return {"error": str(e)}
+
+
+def wait_router(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "error" in get_json(url):
+        time.sleep(0.1)
 
 
 def run(once: bool, port: int) -> bool:
@@ -68,13 +78,15 @@ def run(once: bool, port: int) -> bool:
     with log.open("ab") as out:
         server = subprocess.Popen(
             [str(BIN / "sandboxd"), "serve", "--port", str(port), "--start-baseline",
-             "--catalog", str(EXAMPLE / "sandboxd.yaml")],
+             "--with-router", "--catalog", str(EXAMPLE / "sandboxd.yaml")],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     checks: dict[str, bool] = {}
     try:
         wait_ready(url, server, log)
-        print("sandboxd is ready; the baseline greeter v1 runs on 127.0.0.1:7401")
+        wait_router(ROUTER)
+        print("sandboxd is ready; the baseline greeter v1 runs on 127.0.0.1:7401,")
+        print(f"and the router fronts it on {ROUTER}")
 
         say("creating the PR's sandbox: it forks greeter only (v2)")
         up = sandbox("up", "-f", str(EXAMPLE / "sandboxes" / "pr-42.yaml"), env=env)
@@ -83,13 +95,23 @@ def run(once: bool, port: int) -> bool:
         state = json.loads(sandbox("get", "pr-42", "-o", "json", env=env).stdout or "{}")
         fork = (state.get("forks") or [{}])[0]
 
-        say("the baseline and the sandbox's fork, side by side")
-        base = get_json("http://127.0.0.1:7401/")
-        forked = get_json(str(fork.get("upstream")))
-        print(f"  baseline  127.0.0.1:7401            → {json.dumps(base)}")
-        print(f"  pr-42     {fork.get('upstream')} → {json.dumps(forked)}")
-        checks["baseline answers v1"] = base.get("version") == "v1"
-        checks["the fork answers v2"] = forked.get("version") == "v2"
+        say(f"the same URL, {ROUTER}, without and with the sandbox's baggage")
+        baggage = str(state.get("baggage"))
+        base = get_json(ROUTER)
+        forked = get_json(ROUTER, baggage=f"userid=alice,{baggage}")
+        for label, answer in (("no baggage", base), (f"baggage: userid=alice,{baggage}", forked)):
+            print(f"  {label}")
+            print(f"    sandboxd-route: {answer.get('route')}")
+            shown = {k: answer.get(k) for k in ("version", "greeting", "sandbox")}
+            print(f"    body:           {json.dumps(shown)}")
+        checks["without baggage: the baseline (v1)"] = (base.get("version"), base.get("route")) == (
+            "v1",
+            "baseline",
+        )
+        checks["with the key: the PR's fork (v2)"] = (
+            forked.get("version"),
+            forked.get("route"),
+        ) == ("v2", "sandbox=pr-42")
         token = (data_dir / "admin-token").read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
         services = len(httpx.get(f"{url}/v1/services", headers=auth).json()["items"])
@@ -103,9 +125,9 @@ def run(once: bool, port: int) -> bool:
         checks["the route table sends pr-42's key to its fork"] = route.get("forks", {}).get(
             "greeter"
         ) == fork.get("upstream")
-        print("\nWith the router running, a request to http://127.0.0.1:7301/ carrying")
-        print(f"  baggage: {state.get('baggage')}")
-        print("reaches the fork; any other request reaches the baseline.")
+        print("\nTry it yourself while the demo runs (without --once):")
+        print(f"  curl -i {ROUTER}")
+        print(f"  curl -i -H 'baggage: {baggage}' {ROUTER}")
 
         if not once:
             say("running — try it yourself, Ctrl-C to stop")
@@ -119,11 +141,14 @@ def run(once: bool, port: int) -> bool:
         gone = json.loads(sandbox("get", "pr-42", "-o", "json", env=env).stdout or "{}")
         checks["sandbox down leaves it Deleted"] = gone.get("phase") == "Deleted"
         checks["the fork's process is gone"] = "error" in get_json(str(fork.get("upstream")))
+        after = get_json(ROUTER, baggage=baggage)
+        checks["its key then reaches the baseline"] = after.get("route") == "baseline"
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         shutil.rmtree(data_dir, ignore_errors=True)
     checks["stopping sandboxd stops the baseline"] = "error" in get_json("http://127.0.0.1:7401/")
+    checks["… and the router"] = "error" in get_json(ROUTER)
 
     say("outcome")
     for what, ok in checks.items():
