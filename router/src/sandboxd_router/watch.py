@@ -40,6 +40,10 @@ async def watch_control_plane(
                 etag = response.headers.get("ETag")
                 backoff = 0.2
             except (httpx.HTTPError, TableError) as e:
+                if etag is None:  # starting (often beside a control plane that is starting too)
+                    log.info("waiting for the route table from %s (%s)", url, e)
+                    await asyncio.sleep(0.1)
+                    continue
                 log.warning("route table from %s unavailable (%s); keeping the last one", url, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

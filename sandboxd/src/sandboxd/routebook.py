@@ -35,6 +35,7 @@ class RouteBook:
         self._table = build_route_table(catalog=catalog, sandboxes=())
         self._changed = asyncio.Event()
         self._dirty = False
+        self._closed = False
 
     @property
     def table(self) -> RouteTable:
@@ -63,12 +64,18 @@ class RouteBook:
 
     async def wait_for_change(self, etag: str, *, timeout: float) -> RouteTable:
         """The table once its ETag differs from `etag`, or the current one after `timeout`."""
-        if self.table.etag != etag:
+        if self.table.etag != etag or self._closed:
             return self._table
         event = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         return self._table
+
+    def close(self) -> None:
+        """The server is stopping: answer every long poll now, and every later one at once (a
+        held request would hold up the shutdown)."""
+        self._closed = True
+        self._changed.set()
 
     def _mark_dirty(self) -> None:
         if not self._dirty:
