@@ -18,7 +18,12 @@ import pytest
 from tests.support.server import free_port
 
 ORIGIN = str(Path(__file__).resolve().parents[1] / "support" / "origin.py")
-KEYS = {"pr-1": "key1aaaaaaaaaaa", "pr-2": "key2bbbbbbbbbbb", "pr-3": "key3ccccccccccc", "dead": "keydeadddddddddd"}
+KEYS = {
+    "pr-1": "key1aaaaaaaaaaa",
+    "pr-2": "key2bbbbbbbbbbb",
+    "pr-3": "key3ccccccccccc",
+    "dead": "keydeadddddddddd",
+}
 
 
 def wait_port(port: int, *, timeout: float = 15) -> None:
@@ -68,14 +73,31 @@ class Router:
         return f"http://127.0.0.1:{self.port}"
 
 
-def routes_table(service_port: int, origins: dict[str, Origin], *, protocol: str = "http") -> dict[str, Any]:
+def routes_table(
+    service_port: int, origins: dict[str, Origin], *, protocol: str = "http"
+) -> dict[str, Any]:
     dead = free_port()  # nothing listens there
-    forks = {"pr-1": origins["fork1"].url, "pr-2": origins["fork2"].url, "dead": f"http://127.0.0.1:{dead}"}
+    forks = {
+        "pr-1": origins["fork1"].url,
+        "pr-2": origins["fork2"].url,
+        "dead": f"http://127.0.0.1:{dead}",
+    }
     return {
         "baggageKey": "sandbox",
-        "services": [{"name": "echo", "protocol": protocol, "routerPort": service_port, "baseline": origins["baseline"].url}],
+        "services": [
+            {
+                "name": "echo",
+                "protocol": protocol,
+                "routerPort": service_port,
+                "baseline": origins["baseline"].url,
+            }
+        ],
         "routes": {
-            KEYS[name]: {"sandbox": name, "forks": {"echo": forks[name]} if name in forks else {}, "faults": []}
+            KEYS[name]: {
+                "sandbox": name,
+                "forks": {"echo": forks[name]} if name in forks else {},
+                "faults": [],
+            }
             for name in KEYS
         },
         "version": "test",
@@ -109,7 +131,9 @@ def origins() -> Iterator[dict[str, Origin]]:
 
 
 @pytest.fixture(scope="module")
-def router(origins: dict[str, Origin], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+def router(
+    origins: dict[str, Origin], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Router]:
     tmp = tmp_path_factory.mktemp("router")
     r = start_router(tmp, routes_table(free_port(), origins), "--upstream-timeout", "2")
     yield r

@@ -10,16 +10,52 @@ from tests.router.conftest import Origin, Router, raw
 
 SMUGGLE = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 CASES = [
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n" + SMUGGLE, id="conflicting-content-length"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd" + SMUGGLE, id="duplicate-content-length"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 4\r\n\r\nabcd" + SMUGGLE, id="content-length-list"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLE, id="content-length-with-chunked"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLE, id="te-twice"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + SMUGGLE, id="te-other-coding"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLE, id="te-obfuscated"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n" + SMUGGLE, id="invalid-chunk-size"),
-    pytest.param(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + SMUGGLE, id="negative-chunk-size"),
-    pytest.param(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n" + SMUGGLE, id="obsolete-line-folding"),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n"
+        + SMUGGLE,
+        id="conflicting-content-length",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"
+        + SMUGGLE,
+        id="duplicate-content-length",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 4\r\n\r\nabcd" + SMUGGLE,
+        id="content-length-list",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        + SMUGGLE,
+        id="content-length-with-chunked",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        + SMUGGLE,
+        id="te-twice",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+        + SMUGGLE,
+        id="te-other-coding",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLE,
+        id="te-obfuscated",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+        + SMUGGLE,
+        id="invalid-chunk-size",
+    ),
+    pytest.param(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + SMUGGLE,
+        id="negative-chunk-size",
+    ),
+    pytest.param(
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n" + SMUGGLE,
+        id="obsolete-line-folding",
+    ),
     pytest.param(b"GET /echo HTTP/1.1\r\nHost : x\r\n\r\n" + SMUGGLE, id="space-before-colon"),
     pytest.param(b"GET /echo\r\n\r\n", id="http-0.9"),
     pytest.param(b"GET /echo HTTP/2.0\r\nHost: x\r\n\r\n", id="http-2-on-http-1"),

@@ -12,7 +12,9 @@ def origin_of(response: httpx.Response) -> str:
     return str(response.json()["origin"])
 
 
-def test_requests_without_a_key_reach_the_baseline_only(router: Router, origins: dict[str, Origin]) -> None:
+def test_requests_without_a_key_reach_the_baseline_only(
+    router: Router, origins: dict[str, Origin]
+) -> None:
     for o in origins.values():
         o.forget()
     for _ in range(5):
@@ -48,12 +50,24 @@ def test_baggage_split_over_several_headers_is_combined(router: Router) -> None:
     assert forwarded == ["userid=alice", f"sandbox={KEYS['pr-2']}"]
 
 
-def test_two_sandboxes_never_see_each_others_forks(router: Router, origins: dict[str, Origin]) -> None:
+def test_two_sandboxes_never_see_each_others_forks(
+    router: Router, origins: dict[str, Origin]
+) -> None:
     for o in origins.values():
         o.forget()
     for _ in range(10):
-        assert origin_of(httpx.get(f"{router.url}/echo", headers={"baggage": f"sandbox={KEYS['pr-1']}"})) == "fork1"
-        assert origin_of(httpx.get(f"{router.url}/echo", headers={"baggage": f"sandbox={KEYS['pr-2']}"})) == "fork2"
+        assert (
+            origin_of(
+                httpx.get(f"{router.url}/echo", headers={"baggage": f"sandbox={KEYS['pr-1']}"})
+            )
+            == "fork1"
+        )
+        assert (
+            origin_of(
+                httpx.get(f"{router.url}/echo", headers={"baggage": f"sandbox={KEYS['pr-2']}"})
+            )
+            == "fork2"
+        )
     assert all(KEYS["pr-2"] not in str(r["headers"]) for r in origins["fork1"].seen())
     assert all(KEYS["pr-1"] not in str(r["headers"]) for r in origins["fork2"].seen())
 
@@ -104,5 +118,7 @@ def test_access_log_has_one_json_line_per_request_without_secrets(router: Router
     time.sleep(0.5)
     lines = [json.loads(line) for line in router.log.read_text().splitlines()]
     entry = next(e for e in lines if e["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
-    assert entry["route"] == "sandbox=pr-1" and entry["status"] == 200 and entry["service"] == "echo"
+    assert (
+        entry["route"] == "sandbox=pr-1" and entry["status"] == 200 and entry["service"] == "echo"
+    )
     assert "s3cret" not in router.log.read_text()

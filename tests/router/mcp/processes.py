@@ -66,10 +66,10 @@ class Process:
                 self.proc.wait(10)
 
 
-def http_ready(url: str, *, statuses: Callable[[int], bool] = lambda s: s == 200) -> Callable[[], bool]:
+def http_ready(url: str) -> Callable[[], bool]:
     def ready() -> bool:
         try:
-            return statuses(httpx.get(url, timeout=1).status_code)
+            return httpx.get(url, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -92,13 +92,12 @@ def running(
     log: Path,
     ready: Callable[[], bool],
     env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
 ) -> Iterator[Process]:
     """Start `argv`, wait until `ready()`, and stop it (SIGTERM, then SIGKILL) on exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env or os.environ), cwd=cwd
+            argv, stdout=out, stderr=subprocess.STDOUT, env=dict(env or os.environ)
         )
     process = Process(name=name, proc=proc, log=log)
     try:
@@ -132,8 +131,15 @@ class Upstream:
 @contextmanager
 def version_server(name: str, *, log_dir: Path) -> Iterator[Upstream]:
     port = free_port()
-    argv = [sys.executable, str(VERSION_SERVER), "--name", name, "--port", str(port)]
-    argv.append("--access-log")
+    argv = [
+        sys.executable,
+        str(VERSION_SERVER),
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--access-log",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ready = http_ready(f"http://127.0.0.1:{port}/healthz")
     with running(name, argv, log=log_dir / f"{name}.log", ready=ready, env=env) as process:
