@@ -28,7 +28,7 @@ def test_the_api_honours_its_openapi_document(tmp_path: Path) -> None:
              "-H", f"Authorization: Bearer {server.token}", "--checks", "all",
              "--exclude-checks", EXCLUDED, "--max-examples", "60", "--seed", "20261122",
              "--workers", "1", "--no-color"],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
         )  # fmt: skip
         assert "Traceback" not in server.log()
     assert result.returncode == 0, result.stdout[-6000:]
