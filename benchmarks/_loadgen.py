@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from benchmarks._procs import HarnessError
-
 T = TypeVar("T")
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
@@ -127,7 +125,7 @@ async def open_loop(port: int, *, baggage: str, rate: float, duration: float) ->
 
 @dataclass
 class SseRun:
-    delays_ns: list[int] = field(default_factory=list)  # arrival − the origin's send time
+    delays_ns: list[int] = field(default_factory=list)  # arrival - the origin's send time
     events_per_read: list[int] = field(default_factory=list)  # reads that completed events
     status: int = 0
     route: str = ""
@@ -249,6 +247,10 @@ async def holding(
             transport.close()
 
 
+class Closed(ConnectionError):
+    """No (complete) response on a keep-alive connection: closed, or 5 s without one."""
+
+
 class Probe:
     """A blocking keep-alive HTTP/1.1 client for checks and back-to-back polling."""
 
@@ -259,7 +261,25 @@ class Probe:
         self.buf = b""
 
     def get(self, *, baggage: str | None) -> tuple[int, dict[str, str]]:
-        self.sock.sendall(request(self.port, baggage=baggage))
+        """One request; a connection closed before a response raises `Closed` and is replaced,
+        so the caller decides whether that is a finding."""
+        try:
+            self.sock.sendall(request(self.port, baggage=baggage))
+            return self._response()
+        except TimeoutError as e:
+            self.reconnect()
+            raise Closed("no response in 5 s (connection replaced)") from e
+        except ConnectionError as e:
+            self.reconnect()
+            raise Closed("connection closed without a response") from e
+
+    def reconnect(self) -> None:
+        self.sock.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def _response(self) -> tuple[int, dict[str, str]]:
         while b"\r\n\r\n" not in self.buf:
             self._read()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
@@ -277,12 +297,14 @@ class Probe:
             while b"\r\n0\r\n\r\n" not in b"\r\n" + self.buf:
                 self._read()
             self.buf = (b"\r\n" + self.buf).split(b"\r\n0\r\n\r\n", 1)[1]
+        if headers.get("connection", "").lower() == "close":
+            self.reconnect()
         return int(lines[0].split()[1]), headers
 
     def _read(self) -> None:
         data = self.sock.recv(65536)
         if not data:
-            raise HarnessError(f"port {self.port} closed the connection")
+            raise Closed(f"port {self.port} closed the connection")
         self.buf += data
 
     def close(self) -> None:

@@ -117,8 +117,17 @@ def routing_conf(
 
 
 def argv(nginx: str, run_dir: Path, conf: Path) -> list[str]:
-    return [nginx, "-p", str(run_dir), "-c", str(conf), "-e", str(run_dir / "error.log"),
-            "-g", "daemon off;"]  # fmt: skip
+    return [
+        nginx,
+        "-p",
+        str(run_dir),
+        "-c",
+        str(conf),
+        "-e",
+        str(run_dir / "error.log"),
+        "-g",
+        "daemon off;",
+    ]
 
 
 def write(run_dir: Path, text: str) -> Path:

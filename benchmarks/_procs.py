@@ -7,6 +7,7 @@ each group by its id — SIGTERM, then SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -124,10 +125,8 @@ class Processes:
         if proc is None:
             return
         for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)  # the group we created for it: its workers too
-            except ProcessLookupError:
-                pass
             try:
                 proc.wait(grace)
                 break
@@ -169,6 +168,27 @@ def _descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def cpu_busy(seconds: float = 1.0) -> dict[int, float]:
+    """Share of each core busy over `seconds` (/proc/stat): are others using the machine?"""
+
+    def sample() -> dict[int, tuple[int, int]]:
+        out = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                values = [int(v) for v in fields[:8]]
+                out[int(name[3:])] = (values[3] + values[4], sum(values))  # idle + iowait, all
+        return out
+
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    return {
+        cpu: 1 - (after[cpu][0] - idle) / max(1, after[cpu][1] - total)
+        for cpu, (idle, total) in before.items()
+    }
 
 
 def venv_bin(name: str) -> str:

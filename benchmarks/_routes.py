@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +71,16 @@ def write_table(path: Path, *, services: list[Service], ports: dict[str, int], n
 
 
 def argv(*, admin_port: int, source: list[str]) -> list[str]:
-    return [venv_bin("sandboxd-router"), *source, "--host", "127.0.0.1",
-            "--admin-port", str(admin_port), "--access-log", "off"]  # fmt: skip
+    return [
+        venv_bin("sandboxd-router"),
+        *source,
+        "--host",
+        "127.0.0.1",
+        "--admin-port",
+        str(admin_port),
+        "--access-log",
+        "off",
+    ]
 
 
 def start_static(
@@ -84,32 +91,41 @@ def start_static(
     table = work_dir / f"{name}-routes.json"
     write_table(table, services=services, ports=ports, n=n)
     router = Router(name, ports, free_port(), n)
-    procs.start(name, argv(admin_port=router.admin_port, source=["--routes-file", str(table)]),
-                cpu=0)  # fmt: skip
+    procs.start(
+        name, argv(admin_port=router.admin_port, source=["--routes-file", str(table)]), cpu=0
+    )
     wait_ready(procs, router)
     return router
 
 
-def wait_ready(procs: Processes, router: Router, *, timeout: float = 60) -> dict[str, object]:
+def wait_ready(procs: Processes, router: Router, *, timeout: float = 60) -> None:
     """Until /healthz reports the table, then until every service port accepts."""
     deadline = time.monotonic() + timeout
     while True:
         procs.check_alive(router.name)
-        health = healthz(router.admin_port)
-        if health is not None and health.get("sandboxes") == router.sandboxes:
+        health = healthz(router.admin_port) or {}
+        if health.get("status") == "ok" and health.get("sandboxes") == router.sandboxes:
             break
         if time.monotonic() > deadline:
             raise HarnessError(f"{router.name}: no table after {timeout}s (/healthz: {health})")
         time.sleep(0.05)
     for port in router.ports.values():
         procs.wait_accepting(router.name, port, timeout=max(1, deadline - time.monotonic()))
-    return health
 
 
 def healthz(admin_port: int) -> dict[str, object] | None:
+    """The router's /healthz JSON, or None; a raw socket, cheap enough to poll back to back."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2) as r:
-            body = json.loads(r.read())
-    except (OSError, urllib.error.URLError, ValueError):
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=2) as sock:
+            sock.sendall(request)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        parsed = json.loads(body)
+    except (OSError, ValueError):
         return None
-    return body if isinstance(body, dict) else None
+    return parsed if isinstance(parsed, dict) else None

@@ -29,8 +29,7 @@ class Stream(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -75,8 +74,9 @@ def main() -> None:
     port = int(sys.argv[1])
     try:
         import uvloop
-    except ImportError:
-        asyncio.run(serve(port))
+    except ImportError:  # plain asyncio is fine for one stream at a time
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(port))
         return
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(port))

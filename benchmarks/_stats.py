@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Iterable
 
 try:
-    from hdrh.histogram import HdrHistogram
+    from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped,unused-ignore]
 except ImportError:  # exact percentiles are as good for the few thousand samples we take
     HdrHistogram = None
 
@@ -14,7 +14,7 @@ BACKEND = "hdrhistogram (3 significant digits)" if HdrHistogram else "exact sort
 
 
 def percentile(values_ns: Iterable[int], q: float) -> float:
-    """The `q`-quantile (0–1) of positive nanosecond values, in nanoseconds."""
+    """The `q`-quantile (0 to 1) of positive nanosecond values, in nanoseconds."""
     values = list(values_ns)
     if not values:
         return float("nan")

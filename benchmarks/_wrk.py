@@ -59,8 +59,16 @@ def run(
     script: Path | None = None,
 ) -> tuple[WrkResult, str]:
     """One wrk run; returns the parsed figures and wrk's full output."""
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
-            "-H", f"baggage: {baggage}"]  # fmt: skip
+    argv = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "5s",
+        "-H",
+        f"baggage: {baggage}",
+    ]
     if script is not None:
         argv += ["-s", str(script)]
     try:

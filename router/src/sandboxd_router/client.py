@@ -10,6 +10,7 @@ the connection is closed, so no second request can hide behind it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from http import HTTPStatus
 from typing import cast
@@ -19,6 +20,8 @@ import httptools
 from sandboxd_router import routing
 from sandboxd_router.exchange import Exchange
 from sandboxd_router.state import RouterState
+
+log = logging.getLogger("sandboxd_router")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -50,8 +53,21 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.reject(501, "protocol upgrades (such as WebSocket) are not supported")
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, httptools.HttpParserError):  # our own checks, in a callback
+                self.reject(400, f"malformed request: {cause}")
+            else:
+                self._internal_error(cause or e)
         except httptools.HttpParserError as e:
             self.reject(400, f"malformed request: {e}")
+        except Exception as e:
+            self._internal_error(e)
+
+    def _internal_error(self, error: BaseException) -> None:
+        """A bug of ours: log it, answer, and never leave the client hanging."""
+        log.error("unexpected error while relaying a request", exc_info=error)
+        self.reject(502, "the router failed on this request (see its log)", code="router_error")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -182,10 +198,10 @@ class ClientConnection(asyncio.Protocol):
         )
         self.close()
 
-    def reject(self, status: int, message: str) -> None:
+    def reject(self, status: int, message: str, *, code: str | None = None) -> None:
         """A request we refuse before routing it: 4xx (or 501), JSON, and close."""
         ex = self.parsing or (self.queue[-1] if self.queue else None) or Exchange(self)
-        ex.fail(status, "bad_request" if status < 500 else "not_implemented", message)
+        ex.fail(status, code or ("bad_request" if status < 500 else "not_implemented"), message)
         self.close()
 
     def close(self) -> None:

@@ -88,6 +88,11 @@ class Exchange:
         self._attach(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:
+        if not conn.usable():
+            # closed between connect and now (a fork being stopped, say): nobody else will
+            # report it, since its connection_lost ran before this exchange was attached
+            self.fail(502, "upstream_failed", f"{conn.upstream!r} closed the connection at once")
+            return
         self.conn = conn
         conn.start(self, head_only=self.method == b"HEAD")
         framing = (
@@ -221,6 +226,11 @@ class Exchange:
                 conn = await self.upstream.connect(self.client.state.limits.connect_timeout)
             except (OSError, TimeoutError) as e:
                 self.fail(502, "upstream_unreachable", f"cannot connect to {self.upstream!r}: {e}")
+                return
+            if not conn.usable():
+                self.fail(
+                    502, "upstream_failed", f"{conn.upstream!r} closed the connection at once"
+                )
                 return
             self.conn = conn
             conn.start(self, head_only=self.method == b"HEAD")

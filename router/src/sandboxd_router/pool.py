@@ -91,8 +91,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.response = _Response(self, receiver, head_only=head_only)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        """Send, unless the connection is already going: its connection_lost reports that."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def close(self) -> None:
         self.closed = True

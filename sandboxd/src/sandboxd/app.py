@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
                 health_timeout=settings.health_timeout,
                 sweep_interval=settings.reaper_interval,
                 workers=settings.workers,
+                drain=settings.drain,
             ),
         )
         kick.target = reconciler.kick

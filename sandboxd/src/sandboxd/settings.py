@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     """Host of the router's listeners, given to processes as SANDBOXD_SERVICE_<NAME>_URL."""
     health_timeout: float = Field(default=60.0, gt=0)
     """A fork that is not healthy this many seconds after it started fails the sandbox."""
+    drain: float = Field(default=0.5, ge=0, le=60)
+    """Seconds a deleted sandbox's forks keep running after its routes are withdrawn."""
     stop_grace: float = Field(default=5.0, ge=0)
     """Seconds between SIGTERM and SIGKILL when stopping a process."""
     max_request_bytes: int = 256 * 1024

@@ -36,6 +36,9 @@ class ReconcilerConfig:
     workers: int
     resync_interval: float = 60.0
     """Every sandbox is reconciled at least this often, even if nothing kicked it."""
+    drain: float = 0.5
+    """Seconds between a sandbox leaving the route table and its forks being stopped, so that
+    routers have the new table (and requests in flight finish) before the upstreams go."""
 
 
 class Reconciler:
@@ -167,6 +170,9 @@ class Reconciler:
         return None
 
     async def _finish_delete(self, row: SandboxRow) -> float | None:
+        draining = self._config.drain - (utcnow() - row.updated_at).total_seconds()
+        if draining > 0:
+            return draining
         if not await self._runtime.stop(row.name):
             return 1.0
         stopped = [{**f, "phase": "Stopped", "ready": False} for f in row.forks]

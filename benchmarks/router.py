@@ -1,0 +1,134 @@
+"""Router benchmark: sandboxd-router beside nginx doing the same baggage routing, and direct.
+
+Run:  .venv/bin/python benchmarks/router.py [--quick] [--no-router] [--reps 3] [--duration 3]
+
+Method (shared/reference/performance.md): the proxy pinned to core 0; wrk, the origin (nginx,
+1 worker, `return 200` with 1 KiB), the SSE origin and this script's own clients on core 1;
+HTTP/1.1 keep-alive; every request carries `baggage: userid=alice,sandbox=<key>,tenant=acme`;
+route tables of 1,000 sandboxes unless a bar says otherwise; interleaved repetitions (router,
+nginx, direct, router, …); medians. Prints one line per DESIGN §9 router bar with PASS/FAIL,
+and exits 0 whatever the bars say: non-zero only when the harness itself failed.
+
+Needs root, or nginx and wrk already installed: it installs the Debian packages `nginx` and
+`wrk` when missing. It never touches the system nginx service: every server here is its own
+process, with its files in one temp dir, and all of them are stopped at the end (also on
+Ctrl-C, SIGTERM or a failure). Only loopback traffic; every load run is bounded in time.
+`--no-router` runs nginx and direct alone (to check the harness without a router).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import _routes, _stats  # noqa: E402
+from benchmarks._bench import Bar, Bench, Settings  # noqa: E402
+from benchmarks._latency import latency, sse  # noqa: E402
+from benchmarks._memory import memory  # noqa: E402
+from benchmarks._procs import (  # noqa: E402
+    HarnessError,
+    Processes,
+    cpu_busy,
+    ensure_tools,
+    prepare_self,
+)
+from benchmarks._propagation import propagation  # noqa: E402
+from benchmarks._throughput import table_size, throughput  # noqa: E402
+
+
+def settings(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 repetition, shorter runs")
+    parser.add_argument("--no-router", action="store_true", help="only nginx and direct")
+    parser.add_argument("--reps", type=int, help="interleaved repetitions (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 3)")
+    args = parser.parse_args(argv)
+    base = Settings.quick() if args.quick else Settings()
+    return base.replace(
+        router=not args.no_router,
+        reps=args.reps or base.reps,
+        duration=args.duration or base.duration,
+    )
+
+
+def run(bench: Bench) -> list[Bar]:
+    """The scenarios in the order of DESIGN §9's router bars."""
+    bench.start_servers()
+    bench.verify_routing()
+    bars = throughput(bench) + latency(bench)
+    if bench.config.router:
+        bars += table_size(bench)
+    bars += sse(bench)
+    if bench.config.router:
+        bars += propagation(bench) + memory(bench)
+    return bars
+
+
+def report(bars: list[Bar], problems: list[str]) -> None:
+    print("\nDESIGN §9 router bars")
+    if not bars:
+        print("  (none: the router was not run)")
+    for i, bar in enumerate(bars, 1):
+        print(f"  {i}. {bar.title}: {bar.measured}; bar {bar.bar}: {'PASS' if bar.ok else 'FAIL'}")
+    for problem in problems:
+        print(f"  problem: {problem}")
+
+
+def machine_load(when: str) -> None:
+    busy = cpu_busy(1.0)
+    shares = ", ".join(f"core {cpu} {share:.0%}" for cpu, share in sorted(busy.items()))
+    note = "" if max(busy.values()) < 0.10 else "  (others are using the CPUs: expect noise)"
+    print(f"CPU busy {when}: {shares}{note}", flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    # Also when started in the background (SIGINT ignored): unwinds through the `finally`
+    # that stops every server.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = settings(argv)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        prepare_self()
+        tools = ensure_tools()
+    except (HarnessError, subprocess.CalledProcessError) as e:
+        print(f"router benchmark: {e}", file=sys.stderr)
+        return 2
+    print(f"router benchmark: {config}")
+    print(f"percentiles: {_stats.BACKEND}; baggage: {_routes.baggage('<key>')}")
+    machine_load("before (nothing of ours running)")
+    with tempfile.TemporaryDirectory(prefix="sandboxd-router-bench-") as tmp:
+        work_dir = Path(tmp)
+        os.chmod(work_dir, 0o755)  # nginx workers run as nobody when we are root
+        (work_dir / "logs").mkdir()
+        procs = Processes(work_dir / "logs")
+        bench = Bench(config, tools=tools, work_dir=work_dir, procs=procs)
+        try:
+            bars = run(bench)
+            machine_load("after (ours idle)")
+        except (HarnessError, OSError) as e:  # OSError: a client timed out or was refused
+            print(f"\nrouter benchmark: harness failed: {e!r}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted: stopping every server", file=sys.stderr)
+            return 130
+        finally:
+            procs.stop_all()
+    report(bars, bench.problems)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
