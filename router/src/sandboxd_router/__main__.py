@@ -66,6 +66,7 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     admin = await serve_admin(router, args.host, args.admin_port) if args.admin_port else None
+    sweeper = asyncio.create_task(router.sweep())
     if args.routes_file is not None:
         await load_file(args.routes_file, upstreams=router.upstreams, on_table=router.apply)
         watcher = None
@@ -79,6 +80,7 @@ async def run(args: argparse.Namespace) -> None:
             )
         )
     await stop.wait()
+    sweeper.cancel()
     if watcher is not None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -38,7 +38,9 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._paused_turn = False
         self._paused_upstream = False
-        self._idle: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # loop time the connection became idle (0: busy)
+        self._out: list[bytes] | None = None  # corked: writes collect here until uncork()
+        self.feeding = False  # inside data_received: upstream writes are corked too
 
     # transport events -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -46,9 +48,20 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
-        self._arm_idle()
+        self.state.connections.add(self)
+        self._idle_since = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
+        self.feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self.feeding = False
+            for ex in self.queue:  # one write per upstream per read, not one per callback
+                if ex.conn is not None:
+                    ex.conn.uncork()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -71,11 +84,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._idle is not None:
-            self._idle.cancel()
+        self.state.connections.discard(self)
         for ex in self.queue:
-            if ex.timer is not None:
-                ex.timer.cancel()
+            ex.deadline = 0.0
             if ex.conn is not None:
                 ex.conn.abort()  # the client went away: so does the upstream request
         self.queue.clear()
@@ -92,9 +103,7 @@ class ClientConnection(asyncio.Protocol):
 
     # parser callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._idle_since = 0.0
         self.parsing = Exchange(self)
         self.queue.append(self.parsing)
         self._head_bytes = 0
@@ -178,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
                 nxt.start()
         else:
             self._paused_turn = False
-            self._arm_idle()
+            self._idle_since = asyncio.get_running_loop().time()
         self._update_reading()
 
     def pause_for_upstream(self, paused: bool) -> None:
@@ -186,8 +195,25 @@ class ClientConnection(asyncio.Protocol):
         self._update_reading()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is None or self.closed:
+            return
+        if self._out is not None:
+            self._out.append(data)
+        else:
             self.transport.write(data)
+
+    def cork(self) -> bool:
+        """Collect writes until `uncork` (True if this call corked): a response's head, body
+        and end that arrive in one upstream read leave in one write."""
+        if self._out is not None:
+            return False
+        self._out = []
+        return True
+
+    def uncork(self) -> None:
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def write_error(self, status: int, body: bytes, *, route: bytes) -> None:
         phrase = HTTPStatus(status).phrase.encode()
@@ -206,6 +232,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self.uncork()
             self.closed = True
             self.transport.close()
 
@@ -229,6 +256,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def _arm_idle(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.state.limits.idle_timeout, self.close)
+    def tick(self, now: float) -> None:
+        """The router's sweep: close an idle keep-alive connection, time out a silent upstream."""
+        if self._idle_since and now - self._idle_since > self.state.limits.idle_timeout:
+            self.close()
+            return
+        for ex in self.queue:
+            if ex.deadline and now > ex.deadline:
+                ex.timed_out()

@@ -28,6 +28,8 @@ class Receiver(Protocol):
     def response_end(self) -> None: ...
     def upstream_failed(self, error: str) -> None: ...
     def upstream_pause(self, paused: bool) -> None: ...
+    def cork(self) -> bool: ...
+    def uncork(self) -> None: ...
 
 
 class Upstream:
@@ -75,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response: _Response | None = None
         self.closed = False
         self.reused = False
+        self._out: list[bytes] | None = None
 
     @property
     def receiver(self) -> Receiver | None:
@@ -92,8 +95,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Send, unless the connection is already going: its connection_lost reports that."""
-        if self.transport is not None and not self.transport.is_closing():
+        if self._out is not None:
+            self._out.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def cork(self) -> bool:
+        if self._out is not None:
+            return False
+        self._out = []
+        return True
+
+    def uncork(self) -> None:
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         self.closed = True
@@ -129,13 +145,18 @@ class UpstreamConnection(asyncio.Protocol):
         if response is None:
             self.close()  # bytes nobody asked for
             return
+        receiver = response.receiver
+        corked = receiver.cork() if receiver is not None else False
         try:
             response.parser.feed_data(data)
         except httptools.HttpParserError as e:
-            receiver, response.receiver = response.receiver, None
+            failed, response.receiver = response.receiver, None
             self.close()
-            if receiver is not None:
-                receiver.upstream_failed(f"malformed response from the upstream: {e}")
+            if failed is not None:
+                failed.upstream_failed(f"malformed response from the upstream: {e}")
+        finally:
+            if corked and receiver is not None:
+                receiver.uncork()
 
     def finished(self, response: _Response, *, keep: bool) -> None:
         if self.response is response:

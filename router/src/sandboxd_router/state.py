@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sandboxd_router.accesslog import AccessLog
 from sandboxd_router.mcp import Sessions
 from sandboxd_router.table import EMPTY, Table
+
+if TYPE_CHECKING:
+    from sandboxd_router.client import ClientConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +32,4 @@ class RouterState:
     log: AccessLog
     table: Table = EMPTY
     sessions: Sessions = field(default_factory=Sessions)
+    connections: set[ClientConnection] = field(default_factory=set)
