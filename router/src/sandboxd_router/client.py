@@ -38,6 +38,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._paused_turn = False
         self._paused_upstream = False
+        self._reading = True
         self._idle_since = 0.0  # loop time the connection became idle (0: busy)
         self._out: list[bytes] | None = None  # corked: writes collect here until uncork()
         self.feeding = False  # inside data_received: upstream writes are corked too
@@ -104,6 +105,9 @@ class ClientConnection(asyncio.Protocol):
     # parser callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._idle_since = 0.0
+        if self.queue:  # pipelined behind an exchange in flight: read no further for now
+            self._paused_turn = True
+            self._update_reading()
         self.parsing = Exchange(self)
         self.queue.append(self.parsing)
         self._head_bytes = 0
@@ -164,8 +168,6 @@ class ClientConnection(asyncio.Protocol):
             self._release(ex)
         if not ex.responded:
             ex.request_complete()
-        self._paused_turn = True  # one exchange at a time; pipelined bytes wait
-        self._update_reading()
 
     # exchange events ----------------------------------------------------------------------
     def _release(self, ex: Exchange) -> None:
@@ -249,12 +251,16 @@ class ClientConnection(asyncio.Protocol):
             raise httptools.HttpParserError("headers too large")
 
     def _update_reading(self) -> None:
+        """Pause or resume reading, calling the transport only on a change (each is a syscall)."""
         if self.transport is None or self.closed:
             return
-        if self._paused_turn or self._paused_upstream:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+        reading = not (self._paused_turn or self._paused_upstream)
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
 
     def tick(self, now: float) -> None:
         """The router's sweep: close an idle keep-alive connection, time out a silent upstream."""
