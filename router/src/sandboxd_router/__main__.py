@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--upstream-timeout", type=float, default=60.0,
                    help="seconds to wait for a response head (504 after; default 60)")  # fmt: skip
+    p.add_argument(
+        "--busy-poll-us",
+        type=float,
+        default=50,
+        help="microseconds to poll for an upstream's answer instead of sleeping: about 30 µs "
+        "less per hop on a VM, for at most that much CPU per request (default 50; 0 turns it off)",
+    )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     if args.routes_file is None and not args.control_url:
@@ -58,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    limits = Limits(max_header_bytes=args.max_header_bytes, upstream_timeout=args.upstream_timeout)
+    limits = Limits(
+        max_header_bytes=args.max_header_bytes,
+        upstream_timeout=args.upstream_timeout,
+        busy_poll=args.busy_poll_us / 1e6,
+    )
     state = RouterState(limits=limits, log=AccessLog(args.access_log))
     router = Router(state=state, host=args.host, gateway_port=args.gateway_port)
     stop = asyncio.Event()

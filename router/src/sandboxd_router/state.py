@@ -24,6 +24,8 @@ class Limits:
     """Seconds from the request's last byte to the response head (504 after)."""
     idle_timeout: float = 75.0
     """A keep-alive client connection idle this long is closed."""
+    busy_poll: float = 0.0
+    """Seconds to poll for an upstream's answer instead of sleeping (0: off)."""
 
 
 @dataclass(slots=True)
@@ -33,3 +35,4 @@ class RouterState:
     table: Table = EMPTY
     sessions: Sessions = field(default_factory=Sessions)
     connections: set[ClientConnection] = field(default_factory=set)
+    spinning: bool = False
