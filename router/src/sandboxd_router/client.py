@@ -18,13 +18,14 @@ from typing import cast
 import httptools
 
 from sandboxd_router import routing
+from sandboxd_router.cork import Corkable
 from sandboxd_router.exchange import Exchange
 from sandboxd_router.state import RouterState
 
 log = logging.getLogger("sandboxd_router")
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Corkable, asyncio.Protocol):
     def __init__(self, state: RouterState, *, port: int | None) -> None:
         self.state = state
         self.port = port  # None: gateway mode, the Host header picks the service
@@ -196,26 +197,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused_upstream = paused
         self._update_reading()
 
-    def write(self, data: bytes) -> None:
-        if self.transport is None or self.closed:
-            return
-        if self._out is not None:
-            self._out.append(data)
-        else:
-            self.transport.write(data)
-
-    def cork(self) -> bool:
-        """Collect writes until `uncork` (True if this call corked): a response's head, body
-        and end that arrive in one upstream read leave in one write."""
-        if self._out is not None:
-            return False
-        self._out = []
-        return True
-
-    def uncork(self) -> None:
-        out, self._out = self._out, None
-        if out and self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+    def writable(self) -> bool:
+        return self.transport is not None and not self.closed
 
     def write_error(self, status: int, body: bytes, *, route: bytes) -> None:
         phrase = HTTPStatus(status).phrase.encode()

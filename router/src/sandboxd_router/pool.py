@@ -12,6 +12,8 @@ from typing import Protocol, cast
 
 import httptools
 
+from sandboxd_router.cork import Corkable
+
 MAX_IDLE = 256
 
 
@@ -70,7 +72,7 @@ class Upstream:
         self.idle.clear()
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(Corkable, asyncio.Protocol):
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
@@ -92,24 +94,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(self, receiver: Receiver, *, head_only: bool) -> None:
         self.response = _Response(self, receiver, head_only=head_only)
-
-    def write(self, data: bytes) -> None:
-        """Send, unless the connection is already going: its connection_lost reports that."""
-        if self._out is not None:
-            self._out.append(data)
-        elif self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def cork(self) -> bool:
-        if self._out is not None:
-            return False
-        self._out = []
-        return True
-
-    def uncork(self) -> None:
-        out, self._out = self._out, None
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         self.closed = True
