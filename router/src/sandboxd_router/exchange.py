@@ -26,9 +26,9 @@ class Exchange:
     __slots__ = (
         "baggage", "body", "body_size", "bytes_out", "chunked", "client", "client_chunked",
         "close_after", "complete", "conn", "connection_tokens", "content_length", "deadline",
-        "decision",
-        "headers", "hold", "host", "keep_alive", "method", "replay", "responded", "sandbox",
-        "service", "session", "started", "status", "target", "task", "traceparent", "upstream",
+        "decision", "headers", "hold", "host", "keep_alive", "method", "replay", "replay_size",
+        "responded", "sandbox", "service", "session", "started", "status", "target", "task",
+        "traceparent", "upstream",
     )  # fmt: skip
 
     def __init__(self, client: ClientConnection) -> None:
@@ -54,6 +54,7 @@ class Exchange:
         self.sandbox: str | None = None
         self.conn: UpstreamConnection | None = None
         self.replay: list[bytes] | None = []
+        self.replay_size = 0
         self.started = time.perf_counter()
         self.status = 0
         self.bytes_out = 0
@@ -161,7 +162,8 @@ class Exchange:
         conn.write(data)
         if self.replay is not None:
             self.replay.append(data)
-            if sum(map(len, self.replay)) > REPLAY_LIMIT:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
                 self.replay = None
 
     # response side (the Receiver protocol) ----------------------------------------------
