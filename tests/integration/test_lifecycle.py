@@ -163,3 +163,21 @@ def test_bad_catalog_is_refused_at_start_naming_file_and_field(tmp_path: Path) -
     assert "services[0].name" in message and "services[0].routerPort" in message
     assert "services[0].baseline.url" in message
     assert "Traceback" not in message
+
+
+def test_a_baseline_port_taken_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        catalog = write_catalog(tmp_path / "sandboxd.yaml", baseline_port=port)
+        server = Sandboxd(
+            data_dir=tmp_path, port=free_port(), env={},
+            args=["--catalog", str(catalog), "--start-baseline"],
+        )  # fmt: skip
+        with pytest.raises(RuntimeError, match="exited with 2") as failure:
+            server.start(timeout=20)
+    assert f"port {port} is already in use" in str(failure.value)
+    assert "Traceback" not in str(failure.value)

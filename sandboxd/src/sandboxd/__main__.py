@@ -12,9 +12,10 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from sandboxd.app import create_app
+from sandboxd.app import create_app, preflight
 from sandboxd.core.catalog import CatalogError
 from sandboxd.core.errors import describe, one_line
+from sandboxd.runtime.supervisor import SupervisorError
 from sandboxd.settings import Settings
 
 cli = typer.Typer(
@@ -87,10 +88,11 @@ def serve(
     }
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        preflight(settings)
         app = create_app(settings)
     except ValidationError as e:
         _fail(f"invalid setting: {one_line(describe(e.errors()))}")
-    except CatalogError as e:
+    except (CatalogError, SupervisorError) as e:
         _fail(str(e))
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

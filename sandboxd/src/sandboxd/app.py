@@ -24,7 +24,7 @@ from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.routebook import RouteBook
 from sandboxd.runtime.local import LocalRuntime
-from sandboxd.runtime.supervisor import Supervisor
+from sandboxd.runtime.supervisor import Supervisor, check_port_free
 from sandboxd.settings import Settings
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import Store
@@ -45,6 +45,16 @@ def admin_token(settings: Settings) -> str:
         f.write(token + "\n")
     log.info("generated the admin token into %s", path)
     return token
+
+
+def preflight(settings: Settings) -> None:
+    """What can be checked before serving, so that `sandboxd serve` fails with one clear line
+    (raises CatalogError or SupervisorError)."""
+    catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+    if settings.start_baseline:
+        workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
+        for plan in plan_baselines(catalog, router_host=settings.router_host, workdir=workdir):
+            check_port_free(plan)
 
 
 def create_app(settings: Settings) -> FastAPI:

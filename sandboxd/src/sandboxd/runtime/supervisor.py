@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +26,21 @@ log = logging.getLogger(__name__)
 
 class SupervisorError(RuntimeError):
     """A supervised process did not come up."""
+
+
+def check_port_free(plan: ProcessPlan) -> None:
+    """A port taken by someone else would pass the health probe for a process that failed."""
+    if plan.port is None:
+        return
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, plan.port))
+        except OSError as e:
+            raise SupervisorError(
+                f"{plan.service}: port {plan.port} is already in use by another process "
+                f"({e.strerror}); stop it or change the catalog"
+            ) from e
 
 
 class Supervisor:
@@ -46,9 +62,14 @@ class Supervisor:
             if env.get(ROLE) == self._role:
                 log.warning("stopping %s %s left by an earlier run", self._role, env.get(SERVICE))
                 await processes.stop_group(info.pgid, grace=self._grace)
-        for plan in self._plans:
-            self._spawn(plan)
-        await self._wait_healthy(timeout)
+        try:
+            for plan in self._plans:
+                check_port_free(plan)
+                self._spawn(plan)
+            await self._wait_healthy(timeout)
+        except SupervisorError:
+            await self.close()  # never leave the ones that did start behind
+            raise
         self._watcher = asyncio.create_task(self._watch(), name=f"{self._role}-watch")
 
     async def close(self) -> None:

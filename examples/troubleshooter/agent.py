@@ -1,0 +1,147 @@
+"""The troubleshooter agent: an HTTP service that diagnoses a namespace's failing pod.
+
+    PORT=7411 python3 agent.py
+
+`POST /diagnose {"namespace": "demo"}` answers
+
+    {"ok": true, "pod": "...", "diagnosis": "...", "error": null,
+     "evidence": [{"service": "cluster-mcp", "tool": "list_pods", "facts": {...}}, ...],
+     "promptVersion": "v1", "modelVersion": "rules-1", "sandbox": "baseline", "traceId": "..."}
+
+- 200 with `ok: true` when it reached a diagnosis (or found no failing pod: `pod` is null);
+- 502 with `ok: false`, `diagnosis: null` and `error` when a tool failed or answered in a schema
+  this prompt version cannot read — the error names the tool and the missing field, and the
+  evidence gathered so far is kept. The agent never invents a diagnosis past a failed step;
+- 400 with `ok: false` for a body that is not `{"namespace": "<name>"}`.
+
+`GET /healthz` answers 200. The tool servers are reached through the router, at
+`$SANDBOXD_SERVICE_CLUSTER_MCP_URL/mcp` and `$SANDBOXD_SERVICE_LOGS_MCP_URL/mcp`, with the
+request's `baggage` and trace context on every call (see `tools.py`), so a request tagged for a
+sandbox reaches that sandbox's forks and the baseline for everything else.
+
+Settings come from the environment once, at start: `AGENT_PROMPT_VERSION` (v1 | v2, default
+v1), `AGENT_MODEL_URL`/`AGENT_MODEL` (see `diagnoser.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from diagnoser import Diagnoser, diagnoser_from_env
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from tools import PROPAGATED, ToolCallError, TraceContext, connect
+from workflow import LAST_RUN_FIELDS, Evidence, WorkflowError, diagnose
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt_version: str
+    """Which schema of the tools' results this agent knows how to read (v1 | v2)."""
+    cluster_url: str
+    """cluster-mcp's MCP endpoint, normally through the router."""
+    logs_url: str
+    """logs-mcp's MCP endpoint, normally through the router."""
+    sandbox: str
+    """The sandbox this process runs in ("baseline" when none); reported, never acted on."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        version = os.environ.get("AGENT_PROMPT_VERSION", "v1")
+        if version not in LAST_RUN_FIELDS:
+            raise SystemExit(f"agent: AGENT_PROMPT_VERSION: {version!r} is not one of v1, v2")
+        return cls(
+            prompt_version=version,
+            cluster_url=_mcp_url("SANDBOXD_SERVICE_CLUSTER_MCP_URL", "http://127.0.0.1:7312"),
+            logs_url=_mcp_url("SANDBOXD_SERVICE_LOGS_MCP_URL", "http://127.0.0.1:7313"),
+            sandbox=os.environ.get("SANDBOXD_SANDBOX") or "baseline",
+        )
+
+
+def _mcp_url(variable: str, default: str) -> str:
+    return os.environ.get(variable, default).rstrip("/") + "/mcp"
+
+
+def trace_context(request: Request) -> TraceContext:
+    """The request's W3C headers, with a new `traceparent` when the caller sent none, so every
+    tool call of one diagnosis shares a trace id."""
+    headers = {name: request.headers[name] for name in PROPAGATED if name in request.headers}
+    headers.setdefault("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01")
+    return TraceContext(headers)
+
+
+def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
+    async def run(request: Request) -> Response:
+        answer: dict[str, Any] = {
+            "ok": False,
+            "pod": None,
+            "diagnosis": None,
+            "error": None,
+            "evidence": [],
+            "promptVersion": settings.prompt_version,
+            "modelVersion": diagnoser.version,
+            "sandbox": settings.sandbox,
+        }
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        namespace = body.get("namespace") if isinstance(body, dict) else None
+        if not isinstance(namespace, str) or not namespace:
+            answer["error"] = 'the body must be JSON {"namespace": "<name>"}'
+            return JSONResponse(answer, status_code=400)
+        context = trace_context(request)
+        answer["traceId"] = context.headers["traceparent"].split("-")[1]
+        evidence = Evidence(items=answer["evidence"])
+        try:
+            async with (
+                connect("cluster-mcp", settings.cluster_url, context=context) as cluster,
+                connect("logs-mcp", settings.logs_url, context=context) as logs,
+            ):
+                # Expected failures are caught here, inside the sessions: raised through them
+                # they would arrive wrapped in the SDK's task-group exception groups.
+                try:
+                    outcome = await diagnose(
+                        namespace,
+                        cluster=cluster,
+                        logs=logs,
+                        diagnoser=diagnoser,
+                        prompt_version=settings.prompt_version,
+                        evidence=evidence,
+                    )
+                except (ToolCallError, WorkflowError) as e:
+                    answer["error"] = str(e)
+        except ToolCallError as e:
+            answer["error"] = str(e)
+        if answer["error"] is not None:
+            return JSONResponse(answer, status_code=502)
+        answer |= {"ok": True, "pod": outcome.pod, "diagnosis": outcome.diagnosis}
+        return JSONResponse(answer)
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse(f"agent {settings.prompt_version}")
+
+    return Starlette(
+        routes=[
+            Route("/diagnose", run, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    app = build_app(settings=settings, diagnoser=diagnoser_from_env())
+    port = int(os.environ["PORT"])
+    print(f"agent {settings.prompt_version} listening on http://127.0.0.1:{port}", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
