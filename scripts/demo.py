@@ -1,10 +1,12 @@
-"""The quickstart demo (run through scripts/demo): a PR's fork beside the untouched baseline.
+"""The demo (run through scripts/demo): a pull request's change in a sandbox, beside the baseline.
 
-Starts `sandboxd serve --with-router --start-baseline` with examples/quickstart, creates the PR's
-sandbox with the `sandbox` CLI, calls greeter through the router with and without the sandbox's
-baggage, shows the route table routers receive, and then either keeps running (Ctrl-C to stop)
-or, with --once, deletes the sandbox, checks that nothing is left, and exits 0 when every
-outcome is as expected.
+The reference system is examples/troubleshooter/: an agent that diagnoses a crashing pod through
+two MCP tool servers. A PR renames a field in one tool's result. `sandboxd serve --with-router
+--start-baseline` runs the baseline and the router; the `sandbox` CLI creates two sandboxes —
+the PR's tool alone (`schema-change`), and the PR after its fix (`fixed-agent`: the tool and an
+agent whose prompt reads the new field) — and the agent is called three ways through one URL.
+Without --once it keeps running until Ctrl-C; with --once it tears everything down, checks that
+nothing is left, and exits 0 when every outcome is as expected.
 """
 
 from __future__ import annotations
@@ -24,48 +26,60 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "quickstart"
+EXAMPLE = ROOT / "examples" / "troubleshooter"
 BIN = Path(sys.executable).parent
-ROUTER = "http://127.0.0.1:7301/"  # greeter's routerPort in the quickstart catalog
+AGENT = "http://127.0.0.1:7311/diagnose"  # the agent's routerPort in the catalog
+SANDBOXES = ("schema-change", "fixed-agent")
+BASELINE_PORTS = (7411, 7412, 7413)
 
 
 def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def sandbox(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    print(f"$ sandbox {' '.join(args)}", flush=True)
+def sandbox(*args: str, env: dict[str, str], show: bool = True) -> subprocess.CompletedProcess[str]:
+    if show:
+        print(f"$ sandbox {' '.join(args)}", flush=True)
     return subprocess.run([str(BIN / "sandbox"), *args], env=env, text=True, capture_output=True)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
+def wait_until(what: str, ready: Any, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"sandboxd exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if ready():
+            return
         time.sleep(0.1)
-    sys.exit(f"sandboxd was not ready after 60 s:\n{log.read_text()[-3000:]}")
+    sys.exit(f"{what} not ready after 90 s:\n{log.read_text()[-3000:]}")
 
 
-def get_json(url: str, **headers: str) -> dict[str, Any]:
+def answers(url: str, **headers: str) -> bool:
     try:
-        response = httpx.get(url, headers=headers, timeout=5)
+        httpx.get(url, headers=headers, timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def diagnose(baggage: str | None) -> dict[str, Any]:
+    headers = {"baggage": f"userid=alice,{baggage}"} if baggage else {}
+    try:
+        response = httpx.post(AGENT, json={"namespace": "demo"}, headers=headers, timeout=30)
         body: dict[str, Any] = response.json()
-        body["route"] = response.headers.get("sandboxd-route")
-        return body
     except (httpx.HTTPError, ValueError) as e:
-        return {"error": str(e)}
+        return {"status": None, "route": None, "error": str(e), "ok": False}
+    return {**body, "status": response.status_code, "route": response.headers.get("sandboxd-route")}
 
 
-def wait_router(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "error" in get_json(url):
-        time.sleep(0.1)
+def show(label: str, answer: dict[str, Any]) -> None:
+    print(f"  {label}")
+    print(f"    HTTP {answer.get('status')}   sandboxd-route: {answer.get('route')}   "
+          f"promptVersion: {answer.get('promptVersion')}")  # fmt: skip
+    if answer.get("ok"):
+        print(f"    diagnosis: {answer.get('diagnosis')}")
+    else:
+        print(f"    error:     {answer.get('error')}")
 
 
 def run(once: bool, port: int) -> bool:
@@ -74,7 +88,7 @@ def run(once: bool, port: int) -> bool:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
     env |= {"SANDBOXD_DATA_DIR": str(data_dir), "SANDBOXD_URL": url}
     log = data_dir / "sandboxd.log"
-    say(f"starting sandboxd on {url} (data dir {data_dir})")
+    say(f"starting sandboxd with the router and the baseline (API {url}, data {data_dir})")
     with log.open("ab") as out:
         server = subprocess.Popen(
             [str(BIN / "sandboxd"), "serve", "--port", str(port), "--start-baseline",
@@ -83,72 +97,86 @@ def run(once: bool, port: int) -> bool:
         )  # fmt: skip
     checks: dict[str, bool] = {}
     try:
-        wait_ready(url, server, log)
-        wait_router(ROUTER)
-        print("sandboxd is ready; the baseline greeter v1 runs on 127.0.0.1:7401,")
-        print(f"and the router fronts it on {ROUTER}")
+        wait_until("sandboxd", lambda: answers(f"{url}/readyz"), server, log)
+        wait_until("the router", lambda: answers("http://127.0.0.1:7311/healthz"), server, log)
+        print("the baseline (agent, cluster-mcp, logs-mcp) runs on 127.0.0.1:7411-7413;")
+        print("the router fronts them on 127.0.0.1:7311-7313")
 
-        say("creating the PR's sandbox: it forks greeter only (v2)")
-        up = sandbox("up", "-f", str(EXAMPLE / "sandboxes" / "pr-42.yaml"), env=env)
-        print(up.stdout + up.stderr)
-        checks["sandbox up exits 0 (Ready)"] = up.returncode == 0
-        state = json.loads(sandbox("get", "pr-42", "-o", "json", env=env).stdout or "{}")
-        fork = (state.get("forks") or [{}])[0]
+        say("the pull request, twice: its tool change alone, and after its fix")
+        keys: dict[str, str] = {}
+        for name in SANDBOXES:
+            up = sandbox("up", "-f", str(EXAMPLE / "sandboxes" / f"{name}.yaml"), env=env)
+            print(up.stdout.strip().splitlines()[0] if up.stdout else up.stderr)
+            checks[f"sandbox up {name} exits 0 (Ready)"] = up.returncode == 0
+            state = json.loads(
+                sandbox("get", name, "-o", "json", env=env, show=False).stdout or "{}"
+            )
+            keys[name] = str(state.get("baggage"))
+            forks = [f["service"] for f in state.get("forks", [])]
+            share = f"{len(forks) / 3:.0%}"
+            print(f"    runs {len(forks)} of the 3 services ({', '.join(forks)}); the rest is")
+            print(f"    the shared baseline: it costs {share} of a full copy")
 
-        say(f"the same URL, {ROUTER}, without and with the sandbox's baggage")
-        baggage = str(state.get("baggage"))
-        base = get_json(ROUTER)
-        forked = get_json(ROUTER, baggage=f"userid=alice,{baggage}")
-        for label, answer in (("no baggage", base), (f"baggage: userid=alice,{baggage}", forked)):
-            print(f"  {label}")
-            print(f"    sandboxd-route: {answer.get('route')}")
-            shown = {k: answer.get(k) for k in ("version", "greeting", "sandbox")}
-            print(f"    body:           {json.dumps(shown)}")
-        checks["without baggage: the baseline (v1)"] = (base.get("version"), base.get("route")) == (
-            "v1",
-            "baseline",
+        say(f'POST {AGENT} {{"namespace": "demo"}} — three ways')
+        base, broken, fixed = (
+            diagnose(None),
+            diagnose(keys["schema-change"]),
+            diagnose(keys["fixed-agent"]),
         )
-        checks["with the key: the PR's fork (v2)"] = (
-            forked.get("version"),
-            forked.get("route"),
-        ) == ("v2", "sandbox=pr-42")
-        token = (data_dir / "admin-token").read_text().strip()
-        auth = {"Authorization": f"Bearer {token}"}
-        services = len(httpx.get(f"{url}/v1/services", headers=auth).json()["items"])
-        print(f"  cost: the sandbox runs {len(state.get('forks', []))} of the catalog's "
-              f"{services} service(s); the rest stays the shared baseline")  # fmt: skip
+        show("no baggage (the baseline)", base)
+        show(f"baggage: {keys['schema-change']}  (schema-change: only cluster-mcp v2)", broken)
+        show(f"baggage: {keys['fixed-agent']}  (fixed-agent: cluster-mcp v2 + agent v2)", fixed)
+        checks["baseline: a diagnosis naming DATABASE_URL"] = (
+            bool(base.get("ok"))
+            and "DATABASE_URL" in str(base.get("diagnosis"))
+            and base.get("route") == "baseline"
+        )
+        checks["schema-change: the agent fails visibly on the renamed field"] = (
+            broken.get("ok") is False
+            and broken.get("status") == 502
+            and "lastState" in str(broken.get("error"))
+            and broken.get("diagnosis") is None
+        )
+        checks["fixed-agent: the fixed agent diagnoses again"] = (
+            bool(fixed.get("ok"))
+            and fixed.get("route") == "sandbox=fixed-agent"
+            and fixed.get("promptVersion") == "v2"
+        )
+        checks["baseline unaffected by the sandboxes"] = diagnose(None).get(
+            "diagnosis"
+        ) == base.get("diagnosis")
 
-        say("the route table every router long-polls (GET /v1/routes)")
-        routes = httpx.get(f"{url}/v1/routes", headers=auth)
-        print(json.dumps(routes.json(), indent=2))
-        route = routes.json()["routes"].get(state.get("routingKey"), {})
-        checks["the route table sends pr-42's key to its fork"] = route.get("forks", {}).get(
-            "greeter"
-        ) == fork.get("upstream")
-        print("\nTry it yourself while the demo runs (without --once):")
-        print(f"  curl -i {ROUTER}")
-        print(f"  curl -i -H 'baggage: {baggage}' {ROUTER}")
-
+        print("\nCall it yourself:")
+        print(f'  curl -si -X POST {AGENT} -d \'{{"namespace":"demo"}}\'')
+        body = '{"namespace":"demo"}'
+        for name in SANDBOXES:
+            print(f"  curl -si -X POST {AGENT} -d '{body}' -H 'baggage: {keys[name]}'")
         if not once:
-            say("running — try it yourself, Ctrl-C to stop")
+            say("running — Ctrl-C to stop")
             print(f"  export SANDBOXD_URL={url} SANDBOXD_DATA_DIR={data_dir}")
-            print("  sandbox list; sandbox events pr-42; sandbox logs pr-42 greeter")
+            print("  sandbox list; sandbox events fixed-agent; sandbox logs fixed-agent agent")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
-        say("deleting the sandbox")
-        down = sandbox("down", "pr-42", "--wait", env=env)
-        print(down.stdout + down.stderr)
-        gone = json.loads(sandbox("get", "pr-42", "-o", "json", env=env).stdout or "{}")
-        checks["sandbox down leaves it Deleted"] = gone.get("phase") == "Deleted"
-        checks["the fork's process is gone"] = "error" in get_json(str(fork.get("upstream")))
-        after = get_json(ROUTER, baggage=baggage)
-        checks["its key then reaches the baseline"] = after.get("route") == "baseline"
+        say("tearing the sandboxes down")
+        for name in SANDBOXES:
+            down = sandbox("down", name, "--wait", env=env)
+            gone = json.loads(
+                sandbox("get", name, "-o", "json", env=env, show=False).stdout or "{}"
+            )
+            checks[f"sandbox down {name} leaves it Deleted"] = (
+                down.returncode == 0 and gone.get("phase") == "Deleted"
+            )
+        after = diagnose(keys["fixed-agent"])
+        checks["a deleted sandbox's key reaches the baseline"] = (
+            after.get("route") == "baseline" and after.get("promptVersion") == "v1"
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
         shutil.rmtree(data_dir, ignore_errors=True)
-    checks["stopping sandboxd stops the baseline"] = "error" in get_json("http://127.0.0.1:7401/")
-    checks["… and the router"] = "error" in get_json(ROUTER)
+    checks["stopping sandboxd stops the baseline and the router"] = not any(
+        answers(f"http://127.0.0.1:{p}/healthz") for p in (*BASELINE_PORTS, 7311)
+    )
 
     say("outcome")
     for what, ok in checks.items():

@@ -1,4 +1,5 @@
-"""The README's first command, as a new user runs it: `scripts/demo --once` exits 0."""
+"""The README's first command, as a new user runs it: `scripts/demo --once` exits 0, with the
+three outcomes of the reference system, and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.support.server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_once_shows_fork_beside_baseline_and_cleans_up() -> None:
+def test_demo_once_shows_the_three_outcomes_and_cleans_up() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--once", "--port", str(free_port())],
         capture_output=True,
@@ -21,5 +22,7 @@ def test_demo_once_shows_fork_beside_baseline_and_cleans_up() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert '"version": "v1"' in result.stdout and '"version": "v2"' in result.stdout
-    assert fork_pids(sandbox="pr-42") == []
+    assert "sandboxd-route: sandbox=fixed-agent" in result.stdout
+    assert "no field 'lastState'" in result.stdout
+    for name in ("schema-change", "fixed-agent"):
+        assert fork_pids(sandbox=name) == []
