@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def run(once: bool, port: int) -> bool:
             [str(BIN / "sandboxd"), "serve", "--port", str(port), "--start-baseline",
              "--with-router", "--catalog", str(EXAMPLE / "sandboxd.yaml")],
             env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the demo, which then tears down in order
         )  # fmt: skip
     checks: dict[str, bool] = {}
     try:
@@ -155,7 +157,11 @@ def run(once: bool, port: int) -> bool:
             say("running — Ctrl-C to stop")
             print(f"  export SANDBOXD_URL={url} SANDBOXD_DATA_DIR={data_dir}")
             print("  sandbox list; sandbox events fixed-agent; sandbox logs fixed-agent agent")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.wait(0.5):
+                pass
 
         say("tearing the sandboxes down")
         for name in SANDBOXES:
@@ -189,8 +195,6 @@ def main() -> None:
     parser.add_argument("--once", action="store_true", help="tear down and exit with the outcome")
     parser.add_argument("--port", type=int, default=7070, help="API port (default 7070)")
     args = parser.parse_args()
-    if not args.once:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(0 if run(args.once, args.port) else 1)
 
 
