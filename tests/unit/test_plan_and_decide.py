@@ -118,3 +118,11 @@ def test_fork_events_follow_changes_only() -> None:
     assert [e.reason for e in replaced] == ["ForkStarted"]
     died = fork_events([fork_record(status(ForkState.READY))], [status(ForkState.EXITED)])
     assert [(e.reason, e.type) for e in died] == [("ForkExited", "Warning")]
+
+
+def test_a_wildcard_router_host_gives_processes_a_loopback_url() -> None:
+    spec = SandboxSpec.model_validate({"name": "pr-7", "forks": [{"service": "agent"}]})
+    plan = plan_sandbox(
+        spec, uid="u", routing_key="k", catalog=CATALOG, router_host="0.0.0.0", workdir=None
+    )
+    assert plan.forks[0].env["SANDBOXD_SERVICE_AGENT_URL"] == "http://127.0.0.1:7300"

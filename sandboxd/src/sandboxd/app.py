@@ -19,7 +19,7 @@ from sandboxd.api import errors, sandboxes, system
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
-from sandboxd.core.plan import ProcessPlan, plan_baselines
+from sandboxd.core.plan import ProcessPlan, plan_baselines, reachable_host
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.routebook import RouteBook
@@ -149,7 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
 def router_plan(settings: Settings, *, token: str) -> ProcessPlan:
     """The embedded router: long-polls this control plane (the token goes by env, not argv,
     so `ps` does not show it) and listens on the catalog's router ports."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = reachable_host(settings.host)
     argv = (
         sys.executable, "-m", "sandboxd_router",
         "--control-url", f"http://{host}:{settings.port}",

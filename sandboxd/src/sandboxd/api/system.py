@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sandboxd.api.deps import StateDep, require_token
 from sandboxd.api.schemas import ERRORS, BaselineOut, RouteTableOut, ServiceList, ServiceOut
+from sandboxd.core.plan import reachable_host
 from sandboxd.errors import Unavailable
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
@@ -42,7 +43,7 @@ async def route_table(
 
 @v1.get("/services", tags=["routing"], response_model=ServiceList, responses=ERRORS)
 async def services(state: StateDep) -> ServiceList:
-    host = state.settings.router_host
+    host = reachable_host(state.settings.router_host)
     return ServiceList(
         baggage_key=state.catalog.baggage_key,
         items=[

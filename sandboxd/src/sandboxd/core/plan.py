@@ -52,9 +52,15 @@ class SandboxPlan:
     forks: tuple[ProcessPlan, ...]
 
 
+def reachable_host(host: str) -> str:
+    """Where to connect to a listener bound to `host`: a wildcard address is not a destination."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
 def router_urls(catalog: Catalog, *, router_host: str) -> dict[str, str]:
+    host = reachable_host(router_host)
     return {
-        service_url_env(s.name): f"http://{router_host}:{s.router_port}"
+        service_url_env(s.name): f"http://{host}:{s.router_port}"
         for s in catalog.services
         if s.router_port is not None
     }
