@@ -53,7 +53,12 @@ def preflight(settings: Settings) -> None:
     catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
     if settings.start_baseline:
         workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
-        for plan in plan_baselines(catalog, router_host=settings.router_host, workdir=workdir):
+        plans = plan_baselines(catalog, router_host=settings.router_host, workdir=workdir)
+        leftovers = Supervisor(
+            role="baseline", data_dir=settings.data_path, plans=[], stop_grace=settings.stop_grace
+        )
+        asyncio.run(leftovers.stop_leftovers())  # our own, from a run that was killed
+        for plan in plans:
             check_port_free(plan)
 
 

@@ -57,11 +57,15 @@ class Supervisor:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
-    async def start(self, *, timeout: float = 60.0) -> None:
+    async def stop_leftovers(self) -> None:
+        """Stop this role's processes that a killed earlier run left (they hold the ports)."""
         for info, env in await asyncio.to_thread(processes.find_marked, OWNER, self._owner):
             if env.get(ROLE) == self._role:
                 log.warning("stopping %s %s left by an earlier run", self._role, env.get(SERVICE))
                 await processes.stop_group(info.pgid, grace=self._grace)
+
+    async def start(self, *, timeout: float = 60.0) -> None:
+        await self.stop_leftovers()
         try:
             for plan in self._plans:
                 check_port_free(plan)
