@@ -139,3 +139,17 @@ def _established_to(port: int) -> int:
             if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
                 count += 1
     return count
+
+
+def test_a_pooled_connection_the_upstream_dropped_is_retried_once(
+    router: Router, origins: dict[str, Origin]
+) -> None:
+    origins["fork2"].forget()
+    headers = {"baggage": f"sandbox={KEYS['pr-2']}"}
+    with httpx.Client(headers=headers) as client:
+        assert client.get(f"{router.url}/drop-next").status_code == 200
+        response = client.get(f"{router.url}/echo")  # reuses the pooled connection the origin drops
+    assert response.status_code == 200 and response.json()["origin"] == "fork2"
+    echoes = [r for r in origins["fork2"].seen() if r["target"] == "/echo"]
+    assert [r["dropped"] for r in echoes] == [True, False]  # sent twice: dropped, then answered
+    assert echoes[1]["connectionRequest"] == 1  # the replay went on a new connection

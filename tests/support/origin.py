@@ -13,6 +13,8 @@ never arrived. Paths:
   /cookie          sets a cookie
   /close           a body delimited by closing the connection
   /status?code=N   an empty answer with that status
+  /drop-next       answers, then closes this connection silently when its next request comes
+                   (a server whose keep-alive timeout fires just as a pooled connection is reused)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Origin(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.connection_requests = 0
+        self.drop_next = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -70,12 +73,18 @@ class Origin(asyncio.Protocol):
                 SEEN.clear()
             self.reply(200, json.dumps(SEEN).encode())
             return
+        dropped = self.drop_next
         SEEN.append({
             "origin": self.name, "method": method, "target": self.url.decode(),
             "headers": self.headers, "bodyLength": len(self.body),
             "bodySha256": hashlib.sha256(self.body).hexdigest(),
-            "connectionRequest": self.connection_requests,
+            "connectionRequest": self.connection_requests, "dropped": dropped,
         })  # fmt: skip
+        if dropped:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if parts.path == "/drop-next":
+            self.drop_next = True
         self.task = asyncio.ensure_future(self.answer(method, parts.path, query))
 
     async def answer(self, method: str, path: str, query: dict[str, str]) -> None:
