@@ -47,48 +47,57 @@ def test_find_key_honours_the_w3c_limits() -> None:
 
 
 def test_request_head_drops_hop_by_hop_and_adds_forwarding() -> None:
-    head = h.request_head(
+    head = h.RequestHeaders()
+    for name, value in [
+        (b"Host", b"router:7311"), (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"),
+        (b"TE", b"trailers"), (b"Content-Length", b"2"), (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"baggage", b"sandbox=k"), (b"X-Multi", b"a"), (b"X-Multi", b"b"),
+    ]:  # fmt: skip
+        head.add(name, value, name.lower())
+    rendered = head.render(
         b"POST",
         b"/mcp?x=1",
-        [(b"Host", b"router:7311"), (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"),
-         (b"TE", b"trailers"), (b"Content-Length", b"2"), (b"X-Forwarded-For", b"10.0.0.1"),
-         (b"baggage", b"sandbox=k"), (b"X-Multi", b"a"), (b"X-Multi", b"b")],
         authority=b"127.0.0.1:7411",
-        extra_hop=h.named_by_connection([b"keep-alive, X-Hop"]),
-        forwarded_for=b"127.0.0.1",
+        client=b"127.0.0.1",
         original_host=b"router:7311",
         framing=h.content_length(2),
-    )  # fmt: skip
-    lines = head.split(b"\r\n")
+    )
+    lines = rendered.split(b"\r\n")
     assert lines[0] == b"POST /mcp?x=1 HTTP/1.1"
     assert lines[1] == b"Host: 127.0.0.1:7411"
     for gone in (b"Connection:", b"X-Hop:", b"TE:"):
         assert not any(line.startswith(gone) for line in lines)
-    assert b"X-Multi: a\r\nX-Multi: b\r\n" in head
-    assert b"baggage: sandbox=k\r\n" in head
-    assert b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n" in head
-    assert b"X-Forwarded-Host: router:7311\r\n" in head
-    assert head.count(b"Content-Length:") == 1 and head.endswith(b"Content-Length: 2\r\n\r\n")
+    assert b"X-Multi: a\r\nX-Multi: b\r\n" in rendered
+    assert b"baggage: sandbox=k\r\n" in rendered
+    assert b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n" in rendered
+    assert b"X-Forwarded-Host: router:7311\r\n" in rendered
+    assert rendered.count(b"Content-Length:") == 1
+    assert rendered.endswith(b"Content-Length: 2\r\n\r\n")
+
+
+def response_headers(*pairs: tuple[bytes, bytes]) -> h.ResponseHeaders:
+    head = h.ResponseHeaders()
+    for name, value in pairs:
+        head.add(name, value)
+    return head
 
 
 def test_response_head_reframes_or_passes_the_length() -> None:
-    upstream = [(b"Content-Length", b"5"), (b"Set-Cookie", b"a=1"), (b"Keep-Alive", b"timeout=5")]
-    passed = h.response_head(
-        200, b"OK", upstream, route=b"baseline", extra_hop=frozenset(), framing=b"", close=False
-    )
+    head = response_headers(
+        (b"Content-Length", b"5"), (b"Set-Cookie", b"a=1"), (b"Keep-Alive", b"timeout=5"),
+        (b"Connection", b"keep-alive, X-Private"), (b"X-Private", b"drop"),
+        (b"Mcp-Session-Id", b"s1"), (b"X-Multi", b"a"), (b"X-Multi", b"b"),
+    )  # fmt: skip
+    assert (head.length, head.chunked, head.session) == (b"5", False, b"s1")
+    passed = head.render(200, b"OK", route=b"baseline", framing=b"", close=False)
     assert b"Content-Length: 5\r\n" in passed and b"Keep-Alive" not in passed
+    assert b"X-Private" not in passed and b"Connection" not in passed
     assert b"sandboxd-route: baseline\r\n" in passed and b"Set-Cookie: a=1\r\n" in passed
-    chunked = h.response_head(
-        200,
-        b"OK",
-        upstream,
-        route=b"sandbox=pr-1",
-        extra_hop=frozenset(),
-        framing=h.CHUNKED,
-        close=True,
-    )
+    assert b"X-Multi: a\r\nX-Multi: b\r\n" in passed
+    chunked = head.render(200, b"OK", route=b"sandbox=pr-1", framing=h.CHUNKED, close=True)
     assert b"Content-Length" not in chunked and b"Transfer-Encoding: chunked\r\n" in chunked
     assert b"Connection: close\r\n" in chunked
+    assert response_headers((b"Transfer-Encoding", b"gzip, chunked")).chunked
     assert h.chunk(b"hello") == b"5\r\nhello\r\n"
 
 

@@ -122,8 +122,8 @@ class ClientConnection(Corkable, asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         self._count(len(name) + len(value) + 4)
-        ex.headers.append((name, value))
         lower = name.lower()
+        ex.head.add(name, value, lower)
         if lower == b"baggage":
             ex.baggage.append(value)
         elif lower == b"host":
@@ -134,8 +134,6 @@ class ClientConnection(Corkable, asyncio.Protocol):
             if ex.chunked or value.strip().lower() != b"chunked":
                 raise httptools.HttpParserError("unsupported Transfer-Encoding (only chunked)")
             ex.chunked = True
-        elif lower == b"connection":
-            ex.connection_tokens.append(value)
         elif lower == b"mcp-session-id":
             ex.session = value
         elif lower == b"traceparent":

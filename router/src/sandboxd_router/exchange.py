@@ -24,20 +24,45 @@ REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retr
 
 class Exchange:
     __slots__ = (
-        "baggage", "body", "body_size", "bytes_out", "chunked", "client", "client_chunked",
-        "close_after", "complete", "conn", "connection_tokens", "content_length", "deadline",
-        "decision", "headers", "hold", "host", "keep_alive", "method", "replay", "replay_size",
-        "responded", "sandbox", "service", "session", "started", "status", "target", "task",
-        "traceparent", "upstream",
+        "baggage",
+        "body",
+        "body_size",
+        "bytes_out",
+        "chunked",
+        "client",
+        "client_chunked",
+        "close_after",
+        "complete",
+        "conn",
+        "content_length",
+        "deadline",
+        "decision",
+        "head",
+        "headers",
+        "hold",
+        "host",
+        "keep_alive",
+        "method",
+        "replay",
+        "replay_size",
+        "responded",
+        "sandbox",
+        "service",
+        "session",
+        "started",
+        "status",
+        "target",
+        "task",
+        "traceparent",
+        "upstream",
     )  # fmt: skip
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.method = b""
         self.target = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head = h.RequestHeaders()
         self.baggage: list[bytes] = []
-        self.connection_tokens: list[bytes] = []
         self.host: bytes | None = None
         self.session: bytes | None = None
         self.traceparent: bytes | None = None
@@ -101,15 +126,11 @@ class Exchange:
             if self.chunked
             else (h.content_length(self.content_length) if self.content_length else b"")
         )
-        head = h.request_head(
+        head = self.head.render(
             self.method,
             self.target,
-            self.headers,
             authority=conn.upstream.authority,
-            extra_hop=h.named_by_connection(self.connection_tokens)
-            if self.connection_tokens
-            else frozenset(),
-            forwarded_for=self.client.peer,
+            client=self.client.peer,
             original_host=self.host,
             framing=framing,
         )
@@ -167,13 +188,11 @@ class Exchange:
                 self.replay = None
 
     # response side (the Receiver protocol) ----------------------------------------------
-    def response_interim(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def response_interim(self, status: int, reason: bytes) -> None:
         self.client.write(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
 
     def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, body: str
+        self, status: int, reason: bytes, head: h.ResponseHeaders, *, body: str
     ) -> None:
         self.deadline = 0.0
         self.replay = None
@@ -188,18 +207,12 @@ class Exchange:
         if not self.keep_alive:
             self.close_after = True
         if self.service is not None and self.service.is_mcp:
-            self._track_session(status, headers)
-        tokens = [v for n, v in headers if n.lower() == b"connection"]
-        head = h.response_head(
-            status,
-            reason,
-            headers,
-            route=self.decision,
-            extra_hop=h.named_by_connection(tokens) if tokens else frozenset(),
-            framing=framing,
-            close=self.close_after,
+            self._track_session(status, head.session)
+        self.client.write(
+            head.render(
+                status, reason, route=self.decision, framing=framing, close=self.close_after
+            )
         )
-        self.client.write(head)
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -263,15 +276,15 @@ class Exchange:
 
         self.task = asyncio.ensure_future(again())
 
-    def _track_session(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _track_session(self, status: int, started: bytes | None) -> None:
+        """Remember where a session started; forget it when it ends (DELETE, or a 404)."""
         sessions = self.client.state.sessions
         if self.session is not None:
             if status == 404 or (self.method == b"DELETE" and status < 300):
                 sessions.forget(self.session)
             return
-        for name, value in headers:
-            if name.lower() == b"mcp-session-id" and self.upstream is not None:
-                sessions.remember(value, self.upstream, self.decision)
+        if started is not None and self.upstream is not None:
+            sessions.remember(started, self.upstream, self.decision)
 
     # failures ---------------------------------------------------------------------------
     def _await_head(self) -> None:

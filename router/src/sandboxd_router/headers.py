@@ -38,75 +38,116 @@ def named_by_connection(values: Iterable[bytes]) -> frozenset[bytes]:
     return frozenset(names)
 
 
-def request_head(
-    method: bytes,
-    target: bytes,
-    headers: list[Header],
-    *,
-    authority: bytes,
-    extra_hop: frozenset[bytes],
-    forwarded_for: bytes,
-    original_host: bytes | None,
-    framing: bytes,
-) -> bytes:
-    """The request head for the upstream. `framing` is b"" (no body), a Content-Length header
-    line, or b"Transfer-Encoding: chunked\\r\\n"."""
-    out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", authority, CRLF]
-    xff = None
-    has_proto = has_fhost = False
-    for name, value in headers:
-        lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in extra_hop
-            or lower == b"host"
-            or lower == b"content-length"
-        ):
-            continue
+class RequestHeaders:
+    """A client request's headers, sorted in one pass as the parser reports them (the caller
+    has lowered the name already): the lines an upstream will get, formatted once."""
+
+    __slots__ = ("forwarded_for", "lines", "names", "proto", "tokens", "xhost")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []
+        self.tokens: list[bytes] | None = None
+        self.forwarded_for: bytes | None = None
+        self.proto = False
+        self.xhost = False
+
+    def add(self, name: bytes, value: bytes, lower: bytes) -> None:
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                self.tokens = [*(self.tokens or ()), value]
+            return
+        if lower == b"host" or lower == b"content-length":  # we set both
+            return
         if lower == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-            continue
+            prior = self.forwarded_for
+            self.forwarded_for = value if prior is None else prior + b", " + value
+            return
         if lower == b"x-forwarded-proto":
-            has_proto = True
+            self.proto = True
         elif lower == b"x-forwarded-host":
-            has_fhost = True
-        out += (name, b": ", value, CRLF)
-    out += (
-        b"X-Forwarded-For: ",
-        forwarded_for if xff is None else xff + b", " + forwarded_for,
-        CRLF,
-    )
-    if not has_proto:
-        out.append(b"X-Forwarded-Proto: http\r\n")
-    if not has_fhost and original_host:
-        out += (b"X-Forwarded-Host: ", original_host, CRLF)
-    out += (framing, CRLF)
-    return b"".join(out)
+            self.xhost = True
+        self.lines.append(name + b": " + value + CRLF)
+        self.names.append(lower)
+
+    def render(
+        self,
+        method: bytes,
+        target: bytes,
+        *,
+        authority: bytes,
+        client: bytes,
+        original_host: bytes | None,
+        framing: bytes,
+    ) -> bytes:
+        """The request head for the upstream. `framing` is b"" (no body), a Content-Length
+        line, or the chunked Transfer-Encoding line."""
+        lines = self.lines
+        extra = named_by_connection(self.tokens) - CONNECTION_OPTIONS if self.tokens else None
+        if extra:
+            lines = [line for line, n in zip(lines, self.names, strict=True) if n not in extra]
+        prior = self.forwarded_for
+        parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", authority, CRLF, *lines]
+        parts += (b"X-Forwarded-For: ", client if prior is None else prior + b", " + client, CRLF)
+        if not self.proto:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if not self.xhost and original_host:
+            parts += (b"X-Forwarded-Host: ", original_host, CRLF)
+        parts += (framing, CRLF)
+        return b"".join(parts)
 
 
-def response_head(
-    status: int,
-    reason: bytes,
-    headers: list[Header],
-    *,
-    route: bytes,
-    extra_hop: frozenset[bytes],
-    framing: bytes,
-    close: bool,
-) -> bytes:
-    """The response head for the client. With `framing` empty the upstream's own
-    Content-Length (if any) passes; otherwise the body is re-framed and it is dropped."""
-    out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, CRLF]
-    for name, value in headers:
+CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close"})
+
+
+class ResponseHeaders:
+    """An upstream response's headers, sorted in one pass as the parser reports them: the lines
+    the client will get (formatted once), and the few facts the router needs (framing, MCP
+    session). Repeated headers keep their order."""
+
+    __slots__ = ("chunked", "length", "lines", "names", "session", "tokens")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.names: list[bytes] = []
+        self.length: bytes | None = None
+        self.chunked = False
+        self.tokens: list[bytes] | None = None
+        self.session: bytes | None = None
+
+    def add(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in extra_hop or (framing and lower == b"content-length"):
-            continue
-        out += (name, b": ", value, CRLF)
-    out += (b"sandboxd-route: ", route, CRLF, framing)
-    if close:
-        out.append(b"Connection: close\r\n")
-    out.append(CRLF)
-    return b"".join(out)
+        if lower in HOP_BY_HOP:
+            if lower == b"transfer-encoding":
+                self.chunked = value.lower().rstrip().endswith(b"chunked")
+            elif lower == b"connection":
+                self.tokens = [*(self.tokens or ()), value]
+            return
+        if lower == b"content-length":
+            self.length = value
+            return
+        if lower == b"mcp-session-id":
+            self.session = value
+        self.lines.append(name + b": " + value + CRLF)
+        self.names.append(lower)
+
+    def render(
+        self, status: int, reason: bytes, *, route: bytes, framing: bytes, close: bool
+    ) -> bytes:
+        """The head for the client. With `framing` empty the upstream's Content-Length (if any)
+        passes; otherwise the body is re-framed."""
+        lines = self.lines
+        extra = named_by_connection(self.tokens) - CONNECTION_OPTIONS if self.tokens else None
+        if extra:  # headers the upstream's Connection header named are hop-by-hop too
+            lines = [line for line, n in zip(lines, self.names, strict=True) if n not in extra]
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason), *lines]
+        if not framing and self.length is not None:
+            parts += (b"Content-Length: ", self.length, CRLF)
+        parts += (b"sandboxd-route: ", route, CRLF, framing)
+        if close:
+            parts.append(b"Connection: close\r\n")
+        parts.append(CRLF)
+        return b"".join(parts)
 
 
 def chunk(data: bytes) -> bytes:

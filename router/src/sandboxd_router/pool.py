@@ -13,6 +13,7 @@ from typing import Protocol, cast
 import httptools
 
 from sandboxd_router.cork import Corkable
+from sandboxd_router.headers import ResponseHeaders
 
 MAX_IDLE = 256
 
@@ -21,11 +22,9 @@ class Receiver(Protocol):
     """The exchange an upstream connection is serving (see `sandboxd_router.exchange`)."""
 
     def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, body: str
+        self, status: int, reason: bytes, head: ResponseHeaders, *, body: str
     ) -> None: ...
-    def response_interim(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
+    def response_interim(self, status: int, reason: bytes) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_end(self) -> None: ...
     def upstream_failed(self, error: str) -> None: ...
@@ -156,7 +155,7 @@ class _Response:
     """One response's parser callbacks. A fresh object per response, so that whatever the old
     parser still reports (bytes after a HEAD answer, say) can never reach the next exchange."""
 
-    __slots__ = ("conn", "got_head", "head_only", "headers", "interim", "parser", "reason",
+    __slots__ = ("conn", "got_head", "head", "head_only", "interim", "parser", "reason",
                  "receiver", "until_close")  # fmt: skip
 
     def __init__(self, conn: UpstreamConnection, receiver: Receiver, *, head_only: bool) -> None:
@@ -168,27 +167,27 @@ class _Response:
         self.got_head = False
         self.until_close = False
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head = ResponseHeaders()
 
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.head.add(name, value)
 
     def on_headers_complete(self) -> None:
         if self.receiver is None:
             return
         status = self.parser.get_status_code()
-        headers, self.headers = self.headers, []
+        head, self.head = self.head, ResponseHeaders()
         if 100 <= status < 200 and status != 101:
             self.interim = True
-            self.receiver.response_interim(status, self.reason, headers)
+            self.receiver.response_interim(status, self.reason)
             return
         self.got_head = True
-        body = _body_kind(status, headers, head_only=self.head_only)
+        body = _body_kind(status, head, head_only=self.head_only)
         self.until_close = body == "close"
-        self.receiver.response_head(status, self.reason, headers, body=body)
+        self.receiver.response_head(status, self.reason, head, body=body)
         if body == "none" and self.head_only:
             self._finish(keep=self.parser.should_keep_alive())
 
@@ -222,15 +221,10 @@ class _Response:
             )
 
 
-def _body_kind(status: int, headers: list[tuple[bytes, bytes]], *, head_only: bool) -> str:
+def _body_kind(status: int, head: ResponseHeaders, *, head_only: bool) -> str:
     """ "none", "length", "chunked" or "close": how the upstream delimits this body."""
     if head_only or status in (204, 304):
         return "none"
-    kind = "close"
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-            return "chunked"
-        if lower == b"content-length":
-            kind = "length"
-    return kind
+    if head.chunked:
+        return "chunked"
+    return "length" if head.length is not None else "close"
