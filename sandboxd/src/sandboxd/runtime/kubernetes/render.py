@@ -1,0 +1,219 @@
+"""The objects the Kubernetes runtime applies, as pure functions of the sandbox and the baseline.
+
+Names are deterministic (`sbx-<sandbox>`, the service's name inside it), so a reconcile can be
+repeated and a crash converges; everything carries `app.kubernetes.io/managed-by=sandboxd` so
+orphans can be found. No I/O here: `sandboxd.runtime.kubernetes.client` applies these.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sandboxd.core.spec import AgentVersion, ForkSpec
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "sandboxd"}
+SANDBOX = "sandboxd.dev/sandbox"
+SERVICE = "sandboxd.dev/service"
+EXPIRES = "sandboxd.dev/expires-at"
+# An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar, condensed).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REGISTRY = (  # a registry has a dot or a port, or is localhost; otherwise it is a path
+    r"(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)"
+)
+_IMAGE = re.compile(
+    rf"^{_REGISTRY}?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    cpu: str = "4"
+    memory: str = "8Gi"
+    pods: int = 20
+
+
+def namespace_name(sandbox: str) -> str:
+    return f"sbx-{sandbox}"
+
+
+def is_image_reference(value: str) -> bool:
+    return len(value) <= 512 and bool(_IMAGE.fullmatch(value))
+
+
+def namespace(sandbox: str, *, expires_at: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace_name(sandbox),
+            "labels": {**MANAGED_BY, SANDBOX: sandbox},
+            "annotations": {EXPIRES: expires_at},
+        },
+    }
+
+
+def resource_quota(sandbox: str, quota: Quota) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": "sandboxd",
+            "namespace": namespace_name(sandbox),
+            "labels": dict(MANAGED_BY),
+        },
+        "spec": {
+            "hard": {
+                "limits.cpu": quota.cpu,
+                "limits.memory": quota.memory,
+                "requests.cpu": quota.cpu,
+                "requests.memory": quota.memory,
+                "pods": str(quota.pods),
+            }
+        },
+    }
+
+
+def limit_range(sandbox: str) -> Obj:
+    """Defaults for containers that state none, so the quota can admit them."""
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {
+            "name": "sandboxd",
+            "namespace": namespace_name(sandbox),
+            "labels": dict(MANAGED_BY),
+        },
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "default": {"cpu": "500m", "memory": "512Mi"},
+                    "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+                }
+            ]
+        },
+    }
+
+
+def network_policies(
+    sandbox: str, *, router_namespace: str, baseline_namespaces: list[str], allow_cidrs: list[str]
+) -> list[Obj]:
+    """Ingress only from the router's namespace and the sandbox's own; egress only to DNS, the
+    router, the baseline namespaces and an allowlist."""
+    ns = namespace_name(sandbox)
+
+    def from_ns(name: str) -> Obj:
+        return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+    meta = {"namespace": ns, "labels": dict(MANAGED_BY)}
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "sandboxd-ingress", **meta},
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [from_ns(router_namespace), from_ns(ns)]}],
+        },
+    }
+    egress_to = [from_ns(router_namespace), from_ns(ns), *(from_ns(b) for b in baseline_namespaces)]
+    egress_to += [{"ipBlock": {"cidr": cidr}} for cidr in allow_cidrs]
+    dns = {
+        "to": [from_ns("kube-system")],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    egress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "sandboxd-egress", **meta},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [dns, {"to": egress_to}]},
+    }
+    return [ingress, egress]
+
+
+def fork_deployment(
+    baseline: Obj, *, sandbox: str, service: str, fork: ForkSpec, agent: AgentVersion | None
+) -> Obj:
+    """The baseline Deployment's pod template with the fork's image, args and env applied, in the
+    sandbox's namespace, selected by sandbox and service labels only."""
+    template = copy.deepcopy(baseline["spec"]["template"])
+    labels = {**MANAGED_BY, SANDBOX: sandbox, SERVICE: service, **_version_labels(agent)}
+    template.setdefault("metadata", {})["labels"] = {
+        **template.get("metadata", {}).get("labels", {}),
+        **labels,
+    }
+    containers = template["spec"]["containers"]
+    target = next((c for c in containers if c.get("name") == service), containers[0])
+    if fork.image:
+        target["image"] = fork.image
+    if fork.args is not None:
+        target["args"] = list(fork.args)
+    if fork.command is not None:
+        target["command"] = list(fork.command)
+    if fork.env:
+        kept = [e for e in target.get("env", []) if e.get("name") not in fork.env]
+        target["env"] = kept + [{"name": k, "value": v} for k, v in fork.env.items()]
+    selector = {SANDBOX: sandbox, SERVICE: service}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": service, "namespace": namespace_name(sandbox), "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "template": template},
+    }
+
+
+def fork_service(baseline: Obj, *, sandbox: str, service: str) -> Obj:
+    """A Service with the baseline Service's ports, selecting the fork's pods."""
+    ports = [
+        {
+            k: v
+            for k, v in port.items()
+            if k in ("name", "port", "targetPort", "protocol", "appProtocol")
+        }
+        for port in baseline["spec"]["ports"]
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service,
+            "namespace": namespace_name(sandbox),
+            "labels": {**MANAGED_BY, SANDBOX: sandbox, SERVICE: service},
+        },
+        "spec": {"selector": {SANDBOX: sandbox, SERVICE: service}, "ports": ports},
+    }
+
+
+def fork_upstream(sandbox: str, service: str, port: int) -> str:
+    return f"http://{service}.{namespace_name(sandbox)}.svc.cluster.local:{port}"
+
+
+def baggage_regex(key_name: str, routing_key: str) -> str:
+    """An RE2 regex (Istio matches whole header values) that is true exactly when the baggage
+    list has the member `key_name=routing_key`: members are split on commas with optional
+    whitespace; the value ends at `;` (properties), `,`, whitespace or the end."""
+    key, value = re.escape(key_name), re.escape(routing_key)
+    return rf"^(.*,)?[ \t]*{key}[ \t]*=[ \t]*{value}[ \t]*(;[^,]*)?(,.*)?$"
+
+
+def label_value(value: str) -> str:
+    """A Kubernetes label value from free text: [A-Za-z0-9._-], at most 63, alphanumeric ends."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+
+
+def _version_labels(agent: AgentVersion | None) -> dict[str, str]:
+    if agent is None:
+        return {}
+    out = {}
+    if agent.prompt_version:
+        out["sandboxd.dev/prompt-version"] = label_value(agent.prompt_version)
+    if agent.model_version:
+        out["sandboxd.dev/model-version"] = label_value(agent.model_version)
+    return out
