@@ -13,7 +13,7 @@ import httpx
 from sandboxd.core.spec import AgentVersion, ForkSpec
 from sandboxd.runtime.kubernetes import render
 from tests.support.kube import KubeControlPlane
-from tests.unit.test_kube_render import BASELINE_DEPLOYMENT, BASELINE_SERVICE
+from tests.support.kube_objects import BASELINE_DEPLOYMENT, BASELINE_SERVICE
 
 PLURALS = {
     "Namespace": ("/api/v1", "namespaces"),

@@ -16,6 +16,3 @@ class Phase(StrEnum):
 
 LIVE = frozenset({Phase.PENDING, Phase.PROVISIONING, Phase.READY, Phase.FAILED})
 """Phases in which the sandbox exists for its users (and keeps its name)."""
-
-RUNNING = frozenset({Phase.PENDING, Phase.PROVISIONING, Phase.READY})
-"""Phases in which the runtime should have the sandbox's forks running."""
