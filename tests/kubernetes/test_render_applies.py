@@ -3,44 +3,14 @@ manager `sandboxd`) and stored as rendered; deleting the namespace removes them 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from typing import Any
-
-import httpx
 
 from sandboxd.core.spec import AgentVersion, ForkSpec
 from sandboxd.runtime.kubernetes import render
+from sandboxd.runtime.kubernetes.client import object_path
 from tests.support.kube import KubeControlPlane
-from tests.support.kube_objects import BASELINE_DEPLOYMENT, BASELINE_SERVICE
-
-PLURALS = {
-    "Namespace": ("/api/v1", "namespaces"),
-    "ResourceQuota": ("/api/v1", "resourcequotas"),
-    "LimitRange": ("/api/v1", "limitranges"),
-    "Service": ("/api/v1", "services"),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
-    "Deployment": ("/apis/apps/v1", "deployments"),
-}
-
-
-def path(obj: dict[str, Any]) -> str:
-    prefix, plural = PLURALS[obj["kind"]]
-    meta = obj["metadata"]
-    where = f"/namespaces/{meta['namespace']}" if "namespace" in meta else ""
-    return f"{prefix}{where}/{plural}/{meta['name']}"
-
-
-def apply(client: httpx.Client, obj: dict[str, Any]) -> dict[str, Any]:
-    response = client.patch(
-        path(obj),
-        params={"fieldManager": "sandboxd", "force": "true"},
-        content=json.dumps(obj),
-        headers={"Content-Type": "application/apply-patch+yaml"},
-    )
-    assert response.status_code in (200, 201), response.text
-    return dict(response.json())
+from tests.support.kube_objects import BASELINE_DEPLOYMENT, BASELINE_SERVICE, apply
 
 
 def test_a_sandbox_namespace_and_fork_apply_as_rendered_and_delete_whole(
@@ -89,4 +59,4 @@ def test_a_sandbox_namespace_and_fork_apply_as_rendered_and_delete_whole(
             assert time.monotonic() < deadline, kube.log("kube-controller-manager")
             time.sleep(0.2)
         for obj in objects[1:]:
-            assert client.get(path(obj)).status_code == 404
+            assert client.get(object_path(obj)).status_code == 404

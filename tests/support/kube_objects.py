@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import httpx
+
+from sandboxd.runtime.kubernetes.client import object_path
+
+
+def apply(client: httpx.Client, obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply as field manager `sandboxd`, as the runtime does."""
+    response = client.patch(
+        object_path(obj),
+        params={"fieldManager": "sandboxd", "force": "true"},
+        content=json.dumps(obj),
+        headers={"Content-Type": "application/apply-patch+yaml"},
+    )
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
 BASELINE_DEPLOYMENT = {
     "apiVersion": "apps/v1",
     "kind": "Deployment",

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sandboxd.core.spec import AgentVersion, ForkSpec
+from sandboxd.core.spec import AgentVersion, ForkSpec, is_image_reference
 from sandboxd.runtime.kubernetes import render
 from tests.support.kube_objects import BASELINE_DEPLOYMENT, BASELINE_SERVICE
 
@@ -113,7 +113,7 @@ def test_fork_service_keeps_the_ports_and_selects_the_fork() -> None:
      ("a b", False), ("acme/x:tag with space", False), ("acme/x::1", False)],
 )  # fmt: skip
 def test_image_references(image: str, valid: bool) -> None:
-    assert render.is_image_reference(image) is valid
+    assert is_image_reference(image) is valid
 
 
 @pytest.mark.parametrize(
@@ -132,3 +132,26 @@ def test_image_references(image: str, valid: bool) -> None:
 )
 def test_istio_baggage_regex_is_delimiter_safe(header: str, matches: bool) -> None:
     assert bool(re.fullmatch(render.baggage_regex("sandbox", "pr-4"), header)) is matches
+
+
+def test_one_virtual_service_per_baseline_service_holds_every_sandbox_then_the_baseline() -> None:
+    routes = [
+        render.sandbox_route(
+            sandbox=name, service="echo", port=80, baggage_key="sandbox", routing_key=f"k-{name}"
+        )
+        for name in ("pr-9", "pr-10")
+    ]
+    vs = render.virtual_service(
+        namespace="shop", service="echo", port=80, routes=routes, resource_version="41"
+    )
+    assert vs["metadata"]["name"] == "sandboxd-echo"
+    assert vs["metadata"]["resourceVersion"] == "41"
+    assert vs["spec"]["hosts"] == ["echo.shop.svc.cluster.local"]
+    names = [rule["name"] for rule in vs["spec"]["http"]]
+    assert names == ["sandbox-pr-10", "sandbox-pr-9", "baseline"]
+    assert "match" not in vs["spec"]["http"][-1]
+    fork = vs["spec"]["http"][1]["route"][0]["destination"]
+    assert fork == {"host": "echo.sbx-pr-9.svc.cluster.local", "port": {"number": 80}}
+    assert set(render.routed_sandboxes(vs)) == {"pr-9", "pr-10"}
+    assert render.routed_sandboxes(vs)["pr-9"] == routes[0]
+    assert render.routed_sandboxes({}) == {}

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from sandboxd.app import create_app, preflight
 from sandboxd.core.catalog import CatalogError
 from sandboxd.core.errors import describe, one_line
+from sandboxd.runtime.kubernetes.client import KubeError
+from sandboxd.runtime.kubernetes.config import KubeConfigError
 from sandboxd.runtime.supervisor import SupervisorError
 from sandboxd.settings import Settings
 
@@ -52,7 +54,40 @@ def serve(
         Path | None, typer.Option(help="Catalog file, sandboxd.yaml (env SANDBOXD_CATALOG)")
     ] = None,
     runtime: Annotated[
-        str | None, typer.Option(help="Where forks run: local (env SANDBOXD_RUNTIME)")
+        str | None,
+        typer.Option(help="Where forks run: local or kubernetes (env SANDBOXD_RUNTIME)"),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            help="kubernetes: kubeconfig file (env SANDBOXD_KUBECONFIG; default $KUBECONFIG, "
+            "~/.kube/config, else the in-cluster service account)"
+        ),
+    ] = None,
+    kube_context: Annotated[
+        str | None, typer.Option(help="kubernetes: kubeconfig context (default: current)")
+    ] = None,
+    istio: Annotated[
+        bool | None,
+        typer.Option(
+            "--istio/--no-istio",
+            help="kubernetes: also write Istio VirtualServices per fork (env SANDBOXD_ISTIO)",
+        ),
+    ] = None,
+    router_namespace: Annotated[
+        str | None,
+        typer.Option(help="kubernetes: the router's namespace (env SANDBOXD_ROUTER_NAMESPACE)"),
+    ] = None,
+    catalog_from_cluster: Annotated[
+        bool | None,
+        typer.Option(
+            "--catalog-from-cluster/--no-catalog-from-cluster",
+            help="kubernetes: add Services labelled sandboxd.dev/service to the catalog",
+        ),
+    ] = None,
+    egress_allow: Annotated[
+        list[str] | None,
+        typer.Option(help="kubernetes: a CIDR sandboxes may reach (repeatable)"),
     ] = None,
     start_baseline: Annotated[
         bool | None,
@@ -74,7 +109,8 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run the control plane: REST API, reconciler, TTL reaper and the local runtime."""
+    """Run the control plane: REST API, reconciler, TTL reaper and a runtime (local or
+    kubernetes)."""
     given: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -85,6 +121,12 @@ def serve(
         "start_baseline": start_baseline,
         "reaper_interval": reaper_interval,
         "with_router": with_router,
+        "kubeconfig": kubeconfig,
+        "kube_context": kube_context,
+        "istio": istio,
+        "router_namespace": router_namespace,
+        "catalog_from_cluster": catalog_from_cluster,
+        "egress_allow": egress_allow or None,
     }
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
@@ -92,8 +134,10 @@ def serve(
         app = create_app(settings)
     except ValidationError as e:
         _fail(f"invalid setting: {one_line(describe(e.errors()))}")
-    except (CatalogError, SupervisorError) as e:
+    except (CatalogError, SupervisorError, KubeConfigError) as e:
         _fail(str(e))
+    except KubeError as e:
+        _fail(f"cannot use the Kubernetes API: {e}")
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -23,6 +23,12 @@ from sandboxd.core.plan import ProcessPlan, plan_baselines, reachable_host
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.routebook import RouteBook
+from sandboxd.runtime.base import Runtime
+from sandboxd.runtime.kubernetes import config as kube_config
+from sandboxd.runtime.kubernetes import discover
+from sandboxd.runtime.kubernetes.client import KubeClient
+from sandboxd.runtime.kubernetes.render import Quota
+from sandboxd.runtime.kubernetes.runtime import KubernetesRuntime, KubeSettings
 from sandboxd.runtime.local import LocalRuntime
 from sandboxd.runtime.supervisor import Supervisor, check_port_free
 from sandboxd.settings import Settings
@@ -49,8 +55,10 @@ def admin_token(settings: Settings) -> str:
 
 def preflight(settings: Settings) -> None:
     """What can be checked before serving, so that `sandboxd serve` fails with one clear line
-    (raises CatalogError or SupervisorError)."""
+    (raises CatalogError, SupervisorError, KubeConfigError or KubeError)."""
     catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+    if settings.runtime == "kubernetes":
+        asyncio.run(_check_cluster(settings))
     if settings.start_baseline:
         workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
         plans = plan_baselines(catalog, router_host=settings.router_host, workdir=workdir)
@@ -63,23 +71,28 @@ def preflight(settings: Settings) -> None:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+    file_catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
     workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog = file_catalog
         settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = make_engine(settings.effective_database_url)
         await asyncio.to_thread(migrate, engine)
         store = Store(engine)
         token = admin_token(settings)
         await store.run(store.put_token, name="admin", token_hash=hash_token(token))
-        routes = RouteBook(catalog=catalog)
         kick = _Deferred()
-        runtime = LocalRuntime(
-            data_dir=settings.data_path, stop_grace=settings.stop_grace, on_change=kick
-        )
+        runtime: Runtime
+        if settings.runtime == "kubernetes":
+            runtime, catalog = await _kubernetes_runtime(settings, catalog)
+        else:
+            runtime = LocalRuntime(
+                data_dir=settings.data_path, stop_grace=settings.stop_grace, on_change=kick
+            )
+        routes = RouteBook(catalog=catalog)
         reconciler = Reconciler(
             store=store,
             runtime=runtime,
@@ -149,6 +162,45 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def _kube_client(settings: Settings) -> KubeClient:
+    connection = kube_config.load(settings.kubeconfig, context=settings.kube_context)
+    return KubeClient(connection, max_requests=settings.kube_max_requests)
+
+
+async def _check_cluster(settings: Settings) -> None:
+    client = _kube_client(settings)
+    try:
+        await client.list("/api/v1/namespaces", selector="app.kubernetes.io/managed-by=sandboxd")
+    finally:
+        await client.close()
+
+
+async def _kubernetes_runtime(
+    settings: Settings, catalog: Catalog
+) -> tuple[KubernetesRuntime, Catalog]:
+    """The runtime, and the catalog with the cluster's labelled Services when asked for."""
+    client = _kube_client(settings)
+    if settings.catalog_from_cluster:
+        found, problems = discover.catalog_services(
+            await client.list("/api/v1/services", selector=discover.SERVICE_LABEL)
+        )
+        catalog, skipped = discover.merge(catalog, found)
+        for problem in [*problems, *skipped]:
+            log.warning("catalog from the cluster: %s", problem)
+        log.info("catalog: %d services (%d from the cluster)", len(catalog.services), len(found))
+    runtime = KubernetesRuntime(
+        client,
+        catalog=catalog,
+        settings=KubeSettings(
+            router_namespace=settings.router_namespace,
+            egress_allow=tuple(settings.egress_allow),
+            quota=Quota(settings.quota_cpu, settings.quota_memory, settings.quota_pods),
+            istio=settings.istio,
+        ),
+    )
+    return runtime, catalog
 
 
 def router_plan(settings: Settings, *, token: str) -> ProcessPlan:

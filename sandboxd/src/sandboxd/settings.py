@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -24,8 +25,29 @@ class Settings(BaseSettings):
     """SQLAlchemy URL; default a SQLite file in the data dir. `postgresql+psycopg://…` for HA."""
     catalog: Path | None = None
     """The catalog file (`sandboxd.yaml`); without one, no service can be forked."""
-    runtime: Literal["local"] = "local"
-    """Where forks run. `local`: child processes on this machine."""
+    runtime: Literal["local", "kubernetes"] = "local"
+    """Where forks run. `local`: child processes on this machine; `kubernetes`: one namespace
+    per sandbox in a cluster."""
+    kubeconfig: Path | None = None
+    """kubernetes: the kubeconfig to use (its current context); in-cluster config when absent."""
+    kube_context: str | None = None
+    """kubernetes: a context of the kubeconfig other than its current one."""
+    istio: bool = False
+    """kubernetes: also write Istio VirtualServices so Envoy routes each sandbox's traffic."""
+    router_namespace: str = "sandboxd"
+    """kubernetes: the namespace the router runs in (sandbox ingress comes only from there)."""
+    egress_allow: list[str] = []
+    """kubernetes: CIDRs a sandbox may reach besides DNS, the router and the baselines."""
+    catalog_from_cluster: bool = False
+    """kubernetes: add the Services labelled `sandboxd.dev/service=<name>` to the catalog."""
+    quota_cpu: str = "4"
+    """kubernetes: CPU a sandbox's namespace may request and use, in all."""
+    quota_memory: str = "8Gi"
+    """kubernetes: memory a sandbox's namespace may request and use, in all."""
+    quota_pods: int = Field(default=20, ge=1)
+    """kubernetes: pods a sandbox's namespace may hold."""
+    kube_max_requests: int = Field(default=64, ge=1, le=1024)
+    """kubernetes: API requests in flight at once (raise it to provision faster)."""
     start_baseline: bool = False
     """Start the catalog's baseline commands as child processes and stop them on exit."""
     with_router: bool = False
@@ -60,6 +82,11 @@ class Settings(BaseSettings):
         if isinstance(value, str | int) and not isinstance(value, bool):
             return parse_duration(value)
         raise ValueError("a duration such as 2h")
+
+    @field_validator("egress_allow", mode="after")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(cidr, strict=False)) for cidr in value]
 
     @field_validator("admin_token", mode="after")
     @classmethod

@@ -77,7 +77,7 @@ async def create_sandbox(
 ) -> SandboxOut:
     ttl = _ttl_seconds(state, spec.ttl)
     try:
-        check_forks(spec, state.catalog)
+        check_forks(spec, state.catalog, runtime=state.settings.runtime)
     except PlanError as e:
         raise InvalidRequest(str(e), error="unknown_service") from e
     canonical = spec.model_copy(update={"ttl": format_duration(ttl)}).canonical()
@@ -224,6 +224,11 @@ async def fork_logs(
         raise NotFound(f"sandbox {name!r} has no fork of {service!r}", sandbox=name)
     chunk = await state.logs.read_log(name, service, offset=offset, tail=tail)
     if chunk is None:
+        if state.settings.runtime == "kubernetes":
+            raise NotFound(
+                f"fork logs are the cluster's: kubectl logs -n sbx-{name} deployment/{service}",
+                sandbox=name,
+            )
         raise NotFound(f"no log for {name}/{service} (not started, or removed)", sandbox=name)
     return Response(
         chunk.data,

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 from sandboxd.core.catalog import Catalog, Service
@@ -21,6 +22,7 @@ from sandboxd.core.naming import service_url_env
 from sandboxd.core.spec import ForkSpec, SandboxSpec
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+RuntimeKind = Literal["local", "kubernetes"]
 
 
 class PlanError(ValueError):
@@ -50,6 +52,8 @@ class SandboxPlan:
     uid: str
     routing_key: str
     forks: tuple[ProcessPlan, ...]
+    spec: SandboxSpec | None = None  # what was asked for: images and versions for kubernetes
+    expires_at: str | None = None  # RFC 3339, UTC
 
 
 def reachable_host(host: str) -> str:
@@ -71,8 +75,9 @@ def expand(argv: tuple[str, ...], env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(_VAR.sub(lambda m: env.get(m.group(1), m.group(0)), arg) for arg in argv)
 
 
-def check_forks(spec: SandboxSpec, catalog: Catalog) -> None:
-    """Raise PlanError for a fork the catalog cannot back; run by the API before storing."""
+def check_forks(spec: SandboxSpec, catalog: Catalog, *, runtime: RuntimeKind = "local") -> None:
+    """Raise PlanError for a fork the catalog cannot back on this runtime; run by the API
+    before storing."""
     for index, fork in enumerate(spec.forks):
         service = catalog.get(fork.service)
         if service is None:
@@ -81,7 +86,13 @@ def check_forks(spec: SandboxSpec, catalog: Catalog) -> None:
                 f"forks[{index}].service: {fork.service!r} is not in the catalog "
                 f"(services: {known})"
             )
-        if fork.command is None and service.baseline.command is None and fork.image is None:
+        if runtime == "kubernetes":
+            if service.kubernetes is None:
+                raise PlanError(
+                    f"forks[{index}].service: service {fork.service!r} has no `kubernetes` "
+                    "reference (namespace, deployment, service, port) in the catalog"
+                )
+        elif fork.command is None and service.baseline.command is None:
             raise PlanError(
                 f"forks[{index}].command: service {fork.service!r} has no baseline command to "
                 "reuse, so the fork needs a command"
@@ -96,8 +107,10 @@ def plan_sandbox(
     catalog: Catalog,
     router_host: str,
     workdir: str | None,
+    runtime: RuntimeKind = "local",
+    expires_at: str | None = None,
 ) -> SandboxPlan:
-    check_forks(spec, catalog)
+    check_forks(spec, catalog, runtime=runtime)
     urls = router_urls(catalog, router_host=router_host)
     forks = []
     for fork in spec.forks:
@@ -105,7 +118,7 @@ def plan_sandbox(
         assert service is not None  # check_forks said so
         own = {"SANDBOXD_SANDBOX": spec.name, "SANDBOXD_ROUTING_KEY": routing_key, **urls}
         forks.append(_fork_plan(fork, service, own=own, workdir=workdir))
-    return SandboxPlan(spec.name, uid, routing_key, tuple(forks))
+    return SandboxPlan(spec.name, uid, routing_key, tuple(forks), spec, expires_at)
 
 
 def _fork_plan(

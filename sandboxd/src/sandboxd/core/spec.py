@@ -36,6 +36,15 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _LABEL_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _HEALTH_PATH = re.compile(r"^/[!-~]{0,511}$")  # printable ASCII, no spaces
+# An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar, condensed).
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REGISTRY = (  # a registry has a dot or a port, or is localhost; otherwise it is a path
+    r"(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)"
+)
+_IMAGE = re.compile(
+    rf"^{_IMAGE_REGISTRY}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_FORKS = 32
@@ -49,6 +58,19 @@ class Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
+
+
+def is_image_reference(value: str) -> bool:
+    return len(value) <= 512 and bool(_IMAGE.fullmatch(value))
+
+
+def _image(value: str) -> str:
+    if not is_image_reference(value):
+        raise ValueError(
+            f"{value[:80]!r} is not an image reference ([registry/]path[:tag][@sha256:digest], "
+            "lower-case path)"
+        )
+    return value
 
 
 def _dns_label(value: str) -> str:
@@ -177,7 +199,7 @@ class ForkSpec(Model):
     args: Annotated[list[str], Field(max_length=MAX_ARGV)] | None = None
     env: Env = {}
     health: HealthPath | None = None
-    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    image: Annotated[str, AfterValidator(_image)] | None = None
 
 
 class FaultKind(StrEnum):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.phases import LIVE, Phase
@@ -59,6 +60,7 @@ class Reconciler:
         self._metrics = metrics
         self._config = config
         self._queue = WorkQueue()
+        self._collecting: set[str] = set()  # orphans being removed
         self.heartbeat = time.monotonic()
 
     def kick(self, name: str) -> None:
@@ -113,7 +115,8 @@ class Reconciler:
                 )
         settled = (Phase.READY.value, Phase.FAILED.value)
         due = {row.name for row in rows if full or row.phase not in settled}
-        for name in due | (self._runtime.sandboxes() - {row.name for row in rows}):
+        held = await self._runtime.sandboxes()
+        for name in due | (held - {row.name for row in rows}):
             self.kick(name)
 
     async def _worker(self) -> None:
@@ -154,6 +157,8 @@ class Reconciler:
                 catalog=self._catalog,
                 router_host=self._config.router_host,
                 workdir=self._config.workdir,
+                runtime=self._runtime.kind,
+                expires_at=_rfc3339(row.expires_at),
             )
         except (PlanError, ValueError) as e:
             await self._write(row, Phase.FAILED, "InvalidSpec", str(e), row.forks, [])
@@ -164,7 +169,7 @@ class Reconciler:
         records = [fork_record(f) for f in observed]
         await self._write(row, result.phase, result.reason, result.message, records, events)
         if result.phase == Phase.PROVISIONING:
-            return 0.05
+            return self._runtime.poll_interval
         if result.phase == Phase.FAILED:
             return 0.0  # stop its forks now, keeping their logs
         return None
@@ -182,15 +187,17 @@ class Reconciler:
         return None
 
     async def _collect_orphan(self, name: str, row: SandboxRow | None) -> float | None:
-        if name not in self._runtime.sandboxes():
+        if name not in await self._runtime.sandboxes():
             return None
-        log.warning("stopping processes of %s, which has no live sandbox", name)
+        if name not in self._collecting:  # tell it once, when the removal starts
+            self._collecting.add(name)
+            log.warning("removing what the runtime holds for %s, which has no live sandbox", name)
+            if row is not None:
+                event = Event("OrphanRemoved", f"removing leftover {self._runtime.kind} resources")
+                await asyncio.to_thread(self._store.record, row, event)
         if not await self._runtime.stop(name):
             return 1.0
-        if row is not None:
-            await asyncio.to_thread(
-                self._store.record, row, Event("OrphanRemoved", "stopped leftover processes")
-            )
+        self._collecting.discard(name)
         return None
 
     async def _write(
@@ -230,6 +237,11 @@ class Reconciler:
         )
         if updated is not None:
             self._routes.update([updated])
+
+
+def _rfc3339(moment: datetime) -> str:
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _event_type(phase: Phase) -> str:

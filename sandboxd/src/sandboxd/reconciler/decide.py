@@ -25,7 +25,8 @@ class Verdict:
 def verdict(forks: Sequence[ForkStatus], *, now: float, health_timeout: float) -> Verdict:
     for fork in forks:
         if fork.state == ForkState.EXITED:
-            return Verdict(Phase.FAILED, "ForkExited", f"fork {fork.service}: {fork.message}")
+            reason = fork.reason or "ForkExited"
+            return Verdict(Phase.FAILED, reason, f"fork {fork.service}: {fork.message}")
     for fork in forks:
         started = fork.started_at if fork.started_at is not None else now
         if fork.state == ForkState.STARTING and now - started > health_timeout:
@@ -66,16 +67,13 @@ def fork_events(before: Sequence[dict[str, Any]], after: Sequence[ForkStatus]) -
         prior = old.get(fork.service)
         if prior is None or prior.get("pid") != fork.pid:
             verb = "adopted" if fork.adopted else "started"
-            events.append(
-                Event(
-                    f"Fork{verb.title()}",
-                    f"fork {fork.service} {verb} (pid {fork.pid}, {fork.upstream})",
-                )
-            )
+            where = f"pid {fork.pid}, {fork.upstream}" if fork.pid else fork.upstream
+            events.append(Event(f"Fork{verb.title()}", f"fork {fork.service} {verb} ({where})"))
             prior = None
         was = prior.get("phase") if prior else None
         if fork.state.value != was and fork.state == ForkState.READY:
-            events.append(Event("ForkReady", f"fork {fork.service} passed its health check"))
+            events.append(Event("ForkReady", f"fork {fork.service} is ready"))
         if fork.state.value != was and fork.state == ForkState.EXITED:
-            events.append(Event("ForkExited", f"fork {fork.service}: {fork.message}", "Warning"))
+            reason = fork.reason or "ForkExited"
+            events.append(Event(reason, f"fork {fork.service}: {fork.message}", "Warning"))
     return events

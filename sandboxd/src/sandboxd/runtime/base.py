@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from sandboxd.core.plan import SandboxPlan
+from sandboxd.core.plan import RuntimeKind, SandboxPlan
 
 
 class ForkState(StrEnum):
@@ -27,6 +27,7 @@ class ForkStatus:
     started_at: float | None  # seconds since the epoch
     message: str | None = None
     adopted: bool = False
+    reason: str | None = None  # why an EXITED fork failed, as a CamelCase word
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,10 @@ class LogChunk:
 
 
 class Runtime(Protocol):
+    kind: ClassVar[RuntimeKind]
+    poll_interval: ClassVar[float]
+    """Seconds between reconciles of a sandbox whose forks are starting."""
+
     async def start(self) -> None:
         """Find what an earlier run of sandboxd left (to adopt or remove)."""
 
@@ -46,7 +51,7 @@ class Runtime(Protocol):
     async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
         """Stop everything of sandbox `name`; True once nothing of it runs."""
 
-    def sandboxes(self) -> set[str]:
+    async def sandboxes(self) -> set[str]:
         """Names of the sandboxes the runtime holds anything for."""
 
     async def read_log(

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from sandboxd.core.plan import ProcessPlan, SandboxPlan, expand
+from sandboxd.core.plan import ProcessPlan, RuntimeKind, SandboxPlan, expand
 from sandboxd.runtime import processes
 from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
 from sandboxd.runtime.health import probe
@@ -91,6 +92,9 @@ class _Fork:
 
 
 class LocalRuntime:
+    kind: ClassVar[RuntimeKind] = "local"
+    poll_interval: ClassVar[float] = 0.05  # a health probe on loopback is cheap
+
     def __init__(
         self, *, data_dir: Path, stop_grace: float, on_change: Callable[[str], None]
     ) -> None:
@@ -138,7 +142,7 @@ class LocalRuntime:
         self._forks.clear()
 
     # the Runtime interface ---------------------------------------------------------------
-    def sandboxes(self) -> set[str]:
+    async def sandboxes(self) -> set[str]:
         names = {sandbox for sandbox, _ in self._forks}
         if self._root.is_dir():
             names |= {p.name for p in self._root.iterdir() if p.is_dir()}

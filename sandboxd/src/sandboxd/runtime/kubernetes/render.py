@@ -18,16 +18,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "sandboxd"}
 SANDBOX = "sandboxd.dev/sandbox"
 SERVICE = "sandboxd.dev/service"
 EXPIRES = "sandboxd.dev/expires-at"
-# An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar, condensed).
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REGISTRY = (  # a registry has a dot or a port, or is localhost; otherwise it is a path
-    r"(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)"
-)
-_IMAGE = re.compile(
-    rf"^{_REGISTRY}?{_COMPONENT}(?:/{_COMPONENT})*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
-
+ROUTE_PREFIX = "sandbox-"
 Obj = dict[str, Any]
 
 
@@ -40,10 +31,6 @@ class Quota:
 
 def namespace_name(sandbox: str) -> str:
     return f"sbx-{sandbox}"
-
-
-def is_image_reference(value: str) -> bool:
-    return len(value) <= 512 and bool(_IMAGE.fullmatch(value))
 
 
 def namespace(sandbox: str, *, expires_at: str) -> Obj:
@@ -217,3 +204,58 @@ def _version_labels(agent: AgentVersion | None) -> dict[str, str]:
     if agent.model_version:
         out["sandboxd.dev/model-version"] = label_value(agent.model_version)
     return out
+
+
+def sandbox_route(
+    *, sandbox: str, service: str, port: int, baggage_key: str, routing_key: str
+) -> Obj:
+    """One sandbox's rule in a baseline Service's VirtualService: baggage naming the sandbox
+    sends the request to the fork's Service."""
+    fork_host = f"{service}.{namespace_name(sandbox)}.svc.cluster.local"
+    return {
+        "name": f"{ROUTE_PREFIX}{sandbox}",
+        "match": [{"headers": {"baggage": {"regex": baggage_regex(baggage_key, routing_key)}}}],
+        "route": [{"destination": {"host": fork_host, "port": {"number": port}}}],
+    }
+
+
+def virtual_service(
+    *, namespace: str, service: str, port: int, routes: list[Obj], resource_version: str | None
+) -> Obj:
+    """The VirtualService for one baseline Service: every sandbox's rule, then the baseline.
+
+    One object per host, because Istio does not merge several VirtualServices of one host for
+    sidecars (it reports IST0109 and picks one); rules are kept sorted so a rewrite that changes
+    nothing writes nothing."""
+    host = f"{service}.{namespace}.svc.cluster.local"
+    default = {
+        "name": "baseline",
+        "route": [{"destination": {"host": host, "port": {"number": port}}}],
+    }
+    metadata: Obj = {
+        "name": virtual_service_name(service),
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, SERVICE: service},
+    }
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": metadata,
+        "spec": {"hosts": [host], "http": [*sorted(routes, key=lambda r: r["name"]), default]},
+    }
+
+
+def routed_sandboxes(virtual_service: Obj) -> dict[str, Obj]:
+    """The sandbox rules of a VirtualService written by `virtual_service`, by sandbox name."""
+    rules = (virtual_service.get("spec") or {}).get("http") or []
+    return {
+        r["name"][len(ROUTE_PREFIX) :]: r
+        for r in rules
+        if isinstance(r, dict) and str(r.get("name", "")).startswith(ROUTE_PREFIX)
+    }
+
+
+def virtual_service_name(service: str) -> str:
+    return f"sandboxd-{service}"

@@ -1,0 +1,197 @@
+"""A small async client for the Kubernetes REST API: get, list, server-side apply, delete.
+
+Only what the runtime needs, over one pooled httpx client. Every failure becomes a `KubeError`
+carrying the API's own `Status` (code, reason, message), so callers can tell "not there" from
+"forbidden" from "the server is down" and users read the apiserver's words, not a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from sandboxd.runtime.kubernetes.config import Connection, KubeConfigError
+
+Obj = dict[str, Any]
+FIELD_MANAGER = "sandboxd"
+_PLURALS = {
+    "Namespace": "namespaces",
+    "Service": "services",
+    "ResourceQuota": "resourcequotas",
+    "LimitRange": "limitranges",
+    "Deployment": "deployments",
+    "NetworkPolicy": "networkpolicies",
+    "VirtualService": "virtualservices",
+}
+_JSON = "application/json"
+_RETRIES = 3  # for 429 and 503 that say when to come back
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+def collection_path(api_version: str, kind: str, namespace: str | None = None) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"{prefix}{where}/{_PLURALS[kind]}"
+
+
+def object_path(obj: Obj) -> str:
+    meta = obj["metadata"]
+    base = collection_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+    return f"{base}/{meta['name']}"
+
+
+class KubeClient:
+    def __init__(
+        self, connection: Connection, *, max_requests: int = 64, timeout: float = 30.0
+    ) -> None:
+        self._credentials = connection.credentials
+        self._http = httpx.AsyncClient(
+            base_url=connection.server,
+            verify=connection.ssl_context,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_requests, max_keepalive_connections=max_requests
+            ),
+            headers={"Accept": "application/json", "User-Agent": "sandboxd"},
+        )
+        self._slots = asyncio.Semaphore(max_requests)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def get(self, path: str) -> Obj | None:
+        try:
+            return await self._call("GET", path)
+        except KubeError as e:
+            if e.not_found:
+                return None
+            raise
+
+    async def list(self, path: str, *, selector: str | None = None) -> list[Obj]:
+        items: list[Obj] = []
+        params: dict[str, str] = {"limit": "500"}
+        if selector:
+            params["labelSelector"] = selector
+        while True:
+            page = await self._call("GET", path, params=params)
+            items.extend(page.get("items") or [])
+            more = (page.get("metadata") or {}).get("continue")
+            if not more:
+                return items
+            params["continue"] = more
+
+    async def apply(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """Server-side apply as field manager `sandboxd`, taking over conflicting fields."""
+        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        if dry_run:
+            params["dryRun"] = "All"
+        return await self._call(
+            "PATCH",
+            object_path(obj),
+            params=params,
+            content=json.dumps(obj, separators=(",", ":")),
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def write(self, obj: Obj, *, create: bool) -> Obj:
+        """Create, or replace guarded by the object's `metadata.resourceVersion` (409 when the
+        object changed since it was read)."""
+        body = json.dumps(obj, separators=(",", ":"))
+        if create:
+            collection = object_path(obj).rsplit("/", 1)[0]
+            return await self._call("POST", collection, content=body, content_type=_JSON)
+        return await self._call("PUT", object_path(obj), content=body, content_type=_JSON)
+
+    async def delete(self, path: str, *, propagation: str = "Background") -> bool:
+        """Ask for the object's deletion; False when it was not there."""
+        body = json.dumps({"kind": "DeleteOptions", "propagationPolicy": propagation})
+        try:
+            await self._call("DELETE", path, content=body, content_type="application/json")
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise
+        return True
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: str | None = None,
+        content_type: str | None = None,
+    ) -> Obj:
+        for attempt in range(_RETRIES + 1):
+            response = await self._send(method, path, params, content, content_type)
+            if response.status_code == 401 and attempt == 0:
+                self._credentials.expire()  # a rotated or expired token: fetch it again
+                continue
+            if response.status_code in (429, 503) and attempt < _RETRIES:
+                await asyncio.sleep(_retry_after(response))
+                continue
+            break
+        if response.is_success:
+            return dict(response.json()) if response.content else {}
+        raise _error(response, method, path)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        content: str | None,
+        content_type: str | None,
+    ) -> httpx.Response:
+        headers = {}
+        try:
+            auth = self._credentials.header()
+        except KubeConfigError as e:
+            raise KubeError(401, "Unauthorized", str(e)) from e
+        if auth:
+            headers["Authorization"] = auth
+        if content_type:
+            headers["Content-Type"] = content_type
+        async with self._slots:
+            try:
+                return await self._http.request(
+                    method, path, params=params, content=content, headers=headers
+                )
+            except httpx.HTTPError as e:
+                raise KubeError(
+                    0, "Unreachable", f"{method} {path}: {type(e).__name__}: {e}".rstrip(": ")
+                ) from e
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(2.0, max(0.05, float(response.headers.get("Retry-After", "0.2"))))
+    except ValueError:
+        return 0.2
+
+
+def _error(response: httpx.Response, method: str, path: str) -> KubeError:
+    try:
+        status = response.json()
+        return KubeError(
+            response.status_code,
+            str(status.get("reason") or response.reason_phrase),
+            str(status.get("message") or ""),
+        )
+    except ValueError:
+        text = response.text.strip()[:300]
+        return KubeError(response.status_code, response.reason_phrase, f"{method} {path}: {text}")

@@ -1,0 +1,321 @@
+"""The Kubernetes runtime: a sandbox is a namespace holding its forks, everything else is shared.
+
+`apply` reads each forked service's baseline Deployment and Service, renders the sandbox's
+objects (`render.py`) and server-side applies them — only when they differ from what this process
+last applied for the sandbox; otherwise it only reads the forks' Deployments — and reports each
+fork's state from its Deployment's status. `stop` deletes the namespace (and the Istio routes)
+and is done once the namespace controller has finalized it. What exists is read from the
+cluster, so a restarted sandboxd converges on what an earlier one left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar
+
+from sandboxd.core.catalog import Catalog, KubernetesRef
+from sandboxd.core.plan import RuntimeKind, SandboxPlan
+from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
+from sandboxd.runtime.kubernetes import render
+from sandboxd.runtime.kubernetes.client import KubeClient, KubeError, Obj, collection_path
+
+log = logging.getLogger(__name__)
+MANAGED = "app.kubernetes.io/managed-by=sandboxd"
+UID = "sandboxd.dev/uid"
+
+
+@dataclass(frozen=True, slots=True)
+class KubeSettings:
+    router_namespace: str = "sandboxd"
+    egress_allow: tuple[str, ...] = ()
+    quota: render.Quota = field(default_factory=render.Quota)
+    istio: bool = False
+
+
+class BaselineMissing(Exception):
+    """A forked service's baseline Deployment or Service is not in the cluster."""
+
+
+class KubernetesRuntime:
+    kind: ClassVar[RuntimeKind] = "kubernetes"
+    poll_interval: ClassVar[float] = 0.25  # an API read per fork; Deployments take seconds
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        catalog: Catalog,
+        settings: KubeSettings,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._catalog = catalog
+        self._settings = settings
+        self._applied: dict[str, str] = {}  # sandbox → digest of what this process applied
+        self._route_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._on_change = on_change
+
+    async def start(self) -> None:
+        """Reach the API once, so a wrong kubeconfig fails `sandboxd serve` at start."""
+        await self._client.list(collection_path("v1", "Namespace"), selector=MANAGED)
+
+    async def close(self) -> None:
+        """Sandboxes outlive this process (the reaper of the next one deletes them)."""
+        await self._client.close()
+
+    async def sandboxes(self) -> set[str]:
+        found = {
+            (ns["metadata"].get("labels") or {}).get(render.SANDBOX, "")
+            for ns in await self._client.list(collection_path("v1", "Namespace"), selector=MANAGED)
+        }
+        if self._settings.istio:
+            for ref in self._refs():
+                found.update(render.routed_sandboxes(await self._virtual_service(ref) or {}))
+        return found - {""}
+
+    async def apply(self, plan: SandboxPlan) -> list[ForkStatus]:
+        namespace = render.namespace_name(plan.name)
+        existing = await self._client.get(f"/api/v1/namespaces/{namespace}")
+        if existing is not None and _blocking(existing, plan.uid):
+            self._applied.pop(plan.name, None)
+            if not existing["metadata"].get("deletionTimestamp"):  # an older sandbox's leftover
+                await self._client.delete(f"/api/v1/namespaces/{namespace}")
+            why = "the namespace of an earlier sandbox of this name is being deleted"
+            return [_waiting(p.service, why) for p in plan.forks]
+        try:
+            objects, forks, routes = await self._render(plan)
+            digest = _digest([*objects, *(route for _, route in routes)])
+            if existing is None or self._applied.get(plan.name) != digest:
+                self._applied.pop(plan.name, None)
+                stored = await self._apply_all(objects)
+                if self._settings.istio:
+                    await asyncio.gather(
+                        *(self._set_route(ref, plan.name, route) for ref, route in routes)
+                    )
+                self._applied[plan.name] = digest
+                observed: list[Obj | None] = [o for o in stored if o.get("kind") == "Deployment"]
+            else:
+                observed = list(
+                    await asyncio.gather(
+                        *(
+                            self._client.get(
+                                f"/apis/apps/v1/namespaces/{namespace}/deployments/{service}"
+                            )
+                            for service, _ in forks
+                        )
+                    )
+                )
+        except BaselineMissing as e:
+            return [_failed(p.service, "BaselineNotFound", str(e)) for p in plan.forks]
+        except KubeError as e:
+            if e.status in (400, 403, 422) and "being terminated" not in e.message:
+                # the API refuses the objects: retrying cannot help, the sandbox fails
+                return [_failed(p.service, f"Kube{e.reason}", e.message) for p in plan.forks]
+            raise
+        return [
+            _fork_status(service, obj, render.fork_upstream(plan.name, service, port))
+            for (service, port), obj in zip(forks, observed, strict=True)
+        ]
+
+    async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
+        """Delete the namespace (and the sandbox's Istio routes); True once both are gone."""
+        self._applied.pop(name, None)
+        if self._settings.istio:  # routes first: traffic leaves the forks before they go
+            await asyncio.gather(*(self._set_route(ref, name, None) for ref in self._refs()))
+        return not await self._client.delete(f"/api/v1/namespaces/{render.namespace_name(name)}")
+
+    async def read_log(
+        self, name: str, service: str, *, offset: int | None, tail: int | None
+    ) -> LogChunk | None:
+        return None  # pods' logs are the cluster's (kubectl logs -n sbx-<name>)
+
+    async def _render(
+        self, plan: SandboxPlan
+    ) -> tuple[list[Obj], list[tuple[str, int]], list[tuple[KubernetesRef, Obj]]]:
+        """Every object of the sandbox, namespace first; each fork's name and port; and for
+        Istio, each fork's rule in its baseline Service's VirtualService."""
+        spec = plan.spec
+        assert spec is not None  # the reconciler sets both
+        assert plan.expires_at is not None
+        refs = {fork.service: self._ref(fork.service) for fork in spec.forks}
+        baselines = await asyncio.gather(*(self._baseline(ref) for ref in refs.values()))
+        env = {p.service: p.env for p in plan.forks}
+        namespace = render.namespace(plan.name, expires_at=plan.expires_at)
+        namespace["metadata"]["annotations"][UID] = plan.uid
+        objects = [
+            namespace,
+            render.resource_quota(plan.name, self._settings.quota),
+            render.limit_range(plan.name),
+            *render.network_policies(
+                plan.name,
+                router_namespace=self._settings.router_namespace,
+                baseline_namespaces=self._baseline_namespaces(),
+                allow_cidrs=list(self._settings.egress_allow),
+            ),
+        ]
+        for fork, (deployment, service) in zip(spec.forks, baselines, strict=True):
+            objects.append(
+                render.fork_deployment(
+                    deployment,
+                    sandbox=plan.name,
+                    service=fork.service,
+                    fork=fork.model_copy(update={"env": dict(env.get(fork.service, fork.env))}),
+                    agent=spec.agent,
+                )
+            )
+            objects.append(render.fork_service(service, sandbox=plan.name, service=fork.service))
+        routes = [
+            (
+                refs[fork.service],
+                render.sandbox_route(
+                    sandbox=plan.name,
+                    service=fork.service,
+                    port=refs[fork.service].port,
+                    baggage_key=self._catalog.baggage_key,
+                    routing_key=plan.routing_key,
+                ),
+            )
+            for fork in spec.forks
+        ]
+        forks = [(fork.service, refs[fork.service].port) for fork in spec.forks]
+        return objects, forks, routes
+
+    async def _apply_all(self, objects: list[Obj]) -> list[Obj]:
+        """The namespace first (everything else lives in it), then the rest at once."""
+        first = await self._client.apply(objects[0])
+        rest = await asyncio.gather(*(self._client.apply(o) for o in objects[1:]))
+        return [first, *rest]
+
+    async def _baseline(self, ref: KubernetesRef) -> tuple[Obj, Obj]:
+        deployment, service = await asyncio.gather(
+            self._client.get(
+                f"/apis/apps/v1/namespaces/{ref.namespace}/deployments/{ref.deployment}"
+            ),
+            self._client.get(f"/api/v1/namespaces/{ref.namespace}/services/{ref.service}"),
+        )
+        if deployment is None:
+            raise BaselineMissing(f"baseline Deployment {ref.namespace}/{ref.deployment} not found")
+        if service is None:
+            raise BaselineMissing(f"baseline Service {ref.namespace}/{ref.service} not found")
+        return deployment, service
+
+    def _ref(self, service: str) -> KubernetesRef:
+        entry = self._catalog.get(service)
+        if entry is None or entry.kubernetes is None:
+            raise BaselineMissing(f"service {service!r} has no kubernetes reference")
+        return entry.kubernetes
+
+    def _baseline_namespaces(self) -> list[str]:
+        return sorted({s.kubernetes.namespace for s in self._catalog.services if s.kubernetes})
+
+    def _refs(self) -> list[KubernetesRef]:
+        return [s.kubernetes for s in self._catalog.services if s.kubernetes is not None]
+
+    async def _virtual_service(self, ref: KubernetesRef) -> Obj | None:
+        path = collection_path("networking.istio.io/v1", "VirtualService", ref.namespace)
+        return await self._client.get(f"{path}/{render.virtual_service_name(ref.service)}")
+
+    async def _set_route(self, ref: KubernetesRef, sandbox: str, route: Obj | None) -> None:
+        """Put (or, with None, take out) one sandbox's rule in the service's VirtualService.
+
+        Read, change, write with the resourceVersion read: another writer in between gives 409
+        and the change is made again on what it wrote. One lock per service in this process."""
+        lock = self._route_locks.setdefault((ref.namespace, ref.service), asyncio.Lock())
+        path = collection_path("networking.istio.io/v1", "VirtualService", ref.namespace)
+        async with lock:
+            for _ in range(10):
+                current = await self._virtual_service(ref)
+                rules = render.routed_sandboxes(current or {})
+                if rules.get(sandbox) == route:
+                    return  # already as wanted (and None when absent)
+                if route is None:
+                    del rules[sandbox]
+                else:
+                    rules[sandbox] = route
+                if current is not None and not rules:
+                    await self._client.delete(f"{path}/{render.virtual_service_name(ref.service)}")
+                    return
+                version = current["metadata"]["resourceVersion"] if current else None
+                wanted = render.virtual_service(
+                    namespace=ref.namespace,
+                    service=ref.service,
+                    port=ref.port,
+                    routes=list(rules.values()),
+                    resource_version=version,
+                )
+                try:
+                    await self._client.write(wanted, create=current is None)
+                    return
+                except KubeError as e:
+                    if e.status != 409:
+                        raise
+            raise KubeError(409, "Conflict", f"{path}: changed by others 10 times in a row")
+
+
+def _blocking(namespace: Obj, uid: str) -> bool:
+    """Being deleted, or left by an earlier sandbox of the same name."""
+    meta = namespace["metadata"]
+    owner = (meta.get("annotations") or {}).get(UID)
+    return bool(meta.get("deletionTimestamp")) or (owner is not None and owner != uid)
+
+
+def _fork_status(service: str, deployment: Obj | None, upstream: str) -> ForkStatus:
+    """A fork's state from its Deployment: Ready when the current generation's replicas are
+    all available; failed when the Deployment says it cannot get there."""
+    if deployment is None:
+        return _waiting(service, "the Deployment is not there yet")
+    meta, spec, status = deployment["metadata"], deployment["spec"], deployment.get("status", {})
+    started = _timestamp(meta.get("creationTimestamp"))
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    failure = conditions.get("ReplicaFailure")
+    if failure and failure.get("status") == "True":
+        message = failure.get("message") or "pods cannot be created"
+        return _failed(service, "ReplicaFailure", message, upstream, started)
+    progressing = conditions.get("Progressing")
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        message = progressing.get("message") or "the rollout passed its progress deadline"
+        return _failed(service, "ProgressDeadlineExceeded", message, upstream, started)
+    current = status.get("observedGeneration", 0) >= meta.get("generation", 1)
+    wanted = spec.get("replicas", 1)
+    ready = (
+        current
+        and status.get("updatedReplicas", 0) >= wanted
+        and status.get("availableReplicas", 0) >= wanted
+    )
+    state = ForkState.READY if ready else ForkState.STARTING
+    message = None if ready else f"{status.get('availableReplicas', 0)}/{wanted} replicas available"
+    return ForkStatus(service, state, upstream, None, started, message)
+
+
+def _waiting(service: str, message: str) -> ForkStatus:
+    return ForkStatus(service, ForkState.STARTING, None, None, None, message)
+
+
+def _failed(
+    service: str,
+    reason: str,
+    message: str,
+    upstream: str | None = None,
+    started: float | None = None,
+) -> ForkStatus:
+    return ForkStatus(service, ForkState.EXITED, upstream, None, started, message, reason=reason)
+
+
+def _timestamp(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _digest(objects: list[Obj]) -> str:
+    blob = json.dumps(objects, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+__all__ = ["KubeError", "KubeSettings", "KubernetesRuntime"]

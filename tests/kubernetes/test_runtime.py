@@ -1,0 +1,380 @@
+"""`sandboxd serve --runtime kubernetes` against the real apiserver: a sandbox is a namespace with
+its quota, limits, policies and forks; Ready when the Deployments are available (scheduled by
+kube-scheduler onto kwok's fake nodes, which report the pods Running); gone when deleted,
+expired, failed or orphaned; converges after a SIGKILL."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.kube import KubeControlPlane
+from tests.support.kube_objects import apply
+from tests.support.server import Sandboxd, running_sandboxd
+
+BASELINE_NS = "shop"
+MANAGED = "app.kubernetes.io/managed-by=sandboxd"
+
+
+def _baseline_objects() -> list[dict[str, Any]]:
+    labels = {"app": "echo"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "echo", "namespace": BASELINE_NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "echo",
+                            "image": "acme/echo:1.0",
+                            "ports": [{"containerPort": 8080}],
+                            "env": [{"name": "MODE", "value": "v1"}],
+                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "echo",
+            "namespace": BASELINE_NS,
+            "labels": {"sandboxd.dev/service": "echo"},
+            "annotations": {"sandboxd.dev/protocol": "mcp"},
+        },
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+    return [deployment, service]
+
+
+@pytest.fixture(scope="module")
+def baseline(kube: KubeControlPlane) -> Iterator[None]:
+    with kube.client() as client:
+        client.post(
+            "/api/v1/namespaces", json={"metadata": {"name": BASELINE_NS}}
+        ).raise_for_status()
+        for obj in _baseline_objects():
+            apply(client, obj)
+        yield
+        client.delete(f"/api/v1/namespaces/{BASELINE_NS}")
+
+
+CATALOG = f"""
+services:
+  - name: echo
+    protocol: mcp
+    baseline: {{url: "http://echo.{BASELINE_NS}.svc.cluster.local:80"}}
+    kubernetes: {{namespace: {BASELINE_NS}, deployment: echo, service: echo, port: 80}}
+  - name: ghost
+    baseline: {{url: "http://ghost.{BASELINE_NS}.svc.cluster.local:80"}}
+    kubernetes: {{namespace: {BASELINE_NS}, deployment: ghost, service: ghost, port: 80}}
+"""
+
+
+def _sandboxd(
+    tmp_path: Path, kube: KubeControlPlane, *args: str, catalog: bool = True
+) -> AbstractContextManager[Sandboxd]:
+    path = tmp_path / "sandboxd.yaml"
+    path.write_text(CATALOG)
+    return running_sandboxd(
+        tmp_path / "data",
+        catalog=path if catalog else None,
+        args=["--runtime", "kubernetes", "--kubeconfig", str(kube.kubeconfig), *args],
+        env={"SANDBOXD_HEALTH_TIMEOUT": "120"},
+    )
+
+
+def _name() -> str:
+    return f"pr-{uuid.uuid4().hex[:8]}"
+
+
+def _wait_phase(
+    server: Sandboxd, name: str, phases: set[str], timeout: float = 90
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    with server.client() as api:
+        while True:
+            body = api.get(f"/v1/sandboxes/{name}").json()
+            if body.get("phase") in phases:
+                return dict(body)
+            assert time.monotonic() < deadline, f"{name} stuck in {body}:\n{server.log()}"
+            time.sleep(0.2)
+
+
+def _gone(client: httpx.Client, path: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(path).status_code != 404:
+        assert time.monotonic() < deadline, f"{path} still exists"
+        time.sleep(0.2)
+
+
+def test_up_makes_the_namespace_and_fork_as_specified_and_down_removes_them(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    name = _name()
+    ns = f"sbx-{name}"
+    spec = {
+        "name": name,
+        "ttl": "2h",
+        "agent": {"promptVersion": "p-7", "modelVersion": "claude/x 1"},
+        "forks": [{"service": "echo", "image": "acme/echo:2.0", "env": {"MODE": "v2"}}],
+    }
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
+        with server.client() as api:
+            created = api.post("/v1/sandboxes", json=spec)
+            assert created.status_code == 201, created.text
+        ready = _wait_phase(server, name, {"Ready", "Failed"})
+        assert ready["phase"] == "Ready", ready
+
+        namespace = k8s.get(f"/api/v1/namespaces/{ns}").json()["metadata"]
+        assert namespace["labels"]["app.kubernetes.io/managed-by"] == "sandboxd"
+        assert namespace["labels"]["sandboxd.dev/sandbox"] == name
+        assert namespace["annotations"]["sandboxd.dev/expires-at"] == ready["expiresAt"][:19] + "Z"
+        quota = k8s.get(f"/api/v1/namespaces/{ns}/resourcequotas/sandboxd").json()["spec"]
+        assert quota["hard"] == {
+            "limits.cpu": "4", "limits.memory": "8Gi", "requests.cpu": "4",
+            "requests.memory": "8Gi", "pods": "20",
+        }  # fmt: skip
+        assert k8s.get(f"/api/v1/namespaces/{ns}/limitranges/sandboxd").status_code == 200
+        policies = k8s.get(f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies").json()
+        by_name = {p["metadata"]["name"]: p["spec"] for p in policies["items"]}
+        sources = by_name["sandboxd-ingress"]["ingress"][0]["from"]
+        allowed = {
+            s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in sources
+        }
+        assert allowed == {"sandboxd", ns}
+        egress = by_name["sandboxd-egress"]["egress"][1]["to"]
+        reach = {
+            s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in egress
+        }
+        assert reach == {"sandboxd", ns, BASELINE_NS}
+
+        deployment = k8s.get(f"/apis/apps/v1/namespaces/{ns}/deployments/echo").json()
+        assert deployment["status"]["availableReplicas"] == 1
+        pod = deployment["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == "acme/echo:2.0"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MODE"] == "v2" and env["SANDBOXD_SANDBOX"] == name
+        assert env["SANDBOXD_ROUTING_KEY"] == ready["routingKey"]
+        assert pod["metadata"]["labels"]["sandboxd.dev/prompt-version"] == "p-7"
+        assert pod["metadata"]["labels"]["sandboxd.dev/model-version"] == "claude-x-1"
+        assert pod["metadata"]["labels"]["sandboxd.dev/service"] == "echo"
+        managers = {m["manager"] for m in deployment["metadata"]["managedFields"]}
+        assert "sandboxd" in managers
+        service = k8s.get(f"/api/v1/namespaces/{ns}/services/echo").json()["spec"]
+        assert [(p["port"], p["targetPort"]) for p in service["ports"]] == [(80, 8080)]
+        upstream = f"http://echo.{ns}.svc.cluster.local:80"
+        assert ready["forks"][0]["upstream"] == upstream
+        with server.client() as api:
+            routes = api.get("/v1/routes").json()
+            assert upstream in str(routes)
+            events = [e["reason"] for e in api.get(f"/v1/sandboxes/{name}/events").json()["items"]]
+            assert "ForkReady" in events
+
+            assert api.delete(f"/v1/sandboxes/{name}").status_code in (200, 202)
+        _wait_phase(server, name, {"Deleted"})
+        assert k8s.get(f"/api/v1/namespaces/{ns}").status_code == 404  # finalized, not Terminating
+
+
+def test_istio_routes_follow_the_sandboxes(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    """One VirtualService per baseline Service (Istio does not merge several for sidecars):
+    a rule per sandbox, the baseline last; each sandbox's rule leaves with it."""
+    first, second = _name(), _name()
+    vs_path = f"/apis/networking.istio.io/v1/namespaces/{BASELINE_NS}/virtualservices/sandboxd-echo"
+    with _sandboxd(tmp_path, kube, "--istio") as server, kube.client() as k8s:
+        with server.client() as api:
+            for name in (first, second):
+                spec = {"name": name, "forks": [{"service": "echo", "image": "acme/echo:3.0"}]}
+                assert api.post("/v1/sandboxes", json=spec).status_code == 201
+        keys = {}
+        for name in (first, second):
+            ready = _wait_phase(server, name, {"Ready", "Failed"})
+            assert ready["phase"] == "Ready", ready
+            keys[name] = ready["routingKey"]
+        vs = k8s.get(vs_path).json()
+        assert vs["spec"]["hosts"] == [f"echo.{BASELINE_NS}.svc.cluster.local"]
+        rules = vs["spec"]["http"]
+        expected = sorted([f"sandbox-{first}", f"sandbox-{second}"])
+        assert [r["name"] for r in rules] == [*expected, "baseline"]
+        assert (
+            rules[-1]["route"][0]["destination"]["host"] == f"echo.{BASELINE_NS}.svc.cluster.local"
+        )
+        for rule in rules[:-1]:
+            name = rule["name"].removeprefix("sandbox-")
+            regex = rule["match"][0]["headers"]["baggage"]["regex"]
+            assert re.fullmatch(regex, f"userid=7, sandbox={keys[name]};p=1")
+            assert not re.fullmatch(regex, f"sandbox={keys[name]}0")
+            assert rule["route"][0]["destination"] == {
+                "host": f"echo.sbx-{name}.svc.cluster.local",
+                "port": {"number": 80},
+            }
+        with server.client() as api:
+            api.delete(f"/v1/sandboxes/{first}")
+            _wait_phase(server, first, {"Deleted"})
+            names = [r["name"] for r in k8s.get(vs_path).json()["spec"]["http"]]
+            assert names == [f"sandbox-{second}", "baseline"]
+            api.delete(f"/v1/sandboxes/{second}")
+            _wait_phase(server, second, {"Deleted"})
+        assert k8s.get(vs_path).status_code == 404
+        for name in (first, second):
+            assert k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 404
+
+
+def test_ttl_expiry_deletes_the_namespace(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    name = _name()
+    spec = {"name": name, "ttl": "4s", "forks": [{"service": "echo"}]}
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
+        with server.client() as api:
+            assert api.post("/v1/sandboxes", json=spec).status_code == 201
+        _wait_phase(server, name, {"Ready"})
+        assert k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 200
+        deleted = _wait_phase(server, name, {"Deleted"}, timeout=4 + 1 + 90)
+        assert deleted["reason"] == "Expired"
+        assert k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 404
+        with server.client() as api:
+            events = [e["reason"] for e in api.get(f"/v1/sandboxes/{name}/events").json()["items"]]
+        assert "Expired" in events and "Deleted" in events
+
+
+def test_a_missing_baseline_fails_with_a_reason_and_leaves_no_namespace(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    name = _name()
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
+        with server.client() as api:
+            bad_image = api.post(
+                "/v1/sandboxes",
+                json={"name": name, "forks": [{"service": "echo", "image": "Not A/Image::x"}]},
+            )
+            assert bad_image.status_code == 422
+            assert bad_image.json()["error"] == "invalid_request"
+            assert "is not an image reference" in bad_image.json()["message"]
+            assert api.get(f"/v1/sandboxes/{name}").status_code == 404
+            no_ref = api.post("/v1/sandboxes", json={"name": name, "forks": [{"service": "nope"}]})
+            assert no_ref.status_code == 422
+            assert no_ref.json()["error"] == "unknown_service"
+            created = api.post(
+                "/v1/sandboxes", json={"name": name, "forks": [{"service": "ghost"}]}
+            )
+            assert created.status_code == 201
+        failed = _wait_phase(server, name, {"Failed", "Ready"})
+        assert failed["phase"] == "Failed"
+        assert failed["reason"] == "BaselineNotFound"
+        assert f"{BASELINE_NS}/ghost" in failed["message"]
+        _gone(k8s, f"/api/v1/namespaces/sbx-{name}")
+    assert not [
+        ns for ns in _managed(kube) if ns["metadata"]["labels"]["sandboxd.dev/sandbox"] == name
+    ]
+
+
+def test_sigkill_mid_provision_converges_after_restart(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    name = _name()
+    spec = {"name": name, "forks": [{"service": "echo", "image": "acme/echo:4.0"}]}
+    with _sandboxd(tmp_path, kube) as server:
+        with server.client() as api:
+            assert api.post("/v1/sandboxes", json=spec).status_code == 201
+        server.kill()
+        server.start()
+        ready = _wait_phase(server, name, {"Ready", "Failed"})
+        assert ready["phase"] == "Ready", ready
+    with kube.client() as k8s:
+        deployments = k8s.get(f"/apis/apps/v1/namespaces/sbx-{name}/deployments").json()["items"]
+        assert [d["metadata"]["name"] for d in deployments] == ["echo"]
+        assert (
+            deployments[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "acme/echo:4.0"
+        )
+        k8s.delete(f"/api/v1/namespaces/sbx-{name}")
+
+
+def test_orphaned_namespaces_are_collected_and_told(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    name = _name()
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s, server.client() as api:
+        assert api.post("/v1/sandboxes", json={"name": name}).status_code == 201
+        _wait_phase(server, name, {"Ready"})
+        api.delete(f"/v1/sandboxes/{name}")
+        _wait_phase(server, name, {"Deleted"})
+        # a namespace that claims a deleted sandbox, and one that claims none that ever was
+        stray = f"x{uuid.uuid4().hex[:6]}"
+        for sandbox in (name, stray):
+            labels = {"app.kubernetes.io/managed-by": "sandboxd", "sandboxd.dev/sandbox": sandbox}
+            k8s.post(
+                "/api/v1/namespaces",
+                json={"metadata": {"name": f"sbx-{sandbox}", "labels": labels}},
+            ).raise_for_status()
+        _gone(k8s, f"/api/v1/namespaces/sbx-{name}")
+        _gone(k8s, f"/api/v1/namespaces/sbx-{stray}")
+        events = api.get(f"/v1/sandboxes/{name}/events").json()["items"]
+        assert "OrphanRemoved" in [e["reason"] for e in events]
+
+
+def test_the_catalog_can_come_from_the_cluster(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    with (
+        _sandboxd(tmp_path, kube, "--catalog-from-cluster", catalog=False) as server,
+        server.client() as api,
+    ):
+        services = api.get("/v1/services").json()["items"]
+    echo = next(s for s in services if s["name"] == "echo")
+    assert echo["protocol"] == "mcp"
+    assert echo["baseline"]["url"] == f"http://echo.{BASELINE_NS}.svc.cluster.local:80"
+
+
+def test_fifty_concurrent_sandboxes_become_ready_and_leave_nothing_behind(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    names = [f"many-{i:02d}-{uuid.uuid4().hex[:4]}" for i in range(50)]
+    with _sandboxd(tmp_path, kube) as server:
+
+        def create(name: str) -> int:
+            with server.client() as api:
+                spec = {"name": name, "forks": [{"service": "echo", "env": {"N": name}}]}
+                return api.post("/v1/sandboxes", json=spec).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(create, names)) == {201}
+        for name in names:
+            assert _wait_phase(server, name, {"Ready", "Failed"}, timeout=180)["phase"] == "Ready"
+
+        def delete(name: str) -> int:
+            with server.client() as api:
+                return api.delete(f"/v1/sandboxes/{name}").status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(delete, names)) <= {200, 202}
+        for name in names:
+            _wait_phase(server, name, {"Deleted"}, timeout=180)
+    left = [ns["metadata"]["name"] for ns in _managed(kube)]
+    assert not [n for n in left if n.startswith("sbx-many-")], left
+
+
+def _managed(kube: KubeControlPlane) -> list[dict[str, Any]]:
+    with kube.client() as k8s:
+        items = k8s.get("/api/v1/namespaces", params={"labelSelector": MANAGED}).json()["items"]
+    return list(items)
