@@ -294,10 +294,14 @@ def test_sigkill_mid_provision_converges_after_restart(
 ) -> None:
     name = _name()
     spec = {"name": name, "forks": [{"service": "echo", "image": "acme/echo:4.0"}]}
-    with _sandboxd(tmp_path, kube) as server:
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
         with server.client() as api:
             assert api.post("/v1/sandboxes", json=spec).status_code == 201
-        server.kill()
+        deadline = time.monotonic() + 30
+        while k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code != 200:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.01)
+        server.kill()  # mid-provision: the namespace is there, the sandbox is not Ready
         server.start()
         ready = _wait_phase(server, name, {"Ready", "Failed"})
         assert ready["phase"] == "Ready", ready

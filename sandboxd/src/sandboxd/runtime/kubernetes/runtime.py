@@ -118,6 +118,8 @@ class KubernetesRuntime:
                 # the API refuses the objects: retrying cannot help, the sandbox fails
                 return [_failed(p.service, f"Kube{e.reason}", e.message) for p in plan.forks]
             raise
+        if any(obj is None for obj in observed):
+            self._applied.pop(plan.name, None)  # deleted behind our back: apply again next time
         return [
             _fork_status(service, obj, render.fork_upstream(plan.name, service, port))
             for (service, port), obj in zip(forks, observed, strict=True)
