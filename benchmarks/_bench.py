@@ -28,6 +28,7 @@ class Settings:
     concurrency: tuple[int, ...] = (8, 32, 128)
     rate: float = 1000  # open-loop requests per second at c=1
     latency_seconds: float = 3
+    latency_reps: int = 5  # a c=1 p50 swings ±50 µs with the host's wake-ups: more runs
     sse_events: int = 150
     sse_interval_ms: float = 15
     propagation_runs: int = 50  # creates (fork-less sandboxes)
@@ -41,6 +42,7 @@ class Settings:
             reps=1,
             duration=2,
             latency_seconds=1.5,
+            latency_reps=1,
             sse_events=60,
             propagation_runs=15,
             propagation_deletes=5,

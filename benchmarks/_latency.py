@@ -11,7 +11,7 @@ def latency(bench: Bench) -> list[Bar]:
     cfg = bench.config
     _loadgen.lower_timer_slack()
     runs: dict[str, list[_loadgen.LatencyRun]] = {t.name: [] for t in bench.targets}
-    for _ in range(cfg.reps):
+    for _ in range(cfg.latency_reps):
         for target in bench.targets:
             run = _loadgen.open_loop(
                 target.echo, baggage=BAGGAGE, rate=cfg.rate, duration=cfg.latency_seconds
@@ -41,6 +41,21 @@ def latency(bench: Bench) -> list[Bar]:
     print(
         "  added per hop (p50 through it - p50 direct): "
         + ", ".join(f"{name} {ms(v)}" for name, v in added.items())
+    )
+    paired = {  # the same figure from each interleaved round's own pair, for comparison
+        t.name: median(
+            [
+                percentile(mine.latencies_ns, 0.5) - percentile(direct.latencies_ns, 0.5)
+                for mine, direct in zip(runs[t.name], runs["direct"], strict=True)
+            ]
+        )
+        for t in bench.targets
+        if t.proxy
+    }
+    print(
+        "  (median of each round's own difference: "
+        + ", ".join(f"{name} {ms(v)}" for name, v in paired.items())
+        + ")"
     )
     if not cfg.router:
         return []

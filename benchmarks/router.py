@@ -49,13 +49,16 @@ def settings(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, shorter runs")
     parser.add_argument("--no-router", action="store_true", help="only nginx and direct")
-    parser.add_argument("--reps", type=int, help="interleaved repetitions (default 3)")
+    parser.add_argument(
+        "--reps", type=int, help="interleaved repetitions (default 3; 5 for latency at c=1)"
+    )
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 3)")
     args = parser.parse_args(argv)
     base = Settings.quick() if args.quick else Settings()
     return base.replace(
         router=not args.no_router,
         reps=args.reps or base.reps,
+        latency_reps=args.reps or base.latency_reps,
         duration=args.duration or base.duration,
     )
 

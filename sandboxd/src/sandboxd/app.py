@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         kick = _Deferred()
         runtime: Runtime
         if settings.runtime == "kubernetes":
-            runtime, catalog = await _kubernetes_runtime(settings, catalog)
+            runtime, catalog = await _kubernetes_runtime(settings, catalog, on_change=kick)
         else:
             runtime = LocalRuntime(
                 data_dir=settings.data_path, stop_grace=settings.stop_grace, on_change=kick
@@ -178,7 +178,7 @@ async def _check_cluster(settings: Settings) -> None:
 
 
 async def _kubernetes_runtime(
-    settings: Settings, catalog: Catalog
+    settings: Settings, catalog: Catalog, *, on_change: Callable[[str], None]
 ) -> tuple[KubernetesRuntime, Catalog]:
     """The runtime, and the catalog with the cluster's labelled Services when asked for."""
     client = _kube_client(settings)
@@ -199,6 +199,7 @@ async def _kubernetes_runtime(
             quota=Quota(settings.quota_cpu, settings.quota_memory, settings.quota_pods),
             istio=settings.istio,
         ),
+        on_change=on_change,
     )
     return runtime, catalog
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import httpx
 from sandboxd.runtime.kubernetes.config import Connection, KubeConfigError
 
 Obj = dict[str, Any]
+Items = list[Obj]
 FIELD_MANAGER = "sandboxd"
 _PLURALS = {
     "Namespace": "namespaces",
@@ -106,6 +108,62 @@ class KubeClient:
             content=json.dumps(obj, separators=(",", ":")),
             content_type="application/apply-patch+yaml",
         )
+
+    async def list_with_version(self, path: str, *, selector: str) -> tuple[Items, str]:
+        """Every object and the list's resourceVersion, to watch from."""
+        items: Items = []
+        params: dict[str, str] = {"limit": "500", "labelSelector": selector}
+        while True:
+            page = await self._call("GET", path, params=params)
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            params["continue"] = meta["continue"]
+
+    async def watch(
+        self, path: str, *, selector: str, resource_version: str, timeout: int = 300
+    ) -> AsyncIterator[Obj]:
+        """The watch events (`{"type", "object"}`) after `resource_version` until the server
+        ends the watch; a KubeError with status 410 when that version is too old."""
+        params = {
+            "watch": "1",
+            "labelSelector": selector,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout),
+        }
+        headers = {}
+        try:
+            auth = self._credentials.header()
+        except KubeConfigError as e:
+            raise KubeError(401, "Unauthorized", str(e)) from e
+        if auth:
+            headers["Authorization"] = auth
+        try:
+            async with self._http.stream(
+                "GET",
+                path,
+                params=params,
+                headers=headers,
+                timeout=httpx.Timeout(30, read=timeout + 30),
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise _error(response, "GET", path)
+                async for line in response.aiter_lines():
+                    if line:
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            status = event.get("object") or {}
+                            raise KubeError(
+                                int(status.get("code") or 500),
+                                str(status.get("reason") or "Error"),
+                                str(status.get("message") or ""),
+                            )
+                        yield event
+        except httpx.HTTPError as e:
+            raise KubeError(0, "Unreachable", f"watch {path}: {type(e).__name__}: {e}") from e
 
     async def write(self, obj: Obj, *, create: bool) -> Obj:
         """Create, or replace guarded by the object's `metadata.resourceVersion` (409 when the

@@ -11,9 +11,11 @@ cluster, so a restarted sandboxd converges on what an earlier one left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,9 +26,12 @@ from sandboxd.core.plan import RuntimeKind, SandboxPlan
 from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
 from sandboxd.runtime.kubernetes import render
 from sandboxd.runtime.kubernetes.client import KubeClient, KubeError, Obj, collection_path
+from sandboxd.runtime.kubernetes.informer import DeploymentInformer
 
 log = logging.getLogger(__name__)
 MANAGED = "app.kubernetes.io/managed-by=sandboxd"
+BASELINE_TTL = 5.0  # seconds a baseline Deployment and Service are reused before a fresh read
+REPLICA_FAILURE_GRACE = 15.0  # the ReplicaSet controller retries; fail only if it persists
 UID = "sandboxd.dev/uid"
 
 
@@ -44,7 +49,7 @@ class BaselineMissing(Exception):
 
 class KubernetesRuntime:
     kind: ClassVar[RuntimeKind] = "kubernetes"
-    poll_interval: ClassVar[float] = 0.25  # an API read per fork; Deployments take seconds
+    poll_interval: ClassVar[float] = 2.0  # a fallback: the informer kicks on every change
 
     def __init__(
         self,
@@ -59,14 +64,24 @@ class KubernetesRuntime:
         self._settings = settings
         self._applied: dict[str, str] = {}  # sandbox → digest of what this process applied
         self._route_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._on_change = on_change
+        self._baselines: dict[KubernetesRef, tuple[float, tuple[Obj, Obj]]] = {}
+        self._informer = DeploymentInformer(client, on_change or (lambda _name: None))
+        self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Reach the API once, so a wrong kubeconfig fails `sandboxd serve` at start."""
+        """Reach the API once (a wrong kubeconfig fails `sandboxd serve` at start), then keep
+        the fork Deployments in memory."""
         await self._client.list(collection_path("v1", "Namespace"), selector=MANAGED)
+        self._watching = asyncio.create_task(self._informer.run(), name="kube-informer")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._informer.synced.wait(), timeout=30)
 
     async def close(self) -> None:
         """Sandboxes outlive this process (the reaper of the next one deletes them)."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
         await self._client.close()
 
     async def sandboxes(self) -> set[str]:
@@ -81,9 +96,9 @@ class KubernetesRuntime:
 
     async def apply(self, plan: SandboxPlan) -> list[ForkStatus]:
         namespace = render.namespace_name(plan.name)
-        existing = await self._client.get(f"/api/v1/namespaces/{namespace}")
+        known = plan.name in self._applied
+        existing = None if known else await self._client.get(f"/api/v1/namespaces/{namespace}")
         if existing is not None and _blocking(existing, plan.uid):
-            self._applied.pop(plan.name, None)
             if not existing["metadata"].get("deletionTimestamp"):  # an older sandbox's leftover
                 await self._client.delete(f"/api/v1/namespaces/{namespace}")
             why = "the namespace of an earlier sandbox of this name is being deleted"
@@ -91,26 +106,17 @@ class KubernetesRuntime:
         try:
             objects, forks, routes = await self._render(plan)
             digest = _digest([*objects, *(route for _, route in routes)])
-            if existing is None or self._applied.get(plan.name) != digest:
+            if self._applied.get(plan.name) != digest:
                 self._applied.pop(plan.name, None)
-                stored = await self._apply_all(objects)
+                for obj in await self._apply_all(objects):
+                    if obj.get("kind") == "Deployment":
+                        self._informer.put(obj)
                 if self._settings.istio:
                     await asyncio.gather(
                         *(self._set_route(ref, plan.name, route) for ref, route in routes)
                     )
                 self._applied[plan.name] = digest
-                observed: list[Obj | None] = [o for o in stored if o.get("kind") == "Deployment"]
-            else:
-                observed = list(
-                    await asyncio.gather(
-                        *(
-                            self._client.get(
-                                f"/apis/apps/v1/namespaces/{namespace}/deployments/{service}"
-                            )
-                            for service, _ in forks
-                        )
-                    )
-                )
+            observed = [await self._deployment(namespace, service) for service, _ in forks]
         except BaselineMissing as e:
             return [_failed(p.service, "BaselineNotFound", str(e)) for p in plan.forks]
         except KubeError as e:
@@ -125,9 +131,15 @@ class KubernetesRuntime:
             for (service, port), obj in zip(forks, observed, strict=True)
         ]
 
+    async def _deployment(self, namespace: str, name: str) -> Obj | None:
+        if self._informer.synced.is_set():
+            return self._informer.get(namespace, name)
+        return await self._client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+
     async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
         """Delete the namespace (and the sandbox's Istio routes); True once both are gone."""
         self._applied.pop(name, None)
+        self._informer.forget(render.namespace_name(name))
         if self._settings.istio:  # routes first: traffic leaves the forks before they go
             await asyncio.gather(*(self._set_route(ref, name, None) for ref in self._refs()))
         return not await self._client.delete(f"/api/v1/namespaces/{render.namespace_name(name)}")
@@ -189,12 +201,21 @@ class KubernetesRuntime:
         return objects, forks, routes
 
     async def _apply_all(self, objects: list[Obj]) -> list[Obj]:
-        """The namespace first (everything else lives in it), then the rest at once."""
-        first = await self._client.apply(objects[0])
-        rest = await asyncio.gather(*(self._client.apply(o) for o in objects[1:]))
-        return [first, *rest]
+        """In three waves: the namespace (everything lives in it); its quota, limits and
+        policies (a pod admitted before the LimitRange exists would be refused by the quota);
+        then the forks."""
+        forks = [o for o in objects[1:] if o["kind"] in ("Deployment", "Service")]
+        guards = [o for o in objects[1:] if o["kind"] not in ("Deployment", "Service")]
+        stored = [await self._client.apply(objects[0])]
+        for wave in (guards, forks):
+            stored += await asyncio.gather(*(self._client.apply(o) for o in wave))
+        return stored
 
     async def _baseline(self, ref: KubernetesRef) -> tuple[Obj, Obj]:
+        """The baseline Deployment and Service, read at most every BASELINE_TTL seconds."""
+        cached = self._baselines.get(ref)
+        if cached is not None and time.monotonic() - cached[0] < BASELINE_TTL:
+            return cached[1]
         deployment, service = await asyncio.gather(
             self._client.get(
                 f"/apis/apps/v1/namespaces/{ref.namespace}/deployments/{ref.deployment}"
@@ -205,6 +226,7 @@ class KubernetesRuntime:
             raise BaselineMissing(f"baseline Deployment {ref.namespace}/{ref.deployment} not found")
         if service is None:
             raise BaselineMissing(f"baseline Service {ref.namespace}/{ref.service} not found")
+        self._baselines[ref] = (time.monotonic(), (deployment, service))
         return deployment, service
 
     def _ref(self, service: str) -> KubernetesRef:
@@ -278,7 +300,10 @@ def _fork_status(service: str, deployment: Obj | None, upstream: str) -> ForkSta
     failure = conditions.get("ReplicaFailure")
     if failure and failure.get("status") == "True":
         message = failure.get("message") or "pods cannot be created"
-        return _failed(service, "ReplicaFailure", message, upstream, started)
+        since = _timestamp(failure.get("lastTransitionTime")) or time.time()
+        if time.time() - since >= REPLICA_FAILURE_GRACE:
+            return _failed(service, "ReplicaFailure", message, upstream, started)
+        return ForkStatus(service, ForkState.STARTING, upstream, None, started, message)
     progressing = conditions.get("Progressing")
     if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
         message = progressing.get("message") or "the rollout passed its progress deadline"
