@@ -191,7 +191,7 @@ class KubeControlPlane:
             f"--client-ca-file={r / 'ca.crt'}", f"--service-account-issuer={self.url}/",
             f"--service-account-key-file={r / 'sa.pub'}",
             f"--service-account-signing-key-file={r / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/16", "--authorization-mode=RBAC",
             "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
             "--allow-privileged=true", "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false"])  # fmt: skip
