@@ -5,7 +5,11 @@ expired, failed or orphaned; converges after a SIGKILL."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -382,3 +386,40 @@ def _managed(kube: KubeControlPlane) -> list[dict[str, Any]]:
     with kube.client() as k8s:
         items = k8s.get("/api/v1/namespaces", params={"labelSelector": MANAGED}).json()["items"]
     return list(items)
+
+
+def test_the_sandbox_cli_drives_the_kubernetes_runtime(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    """`sandbox up -f` waits for Ready, `sandbox logs` points at kubectl, `sandbox down --wait`
+    returns once the namespace is finalized."""
+    name = _name()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: {name}\nforks:\n  - service: echo\n    image: registry.example.com/echo:pr-7\n"
+    )
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
+        env = {
+            "PATH": os.environ["PATH"],
+            "SANDBOXD_URL": server.url,
+            "SANDBOXD_TOKEN": server.token,
+        }
+
+        def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(Path(sys.executable).with_name("sandbox")), *args],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+
+        up = sandbox("up", "-f", str(spec), "-o", "json")
+        assert up.returncode == 0, up.stderr
+        assert json.loads(up.stdout)["phase"] == "Ready"
+        deployment = k8s.get(f"/apis/apps/v1/namespaces/sbx-{name}/deployments/echo").json()
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image == "registry.example.com/echo:pr-7"
+        logs = sandbox("logs", name, "echo")
+        assert logs.returncode != 0
+        assert f"kubectl logs -n sbx-{name} deployment/echo" in logs.stderr
+        down = sandbox("down", name, "--wait")
+        assert down.returncode == 0, down.stderr
+        assert k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 404
