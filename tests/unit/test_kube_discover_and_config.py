@@ -128,3 +128,32 @@ def test_inline_client_certificate_data_must_be_a_real_certificate(tmp_path: Pat
     path.write_text(path.read_text().replace("http://", "https://"))
     with pytest.raises(config.KubeConfigError, match="client certificate"):
         config.from_kubeconfig(path)
+
+
+def test_in_cluster_uses_the_service_account_and_rereads_its_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.kube import KubeControlPlane
+
+    plane = KubeControlPlane(root=tmp_path / "pki")
+    plane.root.mkdir()
+    plane._certificates()  # a real CA certificate for the service account's ca.crt
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "ca.crt").write_bytes((plane.root / "ca.crt").read_bytes())
+    (account / "token").write_text("first\n")
+    (account / "namespace").write_text("sandboxd\n")
+    monkeypatch.setattr(config, "IN_CLUSTER", account)
+    monkeypatch.setattr(config, "TOKEN_REREAD", 0.0)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    conn = config.load(None)
+    assert (conn.server, conn.namespace) == ("https://[fd00::1]:443", "sandboxd")
+    assert conn.credentials.header() == "Bearer first"
+    (account / "token").write_text("rotated\n")
+    assert conn.credentials.header() == "Bearer rotated"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    with pytest.raises(config.KubeConfigError, match="not running in a cluster"):
+        config.load(None)
