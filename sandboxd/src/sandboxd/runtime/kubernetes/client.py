@@ -133,13 +133,7 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout),
         }
-        headers = {}
-        try:
-            auth = self._credentials.header()
-        except KubeConfigError as e:
-            raise KubeError(401, "Unauthorized", str(e)) from e
-        if auth:
-            headers["Authorization"] = auth
+        headers = self._auth()
         try:
             async with self._http.stream(
                 "GET",
@@ -207,6 +201,13 @@ class KubeClient:
             return dict(response.json()) if response.content else {}
         raise _error(response, method, path)
 
+    def _auth(self) -> dict[str, str]:
+        try:
+            auth = self._credentials.header()
+        except KubeConfigError as e:
+            raise KubeError(401, "Unauthorized", str(e)) from e
+        return {"Authorization": auth} if auth else {}
+
     async def _send(
         self,
         method: str,
@@ -215,13 +216,7 @@ class KubeClient:
         content: str | None,
         content_type: str | None,
     ) -> httpx.Response:
-        headers = {}
-        try:
-            auth = self._credentials.header()
-        except KubeConfigError as e:
-            raise KubeError(401, "Unauthorized", str(e)) from e
-        if auth:
-            headers["Authorization"] = auth
+        headers = self._auth()
         if content_type:
             headers["Content-Type"] = content_type
         async with self._slots:
