@@ -29,12 +29,12 @@ BASELINE_NS = "shop"
 MANAGED = "app.kubernetes.io/managed-by=sandboxd"
 
 
-def _baseline_objects() -> list[dict[str, Any]]:
-    labels = {"app": "echo"}
+def _baseline_objects(name: str, *, cpu: str, catalogued: bool) -> list[dict[str, Any]]:
+    labels = {"app": name}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "echo", "namespace": BASELINE_NS},
+        "metadata": {"name": name, "namespace": BASELINE_NS},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
@@ -43,11 +43,11 @@ def _baseline_objects() -> list[dict[str, Any]]:
                 "spec": {
                     "containers": [
                         {
-                            "name": "echo",
-                            "image": "acme/echo:1.0",
+                            "name": name,
+                            "image": f"acme/{name}:1.0",
                             "ports": [{"containerPort": 8080}],
                             "env": [{"name": "MODE", "value": "v1"}],
-                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}},
                         }
                     ]
                 },
@@ -58,9 +58,9 @@ def _baseline_objects() -> list[dict[str, Any]]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": "echo",
+            "name": name,
             "namespace": BASELINE_NS,
-            "labels": {"sandboxd.dev/service": "echo"},
+            "labels": {"sandboxd.dev/service": name} if catalogued else {},
             "annotations": {"sandboxd.dev/protocol": "mcp"},
         },
         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
@@ -74,7 +74,10 @@ def baseline(kube: KubeControlPlane) -> Iterator[None]:
         client.post(
             "/api/v1/namespaces", json={"metadata": {"name": BASELINE_NS}}
         ).raise_for_status()
-        for obj in _baseline_objects():
+        for obj in [
+            *_baseline_objects("echo", cpu="100m", catalogued=True),
+            *_baseline_objects("hog", cpu="6", catalogued=False),  # more than a sandbox's quota
+        ]:
             apply(client, obj)
         yield
         client.delete(f"/api/v1/namespaces/{BASELINE_NS}")
@@ -86,6 +89,9 @@ services:
     protocol: mcp
     baseline: {{url: "http://echo.{BASELINE_NS}.svc.cluster.local:80"}}
     kubernetes: {{namespace: {BASELINE_NS}, deployment: echo, service: echo, port: 80}}
+  - name: hog
+    baseline: {{url: "http://hog.{BASELINE_NS}.svc.cluster.local:80"}}
+    kubernetes: {{namespace: {BASELINE_NS}, deployment: hog, service: hog, port: 80}}
   - name: ghost
     baseline: {{url: "http://ghost.{BASELINE_NS}.svc.cluster.local:80"}}
     kubernetes: {{namespace: {BASELINE_NS}, deployment: ghost, service: ghost, port: 80}}
@@ -192,6 +198,13 @@ def test_up_makes_the_namespace_and_fork_as_specified_and_down_removes_them(
             assert upstream in str(routes)
             events = [e["reason"] for e in api.get(f"/v1/sandboxes/{name}/events").json()["items"]]
             assert "ForkReady" in events
+
+            extended = api.patch(f"/v1/sandboxes/{name}", json={"ttl": "5h"}).json()["expiresAt"]
+            assert extended != ready["expiresAt"]
+            deadline = time.monotonic() + 20
+            while _expires(k8s, ns) != extended[:19] + "Z":  # the annotation follows
+                assert time.monotonic() < deadline, (_expires(k8s, ns), extended)
+                time.sleep(0.1)
 
             assert api.delete(f"/v1/sandboxes/{name}").status_code in (200, 202)
         _wait_phase(server, name, {"Deleted"})
@@ -380,6 +393,28 @@ def test_fifty_concurrent_sandboxes_become_ready_and_leave_nothing_behind(
             _wait_phase(server, name, {"Deleted"}, timeout=180)
     left = [ns["metadata"]["name"] for ns in _managed(kube)]
     assert not [n for n in left if n.startswith("sbx-many-")], left
+
+
+def _expires(k8s: httpx.Client, namespace: str) -> str:
+    meta = k8s.get(f"/api/v1/namespaces/{namespace}").json()["metadata"]
+    return str(meta["annotations"]["sandboxd.dev/expires-at"])
+
+
+def test_a_fork_the_quota_refuses_fails_with_the_reason(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    """The baseline asks for 6 CPUs, the sandbox's quota allows 4: the ReplicaSet controller's
+    retries keep failing, so after the grace period the sandbox fails and its namespace goes."""
+    name = _name()
+    with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
+        with server.client() as api:
+            spec = {"name": name, "forks": [{"service": "hog"}]}
+            assert api.post("/v1/sandboxes", json=spec).status_code == 201
+        failed = _wait_phase(server, name, {"Failed", "Ready"}, timeout=120)
+        assert failed["phase"] == "Failed"
+        assert failed["reason"] == "ReplicaFailure"
+        assert "exceeded quota" in failed["message"]
+        _gone(k8s, f"/api/v1/namespaces/sbx-{name}")
 
 
 def _managed(kube: KubeControlPlane) -> list[dict[str, Any]]:

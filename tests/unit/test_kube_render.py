@@ -155,3 +155,20 @@ def test_one_virtual_service_per_baseline_service_holds_every_sandbox_then_the_b
     assert set(render.routed_sandboxes(vs)) == {"pr-9", "pr-10"}
     assert render.routed_sandboxes(vs)["pr-9"] == routes[0]
     assert render.routed_sandboxes({}) == {}
+
+
+def test_a_request_without_a_limit_gets_the_request_as_its_limit() -> None:
+    """Else the LimitRange's default limit (500m) below a larger request makes the pod invalid."""
+    import copy
+
+    baseline = copy.deepcopy(BASELINE_DEPLOYMENT)
+    sidecar, main = baseline["spec"]["template"]["spec"]["containers"]
+    main["resources"] = {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    deployment = render.fork_deployment(
+        baseline, sandbox="pr-1", service="cluster-mcp", fork=ForkSpec(service="cluster-mcp"),
+        agent=None,
+    )  # fmt: skip
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert containers[1]["resources"]["limits"] == {"memory": "2Gi", "cpu": "2"}
+    assert "resources" not in containers[0]  # nothing asked: the LimitRange's defaults apply
+    assert "resources" not in sidecar  # the baseline object itself is not changed

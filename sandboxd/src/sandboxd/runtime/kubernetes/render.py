@@ -146,6 +146,8 @@ def fork_deployment(
     if fork.env:
         kept = [e for e in target.get("env", []) if e.get("name") not in fork.env]
         target["env"] = kept + [{"name": k, "value": v} for k, v in fork.env.items()]
+    for container in [*template["spec"].get("initContainers", []), *containers]:
+        _limits_from_requests(container)
     selector = {SANDBOX: sandbox, SERVICE: service}
     return {
         "apiVersion": "apps/v1",
@@ -153,6 +155,20 @@ def fork_deployment(
         "metadata": {"name": service, "namespace": namespace_name(sandbox), "labels": labels},
         "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "template": template},
     }
+
+
+def _limits_from_requests(container: Obj) -> None:
+    """A request without a limit would get the LimitRange's default limit, and a request above
+    that default makes the pod invalid: such a container gets a limit equal to its request
+    (the quota counts both)."""
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = dict(resources.get("limits") or {})
+    for key in ("cpu", "memory"):
+        if key in requests and key not in limits:
+            limits[key] = requests[key]
+    if limits:
+        container["resources"] = {**resources, "limits": limits}
 
 
 def fork_service(baseline: Obj, *, sandbox: str, service: str) -> Obj:
