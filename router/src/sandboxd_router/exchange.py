@@ -221,6 +221,7 @@ class Exchange:
     def response_end(self) -> None:
         if self.client_chunked:
             self.client.write(h.LAST_CHUNK)
+        self.client.uncork()  # the response leaves now: our bookkeeping is off the client's clock
         self.conn = None
         self._log()
         self.client.exchange_done(self)
