@@ -335,6 +335,11 @@ def test_sandboxd_cannot_delete_create_or_adopt_a_namespace_it_does_not_own(
         "unlabelled": namespace(render.namespace_name(sandbox)),
         "not named sbx-*": namespace(f"other-{sandbox}", MANAGED_BY),
         "adopting the baseline": namespace(baseline, MANAGED_BY),
+        "without Pod Security": namespace(render.namespace_name(sandbox), MANAGED_BY),
+        "privileged pods allowed": namespace(
+            render.namespace_name(sandbox),
+            {**MANAGED_BY, "pod-security.kubernetes.io/enforce": "privileged"},
+        ),
     }
     for what, obj in attempts.items():
         response = apply(sa, path_of(obj), obj)

@@ -99,7 +99,11 @@ services:
 
 
 def _sandboxd(
-    tmp_path: Path, kube: KubeControlPlane, *args: str, catalog: bool = True
+    tmp_path: Path,
+    kube: KubeControlPlane,
+    *args: str,
+    catalog: bool = True,
+    health_timeout: int = 120,
 ) -> AbstractContextManager[Sandboxd]:
     path = tmp_path / "sandboxd.yaml"
     path.write_text(CATALOG)
@@ -107,7 +111,7 @@ def _sandboxd(
         tmp_path / "data",
         catalog=path if catalog else None,
         args=["--runtime", "kubernetes", "--kubeconfig", str(kube.kubeconfig), *args],
-        env={"SANDBOXD_HEALTH_TIMEOUT": "120"},
+        env={"SANDBOXD_HEALTH_TIMEOUT": str(health_timeout)},
     )
 
 
@@ -357,14 +361,69 @@ def test_orphaned_namespaces_are_collected_and_told(
 def test_the_catalog_can_come_from_the_cluster(
     tmp_path: Path, kube: KubeControlPlane, baseline: None
 ) -> None:
-    with (
-        _sandboxd(tmp_path, kube, "--catalog-from-cluster", catalog=False) as server,
-        server.client() as api,
-    ):
-        services = api.get("/v1/services").json()["items"]
-    echo = next(s for s in services if s["name"] == "echo")
-    assert echo["protocol"] == "mcp"
-    assert echo["baseline"]["url"] == f"http://echo.{BASELINE_NS}.svc.cluster.local:80"
+    """Baseline Services labelled `sandboxd.dev/service`; a fork's own Service (it carries the
+    label too, with the sandbox's) is not a baseline."""
+    fork_ns = f"sbx-{_name()}"
+    fork = {"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "echo", "namespace": fork_ns,
+        "labels": {"sandboxd.dev/service": "echo", "sandboxd.dev/sandbox": "x"}},
+        "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+    with kube.client() as k8s:
+        k8s.post("/api/v1/namespaces", json={"metadata": {"name": fork_ns}}).raise_for_status()
+        apply(k8s, fork)
+        try:
+            with (
+                _sandboxd(tmp_path, kube, "--catalog-from-cluster", catalog=False) as server,
+                server.client() as api,
+            ):
+                services = api.get("/v1/services").json()["items"]
+        finally:
+            k8s.delete(f"/api/v1/namespaces/{fork_ns}")
+    assert [s["name"] for s in services] == ["echo"]
+    assert services[0]["protocol"] == "mcp"
+    assert services[0]["baseline"]["url"] == f"http://echo.{BASELINE_NS}.svc.cluster.local:80"
+
+
+def test_a_ready_fork_that_rolls_out_again_is_not_timed_out(
+    tmp_path: Path, kube: KubeControlPlane, baseline: None
+) -> None:
+    """Start-up is timed by the Deployment's progress deadline (the health timeout), which
+    restarts with every rollout: a rollout long after creation is not a failed start."""
+    name = _name()
+    ns = f"sbx-{name}"
+    with _sandboxd(tmp_path, kube, health_timeout=4) as server, kube.client() as k8s:
+        with server.client() as api:
+            assert (
+                api.post(
+                    "/v1/sandboxes", json={"name": name, "forks": [{"service": "echo"}]}
+                ).status_code
+                == 201
+            )
+        assert _wait_phase(server, name, {"Ready", "Failed"})["phase"] == "Ready"
+        path = f"/apis/apps/v1/namespaces/{ns}/deployments/echo"
+        assert k8s.get(path).json()["spec"]["progressDeadlineSeconds"] == 4
+        time.sleep(5)  # longer than the health timeout since the Deployment was created
+        restart = {"spec": {"template": {"metadata": {"annotations": {"restartedAt": "now"}}}}}
+        patched = k8s.patch(
+            path, json=restart, headers={"Content-Type": "application/strategic-merge-patch+json"}
+        )
+        assert patched.status_code == 200, patched.text
+        deadline = time.monotonic() + 30
+        while True:
+            deployment = k8s.get(path).json()
+            status = deployment["status"]
+            rolled = status.get("observedGeneration") == deployment["metadata"]["generation"]
+            if rolled and status.get("updatedReplicas") == status.get("availableReplicas") == 1:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        time.sleep(1)
+        with server.client() as api:
+            body = api.get(f"/v1/sandboxes/{name}").json()
+            reasons = [e["reason"] for e in api.get(f"/v1/sandboxes/{name}/events").json()["items"]]
+            api.delete(f"/v1/sandboxes/{name}")
+        assert body["phase"] == "Ready", body
+        assert "HealthCheckTimeout" not in reasons and "Failed" not in reasons
 
 
 def test_fifty_concurrent_sandboxes_become_ready_and_leave_nothing_behind(

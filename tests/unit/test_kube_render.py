@@ -17,6 +17,7 @@ def test_namespace_is_labelled_and_annotated() -> None:
     assert ns["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "sandboxd",
         "sandboxd.dev/sandbox": "pr-42",
+        "pod-security.kubernetes.io/enforce": "baseline",
     }
     assert ns["metadata"]["annotations"] == {"sandboxd.dev/expires-at": "2026-11-22T08:00:00Z"}
 

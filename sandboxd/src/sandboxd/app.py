@@ -28,7 +28,7 @@ from sandboxd.runtime.kubernetes import config as kube_config
 from sandboxd.runtime.kubernetes import discover
 from sandboxd.runtime.kubernetes.client import KubeClient
 from sandboxd.runtime.kubernetes.render import Quota
-from sandboxd.runtime.kubernetes.runtime import KubernetesRuntime, KubeSettings
+from sandboxd.runtime.kubernetes.runtime import MANAGED, KubernetesRuntime, KubeSettings
 from sandboxd.runtime.local import LocalRuntime
 from sandboxd.runtime.supervisor import Supervisor, check_port_free
 from sandboxd.settings import Settings
@@ -172,7 +172,7 @@ def _kube_client(settings: Settings) -> KubeClient:
 async def _check_cluster(settings: Settings) -> None:
     client = _kube_client(settings)
     try:
-        await client.list("/api/v1/namespaces", selector="app.kubernetes.io/managed-by=sandboxd")
+        await client.list("/api/v1/namespaces", selector=MANAGED)
     finally:
         await client.close()
 
@@ -184,7 +184,7 @@ async def _kubernetes_runtime(
     client = _kube_client(settings)
     if settings.catalog_from_cluster:
         found, problems = discover.catalog_services(
-            await client.list("/api/v1/services", selector=discover.SERVICE_LABEL)
+            await client.list("/api/v1/services", selector=discover.SELECTOR)
         )
         catalog, skipped = discover.merge(catalog, found)
         for problem in [*problems, *skipped]:
@@ -198,6 +198,8 @@ async def _kubernetes_runtime(
             egress_allow=tuple(settings.egress_allow),
             quota=Quota(settings.quota_cpu, settings.quota_memory, settings.quota_pods),
             istio=settings.istio,
+            progress_deadline=max(1, round(settings.health_timeout)),
+            pod_security=settings.pod_security,
         ),
         on_change=on_change,
     )

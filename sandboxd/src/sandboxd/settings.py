@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     """kubernetes: memory a sandbox's namespace may request and use, in all."""
     quota_pods: int = Field(default=20, ge=1)
     """kubernetes: pods a sandbox's namespace may hold."""
+    pod_security: Literal["baseline", "restricted"] = "baseline"
+    """kubernetes: the Pod Security level enforced in sandbox namespaces."""
     kube_max_requests: int = Field(default=64, ge=1, le=1024)
     """kubernetes: API requests in flight at once (raise it to provision faster)."""
     start_baseline: bool = False

@@ -188,6 +188,7 @@ class Reconciler:
 
     async def _collect_orphan(self, name: str, row: SandboxRow | None) -> float | None:
         if name not in await self._runtime.sandboxes():
+            self._collecting.discard(name)
             return None
         if name not in self._collecting:  # tell it once, when the removal starts
             self._collecting.add(name)

@@ -29,7 +29,8 @@ def verdict(forks: Sequence[ForkStatus], *, now: float, health_timeout: float) -
             return Verdict(Phase.FAILED, reason, f"fork {fork.service}: {fork.message}")
     for fork in forks:
         started = fork.started_at if fork.started_at is not None else now
-        if fork.state == ForkState.STARTING and now - started > health_timeout:
+        timed = fork.state == ForkState.STARTING and not fork.self_timed
+        if timed and now - started > health_timeout:
             return Verdict(
                 Phase.FAILED,
                 "HealthCheckTimeout",

@@ -27,6 +27,7 @@ class ForkStatus:
     started_at: float | None  # seconds since the epoch
     message: str | None = None
     adopted: bool = False
+    self_timed: bool = False  # the runtime fails a fork that makes no progress; no health timeout
     reason: str | None = None  # why an EXITED fork failed, as a CamelCase word
 
 

@@ -83,18 +83,8 @@ class KubeClient:
                 return None
             raise
 
-    async def list(self, path: str, *, selector: str | None = None) -> list[Obj]:
-        items: list[Obj] = []
-        params: dict[str, str] = {"limit": "500"}
-        if selector:
-            params["labelSelector"] = selector
-        while True:
-            page = await self._call("GET", path, params=params)
-            items.extend(page.get("items") or [])
-            more = (page.get("metadata") or {}).get("continue")
-            if not more:
-                return items
-            params["continue"] = more
+    async def list(self, path: str, *, selector: str | None = None) -> Items:
+        return (await self.list_with_version(path, selector=selector))[0]
 
     async def apply(self, obj: Obj, *, dry_run: bool = False) -> Obj:
         """Server-side apply as field manager `sandboxd`, taking over conflicting fields."""
@@ -109,10 +99,14 @@ class KubeClient:
             content_type="application/apply-patch+yaml",
         )
 
-    async def list_with_version(self, path: str, *, selector: str) -> tuple[Items, str]:
-        """Every object and the list's resourceVersion, to watch from."""
+    async def list_with_version(
+        self, path: str, *, selector: str | None = None
+    ) -> tuple[Items, str]:
+        """Every object (page by page) and the list's resourceVersion, to watch from."""
         items: Items = []
-        params: dict[str, str] = {"limit": "500", "labelSelector": selector}
+        params: dict[str, str] = {"limit": "500"}
+        if selector:
+            params["labelSelector"] = selector
         while True:
             page = await self._call("GET", path, params=params)
             items.extend(page.get("items") or [])
@@ -133,7 +127,7 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout),
         }
-        headers = self._auth()
+        headers = await self._auth()
         try:
             async with self._http.stream(
                 "GET",
@@ -201,9 +195,11 @@ class KubeClient:
             return dict(response.json()) if response.content else {}
         raise _error(response, method, path)
 
-    def _auth(self) -> dict[str, str]:
-        try:
-            auth = self._credentials.header()
+    async def _auth(self) -> dict[str, str]:
+        credentials = self._credentials
+        try:  # a credential plugin may take seconds: never on the event loop
+            stale = credentials.stale
+            auth = await asyncio.to_thread(credentials.header) if stale else credentials.header()
         except KubeConfigError as e:
             raise KubeError(401, "Unauthorized", str(e)) from e
         return {"Authorization": auth} if auth else {}
@@ -216,7 +212,7 @@ class KubeClient:
         content: str | None,
         content_type: str | None,
     ) -> httpx.Response:
-        headers = self._auth()
+        headers = await self._auth()
         if content_type:
             headers["Content-Type"] = content_type
         async with self._slots:

@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,17 @@ class KubeConfigError(Exception):
 class Credentials:
     """A bearer token from one source; `header()` gives the current Authorization value."""
 
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
-    exec_spec: dict[str, Any] | None = None
-    _cached: str | None = None
+    exec_spec: dict[str, Any] | None = field(default=None, repr=False)
+    _cached: str | None = field(default=None, repr=False)
     _until: float = 0.0
+
+    @property
+    def stale(self) -> bool:
+        """The next `header()` reads a file or runs a plugin (do that off the event loop)."""
+        refreshable = self.token_file is not None or self.exec_spec is not None
+        return not self.token and refreshable and time.monotonic() >= self._until
 
     def header(self) -> str | None:
         if self.token:

@@ -18,6 +18,8 @@ from sandboxd.core.catalog import Catalog, Service
 from sandboxd.core.errors import describe, one_line
 
 SERVICE_LABEL = "sandboxd.dev/service"
+# forks' own Services carry the service label too, and also the sandbox's: those are not baselines
+SELECTOR = f"{SERVICE_LABEL},!sandboxd.dev/sandbox"
 _ANNOTATION = "sandboxd.dev/"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from sandboxd.runtime.kubernetes import render
@@ -49,14 +50,21 @@ class DeploymentInformer:
                 self._replace(items)
                 self.synced.set()
                 while True:
+                    opened, events = time.monotonic(), 0
                     async for event in self._client.watch(
                         PATH, selector=SELECTOR, resource_version=version
                     ):
+                        events += 1
                         version = self._apply(event) or version
+                    if not events and time.monotonic() - opened < RETRY:
+                        await asyncio.sleep(RETRY)  # a server (or proxy) ending watches at once
             except KubeError as e:
                 if e.status != 410:  # 410: our version is too old to resume from; list again
                     log.warning("watching fork Deployments: %s; retrying", e)
                     await asyncio.sleep(RETRY)
+            except Exception:  # never die quietly: a stale cache would fail healthy forks
+                log.exception("watching fork Deployments failed; listing again")
+                await asyncio.sleep(RETRY)
 
     def _replace(self, items: list[Obj]) -> None:
         before = self._objects

@@ -19,6 +19,7 @@ SANDBOX = "sandboxd.dev/sandbox"
 SERVICE = "sandboxd.dev/service"
 EXPIRES = "sandboxd.dev/expires-at"
 ROUTE_PREFIX = "sandbox-"
+POD_SECURITY = "pod-security.kubernetes.io/enforce"
 Obj = dict[str, Any]
 
 
@@ -33,13 +34,16 @@ def namespace_name(sandbox: str) -> str:
     return f"sbx-{sandbox}"
 
 
-def namespace(sandbox: str, *, expires_at: str) -> Obj:
+def namespace(sandbox: str, *, expires_at: str, pod_security: str = "baseline") -> Obj:
+    """Pod Security admission at `baseline` by default: a fork copies its baseline's pod
+    template and runs PR code, so no hostNetwork, hostPath or privileged containers (which would
+    also step around the network policies)."""
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
             "name": namespace_name(sandbox),
-            "labels": {**MANAGED_BY, SANDBOX: sandbox},
+            "labels": {**MANAGED_BY, SANDBOX: sandbox, POD_SECURITY: pod_security},
             "annotations": {EXPIRES: expires_at},
         },
     }
@@ -125,7 +129,13 @@ def network_policies(
 
 
 def fork_deployment(
-    baseline: Obj, *, sandbox: str, service: str, fork: ForkSpec, agent: AgentVersion | None
+    baseline: Obj,
+    *,
+    sandbox: str,
+    service: str,
+    fork: ForkSpec,
+    agent: AgentVersion | None,
+    progress_deadline: int = 600,
 ) -> Obj:
     """The baseline Deployment's pod template with the fork's image, args and env applied, in the
     sandbox's namespace, selected by sandbox and service labels only."""
@@ -153,7 +163,13 @@ def fork_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": service, "namespace": namespace_name(sandbox), "labels": labels},
-        "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "template": template},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": template,
+            # a rollout without progress this long is ProgressDeadlineExceeded: the fork fails
+            "progressDeadlineSeconds": progress_deadline,
+        },
     }
 
 

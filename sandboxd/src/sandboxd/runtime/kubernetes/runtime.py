@@ -41,6 +41,9 @@ class KubeSettings:
     egress_allow: tuple[str, ...] = ()
     quota: render.Quota = field(default_factory=render.Quota)
     istio: bool = False
+    pod_security: str = "baseline"
+    progress_deadline: int = 600
+    """Seconds a fork's rollout may make no progress before it fails (the health timeout)."""
 
 
 class BaselineMissing(Exception):
@@ -73,8 +76,10 @@ class KubernetesRuntime:
         the fork Deployments in memory."""
         await self._client.list(collection_path("v1", "Namespace"), selector=MANAGED)
         self._watching = asyncio.create_task(self._informer.run(), name="kube-informer")
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._informer.synced.wait(), timeout=30)
+        except TimeoutError:
+            log.warning("no list of fork Deployments after 30 s; reading them one by one")
 
     async def close(self) -> None:
         """Sandboxes outlive this process (the reaper of the next one deletes them)."""
@@ -160,7 +165,9 @@ class KubernetesRuntime:
         refs = {fork.service: self._ref(fork.service) for fork in spec.forks}
         baselines = await asyncio.gather(*(self._baseline(ref) for ref in refs.values()))
         env = {p.service: p.env for p in plan.forks}
-        namespace = render.namespace(plan.name, expires_at=plan.expires_at)
+        namespace = render.namespace(
+            plan.name, expires_at=plan.expires_at, pod_security=self._settings.pod_security
+        )
         namespace["metadata"]["annotations"][UID] = plan.uid
         objects = [
             namespace,
@@ -181,6 +188,7 @@ class KubernetesRuntime:
                     service=fork.service,
                     fork=fork.model_copy(update={"env": dict(env.get(fork.service, fork.env))}),
                     agent=spec.agent,
+                    progress_deadline=self._settings.progress_deadline,
                 )
             )
             objects.append(render.fork_service(service, sandbox=plan.name, service=fork.service))
@@ -317,7 +325,8 @@ def _fork_status(service: str, deployment: Obj | None, upstream: str) -> ForkSta
     )
     state = ForkState.READY if ready else ForkState.STARTING
     message = None if ready else f"{status.get('availableReplicas', 0)}/{wanted} replicas available"
-    return ForkStatus(service, state, upstream, None, started, message)
+    # timed by the Deployment's own progress deadline, which also covers later rollouts
+    return ForkStatus(service, state, upstream, None, started, message, self_timed=True)
 
 
 def _waiting(service: str, message: str) -> ForkStatus:
