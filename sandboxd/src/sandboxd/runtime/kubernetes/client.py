@@ -69,6 +69,7 @@ class KubeClient:
                 max_connections=max_requests, max_keepalive_connections=max_requests
             ),
             headers={"Accept": "application/json", "User-Agent": "sandboxd"},
+            http2=True,  # one multiplexed connection (with TLS; plain http stays HTTP/1.1)
         )
         self._slots = asyncio.Semaphore(max_requests)
 
