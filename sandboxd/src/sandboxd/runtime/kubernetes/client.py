@@ -163,9 +163,15 @@ class KubeClient:
             return await self._call("POST", collection, content=body, content_type=_JSON)
         return await self._call("PUT", object_path(obj), content=body, content_type=_JSON)
 
-    async def delete(self, path: str, *, propagation: str = "Background") -> bool:
-        """Ask for the object's deletion; False when it was not there."""
-        body = json.dumps({"kind": "DeleteOptions", "propagationPolicy": propagation})
+    async def delete(
+        self, path: str, *, propagation: str = "Background", resource_version: str | None = None
+    ) -> bool:
+        """Ask for the object's deletion; False when it was not there. With `resource_version`,
+        only that version is deleted (409 when it changed since)."""
+        options: Obj = {"kind": "DeleteOptions", "propagationPolicy": propagation}
+        if resource_version is not None:
+            options["preconditions"] = {"resourceVersion": resource_version}
+        body = json.dumps(options)
         try:
             await self._call("DELETE", path, content=body, content_type="application/json")
         except KubeError as e:

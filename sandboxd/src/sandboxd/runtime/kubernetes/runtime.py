@@ -25,7 +25,13 @@ from sandboxd.core.catalog import Catalog, KubernetesRef
 from sandboxd.core.plan import RuntimeKind, SandboxPlan
 from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
 from sandboxd.runtime.kubernetes import render
-from sandboxd.runtime.kubernetes.client import KubeClient, KubeError, Obj, collection_path
+from sandboxd.runtime.kubernetes.client import (
+    KubeClient,
+    KubeError,
+    Obj,
+    collection_path,
+    object_path,
+)
 from sandboxd.runtime.kubernetes.informer import DeploymentInformer
 
 log = logging.getLogger(__name__)
@@ -270,9 +276,6 @@ class KubernetesRuntime:
                     del rules[sandbox]
                 else:
                     rules[sandbox] = route
-                if current is not None and not rules:
-                    await self._client.delete(f"{path}/{render.virtual_service_name(ref.service)}")
-                    return
                 version = current["metadata"]["resourceVersion"] if current else None
                 wanted = render.virtual_service(
                     namespace=ref.namespace,
@@ -282,7 +285,10 @@ class KubernetesRuntime:
                     resource_version=version,
                 )
                 try:
-                    await self._client.write(wanted, create=current is None)
+                    if current is not None and not rules:  # the last sandbox's rule went
+                        await self._client.delete(object_path(wanted), resource_version=version)
+                    else:
+                        await self._client.write(wanted, create=current is None)
                     return
                 except KubeError as e:
                     if e.status != 409:
