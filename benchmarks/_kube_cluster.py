@@ -28,7 +28,7 @@ import httpx
 from benchmarks import _stats
 from sandboxd.core.catalog import Catalog, parse_catalog
 from tests.support.kube import KubeControlPlane
-from tests.support.kube_objects import apply
+from tests.support.kube_objects import apply, baseline_workload
 
 SERVICE_RANGE = "10.0.0.0/16"
 BASELINE_NS = "bench-baseline"
@@ -99,31 +99,13 @@ def install_baseline(client: httpx.Client) -> None:
 
 
 def baseline_objects() -> list[dict[str, Any]]:
-    labels = {"app": SERVICE}
-    container = {
-        "name": SERVICE,
-        "image": "registry.invalid/bench/echo:1.0",
-        "ports": [{"containerPort": 8080}],
-        "env": [{"name": "MODE", "value": "baseline"}],
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": SERVICE, "namespace": BASELINE_NS},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": SERVICE, "namespace": BASELINE_NS},
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }
-    return [deployment, service]
+    return baseline_workload(
+        SERVICE,
+        BASELINE_NS,
+        image="registry.invalid/bench/echo:1.0",
+        mode="baseline",
+        requests={"cpu": "10m", "memory": "16Mi"},
+    )
 
 
 def selector_for(sandboxes: list[str]) -> str:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.support.kube import KubeControlPlane
-from tests.support.kube_objects import apply
+from tests.support.kube_objects import apply, baseline_workload
 from tests.support.server import Sandboxd, running_sandboxd
 
 BASELINE_NS = "shop"
@@ -30,42 +30,15 @@ MANAGED = "app.kubernetes.io/managed-by=sandboxd"
 
 
 def _baseline_objects(name: str, *, cpu: str, catalogued: bool) -> list[dict[str, Any]]:
-    labels = {"app": name}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": BASELINE_NS},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": name,
-                            "image": f"acme/{name}:1.0",
-                            "ports": [{"containerPort": 8080}],
-                            "env": [{"name": "MODE", "value": "v1"}],
-                            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": BASELINE_NS,
-            "labels": {"sandboxd.dev/service": name} if catalogued else {},
-            "annotations": {"sandboxd.dev/protocol": "mcp"},
-        },
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }
-    return [deployment, service]
+    return baseline_workload(
+        name,
+        BASELINE_NS,
+        image=f"acme/{name}:1.0",
+        mode="v1",
+        requests={"cpu": cpu, "memory": "64Mi"},
+        service_labels={"sandboxd.dev/service": name} if catalogued else {},
+        service_annotations={"sandboxd.dev/protocol": "mcp"},
+    )
 
 
 @pytest.fixture(scope="module")
