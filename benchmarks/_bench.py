@@ -115,6 +115,8 @@ class Bench:
                 n=TABLE,
             )
             self.targets.append(Target("router", router.ports["echo"], router.ports["sse"]))
+            health = _routes.healthz(router.admin_port) or {}
+            print(f"router hot path: {health.get('hotPath', 'unknown')}")
         listen = {"echo": free_port(), "sse": free_port()}
         text = _nginx.routing_conf(
             self.work_dir / "nginx",

@@ -20,7 +20,12 @@ WORKDIR /src
 COPY sandboxd/ sandboxd/
 COPY router/ router/
 COPY cli/ cli/
-RUN pip install "./sandboxd[postgres]" ./router ./cli
+# The router's hot path compiles with mypyc (router/setup.py): a C compiler for the build only.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && pip install "./sandboxd[postgres]" ./router ./cli \
+ && apt-get purge -y --auto-remove gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* /src/router/build
 
 WORKDIR /app
 COPY examples/ examples/

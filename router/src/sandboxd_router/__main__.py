@@ -13,11 +13,14 @@ from pathlib import Path
 
 import uvloop
 
+from sandboxd_router import native
 from sandboxd_router.accesslog import AccessLog
 from sandboxd_router.server import Router, serve_admin
 from sandboxd_router.state import Limits, RouterState
 from sandboxd_router.table import TableError
 from sandboxd_router.watch import load_file, watch_control_plane
+
+log = logging.getLogger("sandboxd_router")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if native.mode == "compiled":
+        log.info("hot path: compiled (mypyc)")
+    else:
+        log.warning("hot path: %s", native.mode)
     try:
         uvloop.run(run(args))
     except TableError as e:

@@ -140,7 +140,7 @@ class ResponseHeaders:
         extra = named_by_connection(self.tokens) - CONNECTION_OPTIONS if self.tokens else None
         if extra:  # headers the upstream's Connection header named are hop-by-hop too
             lines = [line for line, n in zip(lines, self.names, strict=True) if n not in extra]
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason), *lines]
+        parts = [status_line(status, reason), *lines]
         if not framing and self.length is not None:
             parts += (b"Content-Length: ", self.length, CRLF)
         parts += (b"sandboxd-route: ", route, CRLF, framing)
@@ -148,6 +148,19 @@ class ResponseHeaders:
             parts.append(b"Connection: close\r\n")
         parts.append(CRLF)
         return b"".join(parts)
+
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """The status line (`HTTP/1.1 200 OK` and CRLF), formatted once per status and reason."""
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[(status, reason)] = line
+    return line
 
 
 def chunk(data: bytes) -> bytes:

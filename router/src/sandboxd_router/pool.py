@@ -2,7 +2,10 @@
 
 An `UpstreamConnection` carries one exchange at a time; between exchanges it waits in its
 upstream's idle list. Its response parser is made per response, so HEAD responses (which the
-parser cannot know have no body) and interim 1xx responses never confuse the next one.
+parser cannot know have no body) and interim 1xx responses never confuse the next one. The
+connection holds the parser, not the response it reports to: replacing it frees the last one
+at once (a parser and its callbacks' owner referring to each other would be a cycle per request,
+left to the cyclic collector).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class UpstreamConnection(Corkable, asyncio.Protocol):
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
         self.response: _Response | None = None
+        self.parser: httptools.HttpResponseParser | None = None
         self.closed = False
         self.reused = False
         self._out: list[bytes] | None = None
@@ -91,8 +95,13 @@ class UpstreamConnection(Corkable, asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
+    def writable(self) -> bool:
+        return not self.closed and self.transport is not None  # (every close sets `closed`)
+
     def start(self, receiver: Receiver, *, head_only: bool) -> None:
-        self.response = _Response(self, receiver, head_only=head_only)
+        response = _Response(self, receiver, head_only=head_only)
+        self.parser = httptools.HttpResponseParser(response)
+        self.response = response
 
     def close(self) -> None:
         self.closed = True
@@ -125,13 +134,14 @@ class UpstreamConnection(Corkable, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         response = self.response
-        if response is None:
+        parser = self.parser
+        if response is None or parser is None:
             self.close()  # bytes nobody asked for
             return
         receiver = response.receiver
         corked = receiver.cork() if receiver is not None else False
         try:
-            response.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as e:
             failed, response.receiver = response.receiver, None
             self.close()
@@ -155,13 +165,12 @@ class _Response:
     """One response's parser callbacks. A fresh object per response, so that whatever the old
     parser still reports (bytes after a HEAD answer, say) can never reach the next exchange."""
 
-    __slots__ = ("conn", "got_head", "head", "head_only", "interim", "parser", "reason",
-                 "receiver", "until_close")  # fmt: skip
+    __slots__ = ("conn", "got_head", "head", "head_only", "interim", "reason", "receiver",
+                 "until_close")  # fmt: skip
 
     def __init__(self, conn: UpstreamConnection, receiver: Receiver, *, head_only: bool) -> None:
         self.conn = conn
         self.receiver: Receiver | None = receiver
-        self.parser = httptools.HttpResponseParser(self)
         self.head_only = head_only
         self.interim = False
         self.got_head = False
@@ -178,10 +187,11 @@ class _Response:
     def on_headers_complete(self) -> None:
         if self.receiver is None:
             return
-        status = self.parser.get_status_code()
-        head, self.head = self.head, ResponseHeaders()
+        status = self._parser().get_status_code()
+        head = self.head
         if 100 <= status < 200 and status != 101:
             self.interim = True
+            self.head = ResponseHeaders()  # the final response's headers come next
             self.receiver.response_interim(status, self.reason)
             return
         self.got_head = True
@@ -189,7 +199,7 @@ class _Response:
         self.until_close = body == "close"
         self.receiver.response_head(status, self.reason, head, body=body)
         if body == "none" and self.head_only:
-            self._finish(keep=self.parser.should_keep_alive())
+            self._finish(keep=self._parser().should_keep_alive())
 
     def on_body(self, data: bytes) -> None:
         if self.receiver is not None:
@@ -198,10 +208,15 @@ class _Response:
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
-            self.parser = httptools.HttpResponseParser(self)
+            self.conn.parser = httptools.HttpResponseParser(self)
             return
         if self.receiver is not None:
-            self._finish(keep=self.parser.should_keep_alive() and not self.until_close)
+            self._finish(keep=self._parser().should_keep_alive() and not self.until_close)
+
+    def _parser(self) -> httptools.HttpResponseParser:
+        parser = self.conn.parser
+        assert parser is not None  # (we are called back by it)
+        return parser
 
     def _finish(self, *, keep: bool) -> None:
         receiver, self.receiver = self.receiver, None

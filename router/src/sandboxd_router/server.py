@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 
+from sandboxd_router import native
 from sandboxd_router.client import ClientConnection
 from sandboxd_router.state import RouterState
 from sandboxd_router.table import Table, UpstreamRegistry
@@ -104,6 +105,7 @@ async def serve_admin(router: Router, host: str, port: int) -> asyncio.Server:
                     "services": len(table.services),
                     "sandboxes": len(table.routes),
                     "sessions": len(router.state.sessions),
+                    "hotPath": native.mode,
                 }
             ).encode()
             status = b"200 OK" if ok else b"503 Service Unavailable"

@@ -1,0 +1,115 @@
+"""The router's hot path runs compiled (mypyc), and never from a build older than its sources."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+import sandboxd_router
+from sandboxd_router import native
+from tests.router.conftest import Origin, Router
+
+PROBE = """
+import json, sys
+import sandboxd_router.client, sandboxd_router.exchange
+from sandboxd_router import native
+mods = {n: sys.modules["sandboxd_router." + n].__file__ for n in native.HOT}
+print(json.dumps({"mode": native.mode, "files": mods}))
+"""
+
+
+def _is_extension(path: str) -> bool:
+    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def _copy_build(tmp: Path) -> Path:
+    """The installed package and the group's shared library, as the build left them."""
+    package = Path(sandboxd_router.__file__).parent
+    dest = tmp / "src"
+    shutil.copytree(package, dest / "sandboxd_router", ignore=shutil.ignore_patterns("__pycache__"))
+    for lib in package.parent.glob(f"{native.PACKAGE}__mypyc*"):
+        shutil.copy2(lib, dest / lib.name)
+    return dest
+
+
+def _probe(src: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_the_installed_hot_path_is_compiled() -> None:
+    """What the tests and benchmarks exercise is the compiled build (scripts/setup builds it)."""
+    assert native.mode == "compiled"
+    from sandboxd_router import client, exchange
+
+    assert _is_extension(str(exchange.__file__)) and _is_extension(str(client.__file__))
+
+
+def test_a_copy_of_the_build_loads_compiled(tmp_path: Path) -> None:
+    got = _probe(_copy_build(tmp_path))
+    assert got["mode"] == "compiled"
+    files = got["files"]
+    assert isinstance(files, dict) and set(files) == set(native.HOT)
+    assert all(_is_extension(f) and f.startswith(str(tmp_path)) for f in files.values())
+
+
+def test_an_edited_source_runs_as_written_not_the_stale_build(tmp_path: Path) -> None:
+    src = _copy_build(tmp_path)
+    exchange = src / "sandboxd_router" / "exchange.py"
+    exchange.write_text(exchange.read_text() + "\nEDITED = True\n")
+    got = _probe(src)
+    assert (
+        got["mode"] == "interpreted: exchange.py changed since the build (rebuild: scripts/setup)"
+    )
+    files = got["files"]
+    assert isinstance(files, dict)
+    # all of them from source, not only the edited one: compiled modules call each other directly
+    assert all(f.endswith(".py") for f in files.values())
+    done = subprocess.run(
+        [sys.executable, "-c", "from sandboxd_router import exchange; print(exchange.EDITED)"],
+        env={"PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "True"
+
+
+def test_a_missing_shared_library_falls_back_to_the_sources(tmp_path: Path) -> None:
+    src = _copy_build(tmp_path)
+    for lib in src.glob(f"{native.PACKAGE}__mypyc*"):
+        lib.unlink()
+    got = _probe(src)
+    assert got["mode"] == f"interpreted: the compiled library {native.PACKAGE}__mypyc is missing"
+
+
+def test_without_a_manifest_the_package_is_plain_python(tmp_path: Path) -> None:
+    src = _copy_build(tmp_path)
+    (src / "sandboxd_router" / native.MANIFEST).unlink()
+    for built in src.rglob("*"):
+        if _is_extension(str(built)):
+            built.unlink()
+    got = _probe(src)
+    assert got["mode"] == "interpreted: not compiled (built without mypyc)"
+
+
+def test_healthz_and_the_log_say_which_build_runs(
+    router: Router, origins: dict[str, Origin]
+) -> None:
+    health = httpx.get(f"http://127.0.0.1:{router.admin}/healthz").json()
+    assert health["hotPath"] == "compiled"
+    err = router.log.with_name("router.err").read_text()
+    assert "hot path: compiled (mypyc)" in err
