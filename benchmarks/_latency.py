@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from benchmarks import _loadgen
 from benchmarks._bench import BAGGAGE, Bar, Bench
+from benchmarks._procs import free_port
 from benchmarks._stats import median, ms, percentile
 
 
 def latency(bench: Bench) -> list[Bar]:
     cfg = bench.config
     _loadgen.lower_timer_slack()
+    echoes = _start_echoes(bench)  # the host's own cost of crossing cores, in the same rounds
+    trips: dict[int, list[float]] = {cpu: [] for cpu in echoes}
     runs: dict[str, list[_loadgen.LatencyRun]] = {t.name: [] for t in bench.targets}
     for _ in range(cfg.latency_reps):
         for target in bench.targets:
@@ -17,6 +23,11 @@ def latency(bench: Bench) -> list[Bar]:
                 target.echo, baggage=BAGGAGE, rate=cfg.rate, duration=cfg.latency_seconds
             )
             runs[target.name].append(_loadgen.run_async(run))
+        for cpu, port in echoes.items():
+            rtts = _loadgen.ping_pong(port, rate=cfg.rate, duration=cfg.latency_seconds / 2)
+            trips[cpu].append(percentile(rtts, 0.5))
+    for cpu in echoes:
+        bench.procs.stop(f"echo-core{cpu}")
     print(
         f"\nLatency at c=1: open loop, {cfg.rate:g} req/s for {cfg.latency_seconds:g} s, "
         "counted from each request's scheduled send time; p50 = median over the runs' p50s, "
@@ -57,6 +68,15 @@ def latency(bench: Bench) -> list[Bar]:
         + ", ".join(f"{name} {ms(v)}" for name, v in paired.items())
         + ")"
     )
+    cross, same = median(trips[0]), median(trips[1])
+    wake = cross - same
+    print(
+        f"  the host's cost of crossing cores: a 1-byte round trip at the same rate, p50 "
+        f"{ms(cross)} to core 0 vs {ms(same)} on core 1 = {ms(wake)} per round trip "
+        "(two wake-ups). A hop via core 0 adds "
+        + ", ".join(f"{name} {v / wake:.2f}" for name, v in added.items())
+        + " of these"
+    )
     if not cfg.router:
         return []
     return [
@@ -68,6 +88,18 @@ def latency(bench: Bench) -> list[Bar]:
             added["router"] <= 150_000,
         )
     ]
+
+
+def _start_echoes(bench: Bench) -> dict[int, int]:
+    """A byte echo on each core: cpu → port."""
+    script = str(Path(__file__).with_name("_echo.py"))
+    echoes = {}
+    for cpu in (0, 1):
+        port = free_port()
+        bench.procs.start(f"echo-core{cpu}", [sys.executable, script, str(port)], cpu=cpu)
+        bench.procs.wait_accepting(f"echo-core{cpu}", port)
+        echoes[cpu] = port
+    return echoes
 
 
 def sse(bench: Bench) -> list[Bar]:

@@ -123,6 +123,26 @@ async def open_loop(port: int, *, baggage: str, rate: float, duration: float) ->
     return out
 
 
+def ping_pong(port: int, *, rate: float, duration: float) -> list[int]:
+    """Round trips of one byte to an echo at a fixed `rate` (blocking, timed as `open_loop`
+    times requests): against an echo on the other core, a wake-up there and one back here."""
+    rtts: list[int] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        interval = 1e9 / rate
+        start = time.perf_counter_ns() + 1_000_000
+        for i in range(int(rate * duration)):
+            ahead = start + int(i * interval) - time.perf_counter_ns()
+            if ahead > 0:
+                time.sleep(ahead / 1e9)
+            sent = time.perf_counter_ns()
+            sock.sendall(b"x")
+            if not sock.recv(16):
+                raise ConnectionError("the echo closed the connection")
+            rtts.append(time.perf_counter_ns() - sent)
+    return rtts
+
+
 @dataclass
 class SseRun:
     delays_ns: list[int] = field(default_factory=list)  # arrival - the origin's send time

@@ -29,6 +29,8 @@ class ClientConnection(Corkable, asyncio.Protocol):
     def __init__(self, state: RouterState, *, port: int | None) -> None:
         self.state = state
         self.port = port  # None: gateway mode, the Host header picks the service
+        # kept: asyncio.get_running_loop() costs a getpid() system call on every call
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b"unknown"
@@ -51,7 +53,7 @@ class ClientConnection(Corkable, asyncio.Protocol):
         if peer:
             self.peer = str(peer[0]).encode()
         self.state.connections.add(self)
-        self._idle_since = asyncio.get_running_loop().time()
+        self._idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
         self.feeding = True
@@ -188,7 +190,7 @@ class ClientConnection(Corkable, asyncio.Protocol):
                 nxt.start()
         else:
             self._paused_turn = False
-            self._idle_since = asyncio.get_running_loop().time()
+            self._idle_since = self.loop.time()
         self._update_reading()
 
     def pause_for_upstream(self, paused: bool) -> None:

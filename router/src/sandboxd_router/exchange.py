@@ -163,7 +163,7 @@ class Exchange:
         state = self.client.state
         if state.limits.busy_poll and not state.spinning:
             state.spinning = True
-            loop = asyncio.get_running_loop()
+            loop = self.client.loop
             loop.call_soon(self._spin, loop, loop.time() + state.limits.busy_poll)
 
     def _spin(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
@@ -292,7 +292,7 @@ class Exchange:
         """Checked by the router's once-a-second sweep (`ClientConnection.tick`): far cheaper
         than a timer per request, at the price of up to a second's lateness on a 504."""
         limits = self.client.state.limits
-        self.deadline = asyncio.get_running_loop().time() + limits.upstream_timeout
+        self.deadline = self.client.loop.time() + limits.upstream_timeout
 
     def timed_out(self) -> None:
         self.deadline = 0.0

@@ -23,6 +23,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 CRLF = b"\r\n"
+CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close"})  # the only tokens that name no header
 
 Header = tuple[bytes, bytes]
 
@@ -54,8 +55,8 @@ class RequestHeaders:
 
     def add(self, name: bytes, value: bytes, lower: bytes) -> None:
         if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                self.tokens = [*(self.tokens or ()), value]
+            if lower == b"connection" and value.strip().lower() not in CONNECTION_OPTIONS:
+                self.tokens = [*(self.tokens or ()), value]  # names more hop-by-hop headers
             return
         if lower == b"host" or lower == b"content-length":  # we set both
             return
@@ -97,9 +98,6 @@ class RequestHeaders:
         return b"".join(parts)
 
 
-CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close"})
-
-
 class ResponseHeaders:
     """An upstream response's headers, sorted in one pass as the parser reports them: the lines
     the client will get (formatted once), and the few facts the router needs (framing, MCP
@@ -120,8 +118,8 @@ class ResponseHeaders:
         if lower in HOP_BY_HOP:
             if lower == b"transfer-encoding":
                 self.chunked = value.lower().rstrip().endswith(b"chunked")
-            elif lower == b"connection":
-                self.tokens = [*(self.tokens or ()), value]
+            elif lower == b"connection" and value.strip().lower() not in CONNECTION_OPTIONS:
+                self.tokens = [*(self.tokens or ()), value]  # names more hop-by-hop headers
             return
         if lower == b"content-length":
             self.length = value
