@@ -1,0 +1,188 @@
+"""Instructions per proxied request, counted by callgrind: the router compiled (mypyc), the same
+router from its plain sources, and nginx doing the same baggage routing, in one run.
+
+    .venv/bin/python benchmarks/router_instructions.py [--requests N]
+
+Instruction counts do not move with the host's noise (wall-clock figures on these VMs swing by
+tens of percent), so this is the figure to watch when changing the hot path. Each proxy runs
+under `valgrind --tool=callgrind` with counting off; a client sends warm-up requests on one
+keep-alive connection, counting is switched on for N requests (`callgrind_control -i on`), off
+again, and the total is divided by N. User space only: system calls are not instructions here.
+The request is the throughput benchmark's (a 3-member baggage, a table of 1,000 sandboxes, the
+key routed to a fork; 1 KiB responses from an nginx origin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _nginx, _routes
+from benchmarks._bench import BAGGAGE, SANDBOX, TABLE, Bench, Settings
+from benchmarks._procs import (
+    HarnessError,
+    Processes,
+    ensure_tools,
+    free_port,
+    prepare_self,
+    venv_bin,
+)
+
+ROUTER_SOURCES = Path(__file__).resolve().parents[1] / "router" / "src" / "sandboxd_router"
+WARM_UP = 300
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+
+
+@dataclass
+class Subject:
+    name: str
+    argv: list[str]
+    port: int
+    env: dict[str, str] | None = None
+
+
+def exchange(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise HarnessError("the proxy closed the connection")
+        data += chunk
+        end = data.find(b"\r\n\r\n")
+        length = _LENGTH.search(data, 0, end + 2) if end >= 0 else None
+        if length is not None and len(data) >= end + 4 + int(length.group(1)):
+            return data[: end + 4]
+
+
+def count(subject: Subject, work_dir: Path, n: int) -> float:
+    out = work_dir / f"{subject.name}.callgrind"
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={out}", *subject.argv]  # fmt: skip
+    log = (work_dir / f"{subject.name}.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, env=subject.env)
+    try:
+        sock = _connect(subject, proc)
+        request = f"GET / HTTP/1.1\r\nHost: x\r\nbaggage: {BAGGAGE}\r\n\r\n".encode()
+        for _ in range(WARM_UP):
+            head = exchange(sock, request)
+        if f"sandbox={SANDBOX}".encode() not in head or not head.startswith(b"HTTP/1.1 200"):
+            raise HarnessError(f"{subject.name}: not routed to the fork: {head!r}")
+        _control(proc, "-i", "on")
+        for _ in range(n):
+            exchange(sock, request)
+        _control(proc, "-i", "off")
+        _control(proc, "-d")
+        sock.close()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+    totals = [
+        int(line.split()[1])
+        for dump in work_dir.glob(f"{subject.name}.callgrind*")
+        for line in dump.read_text(errors="replace").splitlines()
+        if line.startswith("totals:")
+    ]
+    return max(totals, default=0) / n
+
+
+def _connect(subject: Subject, proc: subprocess.Popen[bytes]) -> socket.socket:
+    deadline = time.monotonic() + 180  # Python under valgrind starts slowly
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HarnessError(f"{subject.name} exited under valgrind ({proc.returncode})")
+        try:
+            sock = socket.create_connection(("127.0.0.1", subject.port), timeout=60)
+        except OSError:
+            time.sleep(0.5)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise HarnessError(f"{subject.name} never listened on {subject.port}")
+
+
+def _control(proc: subprocess.Popen[bytes], *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(proc.pid)], check=True, capture_output=True)
+
+
+def subjects(bench: Bench, work_dir: Path, tools: dict[str, str]) -> list[Subject]:
+    found: list[Subject] = []
+    interpreted = work_dir / "interpreted"  # the sources alone: no build, no manifest
+    shutil.copytree(
+        ROUTER_SOURCES,
+        interpreted / "sandboxd_router",
+        ignore=shutil.ignore_patterns("*.so", "_compiled.json", "__pycache__"),
+    )
+    for name, env in (("compiled", None), ("interpreted", {"PYTHONPATH": str(interpreted)})):
+        port = free_port()
+        table = work_dir / f"{name}-routes.json"
+        _routes.write_table(table, services=[bench.echo], ports={"echo": port}, n=TABLE)
+        argv = [venv_bin("python"), "-m", "sandboxd_router", "--routes-file", str(table),
+                "--access-log", "off", "--busy-poll-us", "0"]  # fmt: skip
+        found.append(Subject(f"router {name}", argv, port, env))
+    port = free_port()
+    run_dir = work_dir / "nginx-peer"
+    conf = _nginx.write(
+        run_dir,
+        _nginx.routing_conf(
+            run_dir,
+            listen={"echo": port},
+            upstreams={"echo": (bench.echo.baseline_port, bench.echo.fork_port)},
+            keys=_routes.keys(TABLE),
+        ),
+    )
+    argv = _nginx.argv(tools["nginx"], run_dir, conf)
+    argv[-1] = "daemon off; master_process off;"  # one process does the work, as callgrind sees
+    found.append(Subject("nginx", argv, port))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000, help="counted per subject")
+    args = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            print(f"router_instructions: {tool} is missing (Debian: apt-get install valgrind)")
+            return 2
+    prepare_self()
+    tools = ensure_tools()
+    with tempfile.TemporaryDirectory(prefix="sandboxd-instructions-") as tmp:
+        work_dir = Path(tmp)
+        work_dir.chmod(0o755)  # nginx workers run as nobody when we are root
+        (work_dir / "logs").mkdir()
+        procs = Processes(work_dir / "logs")
+        bench = Bench(Settings(router=False), tools, work_dir, procs)
+        try:
+            bench.start_servers()
+            results = {
+                s.name: count(s, work_dir, args.requests) for s in subjects(bench, work_dir, tools)
+            }
+        except HarnessError as e:
+            print(f"router_instructions: {e}", file=sys.stderr)
+            return 1
+        finally:
+            procs.stop_all()
+    print(f"Instructions per proxied request (callgrind, user space, {args.requests} requests, "
+          f"c=1 keep-alive, 1 KiB responses, {TABLE:,} sandboxes, routed to a fork):")  # fmt: skip
+    for name, value in results.items():
+        print(f"  {name:20} {value:10,.0f}")
+    compiled, interpreted = results["router compiled"], results["router interpreted"]
+    print(f"  compiled ÷ interpreted: {compiled / interpreted:.2f}")
+    print(f"  compiled ÷ nginx:       {compiled / results['nginx']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
