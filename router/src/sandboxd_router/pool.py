@@ -2,7 +2,7 @@
 
 An `UpstreamConnection` carries one exchange at a time; between exchanges it waits in its
 upstream's idle list. Its response parser is made per response, so HEAD responses (which the
-parser cannot know have no body) and interim 1xx responses never confuse the next one. The
+parser cannot know have no body) never confuse the next one. The
 connection holds the parser, not the response it reports to: replacing it frees the last one
 at once (a parser and its callbacks' owner referring to each other would be a cycle per request,
 left to the cyclic collector).
@@ -207,8 +207,9 @@ class _Response:
 
     def on_message_complete(self) -> None:
         if self.interim:
+            # the final response follows on the same parser (llhttp starts a new message):
+            # a fresh parser here would miss what is left of this very read
             self.interim = False
-            self.conn.parser = httptools.HttpResponseParser(self)
             return
         if self.receiver is not None:
             self._finish(keep=self._parser().should_keep_alive() and not self.until_close)
