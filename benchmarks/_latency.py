@@ -69,7 +69,7 @@ def latency(bench: Bench) -> list[Bar]:
         + ")"
     )
     cross, same = median(trips[0]), median(trips[1])
-    wake = cross - same
+    wake = max(cross - same, 1_000)  # (at least 1 µs: a ratio, not a division by zero)
     print(
         f"  the host's cost of crossing cores: a 1-byte round trip at the same rate, p50 "
         f"{ms(cross)} to core 0 vs {ms(same)} on core 1 = {ms(wake)} per round trip "

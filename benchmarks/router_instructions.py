@@ -15,6 +15,7 @@ key routed to a fork; 1 KiB responses from an nginx origin).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -49,6 +50,7 @@ class Subject:
     argv: list[str]
     port: int
     env: dict[str, str] | None = None
+    says: str = ""  # what its log must say (the router: which build of its hot path runs)
 
 
 def exchange(sock: socket.socket, request: bytes) -> bytes:
@@ -78,6 +80,9 @@ def count(subject: Subject, work_dir: Path, n: int) -> float:
             head = exchange(sock, request)
         if f"sandbox={SANDBOX}".encode() not in head or not head.startswith(b"HTTP/1.1 200"):
             raise HarnessError(f"{subject.name}: not routed to the fork: {head!r}")
+        logged = (work_dir / f"{subject.name}.log").read_text(errors="replace")
+        if subject.says not in logged:
+            raise HarnessError(f"{subject.name}: its log does not say {subject.says!r}")
         _control(proc, "-i", "on")
         for _ in range(n):
             exchange(sock, request)
@@ -124,13 +129,17 @@ def subjects(bench: Bench, work_dir: Path, tools: dict[str, str]) -> list[Subjec
         interpreted / "sandboxd_router",
         ignore=shutil.ignore_patterns("*.so", "_compiled.json", "__pycache__"),
     )
-    for name, env in (("compiled", None), ("interpreted", {"PYTHONPATH": str(interpreted)})):
+    builds = (
+        ("compiled", {}, "hot path: compiled"),
+        ("interpreted", {"PYTHONPATH": str(interpreted)}, "hot path: interpreted"),
+    )
+    for name, env, says in builds:
         port = free_port()
         table = work_dir / f"{name}-routes.json"
         _routes.write_table(table, services=[bench.echo], ports={"echo": port}, n=TABLE)
         argv = [venv_bin("python"), "-m", "sandboxd_router", "--routes-file", str(table),
                 "--access-log", "off", "--busy-poll-us", "0"]  # fmt: skip
-        found.append(Subject(f"router {name}", argv, port, env))
+        found.append(Subject(f"router {name}", argv, port, {**os.environ, **env}, says))
     port = free_port()
     run_dir = work_dir / "nginx-peer"
     conf = _nginx.write(

@@ -1,24 +1,63 @@
 """Builds the router's hot path with mypyc (the rest of the metadata is in pyproject.toml).
 
 The extensions are optional: without a C compiler the install still works, interpreted, and
-the router says so when it starts (`sandboxd_router.native`).
+the router says so when it starts. The manifest that lets `sandboxd_router.native` use the
+compiled modules is written only after every one of them was built by this very run, beside
+them (in the source tree for an editable install, in the wheel otherwise), with the digests of
+the sources as they were when the build began; until then no manifest exists, so a failed or
+partial build can never pass for a good one. SANDBOXD_ROUTER_INTERPRETED=1 builds no extension
+(scripts/setup falls back to it when the compiled build fails).
 """
 
+import os
 import runpy
 from pathlib import Path
 
-from mypyc.build import mypycify
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "src" / "sandboxd_router"
 native = runpy.run_path(str(PACKAGE_DIR / "native.py"))
-native["write_manifest"](PACKAGE_DIR)
+HOT, MANIFEST = native["HOT"], native["MANIFEST"]
 
-extensions = mypycify(
-    [f"src/sandboxd_router/{name}.py" for name in native["HOT"]],
-    group_name=native["PACKAGE"],
-)
-for extension in extensions:
-    extension.optional = True
+(PACKAGE_DIR / MANIFEST).unlink(missing_ok=True)  # an editable tree's, from an older build
+SOURCES = {name: native["digest"](PACKAGE_DIR / f"{name}.py") for name in HOT}
 
-setup(ext_modules=extensions)
+if os.environ.get("SANDBOXD_ROUTER_INTERPRETED"):  # a plain install, on purpose
+    extensions = []
+else:
+    from mypyc.build import mypycify  # (type-checks and compiles the sources, or exits)
+
+    extensions = mypycify(
+        [f"src/sandboxd_router/{name}.py" for name in HOT], group_name=native["PACKAGE"]
+    )
+    for extension in extensions:
+        extension.optional = True
+
+
+class BuildExt(build_ext):
+    failed: list[str]
+
+    def run(self) -> None:
+        out = Path(self.get_ext_fullpath(f"{native['PACKAGE']}.{HOT[0]}")).parent
+        (out / MANIFEST).unlink(missing_ok=True)
+        self.failed = []
+        super().run()
+        built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
+        missing = self.failed + [path.name for path in built if not path.exists()]
+        if not self.extensions:
+            return
+        if missing:
+            print(f"sandboxd-router: not compiled ({', '.join(missing)}): it runs interpreted")
+        else:
+            native["write_manifest"](out, SOURCES)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception:
+            self.failed.append(ext.name)  # an optional one: setuptools reports it and goes on
+            raise
+
+
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})

@@ -19,7 +19,8 @@ BODY = b"b" * 70_000  # larger than one read, so the final body spans several
 
 class InterimOrigin:
     """A raw HTTP/1.1 origin: `GET /together` answers 100 and 200 in one write; `/apart`
-    answers 103, waits, then 200 in two writes (head, then body after a pause)."""
+    answers 103, waits, then 200 in two writes (head, then body after a pause); `/close`
+    answers a 100 carrying `Connection: close`, then (apart) the 200."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -47,7 +48,11 @@ class InterimOrigin:
                     buf += data
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 final = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY)
-                if head.startswith(b"GET /together"):
+                if head.startswith(b"GET /close"):  # a 1xx that says `Connection: close`
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n")
+                    time.sleep(0.05)
+                    conn.sendall(final + BODY)
+                elif head.startswith(b"GET /together"):
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + final + BODY[:1000])
                     time.sleep(0.05)
                     conn.sendall(BODY[1000:])
@@ -121,3 +126,14 @@ def test_interim_then_final_responses_on_one_kept_alive_connection(
             assert b"sandboxd-route: baseline" in heads[-1]
             assert body == BODY
     assert origin.connections - before == 1  # one upstream connection, kept and reused
+
+
+def test_a_1xx_saying_connection_close_does_not_break_the_final_response(
+    interim: tuple[Router, InterimOrigin],
+) -> None:
+    router, _ = interim
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
+        sock.sendall(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+        heads, body = _read_response(sock)
+    assert [int(h.split(b" ", 2)[1]) for h in heads] == [100, 200]
+    assert body == BODY

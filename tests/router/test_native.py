@@ -7,9 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 
 import sandboxd_router
 from sandboxd_router import native
@@ -22,6 +24,9 @@ from sandboxd_router import native
 mods = {n: sys.modules["sandboxd_router." + n].__file__ for n in native.HOT}
 print(json.dumps({"mode": native.mode, "files": mods}))
 """
+
+
+ROUTER_DIR = Path(__file__).resolve().parents[2] / "router"
 
 
 def _is_extension(path: str) -> bool:
@@ -88,12 +93,17 @@ def test_an_edited_source_runs_as_written_not_the_stale_build(tmp_path: Path) ->
     assert done.stdout.strip() == "True"
 
 
-def test_a_missing_shared_library_falls_back_to_the_sources(tmp_path: Path) -> None:
+def test_another_builds_shared_library_first_on_the_path_is_not_used(tmp_path: Path) -> None:
+    """The compiled modules import the group's library by name: if the first one on the path is
+    not the one built with them (here: the copy lacks its own, the tree's comes next), they
+    would run another build's code."""
     src = _copy_build(tmp_path)
     for lib in src.glob(f"{native.PACKAGE}__mypyc*"):
         lib.unlink()
     got = _probe(src)
-    assert got["mode"] == f"interpreted: the compiled library {native.PACKAGE}__mypyc is missing"
+    assert str(got["mode"]).startswith(
+        f"interpreted: the first {native.PACKAGE}__mypyc on the path is not this build's"
+    )
 
 
 def test_without_a_manifest_the_package_is_plain_python(tmp_path: Path) -> None:
@@ -113,3 +123,37 @@ def test_healthz_and_the_log_say_which_build_runs(
     assert health["hotPath"] == "compiled"
     err = router.log.with_name("router.err").read_text()
     assert "hot path: compiled (mypyc)" in err
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_compiled_build(tmp_path: Path) -> None:
+    """What `pip install ./router` (the container image) gets: the modules, the shared library
+    and the manifest, so that an installed router runs compiled too."""
+    src = tmp_path / "router"
+    skip = ("*.so", "_compiled.json", "build", "*.egg-info", "__pycache__")
+    shutil.copytree(ROUTER_DIR, src, ignore=shutil.ignore_patterns(*skip))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [
+            *pip,
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        timeout=600,
+    )
+    (wheel,) = (tmp_path / "dist").glob("sandboxd_router-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert f"sandboxd_router/{native.MANIFEST}" in names
+    assert any(n.startswith(f"{native.PACKAGE}__mypyc") for n in names)
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    got = _probe(site)
+    assert got["mode"] == "compiled"
+    files = got["files"]
+    assert isinstance(files, dict)
+    assert all(_is_extension(f) and f.startswith(str(site)) for f in files.values())

@@ -32,7 +32,7 @@ class ClientConnection(Corkable, asyncio.Protocol):
         # kept: asyncio.get_running_loop() costs a getpid() system call on every call
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer = b"unknown"
         self.http11 = True
         self.closed = False
@@ -66,8 +66,11 @@ class ClientConnection(Corkable, asyncio.Protocol):
                     ex.conn.uncork()
 
     def _feed(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            return  # (closed)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.reject(501, "protocol upgrades (such as WebSocket) are not supported")
         except httptools.HttpParserCallbackError as e:
@@ -88,6 +91,7 @@ class ClientConnection(Corkable, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = None  # (it refers back to us: a cycle the collector would have to find)
         self.state.connections.discard(self)
         for ex in self.queue:
             ex.deadline = 0.0
@@ -144,12 +148,14 @@ class ClientConnection(Corkable, asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        version = self.parser.get_http_version()
+        parser = self.parser
+        assert parser is not None  # (we are called back by it)
+        version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise httptools.HttpParserError(f"HTTP/{version} is not supported")
         self.http11 = version == "1.1"
-        ex.method = self.parser.get_method()
-        ex.keep_alive = self.parser.should_keep_alive()
+        ex.method = parser.get_method()
+        ex.keep_alive = parser.should_keep_alive()
         routing.route(self.state, ex, port=self.port)
         if ex is self.queue[0] and not ex.hold and not ex.responded:
             ex.start()

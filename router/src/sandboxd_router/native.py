@@ -47,10 +47,10 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifest(package_dir: Path) -> None:
-    """Record the sources being compiled (called by the build)."""
-    sources = {name: digest(package_dir / f"{name}.py") for name in HOT}
-    (package_dir / MANIFEST).write_text(json.dumps(sources, indent=2, sort_keys=True) + "\n")
+def write_manifest(directory: Path, sources: dict[str, str]) -> None:
+    """Record the digests of the sources just compiled (called by the build, once it has
+    built every module)."""
+    (directory / MANIFEST).write_text(json.dumps(sources, indent=2, sort_keys=True) + "\n")
 
 
 def _problem(package_dir: Path) -> str | None:
@@ -62,9 +62,12 @@ def _problem(package_dir: Path) -> str | None:
     except (OSError, ValueError) as e:
         return f"unreadable {MANIFEST}: {e}"
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    shared = f"{PACKAGE}__mypyc"  # the group's one library, beside the package
-    if not any((package_dir.parent / f"{shared}{s}").exists() for s in suffixes):
+    shared = f"{PACKAGE}__mypyc"  # the group's one library, which the modules import by name
+    spec = importlib.util.find_spec(shared)
+    if spec is None or spec.origin is None:
         return f"the compiled library {shared} is missing"
+    if Path(spec.origin).resolve().parent != package_dir.parent.resolve():
+        return f"the first {shared} on the path is not this build's ({spec.origin})"
     for name in HOT:
         if not any((package_dir / f"{name}{s}").exists() for s in suffixes):
             return f"the compiled {name} module is missing"
@@ -91,6 +94,8 @@ class _Sources(importlib.abc.MetaPathFinder):
 def select(package_dir: Path = _HERE) -> str:
     """Decide once, before any hot module is imported; returns (and sets) `mode`."""
     global mode
+    if any(isinstance(finder, _Sources) for finder in sys.meta_path):
+        return mode  # decided already (the package was reloaded)
     problem = _problem(package_dir)
     if problem is None:
         mode = "compiled"

@@ -120,6 +120,7 @@ class UpstreamConnection(Corkable, asyncio.Protocol):
         self.closed = True
         if self in self.upstream.idle:
             self.upstream.idle.remove(self)
+        self.parser = None  # (it refers back to us: a cycle the collector would have to find)
         response, self.response = self.response, None
         if response is not None:
             response.lost(exc)
@@ -208,8 +209,11 @@ class _Response:
     def on_message_complete(self) -> None:
         if self.interim:
             # the final response follows on the same parser (llhttp starts a new message):
-            # a fresh parser here would miss what is left of this very read
+            # a fresh parser here would miss what is left of this very read — unless the 1xx
+            # said `Connection: close`, after which llhttp refuses anything more
             self.interim = False
+            if not self._parser().should_keep_alive():
+                self.conn.parser = httptools.HttpResponseParser(self)
             return
         if self.receiver is not None:
             self._finish(keep=self._parser().should_keep_alive() and not self.until_close)
