@@ -58,7 +58,7 @@ def _problem(package_dir: Path) -> str | None:
     try:
         built = json.loads((package_dir / MANIFEST).read_text())
     except FileNotFoundError:
-        return "not compiled (built without mypyc)"
+        return "not compiled (no complete mypyc build here)"
     except (OSError, ValueError) as e:
         return f"unreadable {MANIFEST}: {e}"
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
