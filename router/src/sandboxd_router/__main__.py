@@ -52,6 +52,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upstream-timeout", type=float, default=60.0,
                    help="seconds to wait for a response head (504 after; default 60)")  # fmt: skip
     p.add_argument(
+        "--head-timeout",
+        type=float,
+        default=30.0,
+        help="seconds for a request head from its first byte (408 after; default 30)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request body may send nothing (408 after; default 30)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        help="client connections held at once; past it 503 and close (default 10000)",
+    )
+    p.add_argument(
+        "--mcp-body-budget",
+        type=int,
+        default=16 << 20,
+        help="bytes of MCP bodies held across connections to read their routing key; "
+        "past it a body is routed without it (default 16 MiB)",
+    )
+    p.add_argument(
         "--busy-poll-us",
         type=float,
         default=50,
@@ -72,6 +97,10 @@ async def run(args: argparse.Namespace) -> None:
         max_header_bytes=args.max_header_bytes,
         upstream_timeout=args.upstream_timeout,
         busy_poll=args.busy_poll_us / 1e6,
+        head_timeout=args.head_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
+        mcp_body_budget=args.mcp_body_budget,
     )
     state = RouterState(limits=limits, log=AccessLog(args.access_log))
     router = Router(state=state, host=args.host, gateway_port=args.gateway_port)

@@ -17,12 +17,22 @@ from typing import cast
 
 import httptools
 
-from sandboxd_router import routing
+from sandboxd_router import routing, target
 from sandboxd_router.cork import Corkable
 from sandboxd_router.exchange import Exchange
 from sandboxd_router.state import RouterState
 
 log = logging.getLogger("sandboxd_router")
+OVERLOADED_BODY = (
+    b'{"error": "overloaded", "message": "the router holds as many connections as it may; '
+    b'retry shortly", "sandbox": null, "service": null}'
+)
+OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nsandboxd-route: baseline\r\n"
+    b"Connection: close\r\n\r\n%b" % (len(OVERLOADED_BODY), OVERLOADED_BODY)
+)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ClientConnection(Corkable, asyncio.Protocol):
@@ -43,17 +53,38 @@ class ClientConnection(Corkable, asyncio.Protocol):
         self._paused_upstream = False
         self._reading = True
         self._idle_since = 0.0  # loop time the connection became idle (0: busy)
+        # what the sweep saw the client send last: a head or body that makes no progress
+        # between sweeps is timed out there, so a request costs no timer and no clock read
+        self._watched: Exchange | None = None
+        self._progress = -1  # bytes of the watched body (-1: its head is not whole yet)
+        self._since = 0.0
         self._out: list[bytes] | None = None  # corked: writes collect here until uncork()
         self.feeding = False  # inside data_received: upstream writes are corked too
 
     # transport events -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        state = self.state
+        if len(state.connections) >= state.limits.max_connections:
+            self._refuse()
+            return
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
-        self.state.connections.add(self)
-        self._idle_since = self.loop.time()
+        state.connections.add(self)
+        # a new connection must start its first request within the head deadline: it counts
+        # as idle for as long already as the idle deadline exceeds the head deadline
+        limits = state.limits
+        self._idle_since = self.loop.time() - max(0.0, limits.idle_timeout - limits.head_timeout)
+
+    def _refuse(self) -> None:
+        """Over the connection limit: a 503 at once, nothing read, and close (existing
+        connections are untouched; this one never counts)."""
+        assert self.transport is not None
+        self.parser = None
+        self.closed = True
+        self.transport.write(OVERLOADED)
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.feeding = True
@@ -93,8 +124,12 @@ class ClientConnection(Corkable, asyncio.Protocol):
         self.closed = True
         self.parser = None  # (it refers back to us: a cycle the collector would have to find)
         self.state.connections.discard(self)
+        self._watched = None
         for ex in self.queue:
             ex.deadline = 0.0
+            if ex.hold:  # an MCP body we were reading: its bytes leave the shared budget
+                ex.hold = False
+                self.state.held_body -= ex.body_size
             if ex.conn is not None:
                 ex.conn.abort()  # the client went away: so does the upstream request
         self.queue.clear()
@@ -133,6 +168,8 @@ class ClientConnection(Corkable, asyncio.Protocol):
         if lower == b"baggage":
             ex.baggage.append(value)
         elif lower == b"host":
+            if ex.host is not None:  # RFC 9112 §3.2: which one would the upstream believe?
+                raise httptools.HttpParserError("more than one Host header")
             ex.host = value
         elif lower == b"content-length":
             ex.content_length = value
@@ -156,30 +193,58 @@ class ClientConnection(Corkable, asyncio.Protocol):
         self.http11 = version == "1.1"
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
+        if ex.host is None and self.http11:
+            raise httptools.HttpParserError("an HTTP/1.1 request needs a Host header")
+        if not ex.target.startswith(b"/"):
+            self._other_form(ex)
         routing.route(self.state, ex, port=self.port)
-        if ex is self.queue[0] and not ex.hold and not ex.responded:
+        if ex.hold:
+            self._expect(ex)
+        elif ex is self.queue[0] and not ex.responded:
             ex.start()
+
+    def _other_form(self, ex: Exchange) -> None:
+        """An absolute-form target goes upstream origin-form, its authority standing in for
+        Host (RFC 9112 §3.2.2); `OPTIONS *` passes; anything else is refused."""
+        if ex.target == b"*" and ex.method == b"OPTIONS":
+            return
+        parts = target.origin_form(ex.target)
+        if parts is None:
+            raise httptools.HttpParserError("the request target is neither /path nor http://…")
+        ex.host, ex.target = parts
+
+    def _expect(self, ex: Exchange) -> None:
+        """The router reads this body itself before routing: a client waiting for `100
+        Continue` gets it from us, and the upstream (which gets the whole body) no Expect."""
+        expect = ex.head.take(b"expect")
+        if self.http11 and any(v.lower() == b"100-continue" for v in expect):
+            self.write(CONTINUE)
 
     def on_body(self, data: bytes) -> None:
         ex = self.parsing
         assert ex is not None
         ex.add_body(data)
-        if ex.hold and ex.body_size > self.state.limits.mcp_body_bytes:
-            self._release(ex)
+        if ex.hold:
+            state = self.state
+            state.held_body += len(data)
+            limits = state.limits
+            if ex.body_size > limits.mcp_body_bytes or state.held_body > limits.mcp_body_budget:
+                self._release(ex, whole=False)  # too large, or too much held: route without
 
     def on_message_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
         self.parsing = None
         if ex.hold:
-            self._release(ex)
+            self._release(ex, whole=True)
         if not ex.responded:
             ex.request_complete()
 
     # exchange events ----------------------------------------------------------------------
-    def _release(self, ex: Exchange) -> None:
+    def _release(self, ex: Exchange, *, whole: bool) -> None:
         """An MCP body has been read (or is too large to read): route it and send it."""
-        routing.route_by_body(self.state, ex)
+        self.state.held_body -= ex.body_size
+        routing.route_by_body(self.state, ex, whole=whole)
         if ex is self.queue[0] and not ex.responded:
             ex.start()
 
@@ -252,10 +317,44 @@ class ClientConnection(Corkable, asyncio.Protocol):
                 self.transport.pause_reading()
 
     def tick(self, now: float) -> None:
-        """The router's sweep: close an idle keep-alive connection, time out a silent upstream."""
-        if self._idle_since and now - self._idle_since > self.state.limits.idle_timeout:
-            self.close()
+        """The router's sweep: close an idle keep-alive connection, time out a slow client's
+        head or stalled body, and a silent upstream."""
+        limits = self.state.limits
+        if self._idle_since:
+            if now - self._idle_since > limits.idle_timeout:
+                self.close()
             return
+        self._watch(now)
         for ex in self.queue:
             if ex.deadline and now > ex.deadline:
                 ex.timed_out()
+
+    def _watch(self, now: float) -> None:
+        """A head must be whole within `head_timeout` of the sweep that first saw it; a body
+        must move within `body_timeout`. Only while we read: a pipelined request waiting for
+        its turn, or a body held back by a slow upstream, is not the client's delay."""
+        ex = self.parsing
+        if ex is None or not self._reading or self.closed:
+            self._watched = None
+            return
+        progress = ex.body_size if ex.method else -1
+        if ex is not self._watched or progress != self._progress:
+            self._watched, self._progress, self._since = ex, progress, now
+            return
+        limits = self.state.limits
+        if progress < 0 and now - self._since > limits.head_timeout:
+            self._timed_out(ex, "the request head did not arrive in time")
+        elif progress >= 0 and now - self._since > limits.body_timeout:
+            self._timed_out(ex, "the request body stalled")
+
+    def _timed_out(self, ex: Exchange, message: str) -> None:
+        """408 and close; the upstream request, if one was begun, is aborted."""
+        self._watched = None
+        conn, ex.conn = ex.conn, None
+        if conn is not None:
+            conn.abort()
+        ex.deadline = 0.0
+        if ex.responded:
+            self.abort()  # the response has begun: nothing more can be said
+        else:
+            self.reject(408, message, code="request_timeout")

@@ -71,6 +71,17 @@ class RequestHeaders:
         self.lines.append(name + b": " + value + CRLF)
         self.names.append(lower)
 
+    def take(self, lower: bytes) -> list[bytes]:
+        """Remove the headers named `lower` (a lowered name) and return their values: for a
+        header the router answers itself (`Expect: 100-continue` on a body it reads first)."""
+        found = [i for i, name in enumerate(self.names) if name == lower]
+        values = [self.lines[i].split(b":", 1)[1].strip() for i in found]
+        if found:
+            keep = [i for i in range(len(self.names)) if i not in found]
+            self.lines = [self.lines[i] for i in keep]
+            self.names = [self.names[i] for i in keep]
+        return values
+
     def render(
         self,
         method: bytes,

@@ -41,15 +41,17 @@ class Sessions:
 
 def key_from_body(body: bytes, key: bytes) -> str | None:
     """The routing key in `params._meta.baggage` of a JSON-RPC message (or of the first message
-    of a batch that has one); None when the body is not such JSON."""
+    of a batch that has one); None when the body is not such JSON. Never raises: a body nested
+    past the parser's depth (RecursionError), a number past int's digit limit, invalid UTF-8
+    or a lone surrogate in the baggage all carry no key."""
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
     for item in message if isinstance(message, list) else [message]:
         baggage = _meta_baggage(item)
         if baggage is not None:
-            return find_key([baggage.encode()], key)
+            return find_key([baggage.encode(errors="surrogatepass")], key)
     return None
 
 

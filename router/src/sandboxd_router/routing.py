@@ -45,12 +45,14 @@ def route(state: RouterState, ex: Exchange, *, port: int | None) -> None:
     _choose(table, service, key, ex)
 
 
-def route_by_body(state: RouterState, ex: Exchange) -> None:
+def route_by_body(state: RouterState, ex: Exchange, *, whole: bool) -> None:
+    """Route a held MCP request by its body when `whole`; otherwise (too large, or the shared
+    budget for held bodies is spent) by the remaining rules, without reading it."""
     ex.hold = False
     if ex.service is None or ex.responded:
         return
     key = None
-    if ex.body_size <= state.limits.mcp_body_bytes:
+    if whole and ex.body_size <= state.limits.mcp_body_bytes:
         key = key_from_body(b"".join(ex.body), state.table.key)
     _choose(state.table, ex.service, key, ex)
 

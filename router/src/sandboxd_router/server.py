@@ -105,6 +105,8 @@ async def serve_admin(router: Router, host: str, port: int) -> asyncio.Server:
                     "services": len(table.services),
                     "sandboxes": len(table.routes),
                     "sessions": len(router.state.sessions),
+                    "connections": len(router.state.connections),
+                    "heldBodyBytes": router.state.held_body,
                     "hotPath": native.mode,
                 }
             ).encode()

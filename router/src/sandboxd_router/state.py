@@ -26,6 +26,19 @@ class Limits:
     """A keep-alive client connection idle this long is closed."""
     busy_poll: float = 0.0
     """Seconds to poll for an upstream's answer instead of sleeping (0: off)."""
+    head_timeout: float = 30.0
+    """A request head must be whole this long after its first byte (408 and close after); a
+    new connection must start its first head this soon too. Checked by the once-a-second
+    sweep, so up to a second late."""
+    body_timeout: float = 30.0
+    """A request body that gets no byte for this long: 408 (or a reset once the response has
+    begun), close, and the upstream request is aborted."""
+    max_connections: int = 10_000
+    """Client connections held at once (idle keep-alive ones count). Past it a new connection
+    gets a 503 with `Connection: close` at once, unread, and is closed."""
+    mcp_body_budget: int = 16 << 20
+    """Bytes of MCP bodies held (to read `params._meta.baggage`) across all connections. A body
+    that would go past it is routed without its body being read: by the remaining rules."""
 
 
 @dataclass(slots=True)
@@ -36,3 +49,5 @@ class RouterState:
     sessions: Sessions = field(default_factory=Sessions)
     connections: set[ClientConnection] = field(default_factory=set)
     spinning: bool = False
+    held_body: int = 0
+    """Bytes of MCP bodies held right now (bounded by `Limits.mcp_body_budget`)."""
