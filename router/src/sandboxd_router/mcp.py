@@ -10,33 +10,70 @@ from sandboxd_router.baggage import find_key
 from sandboxd_router.pool import Upstream
 
 MAX_SESSIONS = 100_000
+PER_SANDBOX = 10_000
+BASELINE = b"baseline"
 
 
 class Sessions:
-    """`Mcp-Session-Id` → where its `initialize` went (upstream and route decision)."""
+    """`Mcp-Session-Id` → where its `initialize` went (upstream and route decision).
 
-    def __init__(self, *, limit: int = MAX_SESSIONS) -> None:
-        self._map: OrderedDict[bytes, tuple[Upstream, bytes]] = OrderedDict()
+    Bounded, and partitioned so that nobody evicts another's sessions: the baseline's (which
+    anyone can start, without a key) and each sandbox's are kept apart, and a full group drops
+    its own oldest — the baseline's at `limit` sessions, a sandbox's at `per_sandbox`. The
+    sandboxes together hold at most `limit`: past it a sandbox gives up its own oldest, and one
+    with none yet takes the oldest of the largest sandbox's.
+    """
+
+    def __init__(self, *, limit: int = MAX_SESSIONS, per_sandbox: int = PER_SANDBOX) -> None:
+        self._where: dict[bytes, tuple[Upstream, bytes]] = {}
+        self._groups: dict[bytes, OrderedDict[bytes, None]] = {}  # decision → oldest first
         self._limit = limit
+        self._per_sandbox = per_sandbox
+        self._in_sandboxes = 0
 
     def get(self, session: bytes) -> tuple[Upstream, bytes] | None:
-        return self._map.get(session)
+        return self._where.get(session)
 
     def remember(self, session: bytes, upstream: Upstream, decision: bytes) -> None:
-        self._map[session] = (upstream, decision)
-        if len(self._map) > self._limit:
-            self._map.popitem(last=False)
+        self.forget(session)
+        baseline = decision == BASELINE
+        group = self._groups.get(decision)
+        size = len(group) if group is not None else 0
+        if size >= (self._limit if baseline else self._per_sandbox):
+            self._drop_oldest(decision)
+        elif not baseline and self._in_sandboxes >= self._limit:
+            self._drop_oldest(decision if size else self._largest())
+        self._groups.setdefault(decision, OrderedDict())[session] = None
+        self._where[session] = (upstream, decision)
+        if not baseline:
+            self._in_sandboxes += 1
 
     def forget(self, session: bytes) -> None:
-        self._map.pop(session, None)
+        hit = self._where.pop(session, None)
+        if hit is None:
+            return
+        decision = hit[1]
+        group = self._groups[decision]
+        del group[session]
+        if not group:
+            del self._groups[decision]
+        if decision != BASELINE:
+            self._in_sandboxes -= 1
 
     def keep_only(self, live: set[int]) -> None:
         """After a table swap: drop sessions whose upstream is no longer routed to."""
-        for session in [s for s, (u, _) in self._map.items() if id(u) not in live]:
-            del self._map[session]
+        for session in [s for s, (u, _) in self._where.items() if id(u) not in live]:
+            self.forget(session)
+
+    def _drop_oldest(self, decision: bytes) -> None:
+        self.forget(next(iter(self._groups[decision])))
+
+    def _largest(self) -> bytes:
+        sandboxes = [d for d in self._groups if d != BASELINE]
+        return max(sandboxes, key=lambda d: len(self._groups[d]))
 
     def __len__(self) -> int:
-        return len(self._map)
+        return len(self._where)
 
 
 def key_from_body(body: bytes, key: bytes) -> str | None:
