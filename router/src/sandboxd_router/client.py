@@ -19,6 +19,7 @@ import httptools
 
 from sandboxd_router import routing, target
 from sandboxd_router.cork import Corkable
+from sandboxd_router.errors import Refusal
 from sandboxd_router.exchange import Exchange
 from sandboxd_router.state import RouterState
 
@@ -33,6 +34,7 @@ OVERLOADED = (
     b"Connection: close\r\n\r\n%b" % (len(OVERLOADED_BODY), OVERLOADED_BODY)
 )
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+MAX_PIPELINED = 16  # requests queued on one connection (each parsed one is an object held)
 
 
 class ClientConnection(Corkable, asyncio.Protocol):
@@ -58,6 +60,7 @@ class ClientConnection(Corkable, asyncio.Protocol):
         self._watched: Exchange | None = None
         self._progress = -1  # bytes of the watched body (-1: its head is not whole yet)
         self._since = 0.0
+        self._refusal: tuple[int, str, str] | None = None  # sent when its request's turn comes
         self._out: list[bytes] | None = None  # corked: writes collect here until uncork()
         self.feeding = False  # inside data_received: upstream writes are corked too
 
@@ -106,7 +109,9 @@ class ClientConnection(Corkable, asyncio.Protocol):
             self.reject(501, "protocol upgrades (such as WebSocket) are not supported")
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, httptools.HttpParserError):  # our own checks, in a callback
+            if isinstance(cause, Refusal):
+                self.reject(cause.status, str(cause), code=cause.code)
+            elif isinstance(cause, httptools.HttpParserError):  # our own checks, in a callback
                 self.reject(400, f"malformed request: {cause}")
             else:
                 self._internal_error(cause or e)
@@ -147,12 +152,15 @@ class ClientConnection(Corkable, asyncio.Protocol):
     # parser callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._idle_since = 0.0
-        if self.queue:  # pipelined behind an exchange in flight: read no further for now
-            self._paused_turn = True
-            self._update_reading()
+        behind = bool(self.queue)  # pipelined behind an exchange in flight
         self.parsing = Exchange(self)
         self.queue.append(self.parsing)
         self._head_bytes = 0
+        if behind:  # read no further for now
+            self._paused_turn = True
+            self._update_reading()
+            if len(self.queue) > MAX_PIPELINED:
+                raise Refusal(429, "too_many_pipelined", "too many pipelined requests")
 
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
@@ -257,6 +265,10 @@ class ClientConnection(Corkable, asyncio.Protocol):
         self._paused_upstream = False
         if self.queue:
             nxt = self.queue[0]
+            if self._refusal is not None and nxt is self.queue[-1]:
+                nxt.fail(*self._refusal)  # a refused request's turn: answer it, and close
+                self.close()
+                return
             if nxt.upstream is not None and not nxt.hold and nxt.conn is None and not nxt.responded:
                 nxt.start()
         else:
@@ -281,9 +293,20 @@ class ClientConnection(Corkable, asyncio.Protocol):
         self.close()
 
     def reject(self, status: int, message: str, *, code: str | None = None) -> None:
-        """A request we refuse before routing it: 4xx (or 501), JSON, and close."""
+        """A request we refuse before routing it: 4xx (or 501), JSON, and close. Behind
+        pipelined requests still being answered it waits for its turn (answered now, it would
+        read as the answer to the first); nothing more is read meanwhile."""
+        if self._refusal is not None:
+            return  # (refused already, waiting for its turn)
         ex = self.parsing or (self.queue[-1] if self.queue else None) or Exchange(self)
-        ex.fail(status, code or ("bad_request" if status < 500 else "not_implemented"), message)
+        code = code or ("bad_request" if status < 500 else "not_implemented")
+        if self.queue and ex is not self.queue[0] and ex is self.queue[-1]:
+            self.parser = None
+            self._refusal = (status, code, message)
+            self._paused_turn = True
+            self._update_reading()
+            return
+        ex.fail(status, code, message)
         self.close()
 
     def close(self) -> None:
@@ -301,8 +324,7 @@ class ClientConnection(Corkable, asyncio.Protocol):
     def _count(self, n: int) -> None:
         self._head_bytes += n
         if self._head_bytes > self.state.limits.max_header_bytes:
-            self.reject(431, "request headers are larger than the limit")
-            raise httptools.HttpParserError("headers too large")
+            raise Refusal(431, "bad_request", "request headers are larger than the limit")
 
     def _update_reading(self) -> None:
         """Pause or resume reading, calling the transport only on a change (each is a syscall)."""
