@@ -114,3 +114,49 @@ def test_generated_requests_never_get_a_router_5xx_nor_reach_the_upstream_when_r
     if 400 <= status < 500:
         assert all(o.seen() == [] for o in origins.values()), data[:300]
     assert "Traceback" not in (fuzzed.log.parent / "router.err").read_text()
+
+
+MESSAGE = st.fixed_dictionaries(
+    {"jsonrpc": st.just("2.0"), "id": st.integers() | st.text(max_size=5), "method": st.text(max_size=12),
+     "params": st.fixed_dictionaries({"_meta": st.fixed_dictionaries(
+         {"baggage": st.text(max_size=40) | st.just(f"sandbox={KEYS['pr-1']}")})})}
+)  # fmt: skip
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+MCP_BODIES = st.one_of(
+    MESSAGE.map(lambda m: json.dumps(m).encode()),
+    st.lists(MESSAGE | JSON, max_size=4).map(lambda batch: json.dumps(batch).encode()),
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * (n % 3)),
+    st.integers(1, 50_000).map(lambda n: b'{"params":' * n + b"{}"),
+    st.integers(4000, 20_000).map(lambda n: b'{"id": ' + b"9" * n + b"}"),
+    st.tuples(MESSAGE, st.binary(min_size=1, max_size=4)).map(
+        lambda mb: json.dumps(mb[0]).encode().replace(b'"2.0"', b'"2.0' + mb[1] + b'"')),
+    st.binary(max_size=2000),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mcp_router(
+    origins: dict[str, Origin], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Router]:
+    tmp = tmp_path_factory.mktemp("fuzz-mcp-bodies")
+    r = start_router(tmp, routes_table(free_port(), origins, protocol="mcp"))
+    yield r
+    r.proc.terminate()
+    r.proc.wait()
+
+
+@FUZZ
+@given(body=MCP_BODIES)
+def test_generated_mcp_bodies_are_routed_never_a_5xx(mcp_router: Router, body: bytes) -> None:
+    head = (b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+    answer = exchange(mcp_router.port, head + body)
+    assert answer.startswith(b"HTTP/1.1 200 "), (body[:200], answer[:300])
+    route = answer.partition(b"\r\nsandboxd-route: ")[2].partition(b"\r\n")[0]
+    assert route in (b"baseline", b"sandbox=pr-1")
+    assert "Traceback" not in (mcp_router.log.parent / "router.err").read_text()

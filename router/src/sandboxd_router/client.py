@@ -225,7 +225,8 @@ class ClientConnection(Corkable, asyncio.Protocol):
         """The router reads this body itself before routing: a client waiting for `100
         Continue` gets it from us, and the upstream (which gets the whole body) no Expect."""
         expect = ex.head.take(b"expect")
-        if self.http11 and any(v.lower() == b"100-continue" for v in expect):
+        first = ex is self.queue[0]  # (behind others, a 100 would interleave with their answers)
+        if first and self.http11 and any(v.lower() == b"100-continue" for v in expect):
             self.write(CONTINUE)
 
     def on_body(self, data: bytes) -> None:
