@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sandboxd_router.table import Service
 
 REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
+PENDING_LIMIT = 256 * 1024  # body bytes kept before an upstream connection takes them
 
 
 class Exchange:
@@ -139,6 +140,8 @@ class Exchange:
         body, self.body = self.body, []
         for data in body:
             self._send(h.chunk(data) if self.chunked else data)
+        if self.body_size > PENDING_LIMIT:
+            self.client.pause_for_upstream(False)  # (paused by add_body, perhaps)
         if self.complete:
             self._request_sent()
         if corked and not self.client.feeding:
@@ -150,6 +153,10 @@ class Exchange:
             self._send(h.chunk(data) if self.chunked else data)
         else:
             self.body.append(data)
+            if self.body_size > PENDING_LIMIT and not self.hold:
+                # no upstream to take it yet (still connecting): read no more until one does,
+                # or a fast client would fill our memory for as long as the connect takes
+                self.client.pause_for_upstream(True)
 
     def request_complete(self) -> None:
         self.complete = True
