@@ -44,15 +44,26 @@ def admin_token(settings: Settings) -> str:
     """The configured admin token, else the one in `<data dir>/admin-token`, made on first start."""
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
-    path = settings.data_path / "admin-token"
+    return _token_file(settings.data_path / "admin-token")
+
+
+def router_token(settings: Settings) -> str:
+    """The token that may only read the route table: the embedded router's, and the one to
+    give routers run apart (`--token-file <data dir>/router-token`) instead of the admin's."""
+    return _token_file(settings.data_path / "router-token")
+
+
+def _token_file(path: Path) -> str:
     if path.exists():
         _private(path, 0o600)
-        return path.read_text().strip()
+        if token := path.read_text().strip():
+            return token
+        path.unlink()  # an empty token would let an empty bearer in
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
-    log.info("generated the admin token into %s", path)
+    log.info("generated a token into %s", path)
     return token
 
 
@@ -122,8 +133,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
         store = Store(engine)
         token = admin_token(settings)
         await store.run(store.put_token, name="admin", token_hash=hash_token(token))
-        # the embedded router's own token: it reads routes and nothing else, held in memory only
-        router_token = secrets.token_urlsafe(32)
+        reader = router_token(settings)
         kick = _Deferred()
         runtime: Runtime
         if settings.runtime == "kubernetes":
@@ -164,7 +174,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             data_dir=settings.data_path,
             plans=[router_plan(settings)] if settings.with_router else [],
             stop_grace=settings.stop_grace,
-            stdin=router_token.encode(),
+            stdin=reader.encode(),
         )
         await runtime.start()
         if settings.start_baseline:
@@ -179,7 +189,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             logs=runtime,
             reconciler_alive=reconciler.alive,
             token_hashes=await store.run(store.token_hashes),
-            route_reader_hashes={hash_token(router_token)},
+            route_reader_hashes={hash_token(reader)},
         )
         task = asyncio.create_task(reconciler.run(), name="reconciler")
         await router.start()
