@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sandboxd.runtime.confine import Launch, launcher_argv
 from tests.conftest import fork_command
 from tests.integration.conftest import wait_for, wait_phase
 from tests.support.server import Sandboxd, free_port, running_sandboxd
@@ -124,9 +125,11 @@ def test_without_user_namespaces_sandboxd_refuses_unless_allowed(tmp_path: Path)
     starts and says so with every fork."""
     port = free_port()
     catalog = tmp_path / "sandboxd.yaml"
-    catalog.write_text(f"services:\n  - name: echo\n    baseline: {{url: 'http://127.0.0.1:{port}'}}\n")
-    refused = subprocess.run(_serve_without_userns(tmp_path, catalog), capture_output=True,
-                             timeout=60, check=False)  # fmt: skip
+    catalog.write_text(
+        f"services:\n  - name: echo\n    baseline: {{url: 'http://127.0.0.1:{port}'}}\n"
+    )
+    refused = subprocess.run(_serve_without_userns(tmp_path, catalog), env=_env(tmp_path),
+                             capture_output=True, timeout=60, check=False)  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     message = refused.stderr.decode()
     assert "forks cannot be confined" in message and "--allow-unconfined-forks" in message
@@ -134,7 +137,7 @@ def test_without_user_namespaces_sandboxd_refuses_unless_allowed(tmp_path: Path)
 
     argv = _serve_without_userns(tmp_path, catalog, "--allow-unconfined-forks")
     with (tmp_path / "allowed.log").open("wb") as log:
-        allowed = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        allowed = subprocess.Popen(argv, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     server = Sandboxd(data_dir=tmp_path, port=int(argv[argv.index("--port") + 1]), env={})
     try:
         wait_for(lambda: _ready(server.url), bool)
@@ -150,12 +153,47 @@ def test_without_user_namespaces_sandboxd_refuses_unless_allowed(tmp_path: Path)
 
 
 def _serve_without_userns(tmp_path: Path, catalog: Path, *args: str) -> list[str]:
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    return ["unshare", "-Ur", "sh", "-c", script, "sh", sys.executable, "-m", "sandboxd",
+            "serve", "--catalog", str(catalog), "--port", str(free_port()), *args]  # fmt: skip
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXD_")}
-    env |= {"SANDBOXD_DATA_DIR": str(tmp_path / "data"), "SANDBOXD_ADMIN_TOKEN": "t" * 20}
-    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec env "$@"'
-    settings = [f"{k}={v}" for k, v in env.items()]
-    return ["unshare", "-Ur", "sh", "-c", script, "sh", *settings, sys.executable, "-m",
-            "sandboxd", "serve", "--catalog", str(catalog), "--port", str(free_port()), *args]  # fmt: skip
+    return env | {"SANDBOXD_DATA_DIR": str(tmp_path / "data"), "SANDBOXD_ADMIN_TOKEN": "t" * 20}
+
+
+def test_the_launcher_execs_in_place_and_enters_its_directory_anew(tmp_path: Path) -> None:
+    """Same pid and process group as sandboxd recorded; a working directory inside a hidden
+    one does not reach under the cover; a command that cannot start says why."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "token").write_text("s3cret")
+    spec = Launch(("sh", "-c", "echo $$ $(ps -o pgid= $$); cat token; ls -A"),
+                  {"PATH": os.environ["PATH"]}, None, (str(hidden),))  # fmt: skip
+    launcher = subprocess.Popen(
+        launcher_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=hidden, env={}, start_new_session=True,
+    )  # fmt: skip
+    out, _ = launcher.communicate(spec.encode(), timeout=30)
+    pid, pgid = out.decode().split()[:2]
+    assert int(pid) == int(pgid) == launcher.pid
+    assert b"s3cret" not in out and b"No such file" in out
+
+    missing = Launch(("/nonexistent/binary",), {}, None, ())
+    failed = subprocess.run(launcher_argv(), input=missing.encode(), capture_output=True,
+                            env={}, timeout=30, check=False)  # fmt: skip
+    assert failed.returncode == 127
+    assert failed.stderr.decode().strip() == (
+        "sandboxd-confine: cannot start '/nonexistent/binary': No such file or directory"
+    )
+
+
+def test_no_dumps_makes_a_process_non_dumpable() -> None:
+    code = "import ctypes; from sandboxd.runtime.confine import no_dumps; no_dumps(); " \
+           "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=True)
+    assert done.stdout.strip() == b"0"
 
 
 def _ready(url: str) -> bool:
