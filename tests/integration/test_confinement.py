@@ -95,6 +95,33 @@ def test_the_router_token_reads_routes_and_nothing_else(system: Sandboxd) -> Non
         assert admin.get("/v1/sandboxes").status_code == 200
 
 
+def test_a_router_run_apart_can_use_the_router_token_file(system: Sandboxd, tmp_path: Path) -> None:
+    """On another loopback address, the catalog's router ports are free for a second router."""
+    port = json.loads(_get(system, "/v1/services"))["items"][0]["routerPort"]
+    argv = [sys.executable, "-m", "sandboxd_router", "--control-url", system.url, "--token-file",
+            str(system.data_dir / "router-token"), "--host", "127.0.0.2", "--access-log", "off"]  # fmt: skip
+    with (tmp_path / "router.log").open("wb") as log:
+        router = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        served = wait_for(lambda: _try_get(f"http://127.0.0.2:{port}/"), lambda r: r is not None)
+        assert served.headers["sandboxd-route"] == "baseline"
+    finally:
+        router.terminate()
+        router.wait(10)
+
+
+def _get(server: Sandboxd, path: str) -> str:
+    with server.client() as client:
+        return client.get(path).text
+
+
+def _try_get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+
+
 def test_the_router_runs_on_its_own_token_out_of_sight(system: Sandboxd) -> None:
     router = _router_pid(system)
     environ = Path(f"/proc/{router}/environ").read_bytes()  # the test runs as root: it may
