@@ -87,6 +87,7 @@ def confinement(settings: Settings) -> Confinement:
     hide = hidden_from_forks(settings)
     if settings.runtime != "local" and not settings.start_baseline:
         return Confinement(tuple(hide), unconfined="no local processes")
+    settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)  # so the probe covers it
     found = Confinement.detect(hide, allow_unconfined=settings.allow_unconfined_forks)
     if found.unconfined is not None:
         log.warning(

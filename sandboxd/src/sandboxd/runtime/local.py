@@ -215,7 +215,8 @@ class LocalRuntime:
         if offset is None:
             tailed = await asyncio.to_thread(processes.LogTail.read, path, lines=tail or 100)
             return LogChunk(tailed.data, tailed.size)
-        return await asyncio.to_thread(_read_from, path, offset)
+        data, end = await asyncio.to_thread(processes.read_from, path, offset, MAX_LOG_READ)
+        return LogChunk(data, end)
 
     # internals ---------------------------------------------------------------------------
     def _log_path(self, name: str, service: str) -> Path:
@@ -299,12 +300,3 @@ class LocalRuntime:
                 if fork.exited is None and not fork.alive():
                     fork.exited = self._exit_message(fork)
                     self._on_change(fork.sandbox)
-
-
-def _read_from(path: Path, offset: int) -> LogChunk:
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = min(max(offset, 0), size)
-        f.seek(start)
-        data = f.read(MAX_LOG_READ)
-    return LogChunk(data, start + len(data))

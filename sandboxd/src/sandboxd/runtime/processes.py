@@ -180,3 +180,13 @@ class LogTail:
             return cls(b"", 0)
         kept = data.splitlines(keepends=True)[-lines:] if lines > 0 else []
         return cls(b"".join(kept), size)
+
+
+def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
+    """Up to `limit` bytes of a log from `offset` (clamped to the file), and where they end."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = min(max(offset, 0), size)
+        f.seek(start)
+        data = f.read(limit)
+    return data, start + len(data)
