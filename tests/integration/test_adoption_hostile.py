@@ -23,10 +23,15 @@ LIES = {
     "impostor": ["SANDBOXD_SANDBOX=honest"],  # another sandbox's name, to take its traffic
     "health": ["SANDBOXD_HEALTH=/ HTTP/1.1\r\nX: y"],
     "plan": ["SANDBOXD_PLAN=not-a-digest"],
+    # a name the orphan collector would remove the logs of: <data dir>/forks/../../victim
+    "traversal": ["SANDBOXD_SANDBOX=../../victim"],
 }
 
 
 def test_a_restart_stops_lying_forks_and_adopts_the_rest(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
     baseline = free_port()
     catalog = write_catalog(tmp_path / "sandboxd.yaml", baseline_port=baseline)
     args = ["--start-baseline"]
@@ -61,6 +66,7 @@ def test_a_restart_stops_lying_forks_and_adopts_the_rest(tmp_path: Path) -> None
                     lambda b, pid=liar: b["phase"] == "Ready" and b["forks"][0]["pid"] != pid,
                 )
                 assert again["forks"][0]["upstream"] != "http://127.0.0.1:7070"
+        assert (victim / "keep").read_text() == "mine"
         assert len(_group(before["honest"]["pid"])) == 2  # the child was not taken for a stray
         assert "Traceback" not in server.log()
 
