@@ -110,8 +110,11 @@ def spawn(
     reading `stdin` (else /dev/null): a way in for what must not be in its argv or environ."""
     log.parent.mkdir(parents=True, exist_ok=True)
     source = _memfile(stdin) if stdin is not None else subprocess.DEVNULL
+    # no symlink followed (a process that could swap its log for one would have us append to
+    # the link's target); private to sandboxd's user
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with log.open("ab") as out:
+        with os.fdopen(os.open(log, flags, 0o600), "ab") as out:
             return subprocess.Popen(
                 list(argv),
                 env=dict(env),
