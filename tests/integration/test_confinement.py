@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sandboxd.runtime import confine
 from sandboxd.runtime.confine import Launch, launcher_argv
 from tests.conftest import fork_command
 from tests.integration.conftest import wait_for, wait_phase
@@ -22,6 +24,8 @@ from tests.support.server import Sandboxd, free_port, running_sandboxd
 pytestmark = pytest.mark.slow
 THIEF = str(Path(__file__).parents[1] / "support" / "thief.py")
 HOME_SECRET = "home-admin-token-that-a-fork-must-not-read"
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"  # the test's own Python lives where nobody may not go
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +247,52 @@ def _router_pid(server: Sandboxd) -> int:
 
     pid: int = wait_for(find, bool)
     return pid
+
+
+def test_the_launcher_confines_an_unprivileged_user_too() -> None:
+    """sandboxd as an ordinary user (nobody here; the system Python, which it may run): its
+    fork cannot read a hidden directory, nor reach it through another process of the same user
+    (/proc/<pid>/root), nor read that process's environment, which the user itself can."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:
+        root = Path(scratch)
+        root.chmod(0o755)
+        launcher = root / "confine.py"  # run as a script: it needs the standard library only
+        launcher.write_bytes(Path(confine.__file__).read_bytes())
+        hidden = root / "hidden"
+        hidden.mkdir(mode=0o700)
+        (hidden / "token").write_text("nobody-secret")
+        os.chown(hidden, NOBODY, NOBODY)
+        os.chown(hidden / "token", NOBODY, NOBODY)
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        holder = subprocess.Popen([*as_nobody, "env", "SECRET=env-secret", "sleep", "300"])
+        try:
+            wait_for(lambda: _uid(holder.pid), lambda uid: uid == NOBODY)
+            targets = [str(hidden / "token"), f"/proc/{holder.pid}/environ",
+                       f"/proc/{holder.pid}/root{hidden}/token"]  # fmt: skip
+            script = (
+                "import sys\nfor p in sys.argv[1:]:\n    try: print(open(p).read())\n"
+                "    except OSError as e: print(p, e.strerror)"
+            )
+            spec = Launch((SYSTEM_PYTHON, "-c", script, *targets), {}, "/", (str(hidden),))
+            run = [*as_nobody, SYSTEM_PYTHON, "-I", "-S", str(launcher)]
+            done = subprocess.run(run, input=spec.encode(), capture_output=True, timeout=30)
+            bare = subprocess.run([*as_nobody, SYSTEM_PYTHON, "-c", script, targets[1]],
+                                  capture_output=True, timeout=30)  # fmt: skip
+        finally:
+            holder.kill()
+            holder.wait()
+    assert b"env-secret" in bare.stdout  # unconfined, the user reads its own processes
+    assert done.returncode == 0, done.stderr
+    assert b"secret" not in done.stdout
+    assert done.stdout.decode().splitlines() == [
+        f"{targets[0]} No such file or directory",
+        f"{targets[1]} Permission denied",
+        f"{targets[2]} Permission denied",
+    ]
+
+
+def _uid(pid: int) -> int:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except OSError:
+        return -1
