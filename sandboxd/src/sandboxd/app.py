@@ -25,7 +25,7 @@ from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.routebook import RouteBook
 from sandboxd.runtime.base import Runtime
-from sandboxd.runtime.confine import Confinement, ConfinementUnavailable, no_dumps
+from sandboxd.runtime.confine import Confinement, no_dumps
 from sandboxd.runtime.kubernetes import config as kube_config
 from sandboxd.runtime.kubernetes import discover
 from sandboxd.runtime.kubernetes.client import KubeClient
@@ -91,10 +91,13 @@ def confinement(settings: Settings) -> Confinement:
     found = Confinement.detect(hide, allow_unconfined=settings.allow_unconfined_forks)
     workdir = settings.catalog.resolve().parent if settings.catalog else None
     covering = [h for h in hide if workdir is not None and workdir.is_relative_to(h)]
-    if found.unconfined is None and covering:
-        raise ConfinementUnavailable(
-            f"the catalog's directory {workdir} is inside {covering[0]}, which forks and "
-            "baselines cannot see (it holds sandboxd's secrets): use another --data-dir"
+    if found.unconfined is None and covering:  # a command with absolute paths still runs
+        log.warning(
+            "the catalog's directory %s is inside %s, which forks and baselines cannot see "
+            "(it holds sandboxd's secrets): they start in an empty directory; use another "
+            "--data-dir if they read files beside the catalog",
+            workdir,
+            covering[0],
         )
     if found.unconfined is not None:
         log.warning(
