@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--token", default=os.environ.get("SANDBOXD_TOKEN"),
                    help="bearer token for the control plane (env SANDBOXD_TOKEN)")  # fmt: skip
+    p.add_argument("--token-file", type=Path,
+                   help="read the token from this file, - for stdin (kept out of environ "
+                        "and argv, which more processes can read)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument(
         "--gateway-port", type=int, help="one more listener that picks the service from Host"
@@ -85,11 +89,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
+    if args.token_file is not None:
+        args.token = read_token(args.token_file, p)
     if args.routes_file is None and not args.control_url:
         p.error("give --control-url (with --token) or --routes-file")
     if args.control_url and not args.token:
         p.error("--control-url needs --token (or SANDBOXD_TOKEN)")
     return args
+
+
+def read_token(path: Path, parser: argparse.ArgumentParser) -> str:
+    try:
+        if str(path) == "-":
+            raw = sys.stdin.buffer.read(4096)
+            _stdin_to_devnull()
+        else:
+            raw = path.read_bytes()[:4096]
+    except OSError as e:
+        parser.error(f"--token-file {path}: {e.strerror or e}")
+    return raw.decode(errors="replace").strip()
+
+
+def _stdin_to_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
+def no_dumps() -> None:
+    """Non-dumpable: a process of the same uid without CAP_SYS_PTRACE cannot open our /proc
+    files (environ, mem, fd), where the token is."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -134,6 +165,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    no_dumps()
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip

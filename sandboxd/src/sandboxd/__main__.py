@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sandboxd.app import create_app, preflight
 from sandboxd.core.catalog import CatalogError
 from sandboxd.core.errors import describe, one_line
+from sandboxd.runtime.confine import ConfinementUnavailable
 from sandboxd.runtime.kubernetes.client import KubeError
 from sandboxd.runtime.kubernetes.config import KubeConfigError
 from sandboxd.runtime.supervisor import SupervisorError
@@ -107,6 +108,14 @@ def serve(
         float | None,
         typer.Option(help="Seconds between TTL sweeps (env SANDBOXD_REAPER_INTERVAL, default 10)"),
     ] = None,
+    allow_unconfined_forks: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unconfined-forks/--no-allow-unconfined-forks",
+            help="Run forks where they cannot be confined: PR code can then read the admin "
+            "token (env SANDBOXD_ALLOW_UNCONFINED_FORKS)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run the control plane: REST API, reconciler, TTL reaper and a runtime (local or
@@ -127,14 +136,15 @@ def serve(
         "router_namespace": router_namespace,
         "catalog_from_cluster": catalog_from_cluster,
         "egress_allow": egress_allow or None,
+        "allow_unconfined_forks": allow_unconfined_forks,
     }
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})
-        preflight(settings)
-        app = create_app(settings)
+        confined = preflight(settings)
+        app = create_app(settings, confined=confined)
     except ValidationError as e:
         _fail(f"invalid setting: {one_line(describe(e.errors()))}")
-    except (CatalogError, SupervisorError, KubeConfigError) as e:
+    except (CatalogError, SupervisorError, KubeConfigError, ConfinementUnavailable) as e:
         _fail(str(e))
     except KubeError as e:
         _fail(f"cannot use the Kubernetes API: {e}")

@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -24,6 +25,7 @@ from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.routebook import RouteBook
 from sandboxd.runtime.base import Runtime
+from sandboxd.runtime.confine import Confinement, no_dumps
 from sandboxd.runtime.kubernetes import config as kube_config
 from sandboxd.runtime.kubernetes import discover
 from sandboxd.runtime.kubernetes.client import KubeClient
@@ -42,21 +44,77 @@ def admin_token(settings: Settings) -> str:
     """The configured admin token, else the one in `<data dir>/admin-token`, made on first start."""
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
-    path = settings.data_path / "admin-token"
+    return _token_file(settings.data_path / "admin-token")
+
+
+def router_token(settings: Settings) -> str:
+    """The token that may only read the route table: the embedded router's, and the one to
+    give routers run apart (`--token-file <data dir>/router-token`) instead of the admin's."""
+    return _token_file(settings.data_path / "router-token")
+
+
+def _token_file(path: Path) -> str:
     if path.exists():
-        return path.read_text().strip()
+        _private(path, 0o600)
+        if token := path.read_text().strip():
+            return token
+        path.unlink()  # an empty token would let an empty bearer in
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
-    log.info("generated the admin token into %s", path)
+    log.info("generated a token into %s", path)
     return token
 
 
-def preflight(settings: Settings) -> None:
+def _private(path: Path, mode: int) -> None:
+    """Tighten a file or directory that others could read (made before, or by hand)."""
+    if path.stat().st_mode & 0o077:
+        log.warning("%s was readable by others; setting mode %o", path, mode)
+        path.chmod(mode)
+
+
+def hidden_from_forks(settings: Settings) -> list[Path]:
+    """What forks and baselines must not see: the data dir (admin token, database, seal key,
+    every log) and the admin token's default directory, which the CLI reads."""
+    default = Settings.model_fields["data_dir"].default.expanduser().resolve()
+    return sorted({settings.data_path, default})
+
+
+def confinement(settings: Settings) -> Confinement:
+    """How forks and baselines start here (raises ConfinementUnavailable); confinement is only
+    tried where sandboxd runs processes of its own."""
+    hide = hidden_from_forks(settings)
+    if settings.runtime != "local" and not settings.start_baseline:
+        return Confinement(tuple(hide), unconfined="no local processes")
+    settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)  # so the probe covers it
+    found = Confinement.detect(hide, allow_unconfined=settings.allow_unconfined_forks)
+    workdir = settings.catalog.resolve().parent if settings.catalog else None
+    covering = [h for h in hide if workdir is not None and workdir.is_relative_to(h)]
+    if found.unconfined is None and covering:  # a command with absolute paths still runs
+        log.warning(
+            "the catalog's directory %s is inside %s, which forks and baselines cannot see "
+            "(it holds sandboxd's secrets): they start in an empty directory; use another "
+            "--data-dir if they read files beside the catalog",
+            workdir,
+            covering[0],
+        )
+    if found.unconfined is not None:
+        log.warning(
+            "forks and baselines run UNCONFINED (%s): PR code can read the admin token, the "
+            "database and sandboxd's memory; allowed by --allow-unconfined-forks",
+            found.unconfined,
+        )
+    return found
+
+
+def preflight(settings: Settings) -> Confinement:
     """What can be checked before serving, so that `sandboxd serve` fails with one clear line
-    (raises CatalogError, SupervisorError, KubeConfigError or KubeError)."""
+    (raises CatalogError, SupervisorError, KubeConfigError, KubeError or
+    ConfinementUnavailable); before anything is stopped. Returns how processes start here."""
+    no_dumps()  # secrets are about to enter this process's memory
     catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
+    confined = confinement(settings)
     if settings.runtime == "kubernetes":
         asyncio.run(_check_cluster(settings))
     if settings.start_baseline:
@@ -68,9 +126,10 @@ def preflight(settings: Settings) -> None:
         asyncio.run(leftovers.stop_leftovers())  # our own, from a run that was killed
         for plan in plans:
             check_port_free(plan)
+    return confined
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     file_catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
     workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
     metrics = Metrics()
@@ -79,18 +138,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         catalog = file_catalog
         settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private(settings.data_path, 0o700)
         engine = make_engine(settings.effective_database_url)
         await asyncio.to_thread(migrate, engine)
         store = Store(engine)
         token = admin_token(settings)
         await store.run(store.put_token, name="admin", token_hash=hash_token(token))
+        reader = router_token(settings)
         kick = _Deferred()
         runtime: Runtime
         if settings.runtime == "kubernetes":
             runtime, catalog = await _kubernetes_runtime(settings, catalog, on_change=kick)
         else:
             runtime = LocalRuntime(
-                data_dir=settings.data_path, stop_grace=settings.stop_grace, on_change=kick
+                data_dir=settings.data_path,
+                stop_grace=settings.stop_grace,
+                on_change=kick,
+                confinement=confined,
             )
         routes = RouteBook(catalog=catalog)
         reconciler = Reconciler(
@@ -114,12 +178,14 @@ def create_app(settings: Settings) -> FastAPI:
             data_dir=settings.data_path,
             plans=plan_baselines(catalog, router_host=settings.router_host, workdir=workdir),
             stop_grace=settings.stop_grace,
+            confinement=confined,
         )
         router = Supervisor(
             role="router",
             data_dir=settings.data_path,
-            plans=[router_plan(settings, token=token)] if settings.with_router else [],
+            plans=[router_plan(settings)] if settings.with_router else [],
             stop_grace=settings.stop_grace,
+            stdin=reader.encode(),
         )
         await runtime.start()
         if settings.start_baseline:
@@ -134,6 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
             logs=runtime,
             reconciler_alive=reconciler.alive,
             token_hashes=await store.run(store.token_hashes),
+            route_reader_hashes={hash_token(reader)},
         )
         task = asyncio.create_task(reconciler.run(), name="reconciler")
         await router.start()
@@ -206,17 +273,19 @@ async def _kubernetes_runtime(
     return runtime, catalog
 
 
-def router_plan(settings: Settings, *, token: str) -> ProcessPlan:
-    """The embedded router: long-polls this control plane (the token goes by env, not argv,
-    so `ps` does not show it) and listens on the catalog's router ports."""
+def router_plan(settings: Settings) -> ProcessPlan:
+    """The embedded router: long-polls this control plane and listens on the catalog's router
+    ports. Its token (which only reads routes) comes on stdin: an environ or argv is readable
+    by more processes than its memory is."""
     host = reachable_host(settings.host)
     argv = (
         sys.executable, "-m", "sandboxd_router",
         "--control-url", f"http://{host}:{settings.port}",
+        "--token-file", "-",
         "--host", settings.router_host,
         "--access-log", str(settings.data_path / "router" / "access.log"),
     )  # fmt: skip
-    return ProcessPlan("router", argv, {"SANDBOXD_TOKEN": token}, None, None)
+    return ProcessPlan("router", argv, {}, None, None)
 
 
 class _Deferred:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     """Largest request body the API reads; larger ones get 413."""
     workers: int = Field(default=8, ge=1, le=256)
     """Sandboxes the reconciler converges at once."""
+    allow_unconfined_forks: bool = False
+    """Run forks and baselines even where they cannot be confined (no user namespaces): they
+    can then read the admin token. Off: `sandboxd serve` refuses to start there."""
 
     @field_validator("default_ttl", "max_ttl", mode="before")
     @classmethod

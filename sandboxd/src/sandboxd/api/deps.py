@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sandboxd.core.catalog import Catalog
@@ -46,6 +46,8 @@ class AppState:
     logs: LogSource
     reconciler_alive: Callable[[], bool]
     token_hashes: set[str] = field(default_factory=set)
+    route_reader_hashes: set[str] = field(default_factory=set)
+    """Tokens that may only read the route table (the embedded router's)."""
 
 
 class Unauthorized(SandboxdError):
@@ -67,9 +69,15 @@ _bearer = HTTPBearer(auto_error=False, description="The admin token (see the REA
 
 def require_token(
     state: StateDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    if hash_token(credentials.credentials) not in state.token_hashes:
+    hashed = hash_token(credentials.credentials)
+    if hashed in state.token_hashes:
+        return
+    if hashed not in state.route_reader_hashes:
         raise Unauthorized("invalid token")
+    if request.method != "GET" or request.url.path != "/v1/routes":
+        raise HTTPException(403, "this token may only read the route table (GET /v1/routes)")

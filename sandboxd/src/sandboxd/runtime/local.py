@@ -1,8 +1,10 @@
 """The local runtime: each fork is a child process group on a free loopback port.
 
 Observed state is the processes themselves: on start, the runtime scans `/proc` for processes
-carrying its owner id and adopts them (a fork whose plan digest or sandbox uid no longer matches
-is replaced by the next `apply`). A monitor notices forks that die and tells the reconciler.
+carrying its owner id and adopts the forks whose sealed markers check out (see `markers`); a
+fork whose plan digest or sandbox uid no longer matches is replaced by the next `apply`, and one
+whose markers were tampered with is stopped. A monitor notices forks that die and tells the
+reconciler. Forks start confined (see `confine`): they cannot read sandboxd's secrets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,17 +26,15 @@ from typing import ClassVar
 from sandboxd.core.plan import ProcessPlan, RuntimeKind, SandboxPlan, expand
 from sandboxd.runtime import processes
 from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
+from sandboxd.runtime.confine import Confinement
 from sandboxd.runtime.health import probe
+from sandboxd.runtime.markers import OWNER, ROLE, SERVICE, BadMarkers, ForkMarkers, load_key
 
 log = logging.getLogger(__name__)
 
-OWNER = "SANDBOXD_OWNER"
-ROLE = "SANDBOXD_ROLE"
-UID = "SANDBOXD_SANDBOX_UID"
-SERVICE = "SANDBOXD_FORK"
-DIGEST = "SANDBOXD_PLAN"
 HOST = "127.0.0.1"
 MAX_LOG_READ = 1 << 20
+__all__ = ["HOST", "OWNER", "ROLE", "SERVICE", "LocalRuntime", "clean_environ", "owner_id"]
 
 
 def owner_id(data_dir: Path) -> str:
@@ -69,6 +69,7 @@ class _Fork:
     ready: bool = False
     exited: str | None = None  # why it is gone, once it is
     adopted: bool = False
+    note: str | None = None  # a warning shown with a running fork
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -86,7 +87,7 @@ class _Fork:
             upstream=f"http://{HOST}:{self.port}",
             pid=self.pid,
             started_at=self.started_at,
-            message=self.exited,
+            message=self.exited or self.note,
             adopted=self.adopted,
         )
 
@@ -96,42 +97,75 @@ class LocalRuntime:
     poll_interval: ClassVar[float] = 0.05  # a health probe on loopback is cheap
 
     def __init__(
-        self, *, data_dir: Path, stop_grace: float, on_change: Callable[[str], None]
+        self,
+        *,
+        data_dir: Path,
+        stop_grace: float,
+        on_change: Callable[[str], None],
+        confinement: Confinement,
     ) -> None:
         self._root = data_dir / "forks"
+        self._key_path = data_dir / "fork-seal.key"
+        self._key = b""
         self._owner = owner_id(data_dir)
         self._grace = stop_grace
         self._on_change = on_change
+        self._confinement = confinement
         self._forks: dict[tuple[str, str], _Fork] = {}
         self._monitor: asyncio.Task[None] | None = None
 
     # lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        """Adopt the forks an earlier run left; stop every marked process that is not one.
+
+        Everything read here comes from processes that run PR code: nothing in it may stop the
+        start (a fork that lies is stopped and logged, and the others are still adopted)."""
         self._root.mkdir(parents=True, exist_ok=True)
+        self._key = await asyncio.to_thread(load_key, self._key_path)
         found = await asyncio.to_thread(processes.find_marked, OWNER, self._owner)
-        for info, env in found:
-            if env.get(ROLE) != "fork":
+        forks = [(info, env) for info, env in found if env.get(ROLE) == "fork"]
+        leaders = {info.pid for info, _ in forks if info.pid == info.pgid}
+        strays: set[int] = set()
+        for info, env in forks:
+            if info.pid != info.pgid:
+                if info.pgid not in leaders:  # a child of a fork whose leader is gone
+                    strays.add(info.pgid)
                 continue
-            sandbox, service = env.get("SANDBOXD_SANDBOX", ""), env.get(SERVICE, "")
-            if info.pid != info.pgid or not sandbox or (sandbox, service) in self._forks:
-                # a child of a fork whose leader is gone, or a duplicate: nobody's fork
-                await processes.stop_group(info.pgid, grace=self._grace)
-                continue
-            self._forks[(sandbox, service)] = _Fork(
-                sandbox=sandbox,
-                uid=env.get(UID, ""),
-                service=service,
-                digest=env.get(DIGEST, ""),
-                health=env.get("SANDBOXD_HEALTH") or None,
-                pid=info.pid,
-                port=int(env.get("PORT", "0")),
-                start_ticks=info.start_ticks,
-                started_at=time.time(),
-                popen=None,
-                adopted=True,
-            )
-            log.info("adopted fork %s/%s (pid %d)", sandbox, service, info.pid)
+            problem = self._adopt(info, env)
+            if problem is not None:
+                log.warning("stopping pid %d: not a fork sandboxd started (%s)", info.pid, problem)
+                strays.add(info.pgid)
+        await asyncio.gather(*(processes.stop_group(g, grace=self._grace) for g in strays))
         self._monitor = asyncio.create_task(self._watch(), name="local-runtime-monitor")
+
+    def _adopt(self, info: processes.ProcInfo, env: Mapping[str, str]) -> str | None:
+        """Adopt the fork; None, or why its markers cannot be believed."""
+        try:
+            marks = ForkMarkers.read(env, key=self._key)
+        except BadMarkers as e:
+            return str(e)
+        if (marks.sandbox, marks.service) in self._forks:
+            return f"a second process for fork {marks.sandbox}/{marks.service}"
+        self._forks[(marks.sandbox, marks.service)] = _Fork(
+            sandbox=marks.sandbox,
+            uid=marks.uid,
+            service=marks.service,
+            digest=marks.digest,
+            health=marks.health,
+            pid=info.pid,
+            port=marks.port,
+            start_ticks=info.start_ticks,
+            started_at=time.time(),
+            popen=None,
+            adopted=True,
+            note=self._unconfined_note(),
+        )
+        log.info("adopted fork %s/%s (pid %d)", marks.sandbox, marks.service, info.pid)
+        return None
+
+    def _unconfined_note(self) -> str | None:
+        why = self._confinement.unconfined
+        return None if why is None else f"runs unconfined ({why}): it can read sandboxd's secrets"
 
     async def close(self) -> None:
         if self._monitor is not None:
@@ -181,7 +215,8 @@ class LocalRuntime:
         if offset is None:
             tailed = await asyncio.to_thread(processes.LogTail.read, path, lines=tail or 100)
             return LogChunk(tailed.data, tailed.size)
-        return await asyncio.to_thread(_read_from, path, offset)
+        data, end = await asyncio.to_thread(processes.read_from, path, offset, MAX_LOG_READ)
+        return LogChunk(data, end)
 
     # internals ---------------------------------------------------------------------------
     def _log_path(self, name: str, service: str) -> Path:
@@ -189,54 +224,43 @@ class LocalRuntime:
 
     def _spawn(self, plan: SandboxPlan, process: ProcessPlan) -> _Fork:
         port = free_port()
-        env = (
-            clean_environ()
-            | dict(process.env)
-            | {
-                "PORT": str(port),
-                OWNER: self._owner,
-                ROLE: "fork",
-                UID: plan.uid,
-                SERVICE: process.service,
-                DIGEST: process.digest,
-                "SANDBOXD_HEALTH": process.health or "",
-            }
+        marks = ForkMarkers(
+            plan.name, plan.uid, process.service, process.digest, port, process.health
         )
+        ours = {OWNER: self._owner, ROLE: "fork", **marks.env(self._key)}
+        # the markers first (an adoption reads only the start of a long environ), and last (so
+        # they win over anything of the same name)
+        env = ours | clean_environ() | dict(process.env) | ours
         argv = expand(process.argv, env)
-        try:
-            popen = processes.spawn(
-                argv, env=env, cwd=process.workdir, log=self._log_path(plan.name, process.service)
-            )
-        except OSError as e:
-            fork = _Fork(
-                plan.name,
-                plan.uid,
-                process.service,
-                process.digest,
-                process.health,
-                pid=0,
-                port=port,
-                start_ticks=0,
-                started_at=time.time(),
-                popen=None,
-            )
-            fork.exited = f"cannot start {argv[0]!r}: {e.strerror or e}"
-            self._forks[(plan.name, process.service)] = fork
-            return fork
-        info = processes.proc_info(popen.pid)
+        launch = self._confinement.wrap(argv, env=env, cwd=process.workdir)
         fork = _Fork(
             sandbox=plan.name,
             uid=plan.uid,
             service=process.service,
             digest=process.digest,
             health=process.health,
-            pid=popen.pid,
+            pid=0,
             port=port,
-            start_ticks=info.start_ticks if info else 0,
+            start_ticks=0,
             started_at=time.time(),
-            popen=popen,
+            popen=None,
+            note=self._unconfined_note(),
         )
         self._forks[(plan.name, process.service)] = fork
+        try:
+            popen = processes.spawn(
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                log=self._log_path(plan.name, process.service),
+                stdin=launch.stdin,
+            )
+        except OSError as e:
+            fork.exited = f"cannot start {argv[0]!r}: {e.strerror or e}"
+            return fork
+        info = processes.proc_info(popen.pid)
+        fork.pid, fork.popen = popen.pid, popen
+        fork.start_ticks = info.start_ticks if info else 0
         log.info(
             "started fork %s/%s (pid %d, port %d)", plan.name, process.service, popen.pid, port
         )
@@ -254,7 +278,9 @@ class LocalRuntime:
     def _exit_message(self, fork: _Fork) -> str:
         code = fork.popen.returncode if fork.popen is not None else None
         tail = processes.LogTail.read(self._log_path(fork.sandbox, fork.service), lines=3)
-        last = tail.data.decode(errors="replace").strip().replace("\n", " | ")[-300:]
+        text = tail.data.decode(errors="replace").strip().replace("\n", " | ")[-300:]
+        # the fork's own output: no escape codes into messages that terminals show
+        last = "".join(c if c.isprintable() else "?" for c in text)
         how = f"exited with code {code}" if code is not None else "is gone"
         return f"the process {how}" + (f"; last output: {last}" if last else "")
 
@@ -274,12 +300,3 @@ class LocalRuntime:
                 if fork.exited is None and not fork.alive():
                     fork.exited = self._exit_message(fork)
                     self._on_change(fork.sandbox)
-
-
-def _read_from(path: Path, offset: int) -> LogChunk:
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = min(max(offset, 0), size)
-        f.seek(start)
-        data = f.read(MAX_LOG_READ)
-    return LogChunk(data, start + len(data))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
+MAX_ENVIRON = 1 << 20  # sandboxd puts its markers first; a fork may grow the rest at will
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +30,15 @@ class ProcInfo:
 
 
 def proc_info(pid: int) -> ProcInfo | None:
+    """None for a process that is gone, or whose stat cannot be read as the kernel writes it."""
     try:
-        raw = (PROC / str(pid) / "stat").read_text()
-    except OSError:
+        raw = (PROC / str(pid) / "stat").read_text(errors="replace")
+        # The command name (field 2) is the process's to choose, spaces and parentheses
+        # included: the kernel's own fields start after the last ')'.
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return ProcInfo(pid=pid, pgid=int(fields[2]), state=fields[0], start_ticks=int(fields[19]))
+    except (OSError, ValueError, IndexError):
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return ProcInfo(pid=pid, pgid=int(fields[2]), state=fields[0], start_ticks=int(fields[19]))
 
 
 def is_running(pid: int, start_ticks: int) -> bool:
@@ -65,8 +68,10 @@ def group_alive(pgid: int) -> bool:
 
 
 def environ(pid: int) -> dict[str, str]:
+    """A process's environment as it started it (or rewrote it since: nothing here is proof)."""
     try:
-        raw = (PROC / str(pid) / "environ").read_bytes()
+        with (PROC / str(pid) / "environ").open("rb") as f:
+            raw = f.read(MAX_ENVIRON)
     except OSError:
         return {}
     out = {}
@@ -94,21 +99,45 @@ def find_marked(marker: str, value: str) -> list[tuple[ProcInfo, dict[str, str]]
 
 
 def spawn(
-    argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log: Path
+    argv: tuple[str, ...],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    log: Path,
+    stdin: bytes | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` as the leader of a new process group (session), output appended to `log`."""
+    """Start `argv` as the leader of a new process group (session), output appended to `log`,
+    reading `stdin` (else /dev/null): a way in for what must not be in its argv or environ."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    source = _memfile(stdin) if stdin is not None else subprocess.DEVNULL
+    # no symlink followed (a process that could swap its log for one would have us append to
+    # the link's target); private to sandboxd's user
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with os.fdopen(os.open(log, flags, 0o600), "ab") as out:
+            return subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                cwd=cwd,
+                stdin=source,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+    finally:
+        if source != subprocess.DEVNULL:
+            os.close(source)
+
+
+def _memfile(data: bytes) -> int:
+    """An anonymous file holding `data`, at offset 0 (it never blocks, unlike a pipe)."""
+    fd = os.memfd_create("sandboxd-stdin", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -154,3 +183,13 @@ class LogTail:
             return cls(b"", 0)
         kept = data.splitlines(keepends=True)[-lines:] if lines > 0 else []
         return cls(b"".join(kept), size)
+
+
+def read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
+    """Up to `limit` bytes of a log from `offset` (clamped to the file), and where they end."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = min(max(offset, 0), size)
+        f.seek(start)
+        data = f.read(limit)
+    return data, start + len(data)

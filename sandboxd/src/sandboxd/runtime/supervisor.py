@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sandboxd.core.plan import ProcessPlan, expand
 from sandboxd.runtime import processes
+from sandboxd.runtime.confine import Confinement, Spawn
 from sandboxd.runtime.health import probe
 from sandboxd.runtime.local import HOST, OWNER, ROLE, SERVICE, clean_environ, owner_id
 
@@ -44,12 +45,24 @@ def check_port_free(plan: ProcessPlan) -> None:
 
 
 class Supervisor:
-    """Runs `plans` as processes of one `role`; a plan with a port is Ready once it answers."""
+    """Runs `plans` as processes of one `role`; a plan with a port is Ready once it answers.
+
+    With a `confinement`, each runs confined (as forks do); else each reads `stdin` (the
+    embedded router's token comes that way: never in an environ or argv)."""
 
     def __init__(
-        self, *, role: str, data_dir: Path, plans: list[ProcessPlan], stop_grace: float
+        self,
+        *,
+        role: str,
+        data_dir: Path,
+        plans: list[ProcessPlan],
+        stop_grace: float,
+        confinement: Confinement | None = None,
+        stdin: bytes | None = None,
     ) -> None:
         self._role = role
+        self._confinement = confinement
+        self._stdin = stdin
         self._logs = data_dir / role
         self._owner = owner_id(data_dir)
         self._plans = plans
@@ -93,8 +106,15 @@ class Supervisor:
             | ({"PORT": str(plan.port)} if plan.port is not None else {})
         )
         log_path = self._logs / f"{plan.service}.log"
+        argv = expand(plan.argv, env)
+        if self._confinement is not None:
+            launch = self._confinement.wrap(argv, env=env, cwd=plan.workdir)
+        else:
+            launch = Spawn(argv, env, plan.workdir, self._stdin)
         try:
-            popen = processes.spawn(expand(plan.argv, env), env=env, cwd=plan.workdir, log=log_path)
+            popen = processes.spawn(
+                launch.argv, env=launch.env, cwd=launch.cwd, log=log_path, stdin=launch.stdin
+            )
         except OSError as e:
             raise SupervisorError(f"{self._role} {plan.service}: cannot start: {e}") from e
         self._procs[plan.service] = popen
