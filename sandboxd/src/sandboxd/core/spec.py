@@ -18,11 +18,13 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from sandboxd.core.duration import PATTERN as DURATION_PATTERN
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.naming import (
     DNS_LABEL,
@@ -34,7 +36,9 @@ from sandboxd.core.naming import (
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_LABEL_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_LABEL_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")  # no C0, DEL or C1 (escape codes)
+TOOL_LABEL_PREFIX = "sandboxd.dev/tool."
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,43}[A-Za-z0-9])?$")  # prefix + 45 = 63
 _HEALTH_PATH = re.compile(r"^/[!-~]{0,511}$")  # printable ASCII, no spaces
 # An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar, condensed).
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -52,6 +56,7 @@ MAX_FAULTS = 64
 MAX_ARGV = 64
 MAX_ENV = 128
 MAX_STRING = 4096
+MAX_INT = 2**31 - 1  # counts and codes: what every router and JSON reader holds exactly
 
 
 class Model(BaseModel):
@@ -98,13 +103,36 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
     for key, item in value.items():
         if not _LABEL_KEY.fullmatch(key):
             raise ValueError(
-                f"label key {key!r} must be 1-63 characters of letters, digits, '.', '_', '/' "
-                "or '-', starting and ending with a letter or digit"
+                f"label key {key[:80]!r} must be 1-63 characters of letters, digits, '.', '_', "
+                "'/' or '-', starting and ending with a letter or digit"
             )
-        if len(item) > MAX_LABEL_VALUE or not _LABEL_VALUE_RE.fullmatch(item):
+        _label_value(item, what=f"label {key!r}")
+    return value
+
+
+def _label_value(value: str, *, what: str) -> str:
+    if len(value) > MAX_LABEL_VALUE or not _LABEL_VALUE_RE.fullmatch(value):
+        raise ValueError(
+            f"{what}: value must have no control characters, at most {MAX_LABEL_VALUE} characters"
+        )
+    return value
+
+
+def _agent_value(value: str) -> str:
+    return _label_value(value, what="this version becomes a label; its")
+
+
+def _tools(value: dict[str, str]) -> dict[str, str]:
+    """Each tool becomes the label `sandboxd.dev/tool.<name>`, so its name must make a valid
+    label key whole (never cut: two long names would collide) and its version a label value."""
+    for name, version in value.items():
+        if not _TOOL_NAME.fullmatch(name):
             raise ValueError(
-                f"label {key!r}: value must have no control characters, at most 256 characters"
+                f"tool name {name[:80]!r} becomes the label key {TOOL_LABEL_PREFIX}<name>: "
+                "1-45 characters of letters, digits, '.', '_' or '-', starting and ending with a "
+                "letter or digit"
             )
+        _label_value(version, what=f"tool {name!r}")
     return value
 
 
@@ -183,12 +211,32 @@ HealthPath = Annotated[
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class AgentVersion(Model):
-    """The agent's composite version: what a behaviour change can be pinned to."""
+AgentText = Annotated[
+    str,
+    AfterValidator(_agent_value),
+    Field(
+        min_length=1,
+        max_length=MAX_LABEL_VALUE,
+        json_schema_extra={"pattern": _LABEL_VALUE_RE.pattern},
+    ),
+]
+Tools = Annotated[
+    dict[str, AgentText],
+    AfterValidator(_tools),
+    Field(
+        max_length=MAX_LABELS,
+        json_schema_extra={"propertyNames": {"pattern": _TOOL_NAME.pattern}},
+    ),
+]
 
-    prompt_version: ShortText | None = None
-    model_version: ShortText | None = None
-    tools: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
+
+class AgentVersion(Model):
+    """The agent's composite version: what a behaviour change can be pinned to. Each part
+    becomes a label (`agent_labels`), so each is held to the rules of labels."""
+
+    prompt_version: AgentText | None = None
+    model_version: AgentText | None = None
+    tools: Tools = {}
 
 
 class ForkSpec(Model):
@@ -227,14 +275,14 @@ class FaultSpec(Model):
     path: ShortText | None = None
     latency_ms: Annotated[int, Strict(), Field(ge=0, le=600_000)] | None = None
     status: Annotated[int, Strict(), Field(ge=100, le=599)] | None = None
-    code: Annotated[int, Strict()] | None = None
+    code: Annotated[int, Strict(), Field(ge=-MAX_INT - 1, le=MAX_INT)] | None = None
     message: ShortText | None = None
     fields: Annotated[list[ShortText], Field(max_length=64)] | None = None
     retry_after: Annotated[int, Strict(), Field(ge=0, le=86_400)] | None = None
     chunk_delay_ms: Annotated[int, Strict(), Field(ge=0, le=60_000)] | None = None
     probability: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
-    nth: Annotated[int, Strict(), Field(ge=1)] | None = None
-    times: Annotated[int, Strict(), Field(ge=1)] | None = None
+    nth: Annotated[int, Strict(), Field(ge=1, le=MAX_INT)] | None = None
+    times: Annotated[int, Strict(), Field(ge=1, le=MAX_INT)] | None = None
 
 
 def _ttl(value: object) -> object:
@@ -248,7 +296,7 @@ Ttl = Annotated[
     BeforeValidator(_ttl),
     Field(
         description="s/m/h/d units, such as 90m or 2h; a bare number means seconds",
-        json_schema_extra={"pattern": r"^\s*0*[1-9][0-9]{0,8}\s*[smhd]?\s*$"},
+        json_schema_extra={"pattern": DURATION_PATTERN},
     ),
 ]
 
@@ -262,6 +310,21 @@ class SandboxSpec(Model):
     agent: AgentVersion | None = None
     forks: Annotated[list[ForkSpec], Field(max_length=MAX_FORKS)] = []
     faults: Annotated[list[FaultSpec], Field(max_length=MAX_FAULTS)] = []
+
+    @field_validator("agent")
+    @classmethod
+    def _labels_with_agent(
+        cls, agent: AgentVersion | None, info: ValidationInfo
+    ) -> AgentVersion | None:
+        """The agent's labels count towards the limit on labels, with the spec's own."""
+        derived = agent_labels(agent)
+        given = len(info.data.get("labels") or {})
+        if given + len(derived) > MAX_LABELS:
+            raise ValueError(
+                f"the agent's version makes {len(derived)} labels; with the {given} in `labels` "
+                f"that is over the limit of {MAX_LABELS} labels"
+            )
+        return agent
 
     @field_validator("forks")
     @classmethod
@@ -316,5 +379,5 @@ def agent_labels(agent: AgentVersion | None) -> dict[str, str]:
     if agent.model_version:
         labels["sandboxd.dev/model-version"] = agent.model_version
     for tool, version in agent.tools.items():
-        labels[f"sandboxd.dev/tool.{tool}"[:63]] = version
+        labels[f"{TOOL_LABEL_PREFIX}{tool}"] = version
     return labels
