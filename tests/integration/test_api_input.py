@@ -114,6 +114,22 @@ def test_a_label_patch_cannot_push_the_agents_labels_over_the_limit(client: http
     client.delete(f"/v1/sandboxes/{name}")
 
 
+def test_repeated_patches_keep_the_event_log_bounded(client: httpx.Client) -> None:
+    """A client can PATCH at will; only the newest 100 `Updated` events are kept."""
+    name = unique("patches")
+    client.post("/v1/sandboxes", json={"name": name})
+    for i in range(105):
+        assert client.patch(f"/v1/sandboxes/{name}", json={"labels": {"n": str(i)}}).is_success
+
+    events = client.get(f"/v1/sandboxes/{name}/events").json()["items"]
+    reasons = [e["reason"] for e in events]
+
+    assert reasons.count("Updated") == 100
+    assert reasons[0] == "Created"
+    assert client.get(f"/v1/sandboxes/{name}").json()["labels"] == {"n": "104"}
+    client.delete(f"/v1/sandboxes/{name}")
+
+
 @pytest.mark.parametrize("field", ["code", "nth", "times"])
 def test_fault_numbers_beyond_32_bits_are_refused(client: httpx.Client, field: str) -> None:
     fault = {"service": "echo", "kind": "jsonrpc_error", field: 10**30}

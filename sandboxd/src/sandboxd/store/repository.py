@@ -32,6 +32,9 @@ from sandboxd.store.engine import READ_ONLY
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
+MAX_REPEATED_EVENTS = 100
+"""Events of one kind a client can repeat at will (a PATCH records `Updated`) kept per sandbox:
+the newest; older ones are dropped so the event log and its table stay bounded."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -204,6 +207,7 @@ class Store:
             row.updated_at = utcnow()
             if event is not None:
                 self._event(session, row, event)
+                self._drop_repeats(session, row, reason=event.reason)
             return row
 
     def request_delete(self, name: str, *, event: Event) -> SandboxRow | None:
@@ -280,6 +284,24 @@ class Store:
         row.phase, row.reason, row.message = phase.value, event.reason, event.message
         row.updated_at = utcnow()
         self._event(session, row, event)
+
+    @staticmethod
+    def _drop_repeats(session: Session, row: SandboxRow, *, reason: str) -> None:
+        session.flush()
+        same = (
+            col(EventRow.sandbox) == row.name,
+            col(EventRow.uid) == row.uid,
+            col(EventRow.reason) == reason,
+        )
+        oldest_kept = (
+            select(EventRow.id)
+            .where(*same)
+            .order_by(col(EventRow.id).desc())
+            .offset(MAX_REPEATED_EVENTS - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        session.execute(delete(EventRow).where(*same, col(EventRow.id) < oldest_kept))
 
     @staticmethod
     def _event(session: Session, row: SandboxRow, event: Event) -> None:
