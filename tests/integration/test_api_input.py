@@ -130,6 +130,27 @@ def test_repeated_patches_keep_the_event_log_bounded(client: httpx.Client) -> No
     client.delete(f"/v1/sandboxes/{name}")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[" * 100_000,
+        b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+        b'{"name": "x", "ttl": ' + b"9" * 5000 + b"}",
+    ],
+    ids=["deep-array", "deep-object", "5000-digit-number"],
+)
+def test_json_past_the_parser_is_a_400_malformed_json(
+    client: httpx.Client, keeper: dict[str, Any], content: bytes
+) -> None:
+    before = snapshot(client)
+    headers = {"Content-Type": "application/json"}
+    for method, path in (("POST", "/v1/sandboxes"), ("PATCH", f"/v1/sandboxes/{keeper['name']}")):
+        refused(
+            client.request(method, path, content=content, headers=headers), 400, "malformed_json"
+        )
+    assert snapshot(client) == before
+
+
 @pytest.mark.parametrize("field", ["code", "nth", "times"])
 def test_fault_numbers_beyond_32_bits_are_refused(client: httpx.Client, field: str) -> None:
     fault = {"service": "echo", "kind": "jsonrpc_error", field: 10**30}

@@ -63,6 +63,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         return _method_not_allowed(request)
+    if exc.status_code == 400:  # FastAPI's only 400 here: a body its JSON parser gave up on
+        return error_response(
+            400,
+            "malformed_json",
+            "the request body cannot be read as JSON (nested too deeply, a number too long, "
+            "or not JSON)",
+        )
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
