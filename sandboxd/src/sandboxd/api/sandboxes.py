@@ -15,8 +15,9 @@ from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, Sandb
 from sandboxd.api.views import event_view, sandbox_view
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
+from sandboxd.core.labels import MAX_LABELS
 from sandboxd.core.plan import PlanError, check_forks
-from sandboxd.core.spec import MAX_LABELS, SandboxPatch, SandboxSpec, agent_labels
+from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
 from sandboxd.errors import Conflict, InvalidRequest, NotFound
 from sandboxd.store.clock import utcnow
 from sandboxd.store.repository import Event, NewSandbox

@@ -26,6 +26,17 @@ from pydantic.alias_generators import to_camel
 
 from sandboxd.core.duration import PATTERN as DURATION_PATTERN
 from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.labels import (
+    LABEL_KEY,
+    LABEL_VALUE,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    TOOL_LABEL_PREFIX,
+    TOOL_NAME,
+    agent_value,
+    check_labels,
+    check_tools,
+)
 from sandboxd.core.naming import (
     DNS_LABEL,
     MAX_SANDBOX_NAME,
@@ -34,11 +45,7 @@ from sandboxd.core.naming import (
     is_sandbox_name,
 )
 
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_LABEL_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")  # no C0, DEL or C1 (escape codes)
-TOOL_LABEL_PREFIX = "sandboxd.dev/tool."
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,43}[A-Za-z0-9])?$")  # prefix + 45 = 63
 _HEALTH_PATH = re.compile(r"^/[!-~]{0,511}$")  # printable ASCII, no spaces
 # An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar, condensed).
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -49,8 +56,6 @@ _IMAGE = re.compile(
     rf"^{_IMAGE_REGISTRY}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-MAX_LABELS = 64
-MAX_LABEL_VALUE = 256
 MAX_FORKS = 32
 MAX_FAULTS = 64
 MAX_ARGV = 64
@@ -97,45 +102,6 @@ def _sandbox_name(value: str) -> str:
     return value
 
 
-def _labels(value: dict[str, str]) -> dict[str, str]:
-    if len(value) > MAX_LABELS:
-        raise ValueError(f"at most {MAX_LABELS} labels")
-    for key, item in value.items():
-        if not _LABEL_KEY.fullmatch(key):
-            raise ValueError(
-                f"label key {key[:80]!r} must be 1-63 characters of letters, digits, '.', '_', "
-                "'/' or '-', starting and ending with a letter or digit"
-            )
-        _label_value(item, what=f"label {key!r}")
-    return value
-
-
-def _label_value(value: str, *, what: str) -> str:
-    if len(value) > MAX_LABEL_VALUE or not _LABEL_VALUE_RE.fullmatch(value):
-        raise ValueError(
-            f"{what}: value must have no control characters, at most {MAX_LABEL_VALUE} characters"
-        )
-    return value
-
-
-def _agent_value(value: str) -> str:
-    return _label_value(value, what="this version becomes a label; its")
-
-
-def _tools(value: dict[str, str]) -> dict[str, str]:
-    """Each tool becomes the label `sandboxd.dev/tool.<name>`, so its name must make a valid
-    label key whole (never cut: two long names would collide) and its version a label value."""
-    for name, version in value.items():
-        if not _TOOL_NAME.fullmatch(name):
-            raise ValueError(
-                f"tool name {name[:80]!r} becomes the label key {TOOL_LABEL_PREFIX}<name>: "
-                "1-45 characters of letters, digits, '.', '_' or '-', starting and ending with a "
-                "letter or digit"
-            )
-        _label_value(version, what=f"tool {name!r}")
-    return value
-
-
 def _env(value: dict[str, str]) -> dict[str, str]:
     if len(value) > MAX_ENV:
         raise ValueError(f"at most {MAX_ENV} environment variables")
@@ -173,13 +139,13 @@ SandboxName = Annotated[
     AfterValidator(_sandbox_name),
     Field(json_schema_extra={"pattern": SANDBOX_NAME.pattern, "maxLength": MAX_SANDBOX_NAME}),
 ]
-_LABEL_VALUE = {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": _LABEL_VALUE_RE.pattern}
+_LABEL_VALUE = {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": LABEL_VALUE.pattern}
 Labels = Annotated[
     dict[str, str],
-    AfterValidator(_labels),
+    AfterValidator(check_labels),
     Field(
         json_schema_extra={
-            "propertyNames": {"pattern": _LABEL_KEY.pattern},
+            "propertyNames": {"pattern": LABEL_KEY.pattern},
             "maxProperties": MAX_LABELS,
             "additionalProperties": _LABEL_VALUE,
         }
@@ -213,19 +179,19 @@ ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 AgentText = Annotated[
     str,
-    AfterValidator(_agent_value),
+    AfterValidator(agent_value),
     Field(
         min_length=1,
         max_length=MAX_LABEL_VALUE,
-        json_schema_extra={"pattern": _LABEL_VALUE_RE.pattern},
+        json_schema_extra={"pattern": LABEL_VALUE.pattern},
     ),
 ]
 Tools = Annotated[
     dict[str, AgentText],
-    AfterValidator(_tools),
+    AfterValidator(check_tools),
     Field(
         max_length=MAX_LABELS,
-        json_schema_extra={"propertyNames": {"pattern": _TOOL_NAME.pattern}},
+        json_schema_extra={"propertyNames": {"pattern": TOOL_NAME.pattern}},
     ),
 ]
 
@@ -359,7 +325,7 @@ class SandboxPatch(Model):
     @classmethod
     def _label_rules(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
         if value is not None:
-            _labels({k: v or "" for k, v in value.items()})
+            check_labels({k: v or "" for k, v in value.items()})
         return value
 
     @model_validator(mode="after")
