@@ -117,7 +117,45 @@ def test_a_url_that_is_not_http_exits_2() -> None:
     result = run_cli("list", env={"SANDBOXD_URL": "ftp://example.test"})
 
     assert result.exit_code == 2
-    assert "not a usable sandboxd URL" in result.stderr
+    assert "SANDBOXD_URL 'ftp://example.test' is not a sandboxd URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("foo", "the scheme must be http or https"),
+        ("ftp://x", "the scheme must be http or https"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://127.0.0.1:abc", "Port could not be cast"),
+        ("http://:7070", "it names no host"),
+        ("http://a b:7070", "spaces or control characters"),
+        ("http://a\x1b[2J:7070", "spaces or control characters"),
+    ],
+)
+def test_a_bad_url_flag_is_one_line_and_exit_2_never_a_traceback(url: str, problem: str) -> None:
+    """Checked before anything is sent: the process is the real console script."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("sandbox")), "--url", url, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert "--url" in done.stderr and problem in done.stderr
+    assert "\x1b" not in done.stderr  # the URL is echoed, escaped
+
+
+@pytest.mark.parametrize("token", ["t\u00f6ken", "a b", "line\nbreak", "\u200btoken"])
+def test_a_token_that_cannot_be_a_header_exits_2(token: str) -> None:
+    result = run_cli("--url", f"http://127.0.0.1:{free_port()}", "--token", token, "list")
+
+    assert result.exit_code == 2
+    assert "the token must be printable ASCII" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_the_admin_token_file_is_used_only_for_a_local_url(tmp_path: Path) -> None:

@@ -83,6 +83,16 @@ def test_a_broken_event_file_is_an_error(tmp_path: Path) -> None:
         github.defaults(env)
 
 
+def test_an_event_file_nested_past_the_parser_exits_2_not_a_traceback(tmp_path: Path) -> None:
+    env = actions_env(tmp_path, {})
+    Path(env["GITHUB_EVENT_PATH"]).write_text("[" * 100_000)
+
+    result = run_cli("up", env={**env, "SANDBOXD_URL": "http://127.0.0.1:9"})
+
+    assert result.exit_code == 2, result.output
+    assert "is not valid JSON" in result.stderr
+
+
 def test_up_in_a_push_job_without_a_name_exits_2(tmp_path: Path) -> None:
     env = actions_env(tmp_path, {"ref": "refs/heads/main"})
 

@@ -227,3 +227,24 @@ def test_without_a_terminal_progress_is_one_line_per_change(
 def test_the_spinner_shows_server_text_verbatim_not_as_markup() -> None:
     with reporter(tty=True) as report:
         report({"name": "x", "phase": "Failed", "reason": "[/unbalanced] [bold]"})
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil"
+
+
+def test_server_text_cannot_drive_the_terminal_in_tables() -> None:
+    """A fork's output ends up in messages, and labels are whatever was stored: escape
+    sequences, C1 controls and bidirectional overrides are shown escaped, never acted on."""
+    sandbox = {
+        **SANDBOX,
+        "message": f"fork exited: {HOSTILE}",
+        "labels": {f"k{HOSTILE}": HOSTILE},
+        "forks": [{"service": "echo", "phase": "Failed", "message": HOSTILE}],
+    }
+    events = [
+        {"time": "2025-01-02T02:59:00Z", "type": "Warning", "reason": "R", "message": HOSTILE}
+    ]
+
+    for shown in (details(sandbox, now=NOW), sandbox_list([sandbox], now=NOW), event_table(events)):
+        assert not any(c in shown for c in "\x1b\x07\x9b\u202e"), shown
+        assert "\\x1b]0;owned\\x07" in shown and "\\u202eevil" in shown

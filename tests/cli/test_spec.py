@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import Result
 
 from sandboxd_cli.errors import BadInput
 from sandboxd_cli.github import Defaults
@@ -171,3 +172,90 @@ def test_malformed_stdin_exits_2() -> None:
 
     assert result.exit_code == 2
     assert "standard input: not valid YAML or JSON" in result.stderr
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+name: laughs
+"""
+
+
+def _up(tmp_path: Path, content: str, *, name: str = "spec.yaml") -> Result:
+    path = tmp_path / name
+    path.write_text(content)
+    return run_cli("up", "-f", str(path), env={"SANDBOXD_URL": "http://127.0.0.1:9"})
+
+
+def test_a_billion_laughs_spec_is_refused_before_it_grows(tmp_path: Path) -> None:
+    """353 bytes that expand to 9**9 strings: counted as they would be sent, and refused."""
+    result = _up(tmp_path, BILLION_LAUGHS)
+
+    assert len(BILLION_LAUGHS) < 400
+    assert result.exit_code == 2, result.output
+    assert "more than 100000 values once YAML aliases are expanded" in result.stderr
+    assert "cannot reach" not in result.stderr  # refused before anything is sent
+
+
+def test_a_few_aliases_are_still_a_convenience(tmp_path: Path) -> None:
+    spec = read_spec_file(
+        str(_write(tmp_path, "common: &env {A: '1'}\nname: x\nforks:\n"
+                   "  - {service: a, env: *env}\n  - {service: b, env: *env}\n")),
+        stdin=io.StringIO(),
+    )  # fmt: skip
+
+    assert spec["forks"] == [
+        {"service": "a", "env": {"A": "1"}},
+        {"service": "b", "env": {"A": "1"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("name: x\nlabels: " + "[" * 1000 + "]" * 1000 + "\n", "nested more than 64 levels deep"),
+        ("name: x\nlabels: " + "{a: " * 70 + "1" + "}" * 70 + "\n", "nested more than 64 levels"),
+        ("name: x\nlabels: {b: !!binary aGk=}\n", "`labels.b`: a bytes value is not allowed"),
+        ("name: x\nlabels: {w: !!timestamp 2024-01-01}\n", "`labels.w`: a date value is not"),
+        ("name: x\nforks: [{service: a, env: {N: .nan}}]\n", "`forks[0].env.N`: nan is not a finite"),
+        ("name: x\nlabels: {3: x}\n", "`labels`: key 3 is not text: quote it"),
+    ],
+)  # fmt: skip
+def test_yaml_that_is_not_a_plain_spec_exits_2_with_where_and_why(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    result = _up(tmp_path, content)
+
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert isinstance(result.exception, SystemExit)  # no traceback
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_json_nested_deeper_than_a_spec_needs_exits_2(tmp_path: Path, depth: int) -> None:
+    result = _up(
+        tmp_path, '{"name": "x", "labels": ' + "[" * depth + "]" * depth + "}", name="s.json"
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "nested more than 64 levels deep" in result.stderr
+
+
+def test_a_yaml_date_stays_the_text_written() -> None:
+    """`2024-01-01` in YAML 1.1 is a date, which JSON cannot carry: it is a label value here."""
+    spec = read_spec_file("-", stdin=io.StringIO("name: d\nlabels: {when: 2024-01-01}\n"))
+
+    assert spec["labels"] == {"when": "2024-01-01"}
+
+
+def _write(tmp_path: Path, content: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(content)
+    return path

@@ -28,6 +28,30 @@ def test_bad_durations_say_how_to_write_one(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize(
+    "text", ["\u0662h", "\uff12h", "\u0663\u0660m", "1\u00a0h", "1h\n", 10**400, "9" * 13, -5]
+)
+def test_only_ascii_digits_and_spaces_make_a_duration(text: str | int) -> None:
+    """Arabic-Indic and full-width digits, a no-break space, a newline: not durations."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+MAX_SECONDS = 36_500 * 86_400  # about a hundred years
+
+
+@pytest.mark.parametrize("seconds", [10**9, MAX_SECONDS, MAX_SECONDS - 1, 86400 * 999])
+def test_every_duration_parsed_spells_back_and_parses_again(seconds: int) -> None:
+    assert parse_duration(format_duration(parse_duration(seconds))) == seconds
+
+
+def test_a_duration_over_a_hundred_years_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="at most 36500d"):
+        parse_duration(MAX_SECONDS + 1)
+    with pytest.raises(ValueError, match="at most 36500d"):
+        parse_duration("999999999999d")
+
+
 def test_durations_format_to_the_shortest_exact_unit() -> None:
     assert [format_duration(s) for s in (7200, 5400, 61, 86400)] == ["2h", "90m", "61s", "1d"]
 
@@ -98,6 +122,61 @@ def test_agent_version_becomes_labels() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("agent", "problem"),
+    [
+        ({"tools": {f"t{i}": "1" for i in range(65)}}, "at most 64 items"),
+        ({"tools": {"a b": "1"}}, "becomes the label key"),
+        ({"tools": {"a\nb": "1"}}, "becomes the label key"),
+        ({"tools": {"x" * 46: "1"}}, "becomes the label key"),
+        ({"tools": {"ok": "1\x1b[31m"}}, "no control characters"),
+        ({"promptVersion": "v2\x1b]0;pwned\x07"}, "no control characters"),
+        ({"modelVersion": "m\x9b31m"}, "no control characters"),
+        ({"modelVersion": "m" * 257}, "at most 256 characters"),
+    ],
+)
+def test_agent_fields_are_held_to_the_rules_of_labels(
+    agent: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValidationError) as e:
+        SandboxSpec.model_validate({"name": "x", "agent": agent})
+    assert [err["loc"][0] for err in e.value.errors()] == ["agent"]
+    assert problem in str(e.value)
+
+
+def test_the_agents_labels_count_towards_the_limit() -> None:
+    labels = {f"k{i}": "v" for i in range(60)}
+    tools = {f"tool{i}": "1.0" for i in range(3)}
+    fits = SandboxSpec.model_validate(
+        {"name": "x", "labels": labels, "agent": {"promptVersion": "p", "tools": tools}}
+    )
+    assert len(fits.labels) + len(agent_labels(fits.agent)) == 64
+    with pytest.raises(ValidationError, match="over the limit of 64 labels") as e:
+        SandboxSpec.model_validate(
+            {
+                "name": "x",
+                "labels": labels,
+                "agent": {"promptVersion": "p", "modelVersion": "m", "tools": tools},
+            }
+        )
+    assert e.value.errors()[0]["loc"] == ("agent",)
+
+
+def test_a_long_tool_name_is_never_cut_into_another_tools_label() -> None:
+    long = "t" * 45
+    spec = SandboxSpec.model_validate({"name": "x", "agent": {"tools": {long: "1"}}})
+    assert agent_labels(spec.agent) == {f"sandboxd.dev/tool.{long}": "1"}
+    assert len(f"sandboxd.dev/tool.{long}") == 63
+
+
+@pytest.mark.parametrize("field", ["code", "nth", "times"])
+def test_fault_numbers_are_bounded(field: str) -> None:
+    fault = {"service": "a", "kind": "jsonrpc_error", field: 10**30}
+    with pytest.raises(ValidationError) as e:
+        SandboxSpec.model_validate({"name": "x", "faults": [fault]})
+    assert e.value.errors()[0]["loc"] == ("faults", 0, field)
+
+
 def test_an_empty_patch_is_refused() -> None:
     with pytest.raises(ValidationError, match="nothing to change"):
         SandboxPatch.model_validate({})
@@ -147,6 +226,37 @@ def test_catalog_errors_name_file_field_and_problem(text: str, expected: str) ->
         parse_catalog(text, source="/etc/sandboxd.yaml")
     assert str(e.value).startswith("/etc/sandboxd.yaml: ")
     assert expected in str(e.value)
+
+
+LAUGHS = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}' if prev else 'lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (LAUGHS + "services: [{name: a, baseline: {url: 'http://x', command: *i}}]\n",
+         "more than 200000 values once YAML aliases are expanded"),
+        ("services: " + "[" * 1000 + "]" * 1000 + "\n", "nested more than 64 levels deep"),
+    ],
+)  # fmt: skip
+def test_a_catalog_alias_bomb_or_deep_nesting_is_a_catalog_error(text: str, expected: str) -> None:
+    """Refused while reading, before validation walks 9**9 strings or recursion runs out."""
+    with pytest.raises(CatalogError, match=expected) as e:
+        parse_catalog(text, source="/etc/sandboxd.yaml")
+    assert str(e.value).startswith("/etc/sandboxd.yaml: ")
+
+
+def test_a_catalog_may_still_share_blocks_with_aliases() -> None:
+    text = (
+        CATALOG.replace("env: {}", "env: &shared {A: '1'}")
+        + "  - name: other\n    baseline: {url: 'http://127.0.0.1:1', env: *shared}\n"
+    )
+    catalog = parse_catalog(text, source="t")
+    other = catalog.get("other")
+    assert other is not None and other.baseline.env == {"A": "1"}
 
 
 def test_missing_catalog_file_is_a_clear_error(tmp_path: Path) -> None:

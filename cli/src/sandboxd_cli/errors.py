@@ -22,6 +22,8 @@ from typing import ParamSpec, TypeVar
 
 import typer
 
+from sandboxd_cli.render import printable
+
 
 class CliError(Exception):
     """A failure the user should read about in one line (plus optional detail lines)."""
@@ -104,9 +106,9 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except CliError as error:
-            typer.echo(f"sandbox: {error.message}", err=True)
+            typer.echo(f"sandbox: {printable(error.message)}", err=True)
             for line in error.details:
-                typer.echo(f"  {line}", err=True)
+                typer.echo(f"  {printable(line)}", err=True)
             raise typer.Exit(exit_code(error)) from None
 
     return wrapper

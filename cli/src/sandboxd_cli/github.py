@@ -45,7 +45,7 @@ def load_event(path: Path) -> dict[str, Any]:
         event = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise BadInput(f"cannot read GITHUB_EVENT_PATH {path}: {e.strerror}") from e
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past the parser
         raise BadInput(f"GITHUB_EVENT_PATH {path} is not valid JSON: {e}") from e
     return event if isinstance(event, dict) else {}
 

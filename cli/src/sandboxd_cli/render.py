@@ -90,11 +90,25 @@ def when(value: object, *, now: datetime) -> str:
 def labels(value: object) -> str:
     if not isinstance(value, Mapping) or not value:
         return "-"
-    return ",".join(f"{key}={item}" for key, item in value.items())
+    return ",".join(f"{text(key)}={text(item)}" for key, item in value.items())
 
 
 def text(value: object) -> str:
-    """A cell: `-` for null or empty, one line otherwise."""
+    """A cell: `-` for null or empty, one printable line otherwise."""
     if value is None or value == "":
         return "-"
-    return " ".join(str(value).split())
+    return printable(" ".join(str(value).split()))
+
+
+def printable(value: str) -> str:
+    """`value` with every character a terminal would act on shown as an escape: server text
+    (a fork's output in a message, a label) must not move the cursor, retitle the window or
+    reorder the line (escape sequences, C1 controls, bidirectional overrides)."""
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() or c == "\n" else _escape(c) for c in value)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

@@ -10,7 +10,6 @@ reaches the user field by field.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import IO, Any
 
 import yaml
 
+from sandboxd_cli.documents import DocumentError, load_json, load_yaml
 from sandboxd_cli.errors import BadInput
 from sandboxd_cli.github import Defaults
 
@@ -58,9 +58,12 @@ def parse_env(text: str) -> tuple[str, str, str]:
 
 
 def parse_spec_text(text: str, *, source: str) -> Json:
-    """A spec document: JSON when it looks like a JSON object, YAML otherwise (safe loader)."""
+    """A spec document: JSON when it looks like a JSON object, YAML otherwise (safe loader,
+    bounded: see `sandboxd_cli.documents`)."""
     try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        data = load_json(text) if text.lstrip().startswith("{") else load_yaml(text)
+    except DocumentError as e:
+        raise BadInput(f"{source}: {e}") from e
     except (ValueError, yaml.YAMLError) as e:
         raise BadInput(f"{source}: not valid YAML or JSON: {_first_line(e)}") from e
     if data is None:

@@ -38,6 +38,14 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Listen address (env SANDBOXD_HOST, default 127.0.0.1)")
     ] = None,
+    insecure_listen: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure-listen",
+            help="Allow a --host other than loopback: plain HTTP, tokens in clear "
+            "(env SANDBOXD_INSECURE_LISTEN)",
+        ),
+    ] = None,
     port: Annotated[
         int | None, typer.Option(help="Listen port (env SANDBOXD_PORT, default 7070)")
     ] = None,
@@ -122,6 +130,7 @@ def serve(
     kubernetes)."""
     given: dict[str, Any] = {
         "host": host,
+        "insecure_listen": insecure_listen,
         "port": port,
         "data_dir": data_dir,
         "database_url": database_url,

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sandboxd.core.duration import parse_duration
@@ -15,8 +15,12 @@ from sandboxd.core.duration import parse_duration
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOXD_", extra="ignore")
 
+    insecure_listen: bool = False
+    """Allow a `host` other than loopback. The API is plain HTTP: tokens cross the network in
+    clear and a token runs commands (forks), so only where the network is private (a container
+    behind a published loopback port, a cluster Service) or behind a TLS proxy."""
     host: str = "127.0.0.1"
-    """Address the API listens on."""
+    """Address the API listens on: loopback unless `insecure_listen` says otherwise."""
     port: int = Field(default=7070, ge=0, le=65535)
     """Port the API listens on."""
     data_dir: Path = Path("~/.sandboxd")
@@ -98,6 +102,18 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
 
+    @field_validator("host", mode="after")
+    @classmethod
+    def _loopback_unless_told(cls, host: str, info: ValidationInfo) -> str:
+        if not info.data.get("insecure_listen") and not _is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on {host!r}: the API is plain HTTP, so tokens would "
+                "cross the network in clear, and a token runs commands. Listen on 127.0.0.1 "
+                "(behind a TLS proxy), or pass --insecure-listen (SANDBOXD_INSECURE_LISTEN=1) "
+                "where the network is private, such as a container or a cluster"
+            )
+        return host
+
     @property
     def data_path(self) -> Path:
         return self.data_dir.expanduser().resolve()
@@ -109,3 +125,12 @@ class Settings(BaseSettings):
     @property
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name may resolve anywhere

@@ -35,6 +35,28 @@ class LogSource(Protocol):
     ) -> LogChunkLike | None: ...
 
 
+MAX_LONG_POLLS = 256
+"""Route-table long polls held at once. Routers hold one each; beyond this a poll gets 429
+(routers back off and retry), so a token holder cannot pin sockets and tasks without bound."""
+
+
+@dataclass
+class Gate:
+    """A count of requests held open, refused (not queued) at the limit."""
+
+    limit: int
+    held: int = 0
+
+    def try_enter(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        return True
+
+    def leave(self) -> None:
+        self.held -= 1
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -48,6 +70,7 @@ class AppState:
     token_hashes: set[str] = field(default_factory=set)
     route_reader_hashes: set[str] = field(default_factory=set)
     """Tokens that may only read the route table (the embedded router's)."""
+    long_polls: Gate = field(default_factory=lambda: Gate(MAX_LONG_POLLS))
 
 
 class Unauthorized(SandboxdError):

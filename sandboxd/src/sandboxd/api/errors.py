@@ -63,18 +63,32 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         return _method_not_allowed(request)
+    if exc.status_code == 400:  # FastAPI's only 400 here: a body its JSON parser gave up on
+        return error_response(
+            400,
+            "malformed_json",
+            "the request body cannot be read as JSON (nested too deeply, a number too long, "
+            "or not JSON)",
+        )
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _method_not_allowed(request: Request) -> JSONResponse:
-    """405 with an `Allow` that lists every route on the path (Starlette lists only the first)."""
-    allowed: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            allowed |= getattr(route, "methods", None) or set()
-    allow = ", ".join(sorted(allowed))
+    """405 with an `Allow` that lists every method some route answers on this path. Each method
+    is tried against the routes' own matching: included routers hide their routes' `methods`."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
+    allow = ", ".join(allowed)
     return error_response(405, "method_not_allowed", f"allowed: {allow}", headers={"Allow": allow})
 
 

@@ -15,6 +15,7 @@ from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, Sandb
 from sandboxd.api.views import event_view, sandbox_view
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
+from sandboxd.core.labels import MAX_LABELS
 from sandboxd.core.plan import PlanError, check_forks
 from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
 from sandboxd.errors import Conflict, InvalidRequest, NotFound
@@ -27,6 +28,16 @@ router = APIRouter(
 )
 NameParam = Annotated[str, Path(max_length=63, description="The sandbox's name")]
 LabelFilter = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^[^=]+="})]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        description="1-255 printable ASCII characters; an empty key is refused, not ignored",
+    ),
+]
+MAX_LOG_OFFSET = 2**53  # no log is larger; keeps the number exact in every JSON reader
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No sandbox was ever called that"}
 }
@@ -73,7 +84,7 @@ async def create_sandbox(
     state: StateDep,
     response: Response,
     spec: Annotated[SandboxSpec, Body()],
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> SandboxOut:
     ttl = _ttl_seconds(state, spec.ttl)
     try:
@@ -110,7 +121,10 @@ def _label_filter(labels: list[str]) -> dict[str, str]:
 @router.get("", response_model=SandboxList, responses=ERRORS)
 async def list_sandboxes(
     state: StateDep,
-    label: Annotated[list[LabelFilter], Query(description="k=v; repeat to require several")] = [],  # noqa: B006
+    label: Annotated[
+        list[LabelFilter],
+        Query(max_length=MAX_LABELS, description="k=v; repeat to require several"),
+    ] = [],  # noqa: B006
 ) -> SandboxList:
     wanted = _label_filter(label)
     rows = await state.store.run(state.store.sandboxes)
@@ -215,14 +229,18 @@ async def fork_logs(
     name: NameParam,
     service: Annotated[str, Path(max_length=63)],
     tail: Annotated[int | None, Query(ge=0, le=100_000)] = None,
-    offset: Annotated[int | None, Query(ge=0)] = None,
+    offset: Annotated[int | None, Query(ge=0, le=MAX_LOG_OFFSET)] = None,
 ) -> Response:
-    """The fork's output: the last `tail` lines (default 100), or the bytes from `offset`.
-    `Sandboxd-Log-Offset` gives the offset to ask for next (for `--follow`)."""
+    """The fork's output: the last `tail` lines (default 100; 0 gives none, only the offset),
+    or the bytes from `offset`. `Sandboxd-Log-Offset` gives the offset to ask for next (for
+    `--follow`)."""
     row = await _row(state, name)
     if not any(f.get("service") == service for f in row.spec.get("forks", [])):
         raise NotFound(f"sandbox {name!r} has no fork of {service!r}", sandbox=name)
-    chunk = await state.logs.read_log(name, service, offset=offset, tail=tail)
+    # A runtime reads a tail of 0 as its default; one line gives the offset, which is all
+    # that `tail=0` asks for (where a follow starts without printing the past).
+    nothing = offset is None and tail == 0
+    chunk = await state.logs.read_log(name, service, offset=offset, tail=1 if nothing else tail)
     if chunk is None:
         if state.settings.runtime == "kubernetes":
             raise NotFound(
@@ -231,7 +249,7 @@ async def fork_logs(
             )
         raise NotFound(f"no log for {name}/{service} (not started, or removed)", sandbox=name)
     return Response(
-        chunk.data,
+        b"" if nothing else chunk.data,
         media_type="text/plain; charset=utf-8",
         headers={"Sandboxd-Log-Offset": str(chunk.next_offset)},
     )

@@ -8,8 +8,16 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sandboxd.api.deps import StateDep, require_token
-from sandboxd.api.schemas import ERRORS, BaselineOut, RouteTableOut, ServiceList, ServiceOut
+from sandboxd.api.deps import AppState, StateDep, require_token
+from sandboxd.api.errors import error_response
+from sandboxd.api.schemas import (
+    ERRORS,
+    BaselineOut,
+    ErrorOut,
+    RouteTableOut,
+    ServiceList,
+    ServiceOut,
+)
 from sandboxd.core.plan import reachable_host
 from sandboxd.errors import Unavailable
 
@@ -21,7 +29,11 @@ ops = APIRouter(tags=["operations"])
     "/routes",
     tags=["routing"],
     response_model=RouteTableOut,
-    responses={**ERRORS, 304: {"description": "Unchanged (If-None-Match matched)"}},
+    responses={
+        **ERRORS,
+        304: {"description": "Unchanged (If-None-Match matched)"},
+        429: {"model": ErrorOut, "description": "Too many long polls held; retry later"},
+    },
 )
 async def route_table(
     state: StateDep,
@@ -34,11 +46,26 @@ async def route_table(
     long poll: it answers as soon as the table changes, or 304 after `wait` seconds."""
     table = state.routes.table
     if if_none_match == table.etag and wait > 0:
-        table = await state.routes.wait_for_change(if_none_match, timeout=wait)
+        if not state.long_polls.try_enter():
+            return _too_many_polls(state)
+        try:
+            table = await state.routes.wait_for_change(if_none_match, timeout=wait)
+        finally:
+            state.long_polls.leave()
     headers = {"ETag": table.etag, "Cache-Control": "no-cache"}
     if if_none_match == table.etag:
         return Response(status_code=304, headers=headers)
     return Response(table.body, media_type="application/json", headers=headers)
+
+
+def _too_many_polls(state: AppState) -> Response:
+    limit = state.long_polls.limit
+    return error_response(
+        429,
+        "too_many_long_polls",
+        f"{limit} long polls are held already; retry, or poll without wait",
+        headers={"Retry-After": "1"},
+    )
 
 
 @v1.get("/services", tags=["routing"], response_model=ServiceList, responses=ERRORS)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from sandboxd.core.documents import DocumentError, load_yaml
 from sandboxd.core.errors import describe, one_line
 from sandboxd.core.spec import DnsLabel, Env, HealthPath, Model
 
@@ -73,7 +74,9 @@ class Catalog(Model):
 
 def parse_catalog(text: str, *, source: str) -> Catalog:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DocumentError as e:
+        raise CatalogError(f"{source}: {e}") from e
     except yaml.YAMLError as e:
         raise CatalogError(f"{source}: not valid YAML: {e}") from e
     if data is None:

@@ -18,12 +18,25 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from sandboxd.core.duration import PATTERN as DURATION_PATTERN
 from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.labels import (
+    LABEL_KEY,
+    LABEL_VALUE,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    TOOL_LABEL_PREFIX,
+    TOOL_NAME,
+    agent_value,
+    check_labels,
+    check_tools,
+)
 from sandboxd.core.naming import (
     DNS_LABEL,
     MAX_SANDBOX_NAME,
@@ -32,9 +45,7 @@ from sandboxd.core.naming import (
     is_sandbox_name,
 )
 
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_LABEL_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _HEALTH_PATH = re.compile(r"^/[!-~]{0,511}$")  # printable ASCII, no spaces
 # An OCI image reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar, condensed).
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -45,13 +56,12 @@ _IMAGE = re.compile(
     rf"^{_IMAGE_REGISTRY}?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-MAX_LABELS = 64
-MAX_LABEL_VALUE = 256
 MAX_FORKS = 32
 MAX_FAULTS = 64
 MAX_ARGV = 64
 MAX_ENV = 128
 MAX_STRING = 4096
+MAX_INT = 2**31 - 1  # counts and codes: what every router and JSON reader holds exactly
 
 
 class Model(BaseModel):
@@ -92,22 +102,6 @@ def _sandbox_name(value: str) -> str:
     return value
 
 
-def _labels(value: dict[str, str]) -> dict[str, str]:
-    if len(value) > MAX_LABELS:
-        raise ValueError(f"at most {MAX_LABELS} labels")
-    for key, item in value.items():
-        if not _LABEL_KEY.fullmatch(key):
-            raise ValueError(
-                f"label key {key!r} must be 1-63 characters of letters, digits, '.', '_', '/' "
-                "or '-', starting and ending with a letter or digit"
-            )
-        if len(item) > MAX_LABEL_VALUE or not _LABEL_VALUE_RE.fullmatch(item):
-            raise ValueError(
-                f"label {key!r}: value must have no control characters, at most 256 characters"
-            )
-    return value
-
-
 def _env(value: dict[str, str]) -> dict[str, str]:
     if len(value) > MAX_ENV:
         raise ValueError(f"at most {MAX_ENV} environment variables")
@@ -145,13 +139,13 @@ SandboxName = Annotated[
     AfterValidator(_sandbox_name),
     Field(json_schema_extra={"pattern": SANDBOX_NAME.pattern, "maxLength": MAX_SANDBOX_NAME}),
 ]
-_LABEL_VALUE = {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": _LABEL_VALUE_RE.pattern}
+_LABEL_VALUE = {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": LABEL_VALUE.pattern}
 Labels = Annotated[
     dict[str, str],
-    AfterValidator(_labels),
+    AfterValidator(check_labels),
     Field(
         json_schema_extra={
-            "propertyNames": {"pattern": _LABEL_KEY.pattern},
+            "propertyNames": {"pattern": LABEL_KEY.pattern},
             "maxProperties": MAX_LABELS,
             "additionalProperties": _LABEL_VALUE,
         }
@@ -183,12 +177,32 @@ HealthPath = Annotated[
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class AgentVersion(Model):
-    """The agent's composite version: what a behaviour change can be pinned to."""
+AgentText = Annotated[
+    str,
+    AfterValidator(agent_value),
+    Field(
+        min_length=1,
+        max_length=MAX_LABEL_VALUE,
+        json_schema_extra={"pattern": LABEL_VALUE.pattern},
+    ),
+]
+Tools = Annotated[
+    dict[str, AgentText],
+    AfterValidator(check_tools),
+    Field(
+        max_length=MAX_LABELS,
+        json_schema_extra={"propertyNames": {"pattern": TOOL_NAME.pattern}},
+    ),
+]
 
-    prompt_version: ShortText | None = None
-    model_version: ShortText | None = None
-    tools: Annotated[dict[str, ShortText], Field(max_length=64)] = {}
+
+class AgentVersion(Model):
+    """The agent's composite version: what a behaviour change can be pinned to. Each part
+    becomes a label (`agent_labels`), so each is held to the rules of labels."""
+
+    prompt_version: AgentText | None = None
+    model_version: AgentText | None = None
+    tools: Tools = {}
 
 
 class ForkSpec(Model):
@@ -227,14 +241,14 @@ class FaultSpec(Model):
     path: ShortText | None = None
     latency_ms: Annotated[int, Strict(), Field(ge=0, le=600_000)] | None = None
     status: Annotated[int, Strict(), Field(ge=100, le=599)] | None = None
-    code: Annotated[int, Strict()] | None = None
+    code: Annotated[int, Strict(), Field(ge=-MAX_INT - 1, le=MAX_INT)] | None = None
     message: ShortText | None = None
     fields: Annotated[list[ShortText], Field(max_length=64)] | None = None
     retry_after: Annotated[int, Strict(), Field(ge=0, le=86_400)] | None = None
     chunk_delay_ms: Annotated[int, Strict(), Field(ge=0, le=60_000)] | None = None
     probability: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
-    nth: Annotated[int, Strict(), Field(ge=1)] | None = None
-    times: Annotated[int, Strict(), Field(ge=1)] | None = None
+    nth: Annotated[int, Strict(), Field(ge=1, le=MAX_INT)] | None = None
+    times: Annotated[int, Strict(), Field(ge=1, le=MAX_INT)] | None = None
 
 
 def _ttl(value: object) -> object:
@@ -248,7 +262,7 @@ Ttl = Annotated[
     BeforeValidator(_ttl),
     Field(
         description="s/m/h/d units, such as 90m or 2h; a bare number means seconds",
-        json_schema_extra={"pattern": r"^\s*0*[1-9][0-9]{0,8}\s*[smhd]?\s*$"},
+        json_schema_extra={"pattern": DURATION_PATTERN},
     ),
 ]
 
@@ -262,6 +276,21 @@ class SandboxSpec(Model):
     agent: AgentVersion | None = None
     forks: Annotated[list[ForkSpec], Field(max_length=MAX_FORKS)] = []
     faults: Annotated[list[FaultSpec], Field(max_length=MAX_FAULTS)] = []
+
+    @field_validator("agent")
+    @classmethod
+    def _labels_with_agent(
+        cls, agent: AgentVersion | None, info: ValidationInfo
+    ) -> AgentVersion | None:
+        """The agent's labels count towards the limit on labels, with the spec's own."""
+        derived = agent_labels(agent)
+        given = len(info.data.get("labels") or {})
+        if given + len(derived) > MAX_LABELS:
+            raise ValueError(
+                f"the agent's version makes {len(derived)} labels; with the {given} in `labels` "
+                f"that is over the limit of {MAX_LABELS} labels"
+            )
+        return agent
 
     @field_validator("forks")
     @classmethod
@@ -296,7 +325,7 @@ class SandboxPatch(Model):
     @classmethod
     def _label_rules(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
         if value is not None:
-            _labels({k: v or "" for k, v in value.items()})
+            check_labels({k: v or "" for k, v in value.items()})
         return value
 
     @model_validator(mode="after")
@@ -316,5 +345,5 @@ def agent_labels(agent: AgentVersion | None) -> dict[str, str]:
     if agent.model_version:
         labels["sandboxd.dev/model-version"] = agent.model_version
     for tool, version in agent.tools.items():
-        labels[f"sandboxd.dev/tool.{tool}"[:63]] = version
+        labels[f"{TOOL_LABEL_PREFIX}{tool}"] = version
     return labels

@@ -3,6 +3,11 @@
 The API and the reconciler both call this; neither holds a session across an await. Concurrent
 creates of one name are serialised by the database itself (primary key on `name`, a row lock on
 PostgreSQL, the write lock on SQLite), so exactly one wins and the others see its row.
+
+An `Idempotency-Key` refers to the sandbox it created (name and uid) for `IDEMPOTENCY_KEY_TTL`:
+a replay returns that sandbox while it lives, and a 409 once it is deleted, even when the name
+holds a new sandbox by then (a harness retrying a create must not be handed someone else's).
+The reaper's sweep forgets keys older than that, so keys cannot pile up without end.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, delete, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -26,6 +31,10 @@ from sandboxd.store.clock import rfc3339, utcnow
 from sandboxd.store.engine import READ_ONLY
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
+IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
+MAX_REPEATED_EVENTS = 100
+"""Events of one kind a client can repeat at will (a PATCH records `Updated`) kept per sandbox:
+the newest; older ones are dropped so the event log and its table stay bounded."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -142,6 +151,7 @@ class Store:
                         key=new.idempotency_key,
                         request_hash=new.request_hash,
                         sandbox=name,
+                        uid=row.uid,
                         created_at=now,
                     )
                 )
@@ -155,11 +165,23 @@ class Store:
         key = session.get(IdempotencyRow, new.idempotency_key)
         if key is None:
             return None
+        if key.created_at <= utcnow() - IDEMPOTENCY_KEY_TTL:
+            session.delete(key)  # forgotten: the request counts as new
+            session.flush()
+            return None
         if key.request_hash != new.request_hash:
             raise InvalidRequest(
                 "this Idempotency-Key was used with a different request", error="idempotency_key"
             )
-        return session.get(SandboxRow, key.sandbox)
+        row = session.get(SandboxRow, key.sandbox)
+        if row is None or row.uid != key.uid or row.phase not in LIVE:
+            raise Conflict(
+                f"the sandbox {key.sandbox!r} this Idempotency-Key created is deleted; send a "
+                "new key to create another",
+                error="idempotency_key_spent",
+                sandbox=key.sandbox,
+            )
+        return row
 
     def get(self, name: str) -> SandboxRow | None:
         with self._tx(read_only=True) as session:
@@ -185,6 +207,7 @@ class Store:
             row.updated_at = utcnow()
             if event is not None:
                 self._event(session, row, event)
+                self._drop_repeats(session, row, reason=event.reason)
             return row
 
     def request_delete(self, name: str, *, event: Event) -> SandboxRow | None:
@@ -209,6 +232,8 @@ class Store:
             for row in rows:
                 event = Event("Expired", f"the TTL ran out at {rfc3339(row.expires_at)}")
                 self._transition(session, row, Phase.TERMINATING, event)
+            stale = col(IdempotencyRow.created_at) <= now - IDEMPOTENCY_KEY_TTL
+            session.execute(delete(IdempotencyRow).where(stale))
             return [row.name for row in rows]
 
     def set_status(
@@ -259,6 +284,24 @@ class Store:
         row.phase, row.reason, row.message = phase.value, event.reason, event.message
         row.updated_at = utcnow()
         self._event(session, row, event)
+
+    @staticmethod
+    def _drop_repeats(session: Session, row: SandboxRow, *, reason: str) -> None:
+        session.flush()
+        same = (
+            col(EventRow.sandbox) == row.name,
+            col(EventRow.uid) == row.uid,
+            col(EventRow.reason) == reason,
+        )
+        oldest_kept = (
+            select(EventRow.id)
+            .where(*same)
+            .order_by(col(EventRow.id).desc())
+            .offset(MAX_REPEATED_EVENTS - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        session.execute(delete(EventRow).where(*same, col(EventRow.id) < oldest_kept))
 
     @staticmethod
     def _event(session: Session, row: SandboxRow, event: Event) -> None:

@@ -54,11 +54,13 @@ class TokenRow(SQLModel, table=True):
 
 
 class IdempotencyRow(SQLModel, table=True):
-    """`Idempotency-Key` of a create: a replay with the same body returns the same sandbox."""
+    """`Idempotency-Key` of a create: a replay with the same body returns the same sandbox, the
+    one with `uid` (NULL: unknown, for keys older than the column), while it lives."""
 
     __tablename__ = "idempotency_keys"
 
     key: str = Field(primary_key=True, max_length=255)
     request_hash: str = Field(max_length=64)
     sandbox: str = Field(max_length=40)
-    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    uid: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
