@@ -12,6 +12,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from sandboxd.api.middleware import MAX_REQUEST_HEAD
 from sandboxd.app import create_app, preflight
 from sandboxd.core.catalog import CatalogError
 from sandboxd.core.errors import describe, one_line
@@ -167,6 +168,8 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=5,
         access_log=False,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
     )
     _Server(config).run()
 

@@ -9,6 +9,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxd.metrics import Metrics
 
+MAX_REQUEST_HEAD = 64 * 1024
+"""Largest request line plus headers the server reads. uvicorn's httptools protocol reads a
+head of any size before the app sees it (and before any token is checked), so the server runs
+the h11 protocol, which refuses a head past this with a 400."""
+
 
 class BodyLimit:
     """413 for a body over `limit` bytes, whether it declares its length or streams."""
