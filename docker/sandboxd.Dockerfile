@@ -51,4 +51,6 @@ EXPOSE 7070
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SANDBOXD_PORT', '7070'), timeout=3)"]
 
-ENTRYPOINT ["sandboxd", "serve", "--host", "0.0.0.0", "--with-router"]
+# All interfaces inside the container, so a published port reaches the API: plain HTTP, so publish
+# it on loopback (as docker-compose.yml does) or behind a TLS proxy.
+ENTRYPOINT ["sandboxd", "serve", "--host", "0.0.0.0", "--insecure-listen", "--with-router"]

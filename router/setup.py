@@ -4,9 +4,11 @@ The extensions are optional: without a C compiler the install still works, inter
 the router says so when it starts. The manifest that lets `sandboxd_router.native` use the
 compiled modules is written only after every one of them was built by this very run, beside
 them (in the source tree for an editable install, in the wheel otherwise), with the digests of
-the sources as they were when the build began; until then no manifest exists, so a failed or
-partial build can never pass for a good one. SANDBOXD_ROUTER_INTERPRETED=1 builds no extension
-(scripts/setup falls back to it when the compiled build fails).
+the sources as they were when the build began. Only a build that writes a new manifest, or one
+that replaced some modules and failed on others, removes the old one: an attempt that fails
+before compiling (or builds elsewhere, as `pip wheel` does) leaves an editable tree's working
+build alone, and a partial build can never pass for a good one. SANDBOXD_ROUTER_INTERPRETED=1
+builds no extension (scripts/setup falls back to it when the compiled build fails).
 """
 
 import os
@@ -20,7 +22,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent / "src" / "sandboxd_router"
 native = runpy.run_path(str(PACKAGE_DIR / "native.py"))
 HOT, MANIFEST = native["HOT"], native["MANIFEST"]
 
-(PACKAGE_DIR / MANIFEST).unlink(missing_ok=True)  # an editable tree's, from an older build
 SOURCES = {name: native["digest"](PACKAGE_DIR / f"{name}.py") for name in HOT}
 
 if os.environ.get("SANDBOXD_ROUTER_INTERPRETED"):  # a plain install, on purpose
@@ -28,8 +29,15 @@ if os.environ.get("SANDBOXD_ROUTER_INTERPRETED"):  # a plain install, on purpose
 else:
     from mypyc.build import mypycify  # (type-checks and compiles the sources, or exits)
 
+    # The build's own mypy configuration (not the repository's, whose plugins an isolated
+    # build environment does not have): the router type-checks with its own dependencies only.
     extensions = mypycify(
-        [f"src/sandboxd_router/{name}.py" for name in HOT], group_name=native["PACKAGE"]
+        [
+            "--config-file",
+            str(PACKAGE_DIR.parents[1] / "mypyc.ini"),
+            *(f"src/sandboxd_router/{name}.py" for name in HOT),
+        ],
+        group_name=native["PACKAGE"],
     )
     for extension in extensions:
         extension.optional = True
@@ -40,7 +48,6 @@ class BuildExt(build_ext):
 
     def run(self) -> None:
         out = Path(self.get_ext_fullpath(f"{native['PACKAGE']}.{HOT[0]}")).parent
-        (out / MANIFEST).unlink(missing_ok=True)
         self.failed = []
         super().run()
         built = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
@@ -48,6 +55,8 @@ class BuildExt(build_ext):
         if not self.extensions:
             return
         if missing:
+            if len(self.failed) < len(self.extensions):  # some replaced, beside an older manifest
+                (out / MANIFEST).unlink(missing_ok=True)
             print(f"sandboxd-router: not compiled ({', '.join(missing)}): it runs interpreted")
         else:
             native["write_manifest"](out, SOURCES)
