@@ -111,15 +111,16 @@ def test_key_from_an_mcp_body() -> None:
         assert key_from_body(body, b"sandbox") is None
 
 
-def test_sessions_are_bounded_and_dropped_with_their_upstream() -> None:
-    sessions = Sessions(limit=2)
+def test_sessions_are_bounded_per_route_and_dropped_with_their_upstream() -> None:
+    sessions = Sessions(limit=2, per_sandbox=2)
     a, b = Upstream("127.0.0.1", 1), Upstream("127.0.0.1", 2)
     sessions.remember(b"s1", a, b"baseline")
-    sessions.remember(b"s2", b, b"sandbox=pr-1")
-    sessions.remember(b"s3", b, b"sandbox=pr-1")
-    assert sessions.get(b"s1") is None and len(sessions) == 2  # the oldest went
+    for s in (b"s2", b"s3", b"s4"):
+        sessions.remember(s, b, b"sandbox=pr-1")
+    assert sessions.get(b"s2") is None and len(sessions) == 3  # the sandbox's own oldest went
+    assert sessions.get(b"s1") is not None  # a sandbox never evicts the baseline's
     sessions.keep_only({id(a)})
-    assert len(sessions) == 0
+    assert len(sessions) == 1 and sessions.get(b"s1") is not None
 
 
 TABLE = {
