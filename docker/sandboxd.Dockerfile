@@ -1,6 +1,23 @@
 # syntax=docker/dockerfile:1
 # sandboxd's control plane with the embedded router (`--with-router`).
 # Build from the repository root: docker build -f docker/sandboxd.Dockerfile -t sandboxd .
+# tests/packaging/ runs this file's `pip wheel` and `pip install --no-index` lines in fresh venvs.
+
+# Wheels of the three distributions and of every dependency, each built with build isolation.
+# The router's hot path compiles with mypyc (router/setup.py): the C compiler stays in this stage.
+FROM python:3.11-slim AS wheels
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY sandboxd/ sandboxd/
+COPY router/ router/
+COPY cli/ cli/
+RUN pip wheel --wheel-dir /wheels "./sandboxd[postgres]" ./router ./cli
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,19 +32,11 @@ WORKDIR /app
 COPY docker/examples-requirements.txt docker/
 RUN pip install -r docker/examples-requirements.txt
 
-# Built from /src (not editable), so the working directory holds only the examples.
-WORKDIR /src
-COPY sandboxd/ sandboxd/
-COPY router/ router/
-COPY cli/ cli/
-# The router's hot path compiles with mypyc (router/setup.py): a C compiler for the build only.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
- && pip install "./sandboxd[postgres]" ./router ./cli \
- && apt-get purge -y --auto-remove gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/* /src/router/build
+# Only the wheels reach this image (no compiler, no sources, no build tools), and only from the
+# wheels stage (--no-index): a same-named distribution on an index cannot stand in for ours.
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels "sandboxd[postgres]" sandboxd-router sandboxd-cli
 
-WORKDIR /app
 COPY examples/ examples/
 
 # The data dir (admin token, fork and router logs; the SQLite file when no database URL is
