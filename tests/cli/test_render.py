@@ -224,9 +224,18 @@ def test_without_a_terminal_progress_is_one_line_per_change(
     assert captured.out == ""
 
 
-def test_the_spinner_shows_server_text_verbatim_not_as_markup() -> None:
+def test_the_spinner_shows_server_text_verbatim_not_as_markup(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Square brackets in a server's reason are text: read as markup, `[bold]` would vanish
+    into a style and `[/unbalanced]` would raise."""
+    # Rich draws a live spinner only on a terminal; this makes the captured stderr one.
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TERM", "xterm")
     with reporter(tty=True) as report:
         report({"name": "x", "phase": "Failed", "reason": "[/unbalanced] [bold]"})
+
+    assert "x: Failed ([/unbalanced] [bold])" in capsys.readouterr().err
 
 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil"
