@@ -3,6 +3,8 @@ never sees a smuggled second request."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -65,6 +67,15 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def router_prints_no_traceback(router: Router) -> Iterator[None]:
+    """Checked after every test here, whichever ran and in whatever order: a refusal must be
+    an answer, not an exception the router only survived."""
+    yield
+    err = (router.log.parent / "router.err").read_text()
+    assert "Traceback" not in err, err[-3000:]
+
+
 @pytest.mark.parametrize("request_bytes", CASES)
 def test_smuggling_and_malformed_requests_get_a_4xx_and_reach_no_upstream(
     router: Router, origins: dict[str, Origin], request_bytes: bytes
@@ -91,8 +102,3 @@ def test_headers_over_the_limit_get_431(router: Router, origins: dict[str, Origi
 def test_a_valid_request_after_a_refused_one_on_a_new_connection_works(router: Router) -> None:
     raw(router.port, b"GET /echo HTTP/1.1\r\nHost : x\r\n\r\n")
     assert httpx.get(f"{router.url}/echo").status_code == 200
-
-
-def test_the_router_never_printed_a_traceback(router: Router) -> None:
-    err = (router.log.parent / "router.err").read_text()
-    assert "Traceback" not in err, err[-3000:]
