@@ -26,7 +26,7 @@ from sandboxd.core.catalog import load_catalog
 from sandboxd.core.plan import expand, plan_baselines
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "data" / "compose-spec.schema.json"
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.schema.json"  # vendored: see tests/data/README.md
 COMPOSE = ROOT / "docker-compose.yml"
 IMAGE_ROOT = PurePosixPath("/app")  # both Dockerfiles copy examples/ to /app/examples
 API_PORT = 7070
