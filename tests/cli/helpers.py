@@ -1,10 +1,8 @@
-"""Helpers for the CLI tests that run against a real sandboxd: specs, the API's view, polling."""
+"""Helpers for the CLI tests that run against a real sandboxd: specs and the API's view."""
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +37,6 @@ def names(server: Sandboxd) -> set[str]:
     """The names of every sandbox the API lists."""
     with server.client() as client:
         return {item["name"] for item in client.get("/v1/sandboxes").json()["items"]}
-
-
-def eventually(check: Callable[[], Any], *, timeout: float = 10) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-    return value
 
 
 def as_user(server: Sandboxd, *args: str, **env: str | None) -> Result:

@@ -20,11 +20,11 @@ from tests.cli.helpers import (
     NEVER_HEALTHY,
     SERVE,
     as_user,
-    eventually,
     names,
     stored,
     write_spec,
 )
+from tests.support import poll
 from tests.support.server import Sandboxd
 
 
@@ -191,12 +191,14 @@ def fork_upstream(server: Sandboxd, name: str) -> str:
 def test_logs_show_the_forks_output(web: Result, server: Sandboxd, sandbox: Invoke) -> None:
     httpx.get(f"{fork_upstream(server, 'web')}/marker-for-logs", timeout=5)
 
-    result = eventually(
+    result = poll.until(
         lambda: (
             (r := sandbox("logs", "web", "echo")).exit_code == 0
             and "/marker-for-logs" in r.stdout
             and r
-        )
+        ),
+        timeout=10,
+        what="the marker in `sandbox logs`",
     )
 
     assert '"GET /marker-for-logs HTTP/1.1" 404' in result.stdout
@@ -216,9 +218,9 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(
             env=env,
         )
     try:
-        eventually(lambda: out.stat().st_size > 0)
+        poll.until(lambda: out.stat().st_size > 0, timeout=10, what="the follower's first line")
         httpx.get(f"{fork_upstream(server, 'web')}/marker-for-follow", timeout=5)
-        eventually(lambda: b"/marker-for-follow" in out.read_bytes())
+        poll.until(lambda: b"/marker-for-follow" in out.read_bytes(), timeout=10, what="the marker")
     finally:
         follower.send_signal(signal.SIGINT)
         _, stderr = follower.communicate(timeout=10)

@@ -26,6 +26,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.troubleshooter import SANDBOXES, Troubleshooter, running_troubleshooter
+from tests.support import poll
 from tests.support.procs import fork_pids
 
 CRASHING_POD = "orders-api-5f6b7c8d9-q4m7z"
@@ -186,14 +187,6 @@ async def test_sdk_client_through_router_sees_its_sandboxs_schema(
     assert routes == {route}
 
 
-def wait_until(check: Any, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.2)
-
-
 async def test_ttl_expiry_removes_routes_and_processes(world: World) -> None:
     app = world.app
     spec = (
@@ -203,8 +196,8 @@ async def test_ttl_expiry_removes_routes_and_processes(world: World) -> None:
     created = app.up(spec)
     key, baggage = created["routingKey"], created["baggage"]
     assert fork_pids(sandbox="short-lived"), "the fork runs until the TTL ends"
-    wait_until(lambda: key not in app.routes(), timeout=20, what="the route is removed")
-    wait_until(lambda: not fork_pids(sandbox="short-lived"), timeout=20, what="the fork stops")
+    poll.until(lambda: key not in app.routes(), timeout=20, what="the route is removed")
+    poll.until(lambda: not fork_pids(sandbox="short-lived"), timeout=20, what="the fork stops")
     status, routes = await describe_through_router(app, baggage=baggage)
     assert "lastState" in status and routes == {"baseline"}, "the key now reaches the baseline"
     assert app.get("short-lived")["phase"] == "Deleted"

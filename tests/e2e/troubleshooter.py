@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.support import poll
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,13 +109,10 @@ def running_troubleshooter(data_dir: Path) -> Iterator[Troubleshooter]:
 
 
 def wait_for_router(app: Troubleshooter, *, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if app.diagnose().status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the agent never answered through the router:\n{app.server.log()}")
-        time.sleep(0.2)
+    poll.until(
+        lambda: app.diagnose().status_code == 200,
+        timeout=timeout,
+        what="the agent to answer through the router",
+        ignoring=(httpx.HTTPError,),
+        context=app.server.log,
+    )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import write_catalog
+from tests.support import poll
 from tests.support.postgres import PostgresServer
 from tests.support.server import Sandboxd, running_sandboxd
 
@@ -41,23 +41,12 @@ def client(api: Sandboxd) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_for(fetch: Callable[[], Any], until: Callable[[Any], bool], *, timeout: float = 20) -> Any:
-    """Poll `fetch` until `until(result)`; the last result, or AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fetch()
-        if until(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout}s; last: {result!r}")
-        time.sleep(0.05)
-
-
 def wait_phase(client: httpx.Client, name: str, phase: str, *, timeout: float = 20) -> Any:
-    return wait_for(
+    return poll.until(
         lambda: client.get(f"/v1/sandboxes/{name}").json(),
         lambda body: body.get("phase") == phase,
         timeout=timeout,
+        what=f"sandbox {name} to be {phase}",
     )
 
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from tests.conftest import ENVSERVER, write_catalog
-from tests.integration.conftest import wait_for, wait_phase
+from tests.integration.conftest import wait_phase
+from tests.support import poll
 from tests.support.server import free_port, running_sandboxd
 
 pytestmark = pytest.mark.slow
@@ -51,19 +52,21 @@ def test_a_restart_stops_lying_forks_and_adopts_the_rest(tmp_path: Path) -> None
         server.start()  # used to fail for good on PORT=abc, with the baselines already stopped
         assert httpx.get(f"http://127.0.0.1:{baseline}/").status_code == 200
         with server.client() as client:
-            after = wait_for(
+            after = poll.until(
                 lambda: client.get("/v1/sandboxes/honest").json(),
                 lambda b: b["phase"] == "Ready" and b["forks"][0]["ready"],
+                timeout=20,
             )["forks"][0]
             assert after["pid"] == before["honest"]["pid"]  # adopted, not restarted
             assert after["upstream"] == before["honest"]["upstream"]
             for name in LIES:
                 liar = before[name]["pid"]
-                wait_for(lambda pid=liar: _alive(pid), lambda alive: not alive)
+                poll.until(lambda pid=liar: _alive(pid), lambda alive: not alive, timeout=20)
                 assert f"stopping pid {liar}: not a fork sandboxd started" in server.log()
-                again = wait_for(  # the sandbox still wants its fork: a new one
+                again = poll.until(  # the sandbox still wants its fork: a new one
                     lambda n=name: client.get(f"/v1/sandboxes/{n}").json(),
                     lambda b, pid=liar: b["phase"] == "Ready" and b["forks"][0]["pid"] != pid,
+                    timeout=20,
                 )
                 assert again["forks"][0]["upstream"] != "http://127.0.0.1:7070"
         assert (victim / "keep").read_text() == "mine"

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import fork_command
-from tests.integration.conftest import snapshot, wait_for, wait_phase
+from tests.integration.conftest import snapshot, wait_phase
+from tests.support import poll
 from tests.support.procs import fork_pids
 from tests.support.server import Sandboxd
 
@@ -328,7 +329,7 @@ def test_a_fork_that_exits_fails_the_sandbox_with_its_output(client: httpx.Clien
     failed = wait_phase(client, name, "Failed")
     assert failed["reason"] == "ForkExited"
     assert "code 3" in failed["message"] and "missing DATABASE_URL" in failed["message"]
-    wait_for(lambda: fork_pids(sandbox=name), lambda pids: pids == [])
+    poll.until(lambda: fork_pids(sandbox=name), lambda pids: pids == [], timeout=20)
     logs = client.get(f"/v1/sandboxes/{name}/logs/echo")
     assert logs.status_code == 200 and "missing DATABASE_URL" in logs.text
     client.delete(f"/v1/sandboxes/{name}")
@@ -342,7 +343,7 @@ def test_a_fork_that_never_gets_healthy_times_out(client: httpx.Client) -> None:
     )
     failed = wait_phase(client, name, "Failed")
     assert failed["reason"] == "HealthCheckTimeout"
-    wait_for(lambda: fork_pids(sandbox=name), lambda pids: pids == [])
+    poll.until(lambda: fork_pids(sandbox=name), lambda pids: pids == [], timeout=20)
     client.delete(f"/v1/sandboxes/{name}")
 
 
@@ -362,15 +363,17 @@ def test_logs_tail_and_offset(client: httpx.Client) -> None:
     client.post("/v1/sandboxes", json=spec(name))
     fork = wait_phase(client, name, "Ready")["forks"][0]
     httpx.get(fork["upstream"] + "/first")
-    first = wait_for(
+    first = poll.until(
         lambda: client.get(f"/v1/sandboxes/{name}/logs/echo", params={"tail": 50}),
         lambda r: "/first" in r.text,
+        timeout=20,
     )
     offset = int(first.headers["Sandboxd-Log-Offset"])
     httpx.get(fork["upstream"] + "/second")
-    more = wait_for(
+    more = poll.until(
         lambda: client.get(f"/v1/sandboxes/{name}/logs/echo", params={"offset": offset}),
         lambda r: "/second" in r.text,
+        timeout=20,
     )
     assert "/first" not in more.text
     assert client.get(f"/v1/sandboxes/{name}/logs/tools").status_code == 404

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import fork_command
-from tests.integration.conftest import snapshot, wait_for, wait_phase
+from tests.integration.conftest import snapshot, wait_phase
+from tests.support import poll
 from tests.support.server import Sandboxd
 
 
@@ -224,8 +225,8 @@ def test_logs_with_tail_0_give_no_lines_and_the_offset_to_follow_from(
     fork = wait_phase(client, name, "Ready")["forks"][0]
     httpx.get(fork["upstream"] + "/hello")
     logs = f"/v1/sandboxes/{name}/logs/echo"
-    everything = wait_for(
-        lambda: client.get(logs, params={"offset": 0}), lambda r: "/hello" in r.text
+    everything = poll.until(
+        lambda: client.get(logs, params={"offset": 0}), lambda r: "/hello" in r.text, timeout=20
     )
 
     none = client.get(logs, params={"tail": 0})

@@ -18,7 +18,8 @@ import pytest
 from sandboxd.runtime import confine
 from sandboxd.runtime.confine import Launch, launcher_argv
 from tests.conftest import fork_command
-from tests.integration.conftest import wait_for, wait_phase
+from tests.integration.conftest import wait_phase
+from tests.support import poll
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
 pytestmark = pytest.mark.slow
@@ -107,7 +108,9 @@ def test_a_router_run_apart_can_use_the_router_token_file(system: Sandboxd, tmp_
     with (tmp_path / "router.log").open("wb") as log:
         router = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        served = wait_for(lambda: _try_get(f"http://127.0.0.2:{port}/"), lambda r: r is not None)
+        served = poll.until(
+            lambda: _try_get(f"http://127.0.0.2:{port}/"), lambda r: r is not None, timeout=20
+        )
         assert served.headers["sandboxd-route"] == "baseline"
     finally:
         router.terminate()
@@ -171,7 +174,7 @@ def test_without_user_namespaces_sandboxd_refuses_unless_allowed(tmp_path: Path)
         allowed = subprocess.Popen(argv, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     server = Sandboxd(data_dir=tmp_path, port=int(argv[argv.index("--port") + 1]), env={})
     try:
-        wait_for(lambda: _ready(server.url), bool)
+        poll.until(lambda: _ready(server.url), bool, timeout=20)
         with server.client(token="t" * 20) as client:
             forks = [{"service": "echo", "command": fork_command()}]
             client.post("/v1/sandboxes", json={"name": "open", "forks": forks})
@@ -245,7 +248,7 @@ def _router_pid(server: Sandboxd) -> int:
                 return int(pid_dir.name)
         return 0
 
-    pid: int = wait_for(find, bool)
+    pid: int = poll.until(find, bool, timeout=20)
     return pid
 
 
@@ -266,7 +269,7 @@ def test_the_launcher_confines_an_unprivileged_user_too() -> None:
         as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         holder = subprocess.Popen([*as_nobody, "env", "SECRET=env-secret", "sleep", "300"])
         try:
-            wait_for(lambda: _uid(holder.pid), lambda uid: uid == NOBODY)
+            poll.until(lambda: _uid(holder.pid), lambda uid: uid == NOBODY, timeout=20)
             targets = [str(hidden / "token"), f"/proc/{holder.pid}/environ",
                        f"/proc/{holder.pid}/root{hidden}/token"]  # fmt: skip
             script = (

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import fork_command, write_catalog
-from tests.integration.conftest import wait_for, wait_phase
+from tests.integration.conftest import wait_phase
+from tests.support import poll
 from tests.support.procs import fork_pids
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
@@ -92,9 +93,10 @@ def test_restart_adopts_running_forks_instead_of_duplicating(server: Sandboxd) -
     server.kill()
     server.start()
     with server.client() as client:
-        after = wait_for(
+        after = poll.until(
             lambda: client.get("/v1/sandboxes/keep").json(),
             lambda b: b["phase"] == "Ready" and b["forks"][0]["ready"],
+            timeout=20,
         )["forks"][0]
         assert after["pid"] == before["pid"] and after["upstream"] == before["upstream"]
         assert fork_pids(sandbox="keep") == [before["pid"]]
@@ -115,7 +117,7 @@ def test_a_leftover_fork_without_a_sandbox_is_removed(server: Sandboxd) -> None:
         db.execute("DELETE FROM sandboxes WHERE name = 'orphan'")
     assert len(fork_pids(sandbox="orphan")) == 1
     server.start()
-    wait_for(lambda: fork_pids(sandbox="orphan"), lambda pids: pids == [])
+    poll.until(lambda: fork_pids(sandbox="orphan"), lambda pids: pids == [], timeout=20)
 
 
 def test_clean_shutdown_stops_forks_and_a_restart_brings_them_back(server: Sandboxd) -> None:
@@ -130,9 +132,10 @@ def test_clean_shutdown_stops_forks_and_a_restart_brings_them_back(server: Sandb
     assert fork_pids(sandbox="cycle") == []
     server.start()
     with server.client() as client:
-        back = wait_for(
+        back = poll.until(
             lambda: client.get("/v1/sandboxes/cycle").json(),
             lambda b: b["phase"] == "Ready" and b["forks"][0]["pid"] != first["pid"],
+            timeout=20,
         )
     assert fork_pids(sandbox="cycle") == [back["forks"][0]["pid"]]
 

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import fork_command
-from tests.integration.conftest import wait_for, wait_phase
+from tests.integration.conftest import wait_phase
+from tests.support import poll
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
 pytestmark = pytest.mark.slow
@@ -53,16 +54,18 @@ def test_with_router_gives_a_laptop_the_whole_system(tmp_path: Path) -> None:
         ).json()["routingKey"]
         wait_phase(c, "pr-9", "Ready")
         url = f"http://127.0.0.1:{port}/"
-        assert wait_for(
+        assert poll.until(
             lambda: _try(lambda: served_by(url, baggage=f"sandbox={key}")),
             lambda r: r == ("pr-9", "sandbox=pr-9"),
+            timeout=20,
         )
         assert served_by(url) == ("", "baseline")
         router_pid = _router_pid(server)
         os.kill(router_pid, 9)  # the router dies: sandboxd restarts it
-        assert wait_for(
+        assert poll.until(
             lambda: _try(lambda: served_by(url, baggage=f"sandbox={key}")),
             lambda r: r == ("pr-9", "sandbox=pr-9"),
+            timeout=20,
         )
         assert _router_pid(server) != router_pid
     with pytest.raises(httpx.ConnectError):  # stopping sandboxd stopped its router
@@ -94,9 +97,10 @@ def _keep_routing_across_an_outage(server: Sandboxd, port: int) -> None:
             json={"name": "one", "forks": [{"service": "echo", "command": fork_command()}]},
         ).json()["routingKey"]
         wait_phase(c, "one", "Ready")
-    assert wait_for(
+    assert poll.until(
         lambda: _try(lambda: served_by(url, baggage=f"sandbox={key}")),
         lambda r: r == ("one", "sandbox=one"),
+        timeout=20,
     )
     server.kill()  # the control plane is gone; the fork and the baseline keep running
     for _ in range(20):
@@ -110,7 +114,7 @@ def _keep_routing_across_an_outage(server: Sandboxd, port: int) -> None:
             json={"name": "two", "forks": [{"service": "echo", "command": fork_command()}]},
         ).json()["routingKey"]
         wait_phase(c, "two", "Ready")
-    assert wait_for(
+    assert poll.until(
         lambda: _try(lambda: served_by(url, baggage=f"sandbox={key2}")),
         lambda r: r == ("two", "sandbox=two"),
         timeout=30,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import poll
 from tests.support.kube import NODES, KubeControlPlane, assets
 
 
@@ -32,12 +32,12 @@ def test_a_deleted_namespace_is_finalized_by_the_namespace_controller(
             json={"metadata": {"name": "c"}, "data": {"k": "v"}},
         )
         assert client.delete(f"/api/v1/namespaces/{name}").status_code == 200
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/namespaces/{name}").status_code != 404:
-            assert time.monotonic() < deadline, (
-                f"namespace {name} never finalized:\n{kube.log('kube-controller-manager')}"
-            )
-            time.sleep(0.2)
+        poll.until(
+            lambda: client.get(f"/api/v1/namespaces/{name}").status_code == 404,
+            timeout=60,
+            what=f"namespace {name} to be finalized",
+            context=lambda: kube.log("kube-controller-manager"),
+        )
 
 
 def test_rbac_is_enforced_for_other_users(kube: KubeControlPlane) -> None:
@@ -86,19 +86,26 @@ def wait_available(
 ) -> dict[str, Any]:
     """The Deployment once its status says one available replica and Available=True."""
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-    deadline = time.monotonic() + 60
-    while True:
-        status = client.get(path).json().get("status", {})
-        available = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Available")
-        if status.get("availableReplicas") == 1 and available == "True":
-            return status
+
+    def available(status: dict[str, Any]) -> bool:
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        return status.get("availableReplicas") == 1 and conditions.get("Available") == "True"
+
+    def context() -> str:
         pods = client.get(f"/api/v1/namespaces/{namespace}/pods").json()["items"]
-        assert time.monotonic() < deadline, (
-            f"{name} never became Available: {json.dumps(status)}\n"
+        return (
             f"pods: {json.dumps([p.get('status') for p in pods])}\n"
             f"{kube.log('kube-scheduler')}\n{kube.log('kwok')}\n{kube.log('kube-controller-manager')}"
         )
-        time.sleep(0.2)
+
+    status: dict[str, Any] = poll.until(
+        lambda: client.get(path).json().get("status", {}),
+        available,
+        timeout=60,
+        what=f"{name} to become Available",
+        context=context,
+    )
+    return status
 
 
 def test_a_deployment_becomes_available_on_a_kwok_node(kube: KubeControlPlane) -> None:
@@ -131,10 +138,13 @@ def test_a_scaled_down_pod_is_gone_not_left_terminating(kube: KubeControlPlane) 
             headers={"Content-Type": "application/merge-patch+json"},
         )
         assert scaled.status_code == 200, scaled.text
-        deadline = time.monotonic() + 30
-        while pods := client.get(f"/api/v1/namespaces/{namespace}/pods").json()["items"]:
-            assert time.monotonic() < deadline, f"{pods}\n{kube.log('kwok')}"
-            time.sleep(0.2)
+        poll.until(
+            lambda: client.get(f"/api/v1/namespaces/{namespace}/pods").json()["items"],
+            lambda pods: not pods,
+            timeout=30,
+            what="the pods to be gone",
+            context=lambda: kube.log("kwok"),
+        )
 
 
 def test_a_deployment_under_quota_and_limit_range_defaults_becomes_available(
@@ -172,10 +182,13 @@ def test_a_deployment_under_quota_and_limit_range_defaults_becomes_available(
 def _quota_used(kube: KubeControlPlane, client: httpx.Client, namespace: str) -> dict[str, str]:
     """The quota's usage once the resource-quota controller has counted the running Pod."""
     path = f"/api/v1/namespaces/{namespace}/resourcequotas/sandbox"
-    deadline = time.monotonic() + 30
-    while (used := client.get(path).json().get("status", {}).get("used", {})).get("pods") != "1":
-        assert time.monotonic() < deadline, f"{used}\n{kube.log('kube-controller-manager')}"
-        time.sleep(0.2)
+    used = poll.until(
+        lambda: client.get(path).json().get("status", {}).get("used", {}),
+        lambda used: used.get("pods") == "1",
+        timeout=30,
+        what="the quota to count the pod",
+        context=lambda: kube.log("kube-controller-manager"),
+    )
     return dict(used)
 
 
@@ -206,12 +219,12 @@ def test_a_service_account_user_is_held_to_rbac_and_granted_by_it(kube: KubeCont
             }  # fmt: skip
             path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings"
             assert admin.post(path, json=binding).status_code == 201
-            deadline = time.monotonic() + 10
-            while (
-                sandboxd.get(f"/apis/apps/v1/namespaces/{namespace}/deployments").status_code != 200
-            ):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            poll.until(
+                lambda: sandboxd.get(f"/apis/apps/v1/namespaces/{namespace}/deployments"),
+                lambda listed: listed.status_code == 200,
+                timeout=10,
+                what="the binding to grant the service account",
+            )
     kubectl = [str(kube.bin("kubectl")), "--kubeconfig", str(kube.kubeconfig_for(user))]
     whoami = subprocess.run(
         [*kubectl, "auth", "whoami", "-o", "json"], capture_output=True, text=True, timeout=60

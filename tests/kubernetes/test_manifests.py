@@ -20,6 +20,7 @@ from sandboxd.core.spec import ForkSpec
 from sandboxd.runtime.kubernetes import render
 from sandboxd.settings import Settings
 from sandboxd_router.__main__ import parse_args
+from tests.support import poll
 from tests.support.kube import KubeControlPlane
 from tests.support.manifests import (
     MANAGED_BY,
@@ -36,7 +37,6 @@ from tests.support.manifests import (
     path_of,
     rendered,
     service,
-    until,
     virtual_service,
 )
 from tests.support.server import running_sandboxd
@@ -122,7 +122,7 @@ def until_enforced(kube: KubeControlPlane) -> None:
     }
     with kube.client(SANDBOXD) as sa:
         for policy, obj in probes.items():
-            until(policy, partial(refuses, sa, policy, obj))
+            poll.until(partial(refuses, sa, policy, obj), timeout=30, what=policy)
 
 
 def refuses(sa: httpx.Client, policy: str, obj: Obj) -> bool:
@@ -295,7 +295,7 @@ def test_both_deployments_get_pods_under_pod_security_restricted(admin: httpx.Cl
         have = {d["metadata"]["name"]: d.get("status", {}).get("availableReplicas") for d in items}
         return have == wanted
 
-    until("both Deployments Available", available, timeout=60)
+    poll.until(available, timeout=60, what="both Deployments Available")
 
 
 @pytest.mark.parametrize(("group", "resource", "namespace", "verbs"), NEEDED)
@@ -442,11 +442,11 @@ def test_the_real_runtime_as_the_service_account_brings_a_sandbox_up_and_down(
         with server.client() as api:
             spec = {"name": sandbox, "forks": [{"service": "web", "image": "acme/web:2"}]}
             assert api.post("/v1/sandboxes", json=spec).status_code == 201
-            until("Ready", lambda: phase(api, sandbox) in {"Ready", "Failed"}, timeout=90)
+            poll.until(lambda: phase(api, sandbox) in {"Ready", "Failed"}, timeout=90, what="Ready")
             assert phase(api, sandbox) == "Ready", server.log()
             assert admin.get(route).status_code == 200
             assert api.delete(f"/v1/sandboxes/{sandbox}").status_code == 202
-            until("Deleted", lambda: phase(api, sandbox) == "Deleted", timeout=90)
+            poll.until(lambda: phase(api, sandbox) == "Deleted", timeout=90, what="Deleted")
         assert "Forbidden" not in server.log()
     assert admin.get(f"/api/v1/namespaces/{ns}").status_code == 404
     assert admin.get(route).status_code == 404

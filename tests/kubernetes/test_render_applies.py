@@ -3,12 +3,12 @@ manager `sandboxd`) and stored as rendered; deleting the namespace removes them 
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from sandboxd.core.spec import AgentVersion, ForkSpec
 from sandboxd.runtime.kubernetes import render
 from sandboxd.runtime.kubernetes.client import object_path
+from tests.support import poll
 from tests.support.kube import KubeControlPlane
 from tests.support.kube_objects import BASELINE_DEPLOYMENT, BASELINE_SERVICE, apply
 
@@ -54,9 +54,11 @@ def test_a_sandbox_namespace_and_fork_apply_as_rendered_and_delete_whole(
         )
 
         assert client.delete(f"/api/v1/namespaces/{ns}").status_code == 200
-        deadline = time.monotonic() + 60
-        while client.get(f"/api/v1/namespaces/{ns}").status_code != 404:
-            assert time.monotonic() < deadline, kube.log("kube-controller-manager")
-            time.sleep(0.2)
+        poll.until(
+            lambda: client.get(f"/api/v1/namespaces/{ns}").status_code == 404,
+            timeout=60,
+            what=f"namespace {ns} to be finalized",
+            context=lambda: kube.log("kube-controller-manager"),
+        )
         for obj in objects[1:]:
             assert client.get(object_path(obj)).status_code == 404

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import poll
 from tests.support.kube import KubeControlPlane
 from tests.support.kube_objects import apply, baseline_workload
 from tests.support.server import Sandboxd, running_sandboxd
@@ -95,21 +96,19 @@ def _name() -> str:
 def _wait_phase(
     server: Sandboxd, name: str, phases: set[str], timeout: float = 90
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
     with server.client() as api:
-        while True:
-            body = api.get(f"/v1/sandboxes/{name}").json()
-            if body.get("phase") in phases:
-                return dict(body)
-            assert time.monotonic() < deadline, f"{name} stuck in {body}:\n{server.log()}"
-            time.sleep(0.2)
+        body = poll.until(
+            lambda: api.get(f"/v1/sandboxes/{name}").json(),
+            lambda body: body.get("phase") in phases,
+            timeout=timeout,
+            what=f"{name} to reach {phases}",
+            context=server.log,
+        )
+    return dict(body)
 
 
 def _gone(client: httpx.Client, path: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get(path).status_code != 404:
-        assert time.monotonic() < deadline, f"{path} still exists"
-        time.sleep(0.2)
+    poll.until(lambda: client.get(path).status_code == 404, timeout=timeout, what=f"{path} gone")
 
 
 def test_up_makes_the_namespace_and_fork_as_specified_and_down_removes_them(
@@ -178,10 +177,12 @@ def test_up_makes_the_namespace_and_fork_as_specified_and_down_removes_them(
 
             extended = api.patch(f"/v1/sandboxes/{name}", json={"ttl": "5h"}).json()["expiresAt"]
             assert extended != ready["expiresAt"]
-            deadline = time.monotonic() + 20
-            while _expires(k8s, ns) != extended[:19] + "Z":  # the annotation follows
-                assert time.monotonic() < deadline, (_expires(k8s, ns), extended)
-                time.sleep(0.1)
+            poll.until(  # the annotation follows
+                lambda: _expires(k8s, ns),
+                lambda expires: expires == extended[:19] + "Z",
+                timeout=20,
+                what=f"the namespace's expiry to follow to {extended}",
+            )
 
             assert api.delete(f"/v1/sandboxes/{name}").status_code in (200, 202)
         _wait_phase(server, name, {"Deleted"})
@@ -291,10 +292,12 @@ def test_sigkill_mid_provision_converges_after_restart(
     with _sandboxd(tmp_path, kube) as server, kube.client() as k8s:
         with server.client() as api:
             assert api.post("/v1/sandboxes", json=spec).status_code == 201
-        deadline = time.monotonic() + 30
-        while k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code != 200:
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.01)
+        poll.until(
+            lambda: k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 200,
+            timeout=30,
+            what=f"namespace sbx-{name}",
+            context=server.log,
+        )
         server.kill()  # mid-provision: the namespace is there, the sandbox is not Ready
         server.start()
         ready = _wait_phase(server, name, {"Ready", "Failed"})
@@ -381,15 +384,20 @@ def test_a_ready_fork_that_rolls_out_again_is_not_timed_out(
             path, json=restart, headers={"Content-Type": "application/strategic-merge-patch+json"}
         )
         assert patched.status_code == 200, patched.text
-        deadline = time.monotonic() + 30
-        while True:
+
+        def rollout() -> dict[str, Any]:
             deployment = k8s.get(path).json()
-            status = deployment["status"]
-            rolled = status.get("observedGeneration") == deployment["metadata"]["generation"]
-            if rolled and status.get("updatedReplicas") == status.get("availableReplicas") == 1:
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)
+            return {"generation": deployment["metadata"]["generation"], **deployment["status"]}
+
+        poll.until(
+            rollout,
+            lambda status: (
+                status.get("observedGeneration") == status["generation"]
+                and status.get("updatedReplicas") == status.get("availableReplicas") == 1
+            ),
+            timeout=30,
+            what="the rollout to finish",
+        )
         time.sleep(1)
         with server.client() as api:
             body = api.get(f"/v1/sandboxes/{name}").json()

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.router.conftest import wait_port
+from tests.support import poll
 from tests.support.server import free_port
 from tests.unit.test_compose import instructions
 
@@ -180,7 +180,7 @@ def _healthz(bin_dir: Path, tmp: Path) -> dict[str, object]:
     argv = [str(bin_dir / "sandboxd-router"), "--routes-file", str(tmp / "routes.json")]
     proc = subprocess.Popen([*argv, "--admin-port", str(admin), "--access-log", "off"])
     try:
-        wait_port(admin)
+        poll.port_open(admin, timeout=15)
         health: dict[str, object] = httpx.get(f"http://127.0.0.1:{admin}/healthz").json()
         return health
     finally:

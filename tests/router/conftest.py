@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import poll
 from tests.support.server import free_port
 
 ORIGIN = str(Path(__file__).resolve().parents[1] / "support" / "origin.py")
@@ -24,17 +24,6 @@ KEYS = {
     "pr-3": "key3ccccccccccc",
     "dead": "keydeadddddddddd",
 }
-
-
-def wait_port(port: int, *, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 @dataclass
@@ -57,7 +46,7 @@ class Origin:
 def start_origin(name: str) -> Origin:
     port = free_port()
     proc = subprocess.Popen([sys.executable, ORIGIN, str(port), name], stdout=subprocess.DEVNULL)
-    wait_port(port)
+    poll.port_open(port, timeout=15)
     return Origin(name, port, proc)
 
 
@@ -115,9 +104,9 @@ def start_router(tmp: Path, table: dict[str, Any], *extra: str) -> Router:
              "--admin-port", str(admin), "--access-log", str(log), *extra],
             stderr=err,
         )  # fmt: skip
-    wait_port(admin)
+    poll.port_open(admin, timeout=15)
     port = table["services"][0]["routerPort"]
-    wait_port(port)
+    poll.port_open(port, timeout=15)
     return Router(port, admin, proc, log)
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.router.conftest import KEYS, Origin, Router, routes_table, start_router, wait_port
+from tests.router.conftest import KEYS, Origin, Router, routes_table, start_router
+from tests.support import poll
 from tests.support.server import free_port
 
 
@@ -22,7 +23,7 @@ def gateway(
         "--gateway-port",
         str(port),
     )
-    wait_port(port)
+    poll.port_open(port, timeout=15)
     yield router, port
     router.proc.terminate()
     router.proc.wait()

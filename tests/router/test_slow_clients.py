@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.router.conftest import Origin, Router, routes_table, start_router
+from tests.support import poll
 from tests.support.server import free_port
 
 
@@ -102,11 +103,11 @@ def test_past_the_connection_limit_new_connections_get_503_and_old_ones_keep_wor
         assert all(client.get("/echo").status_code == 200 for client in clients)
         assert len(origins["baseline"].seen()) == 3  # the refused connection reached nothing
         clients.pop().close()
-        for _ in range(100):  # the freed slot is taken once the router saw the close
-            if httpx.get(f"{router.url}/echo").status_code == 200:
-                break
-        else:
-            pytest.fail("a connection closed by its client never freed its slot")
+        poll.until(  # the freed slot is taken once the router saw the close
+            lambda: httpx.get(f"{router.url}/echo").status_code == 200,
+            timeout=10,
+            what="a connection closed by its client to free its slot",
+        )
         for client in clients:
             client.close()
         err = (tmp / "router.err").read_text()

@@ -20,7 +20,6 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import poll
 from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,17 +238,19 @@ class KubeControlPlane:
 
     def _until(self, what: str, ready: Callable[[], bool], *, timeout: float = 60) -> None:
         """Poll `ready` until it holds; fail early, with every log, if a process has exited."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and all(p.poll() is None for p in self.procs.values()):
-            try:
-                if ready():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        exited = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
-        logs = "\n".join(f"--- {name}.log\n{self.log(name)}" for name in self.procs)
-        raise RuntimeError(f"{what} not ready (exited: {exited or 'none'}):\n{logs}")
+
+        def probe() -> bool:
+            exited = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+            if exited:
+                raise RuntimeError(f"{what} not ready (exited: {exited}):\n{self._logs()}")
+            return ready()
+
+        poll.until(
+            probe, timeout=timeout, what=what, ignoring=(httpx.HTTPError,), context=self._logs
+        )
+
+    def _logs(self) -> str:
+        return "\n".join(f"--- {name}.log\n{self.log(name)}" for name in self.procs)
 
     def _certificates(self) -> None:
         ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -122,10 +120,3 @@ def denied_by(response: httpx.Response, policy: str) -> bool:
     """Whether the apiserver refused the request because of the admission policy `policy`."""
     message = response.json().get("message", "") if response.status_code == 403 else ""
     return f"ValidatingAdmissionPolicy '{policy}'" in message
-
-
-def until(what: str, check: Callable[[], bool], *, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)

@@ -12,12 +12,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import psycopg
 
+from tests.support import poll
 from tests.support.server import free_port
 
 
@@ -60,16 +60,23 @@ class PostgresServer:
                  "-c", "max_connections=300"],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                psycopg.connect(self.dsn("postgres"), connect_timeout=1).close()
-                return
-            except psycopg.OperationalError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        raise RuntimeError(f"PostgreSQL did not start: {(self.root / 'postgres.log').read_text()}")
+        poll.until(
+            self._accepting,
+            timeout=30,
+            what="PostgreSQL to accept a connection",
+            ignoring=(psycopg.OperationalError,),
+            context=self._log,
+        )
+
+    def _accepting(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"PostgreSQL exited with {self.proc.returncode}:\n{self._log()}")
+        psycopg.connect(self.dsn("postgres"), connect_timeout=1).close()
+        return True
+
+    def _log(self) -> str:
+        return (self.root / "postgres.log").read_text(errors="replace")
 
     def dsn(self, database: str) -> str:
         return f"postgresql://sandboxd@127.0.0.1:{self.port}/{database}"

@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.support import poll
 
 TOKEN = "test-admin-token-0123456789"
 
@@ -51,17 +52,19 @@ class Sandboxd:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sandboxd exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"sandboxd did not become ready in {timeout}s:\n{self.log()}")
+        poll.until(
+            self._ready,
+            timeout=timeout,
+            what="sandboxd to answer /readyz with 200",
+            ignoring=(httpx.HTTPError,),
+            context=self.log,
+        )
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"sandboxd exited with {self.proc.returncode}:\n{self.log()}")
+        return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
 
     def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None

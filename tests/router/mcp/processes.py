@@ -14,10 +14,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import poll
 from tests.support.server import free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "mcp"
@@ -47,14 +46,12 @@ class Process:
         return RuntimeError(f"{self.name}: {why}\n--- {self.log} ---\n{self.log_tail()}")
 
     def wait_until(self, ready: Callable[[], bool], *, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def probe() -> bool:
             if self.proc.poll() is not None:
                 raise self.fail(f"exited with {self.proc.returncode} before it was ready")
-            if ready():
-                return
-            time.sleep(0.05)
-        raise self.fail(f"not ready after {timeout}s")
+            return ready()
+
+        poll.until(probe, timeout=timeout, what=f"{self.name} to be ready", context=self.log_tail)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -74,14 +71,6 @@ def http_ready(url: str) -> Callable[[], bool]:
             return False
 
     return ready
-
-
-def tcp_ready(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -184,7 +173,7 @@ def sandboxd_router(routes: dict[str, Any], *, log_dir: Path) -> Iterator[Router
     ports = [int(s["routerPort"]) for s in routes["services"]]
 
     def ready() -> bool:
-        return healthy() and all(tcp_ready(port) for port in ports)
+        return healthy() and all(poll.accepts(port) for port in ports)
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with running("sandboxd-router", argv, log=log_dir / "router.log", ready=ready, env=env) as p:
@@ -206,6 +195,6 @@ def node_server(
     full = [node, "--require", str(FIXTURES / "loopback.cjs"), *argv]
     full_env = {**os.environ, **(env or {}), "PORT": str(port)}
     with running(
-        name, full, log=log_dir / f"{name}.log", ready=lambda: tcp_ready(port), env=full_env
+        name, full, log=log_dir / f"{name}.log", ready=lambda: poll.accepts(port), env=full_env
     ) as process:
         yield process
