@@ -12,9 +12,7 @@ sends a `traceparent`, the agent forwards it on every MCP call.
 
 from __future__ import annotations
 
-import json
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.troubleshooter import SANDBOXES, Troubleshooter, running_troubleshooter
-from tests.support import poll
+from tests.support import access_log, poll
 from tests.support.procs import fork_pids
 
 CRASHING_POD = "orders-api-5f6b7c8d9-q4m7z"
@@ -59,19 +57,19 @@ def traced(app: Troubleshooter, *, baggage: str | None) -> tuple[int, str | None
 
 
 def routes_of_trace(app: Troubleshooter, trace_id: str) -> set[tuple[str, str]]:
-    """(service, route) of every request the router logged for `trace_id`."""
+    """(service, route) of every request the router logged for `trace_id`, once the agent's
+    and both MCP servers' lines are in (the log is written in batches, the agent's last)."""
     log = app.server.data_dir / "router" / "access.log"
-    seen = set()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("traceId") == trace_id:
-                seen.add((entry["service"], entry["route"]))
-        if {service for service, _ in seen} >= {"cluster-mcp", "logs-mcp"}:
-            break
-        time.sleep(0.1)
-    return seen
+
+    def routes() -> set[tuple[str, str]]:
+        return {(e["service"], e["route"]) for e in access_log.entries(log, trace_id=trace_id)}
+
+    return poll.until(
+        routes,
+        lambda seen: {service for service, _ in seen} >= {"agent", "cluster-mcp", "logs-mcp"},
+        timeout=5,
+        what=f"the agent's and both MCP servers' access-log lines of trace {trace_id}",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -398,7 +398,23 @@ def test_a_ready_fork_that_rolls_out_again_is_not_timed_out(
             timeout=30,
             what="the rollout to finish",
         )
-        time.sleep(1)
+        # Instead of waiting for a failure that should not come: a reconcile queued after the
+        # rollout (by a TTL change) applies and records its verdict, after every reconcile that
+        # could have seen the rollout in progress (one name is reconciled by one worker at once).
+        with server.client() as api:
+            extended = api.patch(f"/v1/sandboxes/{name}", json={"ttl": "5h"}).json()["expiresAt"]
+
+            def verdict() -> tuple[str, str | None]:
+                phase = api.get(f"/v1/sandboxes/{name}").json()["phase"]
+                meta = k8s.get(f"/api/v1/namespaces/{ns}").json()["metadata"]
+                return phase, (meta.get("annotations") or {}).get("sandboxd.dev/expires-at")
+
+            poll.until(
+                verdict,
+                lambda seen: seen[0] == "Failed" or seen == ("Ready", extended[:19] + "Z"),
+                timeout=20,
+                what="a verdict after the rollout and the TTL change",
+            )
         with server.client() as api:
             body = api.get(f"/v1/sandboxes/{name}").json()
             reasons = [e["reason"] for e in api.get(f"/v1/sandboxes/{name}/events").json()["items"]]

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.router.conftest import KEYS, Origin, Router
+from tests.support import access_log, poll
 
 
 def origin_of(response: httpx.Response) -> str:
@@ -109,15 +110,14 @@ def test_an_upstream_that_does_not_answer_in_time_is_a_504(router: Router) -> No
 
 
 def test_access_log_has_one_json_line_per_request_without_secrets(router: Router) -> None:
-    import json
-    import time
-
     trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     httpx.get(f"{router.url}/echo", headers={"traceparent": trace, "authorization": "Bearer s3cret",
                                               "baggage": f"sandbox={KEYS['pr-1']}"})  # fmt: skip
-    time.sleep(0.5)
-    lines = [json.loads(line) for line in router.log.read_text().splitlines()]
-    entry = next(e for e in lines if e["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+    entry = poll.until(
+        lambda: access_log.entries(router.log, trace_id="4bf92f3577b34da6a3ce929d0e0e4736"),
+        timeout=5,
+        what="the request's line in the access log",
+    )[0]
     assert (
         entry["route"] == "sandbox=pr-1" and entry["status"] == 200 and entry["service"] == "echo"
     )
