@@ -3,9 +3,9 @@
 `until` calls a probe until its value is acceptable and returns that value. It retries soon at
 first and then every 0.1 s, so a quick condition costs little and a slow one does not load the
 server it asks. When the time is up it fails with an AssertionError that names what it awaited
-and the last value (or exception) it saw: a red test says what never happened, not only that
-something did not. A probe that knows waiting is pointless (the process it asks has exited)
-raises, and that error ends the wait at once.
+and the last value (or exception) it saw, so a red test says what it waited for and how far
+things got. A probe that knows waiting is pointless (the process it asks has exited) raises,
+and that error ends the wait at once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,7 +48,8 @@ def until(
                 return value
             seen = value
         if time.monotonic() >= deadline:
-            raise AssertionError(_failure(what or _name(probe), timeout, seen, context))
+            cause = seen if isinstance(seen, Exception) else None
+            raise AssertionError(_failure(what or _name(probe), timeout, seen, context)) from cause
         time.sleep(interval)
         interval = min(interval * 2, MAX_INTERVAL)
 
@@ -72,4 +74,7 @@ def _failure(what: str, timeout: float, seen: object, context: Callable[[], str]
 
 
 def _name(probe: Callable[[], object]) -> str:
-    return getattr(probe, "__qualname__", repr(probe))
+    """The probe by name and place, for a wait its caller did not describe."""
+    code = getattr(probe, "__code__", None)
+    where = f" ({Path(code.co_filename).name}:{code.co_firstlineno})" if code else ""
+    return f"{getattr(probe, '__qualname__', repr(probe))}{where}"
