@@ -229,9 +229,11 @@ def test_the_spinner_shows_server_text_verbatim_not_as_markup(
 ) -> None:
     """Square brackets in a server's reason are text: read as markup, `[bold]` would vanish
     into a style and `[/unbalanced]` would raise."""
-    # Rich draws a live spinner only on a terminal; this makes the captured stderr one.
+    # Rich draws a live spinner only on a terminal; this makes the captured stderr one, wide
+    # enough that the line is not wrapped.
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "200")
     with reporter(tty=True) as report:
         report({"name": "x", "phase": "Failed", "reason": "[/unbalanced] [bold]"})
 
