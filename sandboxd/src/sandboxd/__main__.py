@@ -17,8 +17,7 @@ from sandboxd.app import create_app, preflight
 from sandboxd.core.catalog import CatalogError
 from sandboxd.core.errors import describe, one_line
 from sandboxd.runtime.confine import ConfinementUnavailable
-from sandboxd.runtime.kubernetes.client import KubeError
-from sandboxd.runtime.kubernetes.config import KubeConfigError
+from sandboxd.runtime.errors import RuntimeUnavailable
 from sandboxd.runtime.supervisor import SupervisorError
 from sandboxd.settings import Settings
 
@@ -154,10 +153,8 @@ def serve(
         app = create_app(settings, confined=confined)
     except ValidationError as e:
         _fail(f"invalid setting: {one_line(describe(e.errors()))}")
-    except (CatalogError, SupervisorError, KubeConfigError, ConfinementUnavailable) as e:
+    except (CatalogError, SupervisorError, RuntimeUnavailable, ConfinementUnavailable) as e:
         _fail(str(e))
-    except KubeError as e:
-        _fail(f"cannot use the Kubernetes API: {e}")
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -23,15 +24,12 @@ from sandboxd.core.catalog import Catalog, load_catalog
 from sandboxd.core.plan import ProcessPlan, plan_baselines, reachable_host
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
+from sandboxd.reconciler.queue import Backoff
 from sandboxd.routebook import RouteBook
-from sandboxd.runtime.base import Runtime
+from sandboxd.runtime import local
+from sandboxd.runtime.base import Opened
 from sandboxd.runtime.confine import Confinement, no_dumps
-from sandboxd.runtime.kubernetes import config as kube_config
-from sandboxd.runtime.kubernetes import discover
-from sandboxd.runtime.kubernetes.client import KubeClient
-from sandboxd.runtime.kubernetes.render import Quota
-from sandboxd.runtime.kubernetes.runtime import MANAGED, KubernetesRuntime, KubeSettings
-from sandboxd.runtime.local import LocalRuntime
+from sandboxd.runtime.kubernetes import wiring as kubernetes
 from sandboxd.runtime.supervisor import Supervisor, check_port_free
 from sandboxd.settings import Settings
 from sandboxd.store.engine import make_engine, migrate
@@ -110,13 +108,13 @@ def confinement(settings: Settings) -> Confinement:
 
 def preflight(settings: Settings) -> Confinement:
     """What can be checked before serving, so that `sandboxd serve` fails with one clear line
-    (raises CatalogError, SupervisorError, KubeConfigError, KubeError or
-    ConfinementUnavailable); before anything is stopped. Returns how processes start here."""
+    (raises CatalogError, SupervisorError, RuntimeUnavailable or ConfinementUnavailable);
+    before anything is stopped. Returns how processes start here."""
     no_dumps()  # secrets are about to enter this process's memory
     catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
     confined = confinement(settings)
     if settings.runtime == "kubernetes":
-        asyncio.run(_check_cluster(settings))
+        asyncio.run(kubernetes.check(settings))
     if settings.start_baseline:
         workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
         plans = plan_baselines(catalog, router_host=settings.router_host, workdir=workdir)
@@ -136,85 +134,76 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        catalog = file_catalog
-        settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _private(settings.data_path, 0o700)
-        engine = make_engine(settings.effective_database_url)
-        await asyncio.to_thread(migrate, engine)
-        store = Store(engine)
-        token = admin_token(settings)
-        await store.run(store.put_token, name="admin", token_hash=hash_token(token))
-        reader = router_token(settings)
-        kick = _Deferred()
-        runtime: Runtime
-        if settings.runtime == "kubernetes":
-            runtime, catalog = await _kubernetes_runtime(settings, catalog, on_change=kick)
-        else:
-            runtime = LocalRuntime(
-                data_dir=settings.data_path,
-                stop_grace=settings.stop_grace,
-                on_change=kick,
-                confinement=confined,
+        """Each resource is closed by the stack as soon as it is made, so a start that fails
+        half way (a baseline or the router not coming up) leaves nothing running."""
+        async with contextlib.AsyncExitStack() as stack:
+            settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(settings.data_path, 0o700)
+            engine = make_engine(settings.effective_database_url)
+            stack.callback(engine.dispose)
+            await asyncio.to_thread(migrate, engine)
+            store = Store(engine)
+            token = admin_token(settings)
+            await store.run(store.put_token, name="admin", token_hash=hash_token(token))
+            reader = router_token(settings)
+            kick = _Deferred()
+            opened = await stack.enter_async_context(
+                open_runtime(settings, catalog=file_catalog, on_change=kick, confined=confined)
             )
-        routes = RouteBook(catalog=catalog)
-        reconciler = Reconciler(
-            store=store,
-            runtime=runtime,
-            catalog=catalog,
-            routes=routes,
-            metrics=metrics,
-            config=ReconcilerConfig(
-                router_host=settings.router_host,
-                workdir=workdir,
-                health_timeout=settings.health_timeout,
-                sweep_interval=settings.reaper_interval,
-                workers=settings.workers,
-                drain=settings.drain,
-            ),
-        )
-        kick.target = reconciler.kick
-        baseline = Supervisor(
-            role="baseline",
-            data_dir=settings.data_path,
-            plans=plan_baselines(catalog, router_host=settings.router_host, workdir=workdir),
-            stop_grace=settings.stop_grace,
-            confinement=confined,
-        )
-        router = Supervisor(
-            role="router",
-            data_dir=settings.data_path,
-            plans=[router_plan(settings)] if settings.with_router else [],
-            stop_grace=settings.stop_grace,
-            stdin=reader.encode(),
-        )
-        await runtime.start()
-        if settings.start_baseline:
-            await baseline.start()
-        app.state.sandboxd = AppState(
-            settings=settings,
-            store=store,
-            catalog=catalog,
-            routes=routes,
-            metrics=metrics,
-            kicker=reconciler,
-            logs=runtime,
-            reconciler_alive=reconciler.alive,
-            token_hashes=await store.run(store.token_hashes),
-            route_reader_hashes={hash_token(reader)},
-        )
-        task = asyncio.create_task(reconciler.run(), name="reconciler")
-        await router.start()
-        try:
-            yield
-        finally:
-            await router.close()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await runtime.close()
+            runtime, catalog = opened.runtime, opened.catalog
+            routes = RouteBook(catalog=catalog)
+            reconciler = Reconciler(
+                store=store,
+                runtime=runtime,
+                catalog=catalog,
+                routes=routes,
+                metrics=metrics,
+                config=ReconcilerConfig(
+                    router_host=settings.router_host,
+                    workdir=workdir,
+                    health_timeout=settings.health_timeout,
+                    sweep_interval=settings.reaper_interval,
+                    workers=settings.workers,
+                    drain=settings.drain,
+                    backoff=Backoff(settings.retry_base, settings.retry_cap),
+                ),
+            )
+            kick.target = reconciler.kick
             if settings.start_baseline:
-                await baseline.close()
-            engine.dispose()
+                plans = plan_baselines(catalog, router_host=settings.router_host, workdir=workdir)
+                baseline = Supervisor(
+                    role="baseline",
+                    data_dir=settings.data_path,
+                    plans=plans,
+                    stop_grace=settings.stop_grace,
+                    confinement=confined,
+                )
+                stack.push_async_callback(baseline.close)
+                await baseline.start()
+            app.state.sandboxd = AppState(
+                settings=settings,
+                store=store,
+                catalog=catalog,
+                routes=routes,
+                metrics=metrics,
+                kicker=reconciler,
+                logs=runtime,
+                reconciler_alive=reconciler.alive,
+                token_hashes=await store.run(store.token_hashes),
+                route_reader_hashes={hash_token(reader)},
+            )
+            task = asyncio.create_task(reconciler.run(), name="reconciler")
+            stack.push_async_callback(_cancel, task)
+            router = Supervisor(
+                role="router",
+                data_dir=settings.data_path,
+                plans=[router_plan(settings)] if settings.with_router else [],
+                stop_grace=settings.stop_grace,
+                stdin=reader.encode(),
+            )
+            stack.push_async_callback(router.close)
+            await router.start()
+            yield
 
     app = FastAPI(
         title="sandboxd",
@@ -231,46 +220,18 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     return app
 
 
-def _kube_client(settings: Settings) -> KubeClient:
-    connection = kube_config.load(settings.kubeconfig, context=settings.kube_context)
-    return KubeClient(connection, max_requests=settings.kube_max_requests)
+def open_runtime(
+    settings: Settings, *, catalog: Catalog, on_change: Callable[[str], None], confined: Confinement
+) -> AbstractAsyncContextManager[Opened]:
+    """The runtime `settings.runtime` names, built, started and (on exit) closed by itself."""
+    opener = kubernetes.open_runtime if settings.runtime == "kubernetes" else local.open_runtime
+    return opener(settings, catalog=catalog, on_change=on_change, confinement=confined)
 
 
-async def _check_cluster(settings: Settings) -> None:
-    client = _kube_client(settings)
-    try:
-        await client.list("/api/v1/namespaces", selector=MANAGED)
-    finally:
-        await client.close()
-
-
-async def _kubernetes_runtime(
-    settings: Settings, catalog: Catalog, *, on_change: Callable[[str], None]
-) -> tuple[KubernetesRuntime, Catalog]:
-    """The runtime, and the catalog with the cluster's labelled Services when asked for."""
-    client = _kube_client(settings)
-    if settings.catalog_from_cluster:
-        found, problems = discover.catalog_services(
-            await client.list("/api/v1/services", selector=discover.SELECTOR)
-        )
-        catalog, skipped = discover.merge(catalog, found)
-        for problem in [*problems, *skipped]:
-            log.warning("catalog from the cluster: %s", problem)
-        log.info("catalog: %d services (%d from the cluster)", len(catalog.services), len(found))
-    runtime = KubernetesRuntime(
-        client,
-        catalog=catalog,
-        settings=KubeSettings(
-            router_namespace=settings.router_namespace,
-            egress_allow=tuple(settings.egress_allow),
-            quota=Quota(settings.quota_cpu, settings.quota_memory, settings.quota_pods),
-            istio=settings.istio,
-            progress_deadline=max(1, round(settings.health_timeout)),
-            pod_security=settings.pod_security,
-        ),
-        on_change=on_change,
-    )
-    return runtime, catalog
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def router_plan(settings: Settings) -> ProcessPlan:

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     """Largest request body the API reads; larger ones get 413."""
     workers: int = Field(default=8, ge=1, le=256)
     """Sandboxes the reconciler converges at once."""
+    retry_base: float = Field(default=0.5, gt=0, le=3600)
+    """Seconds before a failed reconcile of a sandbox is retried; doubled at each failure in
+    a row, up to `retry_cap`, and reset by a success."""
+    retry_cap: float = Field(default=60.0, gt=0, le=3600)
+    """The longest wait between retries of a sandbox whose reconciles keep failing."""
     allow_unconfined_forks: bool = False
     """Run forks and baselines even where they cannot be confined (no user namespaces): they
     can then read the admin token. Off: `sandboxd serve` refuses to start there."""

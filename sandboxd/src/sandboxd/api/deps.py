@@ -34,6 +34,8 @@ class LogSource(Protocol):
         self, name: str, service: str, *, offset: int | None, tail: int | None
     ) -> LogChunkLike | None: ...
 
+    def no_log(self, name: str, service: str) -> str: ...
+
 
 MAX_LONG_POLLS = 256
 """Route-table long polls held at once. Routers hold one each; beyond this a poll gets 429

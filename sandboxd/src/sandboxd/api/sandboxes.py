@@ -242,12 +242,7 @@ async def fork_logs(
     nothing = offset is None and tail == 0
     chunk = await state.logs.read_log(name, service, offset=offset, tail=1 if nothing else tail)
     if chunk is None:
-        if state.settings.runtime == "kubernetes":
-            raise NotFound(
-                f"fork logs are the cluster's: kubectl logs -n sbx-{name} deployment/{service}",
-                sandbox=name,
-            )
-        raise NotFound(f"no log for {name}/{service} (not started, or removed)", sandbox=name)
+        raise NotFound(state.logs.no_log(name, service), sandbox=name)
     return Response(
         b"" if nothing else chunk.data,
         media_type="text/plain; charset=utf-8",

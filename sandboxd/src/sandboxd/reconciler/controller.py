@@ -2,6 +2,8 @@
 
 Level-triggered: `reconcile(name)` reads the row and what the runtime observes, and converges,
 whatever happened before; kicks (from the API, the runtime's monitor, timers) only decide when.
+It returns `Done` or `Requeue(after)`. A `PermanentError` while converging fails the sandbox,
+once, with its reason; any other failure is retried after a per-name backoff (the queue's).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sandboxd.core.catalog import Catalog
@@ -18,9 +20,11 @@ from sandboxd.core.plan import PlanError, plan_sandbox
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.decide import fork_events, fork_record, verdict
-from sandboxd.reconciler.queue import WorkQueue
+from sandboxd.reconciler.queue import Backoff, WorkQueue
+from sandboxd.reconciler.result import DONE, Requeue, Result
 from sandboxd.routebook import RouteBook
 from sandboxd.runtime.base import Runtime
+from sandboxd.runtime.errors import PermanentError, ReconcileError, TemporaryError
 from sandboxd.store.clock import utcnow
 from sandboxd.store.repository import Event, Store
 from sandboxd.store.tables import SandboxRow
@@ -40,6 +44,8 @@ class ReconcilerConfig:
     drain: float = 0.5
     """Seconds between a sandbox leaving the route table and its forks being stopped, so that
     routers have the new table (and requests in flight finish) before the upstreams go."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """Waits between retries of a sandbox whose reconciles fail."""
 
 
 class Reconciler:
@@ -59,7 +65,7 @@ class Reconciler:
         self._routes = routes
         self._metrics = metrics
         self._config = config
-        self._queue = WorkQueue()
+        self._queue = WorkQueue(config.backoff)
         self._collecting: set[str] = set()  # orphans being removed
         self.heartbeat = time.monotonic()
 
@@ -91,6 +97,8 @@ class Reconciler:
                 full = self.heartbeat >= next_resync
                 try:
                     await self.sweep(full=full)
+                except ReconcileError as e:
+                    log.warning("sweep: %s; retrying at the next interval", e)
                 except Exception:
                     log.exception("sweep failed; retrying at the next interval")
                 next_sweep = time.monotonic() + self._config.sweep_interval
@@ -117,25 +125,49 @@ class Reconciler:
         due = {row.name for row in rows if full or row.phase not in settled}
         held = await self._runtime.sandboxes()
         for name in due | (held - {row.name for row in rows}):
-            self.kick(name)
+            self._queue.add_unless_booked(name)
 
     async def _worker(self) -> None:
         while True:
             name = await self._queue.get()
             try:
-                again = await self.reconcile(name)
-                self._metrics.reconciles.labels("requeue" if again else "done").inc()
-            except Exception:
-                log.exception("reconcile %s failed; retrying", name)
-                self._metrics.reconciles.labels("error").inc()
-                again = 2.0
+                await self._run(name)
             finally:
                 self._queue.done(name)
-            if again is not None:
-                self._queue.add_after(name, again)
 
-    async def reconcile(self, name: str) -> float | None:
-        """Converge one sandbox; the delay before it should run again, or None."""
+    async def _run(self, name: str) -> None:
+        """One reconcile of `name`, and its next run booked: as asked, or after a backoff."""
+        try:
+            result = await self.reconcile(name)
+        except TemporaryError as e:
+            wait = self._queue.retry(name, delay=e.delay)
+            log.warning("reconcile %s: %s; retrying in %.3gs", name, e, wait)
+            self._metrics.reconciles.labels("retry").inc()
+        except PermanentError as e:  # with no sandbox to fail (it is being deleted, or gone)
+            self._queue.forget(name)
+            log.error("reconcile %s: %s; not retried before the next resync", name, e)
+            self._metrics.reconciles.labels("permanent").inc()
+        except Exception:  # a bug, or a failure no runtime foresaw: its traceback, once a streak
+            first = self._queue.failures(name) == 0
+            wait = self._queue.retry(name)
+            log.log(
+                logging.ERROR if first else logging.WARNING,
+                "reconcile %s failed; retrying in %.3gs",
+                name,
+                wait,
+                exc_info=first,
+            )
+            self._metrics.reconciles.labels("error").inc()
+        else:
+            self._queue.forget(name)
+            if isinstance(result, Requeue):
+                self._queue.add_after(name, result.after)
+                self._metrics.reconciles.labels("requeue").inc()
+            else:
+                self._metrics.reconciles.labels("done").inc()
+
+    async def reconcile(self, name: str) -> Result:
+        """Converge one sandbox; when it should run again."""
         row = await asyncio.to_thread(self._store.get, name)
         if row is not None and row.phase in LIVE and row.expires_at <= utcnow():
             await asyncio.to_thread(self._store.expire_due, now=utcnow())
@@ -145,10 +177,15 @@ class Reconciler:
         if row.phase == Phase.TERMINATING:
             return await self._finish_delete(row)
         if row.phase == Phase.FAILED:
-            return None if await self._runtime.stop(name, keep_logs=True) else 1.0
-        return await self._converge(row)
+            return DONE if await self._runtime.stop(name, keep_logs=True) else Requeue(1.0)
+        try:
+            return await self._converge(row)
+        except PermanentError as e:  # the same request would fail the same way: stop asking
+            log.warning("sandbox %s failed: %s", name, e)
+            await self._write(row, Phase.FAILED, e.reason, e.message, row.forks, [])
+            return Requeue(0.0)  # stop its forks now, keeping their logs
 
-    async def _converge(self, row: SandboxRow) -> float | None:
+    async def _converge(self, row: SandboxRow) -> Result:
         try:
             plan = plan_sandbox(
                 SandboxSpec.model_validate(row.spec),
@@ -161,35 +198,34 @@ class Reconciler:
                 expires_at=_rfc3339(row.expires_at),
             )
         except (PlanError, ValueError) as e:
-            await self._write(row, Phase.FAILED, "InvalidSpec", str(e), row.forks, [])
-            return 0.0
+            raise PermanentError("InvalidSpec", str(e)) from e
         observed = await self._runtime.apply(plan)
         result = verdict(observed, now=time.time(), health_timeout=self._config.health_timeout)
         events = fork_events(row.forks, observed)
         records = [fork_record(f) for f in observed]
         await self._write(row, result.phase, result.reason, result.message, records, events)
         if result.phase == Phase.PROVISIONING:
-            return self._runtime.poll_interval
+            return Requeue(self._runtime.poll_interval)
         if result.phase == Phase.FAILED:
-            return 0.0  # stop its forks now, keeping their logs
-        return None
+            return Requeue(0.0)  # stop its forks now, keeping their logs
+        return DONE
 
-    async def _finish_delete(self, row: SandboxRow) -> float | None:
+    async def _finish_delete(self, row: SandboxRow) -> Result:
         draining = self._config.drain - (utcnow() - row.updated_at).total_seconds()
         if draining > 0:
-            return draining
+            return Requeue(draining)
         if not await self._runtime.stop(row.name):
-            return 1.0
+            return Requeue(1.0)
         stopped = [{**f, "phase": "Stopped", "ready": False} for f in row.forks]
         event = Event("Deleted", "all forks stopped; the sandbox is gone")
         message = f"deleted ({row.reason or 'requested'})"
         await self._write(row, Phase.DELETED, row.reason, message, stopped, [event], announce=False)
-        return None
+        return DONE
 
-    async def _collect_orphan(self, name: str, row: SandboxRow | None) -> float | None:
+    async def _collect_orphan(self, name: str, row: SandboxRow | None) -> Result:
         if name not in await self._runtime.sandboxes():
             self._collecting.discard(name)
-            return None
+            return DONE
         if name not in self._collecting:  # tell it once, when the removal starts
             self._collecting.add(name)
             log.warning("removing what the runtime holds for %s, which has no live sandbox", name)
@@ -197,9 +233,9 @@ class Reconciler:
                 event = Event("OrphanRemoved", f"removing leftover {self._runtime.kind} resources")
                 await asyncio.to_thread(self._store.record, row, event)
         if not await self._runtime.stop(name):
-            return 1.0
+            return Requeue(1.0)
         self._collecting.discard(name)
-        return None
+        return DONE
 
     async def _write(
         self,

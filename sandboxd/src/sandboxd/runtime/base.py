@@ -1,4 +1,9 @@
-"""The narrow interface between the reconciler and a runtime."""
+"""The narrow interface between the reconciler and a runtime.
+
+Each runtime's package also has `open_runtime(settings, ...)`, an async context manager that
+builds the runtime, starts it and closes it: the composition root picks one by name and knows
+nothing of its parts. A runtime's failures are the `errors` module's.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Protocol
 
+from sandboxd.core.catalog import Catalog
 from sandboxd.core.plan import RuntimeKind, SandboxPlan
 
 
@@ -60,5 +66,17 @@ class Runtime(Protocol):
     ) -> LogChunk | None:
         """A fork's output; None when the runtime has no log for it."""
 
+    def no_log(self, name: str, service: str) -> str:
+        """Why `read_log` gave None, and where the fork's log is, for people to read."""
+
     async def close(self) -> None:
         """Stop everything this runtime started (the server is shutting down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What `open_runtime` gives: the started runtime, and the catalog with whatever the
+    runtime found of it (on Kubernetes, the cluster's labelled Services)."""
+
+    runtime: Runtime
+    catalog: Catalog

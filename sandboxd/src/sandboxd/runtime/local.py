@@ -18,23 +18,49 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from sandboxd.core.catalog import Catalog
 from sandboxd.core.plan import ProcessPlan, RuntimeKind, SandboxPlan, expand
 from sandboxd.runtime import processes
-from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
+from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk, Opened
 from sandboxd.runtime.confine import Confinement
 from sandboxd.runtime.health import probe
 from sandboxd.runtime.markers import OWNER, ROLE, SERVICE, BadMarkers, ForkMarkers, load_key
+from sandboxd.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 MAX_LOG_READ = 1 << 20
-__all__ = ["HOST", "OWNER", "ROLE", "SERVICE", "LocalRuntime", "clean_environ", "owner_id"]
+__all__ = [
+    "HOST", "OWNER", "ROLE", "SERVICE", "LocalRuntime", "clean_environ", "open_runtime", "owner_id",
+]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    catalog: Catalog,
+    on_change: Callable[[str], None],
+    confinement: Confinement,
+) -> AsyncIterator[Opened]:
+    """Forks as child processes of this one, adopted at start and stopped at close."""
+    runtime = LocalRuntime(
+        data_dir=settings.data_path,
+        stop_grace=settings.stop_grace,
+        on_change=on_change,
+        confinement=confinement,
+    )
+    try:
+        await runtime.start()
+        yield Opened(runtime, catalog)
+    finally:
+        await runtime.close()
 
 
 def owner_id(data_dir: Path) -> str:
@@ -217,6 +243,9 @@ class LocalRuntime:
             return LogChunk(tailed.data, tailed.size)
         data, end = await asyncio.to_thread(processes.read_from, path, offset, MAX_LOG_READ)
         return LogChunk(data, end)
+
+    def no_log(self, name: str, service: str) -> str:
+        return f"no log for {name}/{service} (not started, or removed)"
 
     # internals ---------------------------------------------------------------------------
     def _log_path(self, name: str, service: str) -> Path:

@@ -1,7 +1,7 @@
 """A small async client for the Kubernetes REST API: get, list, server-side apply, delete.
 
-Only what the runtime needs, over one pooled httpx client. Every failure becomes a `KubeError`
-carrying the API's own `Status` (code, reason, message), so callers can tell "not there" from
+Only what the runtime needs, over one pooled httpx client. Every failure becomes one of the
+`errors` tree, chosen from the API's own `Status`, so callers can tell "not there" from
 "forbidden" from "the server is down" and users read the apiserver's words, not a traceback.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from sandboxd.runtime.kubernetes.config import Connection, KubeConfigError
+from sandboxd.runtime.kubernetes.errors import KubeError, NotFound, Unreachable, from_status
 
 Obj = dict[str, Any]
 Items = list[Obj]
@@ -30,18 +31,6 @@ _PLURALS = {
 }
 _JSON = "application/json"
 _RETRIES = 3  # for 429 and 503 that say when to come back
-
-
-class KubeError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
 
 
 def collection_path(api_version: str, kind: str, namespace: str | None = None) -> str:
@@ -79,10 +68,8 @@ class KubeClient:
     async def get(self, path: str) -> Obj | None:
         try:
             return await self._call("GET", path)
-        except KubeError as e:
-            if e.not_found:
-                return None
-            raise
+        except NotFound:
+            return None
 
     async def list(self, path: str, *, selector: str | None = None) -> Items:
         return (await self.list_with_version(path, selector=selector))[0]
@@ -120,7 +107,7 @@ class KubeClient:
         self, path: str, *, selector: str, resource_version: str, timeout: int = 300
     ) -> AsyncIterator[Obj]:
         """The watch events (`{"type", "object"}`) after `resource_version` until the server
-        ends the watch; a KubeError with status 410 when that version is too old."""
+        ends the watch; `Gone` when that version is too old."""
         params = {
             "watch": "1",
             "labelSelector": selector,
@@ -145,14 +132,10 @@ class KubeClient:
                         event = json.loads(line)
                         if event.get("type") == "ERROR":
                             status = event.get("object") or {}
-                            raise KubeError(
-                                int(status.get("code") or 500),
-                                str(status.get("reason") or "Error"),
-                                str(status.get("message") or ""),
-                            )
+                            raise from_status(int(status.get("code") or 500), status)
                         yield event
         except httpx.HTTPError as e:
-            raise KubeError(0, "Unreachable", f"watch {path}: {type(e).__name__}: {e}") from e
+            raise Unreachable(f"watch {path}: {type(e).__name__}: {e}") from e
 
     async def write(self, obj: Obj, *, create: bool) -> Obj:
         """Create, or replace guarded by the object's `metadata.resourceVersion` (409 when the
@@ -174,10 +157,8 @@ class KubeClient:
         body = json.dumps(options)
         try:
             await self._call("DELETE", path, content=body, content_type="application/json")
-        except KubeError as e:
-            if e.not_found:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     async def _call(
@@ -208,7 +189,7 @@ class KubeClient:
             stale = credentials.stale
             auth = await asyncio.to_thread(credentials.header) if stale else credentials.header()
         except KubeConfigError as e:
-            raise KubeError(401, "Unauthorized", str(e)) from e
+            raise KubeError("Unauthorized", str(e), code=401) from e
         return {"Authorization": auth} if auth else {}
 
     async def _send(
@@ -228,9 +209,7 @@ class KubeClient:
                     method, path, params=params, content=content, headers=headers
                 )
             except httpx.HTTPError as e:
-                raise KubeError(
-                    0, "Unreachable", f"{method} {path}: {type(e).__name__}: {e}".rstrip(": ")
-                ) from e
+                raise Unreachable(f"{method} {path}: {type(e).__name__}: {e}".rstrip(": ")) from e
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -241,13 +220,11 @@ def _retry_after(response: httpx.Response) -> float:
 
 
 def _error(response: httpx.Response, method: str, path: str) -> KubeError:
+    code, phrase = response.status_code, response.reason_phrase
     try:
         status = response.json()
-        return KubeError(
-            response.status_code,
-            str(status.get("reason") or response.reason_phrase),
-            str(status.get("message") or ""),
-        )
     except ValueError:
-        text = response.text.strip()[:300]
-        return KubeError(response.status_code, response.reason_phrase, f"{method} {path}: {text}")
+        status = None
+    if not isinstance(status, dict):  # not the API's Status: a proxy's page, say
+        status = {"message": f"{method} {path}: {response.text.strip()[:300]}"}
+    return from_status(code, status, reason=phrase.replace(" ", "") or "Error")

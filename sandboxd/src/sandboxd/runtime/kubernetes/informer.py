@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 
 from sandboxd.runtime.kubernetes import render
-from sandboxd.runtime.kubernetes.client import KubeClient, KubeError, Obj
+from sandboxd.runtime.kubernetes.client import KubeClient, Obj
+from sandboxd.runtime.kubernetes.errors import Gone, KubeError
 
 log = logging.getLogger(__name__)
 PATH = "/apis/apps/v1/deployments"
@@ -58,10 +59,11 @@ class DeploymentInformer:
                         version = self._apply(event) or version
                     if not events and time.monotonic() - opened < RETRY:
                         await asyncio.sleep(RETRY)  # a server (or proxy) ending watches at once
+            except Gone:
+                pass  # our version is too old to resume from: list again
             except KubeError as e:
-                if e.status != 410:  # 410: our version is too old to resume from; list again
-                    log.warning("watching fork Deployments: %s; retrying", e)
-                    await asyncio.sleep(RETRY)
+                log.warning("watching fork Deployments: %s; retrying", e)
+                await asyncio.sleep(RETRY)
             except Exception:  # never die quietly: a stale cache would fail healthy forks
                 log.exception("watching fork Deployments failed; listing again")
                 await asyncio.sleep(RETRY)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -24,13 +24,15 @@ from typing import ClassVar
 from sandboxd.core.catalog import Catalog, KubernetesRef
 from sandboxd.core.plan import RuntimeKind, SandboxPlan
 from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
+from sandboxd.runtime.errors import PermanentError, TemporaryError
 from sandboxd.runtime.kubernetes import render
-from sandboxd.runtime.kubernetes.client import (
-    KubeClient,
+from sandboxd.runtime.kubernetes.client import KubeClient, Obj, collection_path, object_path
+from sandboxd.runtime.kubernetes.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
     KubeError,
-    Obj,
-    collection_path,
-    object_path,
+    NamespaceTerminating,
 )
 from sandboxd.runtime.kubernetes.informer import DeploymentInformer
 
@@ -96,6 +98,10 @@ class KubernetesRuntime:
         await self._client.close()
 
     async def sandboxes(self) -> set[str]:
+        with _retryable():
+            return await self._sandboxes()
+
+    async def _sandboxes(self) -> set[str]:
         found = {
             (ns["metadata"].get("labels") or {}).get(render.SANDBOX, "")
             for ns in await self._client.list(collection_path("v1", "Namespace"), selector=MANAGED)
@@ -106,6 +112,12 @@ class KubernetesRuntime:
         return found - {""}
 
     async def apply(self, plan: SandboxPlan) -> list[ForkStatus]:
+        """Raises PermanentError when the API refuses a rendered object (the same objects would
+        be refused again), TemporaryError for any other failure of the API."""
+        with _retryable():
+            return await self._apply(plan)
+
+    async def _apply(self, plan: SandboxPlan) -> list[ForkStatus]:
         namespace = render.namespace_name(plan.name)
         known = plan.name in self._applied
         existing = None if known else await self._client.get(f"/api/v1/namespaces/{namespace}")
@@ -130,11 +142,10 @@ class KubernetesRuntime:
             observed = [await self._deployment(namespace, service) for service, _ in forks]
         except BaselineMissing as e:
             return [_failed(p.service, "BaselineNotFound", str(e)) for p in plan.forks]
-        except KubeError as e:
-            if e.status in (400, 403, 422) and "being terminated" not in e.message:
-                # the API refuses the objects: retrying cannot help, the sandbox fails
-                return [_failed(p.service, f"Kube{e.reason}", e.message) for p in plan.forks]
-            raise
+        except NamespaceTerminating:
+            raise  # a namespace deleted behind our back: gone soon, then made anew
+        except (Invalid, Forbidden) as e:
+            raise PermanentError(f"Kube{e.reason}", e.message) from e
         if any(obj is None for obj in observed):
             self._applied.pop(plan.name, None)  # deleted behind our back: apply again next time
         return [
@@ -149,6 +160,10 @@ class KubernetesRuntime:
 
     async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
         """Delete the namespace (and the sandbox's Istio routes); True once both are gone."""
+        with _retryable():
+            return await self._stop(name)
+
+    async def _stop(self, name: str) -> bool:
         self._applied.pop(name, None)
         self._informer.forget(render.namespace_name(name))
         if self._settings.istio:  # routes first: traffic leaves the forks before they go
@@ -158,7 +173,11 @@ class KubernetesRuntime:
     async def read_log(
         self, name: str, service: str, *, offset: int | None, tail: int | None
     ) -> LogChunk | None:
-        return None  # pods' logs are the cluster's (kubectl logs -n sbx-<name>)
+        return None  # pods' logs are the cluster's
+
+    def no_log(self, name: str, service: str) -> str:
+        namespace = render.namespace_name(name)
+        return f"fork logs are the cluster's: kubectl logs -n {namespace} deployment/{service}"
 
     async def _render(
         self, plan: SandboxPlan
@@ -290,10 +309,18 @@ class KubernetesRuntime:
                     else:
                         await self._client.write(wanted, create=current is None)
                     return
-                except KubeError as e:
-                    if e.status != 409:
-                        raise
-            raise KubeError(409, "Conflict", f"{path}: changed by others 10 times in a row")
+                except Conflict:
+                    continue  # written by another in between: change what it wrote
+            raise Conflict("Conflict", f"{path}: changed by others 10 times in a row")
+
+
+@contextlib.contextmanager
+def _retryable() -> Iterator[None]:
+    """Any failure of the API not classified before: the next try may well succeed."""
+    try:
+        yield
+    except KubeError as e:
+        raise TemporaryError(str(e)) from e
 
 
 def _blocking(namespace: Obj, uid: str) -> bool:
@@ -360,4 +387,4 @@ def _digest(objects: list[Obj]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-__all__ = ["KubeError", "KubeSettings", "KubernetesRuntime"]
+__all__ = ["KubeSettings", "KubernetesRuntime"]
