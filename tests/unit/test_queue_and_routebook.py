@@ -6,7 +6,7 @@ import asyncio
 from datetime import datetime
 
 from sandboxd.core.catalog import Catalog
-from sandboxd.reconciler.queue import WorkQueue
+from sandboxd.reconciler.queue import Backoff, WorkQueue
 from sandboxd.routebook import RouteBook
 from sandboxd.store.tables import SandboxRow
 
@@ -28,6 +28,36 @@ async def test_queue_add_after_keeps_the_earliest_retry() -> None:
     queue = WorkQueue()
     queue.add_after("a", 0.05)
     queue.add_after("a", 10)
+    assert await asyncio.wait_for(queue.get(), 1) == "a"
+    queue.close()
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap() -> None:
+    backoff = Backoff(base=0.5, cap=60)
+    assert [backoff.delay(n) for n in range(1, 10)] == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff.delay(10_000) == 60  # no overflow, however long the streak
+
+
+async def test_queue_retry_backs_off_per_name_and_forget_starts_over() -> None:
+    queue = WorkQueue(Backoff(base=10, cap=25))
+    assert [queue.retry("a") for _ in range(4)] == [10, 20, 25, 25]
+    assert queue.retry("b") == 10  # each name has its own streak
+    assert queue.retry("b", delay=3) == 3  # the error's own delay wins, and still counts
+    assert queue.failures("b") == 2
+    queue.forget("a")
+    assert queue.failures("a") == 0
+    assert queue.retry("a") == 10
+    queue.close()
+
+
+async def test_a_sweep_does_not_cut_a_booked_retry_short_but_a_kick_does() -> None:
+    queue = WorkQueue(Backoff(base=30, cap=30))
+    queue.retry("a")
+    queue.add_unless_booked("a")
+    queue.add_unless_booked("b")  # nothing booked for b: it runs now
+    assert await asyncio.wait_for(queue.get(), 1) == "b"
+    assert queue._queue.empty()
+    queue.add("a")  # a change: converge now, whatever the backoff
     assert await asyncio.wait_for(queue.get(), 1) == "a"
     queue.close()
 

@@ -156,6 +156,8 @@ async def stop_group(
             if popen is not None:
                 popen.poll()  # reap our own child so it does not linger as a zombie
             if not group_alive(pgid):
+                if popen is not None:
+                    popen.poll()  # it may have exited since the poll above: a zombie now
                 return True
             await asyncio.sleep(0.02)
             waited += 0.02
