@@ -22,7 +22,12 @@ class Metrics:
             registry=r,
         )
         self.reconciles = Counter(
-            "sandboxd_reconcile_total", "Reconcile passes by result.", ["result"], registry=r
+            "sandboxd_reconcile_total",
+            "Reconcile passes by result: done, requeue (asked to run again), retry (a temporary "
+            "error, backing off), error (an unexpected one, backing off), permanent (an error "
+            "that is not retried).",
+            ["result"],
+            registry=r,
         )
         self.transitions = Counter(
             "sandboxd_sandbox_transitions_total",
