@@ -35,28 +35,30 @@ async def namespace(client: KubeClient) -> AsyncIterator[str]:
     await client.delete(f"/api/v1/namespaces/{name}")
 
 
-def _config_map(namespace: str, name: str, **meta: Any) -> dict[str, Any]:
+def _limits(namespace: str, name: str, **meta: Any) -> dict[str, Any]:
+    """A small object of a kind the client knows (it has no use for ConfigMaps)."""
     return {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
+        "kind": "LimitRange",
         "metadata": {"name": name, "namespace": namespace, **meta},
-        "data": {"k": "v"},
+        "spec": {"limits": [{"type": "Container", "default": {"cpu": "100m"}}]},
     }
 
 
 async def test_missing_objects_are_not_found(client: KubeClient, namespace: str) -> None:
-    assert await client.get(f"/api/v1/namespaces/{namespace}/configmaps/nope") is None
+    assert await client.get(f"/api/v1/namespaces/{namespace}/limitranges/nope") is None
     with pytest.raises(errors.NotFound):
-        await client.write(_config_map(namespace, "nope"), create=False)
+        await client.list("/api/v1/no-such-resources")
 
 
 async def test_a_second_create_already_exists_and_a_stale_write_conflicts(
     client: KubeClient, namespace: str
 ) -> None:
-    created = await client.write(_config_map(namespace, "a"), create=True)
+    created = await client.write(_limits(namespace, "a"), create=True)
     with pytest.raises(errors.AlreadyExists):
-        await client.write(_config_map(namespace, "a"), create=True)
-    await client.write(created, create=False)  # moves the resourceVersion on
+        await client.write(_limits(namespace, "a"), create=True)
+    changed = {**created, "spec": {"limits": [{"type": "Container", "default": {"cpu": "1"}}]}}
+    await client.write(changed, create=False)  # moves the resourceVersion on
     with pytest.raises(errors.Conflict) as stale:
         await client.write(created, create=False)
     assert type(stale.value) is errors.Conflict
@@ -97,14 +99,14 @@ async def test_rbac_refusals_are_forbidden(kube: KubeControlPlane) -> None:
 async def test_creating_in_a_namespace_being_deleted_is_namespace_terminating(
     client: KubeClient, namespace: str
 ) -> None:
-    held = await client.write(_config_map(namespace, "held", finalizers=[HOLD]), create=True)
+    held = await client.write(_limits(namespace, "held", finalizers=[HOLD]), create=True)
     await client.delete(f"/api/v1/namespaces/{namespace}")  # Terminating while the finalizer holds
     try:
         # the admission plugin reads the namespace's phase from a cache: until it has seen
         # the deletion, creates still pass
         for attempt in range(400):
             try:
-                await client.write(_config_map(namespace, f"late-{attempt}"), create=True)
+                await client.write(_limits(namespace, f"late-{attempt}"), create=True)
             except errors.NamespaceTerminating:
                 break
             await asyncio.sleep(0.05)
