@@ -4,8 +4,11 @@ the reconciler and the database engine (observed as tasks, processes and open fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -103,16 +106,9 @@ async def test_a_baseline_that_cannot_start_leaves_nothing_running(tmp_path: Pat
     assert _open_files_under(settings.data_path) == []
 
 
-class socket_taken:  # noqa: N801 (reads as a context manager)
-    def __init__(self, port: int) -> None:
-        import socket
-
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", port))
-        self._socket.listen()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        self._socket.close()
+@contextlib.contextmanager
+def socket_taken(port: int) -> Iterator[None]:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        yield
