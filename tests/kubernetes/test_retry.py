@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import poll
 from tests.support.kube import KubeControlPlane
 from tests.support.kube_objects import apply, baseline_workload
 from tests.support.server import Sandboxd, running_sandboxd
@@ -55,7 +55,11 @@ def policy(kube: KubeControlPlane, baseline: None) -> Iterator[None]:
         client.post(f"{ADMISSION}/validatingadmissionpolicybindings", json=_binding())
         probe = next(o for o in _workload("probe", FORBIDDEN_IMAGE) if o["kind"] == "Deployment")
         path = f"/apis/apps/v1/namespaces/{BASELINE_NS}/deployments"
-        _until(lambda: client.post(path, params={"dryRun": "All"}, json=probe).status_code == 422)
+        poll.until(
+            lambda: client.post(path, params={"dryRun": "All"}, json=probe).status_code == 422,
+            timeout=60,
+            what="the admission policy in force",
+        )
         try:
             yield
         finally:
@@ -80,11 +84,17 @@ def test_a_rendered_object_the_apiserver_refuses_fails_the_sandbox_once(
         assert warnings == [("KubeInvalid", failed["message"])]
         assert _refusals(kube) == refused + 1
         with kube.client() as k8s:  # its forks are stopped, as for any failed sandbox
-            _until(lambda: k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 404)
+            poll.until(
+                lambda: k8s.get(f"/api/v1/namespaces/sbx-{name}").status_code == 404,
+                timeout=90,
+                what="the failed sandbox's namespace gone",
+            )
 
         done = _reconciles(server).get("done", 0)
         assert api.patch(f"/v1/sandboxes/{name}", json={"labels": {"poked": "1"}}).is_success
-        _until(lambda: _reconciles(server).get("done", 0) > done)  # it ran again, as Failed
+        poll.until(  # it ran again, as Failed
+            lambda: _reconciles(server).get("done", 0) > done, timeout=60, what="a reconcile"
+        )
         assert _refusals(kube) == refused + 1  # ... and applied nothing
         assert api.get(f"/v1/sandboxes/{name}").json()["phase"] == "Failed"
         counts = _reconciles(server)
@@ -106,7 +116,12 @@ def test_an_unreachable_apiserver_is_retried_with_backoff_until_it_is_back(
         ):
             gate.shut()
             assert api.post("/v1/sandboxes", json={"name": name}).status_code == 201
-            _until(lambda: _reconciles(server).get("retry", 0) >= 6)
+            poll.until(
+                lambda: _reconciles(server).get("retry", 0) >= 6,
+                timeout=60,
+                what="six retries",
+                context=server.log,
+            )
             waiting = api.get(f"/v1/sandboxes/{name}").json()
             assert waiting["phase"] == "Pending", waiting  # not failed: the API may come back
             gate.open()
@@ -163,24 +178,14 @@ def _reconciles(server: Sandboxd) -> dict[str, float]:
 
 def _wait_phase(server: Sandboxd, name: str, phases: set[str]) -> dict[str, Any]:
     with server.client() as api:
-        found: dict[str, Any] = {}
-
-        def reached() -> bool:
-            found.update(api.get(f"/v1/sandboxes/{name}").json())
-            return found.get("phase") in phases
-
-        _until(reached, what=lambda: f"{name} in {phases}: {found}\n{server.log()}")
-        return found
-
-
-def _until(
-    condition: Callable[[], bool], *, timeout: float = 90, what: Callable[[], str] | None = None
-) -> None:
-    """Wait for `condition` (the deadline only turns a hang into a failure)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what() if what else "condition never held"
-        time.sleep(0.1)
+        body = poll.until(
+            lambda: api.get(f"/v1/sandboxes/{name}").json(),
+            lambda body: body.get("phase") in phases,
+            timeout=90,
+            what=f"{name} to reach {phases}",
+            context=server.log,
+        )
+    return dict(body)
 
 
 def _policy() -> dict[str, Any]:
