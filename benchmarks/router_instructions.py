@@ -16,7 +16,8 @@ key routed to a fork; 1 KiB responses from an nginx origin).
 benchmarks/_against.py) and measures it in the same run, printing the tree's count over it: the
 check that a change to the hot path costs no instructions. `--against-venv DIR` measures the
 router installed in another virtualenv instead. `--compiled-only` skips the interpreted router
-and nginx.
+and nginx. A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
+`--rounds N` measures each subject in N processes, in turn, and shows the median.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,11 +76,12 @@ def exchange(sock: socket.socket, request: bytes) -> bytes:
             return data[: end + 4]
 
 
-def count(subject: Subject, work_dir: Path, n: int) -> float:
-    out = work_dir / f"{subject.name}.callgrind"
+def count(subject: Subject, work_dir: Path, n: int, run: int = 0) -> float:
+    name = f"{subject.name}.{run}"
+    out = work_dir / f"{name}.callgrind"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={out}", *subject.argv]  # fmt: skip
-    log = (work_dir / f"{subject.name}.log").open("wb")
+    log = (work_dir / f"{name}.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=log, env=subject.env)
     try:
         sock = _connect(subject, proc)
@@ -87,7 +90,7 @@ def count(subject: Subject, work_dir: Path, n: int) -> float:
             head = exchange(sock, request)
         if f"sandbox={SANDBOX}".encode() not in head or not head.startswith(b"HTTP/1.1 200"):
             raise HarnessError(f"{subject.name}: not routed to the fork: {head!r}")
-        logged = (work_dir / f"{subject.name}.log").read_text(errors="replace")
+        logged = (work_dir / f"{name}.log").read_text(errors="replace")
         if subject.says not in logged:
             raise HarnessError(f"{subject.name}: its log does not say {subject.says!r}")
         _control(proc, "-i", "on")
@@ -102,7 +105,7 @@ def count(subject: Subject, work_dir: Path, n: int) -> float:
         log.close()
     totals = [
         int(line.split()[1])
-        for dump in work_dir.glob(f"{subject.name}.callgrind*")
+        for dump in work_dir.glob(f"{name}.callgrind*")
         for line in dump.read_text(errors="replace").splitlines()
         if line.startswith("totals:")
     ]
@@ -179,6 +182,9 @@ def subjects(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="counted per subject")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="processes per subject (the median is shown)"
+    )
     parser.add_argument("--compiled-only", action="store_true", help="skip interpreted and nginx")
     other = parser.add_mutually_exclusive_group()
     other.add_argument("--against", metavar="REF", help="also measure the router of a git ref")
@@ -200,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(Settings(router=False), tools, work_dir, procs)
         try:
             bench.start_servers()
-            results = {
-                s.name: count(s, work_dir, args.requests)
-                for s in subjects(bench, work_dir, tools, args)
-            }
+            measured = subjects(bench, work_dir, tools, args)
+            runs: dict[str, list[float]] = {s.name: [] for s in measured}
+            for run in range(args.rounds):  # each subject once a round, in turn
+                for subject in measured:
+                    runs[subject.name].append(count(subject, work_dir, args.requests, run))
+            results = {name: statistics.median(values) for name, values in runs.items()}
         except HarnessError as e:
             print(f"router_instructions: {e}", file=sys.stderr)
             return 1
@@ -212,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Instructions per proxied request (callgrind, user space, {args.requests} requests, "
           f"c=1 keep-alive, 1 KiB responses, {TABLE:,} sandboxes, routed to a fork):")  # fmt: skip
     for name, value in results.items():
-        print(f"  {name:20} {value:10,.0f}")
+        spread = f"  ({min(runs[name]):,.0f} to {max(runs[name]):,.0f})" if args.rounds > 1 else ""
+        print(f"  {name:20} {value:10,.0f}{spread}")
     compiled = results["router compiled"]
     against = args.against or (str(args.against_venv) if args.against_venv else None)
     if against is not None:
