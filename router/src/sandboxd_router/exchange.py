@@ -21,11 +21,12 @@ from sandboxd_router.upstream import UpstreamConnection
 REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
 PENDING_LIMIT = 256 * 1024  # body bytes kept before an upstream connection takes them
 
-# An exchange's life, in order (`Exchange.phase`); it only ever moves forward:
+# An exchange's life (`Exchange.phase`). It goes back only from HOLDING, once the body routed it:
 #   READING ──(HOLD decision)──> HOLDING ──(routed by its body)──> READING
 #   READING ──(request whole)──> SENT ──(response head)──> ANSWERING ──(response end)──> DONE
 #   READING ──(response head before the request is whole: close after)──> ANSWERING
 #   any phase before ANSWERING ──(fail: our own error response)──> DONE
+#   ANSWERING ──(the upstream lost mid-response: the client's connection is reset)──> DONE
 READING: Final = 0  # the request is being read (its head, then its body)
 HOLDING: Final = 1  # an MCP body read whole before routing (rule 3, `routing.HOLD`)
 SENT: Final = 2  # the request is whole; its response is due
@@ -259,6 +260,7 @@ class Exchange:
             self._retry()
             return
         if self.phase >= ANSWERING:
+            self.phase = DONE
             self._log()
             self.downstream.abort()
         else:
