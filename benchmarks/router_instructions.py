@@ -1,7 +1,8 @@
 """Instructions per proxied request, counted by callgrind: the router compiled (mypyc), the same
 router from its plain sources, and nginx doing the same baggage routing, in one run.
 
-    .venv/bin/python benchmarks/router_instructions.py [--requests N]
+    .venv/bin/python benchmarks/router_instructions.py [--requests N] [--compiled-only]
+        [--against GIT-REF | --against-venv DIR]
 
 Instruction counts do not move with the host's noise (wall-clock figures on these VMs swing by
 tens of percent), so this is the figure to watch when changing the hot path. Each proxy runs
@@ -10,6 +11,13 @@ keep-alive connection, counting is switched on for N requests (`callgrind_contro
 again, and the total is divided by N. User space only: system calls are not instructions here.
 The request is the throughput benchmark's (a 3-member baggage, a table of 1,000 sandboxes, the
 key routed to a fork; 1 KiB responses from an nginx origin).
+
+`--against REF` also builds the router of a git ref (compiled, in a temporary directory; see
+benchmarks/_against.py) and measures it in the same run, printing the tree's count over it: the
+check that a change to the hot path costs no instructions. `--against-venv DIR` measures the
+router installed in another virtualenv instead. `--compiled-only` skips the interpreted router
+and nginx. A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
+`--rounds N` measures each subject in N processes, in turn, and shows the median.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import _nginx, _routes
+from benchmarks import _against, _nginx, _routes
 from benchmarks._bench import BAGGAGE, SANDBOX, TABLE, Bench, Settings
 from benchmarks._procs import (
     HarnessError,
@@ -67,11 +76,12 @@ def exchange(sock: socket.socket, request: bytes) -> bytes:
             return data[: end + 4]
 
 
-def count(subject: Subject, work_dir: Path, n: int) -> float:
-    out = work_dir / f"{subject.name}.callgrind"
+def count(subject: Subject, work_dir: Path, n: int, run: int = 0) -> float:
+    name = f"{subject.name}.{run}"
+    out = work_dir / f"{name}.callgrind"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={out}", *subject.argv]  # fmt: skip
-    log = (work_dir / f"{subject.name}.log").open("wb")
+    log = (work_dir / f"{name}.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=log, env=subject.env)
     try:
         sock = _connect(subject, proc)
@@ -80,7 +90,7 @@ def count(subject: Subject, work_dir: Path, n: int) -> float:
             head = exchange(sock, request)
         if f"sandbox={SANDBOX}".encode() not in head or not head.startswith(b"HTTP/1.1 200"):
             raise HarnessError(f"{subject.name}: not routed to the fork: {head!r}")
-        logged = (work_dir / f"{subject.name}.log").read_text(errors="replace")
+        logged = (work_dir / f"{name}.log").read_text(errors="replace")
         if subject.says not in logged:
             raise HarnessError(f"{subject.name}: its log does not say {subject.says!r}")
         _control(proc, "-i", "on")
@@ -95,7 +105,7 @@ def count(subject: Subject, work_dir: Path, n: int) -> float:
         log.close()
     totals = [
         int(line.split()[1])
-        for dump in work_dir.glob(f"{subject.name}.callgrind*")
+        for dump in work_dir.glob(f"{name}.callgrind*")
         for line in dump.read_text(errors="replace").splitlines()
         if line.startswith("totals:")
     ]
@@ -121,25 +131,37 @@ def _control(proc: subprocess.Popen[bytes], *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(proc.pid)], check=True, capture_output=True)
 
 
-def subjects(bench: Bench, work_dir: Path, tools: dict[str, str]) -> list[Subject]:
+def subjects(
+    bench: Bench, work_dir: Path, tools: dict[str, str], args: argparse.Namespace
+) -> list[Subject]:
+    python = venv_bin("python")
+    builds = [("compiled", python, {}, "hot path: compiled")]
+    if args.against:
+        site = _against.built_at(args.against, work_dir)
+        builds.append((args.against, python, {"PYTHONPATH": str(site)}, "hot path: compiled"))
+    elif args.against_venv:
+        other = _against.from_venv(args.against_venv)
+        builds.append((str(args.against_venv), other, {}, "hot path: compiled"))
+    if not args.compiled_only:
+        interpreted = work_dir / "interpreted"  # the sources alone: no build, no manifest
+        shutil.copytree(
+            ROUTER_SOURCES,
+            interpreted / "sandboxd_router",
+            ignore=shutil.ignore_patterns("*.so", "_compiled.json", "__pycache__"),
+        )
+        env = {"PYTHONPATH": str(interpreted)}
+        builds.append(("interpreted", python, env, "hot path: interpreted"))
     found: list[Subject] = []
-    interpreted = work_dir / "interpreted"  # the sources alone: no build, no manifest
-    shutil.copytree(
-        ROUTER_SOURCES,
-        interpreted / "sandboxd_router",
-        ignore=shutil.ignore_patterns("*.so", "_compiled.json", "__pycache__"),
-    )
-    builds = (
-        ("compiled", {}, "hot path: compiled"),
-        ("interpreted", {"PYTHONPATH": str(interpreted)}, "hot path: interpreted"),
-    )
-    for name, env, says in builds:
+    for i, (name, interpreter, env, says) in enumerate(builds):
         port = free_port()
-        table = work_dir / f"{name}-routes.json"
+        table = work_dir / f"router-{i}-routes.json"
         _routes.write_table(table, services=[bench.echo], ports={"echo": port}, n=TABLE)
-        argv = [venv_bin("python"), "-m", "sandboxd_router", "--routes-file", str(table),
+        argv = [interpreter, "-m", "sandboxd_router", "--routes-file", str(table),
                 "--access-log", "off", "--busy-poll-us", "0"]  # fmt: skip
-        found.append(Subject(f"router {name}", argv, port, {**os.environ, **env}, says))
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env}
+        found.append(Subject(f"router {name}", argv, port, env, says))
+    if args.compiled_only:
+        return found
     port = free_port()
     run_dir = work_dir / "nginx-peer"
     conf = _nginx.write(
@@ -160,6 +182,15 @@ def subjects(bench: Bench, work_dir: Path, tools: dict[str, str]) -> list[Subjec
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000, help="counted per subject")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="processes per subject (the median is shown)"
+    )
+    parser.add_argument("--compiled-only", action="store_true", help="skip interpreted and nginx")
+    other = parser.add_mutually_exclusive_group()
+    other.add_argument("--against", metavar="REF", help="also measure the router of a git ref")
+    other.add_argument(
+        "--against-venv", metavar="DIR", type=Path, help="also measure another venv's router"
+    )
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -175,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(Settings(router=False), tools, work_dir, procs)
         try:
             bench.start_servers()
-            results = {
-                s.name: count(s, work_dir, args.requests) for s in subjects(bench, work_dir, tools)
-            }
+            measured = subjects(bench, work_dir, tools, args)
+            runs: dict[str, list[float]] = {s.name: [] for s in measured}
+            for run in range(args.rounds):  # each subject once a round, in turn
+                for subject in measured:
+                    runs[subject.name].append(count(subject, work_dir, args.requests, run))
+            results = {name: statistics.median(values) for name, values in runs.items()}
         except HarnessError as e:
             print(f"router_instructions: {e}", file=sys.stderr)
             return 1
@@ -186,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Instructions per proxied request (callgrind, user space, {args.requests} requests, "
           f"c=1 keep-alive, 1 KiB responses, {TABLE:,} sandboxes, routed to a fork):")  # fmt: skip
     for name, value in results.items():
-        print(f"  {name:20} {value:10,.0f}")
-    compiled, interpreted = results["router compiled"], results["router interpreted"]
-    print(f"  compiled ÷ interpreted: {compiled / interpreted:.2f}")
-    print(f"  compiled ÷ nginx:       {compiled / results['nginx']:.2f}")
+        spread = f"  ({min(runs[name]):,.0f} to {max(runs[name]):,.0f})" if args.rounds > 1 else ""
+        print(f"  {name:20} {value:10,.0f}{spread}")
+    compiled = results["router compiled"]
+    against = args.against or (str(args.against_venv) if args.against_venv else None)
+    if against is not None:
+        print(f"  compiled ÷ {against}: {compiled / results[f'router {against}']:.4f}")
+    if not args.compiled_only:
+        print(f"  compiled ÷ interpreted: {compiled / results['router interpreted']:.2f}")
+        print(f"  compiled ÷ nginx:       {compiled / results['nginx']:.2f}")
     return 0
 
 

@@ -19,7 +19,7 @@ from tests.router.conftest import Origin, Router
 
 PROBE = """
 import json, sys
-import sandboxd_router.client, sandboxd_router.exchange
+import sandboxd_router.downstream, sandboxd_router.exchange
 from sandboxd_router import native
 mods = {n: sys.modules["sandboxd_router." + n].__file__ for n in native.HOT}
 print(json.dumps({"mode": native.mode, "files": mods}))
@@ -58,9 +58,9 @@ def _probe(src: Path) -> dict[str, object]:
 def test_the_installed_hot_path_is_compiled() -> None:
     """What the tests and benchmarks exercise is the compiled build (scripts/setup builds it)."""
     assert native.mode == "compiled"
-    from sandboxd_router import client, exchange
+    from sandboxd_router import downstream, exchange
 
-    assert _is_extension(str(exchange.__file__)) and _is_extension(str(client.__file__))
+    assert _is_extension(str(exchange.__file__)) and _is_extension(str(downstream.__file__))
 
 
 def test_a_copy_of_the_build_loads_compiled(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sandboxd_router.mcp import Sessions
-from sandboxd_router.pool import Upstream
+from sandboxd_router.upstream import Upstream
 
 BASE, FORK_A, FORK_B = Upstream("127.0.0.1", 1), Upstream("127.0.0.1", 2), Upstream("127.0.0.1", 3)
 

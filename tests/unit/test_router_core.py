@@ -9,8 +9,8 @@ import pytest
 from sandboxd_router import headers as h
 from sandboxd_router.baggage import MAX_BYTES, MAX_MEMBERS, find_key
 from sandboxd_router.mcp import Sessions, key_from_body
-from sandboxd_router.pool import Upstream
 from sandboxd_router.table import TableError, UpstreamRegistry, parse_table
+from sandboxd_router.upstream import Upstream
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Refusals of a client's request, raised inside the parser's callbacks.
 
 `Refusal` is an `httptools.HttpParserError`, so llhttp stops parsing where it is raised; the
-connection answers it with its status and JSON `error` code (`ClientConnection.reject`), in
+connection answers it with its status and JSON `error` code (`DownstreamConnection.reject`), in
 the request's turn. Kept out of the compiled modules: mypyc classes cannot derive from
 httptools' exception.
 """

@@ -10,17 +10,28 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import Final
 
 from sandboxd_router import headers as h
-from sandboxd_router.pool import Upstream, UpstreamConnection
-
-if TYPE_CHECKING:
-    from sandboxd_router.client import ClientConnection
-    from sandboxd_router.table import Service
+from sandboxd_router.boundary import Downstream
+from sandboxd_router.routing import HOLD, NOWHERE, Decision
+from sandboxd_router.state import Context
+from sandboxd_router.upstream import UpstreamConnection
 
 REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
 PENDING_LIMIT = 256 * 1024  # body bytes kept before an upstream connection takes them
+
+# An exchange's life (`Exchange.phase`). It goes back only from HOLDING, once the body routed it:
+#   READING ──(HOLD decision)──> HOLDING ──(routed by its body)──> READING
+#   READING ──(request whole)──> SENT ──(response head)──> ANSWERING ──(response end)──> DONE
+#   READING ──(response head before the request is whole: close after)──> ANSWERING
+#   any phase before ANSWERING ──(fail: our own error response)──> DONE
+#   ANSWERING ──(the upstream lost mid-response: the client's connection is reset)──> DONE
+READING: Final = 0  # the request is being read (its head, then its body)
+HOLDING: Final = 1  # an MCP body read whole before routing (rule 3, `routing.HOLD`)
+SENT: Final = 2  # the request is whole; its response is due
+ANSWERING: Final = 3  # the response has begun: nothing else can be said to the client
+DONE: Final = 4  # answered, or failed with our own error
 
 
 class Exchange:
@@ -30,36 +41,33 @@ class Exchange:
         "body_size",
         "bytes_out",
         "chunked",
-        "client",
         "client_chunked",
-        "close_after",
-        "complete",
         "conn",
         "content_length",
+        "context",
         "deadline",
         "decision",
+        "downstream",
         "head",
-        "headers",
-        "hold",
         "host",
         "keep_alive",
         "method",
+        "peer",
+        "phase",
         "replay",
         "replay_size",
-        "responded",
-        "sandbox",
-        "service",
         "session",
         "started",
         "status",
         "target",
         "task",
         "traceparent",
-        "upstream",
     )  # fmt: skip
 
-    def __init__(self, client: ClientConnection) -> None:
-        self.client = client
+    def __init__(self, downstream: Downstream, peer: bytes, context: Context) -> None:
+        self.downstream = downstream
+        self.peer = peer  # the client's address (X-Forwarded-For)
+        self.context = context
         self.method = b""
         self.target = b""
         self.head = h.RequestHeaders()
@@ -70,14 +78,12 @@ class Exchange:
         self.content_length: bytes | None = None
         self.chunked = False
         self.keep_alive = True
+        """The connection may carry another exchange after this one (the request asks it; the
+        response's framing, or a response before the request was whole, may deny it)."""
+        self.phase = READING
         self.body: list[bytes] = []
         self.body_size = 0
-        self.complete = False
-        self.hold = False
-        self.service: Service | None = None
-        self.upstream: Upstream | None = None
-        self.decision = b"baseline"
-        self.sandbox: str | None = None
+        self.decision: Decision = NOWHERE
         self.conn: UpstreamConnection | None = None
         self.replay: list[bytes] | None = []
         self.replay_size = 0
@@ -85,31 +91,39 @@ class Exchange:
         self.status = 0
         self.bytes_out = 0
         self.client_chunked = False
-        self.close_after = False
-        self.responded = False
         self.deadline = 0.0  # loop time by which the response head is due (0: not waiting)
         self.task: asyncio.Future[None] | None = None  # a connect in progress (kept from GC)
+
+    def routed(self, decision: Decision) -> None:
+        """Take the routing decision: hold the body for it, or be ready to go upstream."""
+        self.decision = decision
+        self.phase = HOLDING if decision.action == HOLD else READING
+
+    def ready(self) -> bool:
+        """Routed to an upstream and not yet sent there (its turn may come)."""
+        return self.phase <= SENT and self.decision.upstream is not None and self.conn is None
 
     # request side -----------------------------------------------------------------------
     def start(self) -> None:
         """Send the request upstream, on a pooled connection when one is idle."""
-        assert self.upstream is not None
-        conn = self.upstream.take_idle()
+        upstream = self.decision.upstream
+        assert upstream is not None
+        conn = upstream.take_idle()
         if conn is not None:
             self._attach(conn)
         else:
             self.task = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
-        assert self.upstream is not None
-        limits = self.client.state.limits
+        upstream = self.decision.upstream
+        assert upstream is not None
         try:
-            conn = await self.upstream.connect(limits.connect_timeout)
+            conn = await upstream.connect(self.context.limits.connect_timeout)
         except (OSError, TimeoutError) as e:
             reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-            self.fail(502, "upstream_unreachable", f"cannot connect to {self.upstream!r}: {reason}")
+            self.fail(502, "upstream_unreachable", f"cannot connect to {upstream!r}: {reason}")
             return
-        if self.client.closed:
+        if self.downstream.is_closed():
             conn.close()
             return
         self._attach(conn)
@@ -131,7 +145,7 @@ class Exchange:
             self.method,
             self.target,
             authority=conn.upstream.authority,
-            client=self.client.peer,
+            client=self.peer,
             original_host=self.host,
             framing=framing,
         )
@@ -141,10 +155,10 @@ class Exchange:
         for data in body:
             self._send(h.chunk(data) if self.chunked else data)
         if self.body_size > PENDING_LIMIT:
-            self.client.pause_for_upstream(False)  # (paused by add_body, perhaps)
-        if self.complete:
+            self.downstream.pause_for_upstream(False)  # (paused by add_body, perhaps)
+        if self.phase == SENT:
             self._request_sent()
-        if corked and not self.client.feeding:
+        if corked and not self.downstream.is_feeding():
             conn.uncork()
 
     def add_body(self, data: bytes) -> None:
@@ -153,13 +167,16 @@ class Exchange:
             self._send(h.chunk(data) if self.chunked else data)
         else:
             self.body.append(data)
-            if self.body_size > PENDING_LIMIT and not self.hold:
+            if self.body_size > PENDING_LIMIT and self.phase != HOLDING:
                 # no upstream to take it yet (still connecting): read no more until one does,
                 # or a fast client would fill our memory for as long as the connect takes
-                self.client.pause_for_upstream(True)
+                self.downstream.pause_for_upstream(True)
 
     def request_complete(self) -> None:
-        self.complete = True
+        """The client has sent the whole request (nothing to do once it is answered)."""
+        if self.phase != READING:
+            return
+        self.phase = SENT
         if self.conn is not None:
             self._request_sent()
 
@@ -167,25 +184,26 @@ class Exchange:
         if self.chunked:
             self._send(h.LAST_CHUNK)
         self._await_head()
-        state = self.client.state
-        if state.limits.busy_poll and not state.spinning:
-            state.spinning = True
-            loop = self.client.loop
-            loop.call_soon(self._spin, loop, loop.time() + state.limits.busy_poll)
+        context = self.context
+        busy = context.busy
+        if busy.seconds and not busy.spinning:
+            busy.spinning = True
+            loop = context.loop
+            loop.call_soon(self._spin, loop, loop.time() + busy.seconds)
 
     def _spin(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
         """Keep the loop polling (epoll with no timeout) until the answer comes or `until`: an
         upstream on loopback answers within tens of microseconds, and sleeping in between costs
         a wake-up of about as much on a virtual machine. One spinner at a time, bounded."""
-        if not self.responded and self.conn is not None and loop.time() < until:
+        if self.phase < ANSWERING and self.conn is not None and loop.time() < until:
             loop.call_soon(self._spin, loop, until)
         else:
-            self.client.state.spinning = False
+            self.context.busy.spinning = False
 
     def _send(self, data: bytes) -> None:
         conn = self.conn
         assert conn is not None
-        if self.client.feeding:
+        if self.downstream.is_feeding():
             conn.cork()  # the client's data_received uncorks it when its read is parsed
         conn.write(data)
         if self.replay is not None:
@@ -196,80 +214,78 @@ class Exchange:
 
     # response side (the Receiver protocol) ----------------------------------------------
     def response_interim(self, status: int, reason: bytes) -> None:
-        self.client.write(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
+        self.downstream.write(b"HTTP/1.1 %d %b\r\n\r\n" % (status, reason))
 
     def response_head(
         self, status: int, reason: bytes, head: h.ResponseHeaders, *, body: str
     ) -> None:
         self.deadline = 0.0
         self.replay = None
-        self.responded = True
         self.status = status
         framing = b""
         if body in ("chunked", "close"):
-            if self.client.http11:
+            if self.downstream.is_http11():
                 framing, self.client_chunked = h.CHUNKED, True
             else:
-                self.close_after = True
-        if not self.keep_alive:
-            self.close_after = True
-        if self.service is not None and self.service.is_mcp:
+                self.keep_alive = False  # an HTTP/1.0 client: the end of the body is the close
+        service = self.decision.service
+        if service is not None and service.is_mcp:
             self._track_session(status, head.session)
-        self.client.write(
-            head.render(
-                status, reason, route=self.decision, framing=framing, close=self.close_after
-            )
+        label = self.decision.label
+        self.downstream.write(
+            head.render(status, reason, route=label, framing=framing, close=not self.keep_alive)
         )
+        if self.phase != SENT:
+            self.keep_alive = False  # answered before the request was whole: the rest is moot
+        self.phase = ANSWERING
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.client.write(h.chunk(data) if self.client_chunked else data)
+        self.downstream.write(h.chunk(data) if self.client_chunked else data)
 
     def response_end(self) -> None:
+        downstream = self.downstream
         if self.client_chunked:
-            self.client.write(h.LAST_CHUNK)
-        self.client.uncork()  # the response leaves now: our bookkeeping is off the client's clock
+            downstream.write(h.LAST_CHUNK)
+        downstream.uncork()  # the response leaves now: our bookkeeping is off the client's clock
         self.conn = None
+        self.phase = DONE
         self._log()
-        self.client.exchange_done(self)
+        downstream.exchange_done(self, reuse=self.keep_alive)
 
     def upstream_failed(self, error: str) -> None:
         conn, self.conn = self.conn, None
         self.deadline = 0.0
-        if (
-            not self.responded
-            and conn is not None
-            and conn.reused
-            and self.replay is not None
-            and self.complete
-        ):
+        if self.phase == SENT and conn is not None and conn.reused and self.replay is not None:
             self._retry()
             return
-        if self.responded:
+        if self.phase >= ANSWERING:
+            self.phase = DONE
             self._log()
-            self.client.abort()
+            self.downstream.abort()
         else:
             self.fail(502, "upstream_failed", error)
 
     def cork(self) -> bool:
-        return self.client.cork()
+        return self.downstream.cork()
 
     def uncork(self) -> None:
-        self.client.uncork()
+        self.downstream.uncork()
 
     def upstream_pause(self, paused: bool) -> None:
-        self.client.pause_for_upstream(paused)
+        self.downstream.pause_for_upstream(paused)
 
     def _retry(self) -> None:
         """A pooled connection the upstream had closed: send the same bytes on a new one."""
         sent, self.replay = self.replay or [], None
 
         async def again() -> None:
-            assert self.upstream is not None
+            upstream = self.decision.upstream
+            assert upstream is not None
             try:
-                conn = await self.upstream.connect(self.client.state.limits.connect_timeout)
+                conn = await upstream.connect(self.context.limits.connect_timeout)
             except (OSError, TimeoutError) as e:
-                self.fail(502, "upstream_unreachable", f"cannot connect to {self.upstream!r}: {e}")
+                self.fail(502, "upstream_unreachable", f"cannot connect to {upstream!r}: {e}")
                 return
             if not conn.usable():
                 self.fail(
@@ -286,52 +302,55 @@ class Exchange:
 
     def _track_session(self, status: int, started: bytes | None) -> None:
         """Remember where a session started; forget it when it ends (DELETE, or a 404)."""
-        sessions = self.client.state.sessions
+        sessions = self.context.sessions
         if self.session is not None:
             if status == 404 or (self.method == b"DELETE" and status < 300):
                 sessions.forget(self.session)
             return
-        if started is not None and self.upstream is not None:
-            sessions.remember(started, self.upstream, self.decision)
+        upstream = self.decision.upstream
+        if started is not None and upstream is not None:
+            sessions.remember(started, upstream, self.decision.label)
 
     # failures ---------------------------------------------------------------------------
     def _await_head(self) -> None:
-        """Checked by the router's once-a-second sweep (`ClientConnection.tick`): far cheaper
-        than a timer per request, at the price of up to a second's lateness on a 504."""
-        limits = self.client.state.limits
-        self.deadline = self.client.loop.time() + limits.upstream_timeout
+        """Checked by the router's once-a-second sweep (`DownstreamConnection.tick`): far
+        cheaper than a timer per request, at the price of up to a second's lateness on a 504."""
+        context = self.context
+        self.deadline = context.loop.time() + context.limits.upstream_timeout
 
     def timed_out(self) -> None:
         self.deadline = 0.0
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
-        if not self.responded:
-            self.fail(504, "upstream_timeout", f"{self.upstream!r} did not answer in time")
+        if self.phase < ANSWERING:
+            self.fail(504, "upstream_timeout", f"{self.decision.upstream!r} did not answer in time")
 
     def fail(self, status: int, code: str, message: str) -> None:
         """Answer the client ourselves (a JSON error naming sandbox and service), then close."""
-        if self.client.closed or self.responded:
+        if self.downstream.is_closed() or self.phase >= ANSWERING:
             return
-        self.responded = True
+        self.phase = DONE
         self.status = status
+        service = self.decision.service
         body = json.dumps(
             {
                 "error": code,
                 "message": message,
-                "sandbox": self.sandbox,
-                "service": self.service.name if self.service else None,
+                "sandbox": self.decision.sandbox,
+                "service": service.name if service else None,
             }
         ).encode()
-        self.client.write_error(status, body, route=self.decision)
+        self.downstream.write_error(status, body, route=self.decision.label)
         self._log()
 
     def _log(self) -> None:
-        log = self.client.state.log
+        log = self.context.log
         if log.enabled:
+            service = self.decision.service
             log.record(
-                service=self.service.name if self.service else "-",
-                route=self.decision,
+                service=service.name if service else "-",
+                route=self.decision.label,
                 method=self.method,
                 status=self.status,
                 started=self.started,

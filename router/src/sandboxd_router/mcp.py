@@ -7,7 +7,7 @@ from collections import OrderedDict
 from typing import Any
 
 from sandboxd_router.baggage import find_key
-from sandboxd_router.pool import Upstream
+from sandboxd_router.upstream import Upstream
 
 MAX_SESSIONS = 100_000
 PER_SANDBOX = 10_000

@@ -26,15 +26,19 @@ from types import ModuleType
 PACKAGE = "sandboxd_router"
 HOT = (
     "baggage",
-    "client",
+    "boundary",
     "cork",
+    "downstream",
     "exchange",
     "headers",
+    "intake",
     "mcp",
-    "pool",
+    "responses",
     "routing",
+    "stall",
     "state",
     "table",
+    "upstream",
 )
 MANIFEST = "_compiled.json"
 _HERE = Path(__file__).resolve().parent

@@ -3,76 +3,94 @@
 1. for `mcp` services, an MCP session the router has seen start: the same upstream;
 2. the routing key in the `baggage` header(s);
 3. for `mcp` services, the routing key in the JSON-RPC body's `params._meta.baggage`
-   (the body is read first — bounded — which is also the seam for per-request fault policy);
+   (the body is read first — bounded);
 4. a preview cookie (a later release);
 5. otherwise the baseline.
 
 A key whose sandbox forks the service goes to the fork; any other key, or none, to the baseline.
+
+`route` and `route_by_body` are pure functions of the table, the sessions and the request's
+routing inputs (they only memoize what they decide in the table: `Table.decided`). The exchange
+carries the `Decision` to the end; a per-request policy (faults, recording) reads it — the
+service, the upstream, the sandbox whose key the request carries (`Decision.route`, forked or
+not) — rather than adding branches to the exchange.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Final
 
 from sandboxd_router.baggage import find_key
-from sandboxd_router.mcp import key_from_body
+from sandboxd_router.mcp import Sessions, key_from_body
+from sandboxd_router.table import BASELINE, FORWARD, HOLD, UNKNOWN, Decision, Service, Table
 
-if TYPE_CHECKING:
-    from sandboxd_router.exchange import Exchange
-    from sandboxd_router.state import RouterState
-    from sandboxd_router.table import Service, Table
+__all__ = ["FORWARD", "HOLD", "NOWHERE", "UNKNOWN", "Decision", "route", "route_by_body"]
+
+NOWHERE: Final = Decision(FORWARD, None)
+"""Not routed (yet): what a request refused before routing is answered as."""
 
 
-def route(state: RouterState, ex: Exchange, *, port: int | None) -> None:
-    """Decide from the head alone, or mark the exchange to be held until its body is read."""
-    table = state.table
-    service = table.by_port.get(port) if port is not None else _by_host(table, ex.host)
+def route(
+    table: Table,
+    sessions: Sessions,
+    *,
+    port: int | None,
+    host: bytes | None,
+    method: bytes,
+    baggage: list[bytes],
+    session: bytes | None,
+    has_body: bool,
+) -> Decision:
+    """Decide from the head alone: forward, hold for the body (rule 3), or unknown service.
+    `port` is the listener's (None: gateway mode, the Host header names the service)."""
+    service = table.by_port.get(port) if port is not None else _by_host(table, host)
     if service is None:
-        where = f"port {port}" if port is not None else f"host {ex.host!r}"
-        ex.fail(404 if port is None else 503, "unknown_service", f"no service is routed on {where}")
-        return
-    ex.service = service
-    if service.is_mcp and ex.session is not None:
-        hit = state.sessions.get(ex.session)
+        return Decision(UNKNOWN, None)
+    if service.is_mcp and session is not None:
+        hit = sessions.get(session)
         if hit is not None:
-            ex.upstream, ex.decision = hit
-            ex.sandbox = _sandbox_of(ex.decision)
-            return
-    key = find_key(ex.baggage, table.key) if ex.baggage else None
-    if key is None and service.is_mcp and ex.method == b"POST" and _has_body(ex):
-        ex.hold = True  # step 3 needs the body
-        return
-    _choose(table, service, key, ex)
+            upstream, label = hit
+            return Decision(FORWARD, service, upstream, label, _sandbox_of(label))
+    key = find_key(baggage, table.key) if baggage else None
+    if key is None and service.is_mcp and method == b"POST" and has_body:
+        return Decision(HOLD, service)
+    return _choose(table, service, key)
 
 
-def route_by_body(state: RouterState, ex: Exchange, *, whole: bool) -> None:
-    """Route a held MCP request by its body when `whole`; otherwise (too large, or the shared
-    budget for held bodies is spent) by the remaining rules, without reading it."""
-    ex.hold = False
-    if ex.service is None or ex.responded:
-        return
-    key = None
-    if whole and ex.body_size <= state.limits.mcp_body_bytes:
-        key = key_from_body(b"".join(ex.body), state.table.key)
-    _choose(state.table, ex.service, key, ex)
+def route_by_body(table: Table, service: Service, body: bytes | None) -> Decision:
+    """Route a held MCP request by its `body`; None when it was not read (too large, or the
+    shared budget for held bodies is spent): then by the remaining rules."""
+    key = key_from_body(body, table.key) if body is not None else None
+    return _choose(table, service, key)
 
 
-def _choose(table: Table, service: Service, key: str | None, ex: Exchange) -> None:
-    sandbox = table.routes.get(key) if key is not None else None
-    fork = sandbox.forks.get(service.name) if sandbox is not None else None
-    if sandbox is not None and fork is not None:
-        ex.upstream, ex.decision, ex.sandbox = fork, sandbox.decision, sandbox.sandbox
+def _choose(table: Table, service: Service, key: str | None) -> Decision:
+    known = table.decided.get(key)
+    if known is not None:
+        decision = known.get(service.name)
+        if decision is not None:
+            return decision
+    entry = table.routes.get(key) if key is not None else None
+    if entry is None:
+        return _remember(table, None, service, Decision(FORWARD, service, service.baseline))
+    fork = entry.forks.get(service.name)
+    if fork is None:  # the sandbox does not fork this service: the baseline serves it
+        decision = Decision(FORWARD, service, service.baseline, BASELINE, None, entry)
     else:
-        ex.upstream, ex.decision = service.baseline, b"baseline"
+        decision = Decision(FORWARD, service, fork, entry.decision, entry.sandbox, entry)
+    return _remember(table, key, service, decision)
+
+
+def _remember(table: Table, key: str | None, service: Service, decision: Decision) -> Decision:
+    """Keep a decision for the next request alike: only for keys the table routes (a key that
+    routes nowhere is decided as no key), so the clients cannot grow it."""
+    table.decided.setdefault(key, {})[service.name] = decision
+    return decision
 
 
 def _by_host(table: Table, host: bytes | None) -> Service | None:
     return table.service_for_host(host) if host else None
 
 
-def _has_body(ex: Exchange) -> bool:
-    return ex.chunked or (ex.content_length is not None and ex.content_length != b"0")
-
-
-def _sandbox_of(decision: bytes) -> str | None:
-    return decision[8:].decode() if decision.startswith(b"sandbox=") else None
+def _sandbox_of(label: bytes) -> str | None:
+    return label[8:].decode() if label.startswith(b"sandbox=") else None

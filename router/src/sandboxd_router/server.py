@@ -8,7 +8,7 @@ import json
 import logging
 
 from sandboxd_router import native
-from sandboxd_router.client import ClientConnection
+from sandboxd_router.downstream import DownstreamConnection
 from sandboxd_router.state import RouterState
 from sandboxd_router.table import Table, UpstreamRegistry
 
@@ -57,7 +57,7 @@ class Router:
             bind = self.gateway_port if port is None else port
             try:
                 self.listeners[port] = await loop.create_server(
-                    lambda port=port: ClientConnection(self.state, port=port),
+                    lambda port=port: DownstreamConnection(self.state, port=port),
                     self.host,
                     bind,
                     reuse_address=True,

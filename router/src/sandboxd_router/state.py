@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sandboxd_router.accesslog import AccessLog
+from sandboxd_router.boundary import Swept
 from sandboxd_router.mcp import Sessions
 from sandboxd_router.table import EMPTY, Table
-
-if TYPE_CHECKING:
-    from sandboxd_router.client import ClientConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +39,44 @@ class Limits:
     that would go past it is routed without its body being read: by the remaining rules."""
 
 
+class BusyPoll:
+    """The one spinner that keeps the loop polling for an upstream's answer (`Limits.busy_poll`
+    seconds at most; 0: never)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spinning = False
+
+
+class Context:
+    """What an exchange needs of the router, handed to it at construction (one per client
+    connection, so a request passes one reference, not five)."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        sessions: Sessions,
+        log: AccessLog,
+        loop: asyncio.AbstractEventLoop,
+        busy: BusyPoll,
+    ) -> None:
+        self.limits = limits
+        self.sessions = sessions
+        self.log = log
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call
+        self.busy = busy
+
+
 @dataclass(slots=True)
 class RouterState:
     limits: Limits
     log: AccessLog
     table: Table = EMPTY
     sessions: Sessions = field(default_factory=Sessions)
-    connections: set[ClientConnection] = field(default_factory=set)
-    spinning: bool = False
+    connections: set[Swept] = field(default_factory=set)
+    busy: BusyPoll = field(init=False)
     held_body: int = 0
     """Bytes of MCP bodies held right now (bounded by `Limits.mcp_body_budget`)."""
+
+    def __post_init__(self) -> None:
+        self.busy = BusyPoll(self.limits.busy_poll)

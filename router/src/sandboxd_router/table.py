@@ -2,16 +2,18 @@
 
 A request's route is two dict lookups (service by port or host; sandbox by routing key). Upstream
 objects — and so their connection pools — survive table swaps when their URL is unchanged.
+The `Decision`s the table yields (see `sandboxd_router.routing`) are made once per key and
+service in use, and kept with the table: a routed request allocates nothing to be routed.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sandboxd_router.pool import Upstream
+from sandboxd_router.upstream import Upstream
 
 
 class TableError(ValueError):
@@ -34,6 +36,38 @@ class Route:
     faults: list[dict[str, Any]] = field(default_factory=list)
 
 
+# what a decision says to do
+FORWARD: Final = 0  # send it to `upstream`
+HOLD: Final = 1  # read the (MCP) body first, then route by it
+UNKNOWN: Final = 2  # no service is routed on this port or host: 404 (gateway) or 503
+
+BASELINE: Final = b"baseline"
+
+
+class Decision:
+    """Where a request goes, and why; shared by every request routed alike (never changed)."""
+
+    def __init__(
+        self,
+        action: int,
+        service: Service | None,
+        upstream: Upstream | None = None,
+        label: bytes = BASELINE,
+        sandbox: str | None = None,
+        route: Route | None = None,
+    ) -> None:
+        self.action = action
+        self.service = service
+        self.upstream = upstream
+        self.label = label
+        """The `sandboxd-route` header: b"baseline" or b"sandbox=<name>"."""
+        self.sandbox = sandbox
+        """The sandbox served (None for the baseline)."""
+        self.route = route
+        """The table's entry for the key the request carries, even when the baseline serves it
+        (its sandbox does not fork the service): where a sandbox's faults are looked up."""
+
+
 @dataclass(frozen=True, slots=True)
 class Table:
     version: str
@@ -41,6 +75,8 @@ class Table:
     services: dict[str, Service]
     by_port: dict[int, Service]
     routes: dict[str, Route]
+    decided: dict[str | None, dict[str, Decision]] = field(default_factory=dict, compare=False)
+    """Decisions made so far, by routing key (None: no key) and service name."""
 
     def service_for_host(self, host: bytes) -> Service | None:
         """Gateway mode: the service named by the Host's first DNS label (or the whole host)."""
