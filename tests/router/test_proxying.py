@@ -24,9 +24,10 @@ def test_sse_events_arrive_as_they_are_sent_not_batched(router: Router) -> None:
             if line.startswith("data: "):
                 arrivals.append((time.time(), json.loads(line[6:])["sent"]))
     assert len(arrivals) == 5
-    gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
-    assert all(0.15 < gap < 0.35 for gap in gaps), gaps  # 200 ms apart, as sent
-    assert all(arrived - sent < 0.1 for arrived, sent in arrivals)  # each one at once
+    # Causal, not timed: each event reached the client before the origin wrote the next one,
+    # so none was held back to be sent with a later one (the origin waits 200 ms in between).
+    for (arrived, _), (_, next_sent) in itertools.pairwise(arrivals):
+        assert arrived < next_sent, arrivals
 
 
 def test_chunked_responses_and_close_delimited_bodies_pass_whole(router: Router) -> None:
