@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import ValidationError
 
 from sandboxd.core.catalog import CatalogError, load_catalog, parse_catalog
+from sandboxd.core.clock import rfc3339
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.naming import is_sandbox_name, new_routing_key, service_url_env
 from sandboxd.core.routes import RoutedSandbox, build_route_table
-from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
+from sandboxd.core.spec import FaultSpec, SandboxPatch, SandboxSpec, agent_labels
 
 
 @pytest.mark.parametrize(
@@ -286,3 +289,36 @@ def test_route_table_is_keyed_by_routing_key_with_a_content_etag() -> None:
     assert table.etag == build_route_table(catalog=catalog, sandboxes=[b, a]).etag
     assert table.etag != build_route_table(catalog=catalog, sandboxes=[a]).etag
     assert body["version"] == table.etag.strip('"')
+
+
+def test_route_table_gives_a_sandboxs_faults_in_their_wire_form() -> None:
+    """As the spec stores them: camelCase, unset fields left out."""
+    fault = FaultSpec.model_validate({"service": "echo", "kind": "latency", "latencyMs": 5})
+    table = build_route_table(
+        catalog=parse_catalog(CATALOG, source="t"),
+        sandboxes=[RoutedSandbox("pr-1", "key1", {}, (fault,))],
+    )
+    assert b'"faults":[{"service":"echo","kind":"latency","latencyMs":5,"probability":1.0}]' in (
+        table.body
+    )
+
+
+@pytest.mark.parametrize(
+    ("moment", "timespec", "text"),
+    [
+        (datetime(2026, 1, 2, 3, 4, 5, 678901), "milliseconds", "2026-01-02T03:04:05.678Z"),
+        (datetime(2026, 1, 2, 3, 4, 5), "milliseconds", "2026-01-02T03:04:05.000Z"),
+        (datetime(2026, 1, 2, 3, 4, 5, 678901), "seconds", "2026-01-02T03:04:05Z"),
+        (
+            datetime(2026, 1, 2, 5, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2))),
+            "milliseconds",
+            "2026-01-02T03:04:05.678Z",
+        ),
+        (datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "seconds", "2026-01-02T03:04:05Z"),
+    ],
+)
+def test_rfc3339_is_utc_with_a_z_to_the_precision_asked(
+    moment: datetime, timespec: Literal["seconds", "milliseconds"], text: str
+) -> None:
+    """Naive times are the store's UTC; the API shows milliseconds, Kubernetes seconds."""
+    assert rfc3339(moment, timespec=timespec) == text

@@ -7,6 +7,7 @@ import pytest
 from sandboxd.core.catalog import parse_catalog
 from sandboxd.core.phases import Phase
 from sandboxd.core.plan import PlanError, check_forks, expand, plan_baselines, plan_sandbox
+from sandboxd.core.records import ForkRecord
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.reconciler.decide import fork_events, fork_record, verdict
 from sandboxd.runtime.base import ForkState, ForkStatus
@@ -118,6 +119,26 @@ def test_fork_events_follow_changes_only() -> None:
     assert [e.reason for e in replaced] == ["ForkStarted"]
     died = fork_events([fork_record(status(ForkState.READY))], [status(ForkState.EXITED)])
     assert [(e.reason, e.type) for e in died] == [("ForkExited", "Warning")]
+
+
+def test_a_fork_record_is_the_json_the_api_shows_and_the_store_keeps() -> None:
+    ready = status(ForkState.READY, started=1767261600.123456)
+    assert fork_record(ready).model_dump(mode="json", by_alias=True) == {
+        "service": "agent",
+        "phase": "Ready",
+        "ready": True,
+        "upstream": "http://127.0.0.1:1",
+        "pid": 1,
+        "message": "exited with code 3",
+        "startedAt": "2026-01-01T10:00:00.123Z",
+    }
+
+
+def test_a_fork_record_read_back_equals_the_one_written() -> None:
+    """Kept to the millisecond the JSON holds, so an unchanged fork is never written again."""
+    record = fork_record(status(ForkState.STARTING, started=1767261600.123456))
+    assert ForkRecord.model_validate(record.model_dump(mode="json", by_alias=True)) == record
+    assert fork_events([record], [status(ForkState.STARTING, started=1767261600.123456)]) == []
 
 
 def test_a_wildcard_router_host_gives_processes_a_loopback_url() -> None:

@@ -6,6 +6,9 @@ import asyncio
 from datetime import datetime
 
 from sandboxd.core.catalog import Catalog
+from sandboxd.core.phases import ForkState
+from sandboxd.core.records import ForkRecord
+from sandboxd.core.spec import SandboxSpec
 from sandboxd.reconciler.queue import Backoff, WorkQueue
 from sandboxd.routebook import RouteBook
 from sandboxd.store.tables import SandboxRow
@@ -62,12 +65,16 @@ async def test_a_sweep_does_not_cut_a_booked_retry_short_but_a_kick_does() -> No
     queue.close()
 
 
-def row(name: str, phase: str, forks: list[dict[str, object]] | None = None) -> SandboxRow:
+def row(name: str, phase: str, forks: list[ForkRecord] | None = None) -> SandboxRow:
     now = datetime(2026, 1, 1)
     return SandboxRow(
-        name=name, uid="u", routing_key=f"key-{name}", spec={"name": name}, labels={},
+        name=name, uid="u", routing_key=f"key-{name}", spec=SandboxSpec(name=name), labels={},
         phase=phase, forks=forks or [], created_at=now, updated_at=now, expires_at=now,
     )  # fmt: skip
+
+
+def ready(service: str, upstream: str) -> ForkRecord:
+    return ForkRecord(service=service, phase=ForkState.READY, ready=True, upstream=upstream)
 
 
 async def test_route_book_releases_waiters_on_change_only() -> None:
@@ -75,11 +82,11 @@ async def test_route_book_releases_waiters_on_change_only() -> None:
     etag = book.table.etag
     waiter = asyncio.create_task(book.wait_for_change(etag, timeout=5))
     await asyncio.sleep(0.01)
-    book.update([row("a", "Ready", [{"service": "echo", "upstream": "http://127.0.0.1:1"}])])
+    book.update([row("a", "Ready", [ready("echo", "http://127.0.0.1:1")])])
     table = await asyncio.wait_for(waiter, 1)
     assert table.etag != etag and b"key-a" in table.body
     same = book.table.etag
-    book.update([row("a", "Ready", [{"service": "echo", "upstream": "http://127.0.0.1:1"}])])
+    book.update([row("a", "Ready", [ready("echo", "http://127.0.0.1:1")])])
     assert book.table.etag == same
     assert (await book.wait_for_change(same, timeout=0.05)).etag == same
     book.update([row("a", "Terminating")])

@@ -32,7 +32,7 @@ from sandboxd.runtime.confine import Confinement, no_dumps
 from sandboxd.runtime.kubernetes import wiring as kubernetes
 from sandboxd.runtime.supervisor import Supervisor, check_port_free
 from sandboxd.settings import Settings
-from sandboxd.store.engine import make_engine, migrate
+from sandboxd.store.engine import make_engine
 from sandboxd.store.repository import Store
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,10 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             _private(settings.data_path, 0o700)
             engine = make_engine(settings.effective_database_url)
             stack.callback(engine.dispose)
-            await asyncio.to_thread(migrate, engine)
             store = Store(engine)
+            await store.migrate()
             token = admin_token(settings)
-            await store.run(store.put_token, name="admin", token_hash=hash_token(token))
+            await store.put_token(name="admin", token_hash=hash_token(token))
             reader = router_token(settings)
             kick = _Deferred()
             opened = await stack.enter_async_context(
@@ -189,7 +189,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                 kicker=reconciler,
                 logs=runtime,
                 reconciler_alive=reconciler.alive,
-                token_hashes=await store.run(store.token_hashes),
+                token_hashes=await store.token_hashes(),
                 route_reader_hashes={hash_token(reader)},
             )
             task = asyncio.create_task(reconciler.run(), name="reconciler")

@@ -24,8 +24,8 @@ def routed(row: SandboxRow) -> RoutedSandbox | None:
     terminating or deleted one does not route at all."""
     if row.phase not in LIVE:
         return None
-    forks = {f["service"]: f["upstream"] for f in row.forks if f.get("upstream")}
-    return RoutedSandbox(row.name, row.routing_key, forks, list(row.spec.get("faults", [])))
+    forks = {f.service: f.upstream for f in row.forks if f.upstream}
+    return RoutedSandbox(row.name, row.routing_key, forks, tuple(row.spec.faults))
 
 
 class RouteBook:

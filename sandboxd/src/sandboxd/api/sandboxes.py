@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
@@ -13,14 +14,15 @@ from pydantic import ValidationError, WithJsonSchema
 from sandboxd.api.deps import AppState, StateDep, require_token
 from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
 from sandboxd.api.views import event_view, sandbox_view
+from sandboxd.core.clock import utcnow
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
 from sandboxd.core.labels import MAX_LABELS
 from sandboxd.core.plan import PlanError, check_forks
+from sandboxd.core.records import Event
 from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
 from sandboxd.errors import Conflict, InvalidRequest, NotFound
-from sandboxd.store.clock import utcnow
-from sandboxd.store.repository import Event, NewSandbox
+from sandboxd.store.repository import NewSandbox
 from sandboxd.store.tables import SandboxRow
 
 router = APIRouter(
@@ -63,7 +65,7 @@ def _ttl_seconds(state: AppState, ttl: str | None) -> int:
 
 
 async def _row(state: AppState, name: str) -> SandboxRow:
-    row = await state.store.run(state.store.get, name)
+    row = await state.store.get(name)
     if row is None:
         raise NotFound(f"sandbox {name!r} not found", sandbox=name)
     return row
@@ -91,16 +93,17 @@ async def create_sandbox(
         check_forks(spec, state.catalog, runtime=state.settings.runtime)
     except PlanError as e:
         raise InvalidRequest(str(e), error="unknown_service") from e
-    canonical = spec.model_copy(update={"ttl": format_duration(ttl)}).canonical()
-    request_hash = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    spec = spec.model_copy(update={"ttl": format_duration(ttl)})
+    canonical = json.dumps(spec.canonical(), sort_keys=True)
+    request_hash = hashlib.sha256(canonical.encode()).hexdigest()
     new = NewSandbox(
-        spec=canonical,
+        spec=spec,
         labels={**spec.labels, **agent_labels(spec.agent)},
         ttl_seconds=ttl,
         request_hash=request_hash,
         idempotency_key=idempotency_key,
     )
-    row, created = await state.store.run(state.store.create, new)
+    row, created = await state.store.create(new)
     if created:
         state.routes.update([row])
         state.kicker.kick(row.name)
@@ -127,7 +130,7 @@ async def list_sandboxes(
     ] = [],  # noqa: B006
 ) -> SandboxList:
     wanted = _label_filter(label)
-    rows = await state.store.run(state.store.sandboxes)
+    rows = await state.store.sandboxes()
     matching = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted.items())]
     return SandboxList(items=[_view(state, r) for r in matching])
 
@@ -146,9 +149,13 @@ async def patch_sandbox(
     state: StateDep, name: NameParam, patch: Annotated[SandboxPatch, Body()]
 ) -> SandboxOut:
     row = await _row(state, name)
-    changes, what = _changes(state, row, patch)
-    updated = await state.store.run(
-        state.store.update, name, changes=changes, event=Event("Updated", "; ".join(what))
+    change = _change(state, row, patch)
+    updated = await state.store.update(
+        name,
+        spec=change.spec,
+        labels=change.labels,
+        expires_at=change.expires_at,
+        event=Event("Updated", "; ".join(change.what)),
     )
     if updated is None:
         raise Conflict(f"sandbox {name!r} is {row.phase.lower()}; it cannot change", sandbox=name)
@@ -157,33 +164,33 @@ async def patch_sandbox(
     return _view(state, updated)
 
 
-def _changes(
-    state: AppState, row: SandboxRow, patch: SandboxPatch
-) -> tuple[dict[str, Any], list[str]]:
-    spec = dict(row.spec)
-    changes: dict[str, Any] = {}
-    what = []
+@dataclass(slots=True)
+class _Change:
+    spec: SandboxSpec
+    labels: dict[str, str] | None  # None: unchanged
+    expires_at: datetime | None  # None: unchanged
+    what: list[str]
+
+
+def _change(state: AppState, row: SandboxRow, patch: SandboxPatch) -> _Change:
+    change = _Change(row.spec, labels=None, expires_at=None, what=[])
     if patch.ttl is not None:
         ttl = _ttl_seconds(state, patch.ttl)
-        changes["expires_at"] = utcnow() + timedelta(seconds=ttl)
-        what.append(f"TTL extended: expires {format_duration(ttl)} from now")
+        change.expires_at = utcnow() + timedelta(seconds=ttl)
+        change.what.append(f"TTL extended: expires {format_duration(ttl)} from now")
     if patch.labels is not None:
-        merged = {**spec.get("labels", {}), **patch.labels}
+        merged = {**change.spec.labels, **patch.labels}
         labels = {k: v for k, v in merged.items() if v is not None}
-        try:  # the merge can still break a rule, such as the number of labels
-            updated = SandboxSpec.model_validate({**spec, "labels": labels})
+        try:  # validated whole: the merge can still break a rule, such as the number of labels
+            change.spec = SandboxSpec.model_validate({**change.spec.canonical(), "labels": labels})
         except ValidationError as e:
             raise InvalidRequest(one_line(describe(e.errors())), error="invalid_request") from e
-        spec["labels"] = updated.labels
-        changes["labels"] = {**updated.labels, **agent_labels(updated.agent)}
-        what.append("labels changed")
+        change.labels = {**change.spec.labels, **agent_labels(change.spec.agent)}
+        change.what.append("labels changed")
     if patch.faults is not None:
-        spec["faults"] = [
-            f.model_dump(mode="json", by_alias=True, exclude_none=True) for f in patch.faults
-        ]
-        what.append(f"{len(patch.faults)} faults set")
-    changes["spec"] = spec
-    return changes, what
+        change.spec = change.spec.model_copy(update={"faults": list(patch.faults)})
+        change.what.append(f"{len(patch.faults)} faults set")
+    return change
 
 
 @router.delete(
@@ -191,7 +198,7 @@ def _changes(
 )
 async def delete_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
     event = Event("DeleteRequested", "deletion requested through the API")
-    row = await state.store.run(state.store.request_delete, name, event=event)
+    row = await state.store.request_delete(name, event=event)
     if row is None:
         raise NotFound(f"sandbox {name!r} not found", sandbox=name)
     state.routes.update([row])
@@ -202,7 +209,7 @@ async def delete_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
 @router.get("/{name}/events", response_model=EventList, responses={**ERRORS, **_NOT_FOUND})
 async def sandbox_events(state: StateDep, name: NameParam) -> EventList:
     row = await _row(state, name)
-    events = await state.store.run(state.store.events, name, uid=row.uid)
+    events = await state.store.events(name, uid=row.uid)
     return EventList(items=[event_view(e) for e in events])
 
 
@@ -235,7 +242,7 @@ async def fork_logs(
     or the bytes from `offset`. `Sandboxd-Log-Offset` gives the offset to ask for next (for
     `--follow`)."""
     row = await _row(state, name)
-    if not any(f.get("service") == service for f in row.spec.get("forks", [])):
+    if not any(f.service == service for f in row.spec.forks):
         raise NotFound(f"sandbox {name!r} has no fork of {service!r}", sandbox=name)
     # A runtime reads a tail of 0 as its default; one line gives the offset, which is all
     # that `tail=0` asks for (where a follow starts without printing the past).

@@ -7,6 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from sandboxd.core.records import ForkRecord
+
 
 class Out(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
@@ -16,16 +18,6 @@ class ErrorOut(Out):
     error: str
     message: str
     problems: list[dict[str, str]] | None = None
-
-
-class ForkOut(Out):
-    service: str
-    phase: str
-    ready: bool
-    upstream: str | None
-    pid: int | None = None
-    message: str | None = None
-    started_at: str | None = None
 
 
 class SandboxOut(Out):
@@ -44,7 +36,7 @@ class SandboxOut(Out):
     expires_at: str
     deleted_at: str | None
     ttl_seconds: int
-    forks: list[ForkOut]
+    forks: list[ForkRecord]
     faults: list[dict[str, Any]]
     links: dict[str, str]
 

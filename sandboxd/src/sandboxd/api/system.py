@@ -97,7 +97,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     """Readiness: the database answers and the reconciler is alive."""
     problems = []
     try:
-        await state.store.run(state.store.ping)
+        await state.store.ping()
     except Unavailable as e:
         problems.append(e.message)
     if not state.reconciler_alive():

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from sandboxd.api.schemas import EventOut, ForkOut, SandboxOut
-from sandboxd.core.duration import parse_duration
+from sandboxd.api.schemas import EventOut, SandboxOut
+from sandboxd.core.clock import rfc3339
 from sandboxd.core.naming import baggage_member
 from sandboxd.core.phases import Phase
-from sandboxd.store.clock import rfc3339
 from sandboxd.store.tables import EventRow, SandboxRow
 
 
 def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> SandboxOut:
     self_url = f"{base_url}/v1/sandboxes/{row.name}"
-    ttl = parse_duration(row.spec["ttl"])
     return SandboxOut(
         name=row.name,
         uid=row.uid,
@@ -23,14 +21,14 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
         reason=row.reason,
         message=row.message,
         labels=row.labels,
-        spec=row.spec,
+        spec=row.spec.canonical(),
         created_at=rfc3339(row.created_at),
         updated_at=rfc3339(row.updated_at),
         expires_at=rfc3339(row.expires_at),
         deleted_at=rfc3339(row.deleted_at) if row.deleted_at else None,
-        ttl_seconds=ttl,
-        forks=[ForkOut.model_validate(f) for f in row.forks],
-        faults=list(row.spec.get("faults", [])),
+        ttl_seconds=_ttl_seconds(row),
+        forks=row.forks,
+        faults=[fault.as_json() for fault in row.spec.faults],
         links={
             "self": self_url,
             "events": f"{self_url}/events",
@@ -40,3 +38,10 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
 
 def event_view(row: EventRow) -> EventOut:
     return EventOut(time=rfc3339(row.time), type=row.type, reason=row.reason, message=row.message)
+
+
+def _ttl_seconds(row: SandboxRow) -> int:
+    """The spec's TTL, which the API always stores; a row without one (written by hand) shows
+    the span it was created with."""
+    ttl = row.spec.ttl_seconds
+    return ttl if ttl is not None else int((row.expires_at - row.created_at).total_seconds())

@@ -1,4 +1,5 @@
-"""Sandbox phases (DESIGN §4): Pending → Provisioning → Ready; Failed; Terminating → Deleted."""
+"""Sandbox phases (DESIGN §4): Pending → Provisioning → Ready; Failed; Terminating → Deleted;
+and the states of a fork."""
 
 from __future__ import annotations
 
@@ -16,3 +17,12 @@ class Phase(StrEnum):
 
 LIVE = frozenset({Phase.PENDING, Phase.PROVISIONING, Phase.READY, Phase.FAILED})
 """Phases in which the sandbox exists for its users (and keeps its name)."""
+
+
+class ForkState(StrEnum):
+    """A fork as its runtime observes it; a stopped one is kept in a deleted sandbox's record."""
+
+    STARTING = "Starting"
+    READY = "Ready"
+    EXITED = "Exited"
+    STOPPED = "Stopped"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sandboxd.core.catalog import Catalog
+from sandboxd.core.spec import FaultSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +21,7 @@ class RoutedSandbox:
     name: str
     routing_key: str
     forks: dict[str, str]  # service → upstream URL
-    faults: list[dict[str, Any]] = field(default_factory=list)
+    faults: tuple[FaultSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def build_route_table(*, catalog: Catalog, sandboxes: Iterable[RoutedSandbox]) -
         sb.routing_key: {
             "sandbox": sb.name,
             "forks": dict(sorted(sb.forks.items())),
-            "faults": sb.faults,
+            "faults": [fault.as_json() for fault in sb.faults],
         }
         for sb in sorted(sandboxes, key=lambda s: s.routing_key)
     }

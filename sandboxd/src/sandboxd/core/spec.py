@@ -69,6 +69,10 @@ class Model(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
+    def as_json(self) -> dict[str, Any]:
+        """The wire form, as stored and shown: camelCase, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
 
 def is_image_reference(value: str) -> bool:
     return len(value) <= 512 and bool(_IMAGE.fullmatch(value))
@@ -308,7 +312,7 @@ class SandboxSpec(Model):
 
     def canonical(self) -> dict[str, Any]:
         """The comparable form: what decides 'same spec' for an idempotent create."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self.as_json()
 
 
 class SandboxPatch(Model):

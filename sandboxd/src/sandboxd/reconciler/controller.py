@@ -12,12 +12,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sandboxd.core.catalog import Catalog
+from sandboxd.core.clock import rfc3339, utcnow
 from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.plan import PlanError, plan_sandbox
-from sandboxd.core.spec import SandboxSpec
+from sandboxd.core.records import Event, EventType, ForkRecord
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.decide import fork_events, fork_record, verdict
 from sandboxd.reconciler.queue import Backoff, WorkQueue
@@ -25,8 +25,7 @@ from sandboxd.reconciler.result import DONE, Requeue, Result
 from sandboxd.routebook import RouteBook
 from sandboxd.runtime.base import Runtime
 from sandboxd.runtime.errors import PermanentError, ReconcileError, TemporaryError
-from sandboxd.store.clock import utcnow
-from sandboxd.store.repository import Event, Store
+from sandboxd.store.repository import Store
 from sandboxd.store.tables import SandboxRow
 
 log = logging.getLogger(__name__)
@@ -110,10 +109,10 @@ class Reconciler:
         """Reap expired sandboxes and collect runtime orphans; converge every sandbox that is
         not settled (all of them when `full`). A settled sandbox — Ready or Failed — is
         otherwise kicked by the runtime when one of its forks changes."""
-        expired = await asyncio.to_thread(self._store.expire_due, now=utcnow())
+        expired = await self._store.expire_due(now=utcnow())
         self._metrics.expired.inc(len(expired))
         phases = [*LIVE, Phase.TERMINATING]
-        rows = await asyncio.to_thread(self._store.sandboxes, phases=phases)
+        rows = await self._store.sandboxes(phases=phases)
         self._routes.reload(rows)
         self._metrics.routes.set(self._routes.table.sandboxes)
         for phase in Phase:
@@ -168,10 +167,10 @@ class Reconciler:
 
     async def reconcile(self, name: str) -> Result:
         """Converge one sandbox; when it should run again."""
-        row = await asyncio.to_thread(self._store.get, name)
+        row = await self._store.get(name)
         if row is not None and row.phase in LIVE and row.expires_at <= utcnow():
-            await asyncio.to_thread(self._store.expire_due, now=utcnow())
-            row = await asyncio.to_thread(self._store.get, name)
+            await self._store.expire_due(now=utcnow())
+            row = await self._store.get(name)
         if row is None or row.phase == Phase.DELETED:
             return await self._collect_orphan(name, row)
         if row.phase == Phase.TERMINATING:
@@ -188,14 +187,14 @@ class Reconciler:
     async def _converge(self, row: SandboxRow) -> Result:
         try:
             plan = plan_sandbox(
-                SandboxSpec.model_validate(row.spec),
+                row.spec,
                 uid=row.uid,
                 routing_key=row.routing_key,
                 catalog=self._catalog,
                 router_host=self._config.router_host,
                 workdir=self._config.workdir,
                 runtime=self._runtime.kind,
-                expires_at=_rfc3339(row.expires_at),
+                expires_at=rfc3339(row.expires_at, timespec="seconds"),
             )
         except (PlanError, ValueError) as e:
             raise PermanentError("InvalidSpec", str(e)) from e
@@ -216,7 +215,7 @@ class Reconciler:
             return Requeue(draining)
         if not await self._runtime.stop(row.name):
             return Requeue(1.0)
-        stopped = [{**f, "phase": "Stopped", "ready": False} for f in row.forks]
+        stopped = [f.stopped() for f in row.forks]
         event = Event("Deleted", "all forks stopped; the sandbox is gone")
         message = f"deleted ({row.reason or 'requested'})"
         await self._write(row, Phase.DELETED, row.reason, message, stopped, [event], announce=False)
@@ -231,7 +230,7 @@ class Reconciler:
             log.warning("removing what the runtime holds for %s, which has no live sandbox", name)
             if row is not None:
                 event = Event("OrphanRemoved", f"removing leftover {self._runtime.kind} resources")
-                await asyncio.to_thread(self._store.record, row, event)
+                await self._store.record(row, event)
         if not await self._runtime.stop(name):
             return Requeue(1.0)
         self._collecting.discard(name)
@@ -243,7 +242,7 @@ class Reconciler:
         phase: Phase,
         reason: str | None,
         message: str | None,
-        forks: list[dict[str, object]],
+        forks: list[ForkRecord],
         events: list[Event],
         *,
         announce: bool = True,
@@ -262,8 +261,7 @@ class Reconciler:
             self._metrics.transitions.labels(phase.value).inc()
             if announce:
                 events = [*events, Event(reason or phase.value, message or "", _event_type(phase))]
-        updated = await asyncio.to_thread(
-            self._store.set_status,
+        updated = await self._store.set_status(
             row.name,
             uid=row.uid,
             phase=phase,
@@ -276,10 +274,5 @@ class Reconciler:
             self._routes.update([updated])
 
 
-def _rfc3339(moment: datetime) -> str:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _event_type(phase: Phase) -> str:
+def _event_type(phase: Phase) -> EventType:
     return "Warning" if phase == Phase.FAILED else "Normal"

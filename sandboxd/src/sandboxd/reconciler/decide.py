@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sandboxd.core.phases import Phase
-from sandboxd.runtime.base import ForkState, ForkStatus
-from sandboxd.store.repository import Event
+from sandboxd.core.phases import ForkState, Phase
+from sandboxd.core.records import Event, ForkRecord
+from sandboxd.runtime.base import ForkStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,37 +43,36 @@ def verdict(forks: Sequence[ForkStatus], *, now: float, health_timeout: float) -
     return Verdict(Phase.READY, "ForksReady", f"all {len(forks)} forks are ready")
 
 
-def fork_record(fork: ForkStatus) -> dict[str, Any]:
-    """A fork's status as the API shows it (camelCase) and the store keeps it."""
+def fork_record(fork: ForkStatus) -> ForkRecord:
+    """What the store keeps (and the API shows) of a fork the runtime observes."""
     started = None
     if fork.started_at is not None:
-        started = datetime.fromtimestamp(fork.started_at, UTC).isoformat(timespec="milliseconds")
-        started = started.replace("+00:00", "Z")
-    return {
-        "service": fork.service,
-        "phase": fork.state.value,
-        "ready": fork.state == ForkState.READY,
-        "upstream": fork.upstream,
-        "pid": fork.pid,
-        "message": fork.message,
-        "startedAt": started,
-    }
+        started = datetime.fromtimestamp(fork.started_at, UTC)
+    return ForkRecord(
+        service=fork.service,
+        phase=fork.state,
+        ready=fork.state == ForkState.READY,
+        upstream=fork.upstream,
+        pid=fork.pid,
+        message=fork.message,
+        started_at=started,
+    )
 
 
-def fork_events(before: Sequence[dict[str, Any]], after: Sequence[ForkStatus]) -> list[Event]:
-    old = {f["service"]: f for f in before}
+def fork_events(before: Sequence[ForkRecord], after: Sequence[ForkStatus]) -> list[Event]:
+    old = {f.service: f for f in before}
     events = []
     for fork in after:
         prior = old.get(fork.service)
-        if prior is None or prior.get("pid") != fork.pid:
+        if prior is None or prior.pid != fork.pid:
             verb = "adopted" if fork.adopted else "started"
             where = f"pid {fork.pid}, {fork.upstream}" if fork.pid else fork.upstream
             events.append(Event(f"Fork{verb.title()}", f"fork {fork.service} {verb} ({where})"))
             prior = None
-        was = prior.get("phase") if prior else None
-        if fork.state.value != was and fork.state == ForkState.READY:
+        was = prior.phase if prior else None
+        if fork.state != was and fork.state == ForkState.READY:
             events.append(Event("ForkReady", f"fork {fork.service} is ready"))
-        if fork.state.value != was and fork.state == ForkState.EXITED:
+        if fork.state != was and fork.state == ForkState.EXITED:
             reason = fork.reason or "ForkExited"
             events.append(Event(reason, f"fork {fork.service}: {fork.message}", "Warning"))
     return events

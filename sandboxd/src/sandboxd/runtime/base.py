@@ -8,18 +8,13 @@ nothing of its parts. A runtime's failures are the `errors` module's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import ClassVar, Protocol
 
 from sandboxd.core.catalog import Catalog
+from sandboxd.core.phases import ForkState
 from sandboxd.core.plan import RuntimeKind, SandboxPlan
 
-
-class ForkState(StrEnum):
-    STARTING = "Starting"
-    READY = "Ready"
-    EXITED = "Exited"
-    STOPPED = "Stopped"
+__all__ = ["ForkState", "ForkStatus", "LogChunk", "Opened", "Runtime"]
 
 
 @dataclass(frozen=True, slots=True)

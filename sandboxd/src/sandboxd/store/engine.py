@@ -23,10 +23,6 @@ READ_ONLY = "sandboxd_read_only"
 never waits for writers)."""
 
 
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{data_dir / 'sandboxd.db'}"
-
-
 def make_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() == "sqlite":
         return _sqlite_engine(url)

@@ -13,22 +13,25 @@ The reaper's sweep forgets keys older than that, so keys cannot pile up without 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, delete, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
+from sandboxd.core.clock import rfc3339, utcnow
 from sandboxd.core.naming import new_routing_key
 from sandboxd.core.phases import LIVE, Phase
+from sandboxd.core.records import Event, ForkRecord
+from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
-from sandboxd.store.clock import rfc3339, utcnow
-from sandboxd.store.engine import READ_ONLY
+from sandboxd.store.engine import READ_ONLY, migrate
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
@@ -39,16 +42,22 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    reason: str
-    message: str
-    type: str = "Normal"
+def _off_loop(
+    method: Callable[Concatenate[Store, P], T],
+) -> Callable[Concatenate[Store, P], Coroutine[Any, Any, T]]:
+    """A blocking store method as a coroutine that runs it in a thread: callers await it and
+    the event loop never waits on the database."""
+
+    @functools.wraps(method)
+    async def call(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(method, store, *args, **kwargs)
+
+    return call
 
 
 @dataclass(frozen=True, slots=True)
 class NewSandbox:
-    spec: dict[str, Any]
+    spec: SandboxSpec
     labels: dict[str, str]
     ttl_seconds: int
     request_hash: str
@@ -56,14 +65,11 @@ class NewSandbox:
 
 
 class Store:
+    """Every public method is a coroutine; the blocking work runs in a thread."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
-
-    @staticmethod
-    async def run(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call a store function from async code without blocking the event loop."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
 
     @contextmanager
     def _tx(self, *, read_only: bool = False) -> Iterator[Session]:
@@ -74,11 +80,18 @@ class Store:
         except OperationalError as e:
             raise Unavailable(f"the database is unavailable: {e.orig}") from e
 
+    @_off_loop
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (a no-op when it is there)."""
+        migrate(self.engine)
+
+    @_off_loop
     def ping(self) -> None:
         with self._tx(read_only=True) as session:
             session.execute(text("SELECT 1"))
 
     # tokens ------------------------------------------------------------------------------
+    @_off_loop
     def put_token(self, *, name: str, token_hash: str) -> None:
         with self._tx() as session:
             row = session.get(TokenRow, name)
@@ -88,11 +101,13 @@ class Store:
                 row.token_hash = token_hash
                 row.created_at = utcnow()
 
+    @_off_loop
     def token_hashes(self) -> set[str]:
         with self._tx(read_only=True) as session:
             return set(session.exec(select(TokenRow.token_hash)).all())
 
     # sandboxes ---------------------------------------------------------------------------
+    @_off_loop
     def create(self, new: NewSandbox) -> tuple[SandboxRow, bool]:
         """The sandbox named in `new.spec`, and whether this call created it."""
         for _ in range(5):
@@ -103,7 +118,7 @@ class Store:
         raise Conflict("the sandbox is being created concurrently; retry")
 
     def _create_once(self, new: NewSandbox) -> tuple[SandboxRow, bool]:
-        name = new.spec["name"]
+        name = new.spec.name
         with self._tx() as session:
             if new.idempotency_key is not None:
                 replay = self._replay(session, new)
@@ -113,7 +128,7 @@ class Store:
                 select(SandboxRow).where(SandboxRow.name == name).with_for_update()
             ).first()
             if row is not None and row.phase != Phase.DELETED:
-                if row.spec != new.spec:
+                if row.spec.canonical() != new.spec.canonical():
                     raise Conflict(
                         f"sandbox {name!r} exists with another spec; delete it first or use "
                         "another name",
@@ -183,26 +198,39 @@ class Store:
             )
         return row
 
+    @_off_loop
     def get(self, name: str) -> SandboxRow | None:
         with self._tx(read_only=True) as session:
             return session.get(SandboxRow, name)
 
+    @_off_loop
     def sandboxes(self, *, phases: Sequence[Phase] | None = None) -> list[SandboxRow]:
         wanted = [p.value for p in (phases if phases is not None else LIVE)]
         with self._tx(read_only=True) as session:
             query = select(SandboxRow).where(col(SandboxRow.phase).in_(wanted))
             return list(session.exec(query.order_by(SandboxRow.name)).all())
 
+    @_off_loop
     def update(
-        self, name: str, *, changes: dict[str, Any], event: Event | None = None
+        self,
+        name: str,
+        *,
+        spec: SandboxSpec,
+        labels: dict[str, str] | None = None,
+        expires_at: datetime | None = None,
+        event: Event | None = None,
     ) -> SandboxRow | None:
-        """Apply a user change (PATCH) to a live sandbox; None when there is none."""
+        """Apply a user change (PATCH) to a live sandbox: its new spec, and the labels and
+        expiry when they change. None when there is no live sandbox of that name."""
         with self._tx() as session:
             row = session.get(SandboxRow, name, with_for_update=True)
             if row is None or row.phase not in LIVE:
                 return None
-            for key, value in changes.items():
-                setattr(row, key, value)
+            row.spec = spec
+            if labels is not None:
+                row.labels = labels
+            if expires_at is not None:
+                row.expires_at = expires_at
             row.generation += 1
             row.updated_at = utcnow()
             if event is not None:
@@ -210,6 +238,7 @@ class Store:
                 self._drop_repeats(session, row, reason=event.reason)
             return row
 
+    @_off_loop
     def request_delete(self, name: str, *, event: Event) -> SandboxRow | None:
         """Mark a sandbox Terminating (idempotent). None only when the name was never seen."""
         with self._tx() as session:
@@ -220,6 +249,7 @@ class Store:
                 self._transition(session, row, Phase.TERMINATING, event)
             return row
 
+    @_off_loop
     def expire_due(self, *, now: datetime) -> list[str]:
         """Mark every live sandbox whose TTL has passed as Terminating; the names marked."""
         live = [p.value for p in LIVE]
@@ -236,6 +266,7 @@ class Store:
             session.execute(delete(IdempotencyRow).where(stale))
             return [row.name for row in rows]
 
+    @_off_loop
     def set_status(
         self,
         name: str,
@@ -244,7 +275,7 @@ class Store:
         phase: Phase,
         reason: str | None,
         message: str | None,
-        forks: list[dict[str, Any]],
+        forks: list[ForkRecord],
         events: Sequence[Event] = (),
     ) -> SandboxRow | None:
         """The reconciler's write. Refused (None) when the row is no longer that `uid` or a
@@ -271,11 +302,13 @@ class Store:
                 self._event(session, row, event)
             return row
 
+    @_off_loop
     def events(self, name: str, *, uid: str) -> list[EventRow]:
         with self._tx(read_only=True) as session:
             query = select(EventRow).where(EventRow.sandbox == name, EventRow.uid == uid)
             return list(session.exec(query.order_by(col(EventRow.id))).all())
 
+    @_off_loop
     def record(self, row: SandboxRow, event: Event) -> None:
         with self._tx() as session:
             self._event(session, row, event)

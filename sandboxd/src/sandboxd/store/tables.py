@@ -1,12 +1,15 @@
-"""The tables. Times are naive UTC (SQLite keeps no zone); `sandboxd.store.clock` converts."""
+"""The tables. Times are naive UTC (SQLite keeps no zone); `sandboxd.core.clock` converts."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
+
+from sandboxd.core.records import ForkRecord
+from sandboxd.core.spec import SandboxSpec
+from sandboxd.store.columns import TypedJSON
 
 
 class SandboxRow(SQLModel, table=True):
@@ -18,12 +21,14 @@ class SandboxRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=40)
     uid: str = Field(max_length=32)
     routing_key: str = Field(max_length=64, unique=True)
-    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    spec: SandboxSpec = Field(
+        sa_column=Column(TypedJSON(SandboxSpec, exclude_none=True), nullable=False)
+    )
     labels: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
     phase: str = Field(max_length=16, index=True)
     reason: str | None = Field(default=None, max_length=64)
     message: str | None = Field(default=None, max_length=2048)
-    forks: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    forks: list[ForkRecord] = Field(sa_column=Column(TypedJSON(list[ForkRecord]), nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
     expires_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
