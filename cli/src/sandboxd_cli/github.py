@@ -17,6 +17,10 @@ from typing import Any
 
 from sandboxd_cli.errors import BadInput
 
+REPO_LABEL = "github.repo"
+PR_LABEL = "github.pr"
+SHA_LABEL = "github.sha"
+
 
 @dataclass(frozen=True)
 class Defaults:
@@ -57,9 +61,9 @@ def defaults(env: Mapping[str, str]) -> Defaults:
     event_path = env.get("GITHUB_EVENT_PATH")
     number = pr_number(load_event(Path(event_path))) if event_path else None
     labels = {
-        "github.repo": env.get("GITHUB_REPOSITORY", ""),
-        "github.pr": str(number) if number is not None else "",
-        "github.sha": env.get("GITHUB_SHA", ""),
+        REPO_LABEL: env.get("GITHUB_REPOSITORY", ""),
+        PR_LABEL: str(number) if number is not None else "",
+        SHA_LABEL: env.get("GITHUB_SHA", ""),
     }
     return Defaults(
         name=f"pr-{number}" if number is not None else None,

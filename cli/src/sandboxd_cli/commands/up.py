@@ -24,8 +24,9 @@ SETTLED = frozenset({"Ready", "Failed", "Terminating", "Deleted"})
 
 EPILOG = (
     "Flags given with -f override the file (name, ttl) or extend it (labels, forks, env). "
-    "In GitHub Actions the name defaults to pr-<number> and the labels github.repo, github.pr "
-    "and github.sha are added (explicit labels win).\n\n" + EXIT_CODES_HELP
+    "In GitHub Actions the name defaults to pr-<number> and the labels "
+    f"{github.REPO_LABEL}, {github.PR_LABEL} and {github.SHA_LABEL} are added (explicit labels "
+    "win).\n\n" + EXIT_CODES_HELP
 )
 
 

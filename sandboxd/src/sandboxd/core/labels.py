@@ -12,6 +12,8 @@ import re
 
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")
+PROMPT_VERSION_LABEL = "sandboxd.dev/prompt-version"
+MODEL_VERSION_LABEL = "sandboxd.dev/model-version"
 TOOL_LABEL_PREFIX = "sandboxd.dev/tool."
 TOOL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,43}[A-Za-z0-9])?$")  # prefix + 45 = 63
 MAX_LABELS = 64

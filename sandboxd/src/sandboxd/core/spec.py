@@ -31,6 +31,8 @@ from sandboxd.core.labels import (
     LABEL_VALUE,
     MAX_LABEL_VALUE,
     MAX_LABELS,
+    MODEL_VERSION_LABEL,
+    PROMPT_VERSION_LABEL,
     TOOL_LABEL_PREFIX,
     TOOL_NAME,
     agent_value,
@@ -345,9 +347,9 @@ def agent_labels(agent: AgentVersion | None) -> dict[str, str]:
         return {}
     labels: dict[str, str] = {}
     if agent.prompt_version:
-        labels["sandboxd.dev/prompt-version"] = agent.prompt_version
+        labels[PROMPT_VERSION_LABEL] = agent.prompt_version
     if agent.model_version:
-        labels["sandboxd.dev/model-version"] = agent.model_version
+        labels[MODEL_VERSION_LABEL] = agent.model_version
     for tool, version in agent.tools.items():
         labels[f"{TOOL_LABEL_PREFIX}{tool}"] = version
     return labels

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from sandboxd.core.catalog import Catalog, Service
 from sandboxd.core.errors import describe, one_line
+from sandboxd.runtime.kubernetes.render import SANDBOX, SERVICE
 
-SERVICE_LABEL = "sandboxd.dev/service"
 # forks' own Services carry the service label too, and also the sandbox's: those are not baselines
-SELECTOR = f"{SERVICE_LABEL},!sandboxd.dev/sandbox"
+SELECTOR = f"{SERVICE},!{SANDBOX}"
 _ANNOTATION = "sandboxd.dev/"
 
 
@@ -65,7 +65,7 @@ def _service(obj: dict[str, Any]) -> Service:
     router_port = notes.get(_ANNOTATION + "router-port")
     return Service.model_validate(
         {
-            "name": meta["labels"][SERVICE_LABEL],
+            "name": meta["labels"][SERVICE],
             "protocol": notes.get(_ANNOTATION + "protocol", "http"),
             "routerPort": int(router_port) if router_port else None,
             "baseline": {"url": f"http://{name}.{namespace}.svc.cluster.local:{port}"},

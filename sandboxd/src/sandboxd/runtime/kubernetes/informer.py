@@ -19,7 +19,7 @@ from sandboxd.runtime.kubernetes.errors import Gone, KubeError
 
 log = logging.getLogger(__name__)
 PATH = "/apis/apps/v1/deployments"
-SELECTOR = f"app.kubernetes.io/managed-by=sandboxd,{render.SANDBOX}"
+SELECTOR = f"{render.MANAGED},{render.SANDBOX}"
 RETRY = 1.0  # seconds between attempts while the API cannot be reached
 
 

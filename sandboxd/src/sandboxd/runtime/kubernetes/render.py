@@ -12,9 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.core.labels import MODEL_VERSION_LABEL, PROMPT_VERSION_LABEL
 from sandboxd.core.spec import AgentVersion, ForkSpec
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "sandboxd"}
+MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
+MANAGED_BY = {MANAGED_BY_KEY: "sandboxd"}
+MANAGED = f"{MANAGED_BY_KEY}=sandboxd"  # the selector of everything sandboxd made
 SANDBOX = "sandboxd.dev/sandbox"
 SERVICE = "sandboxd.dev/service"
 EXPIRES = "sandboxd.dev/expires-at"
@@ -232,9 +235,9 @@ def _version_labels(agent: AgentVersion | None) -> dict[str, str]:
         return {}
     out = {}
     if agent.prompt_version:
-        out["sandboxd.dev/prompt-version"] = label_value(agent.prompt_version)
+        out[PROMPT_VERSION_LABEL] = label_value(agent.prompt_version)
     if agent.model_version:
-        out["sandboxd.dev/model-version"] = label_value(agent.model_version)
+        out[MODEL_VERSION_LABEL] = label_value(agent.model_version)
     return out
 
 

@@ -37,7 +37,7 @@ from sandboxd.runtime.kubernetes.errors import (
 from sandboxd.runtime.kubernetes.informer import DeploymentInformer
 
 log = logging.getLogger(__name__)
-MANAGED = "app.kubernetes.io/managed-by=sandboxd"
+MANAGED = render.MANAGED
 BASELINE_TTL = 5.0  # seconds a baseline Deployment and Service are reused before a fresh read
 REPLICA_FAILURE_GRACE = 15.0  # the ReplicaSet controller retries; fail only if it persists
 UID = "sandboxd.dev/uid"
