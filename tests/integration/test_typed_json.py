@@ -73,6 +73,7 @@ def test_the_json_is_camel_case_a_spec_without_nulls_a_fork_with_all_its_fields(
     )
 
 
+@pytest.mark.filterwarnings("ignore")  # refused as in production, not by pytest's warning filter
 def test_a_dict_is_refused_and_nothing_is_stored(engine: Engine) -> None:
     with pytest.raises(StatementError, match="Expected `SandboxSpec`"), engine.begin() as conn:
         conn.execute(insert(RECORDS).values(id=1, spec={"name": "pr-1"}, forks=[]))
