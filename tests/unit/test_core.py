@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -292,15 +294,18 @@ def test_route_table_is_keyed_by_routing_key_with_a_content_etag() -> None:
 
 
 def test_route_table_gives_a_sandboxs_faults_in_their_wire_form() -> None:
-    """As the spec stores them: camelCase, unset fields left out."""
+    """As the spec stores them: camelCase, unset fields left out, and always an id."""
     fault = FaultSpec.model_validate({"service": "echo", "kind": "latency", "latencyMs": 5})
     table = build_route_table(
         catalog=parse_catalog(CATALOG, source="t"),
         sandboxes=[RoutedSandbox("pr-1", "key1", {}, (fault,))],
     )
-    assert b'"faults":[{"service":"echo","kind":"latency","latencyMs":5,"probability":1.0}]' in (
-        table.body
-    )
+    faults = json.loads(table.body)["routes"]["key1"]["faults"]
+    assert faults == [
+        {"id": faults[0]["id"], "service": "echo", "kind": "latency", "latencyMs": 5,
+         "probability": 1.0}
+    ]  # fmt: skip
+    assert re.fullmatch(r"f-[0-9a-f]{8}", faults[0]["id"])
 
 
 @pytest.mark.parametrize(

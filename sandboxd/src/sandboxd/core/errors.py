@@ -26,7 +26,10 @@ def describe(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     for error in errors:
         message = str(error.get("msg", "invalid"))
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        out.append({"field": field_path(error.get("loc", ())), "problem": message})
+        # A model's own check can name a field below it (`sandboxd.core.faults.problem`).
+        below = (error.get("ctx") or {}).get("at", ())
+        loc = (*error.get("loc", ()), *below)
+        out.append({"field": field_path(loc), "problem": message})
     return out
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sandboxd.core.catalog import Catalog
+from sandboxd.core.faults import with_ids
 from sandboxd.core.spec import FaultSpec
 
 
@@ -45,7 +46,9 @@ def build_route_table(*, catalog: Catalog, sandboxes: Iterable[RoutedSandbox]) -
         sb.routing_key: {
             "sandbox": sb.name,
             "forks": dict(sorted(sb.forks.items())),
-            "faults": [fault.as_json() for fault in sb.faults],
+            # The wire form every router reads: in list order, camelCase, unset keys absent,
+            # and always an id (a spec gives them; `with_ids` covers a hand-made entry).
+            "faults": [fault.as_json() for fault in with_ids(list(sb.faults))],
         }
         for sb in sorted(sandboxes, key=lambda s: s.routing_key)
     }
