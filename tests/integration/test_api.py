@@ -279,11 +279,16 @@ def test_patch_extends_ttl_up_to_the_cap_and_merges_labels(client: httpx.Client)
     assert labels["expiresAt"] == extended.json()["expiresAt"]
     faults = [{"service": "echo", "kind": "latency", "latencyMs": 250}]
     patched = client.patch(f"/v1/sandboxes/{name}", json={"faults": faults}).json()
+    fault_id = patched["faults"][0]["id"]
     assert patched["faults"] == [
-        {"service": "echo", "kind": "latency", "latencyMs": 250, "probability": 1.0}
-    ]
+        {"id": fault_id, "service": "echo", "kind": "latency", "latencyMs": 250,
+         "probability": 1.0, "matched": 0, "injected": 0}
+    ]  # fmt: skip
     route = client.get("/v1/routes").json()["routes"][created["routingKey"]]
-    assert route["faults"] == patched["faults"]
+    assert route["faults"] == patched["spec"]["faults"]
+    assert route["faults"] == [
+        {k: v for k, v in patched["faults"][0].items() if k not in ("matched", "injected")}
+    ]
     assert client.patch(f"/v1/sandboxes/{name}", json={}).status_code == 422
     assert client.patch(f"/v1/sandboxes/{unique('ghost')}", json={"ttl": "1h"}).status_code == 404
     client.delete(f"/v1/sandboxes/{name}")

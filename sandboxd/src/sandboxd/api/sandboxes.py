@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -17,10 +18,11 @@ from sandboxd.api.views import event_view, sandbox_view
 from sandboxd.core.clock import utcnow
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
+from sandboxd.core.faults import catalog_problems, changes
 from sandboxd.core.labels import MAX_LABELS
 from sandboxd.core.plan import PlanError, check_forks
 from sandboxd.core.records import Event
-from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
+from sandboxd.core.spec import FaultSpec, SandboxPatch, SandboxSpec, agent_labels
 from sandboxd.errors import Conflict, InvalidRequest, NotFound
 from sandboxd.store.repository import NewSandbox
 from sandboxd.store.tables import SandboxRow
@@ -93,6 +95,7 @@ async def create_sandbox(
         check_forks(spec, state.catalog, runtime=state.settings.runtime)
     except PlanError as e:
         raise InvalidRequest(str(e), error="unknown_service") from e
+    _check_faults(state, spec.faults)
     spec = spec.model_copy(update={"ttl": format_duration(ttl)})
     canonical = json.dumps(spec.canonical(), sort_keys=True)
     request_hash = hashlib.sha256(canonical.encode()).hexdigest()
@@ -102,6 +105,7 @@ async def create_sandbox(
         ttl_seconds=ttl,
         request_hash=request_hash,
         idempotency_key=idempotency_key,
+        events=_faults_changed([], spec.faults),
     )
     row, created = await state.store.create(new)
     if created:
@@ -155,7 +159,7 @@ async def patch_sandbox(
         spec=change.spec,
         labels=change.labels,
         expires_at=change.expires_at,
-        event=Event("Updated", "; ".join(change.what)),
+        events=[Event("Updated", "; ".join(change.what)), *change.events],
     )
     if updated is None:
         raise Conflict(f"sandbox {name!r} is {row.phase.lower()}; it cannot change", sandbox=name)
@@ -170,6 +174,7 @@ class _Change:
     labels: dict[str, str] | None  # None: unchanged
     expires_at: datetime | None  # None: unchanged
     what: list[str]
+    events: tuple[Event, ...] = ()  # besides `Updated`
 
 
 def _change(state: AppState, row: SandboxRow, patch: SandboxPatch) -> _Change:
@@ -188,9 +193,25 @@ def _change(state: AppState, row: SandboxRow, patch: SandboxPatch) -> _Change:
         change.labels = {**change.spec.labels, **agent_labels(change.spec.agent)}
         change.what.append("labels changed")
     if patch.faults is not None:
+        _check_faults(state, patch.faults)
+        change.events = _faults_changed(change.spec.faults, patch.faults)
         change.spec = change.spec.model_copy(update={"faults": list(patch.faults)})
         change.what.append(f"{len(patch.faults)} faults set")
     return change
+
+
+def _check_faults(state: AppState, faults: Sequence[FaultSpec]) -> None:
+    """What the model cannot know: the catalog's services and their protocols. A 422 in the
+    shape of a validation error (`problems`, one per field), before anything is stored."""
+    protocols = {s.name: s.protocol for s in state.catalog.services}
+    problems = catalog_problems(faults, protocols=protocols)
+    if problems:
+        raise InvalidRequest(one_line(problems), error="invalid_request", problems=problems)
+
+
+def _faults_changed(old: Sequence[FaultSpec], new: Sequence[FaultSpec]) -> tuple[Event, ...]:
+    said = changes(old, new)
+    return () if said is None else (Event("FaultsChanged", said),)
 
 
 @router.delete(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sandboxd.api.schemas import EventOut, SandboxOut
 from sandboxd.core.clock import rfc3339
 from sandboxd.core.naming import baggage_member
 from sandboxd.core.phases import Phase
+from sandboxd.core.spec import FaultSpec
 from sandboxd.store.tables import EventRow, SandboxRow
 
 
@@ -28,12 +31,18 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
         deleted_at=rfc3339(row.deleted_at) if row.deleted_at else None,
         ttl_seconds=_ttl_seconds(row),
         forks=row.forks,
-        faults=[fault.as_json() for fault in row.spec.faults],
+        faults=[fault_view(fault) for fault in row.spec.faults],
         links={
             "self": self_url,
             "events": f"{self_url}/events",
         },
     )
+
+
+def fault_view(fault: FaultSpec) -> dict[str, Any]:
+    """A fault as stored, with its counts. The counts stay 0 until the routers report them
+    (the counts channel is not built yet): 0 is what the control plane knows, not a guess."""
+    return {**fault.as_json(), "matched": 0, "injected": 0}
 
 
 def event_view(row: EventRow) -> EventOut:

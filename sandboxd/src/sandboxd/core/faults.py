@@ -196,3 +196,21 @@ def _misfits(fault: FaultSpec, protocol: str) -> list[tuple[str, str]]:
                 (field, f"{field} matches {other} requests; {fault.service} is {protocol}")
             )
     return misfits
+
+
+def changes(old: Sequence[FaultSpec], new: Sequence[FaultSpec]) -> str | None:
+    """What a change of the list did, by id (`added a, b; removed c; changed d`), for the
+    `FaultsChanged` event; None when the list is the same."""
+    if list(old) == list(new):
+        return None
+    before, after = {f.id: f for f in old}, {f.id: f for f in new}
+    parts = [
+        (verb, [str(i) for i in ids])
+        for verb, ids in (
+            ("added", [i for i in after if i not in before]),
+            ("removed", [i for i in before if i not in after]),
+            ("changed", [i for i in after if i in before and after[i] != before[i]]),
+        )
+    ]
+    said = "; ".join(f"{verb} {', '.join(ids)}" for verb, ids in parts if ids)
+    return f"faults {said}" if said else "faults reordered"

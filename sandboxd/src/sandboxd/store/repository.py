@@ -36,7 +36,8 @@ from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 MAX_REPEATED_EVENTS = 100
-"""Events of one kind a client can repeat at will (a PATCH records `Updated`) kept per sandbox:
+"""Events of one kind a client can repeat at will (a PATCH records `Updated`, `FaultsChanged`)
+kept per sandbox:
 the newest; older ones are dropped so the event log and its table stay bounded."""
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -62,6 +63,8 @@ class NewSandbox:
     ttl_seconds: int
     request_hash: str
     idempotency_key: str | None = None
+    events: tuple[Event, ...] = ()
+    """Recorded after `Created`, in the same transaction (such as `FaultsChanged`)."""
 
 
 class Store:
@@ -173,6 +176,8 @@ class Store:
             self._event(
                 session, row, Event("Created", f"created; expires at {rfc3339(expires_at)}")
             )
+            for event in new.events:
+                self._event(session, row, event)
             session.flush()
             return row, True
 
@@ -218,7 +223,7 @@ class Store:
         spec: SandboxSpec,
         labels: dict[str, str] | None = None,
         expires_at: datetime | None = None,
-        event: Event | None = None,
+        events: Sequence[Event] = (),
     ) -> SandboxRow | None:
         """Apply a user change (PATCH) to a live sandbox: its new spec, and the labels and
         expiry when they change. None when there is no live sandbox of that name."""
@@ -233,7 +238,7 @@ class Store:
                 row.expires_at = expires_at
             row.generation += 1
             row.updated_at = utcnow()
-            if event is not None:
+            for event in events:
                 self._event(session, row, event)
                 self._drop_repeats(session, row, reason=event.reason)
             return row
