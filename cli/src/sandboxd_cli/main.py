@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sandboxd_cli.commands import down, logs, sandboxes, up
+from sandboxd_cli.commands import down, faults, logs, sandboxes, up
 from sandboxd_cli.config import DEFAULT_URL
 from sandboxd_cli.errors import EXIT_CODES_HELP
 from sandboxd_cli.options import Globals, OutputOption, show
@@ -25,6 +25,7 @@ app.add_typer(up.app)
 app.add_typer(down.app)
 app.add_typer(sandboxes.app)
 app.add_typer(logs.app)
+app.add_typer(faults.app)
 
 
 @app.callback()

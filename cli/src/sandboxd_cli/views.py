@@ -143,3 +143,39 @@ def summary(sandbox: Json, *, services: Json | None, now: datetime) -> str:
     if url:
         lines += ["", "Try it:", f"curl -H 'baggage: {baggage}' {url}"]
     return "\n".join(lines)
+
+
+def stored_faults(sandbox: Json) -> list[dict[str, Any]]:
+    """The faults as the spec stores them (no counts): what a PATCH of the list sends back."""
+    spec = sandbox.get("spec")
+    faults = spec.get("faults") if isinstance(spec, Mapping) else None
+    return [dict(f) for f in faults if isinstance(f, Mapping)] if isinstance(faults, list) else []
+
+
+_MATCHERS = ("tool", "method", "path", "httpMethod")
+_SCHEDULE = ("probability", "seed", "nth", "after", "times")
+
+
+def fault_table(items: Sequence[Json]) -> str:
+    """One row per fault, in the order they apply."""
+    rows = [
+        [
+            text(item.get("id")),
+            text(item.get("service")),
+            text(item.get("kind")),
+            _pairs(item, _MATCHERS) or "any request",
+            _pairs(item, _SCHEDULE, skip={"probability": 1.0}) or "always",
+            text(item.get("matched")),
+            text(item.get("injected")),
+        ]
+        for item in items
+    ]
+    if not rows:
+        return "(no faults)"
+    headers = ["ID", "SERVICE", "KIND", "MATCH", "SCHEDULE", "MATCHED", "INJECTED"]
+    return table(headers, rows)
+
+
+def _pairs(item: Json, keys: Sequence[str], *, skip: Mapping[str, object] = {}) -> str:
+    shown = [(k, item.get(k)) for k in keys if item.get(k) is not None]
+    return " ".join(f"{k}={text(v)}" for k, v in shown if skip.get(k) != v)
