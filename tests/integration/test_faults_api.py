@@ -157,3 +157,29 @@ def test_a_sandbox_without_faults_records_no_faults_event(client: httpx.Client) 
     client.post("/v1/sandboxes", json={"name": name})
     assert reasons(client, name) == []
     client.delete(f"/v1/sandboxes/{name}")
+
+
+def test_a_patch_with_a_stale_generation_is_refused_and_changes_nothing(
+    client: httpx.Client,
+) -> None:
+    """A read-modify-write of the list (what `sandbox fault add` does) cannot lose a change
+    someone else made between its read and its write."""
+    name = unique("stale")
+    read = client.post("/v1/sandboxes", json={"name": name}).json()
+    mine = {"service": "tools", "kind": "reset", "id": "mine"}
+    theirs = {"service": "echo", "kind": "malformed", "id": "theirs"}
+    first = client.patch(
+        f"/v1/sandboxes/{name}", json={"faults": [theirs], "generation": read["generation"]}
+    )
+    assert first.status_code == 200 and first.json()["generation"] == read["generation"] + 1
+    before = stored(client, name)
+
+    late = client.patch(
+        f"/v1/sandboxes/{name}", json={"faults": [mine], "generation": read["generation"]}
+    )
+
+    assert late.status_code == 409, late.text
+    assert late.json()["error"] == "generation_mismatch"
+    assert stored(client, name) == before
+    assert [f["id"] for f in before["faults"]] == ["theirs"]
+    client.delete(f"/v1/sandboxes/{name}")

@@ -1,9 +1,9 @@
 """`sandbox fault add`, `list` and `clear`: a sandbox's faults, changed by PATCHing the list.
 
 The API replaces the whole list on a PATCH, so `add` and `clear` read the sandbox, change its
-list and send it back with the faults as stored (with their ids, which therefore stay). Two
-people editing one sandbox's faults at the same moment can lose one change: the API has no
-conditional PATCH yet.
+list and send it back with the faults as stored (with their ids, which therefore stay), on the
+condition that the sandbox's `generation` is still the one read: a change made by someone else
+in between is a 409 (exit 7, "read it again and retry"), never silently overwritten.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def add(
     }  # fmt: skip
     fault = {key: value for key, value in given.items() if value is not None}
     with open_api(ctx) as api:
-        faults = stored_faults(api.get(name))
-        sandbox = api.patch(name, {"faults": [*faults, fault]})
+        current = api.get(name)
+        faults = stored_faults(current)
+        sandbox = api.patch(name, _patch(current, [*faults, fault]))
     if output is not Output.TABLE:
         show(sandbox, output)
         return
@@ -107,14 +108,21 @@ def clear(
 ) -> None:
     """Remove one fault (by id) or all of a sandbox's faults."""
     with open_api(ctx) as api:
-        faults = stored_faults(api.get(name))
+        current = api.get(name)
+        faults = stored_faults(current)
         kept = _without(faults, fault_id, sandbox=name)
-        sandbox = api.patch(name, {"faults": kept})
+        sandbox = api.patch(name, _patch(current, kept))
     if output is not Output.TABLE:
         show(sandbox, output)
         return
     gone = f"fault {fault_id}" if fault_id else f"{len(faults)} faults"
     typer.echo(f"{gone} removed from sandbox {name}")
+
+
+def _patch(current: Json, faults: list[Json]) -> Json:
+    """The new list, applied only if nobody changed the sandbox since `current` was read."""
+    generation = current.get("generation")
+    return {"faults": faults, **({"generation": generation} if generation else {})}
 
 
 def _without(faults: list[Json], fault_id: str | None, *, sandbox: str) -> list[Json]:

@@ -160,6 +160,7 @@ async def patch_sandbox(
         labels=change.labels,
         expires_at=change.expires_at,
         events=[Event("Updated", "; ".join(change.what)), *change.events],
+        generation=patch.generation,
     )
     if updated is None:
         raise Conflict(f"sandbox {name!r} is {row.phase.lower()}; it cannot change", sandbox=name)

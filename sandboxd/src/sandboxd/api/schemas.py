@@ -36,6 +36,7 @@ class SandboxOut(Out):
     expires_at: str
     deleted_at: str | None
     ttl_seconds: int
+    generation: int
     forks: list[ForkRecord]
     faults: list[dict[str, Any]]
     links: dict[str, str]

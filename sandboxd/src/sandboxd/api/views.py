@@ -30,6 +30,7 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
         expires_at=rfc3339(row.expires_at),
         deleted_at=rfc3339(row.deleted_at) if row.deleted_at else None,
         ttl_seconds=_ttl_seconds(row),
+        generation=row.generation,
         forks=row.forks,
         faults=[fault_view(fault) for fault in row.spec.faults],
         links={

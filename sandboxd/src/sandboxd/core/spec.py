@@ -369,12 +369,15 @@ class SandboxSpec(Model):
 class SandboxPatch(Model):
     """`PATCH /v1/sandboxes/{name}`: a new TTL counted from now, label changes, new faults.
 
-    `labels` is a JSON merge patch: a key set to null is removed.
+    `labels` is a JSON merge patch: a key set to null is removed. `generation`, when given, is a
+    precondition: the change applies only while the sandbox's generation (shown by GET, raised
+    by every PATCH) still is that number, so a read-modify-write of the faults loses no update.
     """
 
     ttl: Ttl = None
     labels: Annotated[dict[str, str | None], Field(max_length=MAX_LABELS)] | None = None
     faults: Faults | None = None
+    generation: Annotated[int, Strict(), Field(ge=1, le=2**53)] | None = None
 
     @field_validator("labels")
     @classmethod

@@ -224,13 +224,22 @@ class Store:
         labels: dict[str, str] | None = None,
         expires_at: datetime | None = None,
         events: Sequence[Event] = (),
+        generation: int | None = None,
     ) -> SandboxRow | None:
         """Apply a user change (PATCH) to a live sandbox: its new spec, and the labels and
-        expiry when they change. None when there is no live sandbox of that name."""
+        expiry when they change. None when there is no live sandbox of that name; Conflict
+        when `generation` is given and the row has moved past it."""
         with self._tx() as session:
             row = session.get(SandboxRow, name, with_for_update=True)
             if row is None or row.phase not in LIVE:
                 return None
+            if generation is not None and row.generation != generation:
+                raise Conflict(
+                    f"sandbox {name!r} changed meanwhile (generation {row.generation}, not "
+                    f"{generation}); read it again and retry",
+                    error="generation_mismatch",
+                    sandbox=name,
+                )
             row.spec = spec
             if labels is not None:
                 row.labels = labels
