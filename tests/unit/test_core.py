@@ -14,9 +14,10 @@ from pydantic import ValidationError
 from sandboxd.core.catalog import CatalogError, load_catalog, parse_catalog
 from sandboxd.core.clock import rfc3339
 from sandboxd.core.duration import format_duration, parse_duration
+from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.naming import is_sandbox_name, new_routing_key, service_url_env
 from sandboxd.core.routes import RoutedSandbox, build_route_table
-from sandboxd.core.spec import FaultSpec, SandboxPatch, SandboxSpec, agent_labels
+from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
 
 
 @pytest.mark.parametrize(

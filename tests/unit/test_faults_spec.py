@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandboxd.core.errors import describe
-from sandboxd.core.faults import FaultKind, catalog_problems
+from sandboxd.core.faults import FaultKind, catalog_problems, changes
 from sandboxd.core.spec import SandboxPatch, SandboxSpec
 
 PROTOCOLS = {"echo": "http", "tools": "mcp"}
@@ -142,3 +142,16 @@ def test_the_catalog_refuses_unknown_services_and_the_wrong_protocol(
     spec = SandboxSpec.model_validate({"name": "x", "faults": [GOOD[0], fault]})
     problems = catalog_problems(spec.faults, protocols=PROTOCOLS)
     assert problems[0]["field"] == f"faults[1].{field}"
+
+
+def test_a_change_of_the_list_is_described_by_id() -> None:
+    a, b, c = (
+        SandboxSpec.model_validate({"name": "x", "faults": [f]}).faults[0]
+        for f in (GOOD[3], GOOD[4], GOOD[6])
+    )
+    assert changes([a, b], [a, b]) is None
+    assert changes([a, b], [b, a]) == "faults reordered"
+    assert changes([a], [a, c]) == f"faults added {c.id}"
+    assert changes([a, b], [b.model_copy(update={"nth": 2})]) == (
+        f"faults removed {a.id}; changed {b.id}"
+    )

@@ -18,11 +18,12 @@ from sandboxd.api.views import event_view, sandbox_view
 from sandboxd.core.clock import utcnow
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
+from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.faults import catalog_problems, changes
 from sandboxd.core.labels import MAX_LABELS
 from sandboxd.core.plan import PlanError, check_forks
 from sandboxd.core.records import Event
-from sandboxd.core.spec import FaultSpec, SandboxPatch, SandboxSpec, agent_labels
+from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
 from sandboxd.errors import Conflict, InvalidRequest, NotFound
 from sandboxd.store.repository import NewSandbox
 from sandboxd.store.tables import SandboxRow

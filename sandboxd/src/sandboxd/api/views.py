@@ -6,9 +6,9 @@ from typing import Any
 
 from sandboxd.api.schemas import EventOut, SandboxOut
 from sandboxd.core.clock import rfc3339
+from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.naming import baggage_member
 from sandboxd.core.phases import Phase
-from sandboxd.core.spec import FaultSpec
 from sandboxd.store.tables import EventRow, SandboxRow
 
 

@@ -15,7 +15,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sandboxd.core.documents import DocumentError, load_yaml
 from sandboxd.core.errors import describe, one_line
-from sandboxd.core.spec import DnsLabel, Env, HealthPath, Model
+from sandboxd.core.model import DnsLabel, Model
+from sandboxd.core.spec import Env, HealthPath
 
 MAX_CATALOG_BYTES = 1 << 20
 _BAGGAGE_KEY = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")  # a W3C baggage key (token)

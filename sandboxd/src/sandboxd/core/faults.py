@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
-    from sandboxd.core.spec import FaultSpec
+    from sandboxd.core.fault_spec import FaultSpec
 
 FAULT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 """Letters, digits, `.`, `_` and `-`: a token, so it fits the `sandboxd-fault` header as is."""

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sandboxd.core.catalog import Catalog
+from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.faults import with_ids
-from sandboxd.core.spec import FaultSpec
 
 
 @dataclass(frozen=True, slots=True)

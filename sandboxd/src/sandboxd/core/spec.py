@@ -12,29 +12,17 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     Strict,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from sandboxd.core.duration import PATTERN as DURATION_PATTERN
 from sandboxd.core.duration import format_duration, parse_duration
-from sandboxd.core.faults import (
-    FAULT_ID,
-    HTTP_METHOD,
-    FaultKind,
-    check_glob,
-    check_kind,
-    check_method,
-    default_method,
-    with_ids,
-)
+from sandboxd.core.fault_spec import Faults
 from sandboxd.core.labels import (
     LABEL_KEY,
     LABEL_VALUE,
@@ -48,11 +36,10 @@ from sandboxd.core.labels import (
     check_labels,
     check_tools,
 )
+from sandboxd.core.model import MAX_STRING, DnsLabel, Model
 from sandboxd.core.naming import (
-    DNS_LABEL,
     MAX_SANDBOX_NAME,
     SANDBOX_NAME,
-    is_dns_label,
     is_sandbox_name,
 )
 
@@ -68,21 +55,8 @@ _IMAGE = re.compile(
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 MAX_FORKS = 32
-MAX_FAULTS = 64
 MAX_ARGV = 64
 MAX_ENV = 128
-MAX_STRING = 4096
-MAX_INT = 2**31 - 1  # counts and codes: what every router and JSON reader holds exactly
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-    def as_json(self) -> dict[str, Any]:
-        """The wire form, as stored and shown: camelCase, unset optional fields left out."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def is_image_reference(value: str) -> bool:
@@ -94,15 +68,6 @@ def _image(value: str) -> str:
         raise ValueError(
             f"{value[:80]!r} is not an image reference ([registry/]path[:tag][@sha256:digest], "
             "lower-case path)"
-        )
-    return value
-
-
-def _dns_label(value: str) -> str:
-    if not is_dns_label(value):
-        raise ValueError(
-            f"{value!r} is not a DNS label (lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters)"
         )
     return value
 
@@ -146,9 +111,6 @@ def _health_path(value: str) -> str:
 
 # The validators give the messages; the JSON schema documents the same rules (for the OpenAPI
 # document, which clients and fuzzers read).
-DnsLabel = Annotated[
-    str, AfterValidator(_dns_label), Field(json_schema_extra={"pattern": DNS_LABEL.pattern})
-]
 SandboxName = Annotated[
     str,
     AfterValidator(_sandbox_name),
@@ -189,7 +151,6 @@ Argv = Annotated[
 HealthPath = Annotated[
     str, AfterValidator(_health_path), Field(json_schema_extra={"pattern": _HEALTH_PATH.pattern})
 ]
-ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 AgentText = Annotated[
@@ -229,81 +190,6 @@ class ForkSpec(Model):
     env: Env = {}
     health: HealthPath | None = None
     image: Annotated[str, AfterValidator(_image)] | None = None
-
-
-def _fault_id(value: str) -> str:
-    if not FAULT_ID.fullmatch(value):
-        raise ValueError(
-            f"{value[:80]!r} is not a fault id (1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit)"
-        )
-    return value
-
-
-def _http_method(value: str) -> str:
-    if not HTTP_METHOD.fullmatch(value):
-        raise ValueError(f"{value[:80]!r} is not an HTTP method in upper case, such as GET")
-    return value
-
-
-def _path_glob(value: str) -> str:
-    check_glob(value)
-    if not value.startswith(("/", "*")):
-        raise ValueError(f"{value[:80]!r}: a path glob starts with '/' (or '*')")
-    return value
-
-
-Glob = Annotated[
-    str,
-    AfterValidator(check_glob),
-    Field(
-        min_length=1,
-        max_length=256,
-        description="whole-string, as fnmatch: * ? [...] [!...]",
-        json_schema_extra={"pattern": r"^[!-~]+$"},
-    ),
-]
-Count = Annotated[int, Strict(), Field(ge=1, le=MAX_INT)]
-
-
-class FaultSpec(Model):
-    """A fault the router injects into this sandbox's traffic only (`sandboxd.core.faults`
-    holds the rules per kind, the globs and the ids).
-
-    Numbers are strict: `true` is not a probability and `"3"` is not a count."""
-
-    id: Annotated[str, AfterValidator(_fault_id), Field(max_length=63)] | None = None
-    service: DnsLabel
-    kind: FaultKind
-    tool: Glob | None = None
-    method: Glob | None = None
-    path: Annotated[str, AfterValidator(_path_glob), Field(max_length=256)] | None = None
-    http_method: Annotated[str, AfterValidator(_http_method)] | None = None
-    latency_ms: Annotated[int, Strict(), Field(ge=0, le=600_000)] | None = None
-    status: Annotated[int, Strict(), Field(ge=400, le=599)] | None = None
-    code: Annotated[int, Strict(), Field(ge=-MAX_INT - 1, le=MAX_INT)] | None = None
-    message: ShortText | None = None
-    text: Annotated[str, Field(min_length=1, max_length=MAX_STRING)] | None = None
-    fields: Annotated[list[ShortText], Field(min_length=1, max_length=64)] | None = None
-    retry_after: Annotated[int, Strict(), Field(ge=0, le=86_400)] | None = None
-    chunk_delay_ms: Annotated[int, Strict(), Field(ge=0, le=60_000)] | None = None
-    probability: Annotated[float, Strict(), Field(ge=0, le=1)] = 1.0
-    seed: Annotated[int, Strict(), Field(ge=0, le=MAX_INT)] | None = None
-    nth: Count | None = None
-    after: Annotated[int, Strict(), Field(ge=0, le=MAX_INT)] | None = None
-    times: Count | None = None
-
-    _method = model_validator(mode="before")(default_method)
-
-    @model_validator(mode="after")
-    def _fits_its_kind(self) -> FaultSpec:
-        check_kind(self)
-        check_method(self)
-        return self
-
-
-Faults = Annotated[list[FaultSpec], Field(max_length=MAX_FAULTS), AfterValidator(with_ids)]
-"""A sandbox's faults in list order (the order decides which one applies), each with an id."""
 
 
 def _ttl(value: object) -> object:

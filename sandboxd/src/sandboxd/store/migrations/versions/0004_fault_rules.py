@@ -20,7 +20,7 @@ from alembic import op
 from pydantic import TypeAdapter, ValidationError
 
 from sandboxd.core.errors import describe, one_line
-from sandboxd.core.spec import FaultSpec
+from sandboxd.core.fault_spec import FaultSpec
 
 revision = "0004"
 down_revision = "0003"
