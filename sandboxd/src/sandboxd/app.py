@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from sandboxd.api import errors, sandboxes, system
+from sandboxd.api import errors, reports, sandboxes, system
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
@@ -214,6 +214,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     errors.install(app)
     app.include_router(sandboxes.router)
     app.include_router(system.v1)
+    app.include_router(reports.router)
     app.include_router(system.ops)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -71,8 +71,12 @@ class AppState:
     reconciler_alive: Callable[[], bool]
     token_hashes: set[str] = field(default_factory=set)
     route_reader_hashes: set[str] = field(default_factory=set)
-    """Tokens that may only read the route table (the embedded router's)."""
+    """Router tokens: they may read the route table and post reports, nothing else."""
     long_polls: Gate = field(default_factory=lambda: Gate(MAX_LONG_POLLS))
+
+
+ROUTER_CALLS = frozenset({("GET", "/v1/routes"), ("POST", "/v1/router-reports")})
+"""All a router token may do: a leaked router token reads routes and raises counts, no more."""
 
 
 class Unauthorized(SandboxdError):
@@ -104,5 +108,7 @@ def require_token(
         return
     if hashed not in state.route_reader_hashes:
         raise Unauthorized("invalid token")
-    if request.method != "GET" or request.url.path != "/v1/routes":
-        raise HTTPException(403, "this token may only read the route table (GET /v1/routes)")
+    if (request.method, request.url.path) not in ROUTER_CALLS:
+        raise HTTPException(
+            403, "this router token may only GET /v1/routes and POST /v1/router-reports"
+        )

@@ -51,10 +51,19 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _view(state: AppState, row: SandboxRow) -> SandboxOut:
-    return sandbox_view(
-        row, base_url=state.settings.effective_public_url, baggage_key=state.catalog.baggage_key
-    )
+async def _view(state: AppState, row: SandboxRow) -> SandboxOut:
+    return (await _views(state, [row]))[0]
+
+
+async def _views(state: AppState, rows: Sequence[SandboxRow]) -> list[SandboxOut]:
+    """The rows as shown, with their fault counts read in one query."""
+    keys = [row.routing_key for row in rows if row.spec.faults]
+    counts = await state.store.fault_counts(keys) if keys else {}
+    url, key = state.settings.effective_public_url, state.catalog.baggage_key
+    return [
+        sandbox_view(row, base_url=url, baggage_key=key, counts=counts.get(row.routing_key, {}))
+        for row in rows
+    ]
 
 
 def _ttl_seconds(state: AppState, ttl: str | None) -> int:
@@ -113,7 +122,7 @@ async def create_sandbox(
         state.routes.update([row])
         state.kicker.kick(row.name)
     response.status_code = 201 if created else 200
-    return _view(state, row)
+    return await _view(state, row)
 
 
 def _label_filter(labels: list[str]) -> dict[str, str]:
@@ -137,12 +146,12 @@ async def list_sandboxes(
     wanted = _label_filter(label)
     rows = await state.store.sandboxes()
     matching = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted.items())]
-    return SandboxList(items=[_view(state, r) for r in matching])
+    return SandboxList(items=await _views(state, matching))
 
 
 @router.get("/{name}", response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND})
 async def get_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
-    return _view(state, await _row(state, name))
+    return await _view(state, await _row(state, name))
 
 
 @router.patch(
@@ -167,7 +176,7 @@ async def patch_sandbox(
         raise Conflict(f"sandbox {name!r} is {row.phase.lower()}; it cannot change", sandbox=name)
     state.routes.update([updated])
     state.kicker.kick(name)
-    return _view(state, updated)
+    return await _view(state, updated)
 
 
 @dataclass(slots=True)
@@ -226,7 +235,7 @@ async def delete_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
         raise NotFound(f"sandbox {name!r} not found", sandbox=name)
     state.routes.update([row])
     state.kicker.kick(name)
-    return _view(state, row)
+    return await _view(state, row)
 
 
 @router.get("/{name}/events", response_model=EventList, responses={**ERRORS, **_NOT_FOUND})

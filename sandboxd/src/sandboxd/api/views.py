@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sandboxd.api.schemas import EventOut, SandboxOut
@@ -9,10 +10,16 @@ from sandboxd.core.clock import rfc3339
 from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.naming import baggage_member
 from sandboxd.core.phases import Phase
+from sandboxd.store.counts import Counts
 from sandboxd.store.tables import EventRow, SandboxRow
 
+NO_COUNTS: Mapping[str, Counts] = {}
 
-def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> SandboxOut:
+
+def sandbox_view(
+    row: SandboxRow, *, base_url: str, baggage_key: str, counts: Mapping[str, Counts] = NO_COUNTS
+) -> SandboxOut:
+    """`counts`: per fault id, summed over the routers' reports (`sandboxd.store.counts`)."""
     self_url = f"{base_url}/v1/sandboxes/{row.name}"
     return SandboxOut(
         name=row.name,
@@ -32,7 +39,7 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
         ttl_seconds=_ttl_seconds(row),
         generation=row.generation,
         forks=row.forks,
-        faults=[fault_view(fault) for fault in row.spec.faults],
+        faults=[fault_view(f, counts.get(str(f.id), Counts())) for f in row.spec.faults],
         links={
             "self": self_url,
             "events": f"{self_url}/events",
@@ -40,10 +47,10 @@ def sandbox_view(row: SandboxRow, *, base_url: str, baggage_key: str) -> Sandbox
     )
 
 
-def fault_view(fault: FaultSpec) -> dict[str, Any]:
-    """A fault as stored, with its counts. The counts stay 0 until the routers report them
-    (the counts channel is not built yet): 0 is what the control plane knows, not a guess."""
-    return {**fault.as_json(), "matched": 0, "injected": 0}
+def fault_view(fault: FaultSpec, counts: Counts) -> dict[str, Any]:
+    """A fault as stored, with its counts as the routers last reported them (0 before any
+    report: what the control plane knows, not a guess)."""
+    return {**fault.as_json(), "matched": counts.matched, "injected": counts.injected}
 
 
 def event_view(row: EventRow) -> EventOut:

@@ -31,6 +31,8 @@ from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
+from sandboxd.store import counts
+from sandboxd.store.counts import Counts, Merged, Reported
 from sandboxd.store.engine import READ_ONLY, migrate
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
@@ -312,6 +314,7 @@ class Store:
                 row.updated_at = utcnow()
                 if phase == Phase.DELETED:
                     row.deleted_at = row.updated_at
+                    counts.forget(session, routing_key=row.routing_key)
             for event in events:
                 self._event(session, row, event)
             return row
@@ -321,6 +324,21 @@ class Store:
         with self._tx(read_only=True) as session:
             query = select(EventRow).where(EventRow.sandbox == name, EventRow.uid == uid)
             return list(session.exec(query.order_by(col(EventRow.id))).all())
+
+    # fault counts (sandboxd.store.counts) ------------------------------------------------
+    @_off_loop
+    def merge_counts(self, *, instance: str, entries: Sequence[Reported]) -> Merged:
+        """A router's report merged in one transaction, its `FaultInjected` events with it."""
+        with self._tx() as session:
+            merged = counts.merge(session, instance=instance, entries=entries)
+            for row, event in merged.events:
+                self._event(session, row, event)
+            return merged
+
+    @_off_loop
+    def fault_counts(self, routing_keys: Sequence[str]) -> dict[str, dict[str, Counts]]:
+        with self._tx(read_only=True) as session:
+            return counts.sums(session, routing_keys)
 
     @_off_loop
     def record(self, row: SandboxRow, event: Event) -> None:

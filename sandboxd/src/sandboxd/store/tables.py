@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, BigInteger, Column, DateTime
 from sqlmodel import Field, SQLModel
 
 from sandboxd.core.records import ForkRecord
@@ -69,3 +69,21 @@ class IdempotencyRow(SQLModel, table=True):
     sandbox: str = Field(max_length=40)
     uid: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
+
+
+class FaultCountRow(SQLModel, table=True):
+    """One router instance's cumulative counts of one fault in one sandbox, as last reported.
+
+    Keyed by the routing key, not the name: a name used again gets a new key, so counts never
+    pass from a deleted sandbox to its successor. A report only ever raises a count (the
+    greatest of stored and reported), so a retried or reordered report changes nothing; a
+    sandbox's count is the sum over instances."""
+
+    __tablename__ = "fault_counts"
+
+    instance: str = Field(primary_key=True, max_length=64)
+    routing_key: str = Field(primary_key=True, max_length=64, index=True)
+    fault: str = Field(primary_key=True, max_length=63)
+    matched: int = Field(sa_column=Column(BigInteger, nullable=False))
+    injected: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
