@@ -7,6 +7,7 @@ control-plane restart loses nothing (the rows are in the database)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sandboxd_router.report import Entry, Reporter
 from tests.integration.conftest import wait_phase
-from tests.support.server import Sandboxd
+from tests.support.server import Sandboxd, free_port
 
 # The catalog (tests/conftest.py write_catalog): `echo` is http, `tools` is mcp.
 FAULTS = [
@@ -227,3 +229,29 @@ def test_router_instances_are_bounded_and_freed_with_their_sandboxes(
     assert report(router, "one-more", entry(again, "slow", 5, 5)).status_code == 200
     assert counts(client, again["name"])["slow"] == (5, 5)
     client.delete(f"/v1/sandboxes/{again['name']}")
+
+
+def test_the_routers_reporter_delivers_changes_and_retries_what_failed(
+    api: Sandboxd, client: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """`sandboxd_router.report.Reporter` against the real control plane, with the router's
+    token: a report that failed stays pending and goes with the next; unchanged entries are
+    not sent again; more than MAX_ENTRIES go in several reports."""
+    token = (api.data_dir / "router-token").read_text().strip()
+    name, key = sandbox["name"], sandbox["routingKey"]
+    counters: list[Entry] = [(name, key, "down", 3, 1)]
+    reporter = Reporter(url=f"http://127.0.0.1:{free_port()}", token=token, snapshot=counters.copy)
+
+    asyncio.run(reporter.final())  # nobody listens there
+    reporter.url = api.url
+    asyncio.run(reporter.final())
+
+    assert counts(client, name)["down"] == (3, 1)
+    sent = reporter.seq
+    asyncio.run(reporter.final())
+    assert reporter.seq == sent  # nothing changed, nothing sent
+
+    counters[:] = [(name, key, "slow", 2, 2)] + [(name, key, f"x{n}", 1, 0) for n in range(1000)]
+    asyncio.run(reporter.final())
+    assert reporter.seq == sent + 2
+    assert counts(client, name) == {"slow": (2, 2), "down": (3, 1)}

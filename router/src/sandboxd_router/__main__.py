@@ -16,6 +16,7 @@ import uvloop
 
 from sandboxd_router import native
 from sandboxd_router.accesslog import AccessLog
+from sandboxd_router.report import Reporter, no_counts
 from sandboxd_router.server import Router, serve_admin
 from sandboxd_router.state import Limits, RouterState
 from sandboxd_router.table import TableError
@@ -140,25 +141,25 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     admin = await serve_admin(router, args.host, args.admin_port) if args.admin_port else None
-    sweeper = asyncio.create_task(router.sweep())
+    background: list[asyncio.Task[None]] = [asyncio.create_task(router.sweep())]
+    reporter = None
     if args.routes_file is not None:
         await load_file(args.routes_file, upstreams=router.upstreams, on_table=router.apply)
-        watcher = None
     else:
-        watcher = asyncio.create_task(
-            watch_control_plane(
-                url=args.control_url,
-                token=args.token,
-                upstreams=router.upstreams,
-                on_table=router.apply,
-            )
-        )
+        watcher = watch_control_plane(
+            url=args.control_url, token=args.token, upstreams=router.upstreams,
+            on_table=router.apply,
+        )  # fmt: skip
+        # The fault engine's snapshot replaces `no_counts` when it is wired in.
+        reporter = Reporter(url=args.control_url, token=args.token, snapshot=no_counts)
+        background += [asyncio.create_task(watcher), asyncio.create_task(reporter.run())]
     await stop.wait()
-    sweeper.cancel()
-    if watcher is not None:
-        watcher.cancel()
+    for task in background:
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+            await task
+    if reporter is not None:
+        await reporter.final()
     if admin is not None:
         admin.close()
     router.close()
