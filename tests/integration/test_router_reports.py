@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -255,3 +256,22 @@ def test_the_routers_reporter_delivers_changes_and_retries_what_failed(
     asyncio.run(reporter.final())
     assert reporter.seq == sent + 2
     assert counts(client, name) == {"slow": (2, 2), "down": (3, 1)}
+
+
+def test_concurrent_reports_add_up_and_record_one_event(
+    api: Sandboxd, client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """Routers report at once: every report counts and the first injection is one event (the
+    sandbox's row is locked while a report merges)."""
+    token = (api.data_dir / "router-token").read_text().strip()
+
+    def send(n: int) -> int:
+        with api.client(token=token) as own:
+            return report(own, f"c{n}", entry(sandbox, "down", 2, 1)).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(send, range(16)))
+
+    assert statuses == [200] * 16
+    assert counts(client, sandbox["name"])["down"] == (32, 16)
+    assert len(injected_events(client, sandbox["name"])) == 1
