@@ -257,6 +257,13 @@ def test_the_routers_reporter_delivers_changes_and_retries_what_failed(
     assert reporter.seq == sent + 2
     assert counts(client, name) == {"slow": (2, 2), "down": (3, 1)}
 
+    counters[:] = []  # the engine dropped them: the reporter forgets them too
+    asyncio.run(reporter.final())
+    counters[:] = [(name, key, "down", 3, 1)]
+    asyncio.run(reporter.final())
+    assert reporter.seq == sent + 3  # sent again: nothing was remembered of it
+    assert counts(client, name)["down"] == (3, 1)  # and, cumulative, counted once
+
 
 def test_concurrent_reports_add_up_and_record_one_event(
     api: Sandboxd, client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]

@@ -59,13 +59,14 @@ class Reporter:
 
     async def send(self, client: httpx.AsyncClient) -> None:
         """Send the changed entries; those not acknowledged stay pending for the next call."""
-        pending = self._pending()
+        current = self.snapshot()
+        pending = [e for e in current if self._acknowledged.get((e[1], e[2])) != e[3:]]
         for start in range(0, len(pending), MAX_ENTRIES):
             if not await self._post(client, pending[start : start + MAX_ENTRIES]):
                 return
-
-    def _pending(self) -> list[Entry]:
-        return [e for e in self.snapshot() if self._acknowledged.get((e[1], e[2])) != e[3:]]
+        if len(self._acknowledged) > len(current):  # entries the engine dropped (a deleted
+            keys = {(e[1], e[2]) for e in current}  # sandbox's): forget them too
+            self._acknowledged = {k: v for k, v in self._acknowledged.items() if k in keys}
 
     async def _post(self, client: httpx.AsyncClient, batch: list[Entry]) -> bool:
         self.seq += 1
