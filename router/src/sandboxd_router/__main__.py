@@ -142,7 +142,12 @@ async def run(args: argparse.Namespace) -> None:
     admin = await serve_admin(router, args.host, args.admin_port) if args.admin_port else None
     sweeper = asyncio.create_task(router.sweep())
     if args.routes_file is not None:
-        await load_file(args.routes_file, upstreams=router.upstreams, on_table=router.apply)
+        await load_file(
+            args.routes_file,
+            upstreams=router.upstreams,
+            on_table=router.apply,
+            faults=router.faults,
+        )
         watcher = None
     else:
         watcher = asyncio.create_task(
@@ -151,6 +156,7 @@ async def run(args: argparse.Namespace) -> None:
                 token=args.token,
                 upstreams=router.upstreams,
                 on_table=router.apply,
+                faults=router.faults,
             )
         )
     await stop.wait()
