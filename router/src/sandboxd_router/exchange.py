@@ -376,6 +376,7 @@ class Exchange:
             service=service.name if service is not None else "",
             route=decision.label,
             accept=self.head.values(b"accept"),
+            protocol=self.head.values(b"mcp-protocol-version"),
             close=not self.keep_alive,
         )
         self.bytes_out = len(response)

@@ -17,11 +17,19 @@ from sandboxd_router.faults import Fault, Verdict
 
 JSON = b"application/json"
 SSE = b"text/event-stream"
+STATELESS = b"2026-07-28"
 STATUS = {"rate_limit": 429, "timeout": 504}  # http_error: its `status`, 503 by default
 
 
 def answer(
-    verdict: Verdict, *, sandbox: str, service: str, route: bytes, accept: list[bytes], close: bool
+    verdict: Verdict,
+    *,
+    sandbox: str,
+    service: str,
+    route: bytes,
+    accept: list[bytes],
+    protocol: list[bytes],
+    close: bool,
 ) -> tuple[int, bytes]:
     """(status, the whole response) for `verdict.answer` (not `reset`: that has no response)."""
     fault = verdict.answer
@@ -30,7 +38,7 @@ def answer(
     extra = b""
     if kind == "jsonrpc_error" or kind == "tool_error":
         status = 200
-        message = _jsonrpc(fault, verdict.request.rpc_id)
+        message = _jsonrpc(fault, verdict.request.rpc_id, stateless=_stateless(protocol))
         body, ctype = _framed(message, accept)
     else:
         status = STATUS.get(kind) or fault.status or 503
@@ -48,12 +56,19 @@ def answer(
     return status, head + b"\r\n" + body
 
 
-def _jsonrpc(fault: Fault, rpc_id: Any) -> bytes:
+def _stateless(protocol: list[bytes]) -> bool:
+    """The 2026-07-28 era (or later: versions are dates), from `MCP-Protocol-Version`."""
+    return bool(protocol) and protocol[-1].strip() >= STATELESS
+
+
+def _jsonrpc(fault: Fault, rpc_id: Any, *, stateless: bool) -> bytes:
     if fault.kind == "jsonrpc_error":
         code = fault.code if fault.code is not None else -32603
         error = {"code": code, "message": fault.message or "injected fault"}
         return json.dumps({"jsonrpc": "2.0", "id": rpc_id, "error": error}).encode()
-    result = {"content": [{"type": "text", "text": fault.message}], "isError": True}
+    result: dict[str, Any] = {"content": [{"type": "text", "text": fault.message}], "isError": True}
+    if stateless:  # its schema requires the tag (older eras' clients may reject unknown keys)
+        result["resultType"] = "complete"
     return json.dumps({"jsonrpc": "2.0", "id": rpc_id, "result": result}).encode()
 
 
