@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sandboxd_router.faults import FaultBook, ServiceFaults, request_of
+from sandboxd_router.faults import FaultBook, Rpc, ServiceFaults, rpc_of
 from sandboxd_router.table import UpstreamRegistry, parse_table
 
 
@@ -18,56 +18,64 @@ def fault(kind: str = "http_error", **fields: Any) -> dict[str, Any]:
     return {"id": fields.pop("id", kind), "service": "svc", "kind": kind, **fields}
 
 
-def http(method: str = "GET", target: str = "/api/items?x=1") -> Any:
-    return request_of(method.encode(), target.encode(), b"")
+Request = tuple[bytes, bytes, Rpc | None, bool]
 
 
-def call(tool: str, *, rpc_id: int | None = 1, method: str = "tools/call") -> Any:
+def http(method: str = "GET", target: str = "/api/items?x=1") -> Request:
+    return method.encode(), target.encode(), None, True
+
+
+def call(tool: str, *, rpc_id: int | None = 1, method: str = "tools/call") -> Request:
     message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": {"name": tool}}
     if rpc_id is not None:
         message["id"] = rpc_id
-    return request_of(b"POST", b"/mcp", json.dumps(message).encode())
+    return b"POST", b"/mcp", rpc_of(json.dumps(message).encode()), True
 
 
-def fired(faults: ServiceFaults, requests: list[Any]) -> list[bool]:
-    return [faults.choose(r) is not None for r in requests]
+def choose(faults: ServiceFaults, request: Request) -> Any:
+    http_method, target, rpc, read = request
+    return faults.choose(http_method, target, rpc, read=read)
+
+
+def fired(faults: ServiceFaults, requests: list[Request]) -> list[bool]:
+    return [choose(faults, r) is not None for r in requests]
 
 
 def test_path_and_http_method_filter_http_requests() -> None:
     faults = compiled(fault(path="/api/*", httpMethod="post"))
-    assert faults.choose(http("GET")) is None
-    assert faults.choose(http("POST", "/other")) is None
-    verdict = faults.choose(http("POST", "/api/items?q=1"))  # the query is not the path
+    assert choose(faults, http("GET")) is None
+    assert choose(faults, http("POST", "/other")) is None
+    verdict = choose(faults, http("POST", "/api/items?q=1"))  # the query is not the path
     assert verdict is not None and verdict.answer is not None
     assert verdict.answer.kind == "http_error"
 
 
 def test_tool_globs_match_tools_call_only_by_default() -> None:
     faults = compiled(fault("tool_error", tool="describe_*"))
-    assert faults.choose(call("describe_pod")) is not None
-    assert faults.choose(call("list_pods")) is None
-    assert faults.choose(call("describe_pod", method="resources/read")) is None
-    assert faults.choose(http("POST", "/mcp")) is None  # no JSON-RPC message at all
+    assert choose(faults, call("describe_pod")) is not None
+    assert choose(faults, call("list_pods")) is None
+    assert choose(faults, call("describe_pod", method="resources/read")) is None
+    assert choose(faults, http("POST", "/mcp")) is None  # no JSON-RPC message at all
 
 
 def test_method_glob_and_any_method_without_filters() -> None:
     by_method = compiled(fault("jsonrpc_error", method="tools/*"))
-    assert by_method.choose(call("x", method="tools/list")) is not None
-    assert by_method.choose(call("x", method="initialize")) is None
+    assert choose(by_method, call("x", method="tools/list")) is not None
+    assert choose(by_method, call("x", method="initialize")) is None
     unfiltered = compiled(fault("http_error"))
-    assert unfiltered.choose(call("x", method="initialize")) is not None
-    assert unfiltered.choose(http()) is not None
+    assert choose(unfiltered, call("x", method="initialize")) is not None
+    assert choose(unfiltered, http()) is not None
 
 
 def test_jsonrpc_kinds_skip_notifications() -> None:
     faults = compiled(fault("jsonrpc_error"))
-    assert faults.choose(call("x", rpc_id=None, method="notifications/initialized")) is None
-    assert faults.choose(call("x", rpc_id=7)) is not None
+    assert choose(faults, call("x", rpc_id=None, method="notifications/initialized")) is None
+    assert choose(faults, call("x", rpc_id=7)) is not None
 
 
 def test_a_body_not_read_matches_no_body_filter_and_is_counted() -> None:
     faults = compiled(fault("tool_error", tool="*"))
-    assert faults.choose(request_of(b"POST", b"/mcp", None)) is None
+    assert choose(faults, (b"POST", b"/mcp", None, False)) is None
     assert faults.faults[0].unread == 1 and faults.faults[0].matched == 0
 
 
@@ -101,7 +109,7 @@ def test_latencies_add_up_then_the_first_other_kind_applies() -> None:
         fault("latency", id="b", latencyMs=50),  # after the answer: not consulted
         fault("rate_limit", id="second"),
     )
-    verdict = faults.choose(http())
+    verdict = choose(faults, http())
     assert verdict is not None and verdict.answer is not None
     assert verdict.answer.id == "first" and verdict.latency_ms == 100
     assert [f.id for f in verdict.applied()] == ["a", "first"]
@@ -118,16 +126,16 @@ def test_a_fault_that_does_not_fire_leaves_the_next_one_its_turn() -> None:
         fault("http_error", id="skip", after=1),
         fault("timeout", id="then"),
     )
-    verdict = faults.choose(http())
+    verdict = choose(faults, http())
     assert verdict is not None and verdict.answer is not None
     assert verdict.answer.id == "then" and verdict.latency_ms == 30
-    again = faults.choose(http())
+    again = choose(faults, http())
     assert again is not None and again.answer is not None and again.answer.id == "skip"
 
 
 def test_rewriting_kinds_are_ignored_for_now() -> None:
     faults = compiled(fault("drop_fields", fields=["a"]), fault("malformed"))
-    assert faults.choose(http()) is None
+    assert choose(faults, http()) is None
     assert [f.matched for f in faults.faults] == [0, 0]
 
 

@@ -19,7 +19,7 @@ from sandboxd_router import intake, responses, routing
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.errors import Refusal
 from sandboxd_router.exchange import ANSWERING, HOLDING, Exchange
-from sandboxd_router.faults import request_of
+from sandboxd_router.faults import rpc_of
 from sandboxd_router.intake import Intake
 from sandboxd_router.routing import FORWARD, HOLD, Decision
 from sandboxd_router.stall import StallWatch
@@ -199,7 +199,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             held = Decision(HOLD, decision.service)
             ex.routed(held)
             return held
-        ex.verdict = faults.choose(request_of(ex.method, ex.target, b""))  # (no JSON-RPC)
+        ex.verdict = faults.choose(ex.method, ex.target)
         return decision
 
     def _expect(self, ex: Exchange) -> None:
@@ -246,7 +246,8 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         ex.routed(decision)
         faults = decision.faults
         if faults is not None:
-            ex.verdict = faults.choose(request_of(ex.method, ex.target, body))
+            rpc = rpc_of(body) if body is not None else None
+            ex.verdict = faults.choose(ex.method, ex.target, rpc, read=body is not None)
         if ex is self.queue[0]:
             ex.start()
 

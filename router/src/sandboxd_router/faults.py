@@ -48,8 +48,8 @@ class Fault:
 
     __slots__ = (
         "after", "code", "http_method", "id", "injected", "kind", "latency_ms", "matched",
-        "message", "method", "needs_body", "nth", "path", "probability", "raw", "retry_after",
-        "rng", "sandbox", "service", "status", "times", "tool", "unread",
+        "message", "method", "needs_body", "nth", "path", "prefix", "probability", "raw",
+        "retry_after", "rewrites", "rng", "sandbox", "service", "status", "times", "tool", "unread",
     )  # fmt: skip
 
     def __init__(self, sandbox: str, raw: Mapping[str, Any]) -> None:
@@ -58,7 +58,11 @@ class Fault:
         self.id = str(raw["id"])
         self.service = str(raw["service"])
         self.kind = str(raw["kind"])
-        self.path = _glob(raw.get("path"))
+        self.rewrites = self.kind in REWRITES
+        path = str(raw.get("path") or "")
+        self.path = re.compile(fnmatch.translate(path).encode()) if path else None
+        self.prefix = re.split(r"[*?\[]", path, maxsplit=1)[0].encode()
+        """The glob's literal start: most paths are told apart by it, without the regex."""
         method = raw.get("httpMethod")
         self.http_method = str(method).upper().encode() if method else None
         self.tool = _glob(raw.get("tool"))
@@ -87,22 +91,25 @@ class Fault:
         """The `sandboxd-fault` header's value."""
         return f"{self.kind}; id={self.id}".encode()
 
-    def matches(self, request: Request) -> bool:
-        if self.http_method is not None and request.http_method != self.http_method:
+    def matches(self, http_method: bytes, path: bytes, rpc: Rpc | None, read: bool) -> bool:
+        if self.http_method is not None and http_method != self.http_method:
             return False
-        if self.path is not None and not self.path.fullmatch(request.path):
+        pattern = self.path
+        if pattern is not None and (
+            not path.startswith(self.prefix) or pattern.fullmatch(path) is None
+        ):
             return False
         if self.needs_body:
-            if not request.read:
+            if not read:
                 self.unread += 1
                 return False
-            if request.rpc_method is None:
+            if rpc is None:
                 return False  # not one JSON-RPC message (a GET, a batch, not JSON)
-            if self.kind in JSONRPC_KINDS and request.rpc_id is None:
+            if self.kind in JSONRPC_KINDS and rpc.id is None:
                 return False  # a notification or a response: there is no request to answer
-            if self.method is not None and not self.method.fullmatch(request.rpc_method or ""):
+            if self.method is not None and self.method.fullmatch(rpc.method) is None:
                 return False
-            if self.tool is not None and not self.tool.fullmatch(request.tool or ""):
+            if self.tool is not None and self.tool.fullmatch(rpc.tool) is None:
                 return False
         return True
 
@@ -122,49 +129,42 @@ class Fault:
         return True
 
 
-class Request:
-    """What faults match on: the head's method and path, and (MCP, when read) the body's."""
+class Rpc:
+    """The facts of one JSON-RPC message that faults match on (an MCP request's body)."""
 
-    __slots__ = ("http_method", "path", "read", "rpc_id", "rpc_method", "tool")
+    __slots__ = ("id", "method", "tool")
 
-    def __init__(self, http_method: bytes, target: bytes, message: Any = None, *, read: bool):
-        self.http_method = http_method
-        self.path = target.split(b"?", 1)[0].decode("latin-1")
-        self.read = read
-        self.rpc_method: str | None = None
-        self.rpc_id: Any = None
-        self.tool: str | None = None
-        if isinstance(message, dict):  # (a batch carries no one method: it matches no filter)
-            method = message.get("method")
-            self.rpc_method = method if isinstance(method, str) else None
-            self.rpc_id = message.get("id")
-            params = message.get("params")
-            name = params.get("name") if isinstance(params, dict) else None
-            self.tool = name if isinstance(name, str) else None
+    def __init__(self, method: str, rpc_id: object, tool: str) -> None:
+        self.method = method
+        self.id = rpc_id
+        self.tool = tool  # `params.name` ("" when absent)
 
 
-def request_of(http_method: bytes, target: bytes, body: bytes | None) -> Request:
-    """A request as faults see it; `body` None: not read (over the limit)."""
-    if body is None:
-        return Request(http_method, target, read=False)
+def rpc_of(body: bytes) -> Rpc | None:
+    """The JSON-RPC message in `body`; None when it is not one message (a batch carries no one
+    method: it matches no JSON-RPC filter) or not JSON."""
     try:
         message = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON: it matches no JSON-RPC filter
-        message = None
-    return Request(http_method, target, message, read=True)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+        return None
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    return Rpc(message["method"], message.get("id"), name if isinstance(name, str) else "")
 
 
 class Verdict:
     """What a request gets: `latency_ms` added (the sum of the firing latency faults), then
     `answer` (a fault the router answers itself) or, when None, the upstream's response."""
 
-    __slots__ = ("answer", "delayed", "latency_ms", "request")
+    __slots__ = ("answer", "delayed", "latency_ms", "rpc_id")
 
-    def __init__(self, delayed: list[Fault], answer: Fault | None, request: Request) -> None:
+    def __init__(self, delayed: list[Fault], answer: Fault | None, rpc: Rpc | None) -> None:
         self.delayed = delayed
         self.answer = answer
         self.latency_ms = sum(f.latency_ms or 0 for f in delayed)
-        self.request = request
+        self.rpc_id = rpc.id if rpc is not None else None
 
     def applied(self) -> list[Fault]:
         return [*self.delayed, *([self.answer] if self.answer is not None else [])]
@@ -181,31 +181,37 @@ class Verdict:
 class ServiceFaults:
     """One sandbox's faults on one service, in list order."""
 
-    __slots__ = ("faults", "needs_body", "sandbox", "service")
+    __slots__ = ("by_path", "faults", "needs_body", "sandbox", "service")
 
     def __init__(self, sandbox: str, service: str, faults: list[Fault]) -> None:
         self.sandbox = sandbox
         self.service = service
         self.faults = faults
         self.needs_body = any(f.needs_body for f in faults)
+        self.by_path = any(f.path is not None for f in faults)
 
-    def choose(self, request: Request) -> Verdict | None:
-        """The verdict for `request`, or None when no fault fires (then it goes on untouched)."""
-        delayed: list[Fault] = []
+    def choose(
+        self, http_method: bytes, target: bytes, rpc: Rpc | None = None, *, read: bool = True
+    ) -> Verdict | None:
+        """The verdict for a request, or None when no fault fires (it goes on untouched).
+        `rpc`: its JSON-RPC message (MCP); `read` False: its body was too large to read.
+        Cheap when nothing matches: no allocation but the path (only with a path filter)."""
+        query = target.find(b"?") if self.by_path else -1
+        path = target[:query] if query >= 0 else target
+        delayed: list[Fault] | None = None  # (allocated only when one fires)
         answer: Fault | None = None
         for fault in self.faults:
-            kind = fault.kind
-            if kind in REWRITES or not fault.matches(request):
+            if fault.rewrites or not fault.matches(http_method, path, rpc, read):
                 continue  # (rewriting kinds: a later part; see REWRITES)
             if fault.fires():
-                if kind == LATENCY:
-                    delayed.append(fault)
+                if fault.kind == LATENCY:
+                    delayed = [fault] if delayed is None else [*delayed, fault]
                 else:
                     answer = fault
                     break
-        if not delayed and answer is None:
+        if delayed is None and answer is None:
             return None
-        return Verdict(delayed, answer, request)
+        return Verdict(delayed or [], answer, rpc)
 
 
 class FaultBook:

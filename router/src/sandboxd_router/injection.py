@@ -38,7 +38,7 @@ def answer(
     extra = b""
     if kind == "jsonrpc_error" or kind == "tool_error":
         status = 200
-        message = _jsonrpc(fault, verdict.request.rpc_id, stateless=_stateless(protocol))
+        message = _jsonrpc(fault, verdict.rpc_id, stateless=_stateless(protocol))
         body, ctype = _framed(message, accept)
     else:
         status = STATUS.get(kind) or fault.status or 503
