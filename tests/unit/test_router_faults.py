@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sandboxd_router import routing
 from sandboxd_router.faults import FaultBook, Rpc, ServiceFaults, rpc_of
+from sandboxd_router.mcp import Sessions
 from sandboxd_router.table import UpstreamRegistry, parse_table
 
 
@@ -175,3 +177,33 @@ def test_an_unchanged_fault_keeps_its_schedule_across_swaps() -> None:
     second = parse_table(table(spec), upstreams=upstreams, faults=book)
     part += fired(second.routes["k1"].by_service["svc"], [http()] * 10)
     assert part == whole
+
+
+def test_decisions_carry_the_keys_faults_forked_or_not_and_through_a_session() -> None:
+    raw = {
+        "services": [
+            {"name": "svc", "protocol": "mcp", "routerPort": 7001, "baseline": "http://b:1"},
+            {"name": "web", "routerPort": 7002, "baseline": "http://b:2"},
+        ],
+        "routes": {
+            "k1": {"sandbox": "pr-1", "forks": {"svc": "http://f:1"}, "faults": [fault()]},
+            "k2": {"sandbox": "pr-2", "forks": {}, "faults": [fault()]},
+        },
+    }
+    t = parse_table(json.dumps(raw).encode(), upstreams=UpstreamRegistry())
+    sessions = Sessions()
+
+    def route(port: int, baggage: bytes | None, session: bytes | None = None) -> Any:
+        return routing.route(
+            t, sessions, port=port, host=b"x", method=b"GET", baggage=[baggage] if baggage else [],
+            session=session, has_body=False,
+        )  # fmt: skip
+
+    forked, served = route(7001, b"sandbox=k1"), route(7001, b"sandbox=k2")
+    assert forked.faults is t.routes["k1"].by_service["svc"]
+    assert served.label == b"baseline" and served.faults is t.routes["k2"].by_service["svc"]
+    assert route(7002, b"sandbox=k1").faults is None  # no fault on that service
+    assert route(7001, None).faults is None and route(7001, b"sandbox=nobody").faults is None
+    assert served.upstream is not None
+    sessions.remember(b"s-1", served.upstream, served.label, "pr-2")
+    assert route(7001, None, b"s-1").faults is t.routes["k2"].by_service["svc"]
