@@ -241,3 +241,12 @@ def wait_for_log(router: Router, *texts: str) -> str:
     line = poll.until(found, timeout=10)
     assert isinstance(line, str)
     return line
+
+
+def test_a_head_request_gets_the_faults_head_only(router: Router) -> None:
+    with httpx.Client(base_url=router.url, headers=key("pr-1")) as client:
+        head = client.head("/err")
+        after = client.get("/echo")  # nothing left over on the connection
+    assert head.status_code == 503 and head.content == b""
+    assert int(head.headers["content-length"]) > 0
+    assert after.status_code == 200 and after.json()["origin"] == "fork1"

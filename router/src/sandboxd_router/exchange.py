@@ -378,6 +378,7 @@ class Exchange:
             accept=self.head.values(b"accept"),
             protocol=self.head.values(b"mcp-protocol-version"),
             close=not self.keep_alive,
+            head_only=self.method == b"HEAD",
         )
         self.bytes_out = len(response)
         self.downstream.write(response)

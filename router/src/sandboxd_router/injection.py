@@ -30,8 +30,10 @@ def answer(
     accept: list[bytes],
     protocol: list[bytes],
     close: bool,
+    head_only: bool = False,
 ) -> tuple[int, bytes]:
-    """(status, the whole response) for `verdict.answer` (not `reset`: that has no response)."""
+    """(status, the whole response) for `verdict.answer` (not `reset`: that has no response);
+    `head_only`: a HEAD request's (its Content-Length, no body)."""
     fault = verdict.answer
     assert fault is not None
     kind = fault.kind
@@ -53,7 +55,7 @@ def answer(
     )
     if close:
         head += b"Connection: close\r\n"
-    return status, head + b"\r\n" + body
+    return status, head + b"\r\n" + (b"" if head_only else body)
 
 
 def _stateless(protocol: list[bytes]) -> bool:
