@@ -207,3 +207,11 @@ def test_decisions_carry_the_keys_faults_forked_or_not_and_through_a_session() -
     assert served.upstream is not None
     sessions.remember(b"s-1", served.upstream, served.label, "pr-2")
     assert route(7001, None, b"s-1").faults is t.routes["k2"].by_service["svc"]
+
+
+def test_a_remembered_miss_never_hides_a_match() -> None:
+    faults = compiled(fault(path="/a", nth=2), fault("latency", id="d", httpMethod="DELETE"))
+    assert fired(faults, [http("GET", "/b")] * 3) == [False] * 3  # remembered as a miss
+    assert fired(faults, [http("GET", "/a")] * 4) == [False, True, False, True]
+    assert fired(faults, [http("DELETE", "/b")]) == [True]  # same target, another method
+    assert [f.matched for f in faults.faults] == [4, 1]

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 LATENCY: Final = "latency"
+MISSES: Final = 1024  # request targets remembered per method as matching no fault
 ANSWERS: Final = frozenset(
     {"http_error", "rate_limit", "timeout", "reset", "jsonrpc_error", "tool_error"}
 )
@@ -39,7 +40,8 @@ REWRITES: Final = frozenset(
 )
 """Kinds that rewrite the upstream's response: not applied yet (a later part of issue 12). They
 are compiled and kept (their counters too) but never consulted: the request passes untouched.
-The seam for them is `ServiceFaults.choose`, which would return them in `Verdict.rewrite`."""
+The seam for them is `ServiceFaults.choose`, which would return them in `Verdict.rewrite` (and
+must then stop remembering a request that only they match as a miss: `ServiceFaults.misses`)."""
 
 
 class Fault:
@@ -181,7 +183,7 @@ class Verdict:
 class ServiceFaults:
     """One sandbox's faults on one service, in list order."""
 
-    __slots__ = ("by_path", "faults", "needs_body", "sandbox", "service")
+    __slots__ = ("by_path", "faults", "misses", "needs_body", "sandbox", "service")
 
     def __init__(self, sandbox: str, service: str, faults: list[Fault]) -> None:
         self.sandbox = sandbox
@@ -189,6 +191,10 @@ class ServiceFaults:
         self.faults = faults
         self.needs_body = any(f.needs_body for f in faults)
         self.by_path = any(f.path is not None for f in faults)
+        self.misses: dict[bytes, set[bytes]] | None = None if self.needs_body else {}
+        """Method → targets no fault matches (so none would count them): the next request
+        alike is waved through with two lookups. Only when no fault reads the body (its
+        facts vary with the same head); bounded by MISSES per method."""
 
     def choose(
         self, http_method: bytes, target: bytes, rpc: Rpc | None = None, *, read: bool = True
@@ -196,19 +202,30 @@ class ServiceFaults:
         """The verdict for a request, or None when no fault fires (it goes on untouched).
         `rpc`: its JSON-RPC message (MCP); `read` False: its body was too large to read.
         Cheap when nothing matches: no allocation but the path (only with a path filter)."""
+        misses = self.misses
+        if misses is not None:
+            known = misses.get(http_method)
+            if known is not None and target in known:
+                return None
         query = target.find(b"?") if self.by_path else -1
         path = target[:query] if query >= 0 else target
         delayed: list[Fault] | None = None  # (allocated only when one fires)
         answer: Fault | None = None
+        matched = False
         for fault in self.faults:
             if fault.rewrites or not fault.matches(http_method, path, rpc, read):
                 continue  # (rewriting kinds: a later part; see REWRITES)
+            matched = True
             if fault.fires():
                 if fault.kind == LATENCY:
                     delayed = [fault] if delayed is None else [*delayed, fault]
                 else:
                     answer = fault
                     break
+        if not matched and misses is not None:
+            known = misses.setdefault(http_method, set())
+            if len(known) < MISSES:
+                known.add(target)
         if delayed is None and answer is None:
             return None
         return Verdict(delayed or [], answer, rpc)
