@@ -49,7 +49,7 @@ class Fault:
     keep the same id for the same sandbox)."""
 
     __slots__ = (
-        "after", "code", "http_method", "id", "injected", "kind", "latency_ms", "matched",
+        "after", "code", "http_method", "id", "injected", "key", "kind", "latency_ms", "matched",
         "message", "method", "needs_body", "nth", "path", "prefix", "probability", "raw",
         "retry_after", "rewrites", "rng", "sandbox", "service", "status", "times", "tool", "unread",
     )  # fmt: skip
@@ -58,6 +58,7 @@ class Fault:
         self.raw = dict(raw)
         self.sandbox = sandbox
         self.id = str(raw["id"])
+        self.key = ""  # the sandbox's routing key (set by FaultBook.compile)
         self.service = str(raw["service"])
         self.kind = str(raw["kind"])
         self.rewrites = self.kind in REWRITES
@@ -240,11 +241,15 @@ class FaultBook:
         self._pending: dict[tuple[str, str], Fault] = {}  # the table being replaced
         self._next: dict[tuple[str, str], Fault] = {}  # the table being compiled
 
-    def compile(self, sandbox: str, raws: Iterable[Mapping[str, Any]]) -> dict[str, ServiceFaults]:
-        """A sandbox's faults by service; an unchanged fault is the very same object."""
+    def compile(
+        self, sandbox: str, raws: Iterable[Mapping[str, Any]], *, key: str = ""
+    ) -> dict[str, ServiceFaults]:
+        """A sandbox's faults by service (`key`: its routing key, for reports); an unchanged
+        fault is the very same object."""
         by_service: dict[str, list[Fault]] = {}
         for raw in raws:
             fault = self._compiled(sandbox, raw)
+            fault.key = key
             by_service.setdefault(fault.service, []).append(fault)
         return {s: ServiceFaults(sandbox, s, fs) for s, fs in by_service.items()}
 
@@ -271,6 +276,11 @@ class FaultBook:
     def snapshot(self) -> list[tuple[str, str, int, int]]:
         """(sandbox, fault id, matched, injected) of every fault in the current table."""
         return [(s, i, f.matched, f.injected) for (s, i), f in self._faults.items()]
+
+    def entries(self) -> list[tuple[str, str, str, int, int]]:
+        """(sandbox, routing key, fault id, matched, injected): the form of a router report
+        (`report.Entry` on main), for the reporter's snapshot."""
+        return [(s, f.key, i, f.matched, f.injected) for (s, i), f in self._faults.items()]
 
 
 def _glob(pattern: object) -> re.Pattern[str] | None:

@@ -142,7 +142,9 @@ def parse_table(
                 decision=f"sandbox={route['sandbox']}".encode(),
                 forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
                 faults=list(route.get("faults") or []),
-                by_service=book.compile(str(route["sandbox"]), route.get("faults") or []),
+                by_service=book.compile(
+                    str(route["sandbox"]), route.get("faults") or [], key=str(key)
+                ),
             )
             for key, route in data["routes"].items()
         }
