@@ -143,3 +143,44 @@ def _router_pid(server: Sandboxd) -> int:
         ):
             return int(pid_dir.name)
     raise AssertionError("no router process")
+
+
+def test_a_fault_fires_in_the_embedded_router_and_its_count_reaches_the_api(
+    tmp_path: Path,
+) -> None:
+    """The whole fault path: the spec through the API, the table to the router, the injected
+    answer to the client, and the router's report back to `GET /v1/sandboxes/{name}`."""
+    port = free_port()
+    cat = catalog(tmp_path / "sandboxd.yaml", router_port=port, baseline_port=free_port())
+    args = ["--with-router", "--start-baseline"]
+    with (
+        running_sandboxd(tmp_path / "data", catalog=cat, args=args) as server,
+        server.client() as c,
+    ):
+        fault = {"id": "down", "service": "echo", "kind": "http_error", "status": 503, "times": 2}
+        key = c.post("/v1/sandboxes", json={"name": "pr-7", "faults": [fault]}).json()["routingKey"]
+        wait_phase(c, "pr-7", "Ready")
+        url = f"http://127.0.0.1:{port}/"
+        faulted = poll.until(
+            lambda: httpx.get(url, headers={"baggage": f"sandbox={key}"}, timeout=5),
+            lambda r: r.status_code == 503,
+            timeout=20,
+            what="the router to apply pr-7's fault",
+            ignoring=(httpx.HTTPError,),
+        )
+        assert faulted.headers["sandboxd-fault"] == "http_error; id=down"
+        assert faulted.json() == {
+            "error": "injected_fault", "kind": "http_error", "sandbox": "pr-7", "service": "echo",
+        }  # fmt: skip
+        assert httpx.get(url, timeout=5).status_code == 200  # no key: the baseline, untouched
+        second = httpx.get(url, headers={"baggage": f"sandbox={key}"}, timeout=5)
+        third = httpx.get(url, headers={"baggage": f"sandbox={key}"}, timeout=5)
+        assert (second.status_code, third.status_code) == (503, 200)  # `times: 2`
+
+        def counts() -> tuple[int, int]:
+            shown = c.get("/v1/sandboxes/pr-7").json()["faults"][0]
+            return shown["matched"], shown["injected"]
+
+        assert poll.until(counts, lambda n: n == (3, 2), timeout=10, what="counts") == (3, 2)
+        reasons = [e["reason"] for e in c.get("/v1/sandboxes/pr-7/events").json()["items"]]
+        assert reasons.count("FaultInjected") == 1

@@ -13,8 +13,8 @@ def test_keyless_clients_filling_the_table_never_evict_a_sandbox_session() -> No
     sessions.remember(b"a-1", FORK_A, b"sandbox=a")
     for i in range(1000):  # anyone can start baseline sessions, without a key
         sessions.remember(b"x-%d" % i, BASE, b"baseline")
-    assert sessions.get(b"a-1") == (FORK_A, b"sandbox=a")
-    assert sessions.get(b"x-999") == (BASE, b"baseline") and sessions.get(b"x-0") is None
+    assert sessions.get(b"a-1") == (FORK_A, b"sandbox=a", None)
+    assert sessions.get(b"x-999") == (BASE, b"baseline", None) and sessions.get(b"x-0") is None
     assert len(sessions) == 11
 
 
@@ -23,7 +23,7 @@ def test_a_sandbox_filling_its_share_evicts_only_its_own_sessions() -> None:
     sessions.remember(b"b-1", FORK_B, b"sandbox=b")
     for i in range(100):
         sessions.remember(b"a-%d" % i, FORK_A, b"sandbox=a")
-    assert sessions.get(b"b-1") == (FORK_B, b"sandbox=b")
+    assert sessions.get(b"b-1") == (FORK_B, b"sandbox=b", None)
     assert [sessions.get(b"a-%d" % i) is not None for i in range(96, 100)] == [True] * 4
     assert len(sessions) == 5
 

@@ -16,7 +16,7 @@ import uvloop
 
 from sandboxd_router import native
 from sandboxd_router.accesslog import AccessLog
-from sandboxd_router.report import Reporter, no_counts
+from sandboxd_router.report import Reporter
 from sandboxd_router.server import Router, serve_admin
 from sandboxd_router.state import Limits, RouterState
 from sandboxd_router.table import TableError
@@ -144,14 +144,21 @@ async def run(args: argparse.Namespace) -> None:
     background: list[asyncio.Task[None]] = [asyncio.create_task(router.sweep())]
     reporter = None
     if args.routes_file is not None:
-        await load_file(args.routes_file, upstreams=router.upstreams, on_table=router.apply)
+        await load_file(
+            args.routes_file,
+            upstreams=router.upstreams,
+            on_table=router.apply,
+            faults=router.faults,
+        )
     else:
         watcher = watch_control_plane(
-            url=args.control_url, token=args.token, upstreams=router.upstreams,
+            url=args.control_url,
+            token=args.token,
+            upstreams=router.upstreams,
             on_table=router.apply,
-        )  # fmt: skip
-        # The fault engine's snapshot replaces `no_counts` when it is wired in.
-        reporter = Reporter(url=args.control_url, token=args.token, snapshot=no_counts)
+            faults=router.faults,
+        )
+        reporter = Reporter(url=args.control_url, token=args.token, snapshot=router.faults.entries)
         background += [asyncio.create_task(watcher), asyncio.create_task(reporter.run())]
     await stop.wait()
     for task in background:

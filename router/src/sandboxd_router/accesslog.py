@@ -39,7 +39,9 @@ class AccessLog:
         bytes_in: int,
         bytes_out: int,
         traceparent: bytes | None,
+        fault: str | None = None,
     ) -> None:
+        """`fault`: the faults applied (`kind; id=…`, comma-separated), named in the line."""
         if not self._enabled:
             return
         trace = (
@@ -58,6 +60,8 @@ class AccessLog:
             "bytesOut": bytes_out,
             "traceId": trace,
         }
+        if fault is not None:
+            entry["fault"] = fault
         self._lines.append(json.dumps(entry, separators=(",", ":")))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().call_later(0.2, self.flush)

@@ -31,6 +31,9 @@ class Downstream(Protocol):
     def abort(self) -> None:
         """Drop the connection (a response that cannot be finished)."""
 
+    def reset(self) -> None:
+        """Reset the connection (a TCP RST, no response): an injected `reset` fault."""
+
     def exchange_done(self, exchange: object, *, reuse: bool) -> None:
         """The response to `exchange` has been sent; `reuse`: the connection may carry the
         next one."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections import deque
 from typing import cast
 
@@ -17,8 +19,9 @@ from sandboxd_router import intake, responses, routing
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.errors import Refusal
 from sandboxd_router.exchange import ANSWERING, HOLDING, Exchange
+from sandboxd_router.faults import rpc_of
 from sandboxd_router.intake import Intake
-from sandboxd_router.routing import FORWARD, HOLD
+from sandboxd_router.routing import FORWARD, HOLD, Decision
 from sandboxd_router.stall import StallWatch
 from sandboxd_router.state import Context, RouterState
 
@@ -41,6 +44,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None
         self._held: Exchange | None = None  # whose MCP body counts against the shared budget
+        self._faulted: Decision | None = None  # the decision of `_held`, read for its faults
         self._head_bytes = 0
         self._paused_turn = False
         self._paused_upstream = False
@@ -170,6 +174,8 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             has_body=intake.has_body(ex),
         )
         ex.routed(decision)
+        if decision.faults is not None:  # that sandbox has faults on this service
+            decision = self._fault(ex, decision)
         if decision.action == FORWARD:
             if ex is self.queue[0]:
                 ex.start()
@@ -181,6 +187,20 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             where = f"port {port}" if port is not None else f"host {ex.host!r}"
             message = f"no service is routed on {where}"
             ex.fail(404 if port is None else 503, "unknown_service", message)
+
+    def _fault(self, ex: Exchange, decision: Decision) -> Decision:
+        """Decide the request's faults from its head; or, when a fault needs the JSON-RPC
+        method (MCP), hold the body first (as rule 3 does, within the same budget)."""
+        faults = decision.faults
+        if faults is None or decision.action != FORWARD:
+            return decision
+        if faults.needs_body and ex.method == b"POST" and intake.has_body(ex):
+            self._faulted = decision
+            held = Decision(HOLD, decision.service)
+            ex.routed(held)
+            return held
+        ex.verdict = faults.choose(ex.method, ex.target)
+        return decision
 
     def _expect(self, ex: Exchange) -> None:
         """The router reads this body itself before routing: a client waiting for `100
@@ -213,13 +233,21 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
     def _release(self, ex: Exchange, *, whole: bool) -> None:
         """An MCP body has been read (or is too large to read): route it and send it."""
         self._held = None
+        decision, self._faulted = self._faulted, None  # (routed by its head, held for faults)
         state = self.state
         state.held_body -= ex.body_size
         service = ex.decision.service
         if ex.phase != HOLDING or service is None:
             return  # answered meanwhile (a refusal, a timeout)
         read = whole and ex.body_size <= state.limits.mcp_body_bytes
-        ex.routed(routing.route_by_body(state.table, service, b"".join(ex.body) if read else None))
+        body = b"".join(ex.body) if read else None
+        if decision is None:
+            decision = routing.route_by_body(state.table, service, body)
+        ex.routed(decision)
+        faults = decision.faults
+        if faults is not None:
+            rpc = rpc_of(body) if body is not None else None
+            ex.verdict = faults.choose(ex.method, ex.target, rpc, read=body is not None)
         if ex is self.queue[0]:
             ex.start()
 
@@ -285,6 +313,18 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             self.uncork()
             self.closed = True
             self.transport.close()
+
+    def reset(self) -> None:
+        """Close with a TCP RST: SO_LINGER 0, then close (the client sees ECONNRESET)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        self._out = None  # (nothing collected may leave: there is no response)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     def abort(self) -> None:
         if self.transport is not None:

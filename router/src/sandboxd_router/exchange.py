@@ -13,7 +13,9 @@ import time
 from typing import Final
 
 from sandboxd_router import headers as h
+from sandboxd_router import injection
 from sandboxd_router.boundary import Downstream
+from sandboxd_router.faults import Verdict
 from sandboxd_router.routing import HOLD, NOWHERE, Decision
 from sandboxd_router.state import Context
 from sandboxd_router.upstream import UpstreamConnection
@@ -48,6 +50,7 @@ class Exchange:
         "deadline",
         "decision",
         "downstream",
+        "due",
         "head",
         "host",
         "keep_alive",
@@ -62,6 +65,7 @@ class Exchange:
         "target",
         "task",
         "traceparent",
+        "verdict",
     )  # fmt: skip
 
     def __init__(self, downstream: Downstream, peer: bytes, context: Context) -> None:
@@ -93,6 +97,8 @@ class Exchange:
         self.client_chunked = False
         self.deadline = 0.0  # loop time by which the response head is due (0: not waiting)
         self.task: asyncio.Future[None] | None = None  # a connect in progress (kept from GC)
+        self.verdict: Verdict | None = None  # the faults this request triggered (rarely any)
+        self.due = False  # an injected answer waits for the request's last byte
 
     def routed(self, decision: Decision) -> None:
         """Take the routing decision: hold the body for it, or be ready to go upstream."""
@@ -105,7 +111,14 @@ class Exchange:
 
     # request side -----------------------------------------------------------------------
     def start(self) -> None:
-        """Send the request upstream, on a pooled connection when one is idle."""
+        """Send the request upstream, on a pooled connection when one is idle (or apply the
+        faults it triggered)."""
+        if self.verdict is not None:
+            self._start_faulted(self.verdict)
+            return
+        self._start()
+
+    def _start(self) -> None:
         upstream = self.decision.upstream
         assert upstream is not None
         conn = upstream.take_idle()
@@ -166,6 +179,9 @@ class Exchange:
         if self.conn is not None:
             self._send(h.chunk(data) if self.chunked else data)
         else:
+            verdict = self.verdict
+            if verdict is not None and verdict.answer is not None:
+                return  # answered by the router: the body goes nowhere
             self.body.append(data)
             if self.body_size > PENDING_LIMIT and self.phase != HOLDING:
                 # no upstream to take it yet (still connecting): read no more until one does,
@@ -179,6 +195,8 @@ class Exchange:
         self.phase = SENT
         if self.conn is not None:
             self._request_sent()
+        elif self.due:
+            self._answer()
 
     def _request_sent(self) -> None:
         if self.chunked:
@@ -232,6 +250,8 @@ class Exchange:
         if service is not None and service.is_mcp:
             self._track_session(status, head.session)
         label = self.decision.label
+        if self.verdict is not None:  # (latency) the real response, marked as faulted
+            label += b"\r\n" + self.verdict.headers()[:-2]
         self.downstream.write(
             head.render(status, reason, route=label, framing=framing, close=not self.keep_alive)
         )
@@ -309,7 +329,62 @@ class Exchange:
             return
         upstream = self.decision.upstream
         if started is not None and upstream is not None:
-            sessions.remember(started, upstream, self.decision.label)
+            route = self.decision.route
+            sandbox = route.sandbox if route is not None else None
+            sessions.remember(started, upstream, self.decision.label, sandbox)
+
+    # faults (`sandboxd_router.faults`) ------------------------------------------------------
+    def _start_faulted(self, verdict: Verdict) -> None:
+        """Latency first (a timer, not a sleeping task), then the upstream or our answer."""
+        delay = verdict.latency_ms / 1000
+        fault = verdict.answer
+        if fault is None:
+            then = self._after_latency
+        elif fault.kind == "timeout":
+            then = self._answer
+            wait = fault.latency_ms
+            delay += wait / 1000 if wait is not None else self.context.limits.upstream_timeout
+        else:
+            then = self._answer
+        self.context.loop.call_later(delay, then)
+
+    def _after_latency(self) -> None:
+        if not self.downstream.is_closed() and self.phase <= SENT:
+            self._start()
+
+    def _answer(self) -> None:
+        """Answer with the fault (once the request is whole: the connection stays usable)."""
+        verdict = self.verdict
+        if verdict is None or verdict.answer is None:
+            return
+        if self.downstream.is_closed() or self.phase >= ANSWERING:
+            return
+        if self.phase < SENT:
+            self.due = True  # request_complete() calls again
+            return
+        self.phase = DONE
+        if verdict.answer.kind == "reset":
+            self._log()
+            self.downstream.reset()
+            return
+        decision = self.decision
+        route = decision.route
+        service = decision.service
+        self.status, response = injection.answer(
+            verdict,
+            sandbox=route.sandbox if route is not None else "",
+            service=service.name if service is not None else "",
+            route=decision.label,
+            accept=self.head.values(b"accept"),
+            protocol=self.head.values(b"mcp-protocol-version"),
+            close=not self.keep_alive,
+            head_only=self.method == b"HEAD",
+        )
+        self.bytes_out = len(response)
+        self.downstream.write(response)
+        self.downstream.uncork()
+        self._log()
+        self.downstream.exchange_done(self, reuse=self.keep_alive)
 
     # failures ---------------------------------------------------------------------------
     def _await_head(self) -> None:
@@ -357,4 +432,5 @@ class Exchange:
                 bytes_in=self.body_size,
                 bytes_out=self.bytes_out,
                 traceparent=self.traceparent,
+                fault=self.verdict.names() if self.verdict is not None else None,
             )

@@ -71,6 +71,14 @@ class RequestHeaders:
         self.lines.append(name + b": " + value + CRLF)
         self.names.append(lower)
 
+    def values(self, lower: bytes) -> list[bytes]:
+        """The values of the headers named `lower` (a lowered name), left in place."""
+        return [
+            line.split(b":", 1)[1].strip()
+            for line, name in zip(self.lines, self.names, strict=True)
+            if name == lower
+        ]
+
     def take(self, lower: bytes) -> list[bytes]:
         """Remove the headers named `lower` (a lowered name) and return their values: for a
         header the router answers itself (`Expect: 100-continue` on a body it reads first)."""

@@ -25,16 +25,20 @@ class Sessions:
     """
 
     def __init__(self, *, limit: int = MAX_SESSIONS, per_sandbox: int = PER_SANDBOX) -> None:
-        self._where: dict[bytes, tuple[Upstream, bytes]] = {}
+        self._where: dict[bytes, tuple[Upstream, bytes, str | None]] = {}
         self._groups: dict[bytes, OrderedDict[bytes, None]] = {}  # decision → oldest first
         self._limit = limit
         self._per_sandbox = per_sandbox
         self._in_sandboxes = 0
 
-    def get(self, session: bytes) -> tuple[Upstream, bytes] | None:
+    def get(self, session: bytes) -> tuple[Upstream, bytes, str | None] | None:
+        """Where the session started: upstream, route decision, and the sandbox whose key it
+        carried (forked or not: its faults follow the session)."""
         return self._where.get(session)
 
-    def remember(self, session: bytes, upstream: Upstream, decision: bytes) -> None:
+    def remember(
+        self, session: bytes, upstream: Upstream, decision: bytes, sandbox: str | None = None
+    ) -> None:
         self.forget(session)
         baseline = decision == BASELINE
         group = self._groups.get(decision)
@@ -44,7 +48,7 @@ class Sessions:
         elif not baseline and self._in_sandboxes >= self._limit:
             self._drop_oldest(decision if size else self._largest())
         self._groups.setdefault(decision, OrderedDict())[session] = None
-        self._where[session] = (upstream, decision)
+        self._where[session] = (upstream, decision, sandbox)
         if not baseline:
             self._in_sandboxes += 1
 
@@ -62,7 +66,7 @@ class Sessions:
 
     def keep_only(self, live: set[int]) -> None:
         """After a table swap: drop sessions whose upstream is no longer routed to."""
-        for session in [s for s, (u, _) in self._where.items() if id(u) not in live]:
+        for session in [s for s, (u, _, _) in self._where.items() if id(u) not in live]:
             self.forget(session)
 
     def _drop_oldest(self, decision: bytes) -> None:

@@ -30,6 +30,7 @@ HOT = (
     "cork",
     "downstream",
     "exchange",
+    "faults",
     "headers",
     "intake",
     "mcp",

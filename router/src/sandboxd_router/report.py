@@ -101,8 +101,3 @@ def _wire(entry: Entry) -> dict[str, object]:
     sandbox, key, fault, matched, injected = entry
     return {"sandbox": sandbox, "routingKey": key, "fault": fault,
             "matched": matched, "injected": injected}  # fmt: skip
-
-
-def no_counts() -> list[Entry]:
-    """The snapshot until the fault engine provides one: nothing to report."""
-    return []

@@ -49,8 +49,9 @@ def route(
     if service.is_mcp and session is not None:
         hit = sessions.get(session)
         if hit is not None:
-            upstream, label = hit
-            return Decision(FORWARD, service, upstream, label, _sandbox_of(label))
+            upstream, label, sandbox = hit
+            entry = table.by_sandbox.get(sandbox) if sandbox is not None else None
+            return Decision(FORWARD, service, upstream, label, _sandbox_of(label), entry)
     key = find_key(baggage, table.key) if baggage else None
     if key is None and service.is_mcp and method == b"POST" and has_body:
         return Decision(HOLD, service)

@@ -9,6 +9,7 @@ import logging
 
 from sandboxd_router import native
 from sandboxd_router.downstream import DownstreamConnection
+from sandboxd_router.faults import FaultBook
 from sandboxd_router.state import RouterState
 from sandboxd_router.table import Table, UpstreamRegistry
 
@@ -21,6 +22,8 @@ class Router:
         self.host = host
         self.gateway_port = gateway_port
         self.upstreams = UpstreamRegistry()
+        self.faults = FaultBook()
+        """Every fault's counters, kept across tables (`FaultBook.snapshot()` reads them)."""
         self.listeners: dict[int | None, asyncio.Server] = {}
         self.ready = asyncio.Event()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from sandboxd_router.faults import FaultBook, ServiceFaults
 from sandboxd_router.upstream import Upstream
 
 
@@ -34,6 +35,8 @@ class Route:
     decision: bytes  # the `sandboxd-route` header value, b"sandbox=<name>"
     forks: dict[str, Upstream]
     faults: list[dict[str, Any]] = field(default_factory=list)
+    by_service: dict[str, ServiceFaults] = field(default_factory=dict)
+    """`faults` compiled (`sandboxd_router.faults`), by service."""
 
 
 # what a decision says to do
@@ -66,6 +69,8 @@ class Decision:
         self.route = route
         """The table's entry for the key the request carries, even when the baseline serves it
         (its sandbox does not fork the service): where a sandbox's faults are looked up."""
+        self.faults = route.by_service.get(service.name) if route and service else None
+        """That sandbox's faults on this service (None: none; the one test a request pays)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,8 @@ class Table:
     services: dict[str, Service]
     by_port: dict[int, Service]
     routes: dict[str, Route]
+    by_sandbox: dict[str, Route] = field(default_factory=dict, compare=False)
+    """The same entries by sandbox name: an MCP session's sandbox, for its faults."""
     decided: dict[str | None, dict[str, Decision]] = field(default_factory=dict, compare=False)
     """Decisions made so far, by routing key (None: no key) and service name."""
 
@@ -112,7 +119,12 @@ class UpstreamRegistry:
         return gone
 
 
-def parse_table(raw: bytes, *, upstreams: UpstreamRegistry) -> Table:
+def parse_table(
+    raw: bytes, *, upstreams: UpstreamRegistry, faults: FaultBook | None = None
+) -> Table:
+    """`faults`: the book that keeps fault counters across tables (a fresh one if None)."""
+    book = faults if faults is not None else FaultBook()
+    book.begin()
     try:
         data = json.loads(raw)
         services = {}
@@ -130,15 +142,20 @@ def parse_table(raw: bytes, *, upstreams: UpstreamRegistry) -> Table:
                 decision=f"sandbox={route['sandbox']}".encode(),
                 forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
                 faults=list(route.get("faults") or []),
+                by_service=book.compile(
+                    str(route["sandbox"]), route.get("faults") or [], key=str(key)
+                ),
             )
             for key, route in data["routes"].items()
         }
+        book.commit()
         return Table(
             version=str(data.get("version", "")),
             key=str(data.get("baggageKey", "sandbox")).encode(),
             services=services,
             by_port={s.port: s for s in services.values() if s.port is not None},
             routes=routes,
+            by_sandbox={r.sandbox: r for r in routes.values()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise TableError(f"malformed route table: {e!r}") from e

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from sandboxd_router.faults import FaultBook
 from sandboxd_router.table import Table, TableError, UpstreamRegistry, parse_table
 
 log = logging.getLogger("sandboxd_router")
@@ -17,7 +18,12 @@ WAIT = 30
 
 
 async def watch_control_plane(
-    *, url: str, token: str, upstreams: UpstreamRegistry, on_table: OnTable
+    *,
+    url: str,
+    token: str,
+    upstreams: UpstreamRegistry,
+    on_table: OnTable,
+    faults: FaultBook | None = None,
 ) -> None:
     """Long-poll `GET /v1/routes`; apply each new table; keep the last one while the control
     plane is unreachable, retrying with a capped backoff."""
@@ -35,7 +41,7 @@ async def watch_control_plane(
                 if response.status_code == 304:
                     continue
                 response.raise_for_status()
-                table = parse_table(response.content, upstreams=upstreams)
+                table = parse_table(response.content, upstreams=upstreams, faults=faults)
                 await on_table(table)
                 etag = response.headers.get("ETag")
                 backoff = 0.2
@@ -49,6 +55,8 @@ async def watch_control_plane(
                 backoff = min(backoff * 2, 5.0)
 
 
-async def load_file(path: Path, *, upstreams: UpstreamRegistry, on_table: OnTable) -> None:
+async def load_file(
+    path: Path, *, upstreams: UpstreamRegistry, on_table: OnTable, faults: FaultBook | None = None
+) -> None:
     raw = await asyncio.to_thread(Path.read_bytes, path)
-    await on_table(parse_table(raw, upstreams=upstreams))
+    await on_table(parse_table(raw, upstreams=upstreams, faults=faults))

@@ -30,6 +30,7 @@ class Exchange:
     rpc_method: str | None
     status: int
     route: str | None
+    fault: str | None = None  # the `sandboxd-fault` header(s), comma-joined
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Exchanges:
     @property
     def routes(self) -> set[str | None]:
         return {x.route for x in self.items}
+
+    @property
+    def faults(self) -> list[str]:
+        return [x.fault for x in self.items if x.fault is not None]
 
     @property
     def rpc_methods(self) -> set[str | None]:
@@ -80,8 +85,9 @@ async def connect(
     async def on_response(response: httpx2.Response) -> None:
         request = response.request
         route = response.headers.get("sandboxd-route")
+        fault = response.headers.get("sandboxd-fault")
         seen.items.append(
-            Exchange(request.method, rpc_method(request), response.status_code, route)
+            Exchange(request.method, rpc_method(request), response.status_code, route, fault)
         )
 
     http = httpx2.AsyncClient(

@@ -1,0 +1,218 @@
+"""The fault engine (`sandboxd_router.faults`): matching, schedules, composition, counters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sandboxd_router import routing
+from sandboxd_router.faults import FaultBook, Rpc, ServiceFaults, rpc_of
+from sandboxd_router.mcp import Sessions
+from sandboxd_router.table import UpstreamRegistry, parse_table
+
+
+def compiled(*faults: dict[str, Any], sandbox: str = "pr-1") -> ServiceFaults:
+    by_service = FaultBook().compile(sandbox, faults)
+    return by_service["svc"]
+
+
+def fault(kind: str = "http_error", **fields: Any) -> dict[str, Any]:
+    return {"id": fields.pop("id", kind), "service": "svc", "kind": kind, **fields}
+
+
+Request = tuple[bytes, bytes, Rpc | None, bool]
+
+
+def http(method: str = "GET", target: str = "/api/items?x=1") -> Request:
+    return method.encode(), target.encode(), None, True
+
+
+def call(tool: str, *, rpc_id: int | None = 1, method: str = "tools/call") -> Request:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": {"name": tool}}
+    if rpc_id is not None:
+        message["id"] = rpc_id
+    return b"POST", b"/mcp", rpc_of(json.dumps(message).encode()), True
+
+
+def choose(faults: ServiceFaults, request: Request) -> Any:
+    http_method, target, rpc, read = request
+    return faults.choose(http_method, target, rpc, read=read)
+
+
+def fired(faults: ServiceFaults, requests: list[Request]) -> list[bool]:
+    return [choose(faults, r) is not None for r in requests]
+
+
+def test_path_and_http_method_filter_http_requests() -> None:
+    faults = compiled(fault(path="/api/*", httpMethod="post"))
+    assert choose(faults, http("GET")) is None
+    assert choose(faults, http("POST", "/other")) is None
+    verdict = choose(faults, http("POST", "/api/items?q=1"))  # the query is not the path
+    assert verdict is not None and verdict.answer is not None
+    assert verdict.answer.kind == "http_error"
+
+
+def test_tool_globs_match_tools_call_only_by_default() -> None:
+    faults = compiled(fault("tool_error", tool="describe_*"))
+    assert choose(faults, call("describe_pod")) is not None
+    assert choose(faults, call("list_pods")) is None
+    assert choose(faults, call("describe_pod", method="resources/read")) is None
+    assert choose(faults, http("POST", "/mcp")) is None  # no JSON-RPC message at all
+
+
+def test_method_glob_and_any_method_without_filters() -> None:
+    by_method = compiled(fault("jsonrpc_error", method="tools/*"))
+    assert choose(by_method, call("x", method="tools/list")) is not None
+    assert choose(by_method, call("x", method="initialize")) is None
+    unfiltered = compiled(fault("http_error"))
+    assert choose(unfiltered, call("x", method="initialize")) is not None
+    assert choose(unfiltered, http()) is not None
+
+
+def test_jsonrpc_kinds_skip_notifications() -> None:
+    faults = compiled(fault("jsonrpc_error"))
+    assert choose(faults, call("x", rpc_id=None, method="notifications/initialized")) is None
+    assert choose(faults, call("x", rpc_id=7)) is not None
+
+
+def test_a_body_not_read_matches_no_body_filter_and_is_counted() -> None:
+    faults = compiled(fault("tool_error", tool="*"))
+    assert choose(faults, (b"POST", b"/mcp", None, False)) is None
+    assert faults.faults[0].unread == 1 and faults.faults[0].matched == 0
+
+
+def test_after_skips_then_nth_then_times_stops() -> None:
+    faults = compiled(fault(after=2, nth=3, times=2))
+    pattern = fired(faults, [http() for _ in range(14)])
+    # skip 2; of the rest every 3rd (ranks 3, 6, 9, …); at most twice
+    assert [i + 1 for i, hit in enumerate(pattern) if hit] == [5, 8]
+    only = faults.faults[0]
+    assert (only.matched, only.injected) == (14, 2)
+
+
+def test_a_seeded_probability_gives_the_same_sequence_twice() -> None:
+    runs = [fired(compiled(fault(probability=0.5, seed=42)), [http()] * 64) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert 0 < sum(runs[0]) < 64  # (a coin, not a constant)
+    other = fired(compiled(fault(probability=0.5, seed=7)), [http()] * 64)
+    assert other != runs[0]
+
+
+def test_probability_zero_never_fires_but_counts() -> None:
+    faults = compiled(fault(probability=0.0))
+    assert fired(faults, [http()] * 5) == [False] * 5
+    assert faults.faults[0].matched == 5 and faults.faults[0].injected == 0
+
+
+def test_latencies_add_up_then_the_first_other_kind_applies() -> None:
+    faults = compiled(
+        fault("latency", id="a", latencyMs=100),
+        fault("http_error", id="first", status=500),
+        fault("latency", id="b", latencyMs=50),  # after the answer: not consulted
+        fault("rate_limit", id="second"),
+    )
+    verdict = choose(faults, http())
+    assert verdict is not None and verdict.answer is not None
+    assert verdict.answer.id == "first" and verdict.latency_ms == 100
+    assert [f.id for f in verdict.applied()] == ["a", "first"]
+    assert verdict.headers() == (
+        b"sandboxd-fault: latency; id=a\r\nsandboxd-fault: http_error; id=first\r\n"
+    )
+    assert [f.matched for f in faults.faults] == [1, 1, 0, 0]
+
+
+def test_a_fault_that_does_not_fire_leaves_the_next_one_its_turn() -> None:
+    faults = compiled(
+        fault("latency", id="l1", latencyMs=10),
+        fault("latency", id="l2", latencyMs=20),
+        fault("http_error", id="skip", after=1),
+        fault("timeout", id="then"),
+    )
+    verdict = choose(faults, http())
+    assert verdict is not None and verdict.answer is not None
+    assert verdict.answer.id == "then" and verdict.latency_ms == 30
+    again = choose(faults, http())
+    assert again is not None and again.answer is not None and again.answer.id == "skip"
+
+
+def test_rewriting_kinds_are_ignored_for_now() -> None:
+    faults = compiled(fault("drop_fields", fields=["a"]), fault("malformed"))
+    assert choose(faults, http()) is None
+    assert [f.matched for f in faults.faults] == [0, 0]
+
+
+def table(*faults: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "services": [{"name": "svc", "baseline": "http://127.0.0.1:1"}],
+            "routes": {
+                "k1": {"sandbox": "pr-1", "forks": {}, "faults": list(faults)},
+                "k2": {"sandbox": "pr-2", "forks": {}, "faults": [fault("reset", id="r")]},
+            },
+        }
+    ).encode()
+
+
+def test_counters_survive_a_table_swap_that_keeps_the_fault_id() -> None:
+    book, upstreams = FaultBook(), UpstreamRegistry()
+    first = parse_table(table(fault(id="f", nth=2)), upstreams=upstreams, faults=book)
+    svc = first.routes["k1"].by_service["svc"]
+    fired(svc, [http()] * 3)
+    changed = fault(id="f", nth=2, status=500)  # same id, new spec: counters kept
+    second = parse_table(table(changed), upstreams=upstreams, faults=book)
+    kept = second.routes["k1"].by_service["svc"].faults[0]
+    assert (kept.matched, kept.injected, kept.status) == (3, 1, 500)
+    assert sorted(book.snapshot()) == [("pr-1", "f", 3, 1), ("pr-2", "r", 0, 0)]
+    assert sorted(book.entries()) == [("pr-1", "k1", "f", 3, 1), ("pr-2", "k2", "r", 0, 0)]
+    third = parse_table(table(fault(id="g")), upstreams=upstreams, faults=book)
+    assert third.routes["k1"].by_service["svc"].faults[0].matched == 0
+    assert ("pr-1", "f", 3, 1) not in book.snapshot()  # gone with its table
+
+
+def test_an_unchanged_fault_keeps_its_schedule_across_swaps() -> None:
+    book, upstreams = FaultBook(), UpstreamRegistry()
+    spec = fault(id="p", probability=0.5, seed=3)
+    whole = fired(compiled(spec), [http()] * 20)
+    first = parse_table(table(spec), upstreams=upstreams, faults=book)
+    part = fired(first.routes["k1"].by_service["svc"], [http()] * 10)
+    second = parse_table(table(spec), upstreams=upstreams, faults=book)
+    part += fired(second.routes["k1"].by_service["svc"], [http()] * 10)
+    assert part == whole
+
+
+def test_decisions_carry_the_keys_faults_forked_or_not_and_through_a_session() -> None:
+    raw = {
+        "services": [
+            {"name": "svc", "protocol": "mcp", "routerPort": 7001, "baseline": "http://b:1"},
+            {"name": "web", "routerPort": 7002, "baseline": "http://b:2"},
+        ],
+        "routes": {
+            "k1": {"sandbox": "pr-1", "forks": {"svc": "http://f:1"}, "faults": [fault()]},
+            "k2": {"sandbox": "pr-2", "forks": {}, "faults": [fault()]},
+        },
+    }
+    t = parse_table(json.dumps(raw).encode(), upstreams=UpstreamRegistry())
+    sessions = Sessions()
+
+    def route(port: int, baggage: bytes | None, session: bytes | None = None) -> Any:
+        return routing.route(
+            t, sessions, port=port, host=b"x", method=b"GET", baggage=[baggage] if baggage else [],
+            session=session, has_body=False,
+        )  # fmt: skip
+
+    forked, served = route(7001, b"sandbox=k1"), route(7001, b"sandbox=k2")
+    assert forked.faults is t.routes["k1"].by_service["svc"]
+    assert served.label == b"baseline" and served.faults is t.routes["k2"].by_service["svc"]
+    assert route(7002, b"sandbox=k1").faults is None  # no fault on that service
+    assert route(7001, None).faults is None and route(7001, b"sandbox=nobody").faults is None
+    assert served.upstream is not None
+    sessions.remember(b"s-1", served.upstream, served.label, "pr-2")
+    assert route(7001, None, b"s-1").faults is t.routes["k2"].by_service["svc"]
+
+
+def test_a_remembered_miss_never_hides_a_match() -> None:
+    faults = compiled(fault(path="/a", nth=2), fault("latency", id="d", httpMethod="DELETE"))
+    assert fired(faults, [http("GET", "/b")] * 3) == [False] * 3  # remembered as a miss
+    assert fired(faults, [http("GET", "/a")] * 4) == [False, True, False, True]
+    assert fired(faults, [http("DELETE", "/b")]) == [True]  # same target, another method
+    assert [f.matched for f in faults.faults] == [4, 1]
