@@ -37,6 +37,7 @@ FAULTS: list[dict[str, Any]] = [
     {"id": "every2", "service": "echo", "kind": "http_error", "path": "/nth", "nth": 2,
      "status": 500},
     {"id": "later", "service": "echo", "kind": "malformed", "path": "/rewrite"},
+    {"id": "now", "service": "echo", "kind": "rate_limit", "path": "/retry-now", "retryAfter": 0},
     {"id": "elsewhere", "service": "other", "kind": "http_error"},
 ]  # fmt: skip
 PATHS = ["/lat/x", "/err", "/err500", "/limited", "/timeout", "/reset", "/multi", "/nth"]
@@ -181,6 +182,12 @@ def test_latencies_add_up_then_the_first_other_fault_answers(
 def test_nth_faults_every_second_request(router: Router) -> None:
     statuses = [httpx.get(f"{router.url}/nth", headers=key("pr-3")).status_code for _ in range(6)]
     assert statuses == [200, 500, 200, 500, 200, 500]
+
+
+def test_a_retry_after_of_zero_is_sent_as_given(router: Router) -> None:
+    limited = httpx.get(f"{router.url}/retry-now", headers=key("pr-1"))
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "0")
+    assert httpx.get(f"{router.url}/limited", headers=key("pr-1")).headers["retry-after"] == "7"
 
 
 def test_rewriting_kinds_pass_through_for_now(router: Router, origins: dict[str, Origin]) -> None:

@@ -45,7 +45,7 @@ def answer(
     else:
         status = STATUS.get(kind) or fault.status or 503
         if kind == "rate_limit":
-            extra = b"Retry-After: %d\r\n" % (fault.retry_after or 1)
+            extra = b"Retry-After: %d\r\n" % (1 if fault.retry_after is None else fault.retry_after)
         error = {"error": "injected_fault", "kind": kind, "sandbox": sandbox, "service": service}
         body, ctype = json.dumps(error).encode(), JSON
     phrase = _phrase(status)
@@ -68,7 +68,10 @@ def _jsonrpc(fault: Fault, rpc_id: Any, *, stateless: bool) -> bytes:
         code = fault.code if fault.code is not None else -32603
         error = {"code": code, "message": fault.message or "injected fault"}
         return json.dumps({"jsonrpc": "2.0", "id": rpc_id, "error": error}).encode()
-    result: dict[str, Any] = {"content": [{"type": "text", "text": fault.message}], "isError": True}
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": fault.message or "injected fault"}],
+        "isError": True,
+    }
     if stateless:  # its schema requires the tag (older eras' clients may reject unknown keys)
         result["resultType"] = "complete"
     return json.dumps({"jsonrpc": "2.0", "id": rpc_id, "result": result}).encode()
