@@ -268,6 +268,9 @@ def test_the_access_log_names_the_fault(router: Router) -> None:
     assert line["status"] == 503 and line["fault"] == "http_error; id=down"
     served = json.loads(wait_for_log(router, "http_error; id=down", '"route":"baseline"'))
     assert served["status"] == 503  # (pr-3's: served by the baseline, faulted all the same)
+    httpx.get(f"{router.url}/empty", headers=key("pr-1"))
+    emptied = json.loads(wait_for_log(router, "empty_result; id=emptied"))
+    assert emptied["status"] == 200 and emptied["fault"] == "empty_result; id=emptied"
 
 
 # helpers ---------------------------------------------------------------------------------
