@@ -42,6 +42,8 @@ FAULTS: list[dict[str, Any]] = [
     {"id": "emptied", "service": "echo", "kind": "empty_result", "path": "/empty"},
     {"id": "dropped", "service": "echo", "kind": "drop_fields", "path": "/drop",
      "fields": ["received.headers", "received.body.nope", "origin"]},
+    {"id": "paced-big", "service": "echo", "kind": "slow_stream", "path": "/big",
+     "httpMethod": "POST", "chunkDelayMs": 1},
     {"id": "too-big", "service": "echo", "kind": "empty_result", "path": "/big"},
     {"id": "not-json", "service": "echo", "kind": "empty_result", "path": "/chunked"},
     {"id": "failed", "service": "echo", "kind": "empty_result", "path": "/status"},
@@ -244,6 +246,20 @@ def test_slow_stream_holds_each_sse_event_apart(router: Router, origins: dict[st
     assert events == [0, 1, 2]
     assert all(b - a >= 0.2 for a, b in itertools.pairwise(arrivals))
     assert targets(origins["fork1"]) == ["/sse?n=3&ms=0"]
+
+
+def test_slow_stream_lets_a_large_body_out_whole(
+    router: Router, origins: dict[str, Origin]
+) -> None:
+    """3 MB, more than the router holds back before it stops reading the upstream; the
+    upstream connection it paused is read again (the next request, pooled on it, is answered)."""
+    with httpx.Client(base_url=router.url, headers=key("pr-1"), timeout=10) as client:
+        response = client.post("/big?bytes=3000000")
+        after = client.get("/echo")
+    assert response.headers["sandboxd-fault"] == "slow_stream; id=paced-big"
+    assert response.content == b"x" * 3_000_000
+    assert after.status_code == 200 and after.json()["origin"] == "fork1"
+    assert targets(origins["fork1"]) == ["/big?bytes=3000000", "/echo"]
 
 
 @pytest.mark.parametrize(

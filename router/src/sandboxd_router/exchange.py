@@ -285,6 +285,8 @@ class Exchange:
         if paced is not None:
             if paced.add(data):
                 self.context.loop.call_later(paced.delay, self._pace)
+            if paced.size > rewrite.LIMIT:
+                self._read_upstream(False)  # held back faster than let out: read no more
             return
         held = self.held
         if held is not None:
@@ -300,6 +302,7 @@ class Exchange:
             self._rewrite(self.held)
         paced = self.paced
         if paced is not None:
+            self._read_upstream(True)  # (paused, perhaps: the body is whole)
             self.conn = None  # (released already: its next exchange may begin)
             if paced.end():
                 self.context.loop.call_later(paced.delay, self._pace)
@@ -466,6 +469,8 @@ class Exchange:
             self.bytes_out += len(data)
             self.downstream.write(h.chunk(data) if self.client_chunked else data)
             self.downstream.uncork()
+            if paced.size <= rewrite.LIMIT:
+                self._read_upstream(True)
         if paced.pieces:
             self.context.loop.call_later(paced.delay, self._pace)
             return
@@ -473,6 +478,15 @@ class Exchange:
         if paced.ended:
             self.paced = None
             self._end()
+
+    def _read_upstream(self, reading: bool) -> None:
+        conn = self.conn
+        transport = conn.transport if conn is not None else None
+        if transport is not None and not transport.is_closing():
+            if reading:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def _unrewritten(self, held: Held) -> None:
         """Over `rewrite.LIMIT`: what is held leaves as it came, and the rest streams."""

@@ -169,9 +169,10 @@ def _without(value: object, path: list[str]) -> object:
 
 class Paced:
     """`slow_stream`: a response's body let out in pieces `delay` seconds apart — the pieces
-    the upstream sent, or, for SSE, one event each (a partial event waits for its end)."""
+    the upstream sent, or, for SSE, one event each (a partial event waits for its end). Over
+    `LIMIT` queued, the exchange stops reading the upstream until the queue drains below it."""
 
-    __slots__ = ("carry", "delay", "ended", "pieces", "sse", "waiting")
+    __slots__ = ("carry", "delay", "ended", "pieces", "size", "sse", "waiting")
 
     def __init__(self, delay: float, *, sse: bytes) -> None:
         self.delay = delay
@@ -180,9 +181,11 @@ class Paced:
         self.carry = b""
         self.ended = False
         self.waiting = False  # a turn is scheduled
+        self.size = 0  # bytes queued
 
     def add(self, data: bytes) -> bool:
         """Queue the data; True when the caller must schedule a turn."""
+        self.size += len(data)
         if self.sse:
             data, pos = self.carry + data, 0
             for end in EVENT_END.finditer(data):
@@ -211,4 +214,8 @@ class Paced:
         return bool(self.pieces) or self.waiting
 
     def next(self) -> bytes | None:
-        return self.pieces.popleft() if self.pieces else None
+        if not self.pieces:
+            return None
+        piece = self.pieces.popleft()
+        self.size -= len(piece)
+        return piece
