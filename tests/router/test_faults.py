@@ -7,8 +7,10 @@ own record, whether the upstream was called.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,7 +38,16 @@ FAULTS: list[dict[str, Any]] = [
     {"id": "never", "service": "echo", "kind": "http_error", "path": "/multi"},
     {"id": "every2", "service": "echo", "kind": "http_error", "path": "/nth", "nth": 2,
      "status": 500},
-    {"id": "later", "service": "echo", "kind": "malformed", "path": "/rewrite"},
+    {"id": "cut", "service": "echo", "kind": "malformed", "path": "/rewrite"},
+    {"id": "emptied", "service": "echo", "kind": "empty_result", "path": "/empty"},
+    {"id": "dropped", "service": "echo", "kind": "drop_fields", "path": "/drop",
+     "fields": ["received.headers", "received.body.nope", "origin"]},
+    {"id": "paced-big", "service": "echo", "kind": "slow_stream", "path": "/big",
+     "httpMethod": "POST", "chunkDelayMs": 1},
+    {"id": "too-big", "service": "echo", "kind": "empty_result", "path": "/big"},
+    {"id": "not-json", "service": "echo", "kind": "empty_result", "path": "/chunked"},
+    {"id": "failed", "service": "echo", "kind": "empty_result", "path": "/status"},
+    {"id": "paced", "service": "echo", "kind": "slow_stream", "path": "/sse", "chunkDelayMs": 250},
     {"id": "now", "service": "echo", "kind": "rate_limit", "path": "/retry-now", "retryAfter": 0},
     {"id": "elsewhere", "service": "other", "kind": "http_error"},
 ]  # fmt: skip
@@ -190,10 +201,80 @@ def test_a_retry_after_of_zero_is_sent_as_given(router: Router) -> None:
     assert httpx.get(f"{router.url}/limited", headers=key("pr-1")).headers["retry-after"] == "7"
 
 
-def test_rewriting_kinds_pass_through_for_now(router: Router, origins: dict[str, Origin]) -> None:
+@pytest.mark.parametrize(("sandbox", "served_by"), [("pr-1", "fork1"), ("pr-3", "baseline")])
+def test_empty_result_and_drop_fields_rewrite_the_json_body(
+    router: Router, origins: dict[str, Origin], sandbox: str, served_by: str
+) -> None:
+    with httpx.Client(base_url=router.url, headers=key(sandbox)) as client:
+        emptied = client.get("/empty")
+        dropped = client.get("/drop")
+        after = client.get("/echo")  # the connection carries on: the lengths were right
+    assert emptied.status_code == 200 and emptied.content == b"{}"
+    assert emptied.headers["sandboxd-fault"] == "empty_result; id=emptied"
+    assert emptied.headers["content-length"] == "2"
+    assert dropped.headers["sandboxd-fault"] == "drop_fields; id=dropped"
+    received = dropped.json()["received"]
+    assert "origin" not in dropped.json() and "headers" not in received
+    assert received["target"] == "/drop" and received["method"] == "GET"
+    assert int(dropped.headers["content-length"]) == len(dropped.content)
+    assert after.json()["origin"] == served_by and "sandboxd-fault" not in after.headers
+    assert targets(origins[served_by]) == ["/empty", "/drop", "/echo"]  # it WAS called
+
+
+def test_malformed_cuts_the_json_body(router: Router, origins: dict[str, Origin]) -> None:
     response = httpx.get(f"{router.url}/rewrite", headers=key("pr-1"))
-    assert response.status_code == 200 and "sandboxd-fault" not in response.headers
+    assert response.status_code == 200
+    assert response.headers["sandboxd-fault"] == "malformed; id=cut"
+    assert response.content.startswith(b'{"origin": "fork1", "received": {')  # cut short
+    assert int(response.headers["content-length"]) == len(response.content)
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
     assert targets(origins["fork1"]) == ["/rewrite"]
+
+
+def test_slow_stream_holds_each_sse_event_apart(router: Router, origins: dict[str, Origin]) -> None:
+    """The origin sends three events at once; the client gets them 250 ms apart (a lower
+    bound, which the router's timer guarantees: no upper bound is asserted)."""
+    arrivals: list[float] = []
+    with httpx.stream("GET", f"{router.url}/sse?n=3&ms=0", headers=key("pr-1")) as response:
+        assert response.headers["sandboxd-fault"] == "slow_stream; id=paced"
+        events = []
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic())
+                events.append(json.loads(line[6:])["i"])
+    assert events == [0, 1, 2]
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(arrivals))
+    assert targets(origins["fork1"]) == ["/sse?n=3&ms=0"]
+
+
+def test_slow_stream_lets_a_large_body_out_whole(
+    router: Router, origins: dict[str, Origin]
+) -> None:
+    """3 MB, more than the router holds back before it stops reading the upstream; the
+    upstream connection it paused is read again (the next request, pooled on it, is answered)."""
+    with httpx.Client(base_url=router.url, headers=key("pr-1"), timeout=10) as client:
+        response = client.post("/big?bytes=3000000")
+        after = client.get("/echo")
+    assert response.headers["sandboxd-fault"] == "slow_stream; id=paced-big"
+    assert response.content == b"x" * 3_000_000
+    assert after.status_code == 200 and after.json()["origin"] == "fork1"
+    assert targets(origins["fork1"]) == ["/big?bytes=3000000", "/echo"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/big?bytes=1100000", 200), ("/chunked?n=3", 200), ("/status?code=500", 500)],
+)
+def test_what_cannot_be_rewritten_passes_untouched(
+    router: Router, origins: dict[str, Origin], path: str, status: int
+) -> None:
+    """Over the size limit (1 MiB), not JSON, or an error: the origin's answer as it came."""
+    faulted = httpx.get(f"{router.url}{path}", headers=key("pr-1"))
+    real = httpx.get(f"{router.url}{path}", headers=key("pr-2"))
+    assert faulted.status_code == status and "sandboxd-fault" not in faulted.headers
+    assert faulted.content == real.content
+    assert targets(origins["fork1"]) == [path]
 
 
 def test_the_access_log_names_the_fault(router: Router) -> None:
@@ -203,6 +284,9 @@ def test_the_access_log_names_the_fault(router: Router) -> None:
     assert line["status"] == 503 and line["fault"] == "http_error; id=down"
     served = json.loads(wait_for_log(router, "http_error; id=down", '"route":"baseline"'))
     assert served["status"] == 503  # (pr-3's: served by the baseline, faulted all the same)
+    httpx.get(f"{router.url}/empty", headers=key("pr-1"))
+    emptied = json.loads(wait_for_log(router, "empty_result; id=emptied"))
+    assert emptied["status"] == 200 and emptied["fault"] == "empty_result; id=emptied"
 
 
 # helpers ---------------------------------------------------------------------------------

@@ -135,10 +135,30 @@ def test_a_fault_that_does_not_fire_leaves_the_next_one_its_turn() -> None:
     assert again is not None and again.answer is not None and again.answer.id == "skip"
 
 
-def test_rewriting_kinds_are_ignored_for_now() -> None:
-    faults = compiled(fault("drop_fields", fields=["a"]), fault("malformed"))
-    assert choose(faults, http()) is None
-    assert [f.matched for f in faults.faults] == [0, 0]
+def test_a_rewriting_kind_applies_after_latency_and_ends_the_list() -> None:
+    faults = compiled(
+        fault("latency", id="d", latencyMs=5), fault("drop_fields", fields=["a"]), fault()
+    )
+    verdict = choose(faults, http())
+    assert verdict.answer is None and verdict.rewrite is faults.faults[1]
+    assert (
+        verdict.latency_ms == 5 and verdict.names() == "latency; id=d, drop_fields; id=drop_fields"
+    )
+    assert [f.matched for f in faults.faults] == [1, 1, 0]
+
+
+def test_a_request_only_a_rewriting_kind_matches_is_no_remembered_miss() -> None:
+    faults = compiled(fault("empty_result", path="/a", nth=2))
+    assert fired(faults, [http("GET", "/a")] * 4) == [False, True, False, True]
+    assert faults.faults[0].matched == 4
+
+
+def test_hide_tool_matches_tools_list_by_method_not_by_its_tool() -> None:
+    faults = compiled(fault("hide_tool", tool="secret_*"))
+    hide = faults.faults[0]
+    assert choose(faults, call("anything", method="tools/list")).rewrite is hide
+    assert choose(faults, call("secret_x")) is None  # a tools/call of a hidden tool
+    assert hide.hidden is not None and hide.hidden.fullmatch("secret_x")
 
 
 def table(*faults: dict[str, Any]) -> bytes:

@@ -13,7 +13,7 @@ import time
 from typing import Final
 
 from sandboxd_router import headers as h
-from sandboxd_router import injection
+from sandboxd_router import injection, rewrite
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.faults import Verdict
 from sandboxd_router.routing import HOLD, NOWHERE, Decision
@@ -52,9 +52,11 @@ class Exchange:
         "downstream",
         "due",
         "head",
+        "held",
         "host",
         "keep_alive",
         "method",
+        "paced",
         "peer",
         "phase",
         "replay",
@@ -99,6 +101,8 @@ class Exchange:
         self.task: asyncio.Future[None] | None = None  # a connect in progress (kept from GC)
         self.verdict: Verdict | None = None  # the faults this request triggered (rarely any)
         self.due = False  # an injected answer waits for the request's last byte
+        self.held: Held | None = None  # a response buffered to be rewritten (rarely)
+        self.paced: rewrite.Paced | None = None  # a response held back piece by piece (rarer)
 
     def routed(self, decision: Decision) -> None:
         """Take the routing decision: hold the body for it, or be ready to go upstream."""
@@ -249,21 +253,65 @@ class Exchange:
         service = self.decision.service
         if service is not None and service.is_mcp:
             self._track_session(status, head.session)
-        label = self.decision.label
-        if self.verdict is not None:  # (latency) the real response, marked as faulted
-            label += b"\r\n" + self.verdict.headers()[:-2]
-        self.downstream.write(
-            head.render(status, reason, route=label, framing=framing, close=not self.keep_alive)
-        )
+        verdict = self.verdict
+        if verdict is not None and verdict.rewrite is not None:
+            if not (200 <= status < 300 and body != "none"):
+                verdict.rewrite = None  # an error or no body: passed untouched
+            elif verdict.rewrite.kind == "slow_stream":
+                delay = (verdict.rewrite.chunk_delay_ms or 0) / 1000
+                self.paced = rewrite.Paced(delay, sse=head.value(b"content-type") or b"")
+            else:
+                self.held = Held(status, reason, head, framing)  # its length will change
+        if self.held is None:
+            self._write_head(status, reason, head, framing)
         if self.phase != SENT:
             self.keep_alive = False  # answered before the request was whole: the rest is moot
         self.phase = ANSWERING
 
+    def _write_head(
+        self, status: int, reason: bytes, head: h.ResponseHeaders, framing: bytes
+    ) -> None:
+        label = self.decision.label
+        if self.verdict is not None:  # the real response (perhaps rewritten), marked as faulted
+            names = self.verdict.headers()
+            if names:
+                label += b"\r\n" + names[:-2]
+        self.downstream.write(
+            head.render(status, reason, route=label, framing=framing, close=not self.keep_alive)
+        )
+
     def response_body(self, data: bytes) -> None:
+        paced = self.paced
+        if paced is not None:
+            if paced.add(data):
+                self.context.loop.call_later(paced.delay, self._pace)
+            if paced.size > rewrite.LIMIT:
+                self._read_upstream(False)  # held back faster than let out: read no more
+            return
+        held = self.held
+        if held is not None:
+            held.add(data)
+            if held.size > rewrite.LIMIT:
+                self._unrewritten(held)
+            return
         self.bytes_out += len(data)
         self.downstream.write(h.chunk(data) if self.client_chunked else data)
 
     def response_end(self) -> None:
+        if self.held is not None:
+            self._rewrite(self.held)
+        paced = self.paced
+        if paced is not None:
+            self._read_upstream(True)  # (paused, perhaps: the body is whole)
+            self.conn = None  # (released already: its next exchange may begin)
+            if paced.end():
+                self.context.loop.call_later(paced.delay, self._pace)
+            if paced.pending():
+                return  # `_pace` ends the response after its last piece
+            self.paced = None
+        self._end()
+
+    def _end(self) -> None:
         downstream = self.downstream
         if self.client_chunked:
             downstream.write(h.LAST_CHUNK)
@@ -386,6 +434,71 @@ class Exchange:
         self._log()
         self.downstream.exchange_done(self, reuse=self.keep_alive)
 
+    def _rewrite(self, held: Held) -> None:
+        """The whole response is here: write it rewritten (or, when it is not one the fault
+        rewrites, as it came), with a Content-Length."""
+        self.held = None
+        verdict = self.verdict
+        fault = verdict.rewrite if verdict is not None else None
+        body = b"".join(held.chunks)
+        if fault is not None and verdict is not None:
+            service = self.decision.service
+            new = rewrite.rewritten(
+                fault,
+                body,
+                ctype=held.head.value(b"content-type") or b"",
+                mcp=service is not None and service.is_mcp,
+                rpc_id=verdict.rpc_id,
+            )
+            if new is None or held.head.value(b"content-encoding") not in (None, b"identity"):
+                verdict.rewrite = None
+            else:
+                body = new
+        self.client_chunked = False
+        self._write_head(held.status, held.reason, held.head, h.content_length(len(body)))
+        self.bytes_out += len(body)
+        self.downstream.write(body)
+
+    def _pace(self) -> None:
+        """`slow_stream`: write the next piece; the next one (or the end) `delay` later."""
+        paced = self.paced
+        if paced is None or self.downstream.is_closed():
+            return
+        data = paced.next()
+        if data is not None:
+            self.bytes_out += len(data)
+            self.downstream.write(h.chunk(data) if self.client_chunked else data)
+            self.downstream.uncork()
+            if paced.size <= rewrite.LIMIT:
+                self._read_upstream(True)
+        if paced.pieces:
+            self.context.loop.call_later(paced.delay, self._pace)
+            return
+        paced.waiting = False  # the next piece from the upstream schedules the next turn
+        if paced.ended:
+            self.paced = None
+            self._end()
+
+    def _read_upstream(self, reading: bool) -> None:
+        conn = self.conn
+        transport = conn.transport if conn is not None else None
+        if transport is not None and not transport.is_closing():
+            if reading:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _unrewritten(self, held: Held) -> None:
+        """Over `rewrite.LIMIT`: what is held leaves as it came, and the rest streams."""
+        self.held = None
+        verdict = self.verdict
+        if verdict is not None and verdict.rewrite is not None:
+            verdict.rewrite.unrewritten += 1
+            verdict.rewrite = None
+        self._write_head(held.status, held.reason, held.head, held.framing)
+        for data in held.chunks:
+            self.response_body(data)
+
     # failures ---------------------------------------------------------------------------
     def _await_head(self) -> None:
         """Checked by the router's once-a-second sweep (`DownstreamConnection.tick`): far
@@ -434,3 +547,21 @@ class Exchange:
                 traceparent=self.traceparent,
                 fault=self.verdict.names() if self.verdict is not None else None,
             )
+
+
+class Held:
+    """A response head and body kept until the body is whole, to rewrite it (`rewrite`)."""
+
+    __slots__ = ("chunks", "framing", "head", "reason", "size", "status")
+
+    def __init__(self, status: int, reason: bytes, head: h.ResponseHeaders, framing: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.head = head
+        self.framing = framing  # the head's framing, were the body to pass as it came
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)

@@ -38,10 +38,9 @@ JSONRPC_KINDS: Final = frozenset({"jsonrpc_error", "tool_error"})
 REWRITES: Final = frozenset(
     {"slow_stream", "malformed", "empty_result", "drop_fields", "inject", "hide_tool"}
 )
-"""Kinds that rewrite the upstream's response: not applied yet (a later part of issue 12). They
-are compiled and kept (their counters too) but never consulted: the request passes untouched.
-The seam for them is `ServiceFaults.choose`, which would return them in `Verdict.rewrite` (and
-must then stop remembering a request that only they match as a miss: `ServiceFaults.misses`)."""
+"""Kinds that rewrite the upstream's response (`sandboxd_router.rewrite`): the upstream is
+called, and its response is buffered to be rewritten."""
+HIDE_TOOL: Final = "hide_tool"
 
 
 class Fault:
@@ -49,9 +48,10 @@ class Fault:
     keep the same id for the same sandbox)."""
 
     __slots__ = (
-        "after", "code", "http_method", "id", "injected", "key", "kind", "latency_ms", "matched",
-        "message", "method", "needs_body", "nth", "path", "prefix", "probability", "raw",
-        "retry_after", "rewrites", "rng", "sandbox", "service", "status", "times", "tool", "unread",
+        "after", "chunk_delay_ms", "code", "fields", "hidden", "http_method", "id", "injected",
+        "key", "kind", "latency_ms", "matched", "message", "method", "needs_body", "nth", "path",
+        "prefix", "probability", "raw", "retry_after", "rewrites", "rng", "sandbox", "service",
+        "status", "text", "times", "tool", "unread", "unrewritten",
     )  # fmt: skip
 
     def __init__(self, sandbox: str, raw: Mapping[str, Any]) -> None:
@@ -68,8 +68,13 @@ class Fault:
         """The glob's literal start: most paths are told apart by it, without the regex."""
         method = raw.get("httpMethod")
         self.http_method = str(method).upper().encode() if method else None
-        self.tool = _glob(raw.get("tool"))
-        self.method = _glob(raw.get("method") or ("tools/call" if raw.get("tool") else None))
+        if self.kind == HIDE_TOOL:
+            # its `tool` names the tools to hide from `tools/list`, not the request to match
+            self.hidden, self.tool = _glob(raw.get("tool")), None
+            self.method = _glob(raw.get("method") or "tools/list")
+        else:
+            self.hidden, self.tool = None, _glob(raw.get("tool"))
+            self.method = _glob(raw.get("method") or ("tools/call" if raw.get("tool") else None))
         self.needs_body = (
             self.tool is not None or self.method is not None or self.kind in JSONRPC_KINDS
         )
@@ -78,6 +83,9 @@ class Fault:
         self.code = _int(raw.get("code"))
         self.message = str(raw.get("message") or "")
         self.retry_after = _int(raw.get("retryAfter"))
+        self.text = str(raw.get("text") or "")
+        self.fields = [str(f) for f in raw.get("fields") or ()]
+        self.chunk_delay_ms = _int(raw.get("chunkDelayMs"))
         probability = raw.get("probability")
         self.probability = 1.0 if probability is None else float(probability)
         seed = raw.get("seed")
@@ -89,6 +97,7 @@ class Fault:
         self.matched = 0
         self.injected = 0
         self.unread = 0
+        self.unrewritten = 0  # fired, but its response passed unrewritten (`rewrite.LIMIT`)
 
     def header(self) -> bytes:
         """The `sandboxd-fault` header's value."""
@@ -159,18 +168,24 @@ def rpc_of(body: bytes) -> Rpc | None:
 
 class Verdict:
     """What a request gets: `latency_ms` added (the sum of the firing latency faults), then
-    `answer` (a fault the router answers itself) or, when None, the upstream's response."""
+    `answer` (a fault the router answers itself), or the upstream's response rewritten by
+    `rewrite` (a `REWRITES` kind), or, when both are None, the upstream's response."""
 
-    __slots__ = ("answer", "delayed", "latency_ms", "rpc_id")
+    __slots__ = ("answer", "delayed", "latency_ms", "rewrite", "rpc_id")
 
-    def __init__(self, delayed: list[Fault], answer: Fault | None, rpc: Rpc | None) -> None:
+    def __init__(
+        self, delayed: list[Fault], answer: Fault | None, rpc: Rpc | None, rewrite: Fault | None
+    ) -> None:
         self.delayed = delayed
         self.answer = answer
+        self.rewrite = rewrite
+        """Set back to None when its response could not be rewritten (it is then not named)."""
         self.latency_ms = sum(f.latency_ms or 0 for f in delayed)
         self.rpc_id = rpc.id if rpc is not None else None
 
     def applied(self) -> list[Fault]:
-        return [*self.delayed, *([self.answer] if self.answer is not None else [])]
+        last = self.answer or self.rewrite
+        return [*self.delayed, *([last] if last is not None else [])]
 
     def names(self) -> str:
         """The applied faults, for the access log: `kind; id=…` joined by commas."""
@@ -212,14 +227,18 @@ class ServiceFaults:
         path = target[:query] if query >= 0 else target
         delayed: list[Fault] | None = None  # (allocated only when one fires)
         answer: Fault | None = None
+        rewrite: Fault | None = None
         matched = False
         for fault in self.faults:
-            if fault.rewrites or not fault.matches(http_method, path, rpc, read):
-                continue  # (rewriting kinds: a later part; see REWRITES)
+            if not fault.matches(http_method, path, rpc, read):
+                continue
             matched = True
             if fault.fires():
                 if fault.kind == LATENCY:
                     delayed = [fault] if delayed is None else [*delayed, fault]
+                elif fault.rewrites:
+                    rewrite = fault
+                    break
                 else:
                     answer = fault
                     break
@@ -227,9 +246,9 @@ class ServiceFaults:
             known = misses.setdefault(http_method, set())
             if len(known) < MISSES:
                 known.add(target)
-        if delayed is None and answer is None:
+        if delayed is None and answer is None and rewrite is None:
             return None
-        return Verdict(delayed or [], answer, rpc)
+        return Verdict(delayed or [], answer, rpc, rewrite)
 
 
 class FaultBook:
@@ -261,6 +280,7 @@ class FaultBook:
                 fault = old
             else:
                 fault.matched, fault.injected, fault.unread = old.matched, old.injected, old.unread
+                fault.unrewritten = old.unrewritten
         self._next[(sandbox, fault.id)] = fault
         return fault
 

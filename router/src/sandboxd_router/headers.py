@@ -148,6 +148,15 @@ class ResponseHeaders:
         self.lines.append(name + b": " + value + CRLF)
         self.names.append(lower)
 
+    def value(self, name: bytes) -> bytes | None:
+        """The last value of the header `name` (lower case), found by a scan: for the rare
+        response that is rewritten, not for every response."""
+        found = None
+        for line, n in zip(self.lines, self.names, strict=True):
+            if n == name:
+                found = line.split(b":", 1)[1].strip()
+        return found
+
     def render(
         self, status: int, reason: bytes, *, route: bytes, framing: bytes, close: bool
     ) -> bytes:

@@ -1,0 +1,221 @@
+"""Rewriting an upstream's response for a fault of a `faults.REWRITES` kind. Pure: no I/O.
+
+The exchange buffers the response (only for a request such a fault fired on) and hands the
+whole body here. What is rewritten:
+- http: a JSON body (`application/json`, `+json`, or no Content-Type at all);
+- mcp: the JSON-RPC response to the request (by its `id`): a JSON body, or the matching event
+  of an SSE body (the other events, comments, `id:` and `retry:` lines pass as they came).
+A body that is not that (not JSON, an error, an answer that is no tool result for a tool
+kind), or over `LIMIT`, passes untouched: `rewritten` returns None.
+
+Dotted `fields` (`drop_fields`) walk objects by key; through a list they apply to each item
+(`items.name` drops `name` from every item of `items`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from typing import Any, Final
+
+from sandboxd_router.faults import Fault
+
+LIMIT: Final = 1024 * 1024
+"""Response bodies larger than this pass through unrewritten (counted: `Fault.unrewritten`)."""
+EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def rewritten(
+    fault: Fault, body: bytes, *, ctype: bytes, mcp: bool, rpc_id: object
+) -> bytes | None:
+    """The new body, or None when this response is not one the fault rewrites."""
+    media = ctype.split(b";", 1)[0].strip().lower()
+    if mcp and media == b"text/event-stream":
+        return _sse(fault, body, rpc_id)
+    if media and media != b"application/json" and not media.endswith(b"+json"):
+        return None
+    return _json(fault, body, mcp=mcp, rpc_id=rpc_id)
+
+
+def _json(fault: Fault, body: bytes, *, mcp: bool, rpc_id: object) -> bytes | None:
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if mcp and not _answers(value, rpc_id):
+        return None
+    if fault.kind == "malformed":
+        return _cut(body)
+    new = _message(fault, value) if mcp else _plain(fault, value)
+    return None if new is None else json.dumps(new).encode()
+
+
+def _sse(fault: Fault, body: bytes, rpc_id: object) -> bytes | None:
+    """Rewrite the first event whose data is the response to the request."""
+    pos = 0
+    for end in EVENT_END.finditer(body):
+        event = body[pos : end.start()]
+        new = _event(fault, event, rpc_id)
+        if new is not None:
+            return body[:pos] + new + body[end.start() :]
+        pos = end.end()
+    return None
+
+
+def _event(fault: Fault, event: bytes, rpc_id: object) -> bytes | None:
+    lines = event.splitlines()
+    data = [ln for ln in lines if ln.startswith(b"data:")]
+    if not data:
+        return None
+    payload = b"\n".join(ln[5:].removeprefix(b" ") for ln in data)
+    new = _json(fault, payload, mcp=True, rpc_id=rpc_id)
+    if new is None:
+        return None
+    eol = b"\r\n" if b"\r\n" in event else b"\n"
+    others = [ln for ln in lines if not ln.startswith(b"data:")]
+    return eol.join([*others, b"data: " + new])
+
+
+def _answers(message: object, rpc_id: object) -> bool:
+    """A JSON-RPC result (not an error) answering the request (any, when its id is unknown)."""
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("result"), dict)
+        and (rpc_id is None or message.get("id") == rpc_id)
+    )
+
+
+def _cut(body: bytes) -> bytes | None:
+    """A proper prefix of an object or array: its closing bracket is missing, so it is never
+    valid JSON (a cut scalar could be: `12` from `1234`)."""
+    text = body.strip()
+    if text[:1] not in (b"{", b"["):
+        return None
+    return text[: max(1, len(text) // 2)]
+
+
+def _message(fault: Fault, message: dict[str, Any]) -> dict[str, Any] | None:
+    result = message["result"]
+    kind = fault.kind
+    if kind == "hide_tool":
+        tools, hidden = result.get("tools"), fault.hidden
+        if not isinstance(tools, list) or hidden is None:
+            return None
+        kept = [t for t in tools if not _named(t, hidden)]
+        return {**message, "result": {**result, "tools": kept}}
+    content = result.get("content")
+    if not isinstance(content, list):
+        return None  # not a tool result
+    new = dict(result)
+    if kind == "empty_result":
+        new["content"] = []
+        if "structuredContent" in new:
+            new["structuredContent"] = {}
+    elif kind == "drop_fields":
+        new["content"] = [_drop_in_text(item, fault.fields) for item in content]
+        if "structuredContent" in new:
+            new["structuredContent"] = _dropped(new["structuredContent"], fault.fields)
+    elif kind == "inject":
+        new["content"] = [*content, {"type": "text", "text": fault.text}]
+    else:
+        return None
+    return {**message, "result": new}
+
+
+def _plain(fault: Fault, value: object) -> object | None:
+    if fault.kind == "empty_result":
+        return [] if isinstance(value, list) else {} if isinstance(value, dict) else None
+    if fault.kind == "drop_fields":
+        return _dropped(value, fault.fields)
+    return None  # (inject, hide_tool: MCP kinds)
+
+
+def _named(tool: object, hidden: re.Pattern[str]) -> bool:
+    name = tool.get("name") if isinstance(tool, dict) else None
+    return isinstance(name, str) and hidden.fullmatch(name) is not None
+
+
+def _drop_in_text(item: object, fields: list[str]) -> object:
+    """A text content item whose text is a JSON object or array, without the fields."""
+    if not isinstance(item, dict) or item.get("type") != "text":
+        return item
+    text = item.get("text")
+    if not isinstance(text, str) or text.lstrip()[:1] not in ("{", "["):
+        return item
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return item
+    return {**item, "text": json.dumps(_dropped(value, fields))}
+
+
+def _dropped(value: object, fields: list[str]) -> object:
+    for field in fields:
+        value = _without(value, field.split("."))
+    return value
+
+
+def _without(value: object, path: list[str]) -> object:
+    if isinstance(value, list):
+        return [_without(v, path) for v in value]
+    if not isinstance(value, dict) or path[0] not in value:
+        return value
+    head, rest = path[0], path[1:]
+    if not rest:
+        return {k: v for k, v in value.items() if k != head}
+    return {**value, head: _without(value[head], rest)}
+
+
+class Paced:
+    """`slow_stream`: a response's body let out in pieces `delay` seconds apart — the pieces
+    the upstream sent, or, for SSE, one event each (a partial event waits for its end). Over
+    `LIMIT` queued, the exchange stops reading the upstream until the queue drains below it."""
+
+    __slots__ = ("carry", "delay", "ended", "pieces", "size", "sse", "waiting")
+
+    def __init__(self, delay: float, *, sse: bytes) -> None:
+        self.delay = delay
+        self.sse = sse.split(b";", 1)[0].strip().lower() == b"text/event-stream"
+        self.pieces: deque[bytes] = deque()
+        self.carry = b""
+        self.ended = False
+        self.waiting = False  # a turn is scheduled
+        self.size = 0  # bytes queued
+
+    def add(self, data: bytes) -> bool:
+        """Queue the data; True when the caller must schedule a turn."""
+        self.size += len(data)
+        if self.sse:
+            data, pos = self.carry + data, 0
+            for end in EVENT_END.finditer(data):
+                self.pieces.append(data[pos : end.end()])
+                pos = end.end()
+            self.carry = data[pos:]
+        else:
+            self.pieces.append(data)
+        return self._schedule()
+
+    def end(self) -> bool:
+        """The upstream's body is whole; True when the caller must schedule a turn."""
+        self.ended = True
+        if self.carry:
+            self.pieces.append(self.carry)
+            self.carry = b""
+        return self._schedule()
+
+    def _schedule(self) -> bool:
+        if self.waiting or not self.pieces:
+            return False
+        self.waiting = True
+        return True
+
+    def pending(self) -> bool:
+        return bool(self.pieces) or self.waiting
+
+    def next(self) -> bytes | None:
+        if not self.pieces:
+            return None
+        piece = self.pieces.popleft()
+        self.size -= len(piece)
+        return piece
