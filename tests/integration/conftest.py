@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,15 @@ from tests.support.server import Sandboxd, running_sandboxd
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend, for tests that drive the store directly."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sandboxd.db'}"
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.new_database()
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,11 @@ PostgreSQL, removing only the faults the rules refuse and saying so in the event
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import Store
-from tests.support.postgres import PostgresServer
 
 GOOD = {"service": "echo", "kind": "latency", "latencyMs": 200, "probability": 0.5}
 OLD_SPEC = {
@@ -23,14 +20,6 @@ OLD_SPEC = {
         {"service": "echo", "kind": "http_error", "status": 200},  # not an error: refused now
     ],
 }
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'sandboxd.db'}"
-    pg: PostgresServer = request.getfixturevalue("postgres")
-    return pg.new_database()
 
 
 async def test_the_upgrade_removes_faults_the_rules_refuse_and_records_why(

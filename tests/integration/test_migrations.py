@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -16,15 +15,6 @@ from sandboxd.errors import Conflict
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import IDEMPOTENCY_KEY_TTL, NewSandbox, Store
 from sandboxd.store.tables import SandboxRow
-from tests.support.postgres import PostgresServer
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'sandboxd.db'}"
-    pg: PostgresServer = request.getfixturevalue("postgres")
-    return pg.new_database()
 
 
 async def test_upgrading_from_the_first_schema_keeps_sandboxes(database_url: str) -> None:
