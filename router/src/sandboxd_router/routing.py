@@ -9,6 +9,10 @@
 
 A key whose sandbox forks the service goes to the fork; any other key, or none, to the baseline.
 
+Faults follow the key a request carries: a session's sandbox, else (a session started without
+a key stays where it started) the key of the request's `baggage` header. A session's request
+is not held to read `params._meta` for that.
+
 `route` and `route_by_body` are pure functions of the table, the sessions and the request's
 routing inputs (they only memoize what they decide in the table: `Table.decided`). The exchange
 carries the `Decision` to the end; a per-request policy (faults, recording) reads it — the
@@ -22,7 +26,16 @@ from typing import Final
 
 from sandboxd_router.baggage import find_key
 from sandboxd_router.mcp import Sessions, key_from_body
-from sandboxd_router.table import BASELINE, FORWARD, HOLD, UNKNOWN, Decision, Service, Table
+from sandboxd_router.table import (
+    BASELINE,
+    FORWARD,
+    HOLD,
+    UNKNOWN,
+    Decision,
+    Route,
+    Service,
+    Table,
+)
 
 __all__ = ["FORWARD", "HOLD", "NOWHERE", "UNKNOWN", "Decision", "route", "route_by_body"]
 
@@ -50,7 +63,9 @@ def route(
         hit = sessions.get(session)
         if hit is not None:
             upstream, label, sandbox = hit
-            entry = table.by_sandbox.get(sandbox) if sandbox is not None else None
+            # a session started without a key stays where it is, but the key a request
+            # carries brings its sandbox's faults
+            entry = table.by_sandbox.get(sandbox) if sandbox is not None else _entry(table, baggage)
             return Decision(FORWARD, service, upstream, label, _sandbox_of(label), entry)
     key = find_key(baggage, table.key) if baggage else None
     if key is None and service.is_mcp and method == b"POST" and has_body:
@@ -87,6 +102,11 @@ def _remember(table: Table, key: str | None, service: Service, decision: Decisio
     routes nowhere is decided as no key), so the clients cannot grow it."""
     table.decided.setdefault(key, {})[service.name] = decision
     return decision
+
+
+def _entry(table: Table, baggage: list[bytes]) -> Route | None:
+    key = find_key(baggage, table.key) if baggage else None
+    return table.routes.get(key) if key is not None else None
 
 
 def _by_host(table: Table, host: bytes | None) -> Service | None:

@@ -155,6 +155,25 @@ async def test_a_session_started_with_the_key_keeps_its_faults(router: Router) -
     assert seen.faults == ["tool_error; id=tool"]
 
 
+@pytest.mark.parametrize("sandbox", ["pr-1", "pr-3"])
+async def test_a_session_started_without_the_key_gets_the_faults_of_a_later_key(
+    router: Router, sandbox: str
+) -> None:
+    """The session started on the baseline and stays there (its id lives there), but a call
+    that carries a key in its `baggage` header gets that sandbox's faults."""
+
+    def key_after_initialize(rpc_method: str | None) -> dict[str, str]:
+        return key(sandbox) if rpc_method == "tools/call" else {}
+
+    async with connect(
+        router.mcp_url("tools"), mode="legacy", extra_headers=key_after_initialize
+    ) as (client, seen):
+        result = await client.call_tool("fail_tool", {})
+        answer = await whoami(client)
+    assert result.is_error and answer["instance"] == "baseline"
+    assert seen.faults == ["tool_error; id=tool"]
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("sandbox", [None, "pr-2"])
 async def test_other_keys_are_untouched(
