@@ -19,10 +19,20 @@ from tests.support import poll
 TOKEN = "test-admin-token-0123456789"
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never one this process was given before: the
+    kernel may hand out a port again as soon as the probing socket closes, and two servers
+    told the same port (a router's listener and its admin port, seen) fail at random."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @dataclass

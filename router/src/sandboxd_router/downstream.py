@@ -135,13 +135,13 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         conn = self.queue[0].conn if self.queue else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        if conn is not None:
+            conn.pause_reading()
 
     def resume_writing(self) -> None:
         conn = self.queue[0].conn if self.queue else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
+        if conn is not None:
+            conn.resume_reading()
 
     # parser callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -481,12 +481,11 @@ class Exchange:
 
     def _read_upstream(self, reading: bool) -> None:
         conn = self.conn
-        transport = conn.transport if conn is not None else None
-        if transport is not None and not transport.is_closing():
+        if conn is not None:
             if reading:
-                transport.resume_reading()
+                conn.resume_reading()
             else:
-                transport.pause_reading()
+                conn.pause_reading()
 
     def _unrewritten(self, held: Held) -> None:
         """Over `rewrite.LIMIT`: what is held leaves as it came, and the rest streams."""

@@ -125,6 +125,19 @@ class UpstreamConnection(Corkable, asyncio.Protocol):
         if response is not None:
             response.lost(exc)
 
+    def pause_reading(self) -> None:
+        """Backpressure from the client, honoured only while a response is being read: the
+        exchange may flush its last bytes (and be told to pause) after the response ended and
+        the connection went back to the pool, where it must keep reading."""
+        transport = self.transport
+        if self.response is not None and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
     def pause_writing(self) -> None:
         if self.receiver is not None:
             self.receiver.upstream_pause(True)
@@ -157,6 +170,9 @@ class UpstreamConnection(Corkable, asyncio.Protocol):
             self.response = None
         if keep and self.usable():
             self.reused = True
+            # the client's backpressure may have paused it in the very read that ended the
+            # response: in the pool it must read (the next answer, or the upstream's close)
+            self.resume_reading()
             self.upstream.put_idle(self)
         else:
             self.close()
