@@ -91,5 +91,23 @@ async def test_route_book_releases_waiters_on_change_only() -> None:
     assert (await book.wait_for_change(same, timeout=0.05)).etag == same
     book.update([row("a", "Terminating")])
     assert b"key-a" not in book.table.body
-    book.reload([row("b", "Pending")])
+    book.reload([row("b", "Pending")], since=book.mark())
     assert b"key-b" in book.table.body
+
+
+async def test_a_reload_keeps_what_was_written_while_it_read() -> None:
+    """The sweep reads every row, then reloads: a create, a change and a delete that the API
+    wrote meanwhile are newer than what it read, and stay; the rest is replaced."""
+    book = RouteBook(catalog=Catalog())
+    book.update([row("gone", "Ready"), row("changed", "Pending"), row("stale", "Ready")])
+    since = book.mark()
+    read = [row("gone", "Ready"), row("changed", "Pending")]  # "stale": another replica deleted it
+    book.update([row("new", "Pending")])  # written while the sweep's read was in flight
+    book.update([row("changed", "Ready", [ready("echo", "http://127.0.0.1:1")])])
+    book.update([row("gone", "Terminating")])
+    book.reload(read, since=since)
+    body = book.table.body
+    assert b"key-new" in body and b"http://127.0.0.1:1" in body
+    assert b"key-gone" not in body and b"key-stale" not in body
+    book.reload([row("changed", "Pending")], since=book.mark())  # the next sweep: the database
+    assert b"key-new" not in book.table.body and b"http://127.0.0.1:1" not in book.table.body

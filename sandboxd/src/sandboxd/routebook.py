@@ -4,7 +4,9 @@ The API and the reconciler call `update` after every write that can move a route
 rebuilt once per burst of updates (on the next turn of the event loop, or at once when someone
 reads it), so a router's long poll is released right after the write, and a thousand creates do
 not serialise a thousand tables. A periodic `reload` from the database repairs anything another
-replica changed.
+replica changed. A reload reads the database while writes go on: what `update` was told
+after the read began (`mark`) is newer than the rows read, so the reload keeps it (a write
+reverted by the sweep until the next one cost a PATCH 1-2 s to reach the routers).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class RouteBook:
         self._changed = asyncio.Event()
         self._dirty = False
         self._closed = False
+        self._writes = 0
+        self._touched: dict[str, int] = {}  # sandbox name → the write that last updated it
 
     @property
     def table(self) -> RouteTable:
@@ -45,7 +49,9 @@ class RouteBook:
 
     def update(self, rows: Iterable[SandboxRow]) -> None:
         changed = False
+        self._writes += 1
         for row in rows:
+            self._touched[row.name] = self._writes
             entry = routed(row)
             if self._entries.get(row.name) != entry:
                 changed = True
@@ -56,8 +62,21 @@ class RouteBook:
         if changed:
             self._mark_dirty()
 
-    def reload(self, rows: Iterable[SandboxRow]) -> None:
-        entries = {row.name: e for row in rows if (e := routed(row)) is not None}
+    def mark(self) -> int:
+        """Call before reading the rows for `reload`."""
+        return self._writes
+
+    def reload(self, rows: Iterable[SandboxRow], *, since: int) -> None:
+        """Replace the entries with `rows`, read after `mark()` returned `since`; sandboxes
+        updated after that keep what `update` was told."""
+        newer = {name for name, write in self._touched.items() if write > since}
+        entries = {
+            row.name: e for row in rows if row.name not in newer and (e := routed(row)) is not None
+        }
+        for name in newer:
+            if (entry := self._entries.get(name)) is not None:
+                entries[name] = entry
+        self._touched = {name: self._touched[name] for name in newer}
         if entries != self._entries:
             self._entries = entries
             self._mark_dirty()

@@ -112,8 +112,9 @@ class Reconciler:
         expired = await self._store.expire_due(now=utcnow())
         self._metrics.expired.inc(len(expired))
         phases = [*LIVE, Phase.TERMINATING]
+        since = self._routes.mark()
         rows = await self._store.sandboxes(phases=phases)
-        self._routes.reload(rows)
+        self._routes.reload(rows, since=since)
         self._metrics.routes.set(self._routes.table.sandboxes)
         for phase in Phase:
             if phase != Phase.DELETED:
