@@ -42,8 +42,8 @@ from benchmarks._memory import memory  # noqa: E402
 from benchmarks._procs import (  # noqa: E402
     HarnessError,
     Processes,
-    cpu_busy,
     ensure_tools,
+    machine_load,
     prepare_self,
 )
 from benchmarks._propagation import propagation  # noqa: E402
@@ -106,13 +106,6 @@ def report(bars: list[Bar], problems: list[str], config: Settings) -> None:
         print(f"  {i}. {bar.title} [{config.table()}]: {bar.measured}; bar {bar.bar}: {verdict}")
     for problem in problems:
         print(f"  problem: {problem}")
-
-
-def machine_load(when: str) -> None:
-    busy = cpu_busy(1.0)
-    shares = ", ".join(f"core {cpu} {share:.0%}" for cpu, share in sorted(busy.items()))
-    note = "" if max(busy.values()) < 0.10 else "  (others are using the CPUs: expect noise)"
-    print(f"CPU busy {when}: {shares}{note}", flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
