@@ -36,6 +36,7 @@ class Settings:
     connections_held: int = 1000
     router: bool = True
     faults: int = 0  # decoy faults per sandbox on every service (`_routes.decoys`)
+    populate: bool = False  # propagation: 1,000 sandboxes in the control plane (with faults: too)
     only: frozenset[str] = frozenset()  # scenarios to run (empty: all)
 
     @classmethod

@@ -14,9 +14,10 @@ long-polling it. Two changes are timed, each from the moment the API call return
   that every probe request matches: timed to the first request answered with that fault's
   `sandboxd-fault` header.
 
-With `--faults N` the control plane first holds 1,000 fork-less sandboxes with N decoy faults
-each (`_routes.decoys`), so every change above rebuilds a table of all their faults; the
-PATCHed sandboxes are among them. Without, the PATCHed ones are the created ones (no decoys).
+With `--faults N` (or `--populate`: N = 0) the control plane first holds 1,000 fork-less
+sandboxes with N decoy faults each (`_routes.decoys`), so every change above rebuilds a table
+of all of them; the PATCHed sandboxes are among them. Without, the PATCHed ones are the
+created ones (no decoys).
 
 The probe sends requests back to back on one keep-alive connection; 2 s without the change is
 a miss.
@@ -78,7 +79,7 @@ def propagation(bench: Bench) -> list[Bar]:
             running_sandboxd(data_dir, catalog=catalog) as server,
             server.client() as client,
         ):
-            live = populate(server, faults=cfg.faults) if cfg.faults else {}
+            live = populate(server, faults=cfg.faults) if cfg.populate else {}
             router = Router("router-control-plane", {"echo": port}, free_port(), len(live))
             source = ["--control-url", server.url, "--token", server.token]
             bench.procs.start(router.name, argv(admin_port=router.admin_port, source=source), cpu=0)
@@ -94,7 +95,7 @@ def propagation(bench: Bench) -> list[Bar]:
                 bench.procs.stop(router.name)
     finally:
         _stop_leftover_forks(data_dir)  # forks outlive sandboxd by design; none may outlive us
-    table = f"{len(live)} sandboxes with {cfg.faults} faults each" if live else "no faults"
+    table = f"{len(live)} sandboxes with {cfg.faults} faults each" if live else "no more"
     return report([created, deleted, patched], table=table)
 
 

@@ -1,7 +1,7 @@
 """Router benchmark: sandboxd-router beside nginx doing the same baggage routing, and direct.
 
 Run:  .venv/bin/python benchmarks/router.py [--quick] [--no-router] [--reps 3] [--duration 3]
-      [--faults 3] [--only throughput,latency,table,sse,propagation,memory]
+      [--faults 3] [--populate] [--only throughput,latency,table,sse,propagation,memory]
 
 Method (shared/reference/performance.md): the proxy pinned to core 0; wrk, the origin (nginx,
 1 worker, `return 200` with 1 KiB), the SSE origin and this script's own clients on core 1;
@@ -18,7 +18,8 @@ Ctrl-C, SIGTERM or a failure). Only loopback traffic; every load run is bounded 
 `--faults N` gives every sandbox of every route table N faults on every service that the
 benchmark's requests match none of (`_routes.decoys`; checked to fire on a request that does
 match); the propagation scenario then fills the control plane with 1,000 such sandboxes and
-also times a PATCH of faults. `--only` runs the named scenarios (the routing checks always).
+also times a PATCH of faults (`--populate` alone: the same 1,000 sandboxes without faults, the
+peer to compare with). `--only` runs the named scenarios (the routing checks always).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--faults", type=int, default=0, help="decoy faults per sandbox per service (default 0)"
     )
+    parser.add_argument(
+        "--populate",
+        action="store_true",
+        help="propagation: first 1,000 sandboxes in the control plane (implied by --faults)",
+    )
     parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     args = parser.parse_args(argv)
     only = frozenset(filter(None, args.only.split(",")))
@@ -73,6 +79,7 @@ def settings(argv: list[str] | None = None) -> Settings:
         latency_reps=args.reps or base.latency_reps,
         duration=args.duration or base.duration,
         faults=args.faults,
+        populate=args.populate or args.faults > 0,
         only=only,
     )
 
