@@ -35,6 +35,9 @@ class Settings:
     propagation_deletes: int = 15  # deletes (sandboxes with a running fork)
     connections_held: int = 1000
     router: bool = True
+    faults: int = 0  # decoy faults per sandbox on every service (`_routes.decoys`)
+    populate: bool = False  # propagation: 1,000 sandboxes in the control plane (with faults: too)
+    only: frozenset[str] = frozenset()  # scenarios to run (empty: all)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -50,6 +53,18 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def runs(self, scenario: str) -> bool:
+        return not self.only or scenario in self.only
+
+    def table(self) -> str:
+        """The route tables' faults, printed beside every bar."""
+        if not self.faults:
+            return "no faults in the tables"
+        return (
+            f"{self.faults} faults per sandbox on every service, matching none of the "
+            "benchmark's requests"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,7 @@ class Bench:
                 work_dir=self.work_dir,
                 services=[self.echo, self.sse],
                 n=TABLE,
+                faults=self.config.faults,
             )
             self.targets.append(Target("router", router.ports["echo"], router.ports["sse"]))
             health = _routes.healthz(router.admin_port) or {}
@@ -168,15 +184,33 @@ class Bench:
             )
             if bad:
                 self.problems.append(f"{target.name} misrouted {bad} of {good + bad} under load")
+        if self.config.router and self.config.faults:
+            router = self.target("router")
+            self.check_decoys("router", router.echo)
+            self.check_decoys("router", router.sse)
+
+    def check_decoys(self, name: str, port: int, baggage: str = BAGGAGE) -> None:
+        """The benchmarked key's decoys are compiled: a request matching the first one gets
+        its `sandboxd-fault` (the benchmark's own requests match none)."""
+        method, path, want = _routes.DECOY_HIT
+        got = curl(port, baggage, path=path, method=method)
+        ok = got.get("sandboxd-fault") == want
+        print(
+            f"  {name} port {port}: {method} {path} (matches a decoy) → status "
+            f"{got.get('status')}, sandboxd-fault: {got.get('sandboxd-fault')}  "
+            f"{'ok' if ok else 'MISMATCH'}"
+        )
+        if not ok:
+            self.problems.append(f"{name} port {port}: the decoy faults did not fire: {got}")
 
 
-def curl(port: int, baggage: str | None) -> dict[str, str]:
-    """Status and response headers (lower-cased names) of one GET with curl."""
-    argv = ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--max-time", "5"]
+def curl(port: int, baggage: str | None, *, path: str = "/", method: str = "GET") -> dict[str, str]:
+    """Status and response headers (lower-cased names) of one request with curl."""
+    argv = ["curl", "-sS", "-X", method, "-o", "/dev/null", "-D", "-", "--max-time", "5"]
     if baggage:
         argv += ["-H", f"baggage: {baggage}"]
     done = subprocess.run(
-        [*argv, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=10
+        [*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=10
     )
     lines = done.stdout.splitlines()
     first = lines[0].split() if lines else []

@@ -88,6 +88,28 @@ def _status(head: bytes) -> int:
     return int(head[9:12])
 
 
+class Connection:
+    """A keep-alive connection carrying one request at a time (c=1, closed loop)."""
+
+    def __init__(self, transport: asyncio.Transport, proto: _Responses) -> None:
+        self.transport = transport
+        self.proto = proto
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_connection(_Responses, "127.0.0.1", port)
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(transport, proto)
+
+    async def exchange(self, req: bytes) -> tuple[int, bytes]:
+        """(perf_counter_ns when the whole response was in, its head)."""
+        return await self.proto.exchange(self.transport, req)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
 @dataclass
 class LatencyRun:
     latencies_ns: list[int] = field(default_factory=list)  # from each scheduled send time

@@ -10,9 +10,16 @@ from benchmarks._procs import rss_kib
 def memory(bench: Bench) -> list[Bar]:
     n = bench.config.connections_held
     router = _routes.start_static(
-        bench.procs, "router-10k", work_dir=bench.work_dir, services=[bench.echo], n=10_000
+        bench.procs,
+        "router-10k",
+        work_dir=bench.work_dir,
+        services=[bench.echo],
+        n=10_000,
+        faults=bench.config.faults,
     )
     try:
+        if bench.config.faults:
+            bench.check_decoys(router.name, router.ports["echo"])
         ours = held(bench, router.name, router.ports["echo"], n)
     finally:
         bench.procs.stop(router.name)

@@ -15,7 +15,7 @@ BODY = "x" * 1024  # the 1 KiB response body of the origin
 KEY_REGEX = r"~(?:^|[,;\s])sandbox=([^,;\s]+)"
 
 
-def _head(run_dir: Path) -> str:
+def head(run_dir: Path) -> str:
     return f"""
 worker_processes 1;
 pid {run_dir}/nginx.pid;
@@ -48,7 +48,7 @@ def origin_conf(run_dir: Path, *, baseline_port: int, fork_port: int) -> str:
   }}"""
         for name, port in (("baseline", baseline_port), ("fork", fork_port))
     )
-    return _head(run_dir) + servers + "\n}\n"
+    return head(run_dir) + servers + "\n}\n"
 
 
 def routing_conf(
@@ -94,7 +94,7 @@ def routing_conf(
         for service, port in listen.items()
     )
     return (
-        _head(run_dir)
+        head(run_dir)
         + f"""
   map_hash_max_size 262144;
   map_hash_bucket_size 128;

@@ -191,6 +191,14 @@ def cpu_busy(seconds: float = 1.0) -> dict[int, float]:
     }
 
 
+def machine_load(when: str) -> None:
+    """Print how busy each core is: others' work on the machine shows up as noise."""
+    busy = cpu_busy(1.0)
+    shares = ", ".join(f"core {cpu} {share:.0%}" for cpu, share in sorted(busy.items()))
+    note = "" if max(busy.values()) < 0.10 else "  (others are using the CPUs: expect noise)"
+    print(f"CPU busy {when}: {shares}{note}", flush=True)
+
+
 def venv_bin(name: str) -> str:
     """A console script next to the running interpreter (the project's virtualenv)."""
     candidate = Path(sys.executable).parent / name

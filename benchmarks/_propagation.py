@@ -9,7 +9,15 @@ long-polling it. Two changes are timed, each from the moment the API call return
   (checked first, once) this is timed to its /healthz counting the new sandbox;
 - delete: `DELETE /v1/sandboxes/{name}` of a sandbox with a running fork takes its key out of
   the table at once: timed to the first request with its key answered `sandboxd-route:
-  baseline`. This one is seen on the request path itself.
+  baseline`. This one is seen on the request path itself;
+- faults: `PATCH /v1/sandboxes/{name} {"faults": [...]}` adding, to a sandbox's decoys, a fault
+  that every probe request matches: timed to the first request answered with that fault's
+  `sandboxd-fault` header.
+
+With `--faults N` (or `--populate`: N = 0) the control plane first holds 1,000 fork-less
+sandboxes with N decoy faults each (`_routes.decoys`), so every change above rebuilds a table
+of all of them; the PATCHed sandboxes are among them. Without, the PATCHed ones are the
+created ones (no decoys).
 
 The probe sends requests back to back on one keep-alive connection; 2 s without the change is
 a miss.
@@ -17,10 +25,12 @@ a miss.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +40,7 @@ import httpx
 from benchmarks._bench import Bar, Bench
 from benchmarks._loadgen import Closed, Probe
 from benchmarks._procs import HarnessError, free_port
-from benchmarks._routes import Router, argv, baggage, healthz, wait_ready
+from benchmarks._routes import Router, argv, baggage, decoys, healthz, wait_ready
 from benchmarks._stats import ms, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +49,10 @@ if str(ROOT) not in sys.path:
 
 from sandboxd.runtime.local import OWNER, owner_id  # noqa: E402
 from sandboxd.runtime.processes import find_marked  # noqa: E402
-from tests.support.server import running_sandboxd  # noqa: E402
+from tests.support.server import Sandboxd, running_sandboxd  # noqa: E402
 
 GIVE_UP_NS = 2_000_000_000
+POPULATION = 1000  # sandboxes with decoy faults already in the table (with --faults)
 FORK = [sys.executable, "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"]
 
 
@@ -51,6 +62,7 @@ class Timings:
     samples_ns: list[int] = field(default_factory=list)
     misses: list[str] = field(default_factory=list)
     odd: dict[str, int] = field(default_factory=dict)  # unexpected answers seen while polling
+    keys: dict[str, str] = field(default_factory=dict)  # sandbox → routing key (creates)
 
 
 def propagation(bench: Bench) -> list[Bar]:
@@ -67,20 +79,54 @@ def propagation(bench: Bench) -> list[Bar]:
             running_sandboxd(data_dir, catalog=catalog) as server,
             server.client() as client,
         ):
-            router = Router("router-control-plane", {"echo": port}, free_port(), 0)
+            live = populate(server, faults=cfg.faults) if cfg.populate else {}
+            router = Router("router-control-plane", {"echo": port}, free_port(), len(live))
             source = ["--control-url", server.url, "--token", server.token]
             bench.procs.start(router.name, argv(admin_port=router.admin_port, source=source), cpu=0)
             try:
                 wait_ready(bench.procs, router)
                 probe = Probe(port)
-                created = creates(client, probe, router, runs=cfg.propagation_runs)
+                created = creates(client, probe, router, runs=cfg.propagation_runs, had=len(live))
                 deleted = deletes(client, probe, runs=cfg.propagation_deletes)
+                targets = _spread(live, cfg.propagation_runs) or created.keys
+                patched = patches(client, probe, targets, decoy_count=cfg.faults)
                 probe.close()
             finally:
                 bench.procs.stop(router.name)
     finally:
         _stop_leftover_forks(data_dir)  # forks outlive sandboxd by design; none may outlive us
-    return report([created, deleted])
+    table = f"{len(live)} sandboxes with {cfg.faults} faults each" if live else "no more"
+    return report([created, deleted, patched], table=table)
+
+
+def populate(server: Sandboxd, *, faults: int) -> dict[str, str]:
+    """POPULATION fork-less sandboxes with `faults` decoys on echo: name → routing key."""
+    local = threading.local()
+
+    def make(i: int) -> tuple[str, str]:
+        if not hasattr(local, "client"):
+            local.client = server.client()
+        name = f"live-{i}"
+        response = local.client.post(
+            "/v1/sandboxes", json={"name": name, "faults": decoys("echo", faults)}
+        )
+        response.raise_for_status()
+        return name, str(response.json()["routingKey"])
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        made = dict(pool.map(make, range(POPULATION)))
+    print(
+        f"\n(propagation: {POPULATION} fork-less sandboxes with {faults} faults each created "
+        f"in {time.perf_counter() - started:.1f} s)"
+    )
+    return made
+
+
+def _spread(live: dict[str, str], runs: int) -> dict[str, str]:
+    """`runs` of the sandboxes, spread over the table (none when there are none)."""
+    names = list(live)[:: max(1, len(live) // runs)][:runs]
+    return {name: live[name] for name in names}
 
 
 def _stop_leftover_forks(data_dir: Path) -> None:
@@ -91,7 +137,10 @@ def _stop_leftover_forks(data_dir: Path) -> None:
             os.killpg(info.pgid, signal.SIGKILL)
 
 
-def creates(client: httpx.Client, probe: Probe, router: Router, *, runs: int) -> Timings:
+def creates(
+    client: httpx.Client, probe: Probe, router: Router, *, runs: int, had: int = 0
+) -> Timings:
+    """`had`: sandboxes in the table before (the /healthz count to wait for starts there)."""
     check_key, _ = _created(client, "prop-check")
     named = _wait(probe, check_key, "sandbox=prop-check")
     out = Timings(
@@ -103,12 +152,14 @@ def creates(client: httpx.Client, probe: Probe, router: Router, *, runs: int) ->
     for i in range(runs):
         name = f"prop-{i}"
         key, t0 = _created(client, name)
+        out.keys[name] = key
         if named:
             _poll(out, probe, name=name, key=key, want=f"sandbox={name}", t0=t0)
             continue
         while time.perf_counter_ns() - t0 < GIVE_UP_NS:
             health = healthz(router.admin_port)
-            if health is not None and health.get("sandboxes") == i + 2:  # prop-check, prop-0…i
+            # prop-check, prop-0…i
+            if health is not None and health.get("sandboxes") == had + i + 2:
                 out.samples_ns.append(time.perf_counter_ns() - t0)
                 break
         else:
@@ -143,6 +194,28 @@ def deletes(client: httpx.Client, probe: Probe, *, runs: int) -> Timings:
     return out
 
 
+def patches(
+    client: httpx.Client, probe: Probe, targets: dict[str, str], *, decoy_count: int
+) -> Timings:
+    """PATCH each target's faults to its decoys plus one every probe request matches."""
+    out = Timings(
+        "PATCH faults (+1 matching every request) → first request answered with its sandboxd-fault"
+    )
+    for i, (name, key) in enumerate(targets.items()):
+        hit = {"id": f"hit-{i}", "service": "echo", "kind": "http_error", "status": 503}
+        faults = [*decoys("echo", decoy_count), {**hit, "httpMethod": "GET"}]
+        if not _wait(probe, key, "", header="sandboxd-fault"):
+            raise HarnessError(f"{name}: a fault fires before the PATCH")
+        response = client.patch(f"/v1/sandboxes/{name}", json={"faults": faults})
+        t0 = time.perf_counter_ns()
+        response.raise_for_status()
+        _poll(
+            out, probe, name=name, key=key, want=f"http_error; id={hit['id']}", t0=t0,
+            header="sandboxd-fault", expect=503,
+        )  # fmt: skip
+    return out
+
+
 def _created(client: httpx.Client, name: str) -> tuple[str, int]:
     response = client.post("/v1/sandboxes", json={"name": name})
     t0 = time.perf_counter_ns()
@@ -165,17 +238,30 @@ def _until(client: httpx.Client, name: str, phase: str) -> None:
     raise HarnessError(f"sandbox {name} not {phase} in 60 s")
 
 
-def _wait(probe: Probe, key: str, want: str, *, seconds: float = 2) -> bool:
+def _wait(
+    probe: Probe, key: str, want: str, *, seconds: float = 2, header: str = "sandboxd-route"
+) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with contextlib.suppress(Closed):
-            if probe.get(baggage=baggage(key))[1].get("sandboxd-route") == want:
+            if probe.get(baggage=baggage(key))[1].get(header, "") == want:
                 return True
         time.sleep(0.01)
     return False
 
 
-def _poll(out: Timings, probe: Probe, *, name: str, key: str, want: str, t0: int) -> None:
+def _poll(
+    out: Timings,
+    probe: Probe,
+    *,
+    name: str,
+    key: str,
+    want: str,
+    t0: int,
+    header: str = "sandboxd-route",
+    expect: int = 200,
+) -> None:
+    """Until a request with `key` is answered with `header: want` (status `expect`)."""
     route, status = "", 0
     while time.perf_counter_ns() - t0 < GIVE_UP_NS:
         try:
@@ -183,20 +269,20 @@ def _poll(out: Timings, probe: Probe, *, name: str, key: str, want: str, t0: int
         except Closed as e:
             out.odd[str(e)] = out.odd.get(str(e), 0) + 1
             continue
-        route = headers.get("sandboxd-route", "")
-        if route == want:
+        route = headers.get(header, "")
+        if route == want and status == expect:
             out.samples_ns.append(time.perf_counter_ns() - t0)
             return
         if status != 200:
-            answer = f"status {status}, sandboxd-route: {route}"
+            answer = f"status {status}, {header}: {route}"
             out.odd[answer] = out.odd.get(answer, 0) + 1
-    out.misses.append(f"{name}: last answer {status}, sandboxd-route {route!r}")
+    out.misses.append(f"{name}: last answer {status}, {header} {route!r}")
 
 
-def report(timings: list[Timings]) -> list[Bar]:
+def report(timings: list[Timings], *, table: str) -> list[Bar]:
     print(
         "\nRoute propagation (real control plane, router long-polling it), from the moment "
-        "the API call returns"
+        f"the API call returns; the table also holds {table}"
     )
     worst, total, missed = 0.0, 0, 0
     for t in timings:
@@ -214,7 +300,8 @@ def report(timings: list[Timings]) -> list[Bar]:
     return [
         Bar(
             "route propagation, API call returns → routed by the new table, p99",
-            f"{ms(worst)} (worse of create and delete; {total} timed, {missed} missed)",
+            f"{ms(worst)} (worst of create, delete and PATCH faults; {total} timed, "
+            f"{missed} missed; the table also holds {table})",
             "≤ 20 ms",
             total > 0 and missed == 0 and worst <= 20_000_000,
         )

@@ -44,8 +44,34 @@ class Router:
     sandboxes: int
 
 
-def write_table(path: Path, *, services: list[Service], ports: dict[str, int], n: int) -> None:
-    """`n` sandboxes, each forking every service to the service's fork port."""
+def decoys(service: str, n: int) -> list[dict[str, object]]:
+    """`n` faults on `service` that the benchmark's requests (`GET /`, `GET /events?…`) match
+    none of, though each is one a harness would set: a path elsewhere, a method they do not
+    use, a latency on a path elsewhere. A request with the key still pays the engine's check."""
+    shapes: list[dict[str, object]] = [
+        {"kind": "http_error", "path": "/api/orders/*", "status": 503},
+        {"kind": "rate_limit", "httpMethod": "POST", "retryAfter": 1},
+        {"kind": "latency", "path": "/slow/*", "latencyMs": 200},
+    ]
+    out = []
+    for i in range(n):
+        fault = {"id": f"decoy-{i}", "service": service, **shapes[i % len(shapes)]}
+        if i >= len(shapes) and "path" in fault:
+            fault["path"] = f"{fault['path']}/{i}"  # more than three: each its own
+        out.append(fault)
+    return out
+
+
+DECOY_HIT = ("GET", "/api/orders/1", "http_error; id=decoy-0")
+"""A request that matches the first decoy (method, path, its `sandboxd-fault` value): proof
+that the router compiled the decoys for the benchmarked key."""
+
+
+def write_table(
+    path: Path, *, services: list[Service], ports: dict[str, int], n: int, faults: int = 0
+) -> None:
+    """`n` sandboxes, each forking every service to the service's fork port, each with
+    `faults` decoy faults (`decoys`) on every service."""
     table = {
         "baggageKey": BAGGAGE_KEY,
         "services": [
@@ -61,7 +87,7 @@ def write_table(path: Path, *, services: list[Service], ports: dict[str, int], n
             key: {
                 "sandbox": name,
                 "forks": {s.name: f"http://127.0.0.1:{s.fork_port}" for s in services},
-                "faults": [],
+                "faults": [f for s in services for f in decoys(s.name, faults)],
             }
             for key, name in keys(n).items()
         },
@@ -70,7 +96,8 @@ def write_table(path: Path, *, services: list[Service], ports: dict[str, int], n
     path.write_text(json.dumps(table, separators=(",", ":")))
 
 
-def argv(*, admin_port: int, source: list[str]) -> list[str]:
+def argv(*, admin_port: int, source: list[str], access_log: bool = False) -> list[str]:
+    """`access_log`: the router's default (one line per request to stdout, our log file)."""
     return [
         venv_bin("sandboxd-router"),
         *source,
@@ -78,18 +105,24 @@ def argv(*, admin_port: int, source: list[str]) -> list[str]:
         "127.0.0.1",
         "--admin-port",
         str(admin_port),
-        "--access-log",
-        "off",
+        *([] if access_log else ["--access-log", "off"]),
     ]
 
 
 def start_static(
-    procs: Processes, name: str, *, work_dir: Path, services: list[Service], n: int
+    procs: Processes,
+    name: str,
+    *,
+    work_dir: Path,
+    services: list[Service],
+    n: int,
+    faults: int = 0,
 ) -> Router:
-    """A router on core 0 serving a static table of `n` sandboxes; waits until it serves."""
+    """A router on core 0 serving a static table of `n` sandboxes (each with `faults` decoys
+    per service); waits until it serves."""
     ports = {s.name: free_port() for s in services}
     table = work_dir / f"{name}-routes.json"
-    write_table(table, services=services, ports=ports, n=n)
+    write_table(table, services=services, ports=ports, n=n, faults=faults)
     router = Router(name, ports, free_port(), n)
     procs.start(
         name, argv(admin_port=router.admin_port, source=["--routes-file", str(table)]), cpu=0

@@ -60,7 +60,12 @@ def table_size(bench: Bench) -> list[Bar]:
     sizes = {"10": 10, "100,000": 100_000}
     routers = [
         _routes.start_static(
-            bench.procs, f"router-{n}", work_dir=bench.work_dir, services=[bench.echo], n=n
+            bench.procs,
+            f"router-{n}",
+            work_dir=bench.work_dir,
+            services=[bench.echo],
+            n=n,
+            faults=cfg.faults,
         )
         for n in sizes.values()
     ]
@@ -71,6 +76,8 @@ def table_size(bench: Bench) -> list[Bar]:
             route = curl(port, baggage).get("sandboxd-route")
             if route != "sandbox=pr-5":
                 bench.problems.append(f"router-{label}: sandbox 5's key → {route}")
+            if cfg.faults:
+                bench.check_decoys(f"router-{label}", port, baggage)
             bench.wrk(port, 32, 1, baggage=baggage)
         runs: dict[str, list[float]] = {label: [] for label in sizes}
         for _ in range(cfg.reps):

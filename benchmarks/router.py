@@ -1,6 +1,7 @@
 """Router benchmark: sandboxd-router beside nginx doing the same baggage routing, and direct.
 
 Run:  .venv/bin/python benchmarks/router.py [--quick] [--no-router] [--reps 3] [--duration 3]
+      [--faults 3] [--populate] [--only throughput,latency,table,sse,propagation,memory]
 
 Method (shared/reference/performance.md): the proxy pinned to core 0; wrk, the origin (nginx,
 1 worker, `return 200` with 1 KiB), the SSE origin and this script's own clients on core 1;
@@ -14,6 +15,11 @@ Needs root, or nginx and wrk already installed: it installs the Debian packages 
 process, with its files in one temp dir, and all of them are stopped at the end (also on
 Ctrl-C, SIGTERM or a failure). Only loopback traffic; every load run is bounded in time.
 `--no-router` runs nginx and direct alone (to check the harness without a router).
+`--faults N` gives every sandbox of every route table N faults on every service that the
+benchmark's requests match none of (`_routes.decoys`; checked to fire on a request that does
+match); the propagation scenario then fills the control plane with 1,000 such sandboxes and
+also times a PATCH of faults (`--populate` alone: the same 1,000 sandboxes without faults, the
+peer to compare with). `--only` runs the named scenarios (the routing checks always).
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from benchmarks._memory import memory  # noqa: E402
 from benchmarks._procs import (  # noqa: E402
     HarnessError,
     Processes,
-    cpu_busy,
     ensure_tools,
+    machine_load,
     prepare_self,
 )
 from benchmarks._propagation import propagation  # noqa: E402
@@ -53,44 +59,60 @@ def settings(argv: list[str] | None = None) -> Settings:
         "--reps", type=int, help="interleaved repetitions (default 3; 5 for latency at c=1)"
     )
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 3)")
+    parser.add_argument(
+        "--faults", type=int, default=0, help="decoy faults per sandbox per service (default 0)"
+    )
+    parser.add_argument(
+        "--populate",
+        action="store_true",
+        help="propagation: first 1,000 sandboxes in the control plane (implied by --faults)",
+    )
+    parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     args = parser.parse_args(argv)
+    only = frozenset(filter(None, args.only.split(",")))
+    if only - set(SCENARIOS) or args.faults < 0:
+        parser.error(f"--only takes {', '.join(SCENARIOS)}; --faults a count ≥ 0")
     base = Settings.quick() if args.quick else Settings()
     return base.replace(
         router=not args.no_router,
         reps=args.reps or base.reps,
         latency_reps=args.reps or base.latency_reps,
         duration=args.duration or base.duration,
+        faults=args.faults,
+        populate=args.populate or args.faults > 0,
+        only=only,
     )
 
 
+SCENARIOS = {  # name → (scenario, needs the router), in the order of DESIGN §9's bars
+    "throughput": (throughput, False),
+    "latency": (latency, False),
+    "table": (table_size, True),
+    "sse": (sse, False),
+    "propagation": (propagation, True),
+    "memory": (memory, True),
+}
+
+
 def run(bench: Bench) -> list[Bar]:
-    """The scenarios in the order of DESIGN §9's router bars."""
     bench.start_servers()
     bench.verify_routing()
-    bars = throughput(bench) + latency(bench)
-    if bench.config.router:
-        bars += table_size(bench)
-    bars += sse(bench)
-    if bench.config.router:
-        bars += propagation(bench) + memory(bench)
+    bars = []
+    for name, (scenario, needs_router) in SCENARIOS.items():
+        if bench.config.runs(name) and (bench.config.router or not needs_router):
+            bars += scenario(bench)
     return bars
 
 
-def report(bars: list[Bar], problems: list[str]) -> None:
-    print("\nDESIGN §9 router bars")
+def report(bars: list[Bar], problems: list[str], config: Settings) -> None:
+    print(f"\nDESIGN §9 router bars ({config.table()})")
     if not bars:
         print("  (none: the router was not run)")
     for i, bar in enumerate(bars, 1):
-        print(f"  {i}. {bar.title}: {bar.measured}; bar {bar.bar}: {'PASS' if bar.ok else 'FAIL'}")
+        verdict = "PASS" if bar.ok else "FAIL"
+        print(f"  {i}. {bar.title} [{config.table()}]: {bar.measured}; bar {bar.bar}: {verdict}")
     for problem in problems:
         print(f"  problem: {problem}")
-
-
-def machine_load(when: str) -> None:
-    busy = cpu_busy(1.0)
-    shares = ", ".join(f"core {cpu} {share:.0%}" for cpu, share in sorted(busy.items()))
-    note = "" if max(busy.values()) < 0.10 else "  (others are using the CPUs: expect noise)"
-    print(f"CPU busy {when}: {shares}{note}", flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
@@ -129,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         finally:
             procs.stop_all()
-    report(bars, bench.problems)
+    report(bars, bench.problems, config)
     return 0
 
 
