@@ -32,6 +32,16 @@ BATCH = 32
 """Instances retired per pass; a pass runs before every report, so a backlog drains fast."""
 
 
+def due(session: Session, *, lease: timedelta, now: datetime) -> bool:
+    """Whether `retire` has anything to do: read first, so that most reports, when nothing is
+    due, take no write lock for it (SQLite has one for the whole database)."""
+    stale = select(RouterInstanceRow.instance).where(col(RouterInstanceRow.seen_at) < now - lease)
+    expired = select(RetiredCountRow.instance).where(
+        col(RetiredCountRow.retired_at) < now - RETIRED_KEPT
+    )
+    return any(session.exec(query.limit(1)).first() is not None for query in (stale, expired))
+
+
 def retire(session: Session, *, lease: timedelta, now: datetime) -> list[str]:
     """Fold the instances silent for longer than `lease`; the ids retired."""
     session.execute(
