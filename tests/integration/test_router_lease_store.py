@@ -4,10 +4,13 @@ and the cap takes new instances again with every sum unchanged. Also the upgrade
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 
+from sandboxd.core.phases import Phase
+from sandboxd.core.records import Event
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.store.counts import MAX_INSTANCES, Counts, Reported
 from sandboxd.store.engine import make_engine, migrate
@@ -103,4 +106,47 @@ async def test_counts_from_before_0006_get_a_lease_and_the_new_counters(
     assert instances(engine) == 0
     assert (await store.fault_counts(["k1234567890"]))["k1234567890"]["down"] == Counts(7, 2)
     assert (await store.merge_counts(instance="a", entries=[], lease=LONG)).retired is not None
+    engine.dispose()
+
+
+async def test_deletes_and_folds_at_once_fail_nothing_and_keep_exact_sums(
+    database_url: str,
+) -> None:
+    """Every report folds every instance before it (a lease of 1 µs) while half the sandboxes
+    are deleted: folds, merges and deletes take the same locks in the same order, so none
+    fails (a deadlock would be an error here), the kept sandboxes' sums are exact and nothing
+    of the deleted ones is left, folded or not."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    keys = {name: await new_box(store, name) for name in [f"box{n}" for n in range(8)]}
+    doomed, kept = list(keys)[:4], list(keys)[4:]
+
+    def on(names: list[str]) -> list[Reported]:
+        return [Reported(n, keys[n], "down", Counts(1, 1)) for n in names]
+
+    for n in range(8):
+        await store.merge_counts(instance=f"seed{n}", entries=on(list(keys)), lease=LONG)
+
+    async def delete(name: str) -> None:
+        row = await store.request_delete(name, event=Event("Deleting", "test"))
+        assert row is not None and row.uid is not None
+        await store.set_status(
+            name, uid=row.uid, phase=Phase.DELETED, reason=None, message=None, forks=[]
+        )
+
+    reports = [
+        store.merge_counts(instance=f"s{n}", entries=on(kept), lease=SHORT) for n in range(24)
+    ]
+    await asyncio.gather(*reports, *(delete(name) for name in doomed))
+
+    sums = await store.fault_counts(list(keys.values()))
+    assert {n: sums.get(keys[n], {}).get("down") for n in keys} == {
+        **{n: None for n in doomed}, **{n: Counts(8 + 24, 8 + 24) for n in kept}
+    }  # fmt: skip
+    with engine.connect() as conn:
+        for table in ("fault_counts", "retired_counts"):
+            left = f"SELECT COUNT(*) FROM {table} WHERE routing_key IN :keys"
+            bound = text(left).bindparams(bindparam("keys", expanding=True))
+            assert conn.execute(bound, {"keys": [keys[n] for n in doomed]}).scalar() == 0
     engine.dispose()
