@@ -44,17 +44,42 @@ def test_add_appends_faults_and_list_shows_them_with_ids_and_counts(
     assert faults[0] == {
         "id": "slow", "service": "echo", "kind": "latency", "path": "/api/*",
         "httpMethod": "GET", "latencyMs": 1500, "probability": 0.5, "seed": 7,
-        "matched": 0, "injected": 0,
+        "matched": 0, "injected": 0, "unread": 0, "unrewritten": 0,
     }  # fmt: skip
     assert faults[1]["fields"] == ["items.0.name", "total"]
     lines = listed.stdout.splitlines()
     assert listed.exit_code == 0, listed.output
     assert lines[0].split() == ["ID", "SERVICE", "KIND", "MATCH", "SCHEDULE", "MATCHED",
-                                "INJECTED"]  # fmt: skip
+                                "INJECTED", "UNREAD", "UNREWRITTEN"]  # fmt: skip
     assert lines[1].split() == ["slow", "echo", "latency", "path=/api/*", "httpMethod=GET",
-                                "probability=0.5", "seed=7", "0", "0"]  # fmt: skip
+                                "probability=0.5", "seed=7", "0", "0", "0", "0"]  # fmt: skip
     assert lines[2].split() == [generated, "echo", "drop_fields", "any", "request", "after=2",
-                                "times=3", "0", "0"]  # fmt: skip
+                                "times=3", "0", "0", "0", "0"]  # fmt: skip
+
+
+def test_list_shows_the_counts_the_routers_reported(server: Sandboxd, sandbox: Invoke) -> None:
+    name = new_sandbox(server)
+    sandbox("fault", "add", name, "--service", "echo", "--kind", "drop_fields",
+            "--field", "total", "--id", "trim")  # fmt: skip
+    key = stored(server, name)["routingKey"]
+    entry = {"sandbox": name, "routingKey": key, "fault": "trim",
+             "matched": 7, "injected": 5, "unread": 2, "unrewritten": 3}  # fmt: skip
+    token = (server.data_dir / "router-token").read_text().strip()
+    with server.client(token=token) as router:
+        sent = router.post(
+            "/v1/router-reports", json={"instance": "r", "seq": 1, "faults": [entry]}
+        )
+        assert sent.status_code == 200, sent.text
+
+    table = sandbox("fault", "list", name)
+    as_json = sandbox("fault", "list", name, "-o", "json")
+
+    assert table.exit_code == 0 and as_json.exit_code == 0, table.output + as_json.output
+    assert table.stdout.splitlines()[1].split()[-4:] == ["7", "5", "2", "3"]
+    [item] = json.loads(as_json.stdout)["items"]
+    assert {k: item[k] for k in ("matched", "injected", "unread", "unrewritten")} == {
+        "matched": 7, "injected": 5, "unread": 2, "unrewritten": 3
+    }  # fmt: skip
 
 
 def test_list_and_add_print_the_api_objects_as_json_or_yaml(

@@ -33,7 +33,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def api(
     backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sandboxd]:
-    """One sandboxd per module and backend: health checks fail after 3 s, graceful stop 1 s."""
+    """One sandboxd per module and backend: health checks fail after 3 s, graceful stop 1 s;
+    a module's `SANDBOXD_ENV` (a dict) adds settings of its own."""
     root = tmp_path_factory.mktemp(f"api-{backend}")
     url = None
     if backend == "postgres":
@@ -41,6 +42,7 @@ def api(
         url = pg.new_database()
     catalog = write_catalog(root / "sandboxd.yaml")
     env = {"SANDBOXD_HEALTH_TIMEOUT": "3", "SANDBOXD_STOP_GRACE": "1"}
+    env.update(getattr(request.module, "SANDBOXD_ENV", {}))
     with running_sandboxd(root / "data", catalog=catalog, database_url=url, env=env) as server:
         yield server
 

@@ -129,6 +129,7 @@ def test_idempotency_key_replays_and_refuses_reuse(client: httpx.Client) -> None
     client.delete(f"/v1/sandboxes/{name}")
 
 
+COUNTS = ("matched", "injected", "unread", "unrewritten")  # shown per fault, not stored
 BAD_CREATES = [
     pytest.param({"name": "Not_A_Label"}, 422, "invalid_request", id="name-not-dns-label"),
     pytest.param({"name": "a" * 41}, 422, "invalid_request", id="name-too-long"),
@@ -282,13 +283,11 @@ def test_patch_extends_ttl_up_to_the_cap_and_merges_labels(client: httpx.Client)
     fault_id = patched["faults"][0]["id"]
     assert patched["faults"] == [
         {"id": fault_id, "service": "echo", "kind": "latency", "latencyMs": 250,
-         "probability": 1.0, "matched": 0, "injected": 0}
+         "probability": 1.0, "matched": 0, "injected": 0, "unread": 0, "unrewritten": 0}
     ]  # fmt: skip
     route = client.get("/v1/routes").json()["routes"][created["routingKey"]]
     assert route["faults"] == patched["spec"]["faults"]
-    assert route["faults"] == [
-        {k: v for k, v in patched["faults"][0].items() if k not in ("matched", "injected")}
-    ]
+    assert route["faults"] == [{k: v for k, v in patched["faults"][0].items() if k not in COUNTS}]
     assert client.patch(f"/v1/sandboxes/{name}", json={}).status_code == 422
     assert client.patch(f"/v1/sandboxes/{unique('ghost')}", json={"ttl": "1h"}).status_code == 404
     client.delete(f"/v1/sandboxes/{name}")

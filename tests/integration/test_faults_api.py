@@ -119,7 +119,7 @@ def test_faults_are_shown_with_ids_and_counts_and_published_to_routers(
     assert got["faults"][0] == {
         "id": generated, "service": "tools", "kind": "tool_error", "tool": "describe_*",
         "method": "tools/call", "message": "down", "probability": 1.0,
-        "matched": 0, "injected": 0,
+        "matched": 0, "injected": 0, "unread": 0, "unrewritten": 0,
     }  # fmt: skip
     route = client.get("/v1/routes").json()["routes"][created["routingKey"]]
     assert route["faults"] == got["spec"]["faults"]

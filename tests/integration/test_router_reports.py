@@ -64,6 +64,12 @@ def counts(client: httpx.Client, name: str) -> dict[str, tuple[int, int]]:
     return {f["id"]: (f["matched"], f["injected"]) for f in faults}
 
 
+def all_counts(client: httpx.Client, name: str) -> dict[str, tuple[int, int, int, int]]:
+    """Per fault: matched, injected, unread, unrewritten, as `GET` shows them."""
+    faults = client.get(f"/v1/sandboxes/{name}").json()["faults"]
+    return {f["id"]: (f["matched"], f["injected"], f["unread"], f["unrewritten"]) for f in faults}
+
+
 def injected_events(client: httpx.Client, name: str) -> list[str]:
     events = client.get(f"/v1/sandboxes/{name}/events").json()["items"]
     return [e["message"] for e in events if e["reason"] == "FaultInjected"]
@@ -84,6 +90,36 @@ def test_counts_add_up_over_router_instances(
     listed = client.get("/v1/sandboxes").json()["items"]
     mine = next(item for item in listed if item["name"] == name)
     assert {f["id"]: f["injected"] for f in mine["faults"]} == {"slow": 6, "down": 1}
+
+
+def test_unread_and_unrewritten_arrive_and_show_beside_matched_and_injected(
+    client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    name = sandbox["name"]
+    down = {**entry(sandbox, "down", 6, 2), "unread": 3, "unrewritten": 1}
+    assert report(router, "r1", down).json() == {"accepted": 1, "ignored": 0}
+    assert report(router, "r2", {**down, "unread": 1, "unrewritten": 4}).is_success
+    assert report(router, "r1", {**down, "unread": 2, "unrewritten": 0}, seq=2).is_success
+
+    assert all_counts(client, name) == {"slow": (0, 0, 0, 0), "down": (12, 4, 4, 5)}
+    listed = client.get("/v1/sandboxes").json()["items"]
+    mine = next(item for item in listed if item["name"] == name)
+    assert {f["id"]: (f["unread"], f["unrewritten"]) for f in mine["faults"]} == {
+        "slow": (0, 0), "down": (4, 5)
+    }  # fmt: skip
+
+
+def test_a_report_from_a_router_without_the_new_counters_is_accepted(
+    client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """A router from before `unread`/`unrewritten` sends only matched and injected: they count
+    as 0, and never lower what a newer router reported."""
+    old = entry(sandbox, "down", 4, 1)
+    assert report(router, "old", old).json() == {"accepted": 1, "ignored": 0}
+    assert report(router, "new", {**old, "unread": 2, "unrewritten": 1}).is_success
+    assert report(router, "new", old, seq=2).is_success
+
+    assert all_counts(client, sandbox["name"])["down"] == (8, 2, 2, 1)
 
 
 def test_a_replayed_or_older_report_neither_double_counts_nor_lowers(
@@ -182,6 +218,11 @@ def bad_bodies(box: dict[str, Any]) -> list[Any]:
         {"instance": "", "seq": 1, "faults": [good]},
         {"instance": "a b", "seq": 1, "faults": [good]},
         {"instance": "x" * 65, "seq": 1, "faults": [good]},
+        {"instance": "~retired", "seq": 1, "faults": [good]},  # the folded counts' own
+        {"instance": "~retired", "seq": 1, "faults": []},
+        {"instance": "r", "seq": 1, "faults": [{**good, "unread": -1}]},
+        {"instance": "r", "seq": 1, "faults": [{**good, "unrewritten": "1"}]},
+        {"instance": "r", "seq": 1, "faults": [{**good, "unrewritten": 2**53 + 1}]},
         {"instance": "r", "seq": -1, "faults": [good]},
         {"instance": "r", "seq": "1", "faults": [good]},
         {"instance": "r", "seq": 1, "faults": [good], "extra": 1},
@@ -240,26 +281,28 @@ def test_the_routers_reporter_delivers_changes_and_retries_what_failed(
     not sent again; more than MAX_ENTRIES go in several reports."""
     token = (api.data_dir / "router-token").read_text().strip()
     name, key = sandbox["name"], sandbox["routingKey"]
-    counters: list[Entry] = [(name, key, "down", 3, 1)]
-    reporter = Reporter(url=f"http://127.0.0.1:{free_port()}", token=token, snapshot=counters.copy)
+    counters: list[Entry] = [(name, key, "down", 3, 1, 2, 0)]
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    reporter = Reporter(url=nowhere, token=token, snapshot=counters.copy, heartbeat=3600)
 
     asyncio.run(reporter.final())  # nobody listens there
     reporter.url = api.url
     asyncio.run(reporter.final())
 
-    assert counts(client, name)["down"] == (3, 1)
+    assert all_counts(client, name)["down"] == (3, 1, 2, 0)
     sent = reporter.seq
     asyncio.run(reporter.final())
     assert reporter.seq == sent  # nothing changed, nothing sent
 
-    counters[:] = [(name, key, "slow", 2, 2)] + [(name, key, f"x{n}", 1, 0) for n in range(1000)]
+    counters[:] = [(name, key, "slow", 2, 2, 0, 1)]
+    counters += [(name, key, f"x{n}", 1, 0, 0, 0) for n in range(1000)]
     asyncio.run(reporter.final())
     assert reporter.seq == sent + 2
-    assert counts(client, name) == {"slow": (2, 2), "down": (3, 1)}
+    assert all_counts(client, name) == {"slow": (2, 2, 0, 1), "down": (3, 1, 2, 0)}
 
     counters[:] = []  # the engine dropped them: the reporter forgets them too
     asyncio.run(reporter.final())
-    counters[:] = [(name, key, "down", 3, 1)]
+    counters[:] = [(name, key, "down", 3, 1, 2, 0)]
     asyncio.run(reporter.final())
     assert reporter.seq == sent + 3  # sent again: nothing was remembered of it
     assert counts(client, name)["down"] == (3, 1)  # and, cumulative, counted once

@@ -183,7 +183,10 @@ def test_counters_survive_a_table_swap_that_keeps_the_fault_id() -> None:
     kept = second.routes["k1"].by_service["svc"].faults[0]
     assert (kept.matched, kept.injected, kept.status) == (3, 1, 500)
     assert sorted(book.snapshot()) == [("pr-1", "f", 3, 1), ("pr-2", "r", 0, 0)]
-    assert sorted(book.entries()) == [("pr-1", "k1", "f", 3, 1), ("pr-2", "k2", "r", 0, 0)]
+    assert sorted(book.entries()) == [
+        ("pr-1", "k1", "f", 3, 1, 0, 0),
+        ("pr-2", "k2", "r", 0, 0, 0, 0),
+    ]
     third = parse_table(table(fault(id="g")), upstreams=upstreams, faults=book)
     assert third.routes["k1"].by_service["svc"].faults[0].matched == 0
     assert ("pr-1", "f", 3, 1) not in book.snapshot()  # gone with its table

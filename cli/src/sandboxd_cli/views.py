@@ -157,7 +157,9 @@ _SCHEDULE = ("probability", "seed", "nth", "after", "times")
 
 
 def fault_table(items: Sequence[Json]) -> str:
-    """One row per fault, in the order they apply."""
+    """One row per fault, in the order they apply, with its counts: UNREAD are requests whose
+    body was too large to read the JSON-RPC method the fault needs, UNREWRITTEN firings whose
+    response was too large to rewrite (passed through as it came)."""
     rows = [
         [
             text(item.get("id")),
@@ -167,12 +169,15 @@ def fault_table(items: Sequence[Json]) -> str:
             _pairs(item, _SCHEDULE, skip={"probability": 1.0}) or "always",
             text(item.get("matched")),
             text(item.get("injected")),
+            text(item.get("unread")),
+            text(item.get("unrewritten")),
         ]
         for item in items
     ]
     if not rows:
         return "(no faults)"
-    headers = ["ID", "SERVICE", "KIND", "MATCH", "SCHEDULE", "MATCHED", "INJECTED"]
+    headers = ["ID", "SERVICE", "KIND", "MATCH", "SCHEDULE"]
+    headers += ["MATCHED", "INJECTED", "UNREAD", "UNREWRITTEN"]
     return table(headers, rows)
 
 

@@ -297,10 +297,13 @@ class FaultBook:
         """(sandbox, fault id, matched, injected) of every fault in the current table."""
         return [(s, i, f.matched, f.injected) for (s, i), f in self._faults.items()]
 
-    def entries(self) -> list[tuple[str, str, str, int, int]]:
-        """(sandbox, routing key, fault id, matched, injected): the form of a router report
-        (`report.Entry` on main), for the reporter's snapshot."""
-        return [(s, f.key, i, f.matched, f.injected) for (s, i), f in self._faults.items()]
+    def entries(self) -> list[tuple[str, str, str, int, int, int, int]]:
+        """(sandbox, routing key, fault id, matched, injected, unread, unrewritten): the form
+        of a router report (`report.Entry`), for the reporter's snapshot."""
+        return [
+            (s, f.key, i, f.matched, f.injected, f.unread, f.unrewritten)
+            for (s, i), f in self._faults.items()
+        ]
 
 
 def _glob(pattern: object) -> re.Pattern[str] | None:

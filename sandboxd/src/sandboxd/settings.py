@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     """The URL users reach the API at, for links; default http://host:port."""
     router_host: str = "127.0.0.1"
     """Host of the router's listeners, given to processes as SANDBOXD_SERVICE_<NAME>_URL."""
+    router_lease: float = Field(default=600.0, gt=0)
+    """Seconds a router instance may stay silent (routers report at least every 30 s) before
+    its fault counts are folded into the sandbox's and it no longer counts toward the 256
+    instances kept; it is told so (409) if it reports again. Keep it well above 30 s: a
+    shorter lease retires live routers (still exact, but each then takes a new id)."""
     health_timeout: float = Field(default=60.0, gt=0)
     """A fork that is not healthy this many seconds after it started fails the sandbox."""
     drain: float = Field(default=0.5, ge=0, le=60)

@@ -49,8 +49,16 @@ def sandbox_view(
 
 def fault_view(fault: FaultSpec, counts: Counts) -> dict[str, Any]:
     """A fault as stored, with its counts as the routers last reported them (0 before any
-    report: what the control plane knows, not a guess)."""
-    return {**fault.as_json(), "matched": counts.matched, "injected": counts.injected}
+    report: what the control plane knows, not a guess). `unread`: requests whose body was too
+    large for the router to read the JSON-RPC method the fault needs; `unrewritten`: firings of
+    a rewriting fault whose response was too large to rewrite, passed through as it came."""
+    return {
+        **fault.as_json(),
+        "matched": counts.matched,
+        "injected": counts.injected,
+        "unread": counts.unread,
+        "unrewritten": counts.unrewritten,
+    }
 
 
 def event_view(row: EventRow) -> EventOut:

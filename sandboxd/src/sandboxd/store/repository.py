@@ -31,7 +31,7 @@ from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
-from sandboxd.store import counts
+from sandboxd.store import counts, retire
 from sandboxd.store.counts import Counts, Merged, Reported
 from sandboxd.store.engine import READ_ONLY, migrate
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
@@ -327,8 +327,17 @@ class Store:
 
     # fault counts (sandboxd.store.counts) ------------------------------------------------
     @_off_loop
-    def merge_counts(self, *, instance: str, entries: Sequence[Reported]) -> Merged:
-        """A router's report merged in one transaction, its `FaultInjected` events with it."""
+    def merge_counts(
+        self, *, instance: str, entries: Sequence[Reported], lease: timedelta
+    ) -> Merged:
+        """A router's report merged in one transaction, its `FaultInjected` events with it;
+        before, in a transaction of its own, instances silent for `lease` are retired (apart,
+        so that each takes its locks in the one order: see `sandboxd.store.retire`)."""
+        with self._tx(read_only=True) as session:
+            due = retire.due(session, lease=lease, now=utcnow())
+        if due:
+            with self._tx() as session:
+                retire.retire(session, lease=lease, now=utcnow())
         with self._tx() as session:
             merged = counts.merge(session, instance=instance, entries=entries)
             for row, event in merged.events:

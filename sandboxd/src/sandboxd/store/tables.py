@@ -86,4 +86,32 @@ class FaultCountRow(SQLModel, table=True):
     fault: str = Field(primary_key=True, max_length=63)
     matched: int = Field(sa_column=Column(BigInteger, nullable=False))
     injected: int = Field(sa_column=Column(BigInteger, nullable=False))
+    unread: int = Field(sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    unrewritten: int = Field(sa_column=Column(BigInteger, nullable=False, server_default="0"))
     updated_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+
+
+class RouterInstanceRow(SQLModel, table=True):
+    """A router instance with counts kept, and when it last reported: its lease. Its row is
+    also the lock that orders its reports against its retirement (`sandboxd.store.retire`)."""
+
+    __tablename__ = "router_instances"
+
+    instance: str = Field(primary_key=True, max_length=64)
+    seen_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
+
+
+class RetiredCountRow(SQLModel, table=True):
+    """What was folded for a retired instance, per sandbox (routing key) and fault: given back
+    to it (409 `instance_retired`) if it reports again, so it can count on from there."""
+
+    __tablename__ = "retired_counts"
+
+    instance: str = Field(primary_key=True, max_length=64)
+    routing_key: str = Field(primary_key=True, max_length=64, index=True)
+    fault: str = Field(primary_key=True, max_length=63)
+    matched: int = Field(sa_column=Column(BigInteger, nullable=False))
+    injected: int = Field(sa_column=Column(BigInteger, nullable=False))
+    unread: int = Field(sa_column=Column(BigInteger, nullable=False))
+    unrewritten: int = Field(sa_column=Column(BigInteger, nullable=False))
+    retired_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
