@@ -293,6 +293,9 @@ def test_the_routers_reporter_delivers_changes_and_retries_what_failed(
     sent = reporter.seq
     asyncio.run(reporter.final())
     assert reporter.seq == sent  # nothing changed, nothing sent
+    counters += [(name, key, f"idle{n}", 0, 0, 0, 0) for n in range(3)]
+    asyncio.run(reporter.final())
+    assert reporter.seq == sent  # faults that never counted anything are not news
 
     counters[:] = [(name, key, "slow", 2, 2, 0, 1)]
     counters += [(name, key, f"x{n}", 1, 0, 0, 0) for n in range(1000)]

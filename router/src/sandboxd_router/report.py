@@ -36,6 +36,7 @@ Entry = tuple[str, str, str, int, int, int, int]
 process started."""
 Snapshot = Callable[[], list[Entry]]
 Counts = tuple[int, int, int, int]
+ZERO: Counts = (0, 0, 0, 0)
 INTERVAL = 1.0
 HEARTBEAT = 30.0  # well inside the control plane's lease
 MAX_ENTRIES = 1000  # the control plane's limit per report
@@ -94,7 +95,8 @@ class Reporter:
 
     async def _round(self, client: httpx.AsyncClient) -> _Sent:
         current = self._current()
-        pending = [e for e in current if self._acknowledged.get((e[1], e[2])) != e[3:]]
+        # a fault that never counted anything is not news: 3,000 new faults are not 3 reports
+        pending = [e for e in current if self._acknowledged.get((e[1], e[2]), ZERO) != e[3:]]
         batches = [pending[i : i + MAX_ENTRIES] for i in range(0, len(pending), MAX_ENTRIES)]
         if not batches and time.monotonic() - self._posted >= self.heartbeat:
             batches = [[]]
@@ -113,7 +115,7 @@ class Reporter:
         if not self._offsets:
             return self.snapshot()
         return [
-            (s, k, f, *_minus(counts, self._offsets.get((k, f), (0, 0, 0, 0))))
+            (s, k, f, *_minus(counts, self._offsets.get((k, f), ZERO)))
             for s, k, f, *counts in self.snapshot()
         ]
 
@@ -145,7 +147,7 @@ class Reporter:
         if folded is None:
             return False
         for key, counts in folded.items():
-            self._offsets[key] = _plus(self._offsets.get(key, (0, 0, 0, 0)), counts)
+            self._offsets[key] = _plus(self._offsets.get(key, ZERO), counts)
         old, self.instance = self.instance, secrets.token_hex(8)
         self._acknowledged = {}
         log.warning("router instance %s was retired by the control plane; reporting as %s",
