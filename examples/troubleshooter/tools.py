@@ -86,21 +86,26 @@ class ToolServer:
     watch: HttpWatch
     timeout: float
     budget: RetryBudget
-    in_flight: str | None = None
-    """The tool being called, kept when a call is cut short (for the error's name)."""
+    in_flight: tuple[str, str] | None = None
+    """(tool, step) of the request under way, kept when the session dies under it."""
     offered: set[str] | None = None
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> ToolResult:
         meta: Any = self.context.meta
+        retries: list[dict[str, Any]] = []  # one budget for the step, listing included
         if self.offered is None:
-            listing = await self._retrying(tool, lambda: self.client.list_tools(meta=meta))
+            listing = await self._retrying(
+                tool,
+                lambda: self.client.list_tools(meta=meta),
+                step="tools/list: ",
+                retries=retries,
+            )
             self.offered = {t.name for t in listing.tools}
         if tool not in self.offered:
             offered = ", ".join(sorted(self.offered)) or "none"
             raise ToolCallError(
                 self.service, tool, f"the server does not offer this tool (tools/list: {offered})"
             )
-        retries: list[dict[str, Any]] = []
         result = await self._retrying(
             tool, lambda: self.client.call_tool(tool, arguments, meta=meta), retries=retries
         )
@@ -111,24 +116,27 @@ class ToolServer:
         tool: str,
         request: Callable[[], Awaitable[T]],
         *,
-        retries: list[dict[str, Any]] | None = None,
+        retries: list[dict[str, Any]],
+        step: str = "",
     ) -> T:
-        """`request()`, again after each 429 the budget allows; other failures are final."""
-        retries = [] if retries is None else retries
+        """`request()`, again after each 429 the budget allows; other failures are final.
+        `step` prefixes the problem when the request is not the tool call itself."""
         while True:
-            self.in_flight = tool
+            self.in_flight = (tool, step)
             self.watch.reset()
             try:
                 response = await request()
             except MCPError as e:
+                self.in_flight = None
                 answer = self.watch.last
                 if answer is None or answer.status != RATE_LIMITED:
-                    why = problem(e, answer, timeout=self.timeout)
+                    why = step + problem(e, answer, timeout=self.timeout)
                     raise ToolCallError(self.service, tool, why, retries=retries) from e
                 try:
                     wait = self.budget.delay(answer.retry_after, retries=retries)
                 except BudgetSpent as spent:
-                    raise ToolCallError(self.service, tool, str(spent), retries=retries) from e
+                    why = step + str(spent)
+                    raise ToolCallError(self.service, tool, why, retries=retries) from e
                 retries.append({"status": RATE_LIMITED, "retryAfter": wait})
                 await asyncio.sleep(wait)
                 continue
@@ -213,8 +221,8 @@ async def connect(
             why = f"{url}: {type(leaf).__name__}: {leaf}"
             raise ToolCallError(service, "connect", why) from e
         if isinstance(leaf, httpx2.TransportError | OSError):
-            tool = server.in_flight or "session"
-            raise ToolCallError(service, tool, transport_problem(leaf)) from e
+            tool, step = server.in_flight or ("session", "")
+            raise ToolCallError(service, tool, step + transport_problem(leaf)) from e
         raise
 
 

@@ -282,3 +282,26 @@ def test_two_faults_the_first_failing_step_is_the_one_reported(world: World) -> 
     refused(answer, response.status_code, step="cluster-mcp list_pods", problem=problem)
     assert [e["tool"] for e in answer["evidence"]] == ["list_pods"]
     await_counts(app, "two-failing", {"logs-429": (0, 0), "no-status": (1, 1)})
+
+
+def test_a_failed_tool_listing_is_named_as_such(world: World) -> None:
+    """The agent lists a server's tools before its first call; a 429 there is waited out under
+    the same budget, any other failure names tools/list."""
+    app = world.app
+    limited = app.up(
+        "name: list-429\nfaults:\n  - {id: list-429, service: logs-mcp, method: tools/list,"
+        " kind: rate_limit, retryAfter: 1, times: 1}\n"
+    )
+    response = app.diagnose(baggage=limited["baggage"])
+    answer = response.json()
+    assert response.status_code == 200 and answer["ok"] is True, answer
+    assert answer["evidence"][-1]["retries"] == [{"status": 429, "retryAfter": 1.0}]
+    await_counts(app, "list-429", {"list-429": (2, 1)})
+
+    failing = app.up(
+        "name: list-503\nfaults:\n  - {id: list-503, service: logs-mcp, method: tools/list,"
+        " kind: http_error}\n"
+    )
+    response = app.diagnose(baggage=failing["baggage"])
+    problem = ("tools/list: HTTP 503 Service Unavailable",)
+    refused(response.json(), response.status_code, step="logs-mcp get_logs", problem=problem)
