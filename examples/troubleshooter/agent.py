@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from tools import PROPAGATED, TraceContext, connect
-from workflow import LAST_RUN_FIELDS, Evidence, MissingField, WorkflowError, diagnose
+from workflow import LAST_RUN_FIELDS, Evidence, MissingField, diagnose
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,6 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
                     )
                 except (ToolCallError, MissingField) as e:
                     evidence.failed(e)
-                    answer["error"] = str(e)
-                except WorkflowError as e:
                     answer["error"] = str(e)
         except ToolCallError as e:
             # A connection that failed, or broke during a call (the session is gone).
