@@ -5,8 +5,10 @@ two MCP tool servers. A PR renames a field in one tool's result. `sandboxd serve
 --start-baseline` runs the baseline and the router; the `sandbox` CLI creates two sandboxes —
 the PR's tool alone (`schema-change`), and the PR after its fix (`fixed-agent`: the tool and an
 agent whose prompt reads the new field) — and the agent is called three ways through one URL.
-Without --once it keeps running until Ctrl-C; with --once it tears everything down, checks that
-nothing is left, and exits 0 when every outcome is as expected.
+Then two fault scenarios (examples/troubleshooter/faults/): a rate-limited `get_logs` the agent
+waits out, and a `describe_pod` cut into invalid JSON it refuses, visibly. Without --once it
+keeps running until Ctrl-C; with --once it tears everything down, checks that nothing is left,
+and exits 0 when every outcome is as expected.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ EXAMPLE = ROOT / "examples" / "troubleshooter"
 BIN = Path(sys.executable).parent
 AGENT = "http://127.0.0.1:7311/diagnose"  # the agent's routerPort in the catalog
 SANDBOXES = ("schema-change", "fixed-agent")
+FAULT_SCENARIOS = {
+    "rate_limit": ("fault-rate-limit", "get_logs answers 429, Retry-After: 1, twice"),
+    "malformed": ("fault-malformed", "describe_pod's JSON is cut short"),
+}
 BASELINE_PORTS = (7411, 7412, 7413)
 
 
@@ -81,6 +87,58 @@ def show(label: str, answer: dict[str, Any]) -> None:
         print(f"    diagnosis: {answer.get('diagnosis')}")
     else:
         print(f"    error:     {answer.get('error')}")
+
+
+def fault_act(env: dict[str, str], base: dict[str, Any], checks: dict[str, bool]) -> dict[str, str]:
+    """Faults in one sandbox's traffic: one the agent recovers from, one it fails on. Returns
+    each scenario's sandbox name → its baggage."""
+    say("faults: the unhappy path, injected into one sandbox's traffic only")
+    keys: dict[str, str] = {}
+    for kind, (name, _) in FAULT_SCENARIOS.items():
+        up = sandbox("up", "-f", str(EXAMPLE / "faults" / f"{kind}.yaml"), env=env)
+        print(up.stdout.strip().splitlines()[0] if up.stdout else up.stderr)
+        checks[f"sandbox up {name} exits 0 (Ready)"] = up.returncode == 0
+        state = json.loads(sandbox("get", name, "-o", "json", env=env, show=False).stdout or "{}")
+        keys[kind] = str(state.get("baggage"))
+    answers = {kind: diagnose(key) for kind, key in keys.items()}
+    limited, garbled = answers["rate_limit"], answers["malformed"]
+    retries = [
+        r.get("retryAfter") for r in (limited.get("evidence") or [{}])[-1].get("retries", [])
+    ]
+    for kind, answer in answers.items():
+        name, what = FAULT_SCENARIOS[kind]
+        show(f"baggage: {keys[kind]}  ({name}: {what})", answer)
+        if kind == "rate_limit":
+            print(f"    get_logs was retried {len(retries)} times, after Retry-After {retries} s")
+    checks["fault-rate-limit: the agent waits out the 429s and diagnoses"] = (
+        limited.get("status") == 200
+        and limited.get("diagnosis") == base.get("diagnosis")
+        and len(retries) == 2
+    )
+    checks["fault-malformed: the agent fails visibly, naming describe_pod"] = (
+        garbled.get("status") == 502
+        and garbled.get("diagnosis") is None
+        and str(garbled.get("error")).startswith("cluster-mcp describe_pod: answered invalid JSON")
+    )
+    checks["faults: the baseline's answer is unchanged"] = diagnose(None).get(
+        "diagnosis"
+    ) == base.get("diagnosis")
+    counted = injected(env, "fault-rate-limit", until=2)
+    print(sandbox("fault", "list", "fault-rate-limit", env=env).stdout.rstrip())
+    checks["fault-rate-limit: the router counted 2 injections"] = counted == 2
+    return {FAULT_SCENARIOS[kind][0]: key for kind, key in keys.items()}
+
+
+def injected(env: dict[str, str], name: str, *, until: int) -> int:
+    """The sandbox's first fault's `injected` count, once it reaches `until` (the router
+    reports about once a second) or after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        state = json.loads(sandbox("get", name, "-o", "json", env=env, show=False).stdout or "{}")
+        count = int((state.get("faults") or [{}])[0].get("injected", 0))
+        if count >= until or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
 
 
 def run(once: bool, port: int) -> bool:
@@ -148,10 +206,12 @@ def run(once: bool, port: int) -> bool:
             "diagnosis"
         ) == base.get("diagnosis")
 
+        keys |= fault_act(env, base, checks)
+
         print("\nCall it yourself:")
         print(f'  curl -si -X POST {AGENT} -d \'{{"namespace":"demo"}}\'')
         body = '{"namespace":"demo"}'
-        for name in SANDBOXES:
+        for name in keys:
             print(f"  curl -si -X POST {AGENT} -d '{body}' -H 'baggage: {keys[name]}'")
         if not once:
             say("running — Ctrl-C to stop")
@@ -164,7 +224,7 @@ def run(once: bool, port: int) -> bool:
                 pass
 
         say("tearing the sandboxes down")
-        for name in SANDBOXES:
+        for name in (*SANDBOXES, *(name for name, _ in FAULT_SCENARIOS.values())):
             down = sandbox("down", name, "--wait", env=env)
             gone = json.loads(
                 sandbox("get", name, "-o", "json", env=env, show=False).stdout or "{}"

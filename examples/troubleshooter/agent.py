@@ -9,9 +9,12 @@
      "promptVersion": "v1", "modelVersion": "rules-1", "sandbox": "baseline", "traceId": "..."}
 
 - 200 with `ok: true` when it reached a diagnosis (or found no failing pod: `pod` is null);
-- 502 with `ok: false`, `diagnosis: null` and `error` when a tool failed or answered in a schema
-  this prompt version cannot read — the error names the tool and the missing field, and the
-  evidence gathered so far is kept. The agent never invents a diagnosis past a failed step;
+- 502 with `ok: false`, `diagnosis: null` and `error` when a tool failed (an HTTP error, a
+  time-out, a rate limit beyond the retry budget, a JSON-RPC or tool error, a reset connection,
+  invalid JSON, a tool the server does not list) or answered with a result this prompt version
+  cannot read (empty, a field missing) — the error names the service, the tool and the
+  problem or the field, and the evidence gathered so far is kept, the failed step last. The
+  agent never invents a diagnosis past a failed step;
 - 400 with `ok: false` for a body that is not `{"namespace": "<name>"}`.
 
 `GET /healthz` answers 200. The tool servers are reached through the router, at
@@ -19,8 +22,14 @@
 request's `baggage` and trace context on every call (see `tools.py`), so a request tagged for a
 sandbox reaches that sandbox's forks and the baseline for everything else.
 
+A 429 is retried after its `Retry-After`, at most 3 attempts and 5 s of waiting per step; the
+evidence item of that step lists the retries. Content a tool returns beside its structured
+result is ignored (an evidence `warnings` entry says so), so instructions planted in tool output
+never reach the diagnosis. See `tools.py` and `failures.py`.
+
 Settings come from the environment once, at start: `AGENT_PROMPT_VERSION` (v1 | v2, default
-v1), `AGENT_MODEL_URL`/`AGENT_MODEL` (see `diagnoser.py`).
+v1), `AGENT_TOOL_TIMEOUT_S` (the limit per tool call, default 10), `AGENT_MODEL_URL`/
+`AGENT_MODEL` (see `diagnoser.py`).
 """
 
 from __future__ import annotations
@@ -32,12 +41,13 @@ from typing import Any
 
 import uvicorn
 from diagnoser import Diagnoser, diagnoser_from_env
+from failures import ToolCallError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from tools import PROPAGATED, ToolCallError, TraceContext, connect
-from workflow import LAST_RUN_FIELDS, Evidence, WorkflowError, diagnose
+from tools import PROPAGATED, TraceContext, connect
+from workflow import LAST_RUN_FIELDS, Evidence, MissingField, diagnose
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class Settings:
     """logs-mcp's MCP endpoint, normally through the router."""
     sandbox: str
     """The sandbox this process runs in ("baseline" when none); reported, never acted on."""
+    tool_timeout: float
+    """Seconds one tool call may take before the agent gives up on it."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,7 +73,19 @@ class Settings:
             cluster_url=_mcp_url("SANDBOXD_SERVICE_CLUSTER_MCP_URL", "http://127.0.0.1:7312"),
             logs_url=_mcp_url("SANDBOXD_SERVICE_LOGS_MCP_URL", "http://127.0.0.1:7313"),
             sandbox=os.environ.get("SANDBOXD_SANDBOX") or "baseline",
+            tool_timeout=_seconds("AGENT_TOOL_TIMEOUT_S", default=10.0),
         )
+
+
+def _seconds(variable: str, *, default: float) -> float:
+    value = os.environ.get(variable)
+    try:
+        seconds = default if value is None else float(value)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds <= 600:
+        raise SystemExit(f"agent: {variable}: {value!r} is not a number of seconds in (0, 600]")
+    return seconds
 
 
 def _mcp_url(variable: str, default: str) -> str:
@@ -99,10 +123,13 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
         context = trace_context(request)
         answer["traceId"] = context.headers["traceparent"].split("-")[1]
         evidence = Evidence(items=answer["evidence"])
+        timeout = settings.tool_timeout
         try:
             async with (
-                connect("cluster-mcp", settings.cluster_url, context=context) as cluster,
-                connect("logs-mcp", settings.logs_url, context=context) as logs,
+                connect(
+                    "cluster-mcp", settings.cluster_url, context=context, timeout=timeout
+                ) as cluster,
+                connect("logs-mcp", settings.logs_url, context=context, timeout=timeout) as logs,
             ):
                 # Expected failures are caught here, inside the sessions: raised through them
                 # they would arrive wrapped in the SDK's task-group exception groups.
@@ -115,9 +142,12 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
                         prompt_version=settings.prompt_version,
                         evidence=evidence,
                     )
-                except (ToolCallError, WorkflowError) as e:
+                except (ToolCallError, MissingField) as e:
+                    evidence.failed(e)
                     answer["error"] = str(e)
         except ToolCallError as e:
+            # A connection that failed, or broke during a call (the session is gone).
+            evidence.failed(e)
             answer["error"] = str(e)
         if answer["error"] is not None:
             return JSONResponse(answer, status_code=502)

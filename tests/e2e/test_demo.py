@@ -1,5 +1,5 @@
 """The README's first command, as a new user runs it: `scripts/demo --once` exits 0, with the
-three outcomes of the reference system, and leaves nothing behind."""
+three outcomes of the reference system and its fault act, and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.support.server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_once_shows_the_three_outcomes_and_cleans_up() -> None:
+def test_demo_once_shows_the_three_outcomes_the_fault_act_and_cleans_up() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py"), "--once", "--port", str(free_port())],
         capture_output=True,
@@ -24,5 +24,8 @@ def test_demo_once_shows_the_three_outcomes_and_cleans_up() -> None:
     assert "FAIL" not in result.stdout
     assert "sandboxd-route: sandbox=fixed-agent" in result.stdout
     assert "no field 'lastState'" in result.stdout
-    for name in ("schema-change", "fixed-agent"):
+    assert "get_logs was retried 2 times" in result.stdout
+    assert "cluster-mcp describe_pod: answered invalid JSON" in result.stdout
+    assert "fault-malformed: the agent fails visibly" in result.stdout
+    for name in ("schema-change", "fixed-agent", "fault-rate-limit", "fault-malformed"):
         assert fork_pids(sandbox=name) == []

@@ -2,13 +2,16 @@
 
 The example's catalog fixes its ports (router 7311-7313, baselines 7411-7413). Tests run it with
 the same file, changed in two ways only: every port becomes a free one (so a leftover process or
-a demo running on this machine cannot make the suite fail or, worse, answer in its place) and
+a demo running on this machine cannot make the suite fail or, worse, answer in its place; see
+`listen_port` for which) and
 each command names its script by absolute path (the copy lives in a temporary directory).
 """
 
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +25,7 @@ import httpx
 import yaml
 
 from tests.support import poll
-from tests.support.server import Sandboxd, free_port, running_sandboxd
+from tests.support.server import Sandboxd, running_sandboxd
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "troubleshooter"
@@ -30,12 +33,35 @@ SANDBOXES = EXAMPLE / "sandboxes"
 BIN = Path(sys.executable).parent
 
 
+LISTEN_PORTS = range(20000, 32768)
+"""Below Linux's ephemeral range (32768-60999), where `free_port()` answers and from which every
+outgoing connection takes its local port: a port picked there can be taken by a loopback
+connection in the seconds before the router binds it, and the router then skips that listener
+until the next route table (`cannot listen on …` in its log)."""
+
+
+def listen_port(taken: set[int]) -> int:
+    """A port nothing listens on, outside the ephemeral range and not in `taken` (added)."""
+    while True:
+        port = random.choice(LISTEN_PORTS)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+
+
 def portable_catalog(directory: Path) -> Path:
     """The example catalog on free ports, runnable from `directory`."""
     catalog = yaml.safe_load((EXAMPLE / "sandboxd.yaml").read_text())
+    taken: set[int] = set()
     for service in catalog["services"]:
-        service["routerPort"] = free_port()
-        service["baseline"]["url"] = f"http://127.0.0.1:{free_port()}"
+        service["routerPort"] = listen_port(taken)
+        service["baseline"]["url"] = f"http://127.0.0.1:{listen_port(taken)}"
         command = service["baseline"]["command"]
         service["baseline"]["command"] = [
             str(EXAMPLE / arg) if arg.endswith(".py") else arg for arg in command
@@ -110,9 +136,15 @@ def running_troubleshooter(data_dir: Path) -> Iterator[Troubleshooter]:
 
 def wait_for_router(app: Troubleshooter, *, timeout: float = 20) -> None:
     poll.until(
-        lambda: app.diagnose().status_code == 200,
+        lambda: answer(app.diagnose()),
+        lambda seen: seen[0] == 200,
         timeout=timeout,
-        what="the agent to answer through the router",
+        what="the agent to answer 200 through the router",
         ignoring=(httpx.HTTPError,),
         context=app.server.log,
     )
+
+
+def answer(response: httpx.Response) -> tuple[int, str]:
+    """(status, body): what a failed wait shows."""
+    return response.status_code, response.text
