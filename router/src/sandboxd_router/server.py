@@ -25,6 +25,8 @@ class Router:
         self.faults = FaultBook()
         """Every fault's counters, kept across tables (`FaultBook.snapshot()` reads them)."""
         self.listeners: dict[int | None, asyncio.Server] = {}
+        self.unbound: dict[int | None, str] = {}
+        """Ports the table wants that could not be bound yet (tried again every second)."""
         self.ready = asyncio.Event()
 
     async def apply(self, table: Table) -> None:
@@ -55,6 +57,9 @@ class Router:
         for port in list(self.listeners):
             if port not in wanted:
                 self.listeners.pop(port).close()
+        for port in list(self.unbound):
+            if port not in wanted:
+                del self.unbound[port]
         loop = asyncio.get_running_loop()
         for port in wanted - set(self.listeners):
             bind = self.gateway_port if port is None else port
@@ -69,22 +74,28 @@ class Router:
                 log.info(
                     "listening on %s:%s%s", self.host, bind, " (gateway)" if port is None else ""
                 )
+                self.unbound.pop(port, None)
             except OSError as e:
-                log.error(
-                    "cannot listen on %s:%s: %s (retried at the next table)",
-                    self.host,
-                    bind,
-                    e.strerror,
-                )
+                if port not in self.unbound:  # once, not every second
+                    log.error(
+                        "cannot listen on %s:%s: %s (retried every second)",
+                        self.host,
+                        bind,
+                        e.strerror,
+                    )
+                self.unbound[port] = str(e.strerror)
 
     async def sweep(self) -> None:
-        """Once a second: idle client connections and upstreams past their deadline."""
+        """Once a second: idle client connections and upstreams past their deadline, and the
+        ports that could not be bound (another process held one for a while)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             now = loop.time()
             for conn in list(self.state.connections):
                 conn.tick(now)
+            if self.unbound and self.ready.is_set():
+                await self._listen(self.state.table)
 
     def close(self) -> None:
         for server in self.listeners.values():
@@ -111,6 +122,10 @@ async def serve_admin(router: Router, host: str, port: int) -> asyncio.Server:
                     "connections": len(router.state.connections),
                     "heldBodyBytes": router.state.held_body,
                     "hotPath": native.mode,
+                    "notListening": {
+                        str(router.gateway_port if port is None else port): why
+                        for port, why in router.unbound.items()
+                    },
                 }
             ).encode()
             status = b"200 OK" if ok else b"503 Service Unavailable"
