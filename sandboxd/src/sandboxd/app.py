@@ -142,6 +142,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             engine = make_engine(settings.effective_database_url)
             stack.callback(engine.dispose)
             store = Store(engine)
+            stack.push_async_callback(store.close)  # (before the engine's dispose)
             await store.migrate()
             token = admin_token(settings)
             await store.put_token(name="admin", token_hash=hash_token(token))

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,7 +54,8 @@ def _off_loop(
 
     @functools.wraps(method)
     async def call(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.to_thread(method, store, *args, **kwargs)
+        work = functools.partial(method, store, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(store.threads, work)
 
     return call
 
@@ -75,6 +77,14 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        self.threads = ThreadPoolExecutor(thread_name_prefix="sandboxd-store")
+        """The store's own threads: a caller cancelled mid-call (a shutdown) leaves its thread
+        running with a connection checked out, and `close` waits for it."""
+
+    async def close(self) -> None:
+        """Wait for the calls still running, so that disposing of the engine afterwards
+        closes every connection (one still checked out would stay open)."""
+        await asyncio.to_thread(self.threads.shutdown, wait=True)
 
     @contextmanager
     def _tx(self, *, read_only: bool = False) -> Iterator[Session]:
