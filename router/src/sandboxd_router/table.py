@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from sandboxd_router.faults import FaultBook, ServiceFaults
@@ -34,9 +34,8 @@ class Route:
     sandbox: str
     decision: bytes  # the `sandboxd-route` header value, b"sandbox=<name>"
     forks: dict[str, Upstream]
-    faults: list[dict[str, Any]] = field(default_factory=list)
     by_service: dict[str, ServiceFaults] = field(default_factory=dict)
-    """`faults` compiled (`sandboxd_router.faults`), by service."""
+    """The sandbox's faults compiled (`sandboxd_router.faults`), by service."""
 
 
 # what a decision says to do
@@ -141,7 +140,6 @@ def parse_table(
                 sandbox=str(route["sandbox"]),
                 decision=f"sandbox={route['sandbox']}".encode(),
                 forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
-                faults=list(route.get("faults") or []),
                 by_service=book.compile(
                     str(route["sandbox"]), route.get("faults") or [], key=str(key)
                 ),
