@@ -213,6 +213,18 @@ def test_only_a_drawing_fault_holds_a_generator_and_like_globs_are_shared() -> N
     assert faults[0].path is not None and faults[0].path is faults[1].path is faults[3].path
 
 
+def test_sandboxes_with_the_same_fault_share_one_copy_of_its_wire_form() -> None:
+    book = FaultBook()
+    book.begin()
+    first, same, other = (
+        book.compile(sandbox, [fault(id="x", path=path)])["svc"].faults[0]
+        for sandbox, path in (("pr-1", "/a/*"), ("pr-2", "/a/*"), ("pr-3", "/b"))
+    )
+    book.commit()
+    assert first.raw is same.raw and other.raw is not first.raw
+    assert other.path is not None and other.path.fullmatch(b"/b") is not None
+
+
 def test_decisions_carry_the_keys_faults_forked_or_not_and_through_a_session() -> None:
     raw = {
         "services": [

@@ -58,8 +58,8 @@ class Fault:
 
     def __init__(self, sandbox: str, raw: Mapping[str, Any]) -> None:
         self.raw = raw
-        """The wire form, as parsed (not copied: the table's own dict, never changed), to tell
-        an unchanged fault in the next table by equality."""
+        """The wire form (as parsed, not copied), to tell an unchanged fault in the next table
+        by equality."""
         self.sandbox = sandbox
         self.id = str(raw["id"])
         self.key = ""  # the sandbox's routing key (set by FaultBook.compile)
@@ -260,6 +260,8 @@ class FaultBook:
         self._faults: dict[tuple[str, str], Fault] = {}
         self._pending: dict[tuple[str, str], Fault] = {}  # the table being replaced
         self._next: dict[tuple[str, str], Fault] = {}  # the table being compiled
+        self._forms: dict[str, Mapping[str, Any]] = {}  # fault id → a wire form (shared)
+        self._next_forms: dict[str, Mapping[str, Any]] = {}
 
     def compile(
         self, sandbox: str, raws: Iterable[Mapping[str, Any]], *, key: str = ""
@@ -276,25 +278,33 @@ class FaultBook:
     def _compiled(self, sandbox: str, raw: Mapping[str, Any]) -> Fault:
         """The old fault itself when its wire form is unchanged (nothing built: a table of
         thousands of faults is mostly unchanged ones); else a new one with the old counters."""
-        key = (sandbox, str(raw["id"]))
-        old = self._pending.get(key)
+        old = self._pending.get((sandbox, str(raw["id"])))
         if old is not None and old.raw == raw:
             fault = old
         else:
-            fault = Fault(sandbox, raw)
+            fault = Fault(sandbox, self._shared(raw))
             if old is not None:
                 fault.matched, fault.injected, fault.unread = old.matched, old.injected, old.unread
                 fault.unrewritten = old.unrewritten
-        self._next[key] = fault
+        self._next[(sandbox, fault.id)] = fault  # (its id: the table's copy goes with the table)
+        self._next_forms.setdefault(fault.id, fault.raw)
         return fault
+
+    def _shared(self, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The wire form an equal fault of another sandbox holds already, if any: the same
+        fault recurs across sandboxes (a generated id is a hash of the content), and one copy
+        of it (and of its strings) is enough."""
+        known = self._forms.get(str(raw["id"])) or self._next_forms.get(str(raw["id"]))
+        return known if known is not None and known == raw else raw
 
     def begin(self) -> None:
         """Start compiling a new table (its faults replace the current ones at `commit`)."""
         self._pending = self._faults
-        self._next = {}
+        self._next, self._next_forms = {}, {}
 
     def commit(self) -> None:
         self._faults, self._next = self._next, {}
+        self._forms, self._next_forms = self._next_forms, {}
         self._pending = {}
 
     def snapshot(self) -> list[tuple[str, str, int, int]]:
