@@ -1,8 +1,9 @@
 """Faults: which of a sandbox's faults a request triggers (issue 12). Pure: no I/O.
 
-The route table's fault dicts (wire form: camelCase, absent keys unset) are compiled once per
-table build into `Fault`s, grouped per service (`ServiceFaults`), and hung on the `Decision`s
-made for that sandbox's key — so a request with no fault pays one attribute test.
+The route table's fault dicts (wire form: camelCase, absent keys unset) are compiled into
+`Fault`s, grouped per service (`ServiceFaults`), and hung on the `Decision`s made for that
+sandbox's key — so a request with no fault pays one attribute test. A fault whose wire form is
+unchanged from the last table is not compiled again: the same object carries on.
 
 Matching: `service` (the group); http: `path` (a glob on the path, query excluded) and
 `httpMethod`; mcp: `tool` (a glob on `tools/call`'s `params.name`) and `method` (a glob on the
