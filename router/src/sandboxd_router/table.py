@@ -161,4 +161,4 @@ def _own(value: object) -> str:
     """A string that is not the parsed document's: the document is freed once the table is
     built, but memory holding a string kept from it stays with the process (a table with
     faults parses into tens of megabytes; its keys and names, kept, pinned most of them)."""
-    return str(value).encode().decode()
+    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
