@@ -49,6 +49,9 @@ FAULTS: list[dict[str, Any]] = [
     {"id": "failed", "service": "echo", "kind": "empty_result", "path": "/status"},
     {"id": "paced", "service": "echo", "kind": "slow_stream", "path": "/sse", "chunkDelayMs": 250},
     {"id": "now", "service": "echo", "kind": "rate_limit", "path": "/retry-now", "retryAfter": 0},
+    {"id": "brief", "service": "echo", "kind": "latency", "path": "/brief", "latencyMs": 5},
+    {"id": "brief-hang", "service": "echo", "kind": "timeout", "path": "/brief-timeout",
+     "latencyMs": 5},
     {"id": "elsewhere", "service": "other", "kind": "http_error"},
 ]  # fmt: skip
 PATHS = ["/lat/x", "/err", "/err500", "/limited", "/timeout", "/reset", "/multi", "/nth"]
@@ -174,6 +177,27 @@ def test_latency_delays_the_forward_then_answers_normally(
     assert b"sandboxd-fault: latency; id=slow\r\n" in response
     assert b'"origin": "fork1"' in response
     assert targets(origins["fork1"]) == ["/echo", "/lat/x"]
+
+
+@pytest.mark.parametrize(("path", "status"), [("/brief", 200), ("/brief-timeout", 504)])
+def test_an_injected_wait_never_ends_before_its_time(
+    router: Router, path: str, status: int
+) -> None:
+    """Causality: no response arrives sooner than `latencyMs` after its request was sent, as
+    the client measures it. The event loop's timers are millisecond-grained and count from
+    the loop's cached time, so a bare timer fired a fraction of a millisecond early now and
+    then: hence the many repetitions."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nbaggage: sandbox={KEYS['pr-1']}\r\n\r\n"
+    waited = []
+    with socket.create_connection(("127.0.0.1", router.port), timeout=30) as s:
+        for _ in range(300):
+            sent_at = time.perf_counter()
+            s.sendall(request.encode())
+            response = read_response(s)
+            waited.append(time.perf_counter() - sent_at)
+            assert response.startswith(b"HTTP/1.1 %d " % status)
+    early = [round(w * 1000, 2) for w in waited if w < 0.005]
+    assert early == []
 
 
 def test_latencies_add_up_then_the_first_other_fault_answers(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 
 from sandboxd.core.catalog import Catalog
@@ -111,3 +112,28 @@ async def test_a_reload_keeps_what_was_written_while_it_read() -> None:
     assert b"key-gone" not in body and b"key-stale" not in body
     book.reload([row("changed", "Pending")], since=book.mark())  # the next sweep: the database
     assert b"key-new" not in book.table.body and b"http://127.0.0.1:1" not in book.table.body
+
+
+async def test_a_table_tracks_each_change_of_a_sandboxs_faults() -> None:
+    """Entries are encoded once and reused while unchanged: a change of faults (a PATCH), a
+    reload that changes nothing, and one that changes a sandbox all give the right table."""
+
+    def faulted(name: str, status: int) -> SandboxRow:
+        fault = {"id": "f", "service": "echo", "kind": "http_error", "status": status}
+        spec = SandboxSpec.model_validate({"name": name, "faults": [fault]})
+        return row(name, "Ready").model_copy(update={"spec": spec})
+
+    def statuses(book: RouteBook) -> dict[str, int]:
+        routes = json.loads(book.table.body)["routes"]
+        return {r["sandbox"]: r["faults"][0]["status"] for r in routes.values()}
+
+    book = RouteBook(catalog=Catalog())
+    book.update([faulted("a", 500), faulted("b", 501)])
+    assert statuses(book) == {"a": 500, "b": 501}
+    book.update([faulted("a", 502)])
+    assert statuses(book) == {"a": 502, "b": 501}
+    etag = book.table.etag
+    book.reload([faulted("a", 502), faulted("b", 501)], since=book.mark())
+    assert book.table.etag == etag
+    book.reload([faulted("a", 502), faulted("b", 503)], since=book.mark())
+    assert statuses(book) == {"a": 502, "b": 503}

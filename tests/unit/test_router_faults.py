@@ -203,6 +203,31 @@ def test_an_unchanged_fault_keeps_its_schedule_across_swaps() -> None:
     assert part == whole
 
 
+def test_only_a_drawing_fault_holds_a_generator_and_like_globs_are_shared() -> None:
+    """A table holds thousands of faults: a random generator (2.5 KB) only where `probability`
+    is drawn, and one compiled pattern per distinct glob."""
+    faults = compiled(
+        fault(id="a", path="/api/*"),
+        fault(id="b", path="/api/*", probability=0.5),
+        fault("latency", id="c", probability=1, seed=4),
+        fault(id="d", path="/api/*", probability=0.0, seed=4),
+    ).faults
+    assert [f.rng is None for f in faults] == [True, False, True, False]
+    assert faults[0].path is not None and faults[0].path is faults[1].path is faults[3].path
+
+
+def test_sandboxes_with_the_same_fault_share_one_copy_of_its_wire_form() -> None:
+    book = FaultBook()
+    book.begin()
+    first, same, other = (
+        book.compile(sandbox, [fault(id="x", path=path)])["svc"].faults[0]
+        for sandbox, path in (("pr-1", "/a/*"), ("pr-2", "/a/*"), ("pr-3", "/b"))
+    )
+    book.commit()
+    assert first.raw is same.raw and other.raw is not first.raw
+    assert other.path is not None and other.path.fullmatch(b"/b") is not None
+
+
 def test_decisions_carry_the_keys_faults_forked_or_not_and_through_a_session() -> None:
     raw = {
         "services": [

@@ -51,6 +51,18 @@ def test_http_drop_fields_walks_objects_and_lists() -> None:
     assert json.loads(new) == {"a": {"c": 2}, "items": [{"y": 2}, 3]}
 
 
+@pytest.mark.parametrize("fields", [["a", "a.b"], ["a.b", "a"], ["l.k", "l.k.z", "m"]])
+def test_http_drop_fields_overlapping_and_through_nested_lists(fields: list[str]) -> None:
+    body = {"a": {"b": 1}, "l": [[{"k": {"z": 1}, "j": 2}], {"k": 3}], "m": 0, "n": 1}
+    new = rewritten(fault("drop_fields", fields=fields), json.dumps(body).encode(), ctype=JSON,
+                    mcp=False, rpc_id=None)  # fmt: skip
+    assert new is not None
+    expected = {"l": [[{"k": {"z": 1}, "j": 2}], {"k": 3}], "m": 0, "n": 1}
+    if fields[0] == "l.k":
+        expected = {"a": {"b": 1}, "l": [[{"j": 2}], {}], "n": 1}
+    assert json.loads(new) == expected
+
+
 def test_mcp_empty_result_and_inject() -> None:
     emptied = mcp(fault("empty_result"), TOOL_RESULT)
     assert emptied["result"] == {"content": [], "structuredContent": {}, "isError": False}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Final
 
 from sandboxd_router import headers as h
@@ -34,6 +35,7 @@ HOLDING: Final = 1  # an MCP body read whole before routing (rule 3, `routing.HO
 SENT: Final = 2  # the request is whole; its response is due
 ANSWERING: Final = 3  # the response has begun: nothing else can be said to the client
 DONE: Final = 4  # answered, or failed with our own error
+TICK: Final = 0.001  # the event loop's timer grain (uvloop: a millisecond)
 
 
 class Exchange:
@@ -284,7 +286,7 @@ class Exchange:
         paced = self.paced
         if paced is not None:
             if paced.add(data):
-                self.context.loop.call_later(paced.delay, self._pace)
+                self._later(paced.delay, self._pace)
             if paced.size > rewrite.LIMIT:
                 self._read_upstream(False)  # held back faster than let out: read no more
             return
@@ -305,7 +307,7 @@ class Exchange:
             self._read_upstream(True)  # (paused, perhaps: the body is whole)
             self.conn = None  # (released already: its next exchange may begin)
             if paced.end():
-                self.context.loop.call_later(paced.delay, self._pace)
+                self._later(paced.delay, self._pace)
             if paced.pending():
                 return  # `_pace` ends the response after its last piece
             self.paced = None
@@ -394,7 +396,20 @@ class Exchange:
             delay += wait / 1000 if wait is not None else self.context.limits.upstream_timeout
         else:
             then = self._answer
-        self.context.loop.call_later(delay, then)
+        self._later(delay, then)
+
+    def _later(self, delay: float, then: Callable[[], None]) -> None:
+        """Call `then` `delay` seconds from now, never sooner. A loop timer alone may fire a
+        little early (uvloop's are millisecond-grained and count from the loop's cached time):
+        it is armed again for what is left, at least a tick, until the clock says it is time."""
+        self.context.loop.call_later(delay, self._when_due, time.perf_counter() + delay, then)
+
+    def _when_due(self, due: float, then: Callable[[], None]) -> None:
+        left = due - time.perf_counter()
+        if left > 0:
+            self.context.loop.call_later(max(left, TICK), self._when_due, due, then)
+        else:
+            then()
 
     def _after_latency(self) -> None:
         if not self.downstream.is_closed() and self.phase <= SENT:
@@ -472,7 +487,7 @@ class Exchange:
             if paced.size <= rewrite.LIMIT:
                 self._read_upstream(True)
         if paced.pieces:
-            self.context.loop.call_later(paced.delay, self._pace)
+            self._later(paced.delay, self._pace)
             return
         paced.waiting = False  # the next piece from the upstream schedules the next turn
         if paced.ended:

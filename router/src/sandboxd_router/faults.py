@@ -1,8 +1,9 @@
 """Faults: which of a sandbox's faults a request triggers (issue 12). Pure: no I/O.
 
-The route table's fault dicts (wire form: camelCase, absent keys unset) are compiled once per
-table build into `Fault`s, grouped per service (`ServiceFaults`), and hung on the `Decision`s
-made for that sandbox's key — so a request with no fault pays one attribute test.
+The route table's fault dicts (wire form: camelCase, absent keys unset) are compiled into
+`Fault`s, grouped per service (`ServiceFaults`), and hung on the `Decision`s made for that
+sandbox's key — so a request with no fault pays one attribute test. A fault whose wire form is
+unchanged from the last table is not compiled again: the same object carries on.
 
 Matching: `service` (the group); http: `path` (a glob on the path, query excluded) and
 `httpMethod`; mcp: `tool` (a glob on `tools/call`'s `params.name`) and `method` (a glob on the
@@ -22,6 +23,7 @@ other kind applies, and the faults after it are not consulted (not even counted 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import random
 import re
@@ -30,6 +32,7 @@ from typing import Any, Final
 
 LATENCY: Final = "latency"
 MISSES: Final = 1024  # request targets remembered per method as matching no fault
+GLOBS: Final = 4096  # compiled glob patterns kept (shared by every fault using one)
 ANSWERS: Final = frozenset(
     {"http_error", "rate_limit", "timeout", "reset", "jsonrpc_error", "tool_error"}
 )
@@ -55,17 +58,16 @@ class Fault:
     )  # fmt: skip
 
     def __init__(self, sandbox: str, raw: Mapping[str, Any]) -> None:
-        self.raw = dict(raw)
+        self.raw = raw
+        """The wire form (as parsed, not copied), to tell an unchanged fault in the next table
+        by equality."""
         self.sandbox = sandbox
         self.id = str(raw["id"])
         self.key = ""  # the sandbox's routing key (set by FaultBook.compile)
         self.service = str(raw["service"])
         self.kind = str(raw["kind"])
         self.rewrites = self.kind in REWRITES
-        path = str(raw.get("path") or "")
-        self.path = re.compile(fnmatch.translate(path).encode()) if path else None
-        self.prefix = re.split(r"[*?\[]", path, maxsplit=1)[0].encode()
-        """The glob's literal start: most paths are told apart by it, without the regex."""
+        self.path, self.prefix = _path_glob(str(raw.get("path") or ""))
         method = raw.get("httpMethod")
         self.http_method = str(method).upper().encode() if method else None
         if self.kind == HIDE_TOOL:
@@ -84,13 +86,12 @@ class Fault:
         self.message = str(raw.get("message") or "")
         self.retry_after = _int(raw.get("retryAfter"))
         self.text = str(raw.get("text") or "")
-        self.fields = [str(f) for f in raw.get("fields") or ()]
+        self.fields = tuple(str(f) for f in raw.get("fields") or ())
         self.chunk_delay_ms = _int(raw.get("chunkDelayMs"))
         probability = raw.get("probability")
         self.probability = 1.0 if probability is None else float(probability)
-        seed = raw.get("seed")
-        # a schedule, not a secret: reproducible from `seed`
-        self.rng = random.Random(seed) if seed is not None else random.Random()  # noqa: S311
+        self.rng = _rng(raw.get("seed")) if self.probability < 1.0 else None
+        """Only a fault that draws has one (2.5 KB each: most faults always fire)."""
         self.nth = _int(raw.get("nth"))
         self.after = _int(raw.get("after")) or 0
         self.times = _int(raw.get("times"))
@@ -135,7 +136,8 @@ class Fault:
             return False
         if self.nth and rank % self.nth:
             return False
-        if self.probability < 1.0 and self.rng.random() >= self.probability:
+        rng = self.rng
+        if rng is not None and rng.random() >= self.probability:
             return False
         self.injected += 1
         return True
@@ -259,6 +261,8 @@ class FaultBook:
         self._faults: dict[tuple[str, str], Fault] = {}
         self._pending: dict[tuple[str, str], Fault] = {}  # the table being replaced
         self._next: dict[tuple[str, str], Fault] = {}  # the table being compiled
+        self._forms: dict[str, Mapping[str, Any]] = {}  # fault id → a wire form (shared)
+        self._next_forms: dict[str, Mapping[str, Any]] = {}
 
     def compile(
         self, sandbox: str, raws: Iterable[Mapping[str, Any]], *, key: str = ""
@@ -273,24 +277,35 @@ class FaultBook:
         return {s: ServiceFaults(sandbox, s, fs) for s, fs in by_service.items()}
 
     def _compiled(self, sandbox: str, raw: Mapping[str, Any]) -> Fault:
-        fault = Fault(sandbox, raw)
-        old = self._pending.get((sandbox, fault.id))
-        if old is not None:
-            if old.raw == fault.raw:
-                fault = old
-            else:
+        """The old fault itself when its wire form is unchanged (nothing built: a table of
+        thousands of faults is mostly unchanged ones); else a new one with the old counters."""
+        old = self._pending.get((sandbox, str(raw["id"])))
+        if old is not None and old.raw == raw:
+            fault = old
+        else:
+            fault = Fault(sandbox, self._shared(raw))
+            if old is not None:
                 fault.matched, fault.injected, fault.unread = old.matched, old.injected, old.unread
                 fault.unrewritten = old.unrewritten
-        self._next[(sandbox, fault.id)] = fault
+        self._next[(sandbox, fault.id)] = fault  # (its id: the table's copy goes with the table)
+        self._next_forms.setdefault(fault.id, fault.raw)
         return fault
+
+    def _shared(self, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The wire form an equal fault of another sandbox holds already, if any: the same
+        fault recurs across sandboxes (a generated id is a hash of the content), and one copy
+        of it (and of its strings) is enough."""
+        known = self._forms.get(str(raw["id"])) or self._next_forms.get(str(raw["id"]))
+        return known if known is not None and known == raw else raw
 
     def begin(self) -> None:
         """Start compiling a new table (its faults replace the current ones at `commit`)."""
         self._pending = self._faults
-        self._next = {}
+        self._next, self._next_forms = {}, {}
 
     def commit(self) -> None:
         self._faults, self._next = self._next, {}
+        self._forms, self._next_forms = self._next_forms, {}
         self._pending = {}
 
     def snapshot(self) -> list[tuple[str, str, int, int]]:
@@ -307,7 +322,27 @@ class FaultBook:
 
 
 def _glob(pattern: object) -> re.Pattern[str] | None:
-    return re.compile(fnmatch.translate(str(pattern))) if pattern else None
+    return _text_glob(str(pattern)) if pattern else None
+
+
+# Globs are compiled once per pattern, not per fault: a table repeats the same few patterns
+# across its sandboxes, and the faults then share one compiled pattern.
+@functools.lru_cache(maxsize=GLOBS)
+def _text_glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+@functools.lru_cache(maxsize=GLOBS)
+def _path_glob(path: str) -> tuple[re.Pattern[bytes] | None, bytes]:
+    """The path glob's regex (None without one) and its literal start: most paths are told
+    apart by the start, without the regex."""
+    pattern = re.compile(fnmatch.translate(path).encode()) if path else None
+    return pattern, re.split(r"[*?\[]", path, maxsplit=1)[0].encode()
+
+
+def _rng(seed: Any) -> random.Random:
+    # a schedule, not a secret: reproducible from `seed`
+    return random.Random(seed) if seed is not None else random.Random()  # noqa: S311
 
 
 def _int(value: object) -> int | None:

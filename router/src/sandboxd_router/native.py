@@ -35,6 +35,7 @@ HOT = (
     "intake",
     "mcp",
     "responses",
+    "rewrite",
     "routing",
     "stall",
     "state",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from sandboxd_router.faults import FaultBook, ServiceFaults
@@ -34,9 +34,8 @@ class Route:
     sandbox: str
     decision: bytes  # the `sandboxd-route` header value, b"sandbox=<name>"
     forks: dict[str, Upstream]
-    faults: list[dict[str, Any]] = field(default_factory=list)
     by_service: dict[str, ServiceFaults] = field(default_factory=dict)
-    """`faults` compiled (`sandboxd_router.faults`), by service."""
+    """The sandbox's faults compiled (`sandboxd_router.faults`), by service."""
 
 
 # what a decision says to do
@@ -107,7 +106,7 @@ class UpstreamRegistry:
             if parts.scheme != "http" or not parts.hostname:
                 raise TableError(f"unsupported upstream {url!r}: only http://host:port")
             upstream = Upstream(parts.hostname, parts.port or 80)
-            self._by_url[url] = upstream
+            self._by_url[_own(url)] = upstream
         return upstream
 
     def retain(self, table: Table) -> list[Upstream]:
@@ -136,18 +135,15 @@ def parse_table(
                 baseline=upstreams.get(str(item["baseline"])),
             )
             services[service.name] = service
-        routes = {
-            str(key): Route(
-                sandbox=str(route["sandbox"]),
-                decision=f"sandbox={route['sandbox']}".encode(),
+        routes = {}
+        for key, route in data["routes"].items():
+            key, sandbox = _own(key), _own(route["sandbox"])
+            routes[key] = Route(
+                sandbox=sandbox,
+                decision=f"sandbox={sandbox}".encode(),
                 forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
-                faults=list(route.get("faults") or []),
-                by_service=book.compile(
-                    str(route["sandbox"]), route.get("faults") or [], key=str(key)
-                ),
+                by_service=book.compile(sandbox, route.get("faults") or [], key=key),
             )
-            for key, route in data["routes"].items()
-        }
         book.commit()
         return Table(
             version=str(data.get("version", "")),
@@ -159,3 +155,10 @@ def parse_table(
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise TableError(f"malformed route table: {e!r}") from e
+
+
+def _own(value: object) -> str:
+    """A string that is not the parsed document's: the document is freed once the table is
+    built, but memory holding a string kept from it stays with the process (a table with
+    faults parses into tens of megabytes; its keys and names, kept, pinned most of them)."""
+    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")

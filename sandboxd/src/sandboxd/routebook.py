@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.phases import LIVE
-from sandboxd.core.routes import RoutedSandbox, RouteTable, build_route_table
+from sandboxd.core.routes import RoutedSandbox, RouteTable, build_route_table, route_entry
 from sandboxd.store.tables import SandboxRow
 
 
@@ -40,6 +40,9 @@ class RouteBook:
         self._closed = False
         self._writes = 0
         self._touched: dict[str, int] = {}  # sandbox name → the write that last updated it
+        self._encoded: dict[str, tuple[RoutedSandbox, bytes]] = {}
+        """Sandbox name → its entry as last published, and that entry's bytes: a table is
+        rebuilt on every change, and most of its entries are the very same objects."""
 
     @property
     def table(self) -> RouteTable:
@@ -71,7 +74,9 @@ class RouteBook:
         updated after that keep what `update` was told."""
         newer = {name for name, write in self._touched.items() if write > since}
         entries = {
-            row.name: e for row in rows if row.name not in newer and (e := routed(row)) is not None
+            row.name: self._same(e)
+            for row in rows
+            if row.name not in newer and (e := routed(row)) is not None
         }
         for name in newer:
             if (entry := self._entries.get(name)) is not None:
@@ -80,6 +85,12 @@ class RouteBook:
         if entries != self._entries:
             self._entries = entries
             self._mark_dirty()
+
+    def _same(self, entry: RoutedSandbox) -> RoutedSandbox:
+        """The current entry when equal to `entry`: a reload keeps what it did not change (and
+        so what it did not change stays encoded)."""
+        current = self._entries.get(entry.name)
+        return current if current is not None and current == entry else entry
 
     async def wait_for_change(self, etag: str, *, timeout: float) -> RouteTable:
         """The table once its ETag differs from `etag`, or the current one after `timeout`."""
@@ -105,8 +116,21 @@ class RouteBook:
         if not self._dirty:
             return
         self._dirty = False
-        table = build_route_table(catalog=self._catalog, sandboxes=self._entries.values())
+        known, self._encoded = self._encoded, {}
+        table = build_route_table(
+            catalog=self._catalog,
+            sandboxes=self._entries.values(),
+            encoded=lambda entry: self._encode(entry, known),
+        )
         if table.etag != self._table.etag:
             self._table = table
             event, self._changed = self._changed, asyncio.Event()
             event.set()
+
+    def _encode(self, entry: RoutedSandbox, known: dict[str, tuple[RoutedSandbox, bytes]]) -> bytes:
+        """The entry's bytes, from the last table when it is the very same entry (identity:
+        equality would compare every fault of every sandbox)."""
+        last = known.get(entry.name)
+        encoded = last[1] if last is not None and last[0] is entry else route_entry(entry)
+        self._encoded[entry.name] = (entry, encoded)
+        return encoded

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.faults import with_ids
+
+SEPARATORS = (",", ":")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,15 @@ class RouteTable:
     sandboxes: int
 
 
-def build_route_table(*, catalog: Catalog, sandboxes: Iterable[RoutedSandbox]) -> RouteTable:
+def build_route_table(
+    *,
+    catalog: Catalog,
+    sandboxes: Iterable[RoutedSandbox],
+    encoded: Callable[[RoutedSandbox], bytes] | None = None,
+) -> RouteTable:
+    """`encoded`: a sandbox's entry as `route_entry` gives it, perhaps remembered from the last
+    table (serialising every sandbox's faults anew made a table of 1,000 sandboxes with 3
+    faults each cost 13 ms, on every change of any one of them)."""
     services = [
         {
             "name": s.name,
@@ -42,20 +52,26 @@ def build_route_table(*, catalog: Catalog, sandboxes: Iterable[RoutedSandbox]) -
         }
         for s in catalog.services
     ]
-    routes = {
-        sb.routing_key: {
-            "sandbox": sb.name,
-            "forks": dict(sorted(sb.forks.items())),
-            # The wire form every router reads: in list order, camelCase, unset keys absent,
-            # and always an id (a spec gives them; `with_ids` covers a hand-made entry).
-            "faults": [fault.as_json() for fault in with_ids(list(sb.faults))],
-        }
-        for sb in sorted(sandboxes, key=lambda s: s.routing_key)
+    entry = encoded or route_entry
+    entries = [entry(sb) for sb in sorted(sandboxes, key=lambda s: s.routing_key)]
+    head = {"baggageKey": catalog.baggage_key, "services": services}
+    # Built in a fixed order, so the same content always gives the same bytes and ETag (the
+    # bytes `json.dumps` gives the whole, `"routes"` last); the version goes last so that the
+    # table is serialised once.
+    encoded_head = json.dumps(head, separators=SEPARATORS).encode()
+    content = encoded_head[:-1] + b',"routes":{' + b",".join(entries) + b"}}"
+    etag = hashlib.sha256(content).hexdigest()[:20]
+    body = content[:-1] + b',"version":"' + etag.encode() + b'"}'
+    return RouteTable(body=body, etag=f'"{etag}"', sandboxes=len(entries))
+
+
+def route_entry(sb: RoutedSandbox) -> bytes:
+    """`"<routing key>":{…}`: one sandbox's member of the table's `routes`."""
+    entry = {
+        "sandbox": sb.name,
+        "forks": dict(sorted(sb.forks.items())),
+        # The wire form every router reads: in list order, camelCase, unset keys absent,
+        # and always an id (a spec gives them; `with_ids` covers a hand-made entry).
+        "faults": [fault.as_json() for fault in with_ids(list(sb.faults))],
     }
-    content = {"baggageKey": catalog.baggage_key, "services": services, "routes": routes}
-    # Built in a fixed order, so the same content always gives the same bytes and ETag; the
-    # version goes last so that the table is serialised once.
-    encoded = json.dumps(content, separators=(",", ":")).encode()
-    etag = hashlib.sha256(encoded).hexdigest()[:20]
-    body = encoded[:-1] + b',"version":"' + etag.encode() + b'"}'
-    return RouteTable(body=body, etag=f'"{etag}"', sandboxes=len(routes))
+    return json.dumps({sb.routing_key: entry}, separators=SEPARATORS)[1:-1].encode()
