@@ -282,7 +282,16 @@ def test_route_table_is_keyed_by_routing_key_with_a_content_etag() -> None:
         "sandbox": "pr-1",
         "forks": {"echo": "http://127.0.0.1:5000"},
         "faults": [],
+        "rev": body["routes"]["key1"]["rev"],
     }
+    # `rev` is a digest of the rest of the entry: the same content, the same rev
+    again = json.loads(build_route_table(catalog=catalog, sandboxes=[a]).body)
+    moved = RoutedSandbox("pr-1", "key1", {"echo": "http://127.0.0.1:5001"})
+    other = json.loads(build_route_table(catalog=catalog, sandboxes=[moved]).body)
+    assert re.fullmatch(r"[0-9a-f]{24}", body["routes"]["key1"]["rev"])
+    assert again["routes"]["key1"]["rev"] == body["routes"]["key1"]["rev"]
+    assert other["routes"]["key1"]["rev"] != body["routes"]["key1"]["rev"]
+    assert body["routes"]["key2"]["rev"] != body["routes"]["key1"]["rev"]
     assert body["services"][0] == {
         "name": "echo",
         "protocol": "http",

@@ -264,3 +264,42 @@ def test_a_remembered_miss_never_hides_a_match() -> None:
     assert fired(faults, [http("GET", "/a")] * 4) == [False, True, False, True]
     assert fired(faults, [http("DELETE", "/b")]) == [True]  # same target, another method
     assert [f.matched for f in faults.faults] == [4, 1]
+
+
+def revised(faults_k1: list[dict[str, Any]], rev_k1: str, rev_k2: str = "r2") -> bytes:
+    """A table whose entries carry the control plane's `rev`."""
+    routes = json.loads(table(*faults_k1))
+    routes["routes"]["k1"]["rev"] = rev_k1
+    routes["routes"]["k2"]["rev"] = rev_k2
+    return json.dumps(routes).encode()
+
+
+def test_an_entry_whose_rev_is_unchanged_is_the_same_route() -> None:
+    book, upstreams = FaultBook(), UpstreamRegistry()
+    first = parse_table(revised([fault(id="f")], "a1"), upstreams=upstreams, faults=book)
+    fired(first.routes["k1"].by_service["svc"], [http()] * 2)
+    same = parse_table(
+        revised([fault(id="f")], "a1"), upstreams=upstreams, faults=book, previous=first
+    )
+    assert same.routes["k1"] is first.routes["k1"] and same.routes["k2"] is first.routes["k2"]
+    assert sorted(book.entries()) == [  # the kept routes' faults are still reported
+        ("pr-1", "k1", "f", 2, 2, 0, 0),
+        ("pr-2", "k2", "r", 0, 0, 0, 0),
+    ]
+    changed = parse_table(
+        revised([fault(id="f", status=500)], "a2"), upstreams=upstreams, faults=book, previous=same
+    )
+    route = changed.routes["k1"]
+    assert route is not same.routes["k1"] and route.rev == "a2"
+    assert (
+        route.by_service["svc"].faults[0].status,
+        route.by_service["svc"].faults[0].matched,
+    ) == (
+        500,
+        2,
+    )
+    assert changed.routes["k2"] is first.routes["k2"]
+    unrevised = parse_table(
+        table(fault(id="f")), upstreams=upstreams, faults=book, previous=changed
+    )
+    assert unrevised.routes["k1"] is not route  # no rev (an older control plane): built anew

@@ -291,6 +291,13 @@ class FaultBook:
         self._next_forms.setdefault(fault.id, fault.raw)
         return fault
 
+    def keep(self, by_service: Mapping[str, ServiceFaults]) -> None:
+        """A route carried over whole into the table being compiled: its faults too."""
+        for group in by_service.values():
+            for fault in group.faults:
+                self._next[(fault.sandbox, fault.id)] = fault
+                self._next_forms.setdefault(fault.id, fault.raw)
+
     def _shared(self, raw: Mapping[str, Any]) -> Mapping[str, Any]:
         """The wire form an equal fault of another sandbox holds already, if any: the same
         fault recurs across sandboxes (a generated id is a hash of the content), and one copy

@@ -36,6 +36,9 @@ class Route:
     forks: dict[str, Upstream]
     by_service: dict[str, ServiceFaults] = field(default_factory=dict)
     """The sandbox's faults compiled (`sandboxd_router.faults`), by service."""
+    rev: str = ""
+    """The control plane's digest of the entry: an entry of the next table with the same one
+    is this very route (nothing parsed or compiled again, the counters carry on)."""
 
 
 # what a decision says to do
@@ -119,11 +122,17 @@ class UpstreamRegistry:
 
 
 def parse_table(
-    raw: bytes, *, upstreams: UpstreamRegistry, faults: FaultBook | None = None
+    raw: bytes,
+    *,
+    upstreams: UpstreamRegistry,
+    faults: FaultBook | None = None,
+    previous: Table | None = None,
 ) -> Table:
-    """`faults`: the book that keeps fault counters across tables (a fresh one if None)."""
+    """`faults`: the book that keeps fault counters across tables (a fresh one if None);
+    `previous`: the table in use, whose routes are kept where the entry's `rev` is unchanged."""
     book = faults if faults is not None else FaultBook()
     book.begin()
+    known = previous.routes if previous is not None else {}
     try:
         data = json.loads(raw)
         services = {}
@@ -137,12 +146,19 @@ def parse_table(
             services[service.name] = service
         routes = {}
         for key, route in data["routes"].items():
+            rev = route.get("rev")
+            old = known.get(key)
+            if old is not None and old.rev and old.rev == rev:
+                book.keep(old.by_service)
+                routes[_own(key)] = old
+                continue
             key, sandbox = _own(key), _own(route["sandbox"])
             routes[key] = Route(
                 sandbox=sandbox,
                 decision=f"sandbox={sandbox}".encode(),
                 forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
                 by_service=book.compile(sandbox, route.get("faults") or [], key=key),
+                rev=_own(rev) if isinstance(rev, str) else "",
             )
         book.commit()
         return Table(

@@ -28,6 +28,7 @@ async def watch_control_plane(
     """Long-poll `GET /v1/routes`; apply each new table; keep the last one while the control
     plane is unreachable, retrying with a capped backoff."""
     etag: str | None = None
+    table: Table | None = None
     backoff = 0.2
     headers = {"Authorization": f"Bearer {token}"}
     timeout = httpx.Timeout(WAIT + 10, connect=5)
@@ -41,7 +42,9 @@ async def watch_control_plane(
                 if response.status_code == 304:
                     continue
                 response.raise_for_status()
-                table = parse_table(response.content, upstreams=upstreams, faults=faults)
+                table = parse_table(
+                    response.content, upstreams=upstreams, faults=faults, previous=table
+                )
                 await on_table(table)
                 etag = response.headers.get("ETag")
                 backoff = 0.2

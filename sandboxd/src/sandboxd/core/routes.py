@@ -67,11 +67,15 @@ def build_route_table(
 
 def route_entry(sb: RoutedSandbox) -> bytes:
     """`"<routing key>":{…}`: one sandbox's member of the table's `routes`."""
-    entry = {
+    entry: dict[str, object] = {
         "sandbox": sb.name,
         "forks": dict(sorted(sb.forks.items())),
         # The wire form every router reads: in list order, camelCase, unset keys absent,
         # and always an id (a spec gives them; `with_ids` covers a hand-made entry).
         "faults": [fault.as_json() for fault in with_ids(list(sb.faults))],
     }
+    # A digest of the entry: a router keeps what it built for an entry whose `rev` it has
+    # seen, so a table of thousands of sandboxes costs it the changed ones, not all of them.
+    content = json.dumps(entry, separators=SEPARATORS).encode()
+    entry["rev"] = hashlib.blake2b(content, digest_size=12).hexdigest()
     return json.dumps({sb.routing_key: entry}, separators=SEPARATORS)[1:-1].encode()
