@@ -414,6 +414,32 @@ def test_routes_etag_and_long_poll(client: httpx.Client) -> None:
     client.delete(f"/v1/sandboxes/{name}")
 
 
+def test_routes_as_changes_to_a_recent_table(client: httpx.Client) -> None:
+    """`delta=true`: what changed since the If-None-Match table, when it is a recent one;
+    the whole table otherwise."""
+    before = client.get("/v1/routes")
+    name = unique("delta")
+    key = client.post("/v1/sandboxes", json={"name": name}).json()["routingKey"]
+    etag = before.headers["ETag"]
+    changes = poll.until(
+        lambda: client.get("/v1/routes", params={"delta": "true"}, headers={"If-None-Match": etag}),
+        lambda r: key in r.json()["routes"],
+        timeout=10,
+        what="the new sandbox in the changes",
+    )
+    body, whole = changes.json(), client.get("/v1/routes").json()
+    assert body["base"] == etag.strip('"') and body["version"] == whole["version"]
+    assert body["routes"][key] == whole["routes"][key]
+    assert set(body["routes"]) < set(whole["routes"]) or len(whole["routes"]) == 1
+    assert body["removed"] == [] and body["services"] == whole["services"]
+    stale = client.get("/v1/routes", params={"delta": "true"}, headers={"If-None-Match": '"nope"'})
+    assert stale.json() == whole  # an unknown base: the whole table
+    client.delete(f"/v1/sandboxes/{name}")
+    gone = client.get("/v1/routes", params={"delta": "true"},
+                      headers={"If-None-Match": changes.headers["ETag"]}).json()  # fmt: skip
+    assert gone["removed"] == [key] and key not in gone["routes"]
+
+
 def test_metrics_and_openapi(api: Sandboxd, client: httpx.Client) -> None:
     client.get("/v1/sandboxes")
     text = httpx.get(api.url + "/metrics").text

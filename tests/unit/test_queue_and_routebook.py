@@ -137,3 +137,16 @@ async def test_a_table_tracks_each_change_of_a_sandboxs_faults() -> None:
     assert book.table.etag == etag
     book.reload([faulted("a", 502), faulted("b", 503)], since=book.mark())
     assert statuses(book) == {"a": 502, "b": 503}
+
+
+async def test_the_book_gives_a_recent_table_as_changes_and_an_unknown_one_as_none() -> None:
+    book = RouteBook(catalog=Catalog())
+    book.update([row("a", "Ready", [ready("echo", "http://127.0.0.1:1")]), row("b", "Pending")])
+    first = book.table
+    book.update([row("a", "Terminating"), row("c", "Pending")])  # a goes, c comes, b stays
+    second = book.table
+    changes = json.loads(book.delta(second, first.etag) or b"null")
+    assert changes["base"] == first.etag.strip('"') and changes["version"] == second.etag.strip('"')
+    assert changes["removed"] == ["key-a"] and list(changes["routes"]) == ["key-c"]
+    assert changes["routes"]["key-c"] == json.loads(second.body)["routes"]["key-c"]
+    assert book.delta(second, '"unknown"') is None and book.delta(second, second.etag) is None

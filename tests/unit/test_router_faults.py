@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from sandboxd_router import routing
 from sandboxd_router.faults import FaultBook, Rpc, ServiceFaults, rpc_of
 from sandboxd_router.mcp import Sessions
-from sandboxd_router.table import UpstreamRegistry, parse_table
+from sandboxd_router.table import TableError, UpstreamRegistry, parse_table
 
 
 def compiled(*faults: dict[str, Any], sandbox: str = "pr-1") -> ServiceFaults:
@@ -303,3 +305,31 @@ def test_an_entry_whose_rev_is_unchanged_is_the_same_route() -> None:
         table(fault(id="f")), upstreams=upstreams, faults=book, previous=changed
     )
     assert unrevised.routes["k1"] is not route  # no rev (an older control plane): built anew
+
+
+def test_a_delta_applies_to_the_table_held_and_only_to_it() -> None:
+    book, upstreams = FaultBook(), UpstreamRegistry()
+    first = parse_table(revised([fault(id="f")], "a1"), upstreams=upstreams, faults=book)
+    first = parse_table(  # (a version, as the control plane gives every table)
+        json.dumps({**json.loads(revised([fault(id="f")], "a1")), "version": "v1"}).encode(),
+        upstreams=upstreams, faults=book, previous=first,
+    )  # fmt: skip
+    fired(first.routes["k2"].by_service["svc"], [http()] * 3)
+    services = [{"name": "svc", "baseline": "http://127.0.0.1:1"}]
+    added = {"sandbox": "pr-3", "forks": {}, "faults": [fault(id="n")], "rev": "c1"}
+    delta = {"services": services, "base": "v1", "removed": ["k1"], "routes": {"k3": added},
+             "version": "v2"}  # fmt: skip
+    second = parse_table(
+        json.dumps(delta).encode(), upstreams=upstreams, faults=book, previous=first
+    )
+    assert set(second.routes) == {"k2", "k3"} and second.version == "v2"
+    assert second.routes["k2"] is first.routes["k2"]  # untouched: the very route, and its counts
+    assert sorted(book.entries()) == [
+        ("pr-2", "k2", "r", 3, 3, 0, 0),
+        ("pr-3", "k3", "n", 0, 0, 0, 0),
+    ]
+    assert second.by_sandbox.keys() == {"pr-2", "pr-3"}
+    with pytest.raises(TableError, match="does not apply"):
+        parse_table(json.dumps(delta).encode(), upstreams=upstreams, faults=book, previous=second)
+    with pytest.raises(TableError, match="does not apply"):
+        parse_table(json.dumps(delta).encode(), upstreams=upstreams, faults=book)

@@ -135,6 +135,16 @@ def parse_table(
     known = previous.routes if previous is not None else {}
     try:
         data = json.loads(raw)
+        base = data.get("base")
+        routes: dict[str, Route] = {}
+        if base is not None:  # a delta: the changes to `previous`
+            if previous is None or previous.version != base:
+                raise TableError(f"a delta from {base!r} does not apply to the table held")
+            gone = set(data["removed"]) | set(data["routes"])
+            for key, kept in known.items():
+                if key not in gone:
+                    routes[key] = kept
+                    book.keep(kept.by_service)
         services = {}
         for item in data["services"]:
             service = Service(
@@ -144,7 +154,6 @@ def parse_table(
                 baseline=upstreams.get(str(item["baseline"])),
             )
             services[service.name] = service
-        routes = {}
         for key, route in data["routes"].items():
             rev = route.get("rev")
             old = known.get(key)

@@ -38,7 +38,12 @@ async def watch_control_plane(
         while True:
             try:
                 extra = {"If-None-Match": etag} if etag else {}
-                response = await client.get("/v1/routes", params={"wait": WAIT}, headers=extra)
+                # with a table held, the changes to it are enough (the whole when the control
+                # plane no longer knows it, or is older and sends the whole anyway)
+                params: dict[str, str | int] = {"wait": WAIT}
+                if table is not None:
+                    params["delta"] = "true"
+                response = await client.get("/v1/routes", params=params, headers=extra)
                 if response.status_code == 304:
                     continue
                 response.raise_for_status()
@@ -48,7 +53,12 @@ async def watch_control_plane(
                 await on_table(table)
                 etag = response.headers.get("ETag")
                 backoff = 0.2
-            except (httpx.HTTPError, TableError) as e:
+            except TableError as e:  # the whole next time, at once
+                log.warning("route table from %s unusable (%s); fetching it whole", url, e)
+                etag, table = None, None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except httpx.HTTPError as e:
                 if etag is None:  # starting (often beside a control plane that is starting too)
                     log.info("waiting for the route table from %s (%s)", url, e)
                     await asyncio.sleep(0.1)

@@ -30,6 +30,10 @@ def routed(row: SandboxRow) -> RoutedSandbox | None:
     return RoutedSandbox(row.name, row.routing_key, forks, tuple(row.spec.faults))
 
 
+RECENT = 16
+"""Tables kept as delta bases: a router more than this many changes behind gets the whole."""
+
+
 class RouteBook:
     def __init__(self, *, catalog: Catalog) -> None:
         self._catalog = catalog
@@ -40,6 +44,8 @@ class RouteBook:
         self._closed = False
         self._writes = 0
         self._touched: dict[str, int] = {}  # sandbox name → the write that last updated it
+        self._recent: dict[str, RouteTable] = {}
+        """The last `RECENT` tables by ETag: the bases a router's delta may start from."""
         self._encoded: dict[str, tuple[RoutedSandbox, bytes]] = {}
         """Sandbox name → its entry as last published, and that entry's bytes: a table is
         rebuilt on every change, and most of its entries are the very same objects."""
@@ -92,6 +98,11 @@ class RouteBook:
         current = self._entries.get(entry.name)
         return current if current is not None and current == entry else entry
 
+    def delta(self, table: RouteTable, base: str) -> bytes | None:
+        """`table` as changes to the recent table whose ETag is `base`, if it is known."""
+        old = self._recent.get(base)
+        return table.delta_from(old) if old is not None and old is not table else None
+
     async def wait_for_change(self, etag: str, *, timeout: float) -> RouteTable:
         """The table once its ETag differs from `etag`, or the current one after `timeout`."""
         if self.table.etag != etag or self._closed:
@@ -123,6 +134,9 @@ class RouteBook:
             encoded=lambda entry: self._encode(entry, known),
         )
         if table.etag != self._table.etag:
+            self._recent[self._table.etag] = self._table
+            while len(self._recent) > RECENT:
+                del self._recent[next(iter(self._recent))]
             self._table = table
             event, self._changed = self._changed, asyncio.Event()
             event.set()

@@ -86,6 +86,10 @@ class RouteTableOut(Out):
     baggage_key: str
     services: list[dict[str, Any]]
     routes: dict[str, RouteOut]
+    base: str | None = None
+    """Only in a delta (`delta=true`): the version these changes apply to."""
+    removed: list[str] | None = None
+    """Only in a delta: the routing keys no longer routed."""
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -41,9 +41,14 @@ async def route_table(
     wait: Annotated[
         float, Query(ge=0, le=300, description="Seconds to hold the request for a change")
     ] = 0,
+    delta: Annotated[
+        bool, Query(description="Answer as changes to the If-None-Match table when known")
+    ] = False,
 ) -> Response:
     """The route table. With `If-None-Match` set to the current ETag and `wait` > 0 this is a
-    long poll: it answers as soon as the table changes, or 304 after `wait` seconds."""
+    long poll: it answers as soon as the table changes, or 304 after `wait` seconds. With
+    `delta=true` and an `If-None-Match` of a recent table, the answer holds only what changed
+    since: `base` (that table's version), `removed` (routing keys) and the changed `routes`."""
     table = state.routes.table
     if if_none_match == table.etag and wait > 0:
         if not state.long_polls.try_enter():
@@ -55,7 +60,9 @@ async def route_table(
     headers = {"ETag": table.etag, "Cache-Control": "no-cache"}
     if if_none_match == table.etag:
         return Response(status_code=304, headers=headers)
-    return Response(table.body, media_type="application/json", headers=headers)
+    changes = state.routes.delta(table, if_none_match) if delta and if_none_match else None
+    body = table.body if changes is None else changes
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _too_many_polls(state: AppState) -> Response:

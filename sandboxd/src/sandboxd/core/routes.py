@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.fault_spec import FaultSpec
@@ -32,6 +32,27 @@ class RouteTable:
     body: bytes
     etag: str
     sandboxes: int
+    head: bytes = b"{}"
+    """`{"baggageKey":…,"services":[…]}`: what a delta repeats of the whole."""
+    entries: dict[str, bytes] = field(default_factory=dict)
+    """Routing key → its member of `routes` (the bytes the body joins)."""
+
+    def delta_from(self, old: RouteTable) -> bytes:
+        """This table as changes to `old`: the entries that differ (the same bytes object when
+        unchanged: a route book re-encodes only what changed; one re-encoded alike is sent
+        again, which is harmless), the keys gone, and `base`, the version they apply to. A
+        router applies it to the table it holds, so what it reads does not grow with the
+        number of sandboxes."""
+        known = old.entries
+        changed = [b for k, b in self.entries.items() if known.get(k) is not b]
+        removed = [k for k in known if k not in self.entries]
+        base, version = old.etag.strip('"'), self.etag.strip('"')
+        return (
+            self.head[:-1]
+            + b',"base":"' + base.encode() + b'","removed":'
+            + json.dumps(removed, separators=SEPARATORS).encode()
+            + b',"routes":{' + b",".join(changed) + b'},"version":"' + version.encode() + b'"}'
+        )  # fmt: skip
 
 
 def build_route_table(
@@ -53,7 +74,8 @@ def build_route_table(
         for s in catalog.services
     ]
     entry = encoded or route_entry
-    entries = [entry(sb) for sb in sorted(sandboxes, key=lambda s: s.routing_key)]
+    by_key = {sb.routing_key: entry(sb) for sb in sorted(sandboxes, key=lambda s: s.routing_key)}
+    entries = list(by_key.values())
     head = {"baggageKey": catalog.baggage_key, "services": services}
     # Built in a fixed order, so the same content always gives the same bytes and ETag (the
     # bytes `json.dumps` gives the whole, `"routes"` last); the version goes last so that the
@@ -62,7 +84,9 @@ def build_route_table(
     content = encoded_head[:-1] + b',"routes":{' + b",".join(entries) + b"}}"
     etag = hashlib.sha256(content).hexdigest()[:20]
     body = content[:-1] + b',"version":"' + etag.encode() + b'"}'
-    return RouteTable(body=body, etag=f'"{etag}"', sandboxes=len(entries))
+    return RouteTable(
+        body=body, etag=f'"{etag}"', sandboxes=len(entries), head=encoded_head, entries=by_key
+    )
 
 
 def route_entry(sb: RoutedSandbox) -> bytes:
