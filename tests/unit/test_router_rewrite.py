@@ -118,3 +118,30 @@ def test_sse_rewrites_only_the_answering_event() -> None:
     assert new is not None and new.startswith(b": ping\n\n" + note + b"id: 3\nevent: message\n")
     message = json.loads(new[len(b": ping\n\n" + note + b"id: 3\nevent: message\ndata: ") :])
     assert message["result"]["content"][-1] == {"type": "text", "text": "hi"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"big": 123456789012345678901234567890, "a": 1, "n": -98765432109876543210}',
+        b'{"a": 1, "deep": ' + b'{"d": ' * 300 + b"1" + b"}" * 300 + b"}",
+    ],
+)
+def test_what_orjson_would_not_give_back_is_rewritten_exactly(body: bytes) -> None:
+    """An integer beyond 64 bits (orjson reads it as a float), nesting past 254 levels (orjson
+    does not write it): the rest comes back exactly as the standard library reads it."""
+    new = rewritten(fault("drop_fields", fields=["a"]), body, ctype=JSON, mcp=False, rpc_id=None)
+    want = json.loads(body)
+    del want["a"]
+    assert new is not None and json.loads(new) == want
+
+
+def test_json_with_nan_passes_untouched() -> None:
+    body = b'{"n": NaN, "a": 1}'  # the standard library would read it; JSON has no NaN
+    assert rewritten(fault("empty_result"), body, ctype=JSON, mcp=False, rpc_id=None) is None
+
+
+def test_non_ascii_text_survives_a_rewrite() -> None:
+    f = fault("drop_fields", fields=["b"])
+    new = rewritten(f, '{"a": "žluť 🦀", "b": 1}'.encode(), ctype=JSON, mcp=False, rpc_id=None)
+    assert new is not None and json.loads(new) == {"a": "žluť 🦀"}

@@ -20,14 +20,34 @@ import re
 from collections import deque
 from typing import Any, Final
 
+import orjson
+
 from sandboxd_router.faults import Fault
 
 LIMIT: Final = 1024 * 1024
 """Response bodies larger than this pass through unrewritten (counted: `Fault.unrewritten`)."""
 EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_ENCODER = json.JSONEncoder(check_circular=False)
-"""`json.dumps` as it is, less its cycle check (about 10 % of it): what it encodes was just
-parsed from JSON, so it holds no cycle."""
+# JSON is read and written with orjson: on a 4 KiB tool result, parsing and encoding were about
+# 90 % of a rewrite with the standard library (131 µs, and 0.23 ms added per request). Where
+# orjson would not give back what came, the standard library does: it reads an integer beyond
+# 64 bits as a float (so a body with a run of 20 digits is read exactly), and it writes neither
+# such an integer nor nesting past 254 levels. What neither reads (NaN, bad JSON) passes
+# untouched, as any answer that is not one the fault rewrites.
+_BAD_JSON = (ValueError, RecursionError)  # (orjson.JSONDecodeError is a ValueError)
+_LONG_NUMBER = re.compile(r"[0-9]{20}")
+_EXACT = json.JSONEncoder(check_circular=False)  # (what it writes was just parsed: no cycle)
+
+
+def _loads(data: bytes | str) -> Any:
+    long = _LONG_NUMBER.search(data if isinstance(data, str) else data.decode("latin-1"))
+    return json.loads(data) if long is not None else orjson.loads(data)
+
+
+def _dumps(value: object) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits, or nesting too deep for orjson
+        return _EXACT.encode(value).encode()
 
 
 def rewritten(
@@ -44,15 +64,15 @@ def rewritten(
 
 def _json(fault: Fault, body: bytes, *, mcp: bool, rpc_id: object) -> bytes | None:
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
+        value = _loads(body)
+        if mcp and not _answers(value, rpc_id):
+            return None
+        if fault.kind == "malformed":
+            return _cut(body)
+        new = _message(fault, value) if mcp else _plain(fault, value)
+        return None if new is None else _dumps(new)
+    except _BAD_JSON:
         return None
-    if mcp and not _answers(value, rpc_id):
-        return None
-    if fault.kind == "malformed":
-        return _cut(body)
-    new = _message(fault, value) if mcp else _plain(fault, value)
-    return None if new is None else _ENCODER.encode(new).encode()
 
 
 def _sse(fault: Fault, body: bytes, rpc_id: object) -> bytes | None:
@@ -150,11 +170,11 @@ def _drop_in_text(item: object, tree: Tree) -> None:
     if not isinstance(text, str) or text.lstrip()[:1] not in ("{", "["):
         return
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = _loads(text)
+        _drop(value, tree)
+        item["text"] = _dumps(value).decode()
+    except _BAD_JSON:
         return
-    _drop(value, tree)
-    item["text"] = _ENCODER.encode(value)
 
 
 Tree = dict[str, "Tree | None"]
