@@ -34,13 +34,15 @@ EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 # such an integer nor nesting past 254 levels. What neither reads (NaN, bad JSON) passes
 # untouched, as any answer that is not one the fault rewrites.
 _BAD_JSON = (ValueError, RecursionError)  # (orjson.JSONDecodeError is a ValueError)
-_LONG_NUMBER = re.compile(r"[0-9]{20}")
+_DIGITS = bytes.maketrans(b"0123456789", b"\0" * 10)
+_LONG_NUMBER = b"\0" * 20  # 20 digits in a row, digits made NULs (JSON holds no raw NUL):
+# a translate and a substring search, several times cheaper than a regex over the body
 _EXACT = json.JSONEncoder(check_circular=False)  # (what it writes was just parsed: no cycle)
 
 
 def _loads(data: bytes | str) -> Any:
-    long = _LONG_NUMBER.search(data if isinstance(data, str) else data.decode("latin-1"))
-    return json.loads(data) if long is not None else orjson.loads(data)
+    raw = data.encode() if isinstance(data, str) else data
+    return json.loads(raw) if _LONG_NUMBER in raw.translate(_DIGITS) else orjson.loads(raw)
 
 
 def _dumps(value: object) -> bytes:
