@@ -39,6 +39,8 @@ class Observed:
     """"-" when no service was routed (a 404/503 for an unknown port or host)."""
     sandbox: str
     """The sandbox whose routing key the request carried, forked or not; "" for none."""
+    routing_key: str
+    """That sandbox's routing key ("" for none): the control plane keys its rows by it."""
     route: str
     """`SANDBOX` (its fork served it) or `BASELINE`."""
     method: str
