@@ -227,7 +227,6 @@ def test_a_request_record_carries_its_trace_span_and_fault() -> None:
         "http.request.body.size": 100,
         "http.response.body.size": 1000,
         "url.scheme": "http",
-        "network.protocol.name": "http",
         "sandboxd.sandbox": "pr-1",
         "sandboxd.route": "sandbox",
         "sandboxd.service": "cluster-mcp",

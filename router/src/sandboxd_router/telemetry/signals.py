@@ -8,7 +8,9 @@ changed, in posts of at most `MAX_ENTRIES` buckets and `MAX_ENTRIES` request rec
 - a bucket is CUMULATIVE and sent again while it changes (the control plane replaces its copy
   by one with at least as many requests, so a repeat or a late arrival of an older copy is
   harmless); one older than `HORIZON` (the longest window served) is dropped unsent, and an
-  acknowledged one is forgotten `GRACE` after its window closed;
+  acknowledged one is forgotten `GRACE` after its window closed (a straggler after that
+  starts a copy the control plane ignores, being smaller: the ring is read every 50 ms);
+  past `max_buckets` (a long outage, many pairs) the oldest windows are dropped unsent;
 - a request record is sent until acknowledged, then dropped (the control plane inserts
   (instance, seq) once). At most `max_pending` wait; past that the oldest are dropped and
   counted (`dropped_requests`), so a long outage costs bounded memory;
@@ -42,9 +44,9 @@ log = logging.getLogger("sandboxd_router")
 PATH: Final = "/v1/router-signals"
 MAX_ENTRIES: Final = 1000  # the control plane's limit per post, for each list
 HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
-GRACE: Final = 60.0  # an acknowledged bucket is kept this long after its window, for stragglers
+GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
 MAX_PENDING: Final = 10_000
-MAX_BUCKETS: Final = 100_000
+MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
 
 Sent = list[tuple[Bucket, int]]
 """The buckets of a post and their `requests` when it was built."""

@@ -51,7 +51,8 @@ class Span(NamedTuple):
 
 def span_of(observed: Observed) -> Span:
     o = observed
-    attributes: Attributes = {"url.scheme": "http", "network.protocol.name": "http"}
+    # `url.path` (required) and `server.address` are not in the request path's record
+    attributes: Attributes = {"url.scheme": "http"}
     method = _method(o.method, attributes)
     if o.status:
         attributes["http.response.status_code"] = o.status
