@@ -143,6 +143,7 @@ def test_sandbox_and_baseline_traffic_are_kept_apart_and_bucketed_by_end() -> No
     # a key without a fork is served by the baseline, but is still that sandbox's traffic
     s.add(observed(sandbox="pr-2", routing_key="k2", route=BASELINE))
     s.add(observed(end=T0 + 10.5, duration=1.0))  # began in the first window, ended in the next
+    s.add(observed(service="-", status=404))  # no service was routed: no service's figures
     buckets, requests = s.outbox()
     by_key = {(b["sandbox"], b["routingKey"], b["service"], b["start"]): b for b in buckets}
     assert set(by_key) == {
@@ -289,6 +290,8 @@ def test_counters_add_up_and_forget_a_sandbox() -> None:
     }
     assert c.faults == {("pr-1", "cluster-mcp", "slow-describe"): 1}
     assert c.tools == {("", "cluster-mcp", "get_logs", ""): 1}
+    s.add(observed(sandbox="", routing_key="", service="-", status=404))
+    assert c.requests[("", "-", 404)] == 1  # counted, though in no bucket
     assert c.durations[("pr-2", "cluster-mcp")].counts[12] == 0
     assert c.durations[("pr-2", "cluster-mcp")].counts[13] == 1  # 2000 ms <= 2500
     assert c.durations[("pr-1", "cluster-mcp")].sum == pytest.approx(0.002)

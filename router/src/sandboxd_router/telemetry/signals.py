@@ -47,6 +47,7 @@ HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
 GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
 MAX_PENDING: Final = 10_000
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
+UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
 
 Sent = list[tuple[Bucket, int]]
 """The buckets of a post and their `requests` when it was built."""
@@ -92,12 +93,14 @@ class SignalsSink:
         o = observed
         ms = round(o.duration * 1000.0, 3)  # to the µs: half the cost of encoding samples
         slot = bin_of(ms)
+        self.counters.add(o, slot)
+        if o.service == UNROUTED:  # no service's traffic (an unknown port or host): counted only
+            return
         key = (o.sandbox, o.routing_key, o.service, int(o.end) // WIDTH * WIDTH)
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = Bucket()
         bucket.add(o, ms, slot, self._rng)
-        self.counters.add(o, slot)
         if o.sandbox:
             self._seq += 1
             if len(self._pending) >= self.max_pending:
