@@ -299,3 +299,22 @@ async def test_what_arrives_while_a_report_is_under_way_is_sent_next(
     await s.close()
     assert control_plane.sent_buckets() == [("pr-1", "svc", T0, 1), ("pr-1", "svc", T0, 2)]
     assert control_plane.sent_seqs() == [1, 2]
+
+
+async def test_tick_reports_about_once_per_interval(control_plane: ControlPlane) -> None:
+    now = [T0 + 5]
+    s = sink(control_plane.url, clock=lambda: now[0], interval=1.0)
+    # the loop's ticks come with some jitter: one a little early still reports
+    for step, reports in ((0.0, True), (0.5, False), (0.95, True), (1.0, False), (1.5, False),
+                          (2.0, True)):  # fmt: skip
+        now[0] = T0 + 5 + step
+        s.add(observed())
+        await s.tick()
+        for _ in range(500 if reports else 0):  # until that report is acknowledged
+            if not s.pending_requests:
+                break
+            await asyncio.sleep(0.01)
+    await s.close()
+    assert [[r["seq"] for r in p["requests"]] for p in control_plane.posts] == [
+        [1], [2, 3], [4, 5, 6],
+    ]  # fmt: skip
