@@ -33,6 +33,7 @@ from random import Random
 from typing import Final
 
 import httpx
+import orjson
 
 from sandboxd_router.telemetry import records
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
@@ -42,6 +43,7 @@ from sandboxd_router.telemetry.observed import Observed
 log = logging.getLogger("sandboxd_router")
 
 PATH: Final = "/v1/router-signals"
+_JSON: Final = {"Content-Type": "application/json"}  # orjson: a tenth of json's time to encode
 MAX_ENTRIES: Final = 1000  # the control plane's limit per post, for each list
 HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
 GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
@@ -195,7 +197,7 @@ class SignalsSink:
     async def _post(self, body: dict[str, object]) -> bool:
         """Whether the entries are done with: acknowledged, or refused for good (422)."""
         try:
-            response = await self._http().post(PATH, json=body)
+            response = await self._http().post(PATH, content=orjson.dumps(body), headers=_JSON)
         except httpx.HTTPError as e:
             return self._failed(f"{type(e).__name__}: {e}")
         if response.status_code == 422:  # sending it again would not help: drop, say so
