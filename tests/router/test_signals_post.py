@@ -318,3 +318,13 @@ async def test_tick_reports_about_once_per_interval(control_plane: ControlPlane)
     assert [[r["seq"] for r in p["requests"]] for p in control_plane.posts] == [
         [1], [2, 3], [4, 5, 6],
     ]  # fmt: skip
+
+
+async def test_close_gives_up_its_own_last_report_when_the_control_plane_hangs(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url)
+    s.add(observed())
+    control_plane.mode = "hang"
+    await s.close()  # returns, the post unanswered (the test's timeout would say otherwise)
+    assert s.pending_requests == 1  # not acknowledged: still there
