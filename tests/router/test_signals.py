@@ -251,6 +251,7 @@ def test_http_span_names_and_outcomes() -> None:
     assert (plain.name, plain.kind, plain.failed) == ("GET", "server", False)
     assert plain.events == [] and "error.type" not in plain.attributes
     assert "mcp.method.name" not in plain.attributes
+    assert "sandboxd.sandbox" not in spans.span_of(observed(sandbox="", route=BASELINE)).attributes
     odd = spans.span_of(observed(method="get"))  # methods are case-sensitive
     assert odd.name == "HTTP"
     assert odd.attributes["http.request.method"] == "_OTHER"

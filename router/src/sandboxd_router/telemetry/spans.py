@@ -60,7 +60,8 @@ def span_of(observed: Observed) -> Span:
         attributes["error.type"] = error_type(o)
     attributes["http.request.body.size"] = o.bytes_in
     attributes["http.response.body.size"] = o.bytes_out
-    attributes["sandboxd.sandbox"] = o.sandbox
+    if o.sandbox:  # baseline traffic (sampled for export) carries no sandbox's key
+        attributes["sandboxd.sandbox"] = o.sandbox
     attributes["sandboxd.route"] = o.route
     attributes["sandboxd.service"] = o.service
     if o.faults:
