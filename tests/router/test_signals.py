@@ -22,6 +22,7 @@ from sandboxd_router.telemetry.observed import (
     Fault,
     Observed,
 )
+from sandboxd_router.telemetry.prometheus import PrometheusSink
 from sandboxd_router.telemetry.signals import SignalsSink
 
 T0 = 1_765_000_000.0  # a multiple of 10
@@ -276,7 +277,7 @@ def test_http_span_names_and_outcomes() -> None:
 
 
 def test_counters_add_up_and_forget_a_sandbox() -> None:
-    s = sink()
+    s = PrometheusSink()  # (the counters behind the router's Prometheus metrics)
     s.add(observed(status=200, faults=(SLOW,), injected=True))
     s.add(observed(status=500, error=HTTP_5XX))
     s.add(observed(sandbox="", routing_key="", route=BASELINE, rpc_method="tools/call",

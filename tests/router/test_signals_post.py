@@ -213,18 +213,34 @@ async def test_a_refused_report_is_dropped_not_sent_again(
     await s.close()
 
 
+async def test_a_busy_sandbox_cannot_push_out_a_quiet_ones_records(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url, max_pending=50, per_sandbox=20)
+    s.add(observed(sandbox="quiet"))
+    for _ in range(100):
+        s.add(observed(sandbox="busy"))
+    assert s.pending_requests == 21 and s.dropped_requests == 80
+    await s.send()
+    sent = [r for p in control_plane.posts for r in p["requests"]]
+    assert [r["seq"] for r in sent] == [1, *range(82, 102)]  # the busy one's newest 20
+    assert sent[0]["sandbox"] == "quiet"
+    await s.close()
+
+
 async def test_posts_carry_at_most_1000_buckets_and_1000_records(
     control_plane: ControlPlane,
 ) -> None:
     s = sink(control_plane.url)
     for i in range(1500):  # 1,500 sandboxes: 1,500 buckets, 1,500 records
         s.add(observed(sandbox=f"pr-{i}"))
-    for _ in range(1000):
+    for _ in range(1000):  # pr-0 now has 1,001: its oldest is dropped (1,000 per sandbox)
         s.add(observed(sandbox="pr-0"))
     await s.send()
     shape = [(len(p["buckets"]), len(p["requests"])) for p in control_plane.posts]
-    assert shape == [(1000, 1000), (500, 1000), (0, 500)]
-    assert control_plane.sent_seqs() == list(range(1, 2501))
+    assert shape == [(1000, 1000), (500, 1000), (0, 499)]
+    assert control_plane.sent_seqs() == list(range(2, 2501))
+    assert s.dropped_requests == 1
     sent = control_plane.sent_buckets()
     assert len({b[0] for b in sent}) == 1500
     assert ("pr-0", "svc", T0, 1001) in sent

@@ -18,71 +18,31 @@ over the routers with `sum by (...)`.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import logging
 from collections.abc import Iterator
-from typing import Any, TypeVar
 
+from sandboxd_router.telemetry.buckets import HISTOGRAM_MS, bin_of
+from sandboxd_router.telemetry.counters import Counters
 from sandboxd_router.telemetry.observed import Observed
 
-log = logging.getLogger("sandboxd_router.telemetry")
-
-BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-          1.0, 2.5, 5.0, 10.0)  # fmt: skip
+LE = [f"{ms / 1000:g}" for ms in HISTOGRAM_MS]
 """Seconds: the standard `http.server.request.duration` buckets start at 5 ms, too coarse for
-a proxy whose requests take a fraction of a millisecond."""
-LE = [f"{b:g}" for b in BOUNDS]
-
-Pair = tuple[str, str]  # (sandbox, service)
-K = TypeVar("K", bound=tuple[Any, ...])
-V = TypeVar("V")
-
-
-class Histogram:
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BOUNDS) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BOUNDS, seconds)] += 1
-        self.sum += seconds
+a proxy whose requests take a fraction of a millisecond (these start at 0.1 ms)."""
 
 
 class PrometheusSink:
-    """A `Sink`: counters per (sandbox, service, …), rendered in the text exposition format."""
+    """A `Sink`: the counters (`counters.Counters`), rendered in the text exposition format."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.durations: dict[Pair, Histogram] = {}
-        self.faults: dict[tuple[str, str, str], int] = {}
-        self.tools: dict[tuple[str, str, str, str], int] = {}
+        self.counters = Counters()
         self.lost = 0
 
     def add(self, observed: Observed) -> None:
-        sandbox, service = observed.sandbox, observed.service
-        key = (sandbox, service, observed.status)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        pair = (sandbox, service)
-        histogram = self.durations.get(pair)
-        if histogram is None:
-            histogram = self.durations[pair] = Histogram()
-        histogram.observe(observed.duration)
-        for fault in observed.faults:
-            f = (sandbox, service, fault.id)
-            self.faults[f] = self.faults.get(f, 0) + 1
-        if observed.tool is not None:
-            t = (sandbox, service, observed.tool, observed.error or "ok")
-            self.tools[t] = self.tools.get(t, 0) + 1
+        self.counters.add(observed, bin_of(observed.duration * 1000.0))
 
     def forget(self, sandbox: str) -> None:
         """Drop a deleted sandbox's series."""
-        _drop(self.requests, sandbox)
-        _drop(self.durations, sandbox)
-        _drop(self.faults, sandbox)
-        _drop(self.tools, sandbox)
+        self.counters.forget(sandbox)
 
     async def tick(self) -> None:
         pass
@@ -96,11 +56,12 @@ class PrometheusSink:
     def _lines(self) -> Iterator[str]:
         yield "# HELP sandboxd_requests_total Requests the router finished, by status code.\n"
         yield "# TYPE sandboxd_requests_total counter\n"
-        for (sandbox, service, code), n in self.requests.items():
+        c = self.counters
+        for (sandbox, service, code), n in c.requests.items():
             yield f'sandboxd_requests_total{{{_labels(sandbox, service)},code="{code}"}} {n}\n'
         yield "# HELP sandboxd_request_duration_seconds Time from request to response end.\n"
         yield "# TYPE sandboxd_request_duration_seconds histogram\n"
-        for (sandbox, service), h in self.durations.items():
+        for (sandbox, service), h in c.durations.items():
             labels = _labels(sandbox, service)
             total = 0
             for le, n in zip([*LE, "+Inf"], h.counts, strict=True):
@@ -110,22 +71,18 @@ class PrometheusSink:
             yield f"sandboxd_request_duration_seconds_count{{{labels}}} {total}\n"
         yield "# HELP sandboxd_faults_injected_total Requests a fault was applied to.\n"
         yield "# TYPE sandboxd_faults_injected_total counter\n"
-        for (sandbox, service, fault), n in self.faults.items():
+        for (sandbox, service, fault), n in c.faults.items():
             labels = f'{_labels(sandbox, service)},fault="{_escape(fault)}"'
             yield f"sandboxd_faults_injected_total{{{labels}}} {n}\n"
         yield "# HELP sandboxd_mcp_tool_calls_total MCP tools/call requests by tool and outcome.\n"
         yield "# TYPE sandboxd_mcp_tool_calls_total counter\n"
-        for (sandbox, service, tool, outcome), n in self.tools.items():
+        for (sandbox, service, tool, error), n in c.tools.items():
+            outcome = error or "ok"
             labels = f'{_labels(sandbox, service)},tool="{_escape(tool)}",outcome="{outcome}"'
             yield f"sandboxd_mcp_tool_calls_total{{{labels}}} {n}\n"
         yield "# HELP sandboxd_telemetry_records_lost_total Records overwritten before read.\n"
         yield "# TYPE sandboxd_telemetry_records_lost_total counter\n"
         yield f"sandboxd_telemetry_records_lost_total {self.lost}\n"
-
-
-def _drop(table: dict[K, V], sandbox: str) -> None:
-    for key in [k for k in table if k[0] == sandbox]:
-        del table[key]
 
 
 def _labels(sandbox: str, service: str) -> str:

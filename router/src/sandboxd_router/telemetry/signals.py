@@ -12,8 +12,11 @@ changed, in posts of at most `MAX_ENTRIES` buckets and `MAX_ENTRIES` request rec
   starts a copy the control plane ignores, being smaller: the ring is read every 50 ms);
   past `max_buckets` (a long outage, many pairs) the oldest windows are dropped unsent;
 - a request record is sent until acknowledged, then dropped (the control plane inserts
-  (instance, seq) once). At most `max_pending` wait; past that the oldest are dropped and
-  counted (`dropped_requests`), so a long outage costs bounded memory;
+  (instance, seq) once). At most `PER_SANDBOX` wait per sandbox (the control plane keeps that
+  many of a sandbox's newest records: a sandbox busier than that between two reports would
+  only send records it throws away) and `max_pending` in all; past either the oldest of that
+  sandbox are dropped and counted (`dropped_requests`), so a long outage costs bounded memory
+  and a busy sandbox cannot push out a quiet one's records;
 - a failed post leaves everything pending for the next report (logged once per outage); a 422
   is logged and its entries dropped, since sending them again would not help.
 """
@@ -22,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from random import Random
 from typing import Final
 
@@ -37,7 +41,6 @@ import orjson
 
 from sandboxd_router.telemetry import records
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
-from sandboxd_router.telemetry.counters import Counters
 from sandboxd_router.telemetry.observed import Observed
 
 log = logging.getLogger("sandboxd_router")
@@ -48,6 +51,7 @@ MAX_ENTRIES: Final = 1000  # the control plane's limit per post, for each list
 HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
 GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
 MAX_PENDING: Final = 10_000
+PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
 UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
 
@@ -64,6 +68,7 @@ class SignalsSink:
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         max_pending: int = MAX_PENDING,
+        per_sandbox: int = PER_SANDBOX,
         max_buckets: int = MAX_BUCKETS,
         timeout: float = 5.0,
         rng: Random | None = None,
@@ -73,10 +78,10 @@ class SignalsSink:
         self.interval = interval
         self.clock = clock
         self.max_pending = max_pending
+        self.per_sandbox = per_sandbox
         self.max_buckets = max_buckets
         self.timeout = timeout
         self.instance = secrets.token_hex(8)
-        self.counters = Counters()
         self.dropped_requests = 0
         """Request records dropped unsent (over `max_pending`)."""
         self.dropped_buckets = 0
@@ -84,7 +89,9 @@ class SignalsSink:
         # sampling and span ids need no secrecy, only speed (the SDK's span ids are the same)
         self._rng = rng or Random(os.urandom(16))  # noqa: S311
         self._buckets: dict[Key, Bucket] = {}
-        self._pending: deque[records.Pending] = deque()
+        self._pending: dict[tuple[str, str], deque[records.Pending]] = {}
+        """(Sandbox, routing key) → its records waiting, oldest first."""
+        self._waiting = 0
         self._seq = 0
         self._last = float("-inf")
         self._task: asyncio.Task[None] | None = None
@@ -95,8 +102,7 @@ class SignalsSink:
         o = observed
         ms = round(o.duration * 1000.0, 3)  # to the µs: half the cost of encoding samples
         slot = bin_of(ms)
-        self.counters.add(o, slot)
-        if o.service == UNROUTED:  # no service's traffic (an unknown port or host): counted only
+        if o.service == UNROUTED:  # no service's traffic (an unknown port or host)
             return
         key = (o.sandbox, o.routing_key, o.service, int(o.end) // WIDTH * WIDTH)
         bucket = self._buckets.get(key)
@@ -105,21 +111,27 @@ class SignalsSink:
         bucket.add(o, ms, slot, self._rng)
         if o.sandbox:
             self._seq += 1
-            if len(self._pending) >= self.max_pending:
-                self._pending.popleft()
+            owner = (o.sandbox, o.routing_key)
+            queue = self._pending.get(owner)
+            if queue is None:
+                queue = self._pending[owner] = deque()
+            if len(queue) >= self.per_sandbox or self._waiting >= self.max_pending:
+                (queue or max(self._pending.values(), key=len)).popleft()
                 self.dropped_requests += 1
+                self._waiting -= 1
             span_id = f"{self._rng.getrandbits(64) or 1:016x}"  # all-zero is not a span id
-            self._pending.append(records.Pending(self._seq, span_id, o))
+            queue.append(records.Pending(self._seq, span_id, o))
+            self._waiting += 1
 
     def outbox(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         """What a report would send now, in wire form: the changed buckets and the request
         records waiting (all of them, not split into posts)."""
         buckets = [b.wire(key) for key, b in self._buckets.items() if b.changed]
-        return buckets, [records.wire(r) for r in self._pending]
+        return buckets, [records.wire(r) for r in self._queued()]
 
     @property
     def pending_requests(self) -> int:
-        return len(self._pending)
+        return self._waiting
 
     @property
     def buckets(self) -> int:
@@ -145,12 +157,12 @@ class SignalsSink:
         first post that fails (the rest waits for the next report)."""
         self._expire(self.clock())
         changed = [(key, b) for key, b in self._buckets.items() if b.changed]
-        posts = -(-max(len(changed), len(self._pending)) // MAX_ENTRIES)
+        posts = -(-max(len(changed), self._waiting) // MAX_ENTRIES)
         for i in range(posts):
             entries = changed[i * MAX_ENTRIES : (i + 1) * MAX_ENTRIES]
             sent: Sent = [(b, b.requests) for _key, b in entries]
             buckets = [b.wire(key) for key, b in entries]
-            batch = list(itertools.islice(self._pending, MAX_ENTRIES))
+            batch = list(itertools.islice(self._queued(), MAX_ENTRIES))
             body: dict[str, object] = {
                 "instance": self.instance,
                 "buckets": buckets,
@@ -160,9 +172,7 @@ class SignalsSink:
                 return
             for bucket, requests in sent:
                 bucket.acked = max(bucket.acked, requests)
-            last = batch[-1].seq if batch else 0
-            while self._pending and self._pending[0].seq <= last:
-                self._pending.popleft()
+            self._acknowledged(batch)
 
     async def close(self, *, timeout: float = 0.5) -> None:
         """A last report of everything, given up after `timeout` (a report under way is
@@ -180,6 +190,23 @@ class SignalsSink:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    def _queued(self) -> Iterator[records.Pending]:
+        """Every record waiting, in the order seen."""
+        return heapq.merge(*self._pending.values(), key=_seq)
+
+    def _acknowledged(self, batch: list[records.Pending]) -> None:
+        """Drop the records sent (records added meanwhile, or dropped, are told by `seq`)."""
+        last: dict[tuple[str, str], int] = {}
+        for record in batch:
+            last[(record.observed.sandbox, record.observed.routing_key)] = record.seq
+        for key, seq in last.items():
+            queue = self._pending.get(key)
+            while queue and queue[0].seq <= seq:
+                queue.popleft()
+                self._waiting -= 1
+            if queue is not None and not queue:
+                del self._pending[key]
 
     def _expire(self, now: float) -> None:
         """Forget what is too old to matter and what was acknowledged and is closed."""
@@ -223,6 +250,10 @@ class SignalsSink:
                 timeout=httpx.Timeout(self.timeout),
             )
         return self._client
+
+
+def _seq(record: records.Pending) -> int:
+    return record.seq
 
 
 def _oldest(keys: list[Key], n: int) -> list[Key]:
