@@ -33,7 +33,8 @@ HEADER: Final = 64
 SLOT: Final = 192
 HEAD = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_AT)
 DONE_AT: Final = 16
-DONE = struct.Struct("<Q")
+DONE_WORD: Final = DONE_AT // 8
+DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
 # seq, end, duration, bytes in, bytes out, service, pair, method, status, route, error, flags,
 # traceparent's length and bytes (struct pads with zeros and cuts past 55)
 CORE = struct.Struct("<QddQQIIHHBBBB55s")
@@ -79,7 +80,11 @@ class Recorder:
         os.ftruncate(self.fd, HEADER + slots * SLOT)
         self.ring = mmap.mmap(self.fd, HEADER + slots * SLOT)
         HEAD.pack_into(self.ring, 0, MAGIC, SLOT, slots, 0)
+        self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
+        self._wall = time.time() - time.perf_counter()
+        """Wall-clock time minus the performance counter: one clock read per record, not two
+        (set again every second by `flush`, so the wall clock's adjustments are followed)."""
         self.names_fd = -1
         self._pending = b""  # names the pipe could not take yet (full)
         self._next = 1  # 0 is "none"
@@ -110,6 +115,7 @@ class Recorder:
 
     def close(self) -> None:
         self.detach()
+        self._words.release()
         self.ring.close()
         os.close(self.fd)
 
@@ -134,26 +140,27 @@ class Recorder:
     ) -> None:
         """Record one request; `started`: its `time.perf_counter()` at the head's first byte."""
         now = time.perf_counter()
-        end = time.time()
         seq = self.seq
         offset = HEADER + (seq % self.slots) * SLOT
         flags = FORKED if forked else 0
         ring = self.ring
         if faults is not None or rpc_method is not None:
             flags |= EXTRA_FLAG
-            ids = [0, 0, 0]
-            if faults is not None:
-                for i, fault in enumerate(faults[:3]):
-                    ids[i] = self._fault(fault)
-                if faults:
-                    flags |= INJECTED
+            first = second = third = 0
+            if faults:
+                flags |= INJECTED
+                first = self._fault(faults[0])
+                if len(faults) > 1:
+                    second = self._fault(faults[1])
+                if len(faults) > 2:
+                    third = self._fault(faults[2])
             EXTRA.pack_into(
                 ring,
                 offset + EXTRA_AT,
                 injected_at,
-                ids[0],
-                ids[1],
-                ids[2],
+                first,
+                second,
+                third,
                 self._client(self._rpc, rpc_method),
                 self._client(self._tools, tool),
                 min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
@@ -174,7 +181,7 @@ class Recorder:
             ring,
             offset,
             seq,
-            end,
+            now + self._wall,
             now - started,
             bytes_in,
             bytes_out,
@@ -190,7 +197,7 @@ class Recorder:
         )
         seq += 1
         self.seq = seq
-        DONE.pack_into(ring, DONE_AT, seq)
+        self._words[DONE_WORD] = seq  # last: the record is whole before the reader may read it
 
     # interning (rare: a name's first use) -----------------------------------------------------
     def _service(self, name: str) -> int:
@@ -276,5 +283,7 @@ class Recorder:
         self._pending = data[sent:]
 
     def flush(self) -> None:
+        """Once a second: names a full pipe held back, and the wall clock's offset."""
+        self._wall = time.time() - time.perf_counter()
         if self._pending:
             self._send(b"")
