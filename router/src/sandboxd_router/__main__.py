@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record every request for the telemetry process (access log, signals; default "
         "on); off: no record, no telemetry process, no access log",
     )
+    # for tests and debugging: a smaller ring; every record's fields as JSON lines in a file
     p.add_argument("--record-slots", type=int, default=DEFAULT_SLOTS, help=argparse.SUPPRESS)
+    p.add_argument("--record-file", help=argparse.SUPPRESS)
     p.add_argument(
         "--max-header-bytes", type=int, default=32 * 1024, help="431 above (default 32 KiB)"
     )
@@ -103,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.token = read_token(args.token_file, p)
     if args.routes_file is None and not args.control_url:
         p.error("give --control-url (with --token) or --routes-file")
+    if args.record_slots < 2:
+        p.error("--record-slots must be at least 2")
     if args.control_url and not args.token:
         p.error("--control-url needs --token (or SANDBOXD_TOKEN)")
     return args
@@ -144,6 +148,7 @@ async def run(args: argparse.Namespace) -> None:
             access_log=args.access_log,
             control_url=args.control_url,
             token=args.token,
+            record_file=args.record_file,
             log_level=args.log_level,
         )
         telemetry.start()

@@ -35,10 +35,16 @@ class TelemetryProcess:
         access_log: str,
         control_url: str | None,
         token: str | None,
+        record_file: str | None = None,
         log_level: str = "info",
     ) -> None:
         self.recorder = recorder
-        self.settings = {"accessLog": access_log, "controlUrl": control_url, "token": token}
+        self.settings = {
+            "accessLog": access_log,
+            "controlUrl": control_url,
+            "token": token,
+            "recordFile": record_file,
+        }
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
 

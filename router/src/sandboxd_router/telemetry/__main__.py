@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from sandboxd_router.hardening import no_dumps
-from sandboxd_router.telemetry.accesslog import AccessLogSink
+from sandboxd_router.telemetry.accesslog import AccessLogSink, RecordsSink
 from sandboxd_router.telemetry.observed import Sink
 from sandboxd_router.telemetry.ring import BATCH, RingReader
 
@@ -37,6 +37,8 @@ class Config:
     """A file, "-" for stdout (the router's), or "off"."""
     control_url: str | None = None
     token: str | None = None
+    record_file: str | None = None
+    """Every record's fields, a JSON line each (for tests and debugging)."""
     start: int = 0
     """The first record to read (the ring's `done` when this process was started)."""
 
@@ -57,6 +59,7 @@ def read_config(fd: int) -> Config:
         access_log=str(raw.get("accessLog", "off")),
         control_url=raw.get("controlUrl"),
         token=raw.get("token"),
+        record_file=raw.get("recordFile"),
         start=int(raw.get("start", 0)),
     )
 
@@ -66,6 +69,8 @@ def build_sinks(config: Config) -> list[Sink]:
     sinks: list[Sink] = []
     if config.access_log != "off":
         sinks.append(AccessLogSink(config.access_log))
+    if config.record_file:
+        sinks.append(RecordsSink(config.record_file))
     # ---- the signals sink (issue 13) goes here, when the router reports to a control plane:
     # if config.control_url and config.token:
     #     from sandboxd_router.telemetry.signals import SignalsSink

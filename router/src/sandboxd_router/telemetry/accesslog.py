@@ -3,10 +3,14 @@
 Never a body, never a token: only time, service, route decision, method, status, duration,
 bytes, the trace id from `traceparent` and the faults applied. The line's format is the one
 the router wrote itself before issue 13 (`route` is the `sandboxd-route` header's value).
+
+`RecordsSink` writes every field of every record instead (the router's hidden
+`--record-file`): for tests and debugging.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import IO
@@ -24,7 +28,10 @@ class AccessLogSink:
         self._lines: list[str] = []
 
     def add(self, observed: Observed) -> None:
-        self._lines.append(json.dumps(line(observed), separators=(",", ":")))
+        self._lines.append(json.dumps(self.line(observed), separators=(",", ":")))
+
+    def line(self, observed: Observed) -> dict[str, object]:
+        return line(observed)
 
     async def tick(self) -> None:
         self.flush()
@@ -39,6 +46,13 @@ class AccessLogSink:
             self._stream.write("\n".join(self._lines) + "\n")
             self._stream.flush()
             self._lines.clear()
+
+
+class RecordsSink(AccessLogSink):
+    """Every field of each `Observed`, one JSON object a line."""
+
+    def line(self, observed: Observed) -> dict[str, object]:
+        return dataclasses.asdict(observed)
 
 
 def line(observed: Observed) -> dict[str, object]:
