@@ -74,8 +74,9 @@ assert EXTRA_AT + EXTRA.size <= SLOT
 class Recorder:
     """The writer's side, owned by the router's event loop thread (not thread-safe)."""
 
-    def __init__(self, slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(self, slots: int = DEFAULT_SLOTS, *, generation: int = GENERATION) -> None:
         self.slots = slots
+        self.generation = generation  # names kept before starting afresh
         self.fd = os.memfd_create("sandboxd-record", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, HEADER + slots * SLOT)
         self.ring = mmap.mmap(self.fd, HEADER + slots * SLOT)
@@ -244,7 +245,7 @@ class Recorder:
             known = cache.get(b"\0other")
             if known is not None:
                 return known
-        if self._count >= GENERATION:
+        if self._count >= self.generation:
             self._forget()
             self._send(NAME.pack(GENERATION_MARK, GENERATION_BODY.size))
             self._send(GENERATION_BODY.pack(self.seq, self._next))
