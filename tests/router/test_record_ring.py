@@ -10,14 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandboxd_router.record import Recorder
+from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
 from sandboxd_router.telemetry.ring import RingReader
 
 # A writer whose every field is a function of its record's number n, so that a record mixing
 # two writes cannot pass for a whole one.
 WRITER = """
 import os, sys, time
-from sandboxd_router.record import Recorder
+from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
 recorder = Recorder(int(sys.argv[1]))
 recorder.attach(int(sys.argv[2]))
 print(recorder.fd, flush=True)
@@ -94,6 +94,22 @@ def test_a_lagging_reader_counts_what_was_overwritten() -> None:
     assert reader.lost == 7
     write(recorder, "svc", 10)
     assert [o.bytes_in for o in reader.read()] == [10] and reader.lost == 7
+    recorder.close()
+    reader.close()
+
+
+def test_names_a_client_picks_are_capped() -> None:
+    names_r, names_w = os.pipe()
+    recorder = Recorder(4096)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n in range(CLIENT_CAP + 5):
+        recorder.write(0.0, "mcp", "", "", False, b"POST", 200, n, 0, None, 0,
+                       rpc_method=b"tools/call", tool=b"tool-%d" % n)  # fmt: skip
+    tools = [o.tool for o in reader.read()]
+    assert tools[:CLIENT_CAP] == [f"tool-{n}" for n in range(CLIENT_CAP)]
+    assert tools[CLIENT_CAP:] == [OTHER] * 5
+    assert len(reader.names) == CLIENT_CAP + 5  # and "", "mcp", "POST", "tools/call", OTHER
     recorder.close()
     reader.close()
 

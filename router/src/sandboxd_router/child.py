@@ -79,7 +79,10 @@ class TelemetryProcess:
             log.warning(
                 "the telemetry process exited (status %s): starting it again", proc.returncode
             )
-            self.start()
+            try:
+                self.start()
+            except OSError as e:  # (tried again at the next sweep)
+                log.error("cannot start the telemetry process: %s", e)
 
     async def stop(self) -> None:
         """Close the names pipe and wait for the process to finish (bounded)."""
