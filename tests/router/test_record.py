@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,6 +52,17 @@ class Upstream(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
+        elif self.path == "/drip":  # 10 bytes of 100 now, the rest in a while
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.wfile.flush()
+            time.sleep(2)
+            self.wfile.write(b"x" * 90)
+        elif self.path == "/sleep":
+            time.sleep(2)
+            self._reply(200, b"late")
         else:
             self._reply(200, b"hello from " + self.path.encode())
 
@@ -177,6 +189,25 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
     assert slowed["injected"] and slowed["faults"] == [{"kind": "latency", "id": "slowed"}]
     assert slowed["error"] == "" and slowed["duration"] >= 0.05  # (never sooner: faults.py)
     assert 0 < slowed["injected_at"] < slowed["duration"]  # the latency began, then the answer
+
+
+def test_a_client_that_leaves_is_recorded_as_far_as_it_went(
+    recorded: tuple[Router, int, Path],
+) -> None:
+    router, _, records = recorded
+    for name, path in (("left-early", "/sleep"), ("left-mid", "/drip")):
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{trace_id(name)}-"
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+            s.sendall(f"{request}00f067aa0ba902b7-01\r\n\r\n".encode())
+            if path == "/drip":
+                got = b""
+                while not got.endswith(b"0123456789"):
+                    got += s.recv(100)
+    got = poll.until(lambda: by_name(records), lambda r: {"left-early", "left-mid"} <= set(r),
+                     timeout=10, what="the records of the requests whose clients left")  # fmt: skip
+    early, mid = got["left-early"], got["left-mid"]
+    assert (early["status"], early["bytes_out"], early["error"]) == (0, 0, "transport")
+    assert (mid["status"], mid["bytes_out"], mid["error"]) == (200, 10, "")
 
 
 def test_the_access_log_keeps_its_format(recorded: tuple[Router, int, Path]) -> None:

@@ -132,6 +132,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             ex.deadline = 0.0
             if ex.conn is not None:
                 ex.conn.abort()  # the client went away: so does the upstream request
+            ex.client_gone()
         self.queue.clear()
 
     def pause_writing(self) -> None:

@@ -576,6 +576,16 @@ class Exchange:
         self.downstream.write_error(status, body, route=self.decision.label)
         self._record()
 
+    def client_gone(self) -> None:
+        """The client closed its connection before this exchange ended. Recorded as far as it
+        went: a response the client stopped reading (an MCP client may close an event stream
+        once it has its answer) is no error of the service's; no response at all is a
+        transport error."""
+        if self.phase == DONE or not self.method:
+            return  # (recorded already, or not a request yet: its head was not whole)
+        self.phase = DONE
+        self._record(whole=self.status != 0)
+
     # the request's record -----------------------------------------------------------------
     def _injected(self) -> None:
         self.injected_at = time.perf_counter() - self.started
