@@ -105,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.token = read_token(args.token_file, p)
     if args.routes_file is None and not args.control_url:
         p.error("give --control-url (with --token) or --routes-file")
+    if args.record == "on" and args.access_log not in ("-", "off"):
+        try:  # (written by the telemetry process: an unwritable file is said now, not later)
+            open(args.access_log, "a").close()
+        except OSError as e:
+            p.error(f"--access-log {args.access_log}: {e.strerror or e}")
     if args.record_slots < 2:
         p.error("--record-slots must be at least 2")
     if args.control_url and not args.token:
