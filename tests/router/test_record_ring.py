@@ -114,5 +114,23 @@ def test_names_a_client_picks_are_capped() -> None:
     reader.close()
 
 
+def test_ids_past_two_bytes_decode() -> None:
+    """70,000 sandboxes' keys, then a method seen for the first time: its id is past 65,535."""
+    names_r, names_w = os.pipe()
+    os.set_blocking(names_r, False)
+    recorder = Recorder(4)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n in range(70_000):
+        recorder.write(0.0, "svc", f"sb{n}", f"k{n}", True, b"GET", 200, n, 0, None, 0)
+        if n % 1000 == 0:
+            reader.read()  # (keeps the names pipe drained)
+    recorder.write(0.0, "svc", "sb1", "k1", True, b"PATCH", 200, 0, 0, None, 0)
+    last = reader.read()[-1]
+    assert (last.method, last.sandbox, last.routing_key) == ("PATCH", "sb1", "k1")
+    recorder.close()
+    reader.close()
+
+
 def write(recorder: Recorder, service: str, n: int) -> None:
     recorder.write(0.0, service, "", "", False, b"GET", 200, n, 0, None, 0)

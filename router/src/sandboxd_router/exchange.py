@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
@@ -21,6 +22,7 @@ from sandboxd_router.routing import HOLD, NOWHERE, Decision
 from sandboxd_router.state import Context
 from sandboxd_router.upstream import UpstreamConnection
 
+log = logging.getLogger("sandboxd_router")
 REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
 PENDING_LIMIT = 256 * 1024  # body bytes kept before an upstream connection takes them
 
@@ -604,24 +606,27 @@ class Exchange:
             error = record.TRANSPORT
         verdict = self.verdict
         faults = verdict.applied() if verdict is not None else None
-        recorder.write(
-            self.started,
-            service.name if service is not None else "-",
-            route.sandbox if route is not None else "",
-            route.key if route is not None else "",
-            decision.sandbox is not None,
-            self.method,
-            status,
-            self.body_size,
-            self.bytes_out,
-            self.traceparent,
-            error,
-            faults or None,
-            self.injected_at,
-            self.rpc_method,
-            self.tool,
-            self.rpc_id,
-        )
+        try:
+            recorder.write(
+                self.started,
+                service.name if service is not None else "-",
+                route.sandbox if route is not None else "",
+                route.key if route is not None else "",
+                decision.sandbox is not None,
+                self.method,
+                status,
+                self.body_size,
+                self.bytes_out,
+                self.traceparent,
+                error,
+                faults or None,
+                self.injected_at,
+                self.rpc_method,
+                self.tool,
+                self.rpc_id,
+            )
+        except Exception:  # a bug of ours: the exchange still ends, and the log says so
+            log.exception("cannot record a request")
 
 
 class Held:

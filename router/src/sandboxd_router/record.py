@@ -37,10 +37,10 @@ DONE_WORD: Final = DONE_AT // 8
 DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
 # seq, end, duration, bytes in, bytes out, service, pair, method, status, route, error, flags,
 # traceparent's length and bytes (struct pads with zeros and cuts past 55)
-CORE = struct.Struct("<QddQQIIHHBBBB55s")
+CORE = struct.Struct("<QddQQIIIHBBBB55s")
 # written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, rpc id's length, id
 EXTRA = struct.Struct("<dIIIIIB40s")
-EXTRA_AT: Final = 112
+EXTRA_AT: Final = 116
 TRACEPARENT: Final = 55
 RPC_ID: Final = 40
 
@@ -61,6 +61,7 @@ NAME = struct.Struct("<IH")
 GENERATION_MARK: Final = 0xFFFFFFFF
 GENERATION_BODY = struct.Struct("<QI")  # after this record, ids below this one are dead
 NAME_BYTES: Final = 1024
+PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: read as "?")
 OTHER: Final = "(other)"
 GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
@@ -267,21 +268,24 @@ class Recorder:
         self._rpc.clear()
         self._tools.clear()
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, message: bytes) -> None:
         """Never blocks: what a full pipe cannot take waits in `_pending`, sent first next time
-        (or by `flush`, from the router's once-a-second sweep). A closed pipe (the reader died:
-        a new one will `attach`) takes nothing."""
+        (or by `flush`, from the router's once-a-second sweep); past `PENDING` a new message is
+        dropped whole. A closed pipe (the reader died: a new one will `attach`) takes nothing."""
         if self.names_fd < 0:
             return
-        data = self._pending + data if self._pending else data
+        data = self._pending + message if self._pending else message
         try:
-            sent = os.write(self.names_fd, data)
+            sent = os.write(self.names_fd, data) if data else 0
         except BlockingIOError:
             sent = 0
         except OSError:
             self._pending = b""
             return
-        self._pending = data[sent:]
+        rest = data[sent:]
+        if len(rest) > PENDING:  # (so the message is wholly unsent: it goes, the rest stays)
+            rest = rest[: len(rest) - len(message)]
+        self._pending = rest
 
     def flush(self) -> None:
         """Once a second: names a full pipe held back, and the wall clock's offset."""
