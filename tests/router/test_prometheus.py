@@ -63,7 +63,7 @@ def test_a_forgotten_sandbox_has_no_series() -> None:
     sink = PrometheusSink()
     sink.add(observed())
     sink.add(observed(sandbox="pr-2", faults=(Fault("latency", "l"),), tool="t"))
-    sink.forget("pr-2")
+    sink.forget("pr-2", "k1")
     names = {dict(key[1]).get("sandbox") for key in samples(sink)}
     assert names == {"pr-1", None}  # (None: the lost-records counter has no labels)
 

@@ -3,6 +3,7 @@ requests (pure: nothing is posted here; `test_signals_post.py` posts to a real s
 
 from __future__ import annotations
 
+import itertools
 import re
 from random import Random
 from typing import Any
@@ -31,6 +32,9 @@ PARENT = "00f067aa0ba902b7"
 SLOW = Fault("latency", "slow-describe")
 
 
+SEQ = itertools.count()
+
+
 def observed(**changes: Any) -> Observed:
     values: dict[str, Any] = {
         "end": T0 + 1,
@@ -48,7 +52,7 @@ def observed(**changes: Any) -> Observed:
         "injected": False,
     }
     values.update(changes)
-    return Observed(**values)
+    return Observed(**({"seq": next(SEQ)} | values))  # each its own ring record
 
 
 def sink(seed: int = 7) -> SignalsSink:

@@ -6,6 +6,7 @@ time."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -93,8 +94,12 @@ async def control_plane() -> AsyncIterator[ControlPlane]:
     await cp.stop()
 
 
+SEQ = itertools.count()  # each request its own ring record
+
+
 def observed(*, sandbox: str = "pr-1", end: float = T0 + 1, service: str = "svc") -> Observed:
     return Observed(
+        seq=next(SEQ),
         end=end,
         duration=0.002,
         service=service,

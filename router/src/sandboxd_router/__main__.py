@@ -59,6 +59,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="record every request for the telemetry process (access log, signals; default "
         "on); off: no record, no telemetry process, no access log",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (GET /metrics) by sandbox and service on this port "
+        "(from the telemetry process; needs --record on)",
+    )
+    p.add_argument(
+        "--trace-baseline",
+        type=float,
+        default=0.0,
+        help="the fraction (0..1) of requests without a sandbox's key also exported as spans "
+        "when OTEL_* names an OTLP endpoint (every sandbox's request is; default 0)",
+    )
     # for tests and debugging: a smaller ring; every record's fields as JSON lines in a file
     p.add_argument("--record-slots", type=int, default=DEFAULT_SLOTS, help=argparse.SUPPRESS)
     p.add_argument("--record-file", help=argparse.SUPPRESS)
@@ -110,6 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             open(args.access_log, "a").close()
         except OSError as e:
             p.error(f"--access-log {args.access_log}: {e.strerror or e}")
+    if args.metrics_port is not None and args.record == "off":
+        p.error("--metrics-port needs --record on (the telemetry process serves the metrics)")
+    if not 0 <= args.trace_baseline <= 1:
+        p.error("--trace-baseline is a fraction from 0 to 1")
     if args.record_slots < 2:
         p.error("--record-slots must be at least 2")
     if args.control_url and not args.token:
@@ -155,6 +172,9 @@ async def run(args: argparse.Namespace) -> None:
             token=args.token,
             record_file=args.record_file,
             log_level=args.log_level,
+            metrics_host=args.host,
+            metrics_port=args.metrics_port,
+            trace_baseline=args.trace_baseline,
         )
         telemetry.start()
     state = RouterState(limits=limits, recorder=recorder)

@@ -37,6 +37,9 @@ class TelemetryProcess:
         token: str | None,
         record_file: str | None = None,
         log_level: str = "info",
+        metrics_host: str = "127.0.0.1",
+        metrics_port: int | None = None,
+        trace_baseline: float = 0.0,
     ) -> None:
         self.recorder = recorder
         self.settings = {
@@ -44,6 +47,9 @@ class TelemetryProcess:
             "controlUrl": control_url,
             "token": token,
             "recordFile": record_file,
+            "metricsHost": metrics_host,
+            "metricsPort": metrics_port,
+            "traceBaseline": trace_baseline,
         }
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None

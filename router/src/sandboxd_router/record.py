@@ -60,6 +60,8 @@ TRANSPORT: Final = 4
 NAME = struct.Struct("<IH")
 GENERATION_MARK: Final = 0xFFFFFFFF
 GENERATION_BODY = struct.Struct("<QI")  # after this record, ids below this one are dead
+GONE_MARK: Final = 0xFFFFFFFE  # a sandbox left the table: (the record after which) + its name
+GONE_BODY = struct.Struct("<Q")  # then "<sandbox>\0<routing key>" in UTF-8
 NAME_BYTES: Final = 1024
 PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: read as "?")
 OTHER: Final = "(other)"
@@ -258,6 +260,12 @@ class Recorder:
         if cache is not None:
             cache[b"\0other"] = ident
         return ident
+
+    def gone(self, sandbox: str, key: str) -> None:
+        """Tell the reader a sandbox left the route table (deleted): its series may go once
+        the records written before now are read."""
+        body = GONE_BODY.pack(self.seq) + f"{sandbox}\0{key}".encode("utf-8", "replace")
+        self._send(NAME.pack(GONE_MARK, len(body)) + body)
 
     def _forget(self) -> None:
         self._count = 0

@@ -41,7 +41,12 @@ class Router:
 
     async def apply(self, table: Table) -> None:
         """Swap in a new table (one reference assignment: requests see the old or the new)."""
-        self.state.table = table
+        old, self.state.table = self.state.table, table
+        recorder = self.state.recorder
+        if recorder is not None:  # the telemetry process drops a deleted sandbox's series
+            for key, route in old.routes.items():
+                if key not in table.routes or table.routes[key].sandbox != route.sandbox:
+                    recorder.gone(route.sandbox, key)
         for gone in self.upstreams.retain(table):
             gone.close_idle()
         live = {id(s.baseline) for s in table.services.values()}

@@ -241,13 +241,15 @@ def router_plan(settings: Settings) -> ProcessPlan:
     ports. Its token (which only reads routes) comes on stdin: an environ or argv is readable
     by more processes than its memory is."""
     host = reachable_host(settings.host)
-    argv = (
+    argv: tuple[str, ...] = (
         sys.executable, "-m", "sandboxd_router",
         "--control-url", f"http://{host}:{settings.port}",
         "--token-file", "-",
         "--host", settings.router_host,
         "--access-log", str(settings.data_path / "router" / "access.log"),
     )  # fmt: skip
+    if settings.router_metrics_port is not None:
+        argv += ("--metrics-port", str(settings.router_metrics_port))
     return ProcessPlan("router", argv, {}, None, None)
 
 

@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass
 
 from sandboxd_router.hardening import no_dumps
+from sandboxd_router.telemetry import otlp
 from sandboxd_router.telemetry.accesslog import AccessLogSink, RecordsSink
 from sandboxd_router.telemetry.observed import Sink
+from sandboxd_router.telemetry.prometheus import PrometheusSink, serve
 from sandboxd_router.telemetry.ring import BATCH, RingReader
+from sandboxd_router.telemetry.signals import SignalsSink
 
 log = logging.getLogger("sandboxd_router.telemetry")
 POLL = 0.05
@@ -41,6 +44,11 @@ class Config:
     """Every record's fields, a JSON line each (for tests and debugging)."""
     start: int = 0
     """The first record to read (the ring's `done` when this process was started)."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """Prometheus metrics (`GET /metrics`) on this port; None: not served."""
+    trace_baseline: float = 0.0
+    """The fraction of requests without a sandbox's key exported as spans (OTLP only)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +69,9 @@ def read_config(fd: int) -> Config:
         token=raw.get("token"),
         record_file=raw.get("recordFile"),
         start=int(raw.get("start", 0)),
+        metrics_host=str(raw.get("metricsHost") or "127.0.0.1"),
+        metrics_port=raw.get("metricsPort"),
+        trace_baseline=float(raw.get("traceBaseline") or 0.0),
     )
 
 
@@ -71,14 +82,22 @@ def build_sinks(config: Config) -> list[Sink]:
         sinks.append(AccessLogSink(config.access_log))
     if config.record_file:
         sinks.append(RecordsSink(config.record_file))
-    # ---- the signals sink (issue 13) goes here, when the router reports to a control plane:
-    # if config.control_url and config.token:
-    #     from sandboxd_router.telemetry.signals import SignalsSink
-    #     sinks.append(SignalsSink(url=config.control_url, token=config.token))
+    if config.control_url and config.token:
+        sinks.append(SignalsSink(url=config.control_url, token=config.token))
+    if config.metrics_port is not None:
+        sinks.append(PrometheusSink())
+    export = otlp.from_env()
+    if export is not None:
+        sinks.append(otlp.SpanSink(export, baseline=config.trace_baseline))
+        log.info("spans go to an OTLP endpoint (OTEL_* variables)")
     return sinks
 
 
-async def run(reader: RingReader, sinks: list[Sink]) -> None:
+async def run(reader: RingReader, sinks: list[Sink], config: Config | None = None) -> None:
+    server = None
+    for sink in sinks:
+        if isinstance(sink, PrometheusSink) and config and config.metrics_port is not None:
+            server = await serve(sink, config.metrics_host, config.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -91,6 +110,9 @@ async def run(reader: RingReader, sinks: list[Sink]) -> None:
         if time.monotonic() - ticked >= TICK:
             ticked = time.monotonic()
             lost = _report_lost(reader, lost)
+            for sink in sinks:
+                if isinstance(sink, PrometheusSink):
+                    sink.lost = lost
             await _tick(sinks)
         if not full:
             with contextlib.suppress(TimeoutError):
@@ -98,6 +120,8 @@ async def run(reader: RingReader, sinks: list[Sink]) -> None:
     while _feed(reader, sinks) or reader.position < reader.done():
         pass  # the rest of the ring, up to what the router wrote before it stopped
     _report_lost(reader, lost)
+    if server is not None:
+        server.close()
     try:
         await asyncio.wait_for(_close(sinks), CLOSE_TIMEOUT)
     except TimeoutError:
@@ -113,6 +137,10 @@ def _feed(reader: RingReader, sinks: list[Sink]) -> bool:
                 sink.add(observed)
             except Exception:
                 log.exception("a telemetry sink failed on a request")
+    for sandbox, key in reader.gone():
+        for sink in sinks:
+            if isinstance(sink, PrometheusSink):
+                sink.forget(sandbox, key)
     return len(batch) >= BATCH
 
 
@@ -149,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     config = read_config(args.config_fd)
     reader = RingReader(args.ring_fd, args.names_fd, config.start)
-    asyncio.run(run(reader, build_sinks(config)))
+    asyncio.run(run(reader, build_sinks(config), config))
     return 0
 
 

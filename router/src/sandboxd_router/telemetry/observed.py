@@ -64,6 +64,9 @@ class Observed:
     """MCP `tools/call`: the tool's name (bounded cardinality: "(other)" past the cap)."""
     rpc_id: str | None = None
     """MCP: the JSON-RPC request id as its JSON text (`7`, `"a1"`), truncated."""
+    seq: int = 0
+    """The record's number in the ring: what the router's span id is made from
+    (`spans.span_id`), so every sink gives a request the same span."""
 
     @property
     def start(self) -> float:

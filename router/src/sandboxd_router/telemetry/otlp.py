@@ -17,13 +17,18 @@ the exporter gave up on (`failed`); routing never waits for any of it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import random
 import secrets
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from sandboxd_router.telemetry import records, spans, traceparent
+from sandboxd_router.telemetry.observed import Observed
 
 log = logging.getLogger("sandboxd_router.telemetry")
 
@@ -121,6 +126,37 @@ class SpanExport:
             if not self.failed:
                 log.warning("cannot export spans over OTLP; they are dropped and counted")
             self.failed += len(spans)
+
+
+class SpanSink:
+    """A `Sink`: every request that carried a sandbox's key becomes a span, and a `baseline`
+    fraction of the others (chosen by trace id, so that every router keeps the same traces;
+    at random without one). Requests no service was routed for make none."""
+
+    def __init__(self, export: SpanExport, *, baseline: float = 0.0) -> None:
+        self.export = export
+        self.baseline = baseline
+        self._threshold = int(baseline * (1 << 56))
+
+    def add(self, observed: Observed) -> None:
+        if observed.service == "-" or not (observed.sandbox or self._sampled(observed)):
+            return
+        pending = records.Pending(0, spans.span_id(observed.seq), observed)
+        self.export.add(records.wire(pending))
+
+    def _sampled(self, observed: Observed) -> bool:
+        if self._threshold <= 0:
+            return False
+        context = traceparent.parse(observed.traceparent)
+        if context is None:
+            return random.random() < self.baseline  # noqa: S311 (sampling, not secrecy)
+        return int(context[0][-14:], 16) < self._threshold
+
+    async def tick(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.export.close)
 
 
 def to_span(record: Record, resource: Any) -> Any:

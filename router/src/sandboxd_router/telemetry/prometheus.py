@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from sandboxd_router.telemetry.buckets import HISTOGRAM_MS, bin_of
 from sandboxd_router.telemetry.counters import Counters
 from sandboxd_router.telemetry.observed import Observed
 
+GONE = 10_000  # deleted sandboxes remembered
 LE = [f"{ms / 1000:g}" for ms in HISTOGRAM_MS]
 """Seconds: the standard `http.server.request.duration` buckets start at 5 ms, too coarse for
 a proxy whose requests take a fraction of a millisecond (these start at 0.1 ms)."""
@@ -36,13 +38,22 @@ class PrometheusSink:
     def __init__(self) -> None:
         self.counters = Counters()
         self.lost = 0
+        self._gone: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """(Sandbox, routing key) of the latest deleted sandboxes: a request that was in flight
+        when its sandbox went must not bring its series back (a name used again has a new
+        key)."""
 
     def add(self, observed: Observed) -> None:
+        if observed.sandbox and (observed.sandbox, observed.routing_key) in self._gone:
+            return
         self.counters.add(observed, bin_of(observed.duration * 1000.0))
 
-    def forget(self, sandbox: str) -> None:
+    def forget(self, sandbox: str, key: str) -> None:
         """Drop a deleted sandbox's series."""
         self.counters.forget(sandbox)
+        self._gone[(sandbox, key)] = None
+        if len(self._gone) > GONE:
+            self._gone.popitem(last=False)
 
     async def tick(self) -> None:
         pass

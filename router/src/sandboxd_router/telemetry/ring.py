@@ -58,6 +58,7 @@ class RingReader:
         self.names: dict[int, str] = {0: ""}
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
+        self._gone: list[tuple[int, str, str]] = []  # (records before it, sandbox, key)
 
     def done(self) -> int:
         value: int = record.DONE.unpack_from(self.ring, record.DONE_AT)[0]
@@ -78,7 +79,7 @@ class RingReader:
             if after - seq >= self.slots or record.CORE.unpack_from(raw, 0)[0] != seq:
                 self.lost += 1  # being overwritten while we copied it
                 continue
-            decoded.append(self._decode(raw))
+            decoded.append(self._decode(raw, seq))
         self.position = last
         self._forget_dead()
         return decoded
@@ -87,7 +88,7 @@ class RingReader:
         offset = record.HEADER + (seq % self.slots) * record.SLOT
         return self.ring[offset : offset + record.SLOT]
 
-    def _decode(self, raw: bytes) -> Observed:
+    def _decode(self, raw: bytes, seq: int) -> Observed:
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
          tp_len, tp) = record.CORE.unpack_from(raw, 0)  # fmt: skip
         sandbox, _, key = self._name(pair).partition("\0")
@@ -105,6 +106,7 @@ class RingReader:
             traceparent=tp[:tp_len].decode("ascii", "replace") if tp_len else None,
             error=ERRORS.get(error, OK),
             injected=bool(flags & record.INJECTED),
+            seq=seq,
         )
         if not flags & record.EXTRA_FLAG:
             return observed
@@ -131,6 +133,7 @@ class RingReader:
             rpc_method=self._name(rpc_method) if rpc_method else None,
             tool=self._name(tool) if tool else None,
             rpc_id=rpc_id[:id_len].decode("utf-8", "replace") if id_len else None,
+            seq=seq,
         )
 
     def _name(self, ident: int) -> str:
@@ -163,9 +166,23 @@ class RingReader:
             at += record.NAME.size + size
             if ident == record.GENERATION_MARK:
                 self._dead.append(record.GENERATION_BODY.unpack(body))
+            elif ident == record.GONE_MARK:
+                (after,) = record.GONE_BODY.unpack_from(body)
+                sandbox, _, key = (
+                    body[record.GONE_BODY.size :].decode("utf-8", "replace").partition("\0")
+                )
+                self._gone.append((after, sandbox, key))
             else:
                 self.names[ident] = body.decode("utf-8", "replace")
         self._buffer = buffer[at:]
+
+    def gone(self) -> list[tuple[str, str]]:
+        """The sandboxes (name, routing key) that left the route table, once every record
+        written before they left has been read."""
+        ready = [(s, k) for after, s, k in self._gone if after <= self.position]
+        if ready:
+            self._gone = [g for g in self._gone if g[0] > self.position]
+        return ready
 
     def _forget_dead(self) -> None:
         """Past the last record of an old generation, its names go."""

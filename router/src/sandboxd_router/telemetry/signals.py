@@ -39,7 +39,7 @@ from typing import Final
 import httpx
 import orjson
 
-from sandboxd_router.telemetry import records
+from sandboxd_router.telemetry import records, spans
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
 from sandboxd_router.telemetry.observed import Observed
 
@@ -86,7 +86,7 @@ class SignalsSink:
         """Request records dropped unsent (over `max_pending`)."""
         self.dropped_buckets = 0
         """Buckets dropped unsent (older than `HORIZON`, or over `max_buckets`)."""
-        # sampling and span ids need no secrecy, only speed (the SDK's span ids are the same)
+        # reservoir sampling needs no secrecy, only speed
         self._rng = rng or Random(os.urandom(16))  # noqa: S311
         self._buckets: dict[Key, Bucket] = {}
         self._pending: dict[tuple[str, str], deque[records.Pending]] = {}
@@ -119,8 +119,7 @@ class SignalsSink:
                 (queue or max(self._pending.values(), key=len)).popleft()
                 self.dropped_requests += 1
                 self._waiting -= 1
-            span_id = f"{self._rng.getrandbits(64) or 1:016x}"  # all-zero is not a span id
-            queue.append(records.Pending(self._seq, span_id, o))
+            queue.append(records.Pending(self._seq, spans.span_id(o.seq), o))
             self._waiting += 1
 
     def outbox(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:

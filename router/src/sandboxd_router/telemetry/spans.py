@@ -12,6 +12,7 @@ reader looks for in a trace of an agent.
 from __future__ import annotations
 
 import json
+import os
 from typing import Final, NamedTuple
 
 from sandboxd_router.telemetry.observed import HTTP_5XX, Observed
@@ -133,3 +134,17 @@ def _events(o: Observed) -> list[Event]:
         Event(FAULT_EVENT, at, {"sandboxd.fault.kind": f.kind, "sandboxd.fault.id": f.id})
         for f in o.faults
     ]
+
+
+_SALT: Final = int.from_bytes(os.urandom(8), "big")
+_MASK: Final = (1 << 64) - 1
+
+
+def span_id(seq: int) -> str:
+    """The router's span id for the ring's record `seq` (16 hex): the same in every sink (the
+    control plane's traces and the OTLP export agree), unique within this process and, mixed
+    with a random salt per process (splitmix64), unlikely to repeat across processes."""
+    z = (_SALT + (seq + 1) * 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return f"{(z ^ (z >> 31)) or 1:016x}"  # all-zero is not a span id
