@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,9 +32,10 @@ from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
-from sandboxd.store import counts, retire
+from sandboxd.store import counts, retire, signals
 from sandboxd.store.counts import Counts, Merged, Reported
 from sandboxd.store.engine import READ_ONLY, migrate
+from sandboxd.store.signals import BucketIn, RecordFilter, RecordIn, Stored
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
@@ -325,6 +326,7 @@ class Store:
                 if phase == Phase.DELETED:
                     row.deleted_at = row.updated_at
                     counts.forget(session, routing_key=row.routing_key)
+                    signals.forget(session, routing_key=row.routing_key)
             for event in events:
                 self._event(session, row, event)
             return row
@@ -358,6 +360,39 @@ class Store:
     def fault_counts(self, routing_keys: Sequence[str]) -> dict[str, dict[str, Counts]]:
         with self._tx(read_only=True) as session:
             return counts.sums(session, routing_keys)
+
+    # signals (sandboxd.store.signals) --------------------------------------------------
+    @_off_loop
+    def store_signals(
+        self, *, instance: str, buckets: Sequence[BucketIn], records: Sequence[RecordIn]
+    ) -> Stored:
+        with self._tx() as session:
+            return signals.store(session, instance=instance, buckets=buckets, records=records)
+
+    @_off_loop
+    def signal_window(self, *, routing_key: str, since: int) -> list[tuple[str, str, int, Any]]:
+        with self._tx(read_only=True) as session:
+            return signals.window(session, routing_key=routing_key, since=since)
+
+    @_off_loop
+    def request_records(
+        self, *, routing_key: str, where: RecordFilter, limit: int
+    ) -> list[Mapping[str, Any]]:
+        with self._tx(read_only=True) as session:
+            return signals.records(session, routing_key=routing_key, where=where, limit=limit)
+
+    @_off_loop
+    def traced_records(
+        self, *, routing_key: str, limit: int, trace_id: str | None
+    ) -> list[Mapping[str, Any]]:
+        with self._tx(read_only=True) as session:
+            return signals.traced(session, routing_key=routing_key, limit=limit, trace_id=trace_id)
+
+    @_off_loop
+    def prune_signals(self, *, now: float) -> None:
+        """Retention of the signals (`sandboxd.store.signals.prune`); the sweep calls it."""
+        with self._tx() as session:
+            signals.prune(session, now=now)
 
     @_off_loop
     def record(self, row: SandboxRow, event: Event) -> None:

@@ -1,0 +1,212 @@
+"""Signals from the routers (issue 13): metric buckets and request records, stored so that a
+retried or reordered post changes nothing and a control-plane restart loses nothing.
+
+- A bucket is keyed (routing key, start, service, instance) and replaces the stored one when it
+  holds at least as many requests (a router re-sends its open bucket as it fills; an older copy
+  never overwrites a newer one).
+- A request record is keyed (instance, seq) and inserted once (a repeat is ignored).
+- Entries of no live sandbox (matched by name AND routing key) are ignored; baseline buckets
+  (routing key "") are always kept. A sandbox deleted while a post is in flight can leave rows
+  behind: `prune` removes them at the next sweep (`forget` at the delete takes the rest).
+- `prune` also keeps the window's worth of buckets (`BUCKETS_KEPT`) and the newest
+  `RECORDS_KEPT` records per sandbox.
+
+Writes are one statement per table per post (executemany), inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, SQLModel, col
+
+from sandboxd.core.phases import LIVE, Phase
+from sandboxd.store.tables import RequestRecordRow, SandboxRow, SignalBucketRow
+
+BUCKETS_KEPT = 3600
+"""Seconds of buckets kept: the longest window the API serves."""
+MAX_WIDTH = 60
+"""The widest bucket accepted (seconds): a window's query reaches back this much further."""
+RECORDS_KEPT = 1000
+"""Request records kept per sandbox (the newest, by start)."""
+BASELINE = ""
+_BUCKETS: Table = SQLModel.metadata.tables[SignalBucketRow.__tablename__]
+_RECORDS: Table = SQLModel.metadata.tables[RequestRecordRow.__tablename__]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketIn:
+    sandbox: str
+    routing_key: str
+    service: str
+    start: int
+    requests: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordIn:
+    sandbox: str
+    routing_key: str
+    seq: int
+    service: str
+    start: float
+    status: int
+    error: str | None
+    trace_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    accepted: int
+    ignored: int
+
+
+def store(
+    session: Session, *, instance: str, buckets: Sequence[BucketIn], records: Sequence[RecordIn]
+) -> Stored:
+    """One post: the entries of live sandboxes (and the baseline's buckets) written."""
+    keys = {b.routing_key for b in buckets} | {r.routing_key for r in records}
+    live = _live(session, keys - {BASELINE})
+    kept_buckets = [b for b in buckets if _belongs(b.sandbox, b.routing_key, live)]
+    kept_records = [r for r in records if r.sandbox and _belongs(r.sandbox, r.routing_key, live)]
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgres_insert
+    if kept_buckets:
+        upsert = insert(_BUCKETS)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["routing_key", "start", "service", "instance"],
+            set_={"requests": upsert.excluded.requests, "data": upsert.excluded.data},
+            where=_BUCKETS.c.requests <= upsert.excluded.requests,
+        )
+        session.execute(upsert, [_bucket_row(instance, b) for b in kept_buckets])
+    if kept_records:
+        once = insert(_RECORDS).on_conflict_do_nothing(index_elements=["instance", "seq"])
+        session.execute(once, [_record_row(instance, r) for r in kept_records])
+    accepted = len(kept_buckets) + len(kept_records)
+    return Stored(accepted, len(buckets) + len(records) - accepted)
+
+
+def window(session: Session, *, routing_key: str, since: int) -> list[tuple[str, str, int, Any]]:
+    """(routing key, service, start, data) of the sandbox's and the baseline's buckets that may
+    reach past `since` (the caller checks each bucket's width): two ranges of the key."""
+    query = select(_BUCKETS.c.routing_key, _BUCKETS.c.service, _BUCKETS.c.start, _BUCKETS.c.data)
+    query = query.where(
+        _BUCKETS.c.routing_key.in_([routing_key, BASELINE]),
+        _BUCKETS.c.start > since - MAX_WIDTH,
+    )
+    return [(k, s, int(t), d) for k, s, t, d in session.execute(query).all()]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    service: str | None = None
+    status: tuple[int, int] | None = None
+    """Inclusive range of statuses."""
+    error: str | None = None
+    trace_id: str | None = None
+
+
+def records(
+    session: Session, *, routing_key: str, where: RecordFilter, limit: int
+) -> list[Mapping[str, Any]]:
+    """The sandbox's newest records matching `where`, newest first."""
+    query = select(_RECORDS.c.data).where(_RECORDS.c.routing_key == routing_key)
+    if where.service is not None:
+        query = query.where(_RECORDS.c.service == where.service)
+    if where.status is not None:
+        query = query.where(_RECORDS.c.status.between(*where.status))
+    if where.error is not None:
+        query = query.where(_RECORDS.c.error == where.error)
+    if where.trace_id is not None:
+        query = query.where(_RECORDS.c.trace_id == where.trace_id)
+    query = query.order_by(_RECORDS.c.start.desc(), _RECORDS.c.instance, _RECORDS.c.seq.desc())
+    return [row for (row,) in session.execute(query.limit(limit)).all()]
+
+
+def traced(
+    session: Session, *, routing_key: str, limit: int, trace_id: str | None
+) -> list[Mapping[str, Any]]:
+    """The records of the sandbox's `limit` newest traces (or of one trace)."""
+    mine = _RECORDS.c.routing_key == routing_key
+    if trace_id is not None:
+        ids = [trace_id]
+    else:
+        newest = (
+            select(_RECORDS.c.trace_id)
+            .where(mine, _RECORDS.c.trace_id.is_not(None))
+            .group_by(_RECORDS.c.trace_id)
+            .order_by(func.max(_RECORDS.c.start).desc())
+            .limit(limit)
+        )
+        ids = [i for (i,) in session.execute(newest).all()]
+    if not ids:
+        return []
+    query = select(_RECORDS.c.data).where(mine, _RECORDS.c.trace_id.in_(ids))
+    return [row for (row,) in session.execute(query).all()]
+
+
+def forget(session: Session, *, routing_key: str) -> None:
+    """A deleted sandbox's buckets and records."""
+    session.execute(delete(_BUCKETS).where(_BUCKETS.c.routing_key == routing_key))
+    session.execute(delete(_RECORDS).where(_RECORDS.c.routing_key == routing_key))
+
+
+def prune(session: Session, *, now: float) -> None:
+    """Retention: buckets past the longest window, rows of sandboxes gone, and records beyond
+    the newest `RECORDS_KEPT` of each sandbox (ties at the cut's start are kept)."""
+    session.execute(delete(_BUCKETS).where(_BUCKETS.c.start <= now - BUCKETS_KEPT - MAX_WIDTH))
+    present = select(col(SandboxRow.routing_key)).where(col(SandboxRow.phase) != Phase.DELETED)
+    for table in (_BUCKETS, _RECORDS):
+        gone = and_(table.c.routing_key != BASELINE, table.c.routing_key.not_in(present))
+        session.execute(delete(table).where(gone))
+    crowded = (
+        select(_RECORDS.c.routing_key)
+        .group_by(_RECORDS.c.routing_key)
+        .having(func.count() > RECORDS_KEPT)
+    )
+    for (key,) in session.execute(crowded).all():
+        cut = (
+            select(_RECORDS.c.start)
+            .where(_RECORDS.c.routing_key == key)
+            .order_by(_RECORDS.c.start.desc())
+            .offset(RECORDS_KEPT - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        session.execute(
+            delete(_RECORDS).where(_RECORDS.c.routing_key == key, _RECORDS.c.start < cut)
+        )
+
+
+def _live(session: Session, keys: set[str]) -> dict[str, str]:
+    """Routing key → name of the live sandboxes among `keys`."""
+    if not keys:
+        return {}
+    query = select(col(SandboxRow.routing_key), col(SandboxRow.name)).where(
+        col(SandboxRow.routing_key).in_(sorted(keys)),
+        col(SandboxRow.phase).in_([p.value for p in LIVE]),
+    )
+    return {key: name for key, name in session.execute(query).all()}
+
+
+def _belongs(sandbox: str, routing_key: str, live: Mapping[str, str]) -> bool:
+    if routing_key == BASELINE:
+        return sandbox == ""
+    return live.get(routing_key) == sandbox
+
+
+def _bucket_row(instance: str, bucket: BucketIn) -> dict[str, Any]:
+    return {"routing_key": bucket.routing_key, "start": bucket.start, "service": bucket.service,
+            "instance": instance, "requests": bucket.requests, "data": bucket.data}  # fmt: skip
+
+
+def _record_row(instance: str, record: RecordIn) -> dict[str, Any]:
+    return {"instance": instance, "seq": record.seq, "routing_key": record.routing_key,
+            "service": record.service, "start": record.start, "status": record.status,
+            "error": record.error, "trace_id": record.trace_id, "data": record.data}  # fmt: skip
