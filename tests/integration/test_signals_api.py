@@ -18,6 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from sandboxd.core.spec import SandboxSpec
+from sandboxd.store.engine import make_engine, migrate
+from sandboxd.store.repository import NewSandbox, Store
+from sandboxd.store.signals import BucketIn, RecordIn
 from tests.integration.conftest import wait_phase
 from tests.support import poll
 from tests.support.server import Sandboxd
@@ -549,3 +553,47 @@ def test_the_sweep_drops_buckets_past_the_longest_window(
     assert post(router, unique("i"), [stale, fresh]).json()["accepted"] == 2
     poll.until(lambda: rows_of(api, sandbox["routingKey"]), lambda n: n == 1,
                timeout=20, what="the stale bucket to be swept")  # fmt: skip
+
+
+async def test_retention_keeps_an_hour_of_buckets_and_the_newest_records(
+    database_url: str,
+) -> None:
+    """The sweep's pass (`Store.prune_signals`), on the store itself: buckets older than the
+    longest window go, the baseline's and the fresh ones stay; each sandbox keeps its newest
+    1,000 records; rows of a routing key no sandbox holds (a post that raced a delete) go."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="kept"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    now = time.time()
+    start = int(now) // 10 * 10
+
+    def bucket_in(key: str, name: str, at: int) -> BucketIn:
+        return BucketIn(name, key, "svc", at, 1, {"requests": 1, "start": at, "width": 10})
+
+    def record_in(key: str, name: str, seq: int) -> RecordIn:
+        return RecordIn(name, key, seq, "svc", now - 2000 + seq, 200, None, None, {"seq": seq})
+
+    buckets = [bucket_in(row.routing_key, "kept", start - 10 * n) for n in (0, 360, 367)]
+    buckets.append(bucket_in("", "", start - 3670))
+    for first in (0, 1000):
+        records = [record_in(row.routing_key, "kept", s) for s in range(first, first + 1000)]
+        await store.store_signals(instance="i", buckets=buckets, records=records[:1000])
+    with engine.begin() as conn:  # rows of a sandbox deleted while its post was in flight
+        for table, values in (
+            ("signal_buckets", "('ghostkey000000', :s, 'svc', 'i', 1, '{}')"),
+            ("request_records", "('i', 5000, 'ghostkey000000', 'svc', :s, 200, NULL, NULL, '{}')"),
+        ):
+            conn.execute(text(f"INSERT INTO {table} VALUES {values}"), {"s": start})
+
+    await store.prune_signals(now=now)
+
+    with engine.connect() as conn:
+        starts = conn.execute(text("SELECT routing_key, start FROM signal_buckets")).all()
+        seqs = [s for (s,) in conn.execute(text("SELECT seq FROM request_records")).all()]
+    assert sorted(starts) == sorted([(row.routing_key, start), (row.routing_key, start - 3600)])
+    assert sorted(seqs) == list(range(1000, 2000))
+    await store.close()
+    engine.dispose()
