@@ -571,7 +571,7 @@ async def test_retention_keeps_an_hour_of_buckets_and_the_newest_records(
     start = int(now) // 10 * 10
 
     def bucket_in(key: str, name: str, at: int) -> BucketIn:
-        return BucketIn(name, key, "svc", at, 1, {"requests": 1, "start": at, "width": 10})
+        return BucketIn(name, key, "svc", at, 10, 1, {"requests": 1, "start": at, "width": 10})
 
     def record_in(key: str, name: str, seq: int) -> RecordIn:
         return RecordIn(name, key, seq, "svc", now - 2000 + seq, 200, None, None, {"seq": seq})
@@ -583,7 +583,7 @@ async def test_retention_keeps_an_hour_of_buckets_and_the_newest_records(
         await store.store_signals(instance="i", buckets=buckets, records=records[:1000])
     with engine.begin() as conn:  # rows of a sandbox deleted while its post was in flight
         for table, values in (
-            ("signal_buckets", "('ghostkey000000', :s, 'svc', 'i', 1, '{}')"),
+            ("signal_buckets", "('ghostkey000000', :s, 'svc', 'i', 10, 1, '{}')"),
             ("request_records", "('i', 5000, 'ghostkey000000', 'svc', :s, 200, NULL, NULL, '{}')"),
         ):
             conn.execute(text(f"INSERT INTO {table} VALUES {values}"), {"s": start})

@@ -7,9 +7,8 @@ A sandbox that is deleted, or was never created, is a 404: its signals went with
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -40,9 +39,9 @@ from sandboxd.core import compare
 from sandboxd.core.clock import rfc3339
 from sandboxd.core.duration import PATTERN, format_duration, parse_duration
 from sandboxd.core.phases import Phase
-from sandboxd.core.signals import Side, Span, merge, traces
+from sandboxd.core.signals import Side, Span, traces
 from sandboxd.errors import InvalidRequest, NotFound
-from sandboxd.store.signals import BASELINE, RECORDS_KEPT, RecordFilter
+from sandboxd.store.signals import RECORDS_KEPT, RecordFilter
 from sandboxd.store.tables import SandboxRow
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["signals"], dependencies=[Depends(require_token)])
@@ -90,18 +89,12 @@ async def sandbox_metrics(
     row = await _live_row(state, name)
     now = time.time()
     since = now - seconds
-    rows = await state.store.signal_window(routing_key=row.routing_key, since=math.floor(since))
-    mine: dict[str, list[Mapping[str, Any]]] = {}
-    theirs: dict[str, list[Mapping[str, Any]]] = {}
-    for key, service, start, data in rows:
-        if start + int(data.get("width", 10)) > since and start <= now:
-            (mine if key != BASELINE else theirs).setdefault(service, []).append(data)
+    mine, theirs = await state.store.signal_sides(
+        routing_key=row.routing_key, since=since, exclude_injected=exclude_injected
+    )
     services = sorted(set(mine) | {fork.service for fork in row.spec.forks})
     criteria = compare.Criteria(alpha=alpha, effect=effect, min_samples=min_samples)
-    figures = [
-        _service(s, mine.get(s, []), theirs.get(s, []), criteria, exclude_injected=exclude_injected)
-        for s in services
-    ]
+    figures = [_service(s, mine.get(s, Side()), theirs.get(s, Side()), criteria) for s in services]
     return MetricsOut(
         sandbox=name, window=format_duration(seconds), from_=rfc3339(_utc(since)),
         to=rfc3339(_utc(now)), exclude_injected=exclude_injected, services=figures,
@@ -120,21 +113,14 @@ def _window(window: str) -> int:
 
 
 def _service(
-    service: str,
-    mine: Sequence[Mapping[str, Any]],
-    theirs: Sequence[Mapping[str, Any]],
-    criteria: compare.Criteria,
-    *,
-    exclude_injected: bool,
+    service: str, sandbox: Side, baseline: Side, criteria: compare.Criteria
 ) -> ServiceMetricsOut:
-    sandbox = merge(mine, exclude_injected=exclude_injected)
-    baseline = merge(theirs, exclude_injected=exclude_injected)
     figures = {
         "errorRate": compare.error_rate(
             sandbox.errors, sandbox.requests, baseline.errors, baseline.requests, criteria
         ),
-        "latency": compare.latency(sandbox.latencies, baseline.latencies, criteria),
-        "p99": compare.p99(sandbox.latencies, baseline.latencies, criteria),
+        "latency": compare.latency(sandbox.sample(), baseline.sample(), criteria),
+        "p99": compare.p99(sandbox.sample(), baseline.sample(), criteria),
     }
     shown = {k: _figure(k, f) for k, f in figures.items()}
     verdict = compare.worst([f.verdict for f in figures.values()])

@@ -179,7 +179,7 @@ async def router_signals(state: StateDep, post: SignalsPost) -> SignalsAccepted:
 def _bucket(bucket: Bucket) -> BucketIn:
     data = bucket.model_dump(mode="json", by_alias=True, exclude={"routing_key"})
     return BucketIn(bucket.sandbox, bucket.routing_key, bucket.service, bucket.start,
-                    bucket.requests, data)  # fmt: skip
+                    bucket.width, bucket.requests, data)  # fmt: skip
 
 
 def _record(record: RequestRecord) -> RecordIn:

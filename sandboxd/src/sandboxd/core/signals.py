@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxd.core.compare import Sample
+
 ERROR_TYPES = ("http_5xx", "jsonrpc", "tool_error", "transport")
 
 
@@ -37,6 +39,13 @@ class Side:
     latencies: list[float] = field(default_factory=list)
     """Sorted once the side is complete (`merge`)."""
     tools: dict[str, ToolFigures] = field(default_factory=dict)
+    _sample: Sample | None = None
+
+    def sample(self) -> Sample:
+        """The latencies for `sandboxd.core.compare`, made once (a side may be cached)."""
+        if self._sample is None:
+            self._sample = Sample(self.latencies, ordered=True)
+        return self._sample
 
     @property
     def errors(self) -> int:
@@ -45,6 +54,16 @@ class Side:
     @property
     def sampled(self) -> bool:
         return len(self.latencies) < self.requests
+
+
+def sides(
+    rows: Iterable[tuple[str, Mapping[str, Any]]], *, exclude_injected: bool
+) -> dict[str, Side]:
+    """(service, bucket) rows merged into one side per service."""
+    by_service: dict[str, list[Mapping[str, Any]]] = {}
+    for service, bucket in rows:
+        by_service.setdefault(service, []).append(bucket)
+    return {s: merge(b, exclude_injected=exclude_injected) for s, b in by_service.items()}
 
 
 def merge(buckets: Iterable[Mapping[str, Any]], *, exclude_injected: bool) -> Side:

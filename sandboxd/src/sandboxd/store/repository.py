@@ -30,6 +30,7 @@ from sandboxd.core.clock import rfc3339, utcnow
 from sandboxd.core.naming import new_routing_key
 from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
+from sandboxd.core.signals import Side, sides
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
 from sandboxd.store import counts, retire, signals
@@ -78,6 +79,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._baseline = signals.BaselineCache()
         self.threads = ThreadPoolExecutor(thread_name_prefix="sandboxd-store")
         """The store's own threads: a caller cancelled mid-call (a shutdown) leaves its thread
         running with a connection checked out, and `close` waits for it."""
@@ -370,9 +372,22 @@ class Store:
             return signals.store(session, instance=instance, buckets=buckets, records=records)
 
     @_off_loop
-    def signal_window(self, *, routing_key: str, since: int) -> list[tuple[str, str, int, Any]]:
+    def signal_sides(
+        self, *, routing_key: str, since: float, exclude_injected: bool
+    ) -> tuple[dict[str, Side], dict[str, Side]]:
+        """Per service, the sandbox's side and the baseline's over the window from `since`. The
+        baseline's is the same for every sandbox: it is read and merged again only when its
+        buckets changed (`BaselineCache`)."""
         with self._tx(read_only=True) as session:
-            return signals.window(session, routing_key=routing_key, since=since)
+            rows = signals.window(session, routing_key=routing_key, since=since)
+            mine = sides(rows, exclude_injected=exclude_injected)
+            index = signals.baseline_index(session, since=since)
+            theirs = self._baseline.get(index, exclude_injected)
+            if theirs is None:
+                rows = signals.window(session, routing_key=signals.BASELINE, since=since)
+                theirs = sides(rows, exclude_injected=exclude_injected)
+                self._baseline.put(index, exclude_injected, theirs)
+        return mine, theirs
 
     @_off_loop
     def request_records(

@@ -16,7 +16,7 @@ Writes are one statement per table per post (executemany), inside the caller's t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col
 
 from sandboxd.core.phases import LIVE, Phase
+from sandboxd.core.signals import Side
 from sandboxd.store.tables import RequestRecordRow, SandboxRow, SignalBucketRow
 
 BUCKETS_KEPT = 3600
@@ -45,6 +46,7 @@ class BucketIn:
     routing_key: str
     service: str
     start: int
+    width: int
     requests: int
     data: dict[str, Any]
 
@@ -81,7 +83,11 @@ def store(
         upsert = insert(_BUCKETS)
         upsert = upsert.on_conflict_do_update(
             index_elements=["routing_key", "start", "service", "instance"],
-            set_={"requests": upsert.excluded.requests, "data": upsert.excluded.data},
+            set_={
+                "width": upsert.excluded.width,
+                "requests": upsert.excluded.requests,
+                "data": upsert.excluded.data,
+            },
             where=_BUCKETS.c.requests <= upsert.excluded.requests,
         )
         session.execute(upsert, [_bucket_row(instance, b) for b in kept_buckets])
@@ -92,15 +98,45 @@ def store(
     return Stored(accepted, len(buckets) + len(records) - accepted)
 
 
-def window(session: Session, *, routing_key: str, since: int) -> list[tuple[str, str, int, Any]]:
-    """(routing key, service, start, data) of the sandbox's and the baseline's buckets that may
-    reach past `since` (the caller checks each bucket's width): two ranges of the key."""
-    query = select(_BUCKETS.c.routing_key, _BUCKETS.c.service, _BUCKETS.c.start, _BUCKETS.c.data)
-    query = query.where(
-        _BUCKETS.c.routing_key.in_([routing_key, BASELINE]),
-        _BUCKETS.c.start > since - MAX_WIDTH,
+def window(session: Session, *, routing_key: str, since: float) -> list[tuple[str, Any]]:
+    """(service, data) of the key's buckets that reach past `since`: one range of the key."""
+    query = select(_BUCKETS.c.service, _BUCKETS.c.data).where(*_in_window(routing_key, since))
+    return [(service, data) for service, data in session.execute(query).all()]
+
+
+def baseline_index(session: Session, *, since: float) -> tuple[tuple[str, int, str, int], ...]:
+    """What identifies the baseline's buckets in the window, without their data: (service,
+    start, instance, requests). While it is unchanged, so is the baseline's side."""
+    columns = (_BUCKETS.c.service, _BUCKETS.c.start, _BUCKETS.c.instance, _BUCKETS.c.requests)
+    query = select(*columns).where(*_in_window(BASELINE, since)).order_by(*columns)
+    return tuple((s, int(t), i, int(r)) for s, t, i, r in session.execute(query).all())
+
+
+def _in_window(routing_key: str, since: float) -> tuple[Any, ...]:
+    return (
+        _BUCKETS.c.routing_key == routing_key,
+        _BUCKETS.c.start > since - MAX_WIDTH,  # the index's range; the next line is exact
+        _BUCKETS.c.start + _BUCKETS.c.width > since,
     )
-    return [(k, s, int(t), d) for k, s, t, d in session.execute(query).all()]
+
+
+class BaselineCache:
+    """The baseline's merged sides of the last few windows, by what identifies their buckets
+    (`baseline_index`): every sandbox's metrics compare against the same baseline, whose
+    buckets hold the most samples (a full reservoir per router instance and service)."""
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self._sides: dict[tuple[Hashable, bool], dict[str, Side]] = {}
+
+    def get(self, index: Hashable, exclude_injected: bool) -> dict[str, Side] | None:
+        return self._sides.get((index, exclude_injected))
+
+    def put(self, index: Hashable, exclude_injected: bool, sides: dict[str, Side]) -> None:
+        while len(self._sides) >= self.SIZE:  # the oldest first: dicts keep insertion order
+            self._sides.pop(next(iter(self._sides)), None)
+        self._sides[(index, exclude_injected)] = sides
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +239,8 @@ def _belongs(sandbox: str, routing_key: str, live: Mapping[str, str]) -> bool:
 
 def _bucket_row(instance: str, bucket: BucketIn) -> dict[str, Any]:
     return {"routing_key": bucket.routing_key, "start": bucket.start, "service": bucket.service,
-            "instance": instance, "requests": bucket.requests, "data": bucket.data}  # fmt: skip
+            "instance": instance, "width": bucket.width, "requests": bucket.requests,
+            "data": bucket.data}  # fmt: skip
 
 
 def _record_row(instance: str, record: RecordIn) -> dict[str, Any]:

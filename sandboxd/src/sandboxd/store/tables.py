@@ -132,6 +132,7 @@ class SignalBucketRow(SQLModel, table=True):
     start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     service: str = Field(primary_key=True, max_length=63)
     instance: str = Field(primary_key=True, max_length=64)
+    width: int
     requests: int = Field(sa_column=Column(BigInteger, nullable=False))
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 

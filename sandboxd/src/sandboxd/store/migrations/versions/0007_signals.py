@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("start", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("service", sa.String(63), primary_key=True),
         sa.Column("instance", sa.String(64), primary_key=True),
+        sa.Column("width", sa.Integer, nullable=False),
         sa.Column("requests", sa.BigInteger, nullable=False),
         sa.Column("data", sa.JSON, nullable=False),
     )
