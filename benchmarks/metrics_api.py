@@ -80,20 +80,27 @@ def seed(router: httpx.Client, boxes: list[dict[str, Any]], samples: int) -> lis
 
 @contextlib.contextmanager
 def traffic(
-    router: httpx.Client, boxes: list[dict[str, Any]], samples: int
+    router: httpx.Client, boxes: list[dict[str, Any]], samples: int, rate: float
 ) -> Iterator[list[float]]:
-    """A thread re-sending every sandbox's current buckets, 1,000 a post, back to back."""
+    """A thread re-sending every sandbox's current buckets (and the baseline's), 1,000 a post,
+    `rate` buckets a second (0: back to back)."""
     stop, times = threading.Event(), []
 
     def run() -> None:
         rng, grow = random.Random(7), 1
+        started, sent = time.perf_counter(), 0
         while not stop.is_set():
             now = int(time.time()) // 10 * 10
             current = [bucket(b, s, now, samples + grow, rng) for b in boxes for s in SERVICES]
+            current += [bucket(None, s, now, min(512, 50 + grow), rng) for s in SERVICES]
             for i in range(0, len(current), PER_POST):
                 if stop.is_set():
                     return
-                times.extend(timed_posts(router, "bench-live", current[i : i + PER_POST]))
+                if rate:
+                    stop.wait(max(0.0, started + sent / rate - time.perf_counter()))
+                chunk = current[i : i + PER_POST]
+                times.extend(timed_posts(router, f"bench-live-{i}", chunk))
+                sent += len(chunk)
             grow += 1
 
     thread = threading.Thread(target=run, daemon=True)
@@ -198,14 +205,16 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
             )
             names = [b["name"] for b in boxes]
             report("quiet:", measure(client, names, args.requests))
-            with traffic(router, boxes, args.samples) as times:
-                rounds = measure(client, names, args.requests)
-            each = statistics.median(times or [0]) * 1000
-            report(
-                f"under traffic ({len(times)} posts of {PER_POST} current buckets "
-                f"meanwhile, p50 {each:.0f} ms each):",
-                rounds,
-            )
+            for rate in args.rates:
+                with traffic(router, boxes, args.samples, rate) as times:
+                    rounds = measure(client, names, args.requests)
+                each = statistics.median(times or [0]) * 1000
+                pace = f"{rate:.0f} buckets/s" if rate else "back to back"
+                report(
+                    f"under traffic ({pace}; {len(times)} posts of {PER_POST} current buckets "
+                    f"meanwhile, p50 {each:.0f} ms each):",
+                    rounds,
+                )
             print("  bar: GET metrics p99 ≤ 50 ms")
 
 
@@ -215,6 +224,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="latency samples per bucket")
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--rates", type=float, nargs="*", default=[3000.0, 0.0],
+        help="buckets/s the traffic re-sends (3,000: every sandbox's 3 services once a "
+        "second; 0: back to back)",
+    )  # fmt: skip
     parser.add_argument("--postgres", action="store_true", help="start a PostgreSQL server")
     args = parser.parse_args()
     if not args.postgres:

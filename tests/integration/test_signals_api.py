@@ -597,3 +597,33 @@ async def test_retention_keeps_an_hour_of_buckets_and_the_newest_records(
     assert sorted(seqs) == list(range(1000, 2000))
     await store.close()
     engine.dispose()
+
+
+def test_the_baseline_read_back_follows_every_change(
+    client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """The baseline's side is cached while its buckets stay the same: a re-sent open bucket, a
+    new router instance and a window that no longer holds a bucket each show at once."""
+    service, name, start = unique("svc"), sandbox["name"], now_bucket()
+    one, two = unique("i"), unique("i")
+
+    def baseline(**params: Any) -> tuple[int, list[float | None]]:
+        side = service_of(metrics(client, name, **params), service)["baseline"]
+        return side["requests"], [side["p50Ms"], side["p99Ms"]]
+
+    mine = bucket(sandbox, service, start=start, requests=1, latencyMs=[1.0])
+    old = bucket(None, service, start=start - 60, requests=1, latencyMs=[50.0])
+    assert post(router, one, [mine, old, bucket(None, service, start=start, requests=2,
+                latencyMs=[2.0, 4.0])]).is_success  # fmt: skip
+    assert baseline() == (3, [4.0, 50.0])
+    assert baseline(window="30s") == (2, [2.0, 4.0])
+
+    grown = bucket(None, service, start=start, requests=3, latencyMs=[2.0, 4.0, 3.0])
+    assert post(router, one, [grown]).is_success
+    assert baseline(window="30s") == (3, [3.0, 4.0])
+    assert post(
+        router, two, [bucket(None, service, start=start, requests=1, latencyMs=[9.0])]
+    ).is_success
+    assert baseline(window="30s") == (4, [3.0, 9.0])
+    assert baseline() == (5, [4.0, 50.0])
+    assert baseline(window="30s", excludeInjected="false") == (4, [3.0, 9.0])

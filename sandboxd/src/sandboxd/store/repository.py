@@ -381,12 +381,9 @@ class Store:
         with self._tx(read_only=True) as session:
             rows = signals.window(session, routing_key=routing_key, since=since)
             mine = sides(rows, exclude_injected=exclude_injected)
-            index = signals.baseline_index(session, since=since)
-            theirs = self._baseline.get(index, exclude_injected)
-            if theirs is None:
-                rows = signals.window(session, routing_key=signals.BASELINE, since=since)
-                theirs = sides(rows, exclude_injected=exclude_injected)
-                self._baseline.put(index, exclude_injected, theirs)
+            theirs = signals.baseline_sides(
+                session, self._baseline, since=since, exclude_injected=exclude_injected
+            )
         return mine, theirs
 
     @_off_loop

@@ -16,7 +16,8 @@ Writes are one statement per table per post (executemany), inside the caller's t
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col
 
 from sandboxd.core.phases import LIVE, Phase
-from sandboxd.core.signals import Side
+from sandboxd.core.signals import Side, sides
 from sandboxd.store.tables import RequestRecordRow, SandboxRow, SignalBucketRow
 
 BUCKETS_KEPT = 3600
@@ -120,23 +121,66 @@ def _in_window(routing_key: str, since: float) -> tuple[Any, ...]:
     )
 
 
-class BaselineCache:
-    """The baseline's merged sides of the last few windows, by what identifies their buckets
-    (`baseline_index`): every sandbox's metrics compare against the same baseline, whose
-    buckets hold the most samples (a full reservoir per router instance and service)."""
+Ident = tuple[str, int, str, int]
+"""A baseline bucket's identity: (service, start, instance, requests). A router re-sends a
+bucket only with more requests in it, so a bucket with the same identity has the same data."""
 
-    SIZE = 8
+
+class BaselineCache:
+    """The baseline's decoded buckets, and its merged sides for the last few windows: every
+    sandbox's metrics compare against the same baseline, whose buckets hold the most samples
+    (a full reservoir per router instance and service). When the window moves or a router
+    re-sends an open bucket, only the buckets not seen yet are read and decoded."""
+
+    SIDES = 8
 
     def __init__(self) -> None:
-        self._sides: dict[tuple[Hashable, bool], dict[str, Side]] = {}
+        self.lock = threading.Lock()
+        """Held by `baseline_sides`: the store's threads share the cache."""
+        self.buckets: dict[Ident, Mapping[str, Any]] = {}
+        self._sides: dict[tuple[tuple[Ident, ...], bool], dict[str, Side]] = {}
 
-    def get(self, index: Hashable, exclude_injected: bool) -> dict[str, Side] | None:
+    def get(self, index: tuple[Ident, ...], exclude_injected: bool) -> dict[str, Side] | None:
         return self._sides.get((index, exclude_injected))
 
-    def put(self, index: Hashable, exclude_injected: bool, sides: dict[str, Side]) -> None:
-        while len(self._sides) >= self.SIZE:  # the oldest first: dicts keep insertion order
+    def put(self, index: tuple[Ident, ...], exclude_injected: bool, sides: dict[str, Side]) -> None:
+        while len(self._sides) >= self.SIDES:  # the oldest first: dicts keep insertion order
             self._sides.pop(next(iter(self._sides)), None)
         self._sides[(index, exclude_injected)] = sides
+        kept = {ident for index, _ in self._sides for ident in index}
+        for ident in [i for i in self.buckets if i not in kept]:
+            del self.buckets[ident]
+
+
+def baseline_sides(
+    session: Session, cache: BaselineCache, *, since: float, exclude_injected: bool
+) -> dict[str, Side]:
+    """The baseline's side per service over the window from `since`, through `cache`."""
+    with cache.lock:
+        return _baseline_sides(session, cache, since=since, exclude_injected=exclude_injected)
+
+
+def _baseline_sides(
+    session: Session, cache: BaselineCache, *, since: float, exclude_injected: bool
+) -> dict[str, Side]:
+    index = baseline_index(session, since=since)
+    found = cache.get(index, exclude_injected)
+    if found is not None:
+        return found
+    missing = [ident for ident in index if ident not in cache.buckets]
+    if missing:
+        oldest = min(start for _, start, _, _ in missing)
+        columns = (_BUCKETS.c.service, _BUCKETS.c.start, _BUCKETS.c.instance,
+                   _BUCKETS.c.requests, _BUCKETS.c.data)  # fmt: skip
+        query = select(*columns).where(
+            _BUCKETS.c.routing_key == BASELINE, _BUCKETS.c.start >= oldest
+        )
+        for service, start, instance, requests, data in session.execute(query).all():
+            cache.buckets[(service, int(start), instance, int(requests))] = data
+    rows = [(ident[0], cache.buckets[ident]) for ident in index if ident in cache.buckets]
+    merged = sides(rows, exclude_injected=exclude_injected)
+    cache.put(index, exclude_injected, merged)
+    return merged
 
 
 @dataclass(frozen=True, slots=True)
