@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,7 @@ class Store:
         self.engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
         self._baseline = signals.BaselineCache()
+        self._pruned_at = -math.inf
         self.threads = ThreadPoolExecutor(thread_name_prefix="sandboxd-store")
         """The store's own threads: a caller cancelled mid-call (a shutdown) leaves its thread
         running with a connection checked out, and `close` waits for it."""
@@ -402,9 +404,13 @@ class Store:
 
     @_off_loop
     def prune_signals(self, *, now: float) -> None:
-        """Retention of the signals (`sandboxd.store.signals.prune`); the sweep calls it."""
+        """Retention of the signals, called by every sweep: old buckets each time, the
+        rest (`sandboxd.store.signals.prune`) every `PRUNE_EVERY` seconds."""
         with self._tx() as session:
-            signals.prune(session, now=now)
+            signals.expire(session, now=now)
+            if now - self._pruned_at >= signals.PRUNE_EVERY:
+                signals.prune(session)
+                self._pruned_at = now
 
     @_off_loop
     def record(self, row: SandboxRow, event: Event) -> None:

@@ -35,7 +35,9 @@ BUCKETS_KEPT = 3600
 MAX_WIDTH = 60
 """The widest bucket accepted (seconds): a window's query reaches back this much further."""
 RECORDS_KEPT = 1000
-"""Request records kept per sandbox (the newest, by start)."""
+"""Request records kept per sandbox (the newest, by start; more may wait for `prune`)."""
+PRUNE_EVERY = 60.0
+"""Seconds between two `prune` passes (the sweep runs every 10 s by default)."""
 BASELINE = ""
 _BUCKETS: Table = SQLModel.metadata.tables[SignalBucketRow.__tablename__]
 _RECORDS: Table = SQLModel.metadata.tables[RequestRecordRow.__tablename__]
@@ -237,10 +239,15 @@ def forget(session: Session, *, routing_key: str) -> None:
     session.execute(delete(_RECORDS).where(_RECORDS.c.routing_key == routing_key))
 
 
-def prune(session: Session, *, now: float) -> None:
-    """Retention: buckets past the longest window, rows of sandboxes gone, and records beyond
-    the newest `RECORDS_KEPT` of each sandbox (ties at the cut's start are kept)."""
+def expire(session: Session, *, now: float) -> None:
+    """Buckets past the longest window (a range of the `start` index: cheap every sweep)."""
     session.execute(delete(_BUCKETS).where(_BUCKETS.c.start <= now - BUCKETS_KEPT - MAX_WIDTH))
+
+
+def prune(session: Session) -> None:
+    """Rows of sandboxes gone (a post that raced a delete), and records beyond the newest
+    `RECORDS_KEPT` of each sandbox (ties at the cut's start are kept). Both walk whole
+    indexes, so the store runs this less often than `expire` (`PRUNE_EVERY`)."""
     present = select(col(SandboxRow.routing_key)).where(col(SandboxRow.phase) != Phase.DELETED)
     for table in (_BUCKETS, _RECORDS):
         gone = and_(table.c.routing_key != BASELINE, table.c.routing_key.not_in(present))
