@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from sandboxd.api import errors, reports, sandboxes, system
+from sandboxd.api import errors, observe, reports, sandboxes, signals, system
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
@@ -216,8 +216,11 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     app.include_router(sandboxes.router)
     app.include_router(system.v1)
     app.include_router(reports.router)
+    app.include_router(signals.router)
+    app.include_router(observe.router)
     app.include_router(system.ops)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    signals_limit = {"/v1/router-signals": max(signals.MAX_POST_BYTES, settings.max_request_bytes)}
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, larger=signals_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
