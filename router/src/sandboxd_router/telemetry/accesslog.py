@@ -15,6 +15,8 @@ import json
 import sys
 from typing import IO
 
+import orjson
+
 from sandboxd_router.telemetry.observed import SANDBOX, Observed
 
 
@@ -22,13 +24,13 @@ class AccessLogSink:
     """`target`: a file (appended to) or "-" for the router's stdout."""
 
     def __init__(self, target: str) -> None:
-        self._stream: IO[str] = (
-            sys.stdout if target == "-" else open(target, "a", buffering=1 << 16)  # noqa: SIM115
+        self._stream: IO[bytes] = (
+            sys.stdout.buffer if target == "-" else open(target, "ab", buffering=1 << 16)  # noqa: SIM115
         )
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
 
     def add(self, observed: Observed) -> None:
-        self._lines.append(json.dumps(self.line(observed), separators=(",", ":")))
+        self._lines.append(orjson.dumps(self.line(observed)))
 
     def line(self, observed: Observed) -> dict[str, object]:
         return line(observed)
@@ -38,12 +40,13 @@ class AccessLogSink:
 
     async def close(self) -> None:
         self.flush()
-        if self._stream is not sys.stdout:
+        if self._stream is not sys.stdout.buffer:
             self._stream.close()
 
     def flush(self) -> None:
         if self._lines:
-            self._stream.write("\n".join(self._lines) + "\n")
+            self._lines.append(b"")
+            self._stream.write(b"\n".join(self._lines))
             self._stream.flush()
             self._lines.clear()
 
@@ -53,6 +56,11 @@ class RecordsSink(AccessLogSink):
 
     def line(self, observed: Observed) -> dict[str, object]:
         return dataclasses.asdict(observed)
+
+    def add(self, observed: Observed) -> None:
+        self._lines.append(
+            json.dumps(self.line(observed)).encode()
+        )  # (orjson: no dataclass tuples as lists here)
 
 
 def line(observed: Observed) -> dict[str, object]:
@@ -66,8 +74,14 @@ def line(observed: Observed) -> dict[str, object]:
         "ms": round(observed.duration * 1000, 3),
         "bytesIn": observed.bytes_in,
         "bytesOut": observed.bytes_out,
-        "traceId": tp.split("-")[1] if tp and tp.count("-") >= 3 else None,
+        "traceId": _trace_id(tp) if tp else None,
     }
     if observed.faults:
         entry["fault"] = ", ".join(f"{f.kind}; id={f.id}" for f in observed.faults)
     return entry
+
+
+def _trace_id(traceparent: str) -> str | None:
+    """The second field of a `traceparent` (as received: not validated, only cut out)."""
+    parts = traceparent.split("-", 3)
+    return parts[1] if len(parts) == 4 else None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
+from typing import Any
 
 from sandboxd_router import record
 from sandboxd_router.telemetry.observed import (
@@ -34,6 +36,11 @@ ERRORS = {
 }
 UNKNOWN = "?"  # a name that never arrived (the pipe was full for long: see `Recorder._send`)
 BATCH = 4096  # records decoded per read at most (the rest the next round)
+SLOT = struct.Struct(f"<{record.CORE.format[1:]}3x{record.EXTRA.format[1:]}7x")
+"""A whole slot: the core, then the extra fields (read whether written or not: decoding them
+with the core in one C call is cheaper than a second call for the few that have them)."""
+assert record.CORE.size + 3 == record.EXTRA_AT
+assert SLOT.size == record.SLOT
 
 
 class RingError(ValueError):
@@ -72,69 +79,58 @@ class RingReader:
         if first > self.position:
             self.lost += first - self.position
         last = min(done, first + BATCH)
-        copies = [(seq, self._copy(seq)) for seq in range(first, last)]
+        if first >= last:
+            return []
+        raw = self._copy(first, last)  # one or two slices of the map: not one per record
         after = self.done()
+        safe = after - self.slots + 1  # a record below this may be torn (being overwritten)
         decoded = []
-        for seq, raw in copies:
-            if after - seq >= self.slots or record.CORE.unpack_from(raw, 0)[0] != seq:
-                self.lost += 1  # being overwritten while we copied it
-                continue
-            decoded.append(self._decode(raw, seq))
+        seq = first
+        for row in SLOT.iter_unpack(raw):
+            if seq < safe or row[0] != seq:
+                self.lost += 1
+            else:
+                decoded.append(self._decode(row, seq))
+            seq += 1
         self.position = last
         self._forget_dead()
         return decoded
 
-    def _copy(self, seq: int) -> bytes:
-        offset = record.HEADER + (seq % self.slots) * record.SLOT
-        return self.ring[offset : offset + record.SLOT]
+    def _copy(self, first: int, last: int) -> bytes:
+        """The slots of records `first` to `last` (excluded), in order."""
+        size, slots = record.SLOT, self.slots
+        a, b = first % slots, (last - 1) % slots + 1
+        at = record.HEADER
+        if a < b:
+            return self.ring[at + a * size : at + b * size]
+        return self.ring[at + a * size : at + slots * size] + self.ring[at : at + b * size]
 
-    def _decode(self, raw: bytes, seq: int) -> Observed:
+    def _decode(self, row: tuple[Any, ...], seq: int) -> Observed:
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
-         tp_len, tp) = record.CORE.unpack_from(raw, 0)  # fmt: skip
-        sandbox, _, key = self._name(pair).partition("\0")
-        observed = Observed(
-            end=end,
-            duration=duration,
-            service=self._name(service),
-            sandbox=sandbox,
-            routing_key=key,
-            route=SANDBOX if flags & record.FORKED else BASELINE,
-            method=self._name(method),
-            status=status,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            traceparent=tp[:tp_len].decode("ascii", "replace") if tp_len else None,
-            error=ERRORS.get(error, OK),
-            injected=bool(flags & record.INJECTED),
-            seq=seq,
-        )
+         tp_len, tp, injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id) = row  # fmt: skip
+        names = self.names
+        sandbox, _, key = names.get(pair, UNKNOWN).partition("\0")
         if not flags & record.EXTRA_FLAG:
-            return observed
-        injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id = record.EXTRA.unpack_from(
-            raw, record.EXTRA_AT
-        )
-        faults = tuple(self._fault(f) for f in (f1, f2, f3) if f)
+            return Observed(
+                end, duration, names.get(service, UNKNOWN), sandbox, key,
+                SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
+                status, bytes_in, bytes_out,
+                tp[:tp_len].decode("ascii", "replace") if tp_len else None,
+                ERRORS.get(error, OK), bool(flags & record.INJECTED), seq=seq,
+            )  # fmt: skip
         return Observed(
-            end=end,
-            duration=duration,
-            service=observed.service,
-            sandbox=sandbox,
-            routing_key=key,
-            route=observed.route,
-            method=observed.method,
-            status=status,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            traceparent=observed.traceparent,
-            error=observed.error,
-            injected=observed.injected,
-            faults=faults,
+            end, duration, names.get(service, UNKNOWN), sandbox, key,
+            SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
+            status, bytes_in, bytes_out,
+            tp[:tp_len].decode("ascii", "replace") if tp_len else None,
+            ERRORS.get(error, OK), bool(flags & record.INJECTED),
+            faults=tuple(self._fault(f) for f in (f1, f2, f3) if f),
             injected_at=injected_at,
             rpc_method=self._name(rpc_method) if rpc_method else None,
             tool=self._name(tool) if tool else None,
             rpc_id=rpc_id[:id_len].decode("utf-8", "replace") if id_len else None,
             seq=seq,
-        )
+        )  # fmt: skip
 
     def _name(self, ident: int) -> str:
         return self.names.get(ident, UNKNOWN)
