@@ -1,0 +1,248 @@
+"""A real OpenTelemetry Collector on loopback, for the tests that check what is traced.
+
+The collector (`otelcol-sandboxd`, built once and cached by scripts/otel-assets) receives OTLP
+over HTTP and gRPC on free loopback ports and writes every batch it gets, as one OTLP/JSON line,
+to a file; `Collector.spans()` reads that file back as `Span`s. Its own metrics endpoint is off,
+so several collectors (and other tests) never fight over a port.
+
+    with running_collector(tmp_path) as collector:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.otlp_http_url}
+        ...
+        spans = collector.wait_for(lambda spans: any(s.name == "GET /x" for s in spans))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support import poll
+from tests.support.server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = "otelcol-sandboxd"
+KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Span:
+    """One span as the collector received it (ids in lowercase hex, `parent` None for a root)."""
+
+    trace_id: str
+    span_id: str
+    parent: str | None
+    name: str
+    kind: str
+    """server, client, internal, producer or consumer."""
+    attributes: dict[str, Any]
+    events: list[Event]
+    service: str
+    """The resource's `service.name`."""
+    status: str
+    """unset, ok or error."""
+    resource: dict[str, Any] = field(repr=False)
+
+
+def binary() -> Path:
+    """The collector, from scripts/otel-assets (which honours SANDBOXD_OTELCOL)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "otel-assets")], capture_output=True, text=True, timeout=1800
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/otel-assets failed:\n{result.stderr[-4000:]}")
+    return Path(result.stdout.strip().splitlines()[-1]) / BINARY
+
+
+@dataclass
+class Collector:
+    directory: Path
+    http_port: int
+    grpc_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def otlp_http_url(self) -> str:
+        """What OTEL_EXPORTER_OTLP_ENDPOINT takes for OTLP over HTTP (protobuf or JSON)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def output(self) -> Path:
+        return self.directory / "spans.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "collector.log"
+
+    def spans(self) -> list[Span]:
+        """Every span received so far (a line the collector is still writing is skipped)."""
+        if not self.output.exists():
+            return []
+        found: list[Span] = []
+        for line in self.output.read_text().splitlines():
+            try:
+                batch = json.loads(line)
+            except ValueError:
+                continue
+            found.extend(parse_batch(batch))
+        return found
+
+    def wait_for(
+        self, accept: Callable[[list[Span]], object], *, timeout: float = 30, what: str = ""
+    ) -> list[Span]:
+        """`spans()` once `accept` holds for them."""
+        return poll.until(
+            self.spans,
+            accept,
+            timeout=timeout,
+            what=what or "spans at the collector",
+            context=self._context,
+        )
+
+    def trace(self, trace_id: str) -> list[Span]:
+        return [s for s in self.spans() if s.trace_id == trace_id]
+
+    def _context(self) -> str:
+        log = self.log.read_text()[-3000:] if self.log.exists() else ""
+        names = sorted({(s.service, s.name) for s in self.spans()})
+        return f"spans received (service, name): {names}\ncollector log:\n{log}"
+
+    def config(self) -> str:
+        return json.dumps(
+            {
+                "receivers": {
+                    "otlp": {
+                        "protocols": {
+                            "grpc": {"endpoint": self.otlp_grpc_endpoint},
+                            "http": {"endpoint": f"127.0.0.1:{self.http_port}"},
+                        }
+                    }
+                },
+                "processors": {"batch": {"timeout": "50ms"}},
+                "exporters": {
+                    "file": {"path": str(self.output), "flush_interval": "50ms"},
+                    "debug": {"verbosity": "basic"},
+                },
+                "service": {
+                    "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+                    "pipelines": {
+                        "traces": {
+                            "receivers": ["otlp"],
+                            "processors": ["batch"],
+                            "exporters": ["file"],
+                        }
+                    },
+                },
+            }
+        )
+
+    def start(self, executable: Path) -> None:
+        config = self.directory / "config.json"
+        config.write_text(self.config())  # JSON is YAML: the collector reads it as its config
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(executable), "--config", f"file:{config}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            )
+        poll.until(
+            self._ready, timeout=60, what="the collector to accept OTLP", context=self._context
+        )
+        poll.port_open(self.grpc_port, timeout=10)
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"the collector exited ({self.process.returncode})")
+        try:
+            response = httpx.post(
+                f"{self.otlp_http_url}/v1/traces", json={"resourceSpans": []}, timeout=2
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def running_collector(directory: Path) -> Iterator[Collector]:
+    """A collector writing to `directory`/spans.jsonl; stopped on exit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    collector = Collector(directory=directory, http_port=free_port(), grpc_port=free_port())
+    try:
+        collector.start(binary())
+        yield collector
+    finally:
+        collector.stop()
+
+
+def parse_batch(batch: dict[str, Any]) -> Iterator[Span]:
+    """The spans of one OTLP/JSON `ExportTraceServiceRequest`."""
+    for resource_spans in batch.get("resourceSpans", []):
+        resource = attributes(resource_spans.get("resource", {}).get("attributes", []))
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                yield Span(
+                    trace_id=span["traceId"].lower(),
+                    span_id=span["spanId"].lower(),
+                    parent=span.get("parentSpanId", "").lower() or None,
+                    name=span["name"],
+                    kind=KINDS.get(int(span.get("kind", 0)), "unspecified"),
+                    attributes=attributes(span.get("attributes", [])),
+                    events=[
+                        Event(e["name"], attributes(e.get("attributes", [])))
+                        for e in span.get("events", [])
+                    ],
+                    service=str(resource.get("service.name", "")),
+                    status={1: "ok", 2: "error"}.get(
+                        int(span.get("status", {}).get("code", 0)), "unset"
+                    ),
+                    resource=resource,
+                )
+
+
+def attributes(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """OTLP/JSON key-value pairs as a dict (int64 values arrive as strings in OTLP/JSON)."""
+    return {item["key"]: value(item.get("value", {})) for item in items}
+
+
+def value(any_value: dict[str, Any]) -> Any:
+    if "stringValue" in any_value:
+        return any_value["stringValue"]
+    if "intValue" in any_value:
+        return int(any_value["intValue"])
+    if "doubleValue" in any_value:
+        return float(any_value["doubleValue"])
+    if "boolValue" in any_value:
+        return bool(any_value["boolValue"])
+    if "arrayValue" in any_value:
+        return [value(v) for v in any_value["arrayValue"].get("values", [])]
+    if "kvlistValue" in any_value:
+        return attributes(any_value["kvlistValue"].get("values", []))
+    return None
