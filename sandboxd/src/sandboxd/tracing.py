@@ -13,10 +13,11 @@ Spans leave through a `BatchSpanProcessor`: ending one is an append to a bounded
 thread exports. A slow or dead collector therefore never blocks an API call; spans it cannot
 take are dropped, counted in `sandboxd_trace_spans_dropped_total{reason}` and logged.
 
-The API's spans come from `TraceRequests`, a plain ASGI middleware (measured against
-opentelemetry-instrumentation-asgi: about a third of its cost per request, see `README`):
-named `{method} {route}`, a child of the caller's `traceparent`, with the stable HTTP
-semantic-convention attributes.
+The API's spans come from `TraceRequests`, a plain ASGI middleware: it adds about 70 µs to a
+request where opentelemetry-instrumentation-asgi adds about 150 µs (210 µs with its
+send/receive spans), measured on the project's 2-core machine (5 interleaved runs of 3,000
+in-process requests); both far under the API's p99 bars. Its span is named `{method} {route}`,
+a child of the caller's `traceparent`, with the stable HTTP semantic-convention attributes.
 """
 
 from __future__ import annotations
@@ -263,14 +264,15 @@ class TraceRequests:
             try:
                 await self.app(scope, receive, sending)
             finally:
+                ended: dict[str, str | int] = {"http.response.status_code": status}
                 route = getattr(scope.get("route"), "path", None)
                 if route is not None:
                     span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
+                    ended["http.route"] = route
                 if status >= 500:
-                    span.set_attribute("error.type", str(status))
+                    ended["error.type"] = str(status)
                     span.set_status(StatusCode.ERROR)
+                span.set_attributes(ended)
 
 
 def _request_attributes(scope: Scope) -> dict[str, str | int]:
