@@ -14,15 +14,12 @@ import json
 import os
 import re
 import secrets
-import threading
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +28,7 @@ from starlette.routing import Route
 
 from sandboxd import tracing
 from tests.support import poll
-from tests.support.otel import Collector, Span, running_collector
+from tests.support.otel import Collector, Span, running_collector, serving
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
 
@@ -98,21 +95,6 @@ def test_api_requests_are_server_spans_under_the_callers_trace(
     assert unknown.status == "unset", "a 4xx is the caller's error, not the server's"
 
 
-@contextmanager
-def serving(app: Starlette) -> Iterator[str]:
-    """`app` on a real uvicorn server on loopback, in a thread; its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        poll.port_open(port, timeout=10)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def test_an_outgoing_httpx_call_is_a_client_span_under_the_api_span(
     collector: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,7 +124,7 @@ def test_an_outgoing_httpx_call_is_a_client_span_under_the_api_span(
             app = Starlette(routes=[Route("/v1/things/{name}", handler)])
             wrapped = tracing.TraceRequests(app, tracing=traced)
             trace_id, caller, header = traceparent()
-            with serving(wrapped) as api:  # type: ignore[arg-type]
+            with serving(wrapped) as api:
                 # urllib: this process's httpx is traced now, and would start a trace of its own
                 request = urllib.request.Request(
                     f"{api}/v1/things/x", headers={"traceparent": header}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 
 from tests.support import poll
 from tests.support.server import free_port
@@ -246,3 +249,19 @@ def value(any_value: dict[str, Any]) -> Any:
     if "kvlistValue" in any_value:
         return attributes(any_value["kvlistValue"].get("values", []))
     return None
+
+
+@contextmanager
+def serving(app: ASGIApp) -> Iterator[str]:
+    """`app` on a real uvicorn server on loopback, in a thread of this process; its base URL
+    (a recorder of what a client sends, say)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll.port_open(port, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
