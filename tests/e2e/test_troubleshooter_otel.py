@@ -19,12 +19,15 @@ import importlib.util
 import json
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -42,6 +45,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tests.e2e.troubleshooter import EXAMPLE, SANDBOXES, Troubleshooter, running_troubleshooter
 from tests.support import poll
 from tests.support.otel import Collector, Span, running_collector, serving
+from tests.support.server import free_port
 
 AGENT = "troubleshooter-agent"
 
@@ -166,6 +170,59 @@ def test_the_sandbox_key_in_the_context_reaches_the_fork_and_the_log_has_the_tra
     assert line["message"] == "diagnose" and line["status"] == 502 and line["ok"] is False
 
 
+@contextmanager
+def lone_agent(world: World, env: dict[str, str]) -> Iterator[str]:
+    """Another agent process, calling the tools through the world's router, with `env` as its
+    only OTEL_* variables; its URL. Stopped (and so flushed) on exit."""
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SANDBOXD_"))}
+    full |= env | {
+        "PORT": str(port),
+        "SANDBOXD_SERVICE_CLUSTER_MCP_URL": world.app.url("cluster-mcp"),
+        "SANDBOXD_SERVICE_LOGS_MCP_URL": world.app.url("logs-mcp"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLE / "agent.py")],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        poll.port_open(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_with_the_sdk_disabled_the_key_and_trace_still_flow_and_nothing_is_exported(
+    world: World,
+) -> None:
+    disabled = {
+        "OTEL_SDK_DISABLED": "true",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": world.collector.otlp_http_url,
+        "OTEL_SERVICE_NAME": "agent-disabled",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    trace_id, _, header = traceparent()
+    with lone_agent(world, disabled) as agent:
+        response = httpx.post(
+            f"{agent}/diagnose",
+            json={"namespace": "demo"},
+            headers={"traceparent": header, "baggage": world.schema_change},
+            timeout=60,
+        )
+    answer = response.json()
+    assert response.status_code == 502 and "lastTermination" in answer["error"], answer
+    assert answer["traceId"] == trace_id, "the caller's trace goes on without the SDK"
+    # Stopping flushes whatever an exporting agent holds: once a later span is in, any span of
+    # the stopped agent would be too.
+    marker, _, marked = traceparent()
+    assert world.app.http_post_diagnose({"traceparent": marked}).status_code == 200
+    agent_trace(world, marker)
+    assert [s for s in world.collector.spans() if s.service == "agent-disabled"] == []
+
+
 @pytest.mark.parametrize(
     ("env", "exporter"),
     [
@@ -244,6 +301,9 @@ async def ping(
     """Call `ping` with the MCP SDK over an instrumented httpx2 client, in the current context;
     what the server received."""
     url, seen = recorder
+    # The instrumentation reads this once per process, at its first use: the value every
+    # traced process of this project sets (tests/integration/test_tracing.py runs in-process too)
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     async with httpx2.AsyncClient(headers=headers or {}) as http:
         HTTPX2ClientInstrumentor.instrument_client(http, tracer_provider=TracerProvider())
         async with Client(streamable_http_client(url, http_client=http), mode="auto") as client:

@@ -60,6 +60,14 @@ class Span:
     resource: dict[str, Any] = field(repr=False)
 
 
+class Spans(list[Span]):
+    """Spans that print as a count and the last few (service, name), for a failed wait."""
+
+    def __repr__(self) -> str:
+        last = [(s.service, s.name, s.trace_id) for s in self[-8:]]
+        return f"{len(self)} spans, the last: {last}"
+
+
 def binary() -> Path:
     """The collector, from scripts/otel-assets (which honours SANDBOXD_OTELCOL)."""
     result = subprocess.run(
@@ -112,7 +120,7 @@ class Collector:
     ) -> list[Span]:
         """`spans()` once `accept` holds for them."""
         return poll.until(
-            self.spans,
+            lambda: Spans(self.spans()),
             accept,
             timeout=timeout,
             what=what or "spans at the collector",
@@ -125,7 +133,7 @@ class Collector:
     def _context(self) -> str:
         log = self.log.read_text()[-3000:] if self.log.exists() else ""
         names = sorted({(s.service, s.name) for s in self.spans()})
-        return f"spans received (service, name): {names}\ncollector log:\n{log}"
+        return f"every (service, span name) received: {names}\ncollector log:\n{log}"
 
     def config(self) -> str:
         return json.dumps(
