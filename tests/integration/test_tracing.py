@@ -72,6 +72,7 @@ def test_api_requests_are_server_spans_under_the_callers_trace(
         assert api.get("/v1/sandboxes", headers={"traceparent": header}).status_code == 200
         missing = api.get("/v1/sandboxes/no-such", headers={"traceparent": header})
         assert missing.status_code == 404
+        assert "tracing on: spans of the API and of outgoing calls go to otlp" in server.log()
     spans = collector.wait_for(
         lambda spans: len(collector.trace(trace_id)) >= 2, what=f"two spans of trace {trace_id}"
     )
@@ -193,6 +194,13 @@ def dropped(server: Sandboxd) -> float:
     )
 
 
+def test_with_no_otel_variable_nothing_is_installed(tmp_path: Path) -> None:
+    with running_sandboxd(tmp_path) as server, server.client() as api:
+        assert api.get("/v1/sandboxes").status_code == 200
+        assert "sandboxd_trace_spans_dropped_total" not in api.get("/metrics").text
+        assert "tracing on" not in server.log()
+
+
 def test_with_sdk_disabled_the_api_serves_and_sends_nothing(
     collector: Collector, tmp_path: Path
 ) -> None:
@@ -202,6 +210,7 @@ def test_with_sdk_disabled_the_api_serves_and_sends_nothing(
         for _ in range(5):
             assert api.get("/v1/sandboxes", headers={"traceparent": header}).status_code == 200
         assert "sandboxd_trace_spans_dropped_total" not in api.get("/metrics").text
+        assert "tracing on" not in server.log()
     # Stopping flushes whatever a tracing sandboxd holds: once a later one's span is in, any
     # span of the first would be too.
     marker, _, marked = traceparent()

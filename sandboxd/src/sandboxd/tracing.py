@@ -165,6 +165,8 @@ class Tracing:
     provider: TracerProvider
     tracer: trace.Tracer
     drops: Drops
+    exporter: str
+    """otlp or console."""
 
     def start(self) -> None:
         """Trace every httpx client of this process (the instrumentation patches the class),
@@ -175,6 +177,7 @@ class Tracing:
 
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
         HTTPXClientInstrumentor().instrument(tracer_provider=self.provider)
+        log.info("tracing on: spans of the API and of outgoing calls go to %s", self.exporter)
 
     def close(self) -> None:
         """Stop tracing clients; give the last spans `CLOSE_WAIT_S` to leave."""
@@ -211,8 +214,7 @@ def from_env(registry: CollectorRegistry, env: Mapping[str, str] = os.environ) -
         log.error("tracing is off: OTEL_BSP_*: %s", e)
         return None
     provider.add_span_processor(processor)
-    log.info("tracing on: spans go to %s", named)
-    return Tracing(provider, provider.get_tracer("sandboxd"), drops)
+    return Tracing(provider, provider.get_tracer("sandboxd"), drops, named)
 
 
 def _otlp() -> SpanExporter:
