@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from sandboxd import tracing
 from tests.support import poll
-from tests.support.otel import Collector, Span, running_collector, serving
+from tests.support.otel import Collector, Span, running_collector, running_jaeger, serving
 from tests.support.server import Sandboxd, free_port, running_sandboxd
 
 
@@ -241,3 +241,30 @@ def test_a_dead_endpoint_neither_fails_the_api_nor_hides_the_loss(tmp_path: Path
         )
     # stopped (SIGTERM) without waiting out the exporter's retries, and without a traceback
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_jaeger_finds_an_api_span_by_its_tags(tmp_path: Path) -> None:
+    """The other backend an operator would run: Jaeger v2, asked by service and tags."""
+    trace_id, caller, header = traceparent()
+    with running_jaeger(tmp_path / "jaeger") as jaeger:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_http_url,
+            "OTEL_SERVICE_NAME": "sandboxd-jaeger",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+        }
+        with running_sandboxd(tmp_path / "data", env=env) as server, server.client() as api:
+            assert api.get("/v1/sandboxes", headers={"traceparent": header}).status_code == 200
+            missing = api.get("/v1/sandboxes/no-such", headers={"traceparent": header})
+            assert missing.status_code == 404
+        tags = {"http.route": "/v1/sandboxes/{name}", "http.response.status_code": "404"}
+        found = poll.until(
+            lambda: jaeger.find("sandboxd-jaeger", tags),
+            timeout=30,
+            what=f"Jaeger to find a span tagged {tags}",
+        )
+    assert list(found) == [trace_id]
+    named = {s.name: s for s in found[trace_id]}  # the whole trace: both requests
+    assert set(named) == {"GET /v1/sandboxes", "GET /v1/sandboxes/{name}"}
+    unknown = named["GET /v1/sandboxes/{name}"]
+    assert unknown.parent == caller and unknown.kind == "server"
+    assert unknown.attributes["url.path"] == "/v1/sandboxes/no-such"

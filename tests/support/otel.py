@@ -1,9 +1,14 @@
-"""A real OpenTelemetry Collector on loopback, for the tests that check what is traced.
+"""Real trace backends on loopback, for the tests that check what is traced, built once and
+cached by scripts/otel-assets (which honours SANDBOXD_OTEL_ASSETS).
 
-The collector (`otelcol-sandboxd`, built once and cached by scripts/otel-assets) receives OTLP
-over HTTP and gRPC on free loopback ports and writes every batch it gets, as one OTLP/JSON line,
-to a file; `Collector.spans()` reads that file back as `Span`s. Its own metrics endpoint is off,
-so several collectors (and other tests) never fight over a port.
+- `running_collector`: an OpenTelemetry Collector (`otelcol-sandboxd`) that receives OTLP over
+  HTTP and gRPC on free loopback ports and writes every batch it gets, as one OTLP/JSON line, to
+  a file; `Collector.spans()` reads that file back as `Span`s.
+- `running_jaeger`: Jaeger v2 (memory storage) receiving OTLP likewise; `Jaeger.find()` asks
+  its query API for traces by service and tags, as an operator would.
+
+Their own metrics endpoints are off and every listener is on a free loopback port, so several
+of them (and other tests) never fight over a port.
 
     with running_collector(tmp_path) as collector:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.otlp_http_url}
@@ -31,7 +36,6 @@ from tests.support import poll
 from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = "otelcol-sandboxd"
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
@@ -68,14 +72,14 @@ class Spans(list[Span]):
         return f"{len(self)} spans, the last: {last}"
 
 
-def binary() -> Path:
-    """The collector, from scripts/otel-assets (which honours SANDBOXD_OTELCOL)."""
+def assets() -> Path:
+    """The backends' directory, from scripts/otel-assets (which honours SANDBOXD_OTEL_ASSETS)."""
     result = subprocess.run(
         [str(ROOT / "scripts" / "otel-assets")], capture_output=True, text=True, timeout=1800
     )
     if result.returncode != 0:
         raise RuntimeError(f"scripts/otel-assets failed:\n{result.stderr[-4000:]}")
-    return Path(result.stdout.strip().splitlines()[-1]) / BINARY
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -207,7 +211,7 @@ def running_collector(directory: Path) -> Iterator[Collector]:
     directory.mkdir(parents=True, exist_ok=True)
     collector = Collector(directory=directory, http_port=free_port(), grpc_port=free_port())
     try:
-        collector.start(binary())
+        collector.start(assets() / "otelcol-sandboxd")
         yield collector
     finally:
         collector.stop()
@@ -257,6 +261,154 @@ def value(any_value: dict[str, Any]) -> Any:
     if "kvlistValue" in any_value:
         return attributes(any_value["kvlistValue"].get("values", []))
     return None
+
+
+@dataclass
+class Jaeger:
+    """Jaeger v2 on loopback: OTLP in (HTTP, gRPC), traces kept in memory, its query API."""
+
+    directory: Path
+    http_port: int
+    grpc_port: int
+    query_port: int
+    query_grpc_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def otlp_http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.query_port}"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "jaeger.log"
+
+    def find(self, service: str, tags: dict[str, str]) -> dict[str, list[Span]]:
+        """The traces (trace id → spans) of `service` that have a span with all of `tags`, as
+        Jaeger's query API answers them."""
+        response = httpx.get(
+            f"{self.query_url}/api/traces",
+            params={"service": service, "tags": json.dumps(tags), "lookback": "1h"},
+            timeout=10,
+        )
+        if response.status_code == 404:  # the service is not known yet
+            return {}
+        response.raise_for_status()
+        return {t["traceID"]: jaeger_spans(t) for t in response.json()["data"] or []}
+
+    def config(self) -> str:
+        loopback = "127.0.0.1"
+        return json.dumps(
+            {
+                "service": {
+                    "extensions": ["jaeger_storage", "jaeger_query"],
+                    "pipelines": {
+                        "traces": {
+                            "receivers": ["otlp"],
+                            "processors": ["batch"],
+                            "exporters": ["jaeger_storage_exporter"],
+                        }
+                    },
+                    "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+                },
+                "extensions": {
+                    "jaeger_storage": {"backends": {"memory": {"memory": {"max_traces": 10000}}}},
+                    "jaeger_query": {
+                        "storage": {"traces": "memory"},
+                        "http": {"endpoint": f"{loopback}:{self.query_port}"},
+                        "grpc": {"endpoint": f"{loopback}:{self.query_grpc_port}"},
+                    },
+                },
+                "receivers": {
+                    "otlp": {
+                        "protocols": {
+                            "grpc": {"endpoint": f"{loopback}:{self.grpc_port}"},
+                            "http": {"endpoint": f"{loopback}:{self.http_port}"},
+                        }
+                    }
+                },
+                "processors": {"batch": {"timeout": "50ms"}},
+                "exporters": {"jaeger_storage_exporter": {"trace_storage": "memory"}},
+            }
+        )
+
+    def start(self, executable: Path) -> None:
+        config = self.directory / "jaeger.json"
+        config.write_text(self.config())
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(executable), "--config", f"file:{config}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            )
+        context = lambda: self.log.read_text()[-3000:]  # noqa: E731
+        poll.until(self._ready, timeout=60, what="Jaeger to answer", context=context)
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"Jaeger exited ({self.process.returncode})")
+        try:
+            query = httpx.get(f"{self.query_url}/api/services", timeout=2)
+            otlp = httpx.post(f"{self.otlp_http_url}/v1/traces", json={"resourceSpans": []})
+        except httpx.HTTPError:
+            return False
+        return query.status_code == otlp.status_code == 200
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def running_jaeger(directory: Path) -> Iterator[Jaeger]:
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = [free_port() for _ in range(4)]
+    jaeger = Jaeger(directory, *ports)
+    try:
+        jaeger.start(assets() / "jaeger")
+        yield jaeger
+    finally:
+        jaeger.stop()
+
+
+def jaeger_spans(found: dict[str, Any]) -> list[Span]:
+    """The spans of one trace of Jaeger's query API (`/api/traces`), as `Span`s."""
+    services = {k: p["serviceName"] for k, p in found.get("processes", {}).items()}
+    spans = []
+    for span in found["spans"]:
+        tags = {t["key"]: t["value"] for t in span.get("tags", [])}
+        parents = [r["spanID"] for r in span.get("references", []) if r["refType"] == "CHILD_OF"]
+        spans.append(
+            Span(
+                trace_id=span["traceID"],
+                span_id=span["spanID"],
+                parent=parents[0] if parents else None,
+                name=span["operationName"],
+                kind=str(tags.pop("span.kind", "internal")),
+                attributes=tags,
+                events=[
+                    Event(
+                        next((f["value"] for f in e["fields"] if f["key"] == "event"), ""),
+                        {f["key"]: f["value"] for f in e["fields"] if f["key"] != "event"},
+                    )
+                    for e in span.get("logs", [])
+                ],
+                service=services.get(span.get("processID", ""), ""),
+                status="error" if tags.get("error") is True else "unset",
+                resource={},
+            )
+        )
+    return spans
 
 
 @contextmanager
