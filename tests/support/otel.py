@@ -345,8 +345,10 @@ class Jaeger:
                 stderr=subprocess.STDOUT,
                 env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
             )
-        context = lambda: self.log.read_text()[-3000:]  # noqa: E731
-        poll.until(self._ready, timeout=60, what="Jaeger to answer", context=context)
+        poll.until(self._ready, timeout=60, what="Jaeger to answer", context=self._log_tail)
+
+    def _log_tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else ""
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
