@@ -14,6 +14,7 @@ from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import IDEMPOTENCY_KEY_TTL, NewSandbox, Store
+from sandboxd.store.signals import BucketIn, RecordIn
 from sandboxd.store.tables import SandboxRow
 
 
@@ -45,7 +46,7 @@ async def test_upgrading_from_the_first_schema_keeps_sandboxes(database_url: str
     )
     assert created and {r.name for r in await store.sandboxes()} == {"old", "new"}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     engine.dispose()
 
 
@@ -173,3 +174,32 @@ async def test_a_row_the_untyped_code_wrote_loads_into_the_typed_record(database
 def _json(value: object) -> object:
     """A JSON column as the driver gives it: text on SQLite, already decoded on PostgreSQL."""
     return json.loads(value) if isinstance(value, str) else value
+
+
+async def test_upgrading_from_0006_adds_the_signal_tables(database_url: str) -> None:
+    """A database of issue 12 takes buckets and request records after the upgrade, for the
+    sandboxes it held."""
+    engine = make_engine(database_url)
+    migrate(engine, revision="0006")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sandboxes (name, uid, routing_key, spec, labels, phase, forks, "
+                "created_at, updated_at, expires_at, generation) VALUES ('old', 'u1', "
+                "'k1234567890', '{\"name\": \"old\"}', '{}', 'Ready', '[]', '2026-01-01', "
+                "'2026-01-01', '2099-01-01', 1)"
+            )
+        )
+    migrate(engine)
+    store = Store(engine)
+    bucket = BucketIn("old", "k1234567890", "svc", 1_765_000_000, 10, 3, {"requests": 3})
+    record = RecordIn("old", "k1234567890", 1, "svc", 1_765_000_001.5, 200, None, None, {})
+
+    stored = await store.store_signals(instance="i", buckets=[bucket], records=[record])
+
+    assert (stored.accepted, stored.ignored) == (2, 0)
+    with engine.connect() as conn:
+        for table in ("signal_buckets", "request_records"):
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
+    await store.close()
+    engine.dispose()

@@ -83,6 +83,18 @@ class Api:
     def events(self, name: str) -> Json:
         return self._json("GET", f"/v1/sandboxes/{_seg(name)}/events", what=_sandbox(name))
 
+    def metrics(self, name: str, params: Mapping[str, str]) -> Json:
+        path = f"/v1/sandboxes/{_seg(name)}/metrics"
+        return self._json("GET", path, params=params, what=_sandbox(name))
+
+    def requests(self, name: str, params: Mapping[str, str]) -> Json:
+        path = f"/v1/sandboxes/{_seg(name)}/requests"
+        return self._json("GET", path, params=params, what=_sandbox(name))
+
+    def traces(self, name: str, params: Mapping[str, str]) -> Json:
+        path = f"/v1/sandboxes/{_seg(name)}/traces"
+        return self._json("GET", path, params=params, what=_sandbox(name))
+
     def services(self) -> Json:
         return self._json("GET", "/v1/services", what="services")
 

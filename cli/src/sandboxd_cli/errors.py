@@ -7,7 +7,8 @@
     ├── NotAuthorised      5  401/403: missing or wrong token
     ├── NotFound           6  404: no such sandbox (or fork)
     ├── Conflict           7  409: same name, other spec; or the sandbox is being deleted
-    └── SandboxFailed      1  the sandbox reached phase Failed
+    ├── SandboxFailed      1  the sandbox reached phase Failed
+    └── Regressed          1  `metrics --compare` found a figure worse than the baseline's
 
 Commands raise these and never call `typer.Exit` with a number of their own, so the table in
 `--help` and cli/README.md stays true. `reports_errors` turns one into a single stderr line and
@@ -62,6 +63,10 @@ class SandboxFailed(CliError):
     pass
 
 
+class Regressed(CliError):
+    pass
+
+
 EXIT_CODES: Mapping[type[CliError], int] = {
     BadInput: 2,
     TimedOut: 3,
@@ -70,13 +75,14 @@ EXIT_CODES: Mapping[type[CliError], int] = {
     NotFound: 6,
     Conflict: 7,
     SandboxFailed: 1,
+    Regressed: 1,
     CliError: 1,
 }
 
 EXIT_CODES_HELP = """\
 Exit codes:
   0  success
-  1  the sandbox failed, or sandboxd answered with an unexpected error
+  1  the sandbox failed, `metrics --compare` found a regression, or an unexpected error
   2  bad input: a flag, a spec file, or a spec the server rejected
   3  timed out waiting for the sandbox to be Ready
   4  cannot reach sandboxd

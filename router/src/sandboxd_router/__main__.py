@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -15,7 +14,9 @@ from pathlib import Path
 import uvloop
 
 from sandboxd_router import native
-from sandboxd_router.accesslog import AccessLog
+from sandboxd_router.child import TelemetryProcess
+from sandboxd_router.hardening import no_dumps
+from sandboxd_router.record import DEFAULT_SLOTS, Recorder
 from sandboxd_router.report import Reporter
 from sandboxd_router.server import Router, serve_admin
 from sandboxd_router.state import Limits, RouterState
@@ -51,6 +52,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--admin-port", type=int, help="serve GET /healthz on this port")
     p.add_argument("--access-log", default="-", help="a file, - for stdout (default), or off")
+    p.add_argument(
+        "--record",
+        choices=("on", "off"),
+        default="on",
+        help="record every request for the telemetry process (access log, signals; default "
+        "on); off: no record, no telemetry process, no access log",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (GET /metrics) by sandbox and service on this port "
+        "(from the telemetry process; needs --record on)",
+    )
+    p.add_argument(
+        "--trace-baseline",
+        type=float,
+        default=0.0,
+        help="the fraction (0..1) of requests without a sandbox's key also exported as spans "
+        "when OTEL_* names an OTLP endpoint (every sandbox's request is; default 0)",
+    )
+    # for tests and debugging: a smaller ring; every record's fields as JSON lines in a file
+    p.add_argument("--record-slots", type=int, default=DEFAULT_SLOTS, help=argparse.SUPPRESS)
+    p.add_argument("--record-file", help=argparse.SUPPRESS)
     p.add_argument(
         "--max-header-bytes", type=int, default=32 * 1024, help="431 above (default 32 KiB)"
     )
@@ -94,6 +118,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.token = read_token(args.token_file, p)
     if args.routes_file is None and not args.control_url:
         p.error("give --control-url (with --token) or --routes-file")
+    if args.record == "on" and args.access_log not in ("-", "off"):
+        try:  # (written by the telemetry process: an unwritable file is said now, not later)
+            open(args.access_log, "a").close()
+        except OSError as e:
+            p.error(f"--access-log {args.access_log}: {e.strerror or e}")
+    if args.metrics_port is not None and args.record == "off":
+        p.error("--metrics-port needs --record on (the telemetry process serves the metrics)")
+    if not 0 <= args.trace_baseline <= 1:
+        p.error("--trace-baseline is a fraction from 0 to 1")
+    if args.record_slots < 2:
+        p.error("--record-slots must be at least 2")
     if args.control_url and not args.token:
         p.error("--control-url needs --token (or SANDBOXD_TOKEN)")
     return args
@@ -117,13 +152,6 @@ def _stdin_to_devnull() -> None:
     os.close(null)
 
 
-def no_dumps() -> None:
-    """Non-dumpable: a process of the same uid without CAP_SYS_PTRACE cannot open our /proc
-    files (environ, mem, fd), where the token is."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
-
-
 async def run(args: argparse.Namespace) -> None:
     limits = Limits(
         max_header_bytes=args.max_header_bytes,
@@ -134,8 +162,25 @@ async def run(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         mcp_body_budget=args.mcp_body_budget,
     )
-    state = RouterState(limits=limits, log=AccessLog(args.access_log))
-    router = Router(state=state, host=args.host, gateway_port=args.gateway_port)
+    recorder = Recorder(args.record_slots) if args.record == "on" else None
+    telemetry = None
+    if recorder is not None:
+        telemetry = TelemetryProcess(
+            recorder,
+            access_log=args.access_log,
+            control_url=args.control_url,
+            token=args.token,
+            record_file=args.record_file,
+            log_level=args.log_level,
+            metrics_host=args.host,
+            metrics_port=args.metrics_port,
+            trace_baseline=args.trace_baseline,
+        )
+        telemetry.start()
+    state = RouterState(limits=limits, recorder=recorder)
+    router = Router(
+        state=state, host=args.host, gateway_port=args.gateway_port, telemetry=telemetry
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -170,6 +215,7 @@ async def run(args: argparse.Namespace) -> None:
     if admin is not None:
         admin.close()
     router.close()
+    await router.stop_telemetry()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ only through `boundary.Downstream`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import struct
@@ -15,7 +16,7 @@ from typing import cast
 
 import httptools
 
-from sandboxd_router import intake, responses, routing
+from sandboxd_router import intake, record, responses, routing
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.errors import Refusal
 from sandboxd_router.exchange import ANSWERING, HOLDING, Exchange
@@ -35,7 +36,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         self.port = port  # None: gateway mode, the Host header picks the service
         # kept: asyncio.get_running_loop() costs a getpid() system call on every call
         self.loop = asyncio.get_running_loop()
-        self.context = Context(state.limits, state.sessions, state.log, self.loop, state.busy)
+        self.context = Context(state.limits, state.sessions, state.recorder, self.loop, state.busy)
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer = b"unknown"
@@ -131,6 +132,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             ex.deadline = 0.0
             if ex.conn is not None:
                 ex.conn.abort()  # the client went away: so does the upstream request
+            ex.client_gone()
         self.queue.clear()
 
     def pause_writing(self) -> None:
@@ -248,6 +250,11 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         if faults is not None:
             rpc = rpc_of(body) if body is not None else None
             ex.verdict = faults.choose(ex.method, ex.target, rpc, read=body is not None)
+            if rpc is not None:  # parsed: its facts are exact, for the request's record
+                ex.rpc_method = rpc.method.encode(errors="replace")
+                call = rpc.method == "tools/call" and rpc.tool
+                ex.tool = rpc.tool.encode(errors="replace") if call else None
+                ex.rpc_id = json.dumps(rpc.id).encode()[: record.RPC_ID]
         if ex is self.queue[0]:
             ex.start()
 

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Final
 
 from sandboxd_router import headers as h
-from sandboxd_router import injection, rewrite
+from sandboxd_router import injection, mcp, record, rewrite
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.faults import Verdict
 from sandboxd_router.routing import HOLD, NOWHERE, Decision
 from sandboxd_router.state import Context
 from sandboxd_router.upstream import UpstreamConnection
 
+log = logging.getLogger("sandboxd_router")
 REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
 PENDING_LIMIT = 256 * 1024  # body bytes kept before an upstream connection takes them
 
@@ -56,18 +58,24 @@ class Exchange:
         "head",
         "held",
         "host",
+        "injected_at",
         "keep_alive",
+        "mcp",
         "method",
         "paced",
         "peer",
         "phase",
         "replay",
         "replay_size",
+        "rpc_id",
+        "rpc_method",
+        "seen",
         "session",
         "started",
         "status",
         "target",
         "task",
+        "tool",
         "traceparent",
         "verdict",
     )  # fmt: skip
@@ -105,11 +113,20 @@ class Exchange:
         self.due = False  # an injected answer waits for the request's last byte
         self.held: Held | None = None  # a response buffered to be rewritten (rarely)
         self.paced: rewrite.Paced | None = None  # a response held back piece by piece (rarer)
+        # for the request's record (`sandboxd_router.record`)
+        self.mcp = False  # routed to an MCP service: its JSON-RPC facts are recorded
+        self.rpc_method: bytes | None = None
+        self.tool: bytes | None = None
+        self.rpc_id: bytes | None = None
+        self.seen = 0  # what the response showed (`mcp.scan_response`)
+        self.injected_at = 0.0  # seconds after `started` when the (last) fault took effect
 
     def routed(self, decision: Decision) -> None:
         """Take the routing decision: hold the body for it, or be ready to go upstream."""
         self.decision = decision
         self.phase = HOLDING if decision.action == HOLD else READING
+        service = decision.service
+        self.mcp = service is not None and service.is_mcp
 
     def ready(self) -> bool:
         """Routed to an upstream and not yet sent there (its turn may come)."""
@@ -181,6 +198,8 @@ class Exchange:
             conn.uncork()
 
     def add_body(self, data: bytes) -> None:
+        if not self.body_size and self.mcp:
+            self.rpc_method, self.tool, self.rpc_id = mcp.request_facts(data)
         self.body_size += len(data)
         if self.conn is not None:
             self._send(h.chunk(data) if self.chunked else data)
@@ -262,6 +281,7 @@ class Exchange:
             elif verdict.rewrite.kind == "slow_stream":
                 delay = (verdict.rewrite.chunk_delay_ms or 0) / 1000
                 self.paced = rewrite.Paced(delay, sse=head.value(b"content-type") or b"")
+                self._injected()
             else:
                 self.held = Held(status, reason, head, framing)  # its length will change
         if self.held is None:
@@ -296,6 +316,8 @@ class Exchange:
             if held.size > rewrite.LIMIT:
                 self._unrewritten(held)
             return
+        if self.mcp:
+            self.seen = mcp.scan_response(data, self.seen)
         self.bytes_out += len(data)
         self.downstream.write(h.chunk(data) if self.client_chunked else data)
 
@@ -320,7 +342,7 @@ class Exchange:
         downstream.uncork()  # the response leaves now: our bookkeeping is off the client's clock
         self.conn = None
         self.phase = DONE
-        self._log()
+        self._record()
         downstream.exchange_done(self, reuse=self.keep_alive)
 
     def upstream_failed(self, error: str) -> None:
@@ -331,7 +353,7 @@ class Exchange:
             return
         if self.phase >= ANSWERING:
             self.phase = DONE
-            self._log()
+            self._record(whole=False)
             self.downstream.abort()
         else:
             self.fail(502, "upstream_failed", error)
@@ -387,6 +409,8 @@ class Exchange:
     def _start_faulted(self, verdict: Verdict) -> None:
         """Latency first (a timer, not a sleeping task), then the upstream or our answer."""
         delay = verdict.latency_ms / 1000
+        if verdict.delayed:
+            self._injected()
         fault = verdict.answer
         if fault is None:
             then = self._after_latency
@@ -426,8 +450,9 @@ class Exchange:
             self.due = True  # request_complete() calls again
             return
         self.phase = DONE
+        self._injected()
         if verdict.answer.kind == "reset":
-            self._log()
+            self._record(whole=False)
             self.downstream.reset()
             return
         decision = self.decision
@@ -444,9 +469,11 @@ class Exchange:
             head_only=self.method == b"HEAD",
         )
         self.bytes_out = len(response)
+        if self.mcp:
+            self.seen = mcp.scan_response(response, self.seen)
         self.downstream.write(response)
         self.downstream.uncork()
-        self._log()
+        self._record()
         self.downstream.exchange_done(self, reuse=self.keep_alive)
 
     def _rewrite(self, held: Held) -> None:
@@ -469,6 +496,9 @@ class Exchange:
                 verdict.rewrite = None
             else:
                 body = new
+                self._injected()
+        if self.mcp:
+            self.seen = mcp.scan_response(body, self.seen)
         self.client_chunked = False
         self._write_head(held.status, held.reason, held.head, h.content_length(len(body)))
         self.bytes_out += len(body)
@@ -481,6 +511,8 @@ class Exchange:
             return
         data = paced.next()
         if data is not None:
+            if self.mcp:
+                self.seen = mcp.scan_response(data, self.seen)
             self.bytes_out += len(data)
             self.downstream.write(h.chunk(data) if self.client_chunked else data)
             self.downstream.uncork()
@@ -544,23 +576,57 @@ class Exchange:
             }
         ).encode()
         self.downstream.write_error(status, body, route=self.decision.label)
-        self._log()
+        self._record()
 
-    def _log(self) -> None:
-        log = self.context.log
-        if log.enabled:
-            service = self.decision.service
-            log.record(
-                service=service.name if service else "-",
-                route=self.decision.label,
-                method=self.method,
-                status=self.status,
-                started=self.started,
-                bytes_in=self.body_size,
-                bytes_out=self.bytes_out,
-                traceparent=self.traceparent,
-                fault=self.verdict.names() if self.verdict is not None else None,
+    def client_gone(self) -> None:
+        """The client closed its connection before this exchange ended. Recorded as far as it
+        went: a response the client stopped reading (an MCP client may close an event stream
+        once it has its answer) is no error of the service's; no response at all is a
+        transport error."""
+        if self.phase == DONE or not self.method:
+            return  # (recorded already, or not a request yet: its head was not whole)
+        self.phase = DONE
+        self._record(whole=self.status != 0)
+
+    # the request's record -----------------------------------------------------------------
+    def _injected(self) -> None:
+        self.injected_at = time.perf_counter() - self.started
+
+    def _record(self, *, whole: bool = True) -> None:
+        """`whole`: the client got a whole response (else a reset, or a response cut short)."""
+        recorder = self.context.recorder
+        if recorder is None:
+            return  # recording is off
+        decision = self.decision
+        service = decision.service
+        route = decision.route
+        status = self.status
+        error = record.HTTP_5XX if status >= 500 else mcp.rpc_error(self.seen)
+        if error == record.OK and not whole:
+            error = record.TRANSPORT
+        verdict = self.verdict
+        faults = verdict.applied() if verdict is not None else None
+        try:
+            recorder.write(
+                self.started,
+                service.name if service is not None else "-",
+                route.sandbox if route is not None else "",
+                route.key if route is not None else "",
+                decision.sandbox is not None,
+                self.method,
+                status,
+                self.body_size,
+                self.bytes_out,
+                self.traceparent,
+                error,
+                faults or None,
+                self.injected_at,
+                self.rpc_method,
+                self.tool,
+                self.rpc_id,
             )
+        except Exception:  # a bug of ours: the exchange still ends, and the log says so
+            log.exception("cannot record a request")
 
 
 class Held:

@@ -1,4 +1,19 @@
-"""MCP awareness: session affinity (sessionful era) and `params._meta.baggage` in a body."""
+"""MCP awareness: session affinity (sessionful era), `params._meta.baggage` in a body, and
+the JSON-RPC facts a request's record carries, found by scanning bytes (no parse per request).
+
+The scanners are heuristics, exact for the messages MCP SDKs write (compact or `json.dumps`
+spacing, one message) and cheap (`bytes.find`), with known limits:
+- the request's facts come from its body's first chunk only (a message split by the client
+  before its `method` has none); a string with escapes is cut at its first escaped quote;
+- `method` is its first occurrence, `name` (the tool) the first after `"params"`, and `id` the
+  first one before `"params"`, else the last (SDKs write `id` first or last), so a key named
+  `method` or `id` inside `params` can mislead only a writer that orders fields otherwise;
+- a response is a JSON-RPC error when a chunk has the key `"error":` and no chunk so far had
+  `"result":` (an unescaped `"error":` can only be a key: inside a string its quotes are
+  escaped); a tool error when `"isError":` is followed by `true`. A key split between two
+  chunks, or written with a space before its colon, is not seen; a result that nests a key
+  named `isError` set to true reads as a tool error.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 from sandboxd_router.baggage import find_key
+from sandboxd_router.record import JSONRPC, OK, TOOL_ERROR
 from sandboxd_router.upstream import Upstream
 
 MAX_SESSIONS = 100_000
@@ -103,3 +119,84 @@ def _meta_baggage(message: Any) -> str | None:
     meta = params.get("_meta") if isinstance(params, dict) else None
     baggage = meta.get("baggage") if isinstance(meta, dict) else None
     return baggage if isinstance(baggage, str) else None
+
+
+# response scan state (bits): what the response's chunks so far showed
+RESULT = 1
+ERROR = 2
+IS_ERROR = 4
+_SPACE = b" \t\r\n"
+FACT_BYTES = 128  # a method or tool name longer is cut
+
+
+def request_facts(chunk: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """(JSON-RPC method, tool of `tools/call`, id as JSON text) of a request body's first
+    chunk, each None when not found."""
+    method = _string_at(chunk, chunk.find(b'"method"'), 8)
+    params = chunk.find(b'"params"')
+    tool = None
+    if method == b"tools/call" and params >= 0:
+        tool = _string_at(chunk, chunk.find(b'"name"', params), 6)
+    at = chunk.find(b'"id"')
+    if at >= 0 and 0 <= params < at:
+        at = chunk.rfind(b'"id"')
+    return method, tool, _token_at(chunk, at)
+
+
+def scan_response(data: bytes, seen: int) -> int:
+    """`seen` updated with what this response chunk shows (`RESULT`, `ERROR`, `IS_ERROR`)."""
+    if data.find(b'"result":') >= 0:
+        seen |= RESULT
+    if data.find(b'"error":') >= 0:
+        seen |= ERROR
+    at = data.find(b'"isError":')
+    if at >= 0 and data.startswith(b"true", _skip(data, at + 10)):
+        seen |= IS_ERROR
+    return seen
+
+
+def rpc_error(seen: int) -> int:
+    """The error class (`record.JSONRPC`, `record.TOOL_ERROR` or `record.OK`) of a response."""
+    if seen & ERROR and not seen & RESULT:
+        return JSONRPC
+    if seen & IS_ERROR:
+        return TOOL_ERROR
+    return OK
+
+
+def _value_at(chunk: bytes, at: int, size: int) -> int:
+    """Where the value of the key found at `at` (`size` bytes long) begins; -1 if nowhere."""
+    if at < 0:
+        return -1
+    i = _skip(chunk, at + size)
+    if i >= len(chunk) or chunk[i] != 58:  # ":"
+        return -1
+    return _skip(chunk, i + 1)
+
+
+def _string_at(chunk: bytes, at: int, size: int) -> bytes | None:
+    i = _value_at(chunk, at, size)
+    if i < 0 or i >= len(chunk) or chunk[i] != 34:  # '"'
+        return None
+    end = chunk.find(b'"', i + 1)
+    return chunk[i + 1 : min(end, i + 1 + FACT_BYTES)] if end > i else None
+
+
+def _token_at(chunk: bytes, at: int) -> bytes | None:
+    """The id's JSON text: a string with its quotes, or a number (cut at 40 bytes)."""
+    i = _value_at(chunk, at, 4)
+    if i < 0 or i >= len(chunk):
+        return None
+    if chunk[i] == 34:
+        end = chunk.find(b'"', i + 1)
+        return chunk[i : min(end + 1, i + 40)] if end > i else None
+    end = i
+    while end < len(chunk) and end - i < 40 and chunk[end] not in b",} \t\r\n]":
+        end += 1
+    return chunk[i:end] if end > i else None
+
+
+def _skip(chunk: bytes, i: int) -> int:
+    while i < len(chunk) and chunk[i] in _SPACE:
+        i += 1
+    return i

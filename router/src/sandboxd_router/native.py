@@ -34,6 +34,7 @@ HOT = (
     "headers",
     "intake",
     "mcp",
+    "record",
     "responses",
     "rewrite",
     "routing",

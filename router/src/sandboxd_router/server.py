@@ -8,6 +8,7 @@ import json
 import logging
 
 from sandboxd_router import native
+from sandboxd_router.child import TelemetryProcess
 from sandboxd_router.downstream import DownstreamConnection
 from sandboxd_router.faults import FaultBook
 from sandboxd_router.state import RouterState
@@ -17,8 +18,17 @@ log = logging.getLogger("sandboxd_router")
 
 
 class Router:
-    def __init__(self, *, state: RouterState, host: str, gateway_port: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        state: RouterState,
+        host: str,
+        gateway_port: int | None,
+        telemetry: TelemetryProcess | None = None,
+    ) -> None:
         self.state = state
+        self.telemetry = telemetry
+        """The process that reads the request records (None: recording is off)."""
         self.host = host
         self.gateway_port = gateway_port
         self.upstreams = UpstreamRegistry()
@@ -31,7 +41,12 @@ class Router:
 
     async def apply(self, table: Table) -> None:
         """Swap in a new table (one reference assignment: requests see the old or the new)."""
-        self.state.table = table
+        old, self.state.table = self.state.table, table
+        recorder = self.state.recorder
+        if recorder is not None:  # the telemetry process drops a deleted sandbox's series
+            for key, route in old.routes.items():
+                if key not in table.routes or table.routes[key].sandbox != route.sandbox:
+                    recorder.gone(route.sandbox, key)
         for gone in self.upstreams.retain(table):
             gone.close_idle()
         live = {id(s.baseline) for s in table.services.values()}
@@ -86,8 +101,9 @@ class Router:
                 self.unbound[port] = str(e.strerror)
 
     async def sweep(self) -> None:
-        """Once a second: idle client connections and upstreams past their deadline, and the
-        ports that could not be bound (another process held one for a while)."""
+        """Once a second: idle client connections and upstreams past their deadline, the
+        ports that could not be bound (another process held one for a while), and the
+        telemetry process (started again if it died)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
@@ -96,12 +112,19 @@ class Router:
                 conn.tick(now)
             if self.unbound and self.ready.is_set():
                 await self._listen(self.state.table)
+            if self.telemetry is not None:
+                self.telemetry.check()
+                self.telemetry.recorder.flush()
 
     def close(self) -> None:
         for server in self.listeners.values():
             server.close()
         self.listeners.clear()
-        self.state.log.close()
+
+    async def stop_telemetry(self) -> None:
+        """Last: the telemetry process writes the records of every request answered so far."""
+        if self.telemetry is not None:
+            await self.telemetry.stop()
 
 
 async def serve_admin(router: Router, host: str, port: int) -> asyncio.Server:

@@ -1,13 +1,13 @@
-"""What every connection shares: the current table, MCP sessions, settings and the access log."""
+"""What every connection shares: the current table, MCP sessions, settings and the recorder."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
-from sandboxd_router.accesslog import AccessLog
 from sandboxd_router.boundary import Swept
 from sandboxd_router.mcp import Sessions
+from sandboxd_router.record import Recorder
 from sandboxd_router.table import EMPTY, Table
 
 
@@ -56,13 +56,14 @@ class Context:
         self,
         limits: Limits,
         sessions: Sessions,
-        log: AccessLog,
+        recorder: Recorder | None,
         loop: asyncio.AbstractEventLoop,
         busy: BusyPoll,
     ) -> None:
         self.limits = limits
         self.sessions = sessions
-        self.log = log
+        self.recorder = recorder
+        """Where each request's record goes (None: recording is off)."""
         self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call
         self.busy = busy
 
@@ -70,7 +71,7 @@ class Context:
 @dataclass(slots=True)
 class RouterState:
     limits: Limits
-    log: AccessLog
+    recorder: Recorder | None
     table: Table = EMPTY
     sessions: Sessions = field(default_factory=Sessions)
     connections: set[Swept] = field(default_factory=set)

@@ -36,6 +36,8 @@ class Route:
     forks: dict[str, Upstream]
     by_service: dict[str, ServiceFaults] = field(default_factory=dict)
     """The sandbox's faults compiled (`sandboxd_router.faults`), by service."""
+    key: str = ""
+    """The routing key that selects this entry (the control plane keys its signals by it)."""
     rev: str = ""
     """The control plane's digest of the entry: an entry of the next table with the same one
     is this very route (nothing parsed or compiled again, the counters carry on)."""
@@ -167,6 +169,7 @@ def parse_table(
                 decision=f"sandbox={sandbox}".encode(),
                 forks={str(s): upstreams.get(str(url)) for s, url in route["forks"].items()},
                 by_service=book.compile(sandbox, route.get("faults") or [], key=key),
+                key=key,
                 rev=_own(rev) if isinstance(rev, str) else "",
             )
         book.commit()

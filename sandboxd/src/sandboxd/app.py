@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandboxd import tracing
-from sandboxd.api import errors, reports, sandboxes, system
+from sandboxd.api import errors, observe, reports, sandboxes, signals, system
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
@@ -221,8 +221,11 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     app.include_router(sandboxes.router)
     app.include_router(system.v1)
     app.include_router(reports.router)
+    app.include_router(signals.router)
+    app.include_router(observe.router)
     app.include_router(system.ops)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    signals_limit = {"/v1/router-signals": max(signals.MAX_POST_BYTES, settings.max_request_bytes)}
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, larger=signals_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if traced is not None:
         app.add_middleware(tracing.TraceRequests, tracing=traced)
@@ -248,13 +251,15 @@ def router_plan(settings: Settings) -> ProcessPlan:
     ports. Its token (which only reads routes) comes on stdin: an environ or argv is readable
     by more processes than its memory is."""
     host = reachable_host(settings.host)
-    argv = (
+    argv: tuple[str, ...] = (
         sys.executable, "-m", "sandboxd_router",
         "--control-url", f"http://{host}:{settings.port}",
         "--token-file", "-",
         "--host", settings.router_host,
         "--access-log", str(settings.data_path / "router" / "access.log"),
     )  # fmt: skip
+    if settings.router_metrics_port is not None:
+        argv += ("--metrics-port", str(settings.router_metrics_port))
     return ProcessPlan("router", argv, {}, None, None)
 
 

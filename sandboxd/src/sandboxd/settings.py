@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     """The URL users reach the API at, for links; default http://host:port."""
     router_host: str = "127.0.0.1"
     """Host of the router's listeners, given to processes as SANDBOXD_SERVICE_<NAME>_URL."""
+    router_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """`--with-router`: the router serves Prometheus metrics by sandbox and service
+    (`GET /metrics`) on this port of `router_host`."""
     router_lease: float = Field(default=600.0, gt=0)
     """Seconds a router instance may stay silent (routers report at least every 30 s) before
     its fault counts are folded into the sandbox's and it no longer counts toward the 256

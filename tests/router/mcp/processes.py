@@ -168,6 +168,7 @@ def sandboxd_router(routes: dict[str, Any], *, log_dir: Path) -> Iterator[Router
         *("--host", "127.0.0.1"),
         *("--admin-port", str(admin)),
         *("--access-log", str(log_dir / "router-access.log")),
+        *("--record-file", str(log_dir / "records.jsonl")),  # every request's record
     ]
     healthy = http_ready(f"http://127.0.0.1:{admin}/healthz")
     ports = [int(s["routerPort"]) for s in routes["services"]]

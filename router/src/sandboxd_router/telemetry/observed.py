@@ -29,7 +29,7 @@ class Fault:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one costs 8 times as much to build (2.6 µs)
 class Observed:
     end: float
     """Wall-clock time (`time.time()`) when the exchange ended."""
@@ -64,6 +64,9 @@ class Observed:
     """MCP `tools/call`: the tool's name (bounded cardinality: "(other)" past the cap)."""
     rpc_id: str | None = None
     """MCP: the JSON-RPC request id as its JSON text (`7`, `"a1"`), truncated."""
+    seq: int = 0
+    """The record's number in the ring: what the router's span id is made from
+    (`spans.span_id`), so every sink gives a request the same span."""
 
     @property
     def start(self) -> float:

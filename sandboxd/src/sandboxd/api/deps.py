@@ -75,7 +75,9 @@ class AppState:
     long_polls: Gate = field(default_factory=lambda: Gate(MAX_LONG_POLLS))
 
 
-ROUTER_CALLS = frozenset({("GET", "/v1/routes"), ("POST", "/v1/router-reports")})
+ROUTER_CALLS = frozenset(
+    {("GET", "/v1/routes"), ("POST", "/v1/router-reports"), ("POST", "/v1/router-signals")}
+)
 """All a router token may do: a leaked router token reads routes and raises counts, no more."""
 
 
@@ -110,5 +112,7 @@ def require_token(
         raise Unauthorized("invalid token")
     if (request.method, request.url.path) not in ROUTER_CALLS:
         raise HTTPException(
-            403, "this router token may only GET /v1/routes and POST /v1/router-reports"
+            403,
+            "this router token may only GET /v1/routes and POST /v1/router-reports and "
+            "/v1/router-signals",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,19 +17,24 @@ the h11 protocol, which refuses a head past this with a 400."""
 
 
 class BodyLimit:
-    """413 for a body over `limit` bytes, whether it declares its length or streams."""
+    """413 for a body over `limit` bytes (or the path's own in `larger`), whether it declares
+    its length or streams."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, larger: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.limit)
         for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _send_413(send, self.limit)
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                await _send_413(send, limit)
                 return
         seen = 0
 
@@ -36,8 +42,8 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, f"the request body is larger than {self.limit} bytes")
+            if seen > limit:
+                raise HTTPException(413, f"the request body is larger than {limit} bytes")
             return message
 
         await self.app(scope, limited, send)

@@ -15,8 +15,8 @@ An instance silent for longer than `Settings.router_lease` is retired: its count
 with the values folded for it (`folded`), takes a new id and reports its counters minus those.
 `unread` and `unrewritten` may be left out (a router from before them): 0.
 
-The body is built to grow: issue 13's per-sandbox request statistics will travel in further
-lists beside `faults`, merged the same way.
+Issue 13's per-sandbox request statistics (metric buckets, request records) travel in their
+own channel, `POST /v1/router-signals` (`sandboxd.api.signals`).
 
 Limits: `MAX_ENTRIES` entries per report (a router sends more in several reports) and
 `sandboxd.store.counts.MAX_INSTANCES` router instances kept (429 beyond, nothing stored).

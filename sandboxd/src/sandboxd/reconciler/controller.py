@@ -111,6 +111,7 @@ class Reconciler:
         otherwise kicked by the runtime when one of its forks changes."""
         expired = await self._store.expire_due(now=utcnow())
         self._metrics.expired.inc(len(expired))
+        await self._store.prune_signals(now=time.time())
         phases = [*LIVE, Phase.TERMINATING]
         since = self._routes.mark()
         rows = await self._store.sandboxes(phases=phases)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,11 +31,13 @@ from sandboxd.core.clock import rfc3339, utcnow
 from sandboxd.core.naming import new_routing_key
 from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
+from sandboxd.core.signals import Side, sides
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
-from sandboxd.store import counts, retire
+from sandboxd.store import counts, retire, signals
 from sandboxd.store.counts import Counts, Merged, Reported
 from sandboxd.store.engine import READ_ONLY, migrate
+from sandboxd.store.signals import BucketIn, RecordFilter, RecordIn, Stored
 from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
@@ -77,6 +80,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._baseline = signals.BaselineCache()
+        self._pruned_at = -math.inf
         self.threads = ThreadPoolExecutor(thread_name_prefix="sandboxd-store")
         """The store's own threads: a caller cancelled mid-call (a shutdown) leaves its thread
         running with a connection checked out, and `close` waits for it."""
@@ -325,6 +330,7 @@ class Store:
                 if phase == Phase.DELETED:
                     row.deleted_at = row.updated_at
                     counts.forget(session, routing_key=row.routing_key)
+                    signals.forget(session, routing_key=row.routing_key)
             for event in events:
                 self._event(session, row, event)
             return row
@@ -358,6 +364,53 @@ class Store:
     def fault_counts(self, routing_keys: Sequence[str]) -> dict[str, dict[str, Counts]]:
         with self._tx(read_only=True) as session:
             return counts.sums(session, routing_keys)
+
+    # signals (sandboxd.store.signals) --------------------------------------------------
+    @_off_loop
+    def store_signals(
+        self, *, instance: str, buckets: Sequence[BucketIn], records: Sequence[RecordIn]
+    ) -> Stored:
+        with self._tx() as session:
+            return signals.store(session, instance=instance, buckets=buckets, records=records)
+
+    @_off_loop
+    def signal_sides(
+        self, *, routing_key: str, since: float, exclude_injected: bool
+    ) -> tuple[dict[str, Side], dict[str, Side]]:
+        """Per service, the sandbox's side and the baseline's over the window from `since`. The
+        baseline's is the same for every sandbox: it is read and merged again only when its
+        buckets changed (`BaselineCache`)."""
+        with self._tx(read_only=True) as session:
+            rows = signals.window(session, routing_key=routing_key, since=since)
+            mine = sides(rows, exclude_injected=exclude_injected)
+            theirs = signals.baseline_sides(
+                session, self._baseline, since=since, exclude_injected=exclude_injected
+            )
+        return mine, theirs
+
+    @_off_loop
+    def request_records(
+        self, *, routing_key: str, where: RecordFilter, limit: int
+    ) -> list[Mapping[str, Any]]:
+        with self._tx(read_only=True) as session:
+            return signals.records(session, routing_key=routing_key, where=where, limit=limit)
+
+    @_off_loop
+    def traced_records(
+        self, *, routing_key: str, limit: int, trace_id: str | None
+    ) -> list[Mapping[str, Any]]:
+        with self._tx(read_only=True) as session:
+            return signals.traced(session, routing_key=routing_key, limit=limit, trace_id=trace_id)
+
+    @_off_loop
+    def prune_signals(self, *, now: float) -> None:
+        """Retention of the signals, called by every sweep: old buckets each time, the
+        rest (`sandboxd.store.signals.prune`) every `PRUNE_EVERY` seconds."""
+        with self._tx() as session:
+            signals.expire(session, now=now)
+            if now - self._pruned_at >= signals.PRUNE_EVERY:
+                signals.prune(session)
+                self._pruned_at = now
 
     @_off_loop
     def record(self, row: SandboxRow, event: Event) -> None:

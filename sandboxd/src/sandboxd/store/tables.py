@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Double, Index
 from sqlmodel import Field, SQLModel
 
 from sandboxd.core.records import ForkRecord
@@ -115,3 +116,44 @@ class RetiredCountRow(SQLModel, table=True):
     unread: int = Field(sa_column=Column(BigInteger, nullable=False))
     unrewritten: int = Field(sa_column=Column(BigInteger, nullable=False))
     retired_at: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
+
+
+class SignalBucketRow(SQLModel, table=True):
+    """One router instance's aggregate of one service's requests over one time bucket, for one
+    sandbox (its routing key) or the baseline (""). `data` is the bucket as the router sent it;
+    `requests` is kept apart for the rule that a copy with fewer requests (an older one) never
+    replaces a stored one. Keyed so that a sandbox's (and the baseline's) rows in a window are
+    one range of the primary key."""
+
+    __tablename__ = "signal_buckets"
+    __table_args__ = (Index("ix_signal_buckets_start", "start"),)
+
+    routing_key: str = Field(primary_key=True, max_length=64)
+    start: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    service: str = Field(primary_key=True, max_length=63)
+    instance: str = Field(primary_key=True, max_length=64)
+    width: int
+    requests: int = Field(sa_column=Column(BigInteger, nullable=False))
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class RequestRecordRow(SQLModel, table=True):
+    """One request of a sandbox as a router recorded it (`data`: the record as sent, minus
+    `seq` and `routingKey`); inserted once per (instance, seq). The columns beside `data` are
+    what the API filters and orders by."""
+
+    __tablename__ = "request_records"
+    __table_args__ = (
+        Index("ix_request_records_key_start", "routing_key", "start"),
+        Index("ix_request_records_key_trace", "routing_key", "trace_id"),
+    )
+
+    instance: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    routing_key: str = Field(max_length=64)
+    service: str = Field(max_length=63)
+    start: float = Field(sa_column=Column(Double, nullable=False))
+    status: int
+    error: str | None = Field(default=None, max_length=16)
+    trace_id: str | None = Field(default=None, max_length=32)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,302 @@
+"""The request path's record: one fixed-size binary record per request, written into a ring of
+shared memory that the telemetry process (`sandboxd_router.telemetry`) reads.
+
+The writer never blocks and never waits for the reader. The ring is a memfd both processes map:
+a header (`HEADER` bytes: magic, slot size, slot count, then `done`, the count of records
+written) and `slots` slots of `SLOT` bytes; record n goes to slot n % slots, then `done`
+becomes n + 1. A reader that lags by more than the ring holds finds its records overwritten:
+it counts them as lost. It copies the slots it wants, then reads `done` again: while the
+writer may be writing record `done` (at most), a copied record m is whole if `done` - m <
+slots (the check relies on stores becoming visible in program order, as on x86-64).
+
+Strings are small ints: each distinct service, (sandbox, routing key) pair, HTTP method, fault,
+JSON-RPC method and tool name gets an id once, and its name goes to the reader on the names
+pipe BEFORE the first record that uses it (the reader reads `done`, drains the pipe, then
+decodes up to `done`). Names a client picks (tools, JSON-RPC methods, HTTP methods) are capped:
+past the cap they are all `OTHER`. When the table grows past `GENERATION` entries it starts
+afresh (ids keep counting up: an old record's ids stay unambiguous), and the pipe says from
+which record on the old ids are dead, so the reader can drop them.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from typing import Final
+
+from sandboxd_router.faults import Fault
+
+MAGIC: Final = 0x31524253  # "SBR1"
+HEADER: Final = 64
+SLOT: Final = 192
+HEAD = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_AT)
+DONE_AT: Final = 16
+DONE_WORD: Final = DONE_AT // 8
+DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
+# seq, end, duration, bytes in, bytes out, service, pair, method, status, route, error, flags,
+# traceparent's length and bytes (struct pads with zeros and cuts past 55)
+CORE = struct.Struct("<QddQQIIIHBBBB55s")
+# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, rpc id's length, id
+EXTRA = struct.Struct("<dIIIIIB40s")
+EXTRA_AT: Final = 116
+TRACEPARENT: Final = 55
+RPC_ID: Final = 40
+
+# flags
+INJECTED: Final = 1
+EXTRA_FLAG: Final = 2
+FORKED: Final = 4  # route: the sandbox's fork served it (else the baseline)
+
+# error classes, as ints (the telemetry process maps them to `observed.ERRORS`)
+OK: Final = 0
+HTTP_5XX: Final = 1
+JSONRPC: Final = 2
+TOOL_ERROR: Final = 3
+TRANSPORT: Final = 4
+
+# the names pipe: (id, length) then the UTF-8 name; id GENERATION_MARK: a new generation
+NAME = struct.Struct("<IH")
+GENERATION_MARK: Final = 0xFFFFFFFF
+GENERATION_BODY = struct.Struct("<QI")  # after this record, ids below this one are dead
+GONE_MARK: Final = 0xFFFFFFFE  # a sandbox left the table: (the record after which) + its name
+GONE_BODY = struct.Struct("<Q")  # then "<sandbox>\0<routing key>" in UTF-8
+NAME_BYTES: Final = 1024
+PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: read as "?")
+OTHER: Final = "(other)"
+GENERATION: Final = 200_000  # interned names kept before starting afresh
+CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
+METHOD_CAP: Final = 64  # distinct HTTP methods
+DEFAULT_SLOTS: Final = 1 << 16  # 12 MiB: over a second of requests at 50,000 a second
+
+assert CORE.size <= EXTRA_AT
+assert EXTRA_AT + EXTRA.size <= SLOT
+
+
+class Recorder:
+    """The writer's side, owned by the router's event loop thread (not thread-safe)."""
+
+    def __init__(self, slots: int = DEFAULT_SLOTS, *, generation: int = GENERATION) -> None:
+        self.slots = slots
+        self.generation = generation  # names kept before starting afresh
+        self.fd = os.memfd_create("sandboxd-record", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, HEADER + slots * SLOT)
+        self.ring = mmap.mmap(self.fd, HEADER + slots * SLOT)
+        HEAD.pack_into(self.ring, 0, MAGIC, SLOT, slots, 0)
+        self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
+        self.seq = 0
+        self._wall = time.time() - time.perf_counter()
+        """Wall-clock time minus the performance counter: one clock read per record, not two
+        (set again every second by `flush`, so the wall clock's adjustments are followed)."""
+        self.names_fd = -1
+        self._pending = b""  # names the pipe could not take yet (full)
+        self._next = 1  # 0 is "none"
+        self._count = 0
+        self._services: dict[str, int] = {}
+        self._pairs: dict[str, tuple[str, int]] = {}  # routing key → (sandbox, id)
+        self._methods: dict[bytes, int] = {}
+        self._faults: dict[Fault, int] = {}
+        self._rpc: dict[bytes, int] = {}
+        self._tools: dict[bytes, int] = {}
+
+    def attach(self, names_fd: int) -> int:
+        """A new reader (a telemetry process, perhaps started again) reads names from
+        `names_fd` (non-blocking; owned from now on): every name is sent again as it is next
+        used. Returns the sequence the reader starts from."""
+        self.detach()
+        os.set_blocking(names_fd, False)
+        self.names_fd = names_fd
+        self._forget()
+        return self.seq
+
+    def detach(self) -> None:
+        """Close the names pipe: the reader reads what is in the ring, and stops."""
+        if self.names_fd >= 0:
+            os.close(self.names_fd)
+        self.names_fd = -1
+        self._pending = b""
+
+    def close(self) -> None:
+        self.detach()
+        self._words.release()
+        self.ring.close()
+        os.close(self.fd)
+
+    def write(
+        self,
+        started: float,
+        service: str,
+        sandbox: str,
+        key: str,
+        forked: bool,
+        method: bytes,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        traceparent: bytes | None,
+        error: int,
+        faults: list[Fault] | None = None,
+        injected_at: float = 0.0,
+        rpc_method: bytes | None = None,
+        tool: bytes | None = None,
+        rpc_id: bytes | None = None,
+    ) -> None:
+        """Record one request; `started`: its `time.perf_counter()` at the head's first byte."""
+        now = time.perf_counter()
+        seq = self.seq
+        offset = HEADER + (seq % self.slots) * SLOT
+        flags = FORKED if forked else 0
+        ring = self.ring
+        if faults is not None or rpc_method is not None:
+            flags |= EXTRA_FLAG
+            first = second = third = 0
+            if faults:
+                flags |= INJECTED
+                first = self._fault(faults[0])
+                if len(faults) > 1:
+                    second = self._fault(faults[1])
+                if len(faults) > 2:
+                    third = self._fault(faults[2])
+            EXTRA.pack_into(
+                ring,
+                offset + EXTRA_AT,
+                injected_at,
+                first,
+                second,
+                third,
+                self._client(self._rpc, rpc_method),
+                self._client(self._tools, tool),
+                min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
+                rpc_id if rpc_id is not None else b"",
+            )
+        service_id = self._services.get(service)
+        if service_id is None:
+            service_id = self._service(service)
+        pair = 0
+        if key:
+            known = self._pairs.get(key)
+            same = known is not None and known[0] == sandbox
+            pair = known[1] if known is not None and same else self._pair(sandbox, key)
+        method_id = self._methods.get(method)
+        if method_id is None:
+            method_id = self._method(method)
+        CORE.pack_into(
+            ring,
+            offset,
+            seq,
+            now + self._wall,
+            now - started,
+            bytes_in,
+            bytes_out,
+            service_id,
+            pair,
+            method_id,
+            status,
+            0,
+            error,
+            flags,
+            min(len(traceparent), TRACEPARENT) if traceparent is not None else 0,
+            traceparent if traceparent is not None else b"",
+        )
+        seq += 1
+        self.seq = seq
+        self._words[DONE_WORD] = seq  # last: the record is whole before the reader may read it
+
+    # interning (rare: a name's first use) -----------------------------------------------------
+    def _service(self, name: str) -> int:
+        ident = self._name(name)
+        self._services[name] = ident
+        return ident
+
+    def _pair(self, sandbox: str, key: str) -> int:
+        ident = self._name(f"{sandbox}\0{key}")
+        self._pairs[key] = (sandbox, ident)
+        return ident
+
+    def _method(self, method: bytes) -> int:
+        if len(self._methods) >= METHOD_CAP:
+            return self._name(OTHER, cache=self._methods)
+        ident = self._name(method.decode("ascii", "replace"))
+        self._methods[method] = ident
+        return ident
+
+    def _fault(self, fault: Fault) -> int:
+        ident = self._faults.get(fault)
+        if ident is None:
+            ident = self._name(f"{fault.kind} {fault.id}")
+            self._faults[fault] = ident
+        return ident
+
+    def _client(self, table: dict[bytes, int], name: bytes | None) -> int:
+        """A name a client chose: bounded (`CLIENT_CAP` per table, then `OTHER`)."""
+        if name is None:
+            return 0
+        ident = table.get(name)
+        if ident is not None:
+            return ident
+        if len(table) >= CLIENT_CAP:
+            return self._name(OTHER, cache=table)
+        ident = self._name(name.decode("utf-8", "replace"))
+        table[name] = ident
+        return ident
+
+    def _name(self, name: str, cache: dict[bytes, int] | None = None) -> int:
+        """A new id for `name`, sent to the reader now. With `cache`: `OTHER`, once per table
+        (kept under a key no client's name can be: the scanner's names hold no NUL)."""
+        if cache is not None:
+            known = cache.get(b"\0other")
+            if known is not None:
+                return known
+        if self._count >= self.generation:
+            self._forget()
+            self._send(NAME.pack(GENERATION_MARK, GENERATION_BODY.size))
+            self._send(GENERATION_BODY.pack(self.seq, self._next))
+        ident = self._next
+        self._next += 1
+        self._count += 1
+        raw = name.encode("utf-8", "replace")[:NAME_BYTES]
+        self._send(NAME.pack(ident, len(raw)) + raw)
+        if cache is not None:
+            cache[b"\0other"] = ident
+        return ident
+
+    def gone(self, sandbox: str, key: str) -> None:
+        """Tell the reader a sandbox left the route table (deleted): its series may go once
+        the records written before now are read."""
+        body = GONE_BODY.pack(self.seq) + f"{sandbox}\0{key}".encode("utf-8", "replace")
+        self._send(NAME.pack(GONE_MARK, len(body)) + body)
+
+    def _forget(self) -> None:
+        self._count = 0
+        self._services.clear()
+        self._pairs.clear()
+        self._methods.clear()
+        self._faults.clear()
+        self._rpc.clear()
+        self._tools.clear()
+
+    def _send(self, message: bytes) -> None:
+        """Never blocks: what a full pipe cannot take waits in `_pending`, sent first next time
+        (or by `flush`, from the router's once-a-second sweep); past `PENDING` a new message is
+        dropped whole. A closed pipe (the reader died: a new one will `attach`) takes nothing."""
+        if self.names_fd < 0:
+            return
+        data = self._pending + message if self._pending else message
+        try:
+            sent = os.write(self.names_fd, data) if data else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._pending = b""
+            return
+        rest = data[sent:]
+        if len(rest) > PENDING:  # (so the message is wholly unsent: it goes, the rest stays)
+            rest = rest[: len(rest) - len(message)]
+        self._pending = rest
+
+    def flush(self) -> None:
+        """Once a second: names a full pipe held back, and the wall clock's offset."""
+        self._wall = time.time() - time.perf_counter()
+        if self._pending:
+            self._send(b"")

@@ -1,0 +1,145 @@
+"""The aggregates of one (sandbox or baseline, service) over a 10-second window, as the control
+plane stores them (`POST /v1/router-signals`, `buckets`).
+
+Latencies are kept as raw samples so the control plane computes percentiles exactly (the
+standard `http.server.request.duration` buckets start at 5 ms, too coarse for a proxy): every
+sample up to the cap, then a uniform reservoir (Algorithm R) of the cap's size. The histogram
+(finer bounds, for Prometheus) counts every request, injected or not.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from random import Random
+from typing import Final
+
+from sandboxd_router.telemetry.observed import ERRORS, JSONRPC, TOOL_ERROR, Observed
+
+WIDTH: Final = 10  # seconds
+HISTOGRAM_MS: Final = (
+    *(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500),
+    *(1000, 2500, 5000, 10000),
+)
+ORGANIC_SAMPLES: Final = 512
+INJECTED_SAMPLES: Final = 128
+_ERROR_INDEX: Final = {error: i for i, error in enumerate(ERRORS)}
+
+Key = tuple[str, str, str, int]
+"""(sandbox, routing key, service, start): "" and "" for requests with no sandbox's key."""
+
+
+def key_of(observed: Observed) -> Key:
+    """The bucket a request counts in: by the time it ENDED (a long request counts late)."""
+    start = int(observed.end) // WIDTH * WIDTH
+    return (observed.sandbox, observed.routing_key, observed.service, start)
+
+
+def bin_of(ms: float) -> int:
+    """The histogram slot: the first bound b with ms <= b, else the overflow (the last)."""
+    return bisect_left(HISTOGRAM_MS, ms)
+
+
+class Bucket:
+    __slots__ = (
+        "acked",
+        "bytes_in",
+        "bytes_out",
+        "errors",
+        "faults",
+        "histogram",
+        "injected",
+        "injected_errors",
+        "injected_latency",
+        "latency",
+        "requests",
+        "tools",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.acked = 0
+        """`requests` when the control plane last acknowledged this bucket: it changed since
+        exactly when the two differ (every request counts in `requests`)."""
+        self.injected = 0
+        self.errors = [0, 0, 0, 0]  # in the order of `ERRORS`
+        self.injected_errors = [0, 0, 0, 0]
+        self.faults: dict[str, int] = {}
+        # doubles in arrays: 8 bytes a sample, not a float object's 32
+        self.latency = array("d")
+        self.injected_latency = array("d")
+        self.histogram = [0] * (len(HISTOGRAM_MS) + 1)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.tools: dict[str, list[int]] = {}
+        """Per tool: calls, JSON-RPC errors, tool errors, injected."""
+
+    @property
+    def changed(self) -> bool:
+        return self.requests != self.acked
+
+    def add(self, o: Observed, ms: float, slot: int, rng: Random) -> None:
+        self.requests += 1
+        self.histogram[slot] += 1
+        self.bytes_in += o.bytes_in
+        self.bytes_out += o.bytes_out
+        if o.injected:
+            self.injected += 1
+            for fault in o.faults:
+                self.faults[fault.id] = self.faults.get(fault.id, 0) + 1
+            _sample(self.injected_latency, ms, self.injected, INJECTED_SAMPLES, rng)
+            if o.error in _ERROR_INDEX:
+                self.injected_errors[_ERROR_INDEX[o.error]] += 1
+        else:
+            _sample(self.latency, ms, self.requests - self.injected, ORGANIC_SAMPLES, rng)
+            if o.error in _ERROR_INDEX:
+                self.errors[_ERROR_INDEX[o.error]] += 1
+        if o.tool is not None:
+            self._tool(o)
+
+    def _tool(self, o: Observed) -> None:
+        assert o.tool is not None
+        figures = self.tools.get(o.tool)
+        if figures is None:
+            figures = self.tools[o.tool] = [0, 0, 0, 0]
+        figures[0] += 1
+        figures[1] += o.error == JSONRPC
+        figures[2] += o.error == TOOL_ERROR
+        figures[3] += o.injected
+
+    def wire(self, key: Key) -> dict[str, object]:
+        sandbox, routing_key, service, start = key
+        return {
+            "sandbox": sandbox,
+            "routingKey": routing_key,
+            "service": service,
+            "start": start,
+            "width": WIDTH,
+            "requests": self.requests,
+            "injected": self.injected,
+            "errors": dict(zip(ERRORS, self.errors, strict=True)),
+            "injectedErrors": dict(zip(ERRORS, self.injected_errors, strict=True)),
+            "faults": dict(self.faults),
+            "latencyMs": self.latency.tolist(),
+            "injectedLatencyMs": self.injected_latency.tolist(),
+            "histogram": list(self.histogram),
+            "bytesIn": self.bytes_in,
+            "bytesOut": self.bytes_out,
+            "tools": {tool: _tool_wire(figures) for tool, figures in self.tools.items()},
+        }
+
+
+def _sample(samples: array[float], value: float, seen: int, cap: int, rng: Random) -> None:
+    """Keep `value`, the `seen`-th of its kind, in a uniform sample of at most `cap`."""
+    if seen <= cap:
+        samples.append(value)
+        return
+    slot = int(rng.random() * seen)
+    if slot < cap:
+        samples[slot] = value
+
+
+def _tool_wire(figures: list[int]) -> dict[str, int]:
+    calls, jsonrpc_errors, tool_errors, injected = figures
+    return {"calls": calls, "jsonrpcErrors": jsonrpc_errors, "toolErrors": tool_errors,
+            "injected": injected}  # fmt: skip

@@ -1,0 +1,195 @@
+"""The reader of the request path's ring (`sandboxd_router.record`): records decoded into
+`Observed`, the names they use read off the names pipe first.
+
+A round: read `done`, drain the names pipe (every name a record before `done` uses was sent
+before it), copy the slots not yet read up to `done`, read `done` again, and keep only the
+copies the writer cannot have begun overwriting meanwhile. Records overwritten before they
+were read are counted in `lost`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from sandboxd_router import record
+from sandboxd_router.telemetry.observed import (
+    BASELINE,
+    HTTP_5XX,
+    JSONRPC,
+    OK,
+    SANDBOX,
+    TOOL_ERROR,
+    TRANSPORT,
+    Fault,
+    Observed,
+)
+
+ERRORS = {
+    record.OK: OK,
+    record.HTTP_5XX: HTTP_5XX,
+    record.JSONRPC: JSONRPC,
+    record.TOOL_ERROR: TOOL_ERROR,
+    record.TRANSPORT: TRANSPORT,
+}
+UNKNOWN = "?"  # a name that never arrived (the pipe was full for long: see `Recorder._send`)
+BATCH = 4096  # records decoded per read at most (the rest the next round)
+
+
+class RingError(ValueError):
+    """The ring is not one this reader understands."""
+
+
+class RingReader:
+    def __init__(self, ring_fd: int, names_fd: int, start: int) -> None:
+        size = os.fstat(ring_fd).st_size
+        self.ring = mmap.mmap(ring_fd, size, prot=mmap.PROT_READ)
+        magic, slot, slots, _ = record.HEAD.unpack_from(self.ring, 0)
+        if magic != record.MAGIC or slot != record.SLOT or size < record.HEADER + slots * slot:
+            raise RingError(f"not a record ring (magic {magic:#x}, slot {slot}, size {size})")
+        self.slots: int = slots
+        self.names_fd = names_fd
+        os.set_blocking(names_fd, False)
+        self.position = start
+        """The next record to read."""
+        self.lost = 0
+        self.eof = False
+        """The writer closed the names pipe: nothing more will come once the ring is read."""
+        self.names: dict[int, str] = {0: ""}
+        self._buffer = b""
+        self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
+        self._gone: list[tuple[int, str, str]] = []  # (records before it, sandbox, key)
+
+    def done(self) -> int:
+        value: int = record.DONE.unpack_from(self.ring, record.DONE_AT)[0]
+        return value
+
+    def read(self) -> list[Observed]:
+        """The records written since the last read (at most `BATCH`), decoded."""
+        done = self.done()
+        self._drain_names()
+        first = max(self.position, done - self.slots + 1)
+        if first > self.position:
+            self.lost += first - self.position
+        last = min(done, first + BATCH)
+        copies = [(seq, self._copy(seq)) for seq in range(first, last)]
+        after = self.done()
+        decoded = []
+        for seq, raw in copies:
+            if after - seq >= self.slots or record.CORE.unpack_from(raw, 0)[0] != seq:
+                self.lost += 1  # being overwritten while we copied it
+                continue
+            decoded.append(self._decode(raw, seq))
+        self.position = last
+        self._forget_dead()
+        return decoded
+
+    def _copy(self, seq: int) -> bytes:
+        offset = record.HEADER + (seq % self.slots) * record.SLOT
+        return self.ring[offset : offset + record.SLOT]
+
+    def _decode(self, raw: bytes, seq: int) -> Observed:
+        (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
+         tp_len, tp) = record.CORE.unpack_from(raw, 0)  # fmt: skip
+        sandbox, _, key = self._name(pair).partition("\0")
+        observed = Observed(
+            end=end,
+            duration=duration,
+            service=self._name(service),
+            sandbox=sandbox,
+            routing_key=key,
+            route=SANDBOX if flags & record.FORKED else BASELINE,
+            method=self._name(method),
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            traceparent=tp[:tp_len].decode("ascii", "replace") if tp_len else None,
+            error=ERRORS.get(error, OK),
+            injected=bool(flags & record.INJECTED),
+            seq=seq,
+        )
+        if not flags & record.EXTRA_FLAG:
+            return observed
+        injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id = record.EXTRA.unpack_from(
+            raw, record.EXTRA_AT
+        )
+        faults = tuple(self._fault(f) for f in (f1, f2, f3) if f)
+        return Observed(
+            end=end,
+            duration=duration,
+            service=observed.service,
+            sandbox=sandbox,
+            routing_key=key,
+            route=observed.route,
+            method=observed.method,
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            traceparent=observed.traceparent,
+            error=observed.error,
+            injected=observed.injected,
+            faults=faults,
+            injected_at=injected_at,
+            rpc_method=self._name(rpc_method) if rpc_method else None,
+            tool=self._name(tool) if tool else None,
+            rpc_id=rpc_id[:id_len].decode("utf-8", "replace") if id_len else None,
+            seq=seq,
+        )
+
+    def _name(self, ident: int) -> str:
+        return self.names.get(ident, UNKNOWN)
+
+    def _fault(self, ident: int) -> Fault:
+        kind, _, fault_id = self._name(ident).partition(" ")
+        return Fault(kind=kind, id=fault_id)
+
+    # the names pipe ------------------------------------------------------------------------
+    def _drain_names(self) -> None:
+        while not self.eof:
+            try:
+                data = os.read(self.names_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not data:
+                self.eof = True
+                break
+            self._buffer += data
+        self._parse_names()
+
+    def _parse_names(self) -> None:
+        buffer, at = self._buffer, 0
+        while len(buffer) - at >= record.NAME.size:
+            ident, size = record.NAME.unpack_from(buffer, at)
+            if len(buffer) - at - record.NAME.size < size:
+                break  # the rest comes with the next read
+            body = buffer[at + record.NAME.size : at + record.NAME.size + size]
+            at += record.NAME.size + size
+            if ident == record.GENERATION_MARK:
+                self._dead.append(record.GENERATION_BODY.unpack(body))
+            elif ident == record.GONE_MARK:
+                (after,) = record.GONE_BODY.unpack_from(body)
+                sandbox, _, key = (
+                    body[record.GONE_BODY.size :].decode("utf-8", "replace").partition("\0")
+                )
+                self._gone.append((after, sandbox, key))
+            else:
+                self.names[ident] = body.decode("utf-8", "replace")
+        self._buffer = buffer[at:]
+
+    def gone(self) -> list[tuple[str, str]]:
+        """The sandboxes (name, routing key) that left the route table, once every record
+        written before they left has been read."""
+        ready = [(s, k) for after, s, k in self._gone if after <= self.position]
+        if ready:
+            self._gone = [g for g in self._gone if g[0] > self.position]
+        return ready
+
+    def _forget_dead(self) -> None:
+        """Past the last record of an old generation, its names go."""
+        while self._dead and self._dead[0][0] < self.position:
+            _, live = self._dead.pop(0)
+            self.names = {i: n for i, n in self.names.items() if i >= live or i == 0}
+
+    def close(self) -> None:
+        self.ring.close()
+        os.close(self.names_fd)

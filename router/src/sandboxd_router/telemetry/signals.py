@@ -1,0 +1,259 @@
+"""The signals the telemetry process reports to the control plane (`POST /v1/router-signals`):
+per-10-second aggregates of every request, and a record (with its span) of every request that
+carried a sandbox's key.
+
+`add` only counts, in memory. `tick` starts a report in the background and returns at once: a
+control plane that hangs must not stall the loop that drains the ring. A report sends what
+changed, in posts of at most `MAX_ENTRIES` buckets and `MAX_ENTRIES` request records:
+- a bucket is CUMULATIVE and sent again while it changes (the control plane replaces its copy
+  by one with at least as many requests, so a repeat or a late arrival of an older copy is
+  harmless); one older than `HORIZON` (the longest window served) is dropped unsent, and an
+  acknowledged one is forgotten `GRACE` after its window closed (a straggler after that
+  starts a copy the control plane ignores, being smaller: the ring is read every 50 ms);
+  past `max_buckets` (a long outage, many pairs) the oldest windows are dropped unsent;
+- a request record is sent until acknowledged, then dropped (the control plane inserts
+  (instance, seq) once). At most `PER_SANDBOX` wait per sandbox (the control plane keeps that
+  many of a sandbox's newest records: a sandbox busier than that between two reports would
+  only send records it throws away) and `max_pending` in all; past either the oldest of that
+  sandbox are dropped and counted (`dropped_requests`), so a long outage costs bounded memory
+  and a busy sandbox cannot push out a quiet one's records;
+- a failed post leaves everything pending for the next report (logged once per outage); a 422
+  is logged and its entries dropped, since sending them again would not help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from random import Random
+from typing import Final
+
+import httpx
+import orjson
+
+from sandboxd_router.telemetry import records, spans
+from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
+from sandboxd_router.telemetry.observed import Observed
+
+log = logging.getLogger("sandboxd_router")
+
+PATH: Final = "/v1/router-signals"
+_JSON: Final = {"Content-Type": "application/json"}  # orjson: a tenth of json's time to encode
+MAX_ENTRIES: Final = 1000  # the control plane's limit per post, for each list
+HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
+GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
+MAX_PENDING: Final = 10_000
+PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
+MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
+UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
+
+Sent = list[tuple[Bucket, int]]
+"""The buckets of a post and their `requests` when it was built."""
+
+
+class SignalsSink:
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        max_pending: int = MAX_PENDING,
+        per_sandbox: int = PER_SANDBOX,
+        max_buckets: int = MAX_BUCKETS,
+        timeout: float = 5.0,
+        rng: Random | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.interval = interval
+        self.clock = clock
+        self.max_pending = max_pending
+        self.per_sandbox = per_sandbox
+        self.max_buckets = max_buckets
+        self.timeout = timeout
+        self.instance = secrets.token_hex(8)
+        self.dropped_requests = 0
+        """Request records dropped unsent (over `max_pending`)."""
+        self.dropped_buckets = 0
+        """Buckets dropped unsent (older than `HORIZON`, or over `max_buckets`)."""
+        # reservoir sampling needs no secrecy, only speed
+        self._rng = rng or Random(os.urandom(16))  # noqa: S311
+        self._buckets: dict[Key, Bucket] = {}
+        self._pending: dict[tuple[str, str], deque[records.Pending]] = {}
+        """(Sandbox, routing key) → its records waiting, oldest first."""
+        self._waiting = 0
+        self._seq = 0
+        self._last = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._failing = False
+
+    def add(self, observed: Observed) -> None:
+        o = observed
+        ms = round(o.duration * 1000.0, 3)  # to the µs: half the cost of encoding samples
+        slot = bin_of(ms)
+        if o.service == UNROUTED:  # no service's traffic (an unknown port or host)
+            return
+        key = (o.sandbox, o.routing_key, o.service, int(o.end) // WIDTH * WIDTH)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = Bucket()
+        bucket.add(o, ms, slot, self._rng)
+        if o.sandbox:
+            self._seq += 1
+            owner = (o.sandbox, o.routing_key)
+            queue = self._pending.get(owner)
+            if queue is None:
+                queue = self._pending[owner] = deque()
+            if len(queue) >= self.per_sandbox or self._waiting >= self.max_pending:
+                (queue or max(self._pending.values(), key=len)).popleft()
+                self.dropped_requests += 1
+                self._waiting -= 1
+            queue.append(records.Pending(self._seq, spans.span_id(o.seq), o))
+            self._waiting += 1
+
+    def outbox(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """What a report would send now, in wire form: the changed buckets and the request
+        records waiting (all of them, not split into posts)."""
+        buckets = [b.wire(key) for key, b in self._buckets.items() if b.changed]
+        return buckets, [records.wire(r) for r in self._queued()]
+
+    @property
+    def pending_requests(self) -> int:
+        return self._waiting
+
+    @property
+    def buckets(self) -> int:
+        return len(self._buckets)
+
+    async def tick(self) -> None:
+        """Start a report unless one is under way or the last began under `interval` ago."""
+        task = self._task
+        if task is not None:
+            if not task.done():
+                return
+            self._task = None
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a signals report failed", exc_info=task.exception())
+        now = self.clock()
+        if now - self._last < self.interval * 0.9:  # a tick called a little early still reports
+            return
+        self._last = now
+        self._task = asyncio.create_task(self.send())
+
+    async def send(self) -> None:
+        """One report: everything that changed, in as many posts as it takes; stops at the
+        first post that fails (the rest waits for the next report)."""
+        self._expire(self.clock())
+        changed = [(key, b) for key, b in self._buckets.items() if b.changed]
+        posts = -(-max(len(changed), self._waiting) // MAX_ENTRIES)
+        for i in range(posts):
+            entries = changed[i * MAX_ENTRIES : (i + 1) * MAX_ENTRIES]
+            sent: Sent = [(b, b.requests) for _key, b in entries]
+            buckets = [b.wire(key) for key, b in entries]
+            batch = list(itertools.islice(self._queued(), MAX_ENTRIES))
+            body: dict[str, object] = {
+                "instance": self.instance,
+                "buckets": buckets,
+                "requests": [records.wire(r) for r in batch],
+            }
+            if not await self._post(body):
+                return
+            for bucket, requests in sent:
+                bucket.acked = max(bucket.acked, requests)
+            self._acknowledged(batch)
+
+    async def close(self, *, timeout: float = 0.5) -> None:
+        """A last report of everything, given up after `timeout` (a report under way is
+        waited for within the same time): the shutdown must not hang."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with contextlib.suppress(TimeoutError):
+            if self._task is not None and not self._task.done():
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await asyncio.wait_for(self.send(), max(0.0, deadline - loop.time()))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _queued(self) -> Iterator[records.Pending]:
+        """Every record waiting, in the order seen."""
+        return heapq.merge(*self._pending.values(), key=_seq)
+
+    def _acknowledged(self, batch: list[records.Pending]) -> None:
+        """Drop the records sent (records added meanwhile, or dropped, are told by `seq`)."""
+        last: dict[tuple[str, str], int] = {}
+        for record in batch:
+            last[(record.observed.sandbox, record.observed.routing_key)] = record.seq
+        for key, seq in last.items():
+            queue = self._pending.get(key)
+            while queue and queue[0].seq <= seq:
+                queue.popleft()
+                self._waiting -= 1
+            if queue is not None and not queue:
+                del self._pending[key]
+
+    def _expire(self, now: float) -> None:
+        """Forget what is too old to matter and what was acknowledged and is closed."""
+        stale, closed = now - HORIZON, now - WIDTH - GRACE
+        for key in [k for k, b in self._buckets.items() if k[3] < closed and not b.changed]:
+            del self._buckets[key]
+        old = [k for k in self._buckets if k[3] < stale]
+        excess = len(self._buckets) - len(old) - self.max_buckets
+        if excess > 0:  # a long outage with many pairs: the oldest windows go first
+            old += _oldest([k for k in self._buckets if k[3] >= stale], excess)
+        for key in old:
+            del self._buckets[key]
+        self.dropped_buckets += len(old)
+
+    async def _post(self, body: dict[str, object]) -> bool:
+        """Whether the entries are done with: acknowledged, or refused for good (422)."""
+        try:
+            response = await self._http().post(PATH, content=orjson.dumps(body), headers=_JSON)
+        except httpx.HTTPError as e:
+            return self._failed(f"{type(e).__name__}: {e}")
+        if response.status_code == 422:  # sending it again would not help: drop, say so
+            log.error("the control plane refused router signals: %s", response.text[:500])
+        elif not response.is_success:
+            return self._failed(f"HTTP {response.status_code}: {response.text[:200]}")
+        if self._failing:
+            log.info("router signals reach %s again", self.url)
+            self._failing = False
+        return True
+
+    def _failed(self, why: str) -> bool:
+        if not self._failing:  # once per outage, not once a second
+            log.warning("cannot report router signals to %s (%s); retrying", self.url, why)
+            self._failing = True
+        return False
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.url,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=httpx.Timeout(self.timeout),
+            )
+        return self._client
+
+
+def _seq(record: records.Pending) -> int:
+    return record.seq
+
+
+def _oldest(keys: list[Key], n: int) -> list[Key]:
+    return sorted(keys, key=lambda k: k[3])[:n]

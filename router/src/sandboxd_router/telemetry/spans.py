@@ -1,0 +1,150 @@
+"""A request as a span: its name, kind, attributes and events, by the OpenTelemetry semantic
+conventions (stable HTTP server spans; the MCP conventions for `mcp` services), plus the
+router's own `sandboxd.*` attributes. Pure: the request records sent to the control plane and
+the OTLP exporter both build their spans from this.
+
+The router's span is one HTTP exchange it proxied, so it is a SERVER span named the HTTP way
+(`{method}`: the router knows no route template) unless the exchange was an MCP call, which is
+named the MCP way (`{mcp.method.name} {tool}`, or `{mcp.method.name}`) because that is what a
+reader looks for in a trace of an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Final, NamedTuple
+
+from sandboxd_router.telemetry.observed import HTTP_5XX, Observed
+
+SERVER: Final = "server"  # the span kind (the exporter maps it to the SDK's SpanKind)
+FAULT_EVENT: Final = "sandboxd.fault.injected"
+TOOL_CALL: Final = "tools/call"
+
+# RFC 9110's methods, PATCH (RFC 5789) and QUERY (known to the conventions since v1.44);
+# any other is `_OTHER`, the span then named "HTTP" (a method is case-sensitive: "get" is other)
+KNOWN_METHODS: Final = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
+)
+
+Attribute = str | int | float | bool
+Attributes = dict[str, Attribute]
+
+
+class Event(NamedTuple):
+    name: str
+    time: float
+    """Epoch seconds."""
+    attributes: Attributes
+
+
+class Span(NamedTuple):
+    name: str
+    kind: str
+    attributes: Attributes
+    events: list[Event]
+
+    @property
+    def failed(self) -> bool:
+        """The span's status is ERROR exactly when `error.type` is set (both conventions)."""
+        return "error.type" in self.attributes
+
+
+def span_of(observed: Observed) -> Span:
+    o = observed
+    # `url.path` (required) and `server.address` are not in the request path's record
+    attributes: Attributes = {"url.scheme": "http"}
+    method = _method(o.method, attributes)
+    if o.status:
+        attributes["http.response.status_code"] = o.status
+    if o.error:
+        attributes["error.type"] = error_type(o)
+    attributes["http.request.body.size"] = o.bytes_in
+    attributes["http.response.body.size"] = o.bytes_out
+    if o.sandbox:  # baseline traffic (sampled for export) carries no sandbox's key
+        attributes["sandboxd.sandbox"] = o.sandbox
+    attributes["sandboxd.route"] = o.route
+    attributes["sandboxd.service"] = o.service
+    if o.faults:
+        # scalars only on the wire: several faults (rare) are named comma-separated
+        attributes["sandboxd.fault.kind"] = ",".join(f.kind for f in o.faults)
+        attributes["sandboxd.fault.id"] = ",".join(f.id for f in o.faults)
+    name = method
+    if o.rpc_method is not None:
+        name = _mcp(o, attributes)
+    return Span(name, SERVER, attributes, _events(o))
+
+
+def error_type(observed: Observed) -> str:
+    """The outcome: the status code for a 5xx (the HTTP conventions), else the outcome class
+    (`tool_error` is also the MCP conventions' value for an `isError` result; they would name
+    a JSON-RPC error by its code, which the request path does not record)."""
+    if observed.error == HTTP_5XX and observed.status:
+        return str(observed.status)
+    return observed.error
+
+
+def _method(method: str, attributes: Attributes) -> str:
+    """Sets `http.request.method` and answers the span name the HTTP conventions give it."""
+    if method in KNOWN_METHODS:
+        attributes["http.request.method"] = method
+        return method
+    attributes["http.request.method"] = "_OTHER"
+    attributes["http.request.method_original"] = method
+    return "HTTP"
+
+
+def _mcp(o: Observed, attributes: Attributes) -> str:
+    """Sets the MCP attributes and answers the MCP span name."""
+    assert o.rpc_method is not None
+    attributes["mcp.method.name"] = o.rpc_method
+    rpc_id = request_id(o.rpc_id)
+    if rpc_id is not None:
+        attributes["jsonrpc.request.id"] = rpc_id
+    if o.tool is None:
+        return o.rpc_method
+    attributes["gen_ai.tool.name"] = o.tool
+    if o.rpc_method == TOOL_CALL:
+        attributes["gen_ai.operation.name"] = "execute_tool"
+    return f"{o.rpc_method} {o.tool}"
+
+
+def request_id(text: str | None) -> str | None:
+    """`jsonrpc.request.id` from the id's JSON text: a string id without its quotes, a number
+    as written; none for a null id (the conventions leave it out). A truncated string id is
+    kept as far as it goes."""
+    if text is None or text == "null":
+        return None
+    if not text.startswith('"'):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text[1:]
+    return value if isinstance(value, str) else text
+
+
+def _events(o: Observed) -> list[Event]:
+    """One `sandboxd.fault.injected` per fault applied, at the moment the (last) fault took
+    effect: the only moment the request path records."""
+    if not o.faults:
+        return []
+    at = o.start + o.injected_at
+    return [
+        Event(FAULT_EVENT, at, {"sandboxd.fault.kind": f.kind, "sandboxd.fault.id": f.id})
+        for f in o.faults
+    ]
+
+
+_SALT: Final = int.from_bytes(os.urandom(8), "big")
+_MASK: Final = (1 << 64) - 1
+
+
+def span_id(seq: int) -> str:
+    """The router's span id for the ring's record `seq` (16 hex): the same in every sink (the
+    control plane's traces and the OTLP export agree), unique within this process and, mixed
+    with a random salt per process (splitmix64), unlikely to repeat across processes."""
+    z = (_SALT + (seq + 1) * 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return f"{(z ^ (z >> 31)) or 1:016x}"  # all-zero is not a span id

@@ -1,0 +1,300 @@
+"""Signals from the routers (issue 13): metric buckets and request records, stored so that a
+retried or reordered post changes nothing and a control-plane restart loses nothing.
+
+- A bucket is keyed (routing key, start, service, instance) and replaces the stored one when it
+  holds at least as many requests (a router re-sends its open bucket as it fills; an older copy
+  never overwrites a newer one).
+- A request record is keyed (instance, seq) and inserted once (a repeat is ignored).
+- Entries of no live sandbox (matched by name AND routing key) are ignored; baseline buckets
+  (routing key "") are always kept. A sandbox deleted while a post is in flight can leave rows
+  behind: `prune` removes them at the next sweep (`forget` at the delete takes the rest).
+- `prune` also keeps the window's worth of buckets (`BUCKETS_KEPT`) and the newest
+  `RECORDS_KEPT` records per sandbox.
+
+Writes are one statement per table per post (executemany), inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, SQLModel, col
+
+from sandboxd.core.phases import LIVE, Phase
+from sandboxd.core.signals import Side, sides
+from sandboxd.store.tables import RequestRecordRow, SandboxRow, SignalBucketRow
+
+BUCKETS_KEPT = 3600
+"""Seconds of buckets kept: the longest window the API serves."""
+MAX_WIDTH = 60
+"""The widest bucket accepted (seconds): a window's query reaches back this much further."""
+RECORDS_KEPT = 1000
+"""Request records kept per sandbox (the newest, by start; more may wait for `prune`)."""
+PRUNE_EVERY = 60.0
+"""Seconds between two `prune` passes (the sweep runs every 10 s by default)."""
+BASELINE = ""
+_BUCKETS: Table = SQLModel.metadata.tables[SignalBucketRow.__tablename__]
+_RECORDS: Table = SQLModel.metadata.tables[RequestRecordRow.__tablename__]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketIn:
+    sandbox: str
+    routing_key: str
+    service: str
+    start: int
+    width: int
+    requests: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordIn:
+    sandbox: str
+    routing_key: str
+    seq: int
+    service: str
+    start: float
+    status: int
+    error: str | None
+    trace_id: str | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    accepted: int
+    ignored: int
+
+
+def store(
+    session: Session, *, instance: str, buckets: Sequence[BucketIn], records: Sequence[RecordIn]
+) -> Stored:
+    """One post: the entries of live sandboxes (and the baseline's buckets) written."""
+    keys = {b.routing_key for b in buckets} | {r.routing_key for r in records}
+    live = _live(session, keys - {BASELINE})
+    kept_buckets = [b for b in buckets if _belongs(b.sandbox, b.routing_key, live)]
+    kept_records = [r for r in records if r.sandbox and _belongs(r.sandbox, r.routing_key, live)]
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgres_insert
+    if kept_buckets:
+        upsert = insert(_BUCKETS)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["routing_key", "start", "service", "instance"],
+            set_={
+                "width": upsert.excluded.width,
+                "requests": upsert.excluded.requests,
+                "data": upsert.excluded.data,
+            },
+            where=_BUCKETS.c.requests <= upsert.excluded.requests,
+        )
+        session.execute(upsert, [_bucket_row(instance, b) for b in kept_buckets])
+    if kept_records:
+        once = insert(_RECORDS).on_conflict_do_nothing(index_elements=["instance", "seq"])
+        session.execute(once, [_record_row(instance, r) for r in kept_records])
+    accepted = len(kept_buckets) + len(kept_records)
+    return Stored(accepted, len(buckets) + len(records) - accepted)
+
+
+def window(session: Session, *, routing_key: str, since: float) -> list[tuple[str, Any]]:
+    """(service, data) of the key's buckets that reach past `since`: one range of the key."""
+    query = select(_BUCKETS.c.service, _BUCKETS.c.data).where(*_in_window(routing_key, since))
+    return [(service, data) for service, data in session.execute(query).all()]
+
+
+def baseline_index(session: Session, *, since: float) -> tuple[tuple[str, int, str, int], ...]:
+    """What identifies the baseline's buckets in the window, without their data: (service,
+    start, instance, requests). While it is unchanged, so is the baseline's side."""
+    columns = (_BUCKETS.c.service, _BUCKETS.c.start, _BUCKETS.c.instance, _BUCKETS.c.requests)
+    query = select(*columns).where(*_in_window(BASELINE, since)).order_by(*columns)
+    return tuple((s, int(t), i, int(r)) for s, t, i, r in session.execute(query).all())
+
+
+def _in_window(routing_key: str, since: float) -> tuple[Any, ...]:
+    return (
+        _BUCKETS.c.routing_key == routing_key,
+        _BUCKETS.c.start > since - MAX_WIDTH,  # the index's range; the next line is exact
+        _BUCKETS.c.start + _BUCKETS.c.width > since,
+    )
+
+
+Ident = tuple[str, int, str, int]
+"""A baseline bucket's identity: (service, start, instance, requests). A router re-sends a
+bucket only with more requests in it, so a bucket with the same identity has the same data."""
+
+
+class BaselineCache:
+    """The baseline's decoded buckets, and its merged sides for the last few windows: every
+    sandbox's metrics compare against the same baseline, whose buckets hold the most samples
+    (a full reservoir per router instance and service). When the window moves or a router
+    re-sends an open bucket, only the buckets not seen yet are read and decoded."""
+
+    SIDES = 8
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        """Held by `baseline_sides`: the store's threads share the cache."""
+        self.buckets: dict[Ident, Mapping[str, Any]] = {}
+        self._sides: dict[tuple[tuple[Ident, ...], bool], dict[str, Side]] = {}
+
+    def get(self, index: tuple[Ident, ...], exclude_injected: bool) -> dict[str, Side] | None:
+        return self._sides.get((index, exclude_injected))
+
+    def put(self, index: tuple[Ident, ...], exclude_injected: bool, sides: dict[str, Side]) -> None:
+        while len(self._sides) >= self.SIDES:  # the oldest first: dicts keep insertion order
+            self._sides.pop(next(iter(self._sides)), None)
+        self._sides[(index, exclude_injected)] = sides
+        kept = {ident for index, _ in self._sides for ident in index}
+        for ident in [i for i in self.buckets if i not in kept]:
+            del self.buckets[ident]
+
+
+def baseline_sides(
+    session: Session, cache: BaselineCache, *, since: float, exclude_injected: bool
+) -> dict[str, Side]:
+    """The baseline's side per service over the window from `since`, through `cache`."""
+    with cache.lock:
+        return _baseline_sides(session, cache, since=since, exclude_injected=exclude_injected)
+
+
+def _baseline_sides(
+    session: Session, cache: BaselineCache, *, since: float, exclude_injected: bool
+) -> dict[str, Side]:
+    index = baseline_index(session, since=since)
+    found = cache.get(index, exclude_injected)
+    if found is not None:
+        return found
+    missing = [ident for ident in index if ident not in cache.buckets]
+    if missing:
+        oldest = min(start for _, start, _, _ in missing)
+        columns = (_BUCKETS.c.service, _BUCKETS.c.start, _BUCKETS.c.instance,
+                   _BUCKETS.c.requests, _BUCKETS.c.data)  # fmt: skip
+        query = select(*columns).where(
+            _BUCKETS.c.routing_key == BASELINE, _BUCKETS.c.start >= oldest
+        )
+        for service, start, instance, requests, data in session.execute(query).all():
+            cache.buckets[(service, int(start), instance, int(requests))] = data
+    rows = [(ident[0], cache.buckets[ident]) for ident in index if ident in cache.buckets]
+    merged = sides(rows, exclude_injected=exclude_injected)
+    cache.put(index, exclude_injected, merged)
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    service: str | None = None
+    status: tuple[int, int] | None = None
+    """Inclusive range of statuses."""
+    error: str | None = None
+    trace_id: str | None = None
+
+
+def records(
+    session: Session, *, routing_key: str, where: RecordFilter, limit: int
+) -> list[Mapping[str, Any]]:
+    """The sandbox's newest records matching `where`, newest first."""
+    query = select(_RECORDS.c.data).where(_RECORDS.c.routing_key == routing_key)
+    if where.service is not None:
+        query = query.where(_RECORDS.c.service == where.service)
+    if where.status is not None:
+        query = query.where(_RECORDS.c.status.between(*where.status))
+    if where.error is not None:
+        query = query.where(_RECORDS.c.error == where.error)
+    if where.trace_id is not None:
+        query = query.where(_RECORDS.c.trace_id == where.trace_id)
+    query = query.order_by(_RECORDS.c.start.desc(), _RECORDS.c.instance, _RECORDS.c.seq.desc())
+    return [row for (row,) in session.execute(query.limit(limit)).all()]
+
+
+def traced(
+    session: Session, *, routing_key: str, limit: int, trace_id: str | None
+) -> list[Mapping[str, Any]]:
+    """The records of the sandbox's `limit` newest traces (or of one trace)."""
+    mine = _RECORDS.c.routing_key == routing_key
+    if trace_id is not None:
+        ids = [trace_id]
+    else:
+        newest = (
+            select(_RECORDS.c.trace_id)
+            .where(mine, _RECORDS.c.trace_id.is_not(None))
+            .group_by(_RECORDS.c.trace_id)
+            .order_by(func.max(_RECORDS.c.start).desc())
+            .limit(limit)
+        )
+        ids = [i for (i,) in session.execute(newest).all()]
+    if not ids:
+        return []
+    query = select(_RECORDS.c.data).where(mine, _RECORDS.c.trace_id.in_(ids))
+    return [row for (row,) in session.execute(query).all()]
+
+
+def forget(session: Session, *, routing_key: str) -> None:
+    """A deleted sandbox's buckets and records."""
+    session.execute(delete(_BUCKETS).where(_BUCKETS.c.routing_key == routing_key))
+    session.execute(delete(_RECORDS).where(_RECORDS.c.routing_key == routing_key))
+
+
+def expire(session: Session, *, now: float) -> None:
+    """Buckets past the longest window (a range of the `start` index: cheap every sweep)."""
+    session.execute(delete(_BUCKETS).where(_BUCKETS.c.start <= now - BUCKETS_KEPT - MAX_WIDTH))
+
+
+def prune(session: Session) -> None:
+    """Rows of sandboxes gone (a post that raced a delete), and records beyond the newest
+    `RECORDS_KEPT` of each sandbox (ties at the cut's start are kept). Both walk whole
+    indexes, so the store runs this less often than `expire` (`PRUNE_EVERY`)."""
+    present = select(col(SandboxRow.routing_key)).where(col(SandboxRow.phase) != Phase.DELETED)
+    for table in (_BUCKETS, _RECORDS):
+        gone = and_(table.c.routing_key != BASELINE, table.c.routing_key.not_in(present))
+        session.execute(delete(table).where(gone))
+    crowded = (
+        select(_RECORDS.c.routing_key)
+        .group_by(_RECORDS.c.routing_key)
+        .having(func.count() > RECORDS_KEPT)
+    )
+    for (key,) in session.execute(crowded).all():
+        cut = (
+            select(_RECORDS.c.start)
+            .where(_RECORDS.c.routing_key == key)
+            .order_by(_RECORDS.c.start.desc())
+            .offset(RECORDS_KEPT - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        session.execute(
+            delete(_RECORDS).where(_RECORDS.c.routing_key == key, _RECORDS.c.start < cut)
+        )
+
+
+def _live(session: Session, keys: set[str]) -> dict[str, str]:
+    """Routing key → name of the live sandboxes among `keys`."""
+    if not keys:
+        return {}
+    query = select(col(SandboxRow.routing_key), col(SandboxRow.name)).where(
+        col(SandboxRow.routing_key).in_(sorted(keys)),
+        col(SandboxRow.phase).in_([p.value for p in LIVE]),
+    )
+    return {key: name for key, name in session.execute(query).all()}
+
+
+def _belongs(sandbox: str, routing_key: str, live: Mapping[str, str]) -> bool:
+    if routing_key == BASELINE:
+        return sandbox == ""
+    return live.get(routing_key) == sandbox
+
+
+def _bucket_row(instance: str, bucket: BucketIn) -> dict[str, Any]:
+    return {"routing_key": bucket.routing_key, "start": bucket.start, "service": bucket.service,
+            "instance": instance, "width": bucket.width, "requests": bucket.requests,
+            "data": bucket.data}  # fmt: skip
+
+
+def _record_row(instance: str, record: RecordIn) -> dict[str, Any]:
+    return {"instance": instance, "seq": record.seq, "routing_key": record.routing_key,
+            "service": record.service, "start": record.start, "status": record.status,
+            "error": record.error, "trace_id": record.trace_id, "data": record.data}  # fmt: skip

@@ -1,0 +1,136 @@
+"""The ring itself: a writer in another process racing a reader over a small ring never yields a
+torn record, and every record is either read or counted lost; the names a record uses are
+there when it is read, across a new generation of the names table too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
+from sandboxd_router.telemetry.ring import RingReader
+
+# A writer whose every field is a function of its record's number n, so that a record mixing
+# two writes cannot pass for a whole one.
+WRITER = """
+import os, sys, time
+from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
+recorder = Recorder(int(sys.argv[1]))
+recorder.attach(int(sys.argv[2]))
+print(recorder.fd, flush=True)
+sys.stdin.readline()
+for n in range(int(sys.argv[3])):
+    recorder.write(time.perf_counter(), f"s{n % 7}", f"sb{n % 5}", f"k{n % 5}", n % 2 == 0,
+                   b"GET", 100 + n % 400, n, 3 * n, b"%055d" % n, n % 5,
+                   None if n % 3 else [], 0.0, b"m%d" % (n % 11) if n % 3 == 0 else None,
+                   None, b"%d" % n if n % 3 == 0 else None)
+recorder.detach()
+"""
+
+
+def test_a_racing_reader_gets_whole_records_or_counts_them_lost(tmp_path: Path) -> None:
+    total, slots = 200_000, 64
+    names_r, names_w = os.pipe()
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    with subprocess.Popen(
+        [sys.executable, str(script), str(slots), str(names_w), str(total)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(names_w,), text=True,
+    ) as writer:  # fmt: skip
+        os.close(names_w)
+        assert writer.stdout is not None and writer.stdin is not None
+        fd = writer.stdout.readline().strip()
+        ring_fd = os.open(f"/proc/{writer.pid}/fd/{fd}", os.O_RDONLY)
+        reader = RingReader(ring_fd, names_r, 0)
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        read = []
+        while not reader.eof or reader.position < reader.done():
+            read += reader.read()
+    assert len(read) + reader.lost == total
+    assert 0 < len(read) < total  # (it raced: some read, some overwritten)
+    numbers = [r.bytes_in for r in read]
+    assert numbers == sorted(set(numbers))
+    for r in read:
+        n = r.bytes_in
+        assert (r.bytes_out, r.status, r.traceparent) == (3 * n, 100 + n % 400, f"{n:055d}")
+        assert (r.service, r.sandbox, r.routing_key) == (f"s{n % 7}", f"sb{n % 5}", f"k{n % 5}")
+        assert r.route == ("sandbox" if n % 2 == 0 else "baseline") and r.method == "GET"
+        assert r.error == ["", "http_5xx", "jsonrpc", "tool_error", "transport"][n % 5]
+        assert r.rpc_method == (f"m{n % 11}" if n % 3 == 0 else None)
+        assert r.rpc_id == (str(n) if n % 3 == 0 else None)
+        assert not r.injected and r.faults == ()
+    reader.close()
+    os.close(ring_fd)
+
+
+def test_past_a_generation_the_names_are_sent_again() -> None:
+    """A names table that outgrows its generation starts afresh: records on both sides of the
+    change read their own names, and the reader drops the old ones once past them."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(64, generation=4)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n in range(12):  # 6 services, 1 method: a new generation every 4 names
+        write(recorder, f"svc{n % 6}", n)
+    decoded = reader.read()
+    assert [(o.service, o.bytes_in) for o in decoded] == [(f"svc{n % 6}", n) for n in range(12)]
+    assert len(reader.names) <= 1 + 4  # "" and the live generation's names only
+    recorder.close()
+    reader.close()
+
+
+def test_a_lagging_reader_counts_what_was_overwritten() -> None:
+    names_r, names_w = os.pipe()
+    recorder = Recorder(4)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n in range(10):
+        write(recorder, "svc", n)
+    assert [o.bytes_in for o in reader.read()] == [7, 8, 9]
+    assert reader.lost == 7
+    write(recorder, "svc", 10)
+    assert [o.bytes_in for o in reader.read()] == [10] and reader.lost == 7
+    recorder.close()
+    reader.close()
+
+
+def test_names_a_client_picks_are_capped() -> None:
+    names_r, names_w = os.pipe()
+    recorder = Recorder(4096)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n in range(CLIENT_CAP + 5):
+        recorder.write(0.0, "mcp", "", "", False, b"POST", 200, n, 0, None, 0,
+                       rpc_method=b"tools/call", tool=b"tool-%d" % n)  # fmt: skip
+    tools = [o.tool for o in reader.read()]
+    assert tools[:CLIENT_CAP] == [f"tool-{n}" for n in range(CLIENT_CAP)]
+    assert tools[CLIENT_CAP:] == [OTHER] * 5
+    assert len(reader.names) == CLIENT_CAP + 5  # and "", "mcp", "POST", "tools/call", OTHER
+    recorder.close()
+    reader.close()
+
+
+def test_ids_past_two_bytes_decode() -> None:
+    """70,000 sandboxes' keys, then a method seen for the first time: its id is past 65,535."""
+    names_r, names_w = os.pipe()
+    os.set_blocking(names_r, False)
+    recorder = Recorder(4)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n in range(70_000):
+        recorder.write(0.0, "svc", f"sb{n}", f"k{n}", True, b"GET", 200, n, 0, None, 0)
+        if n % 1000 == 0:
+            reader.read()  # (keeps the names pipe drained)
+    recorder.write(0.0, "svc", "sb1", "k1", True, b"PATCH", 200, 0, 0, None, 0)
+    last = reader.read()[-1]
+    assert (last.method, last.sandbox, last.routing_key) == ("PATCH", "sb1", "k1")
+    recorder.close()
+    reader.close()
+
+
+def write(recorder: Recorder, service: str, n: int) -> None:
+    recorder.write(0.0, service, "", "", False, b"GET", 200, n, 0, None, 0)

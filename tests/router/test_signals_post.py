@@ -1,0 +1,351 @@
+"""The signals sink reporting to a real HTTP server (uvicorn on loopback, a small Starlette app
+standing in for the control plane's `POST /v1/router-signals`): what is sent, sent again,
+retried and dropped, and that a control plane that is down or hangs costs bounded memory and
+time."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from random import Random
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sandboxd_router.telemetry.observed import BASELINE, SANDBOX, Observed
+from sandboxd_router.telemetry.signals import SignalsSink
+from tests.support.server import free_port
+
+TOKEN = "router-token-0123456789"
+T0 = 1_765_000_000.0
+
+
+@dataclass
+class ControlPlane:
+    """Records every post it is sent; answers per `mode`: ok (200), fail (500), refuse (422)
+    or hang (until `release` is set)."""
+
+    port: int
+    mode: str = "ok"
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    server: uvicorn.Server | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def receive(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        self.posts.append(body)
+        self.tokens.append(request.headers.get("authorization", ""))
+        if self.mode == "hang":
+            await self.release.wait()
+        if self.mode == "fail":
+            return JSONResponse({"error": "internal"}, status_code=500)
+        if self.mode == "refuse":
+            return JSONResponse({"error": "invalid", "detail": "no"}, status_code=422)
+        accepted = len(body["buckets"]) + len(body["requests"])
+        return JSONResponse({"accepted": accepted, "ignored": 0})
+
+    async def start(self) -> None:
+        app = Starlette(routes=[Route("/v1/router-signals", self.receive, methods=["POST"])])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.release.set()
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            await self.task
+            self.server = self.task = None
+
+    def sent_seqs(self) -> list[int]:
+        return [r["seq"] for post in self.posts for r in post["requests"]]
+
+    def sent_buckets(self) -> list[tuple[str, str, int, int]]:
+        """(sandbox, service, start, requests) of every bucket posted, in order."""
+        return [
+            (b["sandbox"], b["service"], b["start"], b["requests"])
+            for post in self.posts
+            for b in post["buckets"]
+        ]
+
+
+@pytest.fixture
+async def control_plane() -> AsyncIterator[ControlPlane]:
+    cp = ControlPlane(free_port())
+    await cp.start()
+    yield cp
+    await cp.stop()
+
+
+SEQ = itertools.count()  # each request its own ring record
+
+
+def observed(*, sandbox: str = "pr-1", end: float = T0 + 1, service: str = "svc") -> Observed:
+    return Observed(
+        seq=next(SEQ),
+        end=end,
+        duration=0.002,
+        service=service,
+        sandbox=sandbox,
+        routing_key=f"key-{sandbox}" if sandbox else "",
+        route=SANDBOX if sandbox else BASELINE,
+        method="GET",
+        status=200,
+        bytes_in=0,
+        bytes_out=10,
+        traceparent=None,
+        error="",
+        injected=False,
+    )
+
+
+def sink(url: str, **options: Any) -> SignalsSink:
+    options.setdefault("clock", lambda: T0 + 5)
+    return SignalsSink(url=url, token=TOKEN, rng=Random(1), **options)
+
+
+async def test_a_report_carries_buckets_and_records_with_the_token(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url)
+    s.add(observed())
+    s.add(observed(sandbox=""))
+    await s.send()
+    (post,) = control_plane.posts
+    assert control_plane.tokens == [f"Bearer {TOKEN}"]
+    assert post["instance"] == s.instance and len(post["instance"]) == 16
+    assert sorted(control_plane.sent_buckets()) == [("", "svc", T0, 1), ("pr-1", "svc", T0, 1)]
+    assert control_plane.sent_seqs() == [1]
+    await s.close()
+
+
+async def test_buckets_are_sent_again_while_they_grow_and_records_once(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url)
+    for _ in range(3):
+        s.add(observed())
+    await s.send()
+    s.add(observed())
+    s.add(observed())
+    s.add(observed(service="other"))
+    await s.send()
+    await s.send()  # nothing changed: nothing posted
+    assert len(control_plane.posts) == 2
+    assert control_plane.sent_buckets() == [
+        ("pr-1", "svc", T0, 3),
+        ("pr-1", "svc", T0, 5),
+        ("pr-1", "other", T0, 1),
+    ]
+    assert control_plane.sent_seqs() == [1, 2, 3, 4, 5, 6]
+    assert s.pending_requests == 0
+    await s.close()
+
+
+async def test_a_failed_report_is_retried_with_everything_and_logged_once(
+    control_plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sandboxd_router")
+    s = sink(control_plane.url)
+    s.add(observed())
+    control_plane.mode = "fail"
+    await s.send()
+    s.add(observed())
+    await s.send()
+    assert s.pending_requests == 2
+    control_plane.mode = "ok"
+    await s.send()
+    await s.send()
+    assert [len(p["requests"]) for p in control_plane.posts] == [1, 2, 2]
+    assert control_plane.sent_buckets()[-1] == ("pr-1", "svc", T0, 2)
+    assert s.pending_requests == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "HTTP 500" in warnings[0].getMessage()
+    assert any("again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+    await s.close()
+
+
+async def test_a_control_plane_that_is_not_there_yet_gets_it_all_later() -> None:
+    cp = ControlPlane(free_port())  # nothing listens there yet: connection refused
+    s = sink(cp.url)
+    s.add(observed())
+    await s.send()
+    s.add(observed())
+    await s.send()
+    assert s.pending_requests == 2 and s.buckets == 1
+    await cp.start()
+    try:
+        await s.send()
+        assert cp.sent_seqs() == [1, 2]
+        assert cp.sent_buckets() == [("pr-1", "svc", T0, 2)]
+        await s.close()
+    finally:
+        await cp.stop()
+
+
+async def test_a_refused_report_is_dropped_not_sent_again(
+    control_plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = sink(control_plane.url)
+    s.add(observed())
+    control_plane.mode = "refuse"
+    await s.send()
+    control_plane.mode = "ok"
+    await s.send()
+    assert len(control_plane.posts) == 1 and s.pending_requests == 0
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    s.add(observed())  # the bucket changed again: it goes, with the new record only
+    await s.send()
+    assert control_plane.sent_seqs() == [1, 2]
+    assert control_plane.sent_buckets()[-1] == ("pr-1", "svc", T0, 2)
+    await s.close()
+
+
+async def test_a_busy_sandbox_cannot_push_out_a_quiet_ones_records(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url, max_pending=50, per_sandbox=20)
+    s.add(observed(sandbox="quiet"))
+    for _ in range(100):
+        s.add(observed(sandbox="busy"))
+    assert s.pending_requests == 21 and s.dropped_requests == 80
+    await s.send()
+    sent = [r for p in control_plane.posts for r in p["requests"]]
+    assert [r["seq"] for r in sent] == [1, *range(82, 102)]  # the busy one's newest 20
+    assert sent[0]["sandbox"] == "quiet"
+    await s.close()
+
+
+async def test_posts_carry_at_most_1000_buckets_and_1000_records(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url)
+    for i in range(1500):  # 1,500 sandboxes: 1,500 buckets, 1,500 records
+        s.add(observed(sandbox=f"pr-{i}"))
+    for _ in range(1000):  # pr-0 now has 1,001: its oldest is dropped (1,000 per sandbox)
+        s.add(observed(sandbox="pr-0"))
+    await s.send()
+    shape = [(len(p["buckets"]), len(p["requests"])) for p in control_plane.posts]
+    assert shape == [(1000, 1000), (500, 1000), (0, 499)]
+    assert control_plane.sent_seqs() == list(range(2, 2501))
+    assert s.dropped_requests == 1
+    sent = control_plane.sent_buckets()
+    assert len({b[0] for b in sent}) == 1500
+    assert ("pr-0", "svc", T0, 1001) in sent
+    await s.close()
+
+
+async def test_memory_is_bounded_while_the_control_plane_is_down() -> None:
+    now = [T0 + 5]
+    cp = ControlPlane(free_port())
+    s = sink(cp.url, clock=lambda: now[0], max_pending=100, max_buckets=3)
+    for _ in range(250):
+        s.add(observed())
+    s.add(observed(sandbox="", end=T0 - 4000))  # older than the longest window served
+    for window in (1, 2, 3, 4):
+        s.add(observed(sandbox="", end=T0 + 10 * window))
+    await s.send()  # refused: nothing listens
+    assert s.pending_requests == 100 and s.dropped_requests == 150
+    assert s.buckets == 3 and s.dropped_buckets == 3  # the hour-old one and the oldest two
+    await cp.start()
+    try:
+        now[0] = T0 + 45
+        await s.send()
+        assert cp.sent_seqs() == list(range(151, 251))  # the newest records were kept
+        assert sorted(b[2] for b in cp.sent_buckets()) == [T0 + 20, T0 + 30, T0 + 40]
+        now[0] = T0 + 200  # closed and acknowledged: forgotten
+        await s.send()
+        assert s.buckets == 0 and len(cp.posts) == 1
+        await s.close()
+    finally:
+        await cp.stop()
+
+
+async def test_tick_does_not_wait_for_a_hanging_control_plane_and_close_is_bounded(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url, interval=0)
+    s.add(observed())
+    control_plane.mode = "hang"
+    await s.tick()  # returns while the post hangs
+    while not control_plane.posts:
+        await asyncio.sleep(0.01)
+    s.add(observed())
+    await s.tick()  # a report is under way: no second one
+    await s.close()  # given up after its time, the post unanswered
+    assert len(control_plane.posts) == 1
+    assert s.pending_requests == 2
+
+
+async def test_close_sends_what_is_left(control_plane: ControlPlane) -> None:
+    s = sink(control_plane.url, interval=3600)
+    s.add(observed())
+    await s.tick()
+    s.add(observed())
+    await s.tick()  # within the interval: nothing new started
+    await s.close()
+    assert control_plane.sent_seqs() == [1, 2]
+    assert control_plane.sent_buckets()[-1] == ("pr-1", "svc", T0, 2)
+
+
+async def test_what_arrives_while_a_report_is_under_way_is_sent_next(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url, interval=0)
+    s.add(observed())
+    control_plane.mode = "hang"
+    await s.tick()
+    while not control_plane.posts:
+        await asyncio.sleep(0.01)
+    s.add(observed())  # into the bucket being posted
+    control_plane.mode = "ok"
+    control_plane.release.set()
+    await s.close()
+    assert control_plane.sent_buckets() == [("pr-1", "svc", T0, 1), ("pr-1", "svc", T0, 2)]
+    assert control_plane.sent_seqs() == [1, 2]
+
+
+async def test_tick_reports_about_once_per_interval(control_plane: ControlPlane) -> None:
+    now = [T0 + 5]
+    s = sink(control_plane.url, clock=lambda: now[0], interval=1.0)
+    # the loop's ticks come with some jitter: one a little early still reports
+    for step, reports in ((0.0, True), (0.5, False), (0.95, True), (1.0, False), (1.5, False),
+                          (2.0, True)):  # fmt: skip
+        now[0] = T0 + 5 + step
+        s.add(observed())
+        await s.tick()
+        for _ in range(500 if reports else 0):  # until that report is acknowledged
+            if not s.pending_requests:
+                break
+            await asyncio.sleep(0.01)
+    await s.close()
+    assert [[r["seq"] for r in p["requests"]] for p in control_plane.posts] == [
+        [1], [2, 3], [4, 5, 6],
+    ]  # fmt: skip
+
+
+async def test_close_gives_up_its_own_last_report_when_the_control_plane_hangs(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url)
+    s.add(observed())
+    control_plane.mode = "hang"
+    await s.close()  # returns, the post unanswered (the test's timeout would say otherwise)
+    assert s.pending_requests == 1  # not acknowledged: still there
