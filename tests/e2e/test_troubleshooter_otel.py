@@ -5,7 +5,9 @@ OTEL_EXPORTER_OTLP_ENDPOINT pointing at the collector (the baselines inherit it)
 - one `POST /diagnose` is one trace: the agent's SERVER span (a child of the caller's span),
   a CLIENT span per MCP request under it, and the instrumented HTTP requests under those;
 - a sandbox's key rides in the OpenTelemetry context: the header the instrumentation writes and
-  the `params._meta` the agent sends come from it, and the fork answers;
+  the `params._meta` the MCP SDK sends come from it, and the fork answers; the router's spans
+  (it exports by the same variables) continue the trace under the agent's HTTP spans, with the
+  route decision the key made;
 - the agent logs a JSON line per diagnosis with the trace id;
 - the trap the agent's README warns about, against a real MCP server that records what it
   received: with any baggage in the context, the httpx instrumentation replaces a `baggage`
@@ -143,7 +145,7 @@ def test_one_diagnosis_is_one_trace_of_the_agent_its_mcp_calls_and_their_http(
 def test_the_sandbox_key_in_the_context_reaches_the_fork_and_the_log_has_the_trace(
     world: World,
 ) -> None:
-    trace_id, _, header = traceparent()
+    trace_id, caller, header = traceparent()
     response = world.app.http_post_diagnose(
         {"traceparent": header, "baggage": f"user.id=alice,{world.schema_change}"}
     )
@@ -154,6 +156,7 @@ def test_the_sandbox_key_in_the_context_reaches_the_fork_and_the_log_has_the_tra
     spans = agent_trace(world, trace_id)
     (server,) = [s for s in spans if s.kind == "server"]
     assert server.status == "error" and server.attributes["error.type"] == "502"
+    assert_router_spans_continue_the_trace(world, trace_id, spans, caller)
 
     log = world.app.server.data_dir / "baseline" / "agent.log"
     lines = poll.until(
@@ -168,6 +171,36 @@ def test_the_sandbox_key_in_the_context_reaches_the_fork_and_the_log_has_the_tra
     (line,) = lines
     assert line["traceId"] == trace_id and line["spanId"] == server.span_id
     assert line["message"] == "diagnose" and line["status"] == 502 and line["ok"] is False
+
+
+def assert_router_spans_continue_the_trace(
+    world: World, trace_id: str, agent: list[Span], caller: str
+) -> None:
+    """The router's spans of the trace (it exports them too, by the same variables): the
+    agent's request under the caller's span, and each MCP request under the agent's HTTP span
+    that sent it, with the route decision the sandbox's key made."""
+
+    def router(spans: list[Span]) -> list[Span]:
+        return [s for s in spans if s.trace_id == trace_id and s.service == "sandboxd-router"]
+
+    spans = router(
+        world.collector.wait_for(
+            lambda spans: {"POST", "tools/call describe_pod"} <= {s.name for s in router(spans)},
+            what=f"the router's spans of trace {trace_id}",
+        )
+    )
+    assert {s.attributes["sandboxd.sandbox"] for s in spans} == {"schema-change"}
+    (entry,) = [s for s in spans if s.attributes["sandboxd.service"] == "agent"]
+    assert entry.parent == caller and entry.attributes["sandboxd.route"] == "baseline"
+    assert entry.attributes["http.response.status_code"] == 502
+    sent = {s.span_id: s for s in agent if "url.full" in s.attributes}
+    calls = [s for s in spans if s.attributes["sandboxd.service"] != "agent"]
+    assert calls and all(s.parent in sent for s in calls), "each under the agent's HTTP span"
+    routes = {(s.attributes["sandboxd.service"], s.attributes["sandboxd.route"]) for s in calls}
+    assert routes == {("cluster-mcp", "sandbox"), ("logs-mcp", "baseline")}
+    described = next(s for s in calls if s.name == "tools/call describe_pod")
+    assert described.attributes["gen_ai.tool.name"] == "describe_pod"
+    assert sent[described.parent].attributes["url.full"] == f"{world.app.url('cluster-mcp')}/mcp"
 
 
 @contextmanager
