@@ -19,8 +19,13 @@
 
 `GET /healthz` answers 200. The tool servers are reached through the router, at
 `$SANDBOXD_SERVICE_CLUSTER_MCP_URL/mcp` and `$SANDBOXD_SERVICE_LOGS_MCP_URL/mcp`, with the
-request's `baggage` and trace context on every call (see `tools.py`), so a request tagged for a
-sandbox reaches that sandbox's forks and the baseline for everything else.
+request's `baggage` and trace context on every call, so a request tagged for a sandbox reaches
+that sandbox's forks and the baseline for everything else. That is OpenTelemetry's job here:
+the caller's `traceparent` and `baggage` are extracted into the context, which stays attached
+while the request is served; `POST /diagnose` is a SERVER span and each MCP request a CLIENT
+span under it, and the httpx instrumentation and `params._meta` carry the context on (see
+`telemetry.py`, `tools.py`). Spans are exported by OTLP when the standard `OTEL_*` variables
+say so. Each diagnosis is logged as one JSON line on stdout, with its trace id.
 
 A 429 is retried after its `Retry-After`, at most 3 attempts and 5 s of waiting per step; the
 evidence item of that step lists the retries. Content a tool returns beside its structured
@@ -35,18 +40,19 @@ v1), `AGENT_TOOL_TIMEOUT_S` (the limit per tool call, default 10), `AGENT_MODEL_
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import telemetry
 import uvicorn
 from diagnoser import Diagnoser, diagnoser_from_env
 from failures import ToolCallError
+from opentelemetry import context, propagate, trace
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from tools import PROPAGATED, TraceContext, connect
+from tools import connect
 from workflow import LAST_RUN_FIELDS, Evidence, MissingField, diagnose
 
 
@@ -92,16 +98,29 @@ def _mcp_url(variable: str, default: str) -> str:
     return os.environ.get(variable, default).rstrip("/") + "/mcp"
 
 
-def trace_context(request: Request) -> TraceContext:
-    """The request's W3C headers, with a new `traceparent` when the caller sent none, so every
-    tool call of one diagnosis shares a trace id."""
-    headers = {name: request.headers[name] for name in PROPAGATED if name in request.headers}
-    headers.setdefault("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01")
-    return TraceContext(headers)
-
-
 def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
+    tracer = trace.get_tracer("troubleshooter")
+
     async def run(request: Request) -> Response:
+        # The caller's trace and baggage (with the sandbox's routing key) become the current
+        # context: every span, header and `_meta` of this diagnosis is derived from it.
+        token = context.attach(propagate.extract(request.headers))
+        try:
+            with tracer.start_as_current_span(
+                "POST /diagnose",
+                kind=trace.SpanKind.SERVER,
+                attributes={"http.request.method": "POST", "http.route": "/diagnose"},
+            ) as span:
+                response = await serve(request)
+                span.set_attribute("http.response.status_code", response.status_code)
+                if response.status_code >= 500:
+                    span.set_attribute("error.type", str(response.status_code))
+                    span.set_status(trace.StatusCode.ERROR)
+                return response
+        finally:
+            context.detach(token)
+
+    async def serve(request: Request) -> Response:
         answer: dict[str, Any] = {
             "ok": False,
             "pod": None,
@@ -117,19 +136,16 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
         except ValueError:
             body = None
         namespace = body.get("namespace") if isinstance(body, dict) else None
+        answer["traceId"] = telemetry.trace_id()
         if not isinstance(namespace, str) or not namespace:
             answer["error"] = 'the body must be JSON {"namespace": "<name>"}'
-            return JSONResponse(answer, status_code=400)
-        context = trace_context(request)
-        answer["traceId"] = context.headers["traceparent"].split("-")[1]
+            return _answered(answer, 400)
         evidence = Evidence(items=answer["evidence"])
         timeout = settings.tool_timeout
         try:
             async with (
-                connect(
-                    "cluster-mcp", settings.cluster_url, context=context, timeout=timeout
-                ) as cluster,
-                connect("logs-mcp", settings.logs_url, context=context, timeout=timeout) as logs,
+                connect("cluster-mcp", settings.cluster_url, timeout=timeout) as cluster,
+                connect("logs-mcp", settings.logs_url, timeout=timeout) as logs,
             ):
                 # Expected failures are caught here, inside the sessions: raised through them
                 # they would arrive wrapped in the SDK's task-group exception groups.
@@ -150,9 +166,9 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
             evidence.failed(e)
             answer["error"] = str(e)
         if answer["error"] is not None:
-            return JSONResponse(answer, status_code=502)
+            return _answered(answer, 502)
         answer |= {"ok": True, "pod": outcome.pod, "diagnosis": outcome.diagnosis}
-        return JSONResponse(answer)
+        return _answered(answer, 200)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse(f"agent {settings.prompt_version}")
@@ -165,12 +181,23 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
     )
 
 
+def _answered(answer: dict[str, Any], status: int) -> Response:
+    """The answer, logged as one JSON line (inside the request's span: with its trace id)."""
+    fields = {k: answer[k] for k in ("ok", "pod", "error", "sandbox", "promptVersion")}
+    telemetry.log.info("diagnose", extra={"fields": {"status": status} | fields})
+    return JSONResponse(answer, status_code=status)
+
+
 def main() -> None:
     settings = Settings.from_env()
+    telemetry.setup()
     app = build_app(settings=settings, diagnoser=diagnoser_from_env())
     port = int(os.environ["PORT"])
     print(f"agent {settings.prompt_version} listening on http://127.0.0.1:{port}", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The agent's one seam to its MCP tool servers: the SDK `Client`, with the request's context.
+"""The agent's one seam to its MCP tool servers: the SDK `Client`, in the request's context.
 
-Every MCP call carries the incoming request's `baggage` and `traceparent`/`tracestate` twice:
-as HTTP headers (on an `httpx2.AsyncClient`, so `initialize`, GET and DELETE carry them too)
-and in `params._meta` of each tool call (the routing key in `_meta.baggage` is what a router
-reads when a header is lost on the way). The raw bytes are forwarded; OpenTelemetry's baggage
-propagator would re-encode them.
+Every MCP call carries the current OpenTelemetry context — the caller's baggage (with the
+sandbox's routing key) and the trace — twice, and nothing here copies a header by hand: as HTTP
+headers, which the httpx instrumentation injects into every request of the session
+(`initialize`, GET and DELETE too; see `telemetry.py`), and in `params._meta` of every request,
+which the MCP SDK fills from the same context (its "MCP send …" CLIENT span, SEP-414; `_meta`
+is what a router reads when a header is lost on the way). Same propagators, same context: the
+two always agree. Each step (`cluster-mcp describe_pod`: the listing, the call and its retries)
+is a span of the agent's, the SDK's spans and the HTTP requests under it.
 
 What a tool answers is trusted only as far as a production agent should:
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,9 +43,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
+from opentelemetry import trace
 
-PROPAGATED = ("baggage", "traceparent", "tracestate")
-"""Request headers that follow the request into every MCP call."""
+tracer = trace.get_tracer("troubleshooter")
 
 HTTP_GRACE_S = 5.0
 """The HTTP client waits this much longer than the MCP call, so that a silent server ends as
@@ -50,17 +53,6 @@ the SDK's request time-out (a clean error) rather than as a read time-out inside
 group."""
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TraceContext:
-    """The W3C headers of the request being served (absent ones are left out)."""
-
-    headers: Mapping[str, str]
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.headers)
 
 
 @dataclass(frozen=True)
@@ -82,7 +74,6 @@ class ToolServer:
 
     service: str
     client: Client
-    context: TraceContext
     watch: HttpWatch
     timeout: float
     budget: RetryBudget
@@ -91,14 +82,20 @@ class ToolServer:
     offered: set[str] | None = None
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> ToolResult:
-        meta: Any = self.context.meta
+        """One step of the diagnosis, as one span (failures raised through it mark it)."""
+        attributes = {"peer.service": self.service, "gen_ai.tool.name": tool}
+        with tracer.start_as_current_span(f"{self.service} {tool}", attributes=attributes) as span:
+            try:
+                return await self._call(tool, arguments)
+            except ToolCallError as e:
+                span.set_attribute("error.type", type(e).__name__)
+                raise
+
+    async def _call(self, tool: str, arguments: dict[str, Any]) -> ToolResult:
         retries: list[dict[str, Any]] = []  # one budget for the step, listing included
         if self.offered is None:
             listing = await self._retrying(
-                tool,
-                lambda: self.client.list_tools(meta=meta),
-                step="tools/list: ",
-                retries=retries,
+                tool, self.client.list_tools, step="tools/list: ", retries=retries
             )
             self.offered = {t.name for t in listing.tools}
         if tool not in self.offered:
@@ -107,7 +104,7 @@ class ToolServer:
                 self.service, tool, f"the server does not offer this tool (tools/list: {offered})"
             )
         result = await self._retrying(
-            tool, lambda: self.client.call_tool(tool, arguments, meta=meta), retries=retries
+            tool, lambda: self.client.call_tool(tool, arguments), retries=retries
         )
         return read_result(self.service, tool, result, retries=retries)
 
@@ -185,7 +182,6 @@ async def connect(
     service: str,
     url: str,
     *,
-    context: TraceContext,
     timeout: float,
     budget: RetryBudget | None = None,
 ) -> AsyncIterator[ToolServer]:
@@ -201,16 +197,13 @@ async def connect(
     server: ToolServer | None = None
     try:
         http = httpx2.AsyncClient(
-            headers=dict(context.headers),
             timeout=timeout + HTTP_GRACE_S,
             event_hooks={"response": [watch.on_response]},
         )
         async with http:
             transport = streamable_http_client(url, http_client=http)
             async with Client(transport, mode="auto", read_timeout_seconds=timeout) as client:
-                server = ToolServer(
-                    service, client, context, watch, timeout, budget or RetryBudget()
-                )
+                server = ToolServer(service, client, watch, timeout, budget or RetryBudget())
                 yield server
                 server = None
     except Exception as e:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from sandboxd import tracing
 from sandboxd.api import errors, observe, reports, sandboxes, signals, system
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
@@ -131,12 +132,16 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     file_catalog = load_catalog(settings.catalog) if settings.catalog else Catalog()
     workdir = str(settings.catalog.resolve().parent) if settings.catalog else None
     metrics = Metrics()
+    traced = tracing.from_env(metrics.registry)  # None unless OTEL_* asks for traces
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Each resource is closed by the stack as soon as it is made, so a start that fails
         half way (a baseline or the router not coming up) leaves nothing running."""
         async with contextlib.AsyncExitStack() as stack:
+            if traced is not None:
+                traced.start()
+                stack.callback(traced.close)
             settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
             _private(settings.data_path, 0o700)
             engine = make_engine(settings.effective_database_url)
@@ -222,6 +227,8 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     signals_limit = {"/v1/router-signals": max(signals.MAX_POST_BYTES, settings.max_request_bytes)}
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes, larger=signals_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    if traced is not None:
+        app.add_middleware(tracing.TraceRequests, tracing=traced)
     return app
 
 
