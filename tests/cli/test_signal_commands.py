@@ -4,8 +4,12 @@ the way a router's telemetry process posts them (`POST /v1/router-signals`)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +118,24 @@ def test_a_bad_window_is_exit_2(sandbox: Invoke, seeded: str) -> None:
     result = sandbox("metrics", "sig", "--window", "forever")
     assert result.exit_code == 2
     assert "window" in result.stderr
+
+
+def readme_harness() -> str:
+    """The README's Python harness example ("Fail a CI job on a regression"), as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Fail a CI job on a regression**") :]
+    return section[
+        section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))
+    ]
+
+
+def test_the_readme_harness_fails_on_a_regression(server: Sandboxd, seeded: str) -> None:
+    env = {**os.environ, "SANDBOXD_URL": server.url, "SANDBOXD_TOKEN": server.token,
+           "SANDBOX": "sig"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", readme_harness()], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "regressed: echo latency" in done.stdout
+    assert "echo 503 http_5xx" in done.stdout  # the failed request, with its trace
