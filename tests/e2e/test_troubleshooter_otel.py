@@ -203,6 +203,54 @@ def assert_router_spans_continue_the_trace(
     assert sent[described.parent].attributes["url.full"] == f"{world.app.url('cluster-mcp')}/mcp"
 
 
+def test_a_fault_shows_on_the_router_span_of_the_call_it_hit(world: World) -> None:
+    """One diagnosis in a sandbox whose fault limits get_logs twice: the router's spans of
+    the two limited calls carry the fault and the moment it was injected, the retry's does
+    not, and the control plane keeps the same spans (same ids) as its trace."""
+    key = world.app.up(EXAMPLE / "faults" / "rate_limit.yaml")["baggage"]
+    trace_id, _caller, header = traceparent()
+    response = world.app.http_post_diagnose({"traceparent": header, "baggage": key})
+    assert response.status_code == 200, response.text
+
+    def logs_calls(spans: list[Span]) -> list[Span]:
+        return [s for s in spans if s.trace_id == trace_id and s.name == "tools/call get_logs"
+                and s.service == "sandboxd-router"]  # fmt: skip
+
+    spans = logs_calls(world.collector.wait_for(
+        lambda spans: len(logs_calls(spans)) == 3, what="the router's 3 get_logs spans"
+    ))  # fmt: skip
+    limited = [s for s in spans if "sandboxd.fault.id" in s.attributes]
+    assert len(limited) == 2
+    for span in limited:
+        assert span.attributes["sandboxd.fault.kind"] == "rate_limit"
+        assert span.attributes["sandboxd.fault.id"] == "logs-429"
+        assert span.attributes["sandboxd.sandbox"] == "fault-rate-limit"
+        assert span.attributes["sandboxd.route"] == "baseline"  # no fork: the key's faults
+        assert span.attributes["http.response.status_code"] == 429
+        assert [e.name for e in span.events] == ["sandboxd.fault.injected"]
+    (through,) = [s for s in spans if s not in limited]
+    assert through.attributes["http.response.status_code"] == 200
+    # the control plane's trace of the sandbox: the same spans, the same ids
+    with world.app.server.client() as api:
+        kept = poll.until(
+            lambda: api.get(
+                "/v1/sandboxes/fault-rate-limit/traces", params={"traceId": trace_id}
+            ).json()["items"],
+            lambda items: items and _span_ids(items[0]["spans"]) >= {s.span_id for s in spans},
+            timeout=10,
+            what="the control plane's copy of the trace",
+        )
+    assert {s.span_id for s in spans} <= _span_ids(kept[0]["spans"])
+
+
+def _span_ids(tree: list[dict[str, Any]]) -> set[str]:
+    ids: set[str] = set()
+    for span in tree:
+        ids.add(span["spanId"])
+        ids |= _span_ids(span.get("children") or [])
+    return ids
+
+
 @contextmanager
 def lone_agent(world: World, env: dict[str, str]) -> Iterator[str]:
     """Another agent process, calling the tools through the world's router, with `env` as its
