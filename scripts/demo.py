@@ -126,7 +126,28 @@ def fault_act(env: dict[str, str], base: dict[str, Any], checks: dict[str, bool]
     counted = injected(env, "fault-rate-limit", until=2)
     print(sandbox("fault", "list", "fault-rate-limit", env=env).stdout.rstrip())
     checks["fault-rate-limit: the router counted 2 injections"] = counted == 2
+    signals_act(env, checks)
     return {FAULT_SCENARIOS[kind][0]: key for kind, key in keys.items()}
+
+
+def signals_act(env: dict[str, str], checks: dict[str, bool]) -> None:
+    """What the harness reads afterwards: the sandbox's requests that a fault hit, each with
+    its trace id, and its metrics beside the baseline's."""
+    say("signals: what fault-rate-limit's traffic did, as the router recorded it")
+    limited: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10  # the router reports about once a second
+    while len(limited) < 2 and time.monotonic() < deadline:
+        answer = sandbox("requests", "fault-rate-limit", "--fault", "logs-429", "-o", "json",
+                         env=env, show=False)  # fmt: skip
+        limited = json.loads(answer.stdout or "{}").get("items", [])
+        time.sleep(0.2)
+    print(sandbox("requests", "fault-rate-limit", "--limit", "6", env=env).stdout.rstrip())
+    print(sandbox("metrics", "fault-rate-limit", "--include-injected", env=env).stdout.rstrip())
+    checks["signals: the two limited get_logs calls are recorded, with their trace"] = (
+        len(limited) == 2
+        and all(r.get("status") == 429 and r.get("tool") == "get_logs" for r in limited)
+        and all(r.get("traceId") for r in limited)
+    )
 
 
 def injected(env: dict[str, str], name: str, *, until: int) -> int:
