@@ -192,8 +192,8 @@ async def test_upgrading_from_0006_adds_the_signal_tables(database_url: str) -> 
         )
     migrate(engine)
     store = Store(engine)
-    bucket = BucketIn("old", "k1234567890", "svc", 1_765_000_000, 10, 3, {"requests": 3})
-    record = RecordIn("old", "k1234567890", 1, "svc", 1_765_000_001.5, 200, None, None, {})
+    bucket = BucketIn("old", "k1234567890", "svc", 1_765_000_000, 10, 3, '{"requests": 3}')
+    record = RecordIn("old", "k1234567890", 1, "svc", 1_765_000_001.5, 200, None, None, "{}")
 
     stored = await store.store_signals(instance="i", buckets=[bucket], records=[record])
 

@@ -571,10 +571,10 @@ async def test_retention_keeps_an_hour_of_buckets_and_the_newest_records(
     start = int(now) // 10 * 10
 
     def bucket_in(key: str, name: str, at: int) -> BucketIn:
-        return BucketIn(name, key, "svc", at, 10, 1, {"requests": 1, "start": at, "width": 10})
+        return BucketIn(name, key, "svc", at, 10, 1, json.dumps({"requests": 1, "start": at}))
 
     def record_in(key: str, name: str, seq: int) -> RecordIn:
-        return RecordIn(name, key, seq, "svc", now - 2000 + seq, 200, None, None, {"seq": seq})
+        return RecordIn(name, key, seq, "svc", now - 2000 + seq, 200, None, None, "{}")
 
     buckets = [bucket_in(row.routing_key, "kept", start - 10 * n) for n in (0, 360, 367)]
     buckets.append(bucket_in("", "", start - 3670))

@@ -16,6 +16,7 @@ Writes are one statement per table per post (executemany), inside the caller's t
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ class BucketIn:
     start: int
     width: int
     requests: int
-    data: dict[str, Any]
+    data: str
+    """The bucket as JSON text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,8 @@ class RecordIn:
     status: int
     error: str | None
     trace_id: str | None
-    data: dict[str, Any]
+    data: str
+    """The record as JSON text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,7 @@ def store(
 def window(session: Session, *, routing_key: str, since: float) -> list[tuple[str, Any]]:
     """(service, data) of the key's buckets that reach past `since`: one range of the key."""
     query = select(_BUCKETS.c.service, _BUCKETS.c.data).where(*_in_window(routing_key, since))
-    return [(service, data) for service, data in session.execute(query).all()]
+    return [(service, json.loads(data)) for service, data in session.execute(query).all()]
 
 
 def baseline_index(session: Session, *, since: float) -> tuple[tuple[str, int, str, int], ...]:
@@ -178,7 +181,7 @@ def _baseline_sides(
             _BUCKETS.c.routing_key == BASELINE, _BUCKETS.c.start >= oldest
         )
         for service, start, instance, requests, data in session.execute(query).all():
-            cache.buckets[(service, int(start), instance, int(requests))] = data
+            cache.buckets[(service, int(start), instance, int(requests))] = json.loads(data)
     rows = [(ident[0], cache.buckets[ident]) for ident in index if ident in cache.buckets]
     merged = sides(rows, exclude_injected=exclude_injected)
     cache.put(index, exclude_injected, merged)
@@ -208,7 +211,7 @@ def records(
     if where.trace_id is not None:
         query = query.where(_RECORDS.c.trace_id == where.trace_id)
     query = query.order_by(_RECORDS.c.start.desc(), _RECORDS.c.instance, _RECORDS.c.seq.desc())
-    return [row for (row,) in session.execute(query.limit(limit)).all()]
+    return [json.loads(row) for (row,) in session.execute(query.limit(limit)).all()]
 
 
 def traced(
@@ -230,7 +233,7 @@ def traced(
     if not ids:
         return []
     query = select(_RECORDS.c.data).where(mine, _RECORDS.c.trace_id.in_(ids))
-    return [row for (row,) in session.execute(query).all()]
+    return [json.loads(row) for (row,) in session.execute(query).all()]
 
 
 def forget(session: Session, *, routing_key: str) -> None:

@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("instance", sa.String(64), primary_key=True),
         sa.Column("width", sa.Integer, nullable=False),
         sa.Column("requests", sa.BigInteger, nullable=False),
-        sa.Column("data", sa.JSON, nullable=False),
+        sa.Column("data", sa.Text, nullable=False),
     )
     op.create_index("ix_signal_buckets_start", "signal_buckets", ["start"])
     op.create_table(
@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.Column("status", sa.Integer, nullable=False),
         sa.Column("error", sa.String(16), nullable=True),
         sa.Column("trace_id", sa.String(32), nullable=True),
-        sa.Column("data", sa.JSON, nullable=False),
+        sa.Column("data", sa.Text, nullable=False),
     )
     op.create_index("ix_request_records_key_start", "request_records", ["routing_key", "start"])
     op.create_index("ix_request_records_key_trace", "request_records", ["routing_key", "trace_id"])
