@@ -349,3 +349,39 @@ async def test_close_gives_up_its_own_last_report_when_the_control_plane_hangs(
     control_plane.mode = "hang"
     await s.close()  # returns, the post unanswered (the test's timeout would say otherwise)
     assert s.pending_requests == 1  # not acknowledged: still there
+
+
+async def test_a_busy_open_bucket_is_sent_again_every_5_s_and_when_it_closes(
+    control_plane: ControlPlane,
+) -> None:
+    now = [T0 + 1.0]
+    s = sink(control_plane.url, clock=lambda: now[0])
+    for _ in range(100):  # busy: 100 requests in the window [T0, T0 + 10)
+        s.add(observed())
+    await s.send()
+    s.add(observed())
+    now[0] = T0 + 3.0
+    await s.send()  # changed, but sent 2 s ago and still open: not yet
+    assert control_plane.sent_buckets() == [("pr-1", "svc", T0, 100)]
+    now[0] = T0 + 6.5
+    await s.send()  # 5 s on
+    s.add(observed())
+    now[0] = T0 + 10.0
+    await s.send()  # closed: at once
+    assert [b[3] for b in control_plane.sent_buckets()] == [100, 101, 102]
+    s.add(observed(end=T0 + 11))  # a quiet bucket: every report
+    s.add(observed(end=T0 + 11))
+    now[0] = T0 + 11.5
+    await s.send()
+    assert control_plane.sent_buckets()[-1] == ("pr-1", "svc", T0 + 10, 2)
+    await s.close()
+
+
+async def test_close_sends_a_busy_bucket_sent_a_moment_ago(control_plane: ControlPlane) -> None:
+    s = sink(control_plane.url, clock=lambda: T0 + 1)
+    for _ in range(100):
+        s.add(observed())
+    await s.send()
+    s.add(observed())
+    await s.close()
+    assert [b[3] for b in control_plane.sent_buckets()] == [100, 101]

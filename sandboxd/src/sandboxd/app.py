@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -209,6 +210,11 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             )
             stack.push_async_callback(router.close)
             await router.start()
+            # What start-up made (the app, its routes and models, the imported modules) lives
+            # as long as the process: out of the cyclic collector's sight, its full passes
+            # shrink from about 60 ms (seen as an API call's p99) to what requests leave.
+            gc.collect()
+            gc.freeze()
             yield
 
     app = FastAPI(

@@ -53,6 +53,7 @@ class Bucket:
         "injected_latency",
         "latency",
         "requests",
+        "sent_at",
         "tools",
     )
 
@@ -61,6 +62,8 @@ class Bucket:
         self.acked = 0
         """`requests` when the control plane last acknowledged this bucket: it changed since
         exactly when the two differ (every request counts in `requests`)."""
+        self.sent_at = float("-inf")
+        """When it was last put in a post (the clock of `SignalsSink`)."""
         self.injected = 0
         self.errors = [0, 0, 0, 0]  # in the order of `ERRORS`
         self.injected_errors = [0, 0, 0, 0]

@@ -5,7 +5,9 @@ carried a sandbox's key.
 `add` only counts, in memory. `tick` starts a report in the background and returns at once: a
 control plane that hangs must not stall the loop that drains the ring. A report sends what
 changed, in posts of at most `MAX_ENTRIES` buckets and `MAX_ENTRIES` request records:
-- a bucket is CUMULATIVE and sent again while it changes (the control plane replaces its copy
+- a bucket is CUMULATIVE and sent again while it changes — a busy one (`BUSY` requests or
+  more: its samples make most of a post's bytes) at most every `RESEND` seconds while its
+  window is open, and at once when it closes (the control plane replaces its copy
   by one with at least as many requests, so a repeat or a late arrival of an older copy is
   harmless); one older than `HORIZON` (the longest window served) is dropped unsent, and an
   acknowledged one is forgotten `GRACE` after its window closed (a straggler after that
@@ -53,6 +55,8 @@ GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window
 MAX_PENDING: Final = 10_000
 PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
+BUSY: Final = 64  # requests: a bucket this full re-sends its samples at most every RESEND
+RESEND: Final = 5.0  # seconds (a harness reading right after its traffic: see the README)
 UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
 
 Sent = list[tuple[Bucket, int]]
@@ -151,15 +155,22 @@ class SignalsSink:
         self._last = now
         self._task = asyncio.create_task(self.send())
 
-    async def send(self) -> None:
+    async def send(self, *, everything: bool = False) -> None:
         """One report: everything that changed, in as many posts as it takes; stops at the
         first post that fails (the rest waits for the next report)."""
-        self._expire(self.clock())
-        changed = [(key, b) for key, b in self._buckets.items() if b.changed]
+        now = self.clock()
+        self._expire(now)
+        changed = [
+            (key, b)
+            for key, b in self._buckets.items()
+            if (b.changed if everything else _due(key, b, now))
+        ]
         posts = -(-max(len(changed), self._waiting) // MAX_ENTRIES)
         for i in range(posts):
             entries = changed[i * MAX_ENTRIES : (i + 1) * MAX_ENTRIES]
             sent: Sent = [(b, b.requests) for _key, b in entries]
+            for _key, b in entries:
+                b.sent_at = now
             buckets = [b.wire(key) for key, b in entries]
             batch = list(itertools.islice(self._queued(), MAX_ENTRIES))
             body: dict[str, object] = {
@@ -181,7 +192,7 @@ class SignalsSink:
         with contextlib.suppress(TimeoutError):
             if self._task is not None and not self._task.done():
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            await asyncio.wait_for(self.send(), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(self.send(everything=True), max(0.0, deadline - loop.time()))
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -249,6 +260,13 @@ class SignalsSink:
                 timeout=httpx.Timeout(self.timeout),
             )
         return self._client
+
+
+def _due(key: Key, bucket: Bucket, now: float) -> bool:
+    """Whether a report sends the bucket: changed, and quiet, closed, or not sent lately."""
+    if not bucket.changed:
+        return False
+    return bucket.requests < BUSY or key[3] + WIDTH <= now or now - bucket.sent_at >= RESEND
 
 
 def _seq(record: records.Pending) -> int:
