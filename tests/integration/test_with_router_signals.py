@@ -209,7 +209,9 @@ def test_latencies_match_what_the_client_saw(world: World) -> None:
 
 
 def test_compare_flags_exactly_the_regressed_services(world: World) -> None:
-    m = reported(world, excludeInjected="false", minSamples="20")
+    # alpha 0.001: the faulted figures are far past it (p ~ 1e-12), while a calm figure has
+    # a 1-in-1000 chance of a false alarm rather than 1 in 20 (the default alpha), per figure
+    m = reported(world, excludeInjected="false", minSamples="20", alpha="0.001")
     assert m["api"]["compare"]["errorRate"]["verdict"] == "regressed"
     assert m["slow"]["compare"]["latency"]["verdict"] == "regressed"
     assert m["calm"]["compare"]["verdict"] == "pass"
