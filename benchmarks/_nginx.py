@@ -1,4 +1,5 @@
-"""nginx configurations for the router benchmark: the fixed origin and the routing peer.
+"""nginx configurations for the router benchmark: the fixed origin and the routing peer
+(with or without a JSON access log: the signals benchmark's peer for recording on).
 
 Both run as our own processes (`-p <dir> -c <conf> -e <log> -g 'daemon off;'`) with their pid
 file, logs and temp paths inside the benchmark's temp dir; the system nginx is never touched.
@@ -10,6 +11,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 BODY = "x" * 1024  # the 1 KiB response body of the origin
+
+# The peer's JSON access log: the fields of the router's own line (`telemetry/accesslog.py`),
+# one JSON object a line, strings escaped by nginx itself.
+JSON_LOG = (
+    "log_format sbx_json escape=json '{"
+    '"time":$msec,"service":"$server_port","route":"$sbx_route",'
+    '"method":"$request_method","status":$status,"ms":$request_time,'
+    '"bytesIn":$request_length,"bytesOut":$bytes_sent,"traceId":"$http_traceparent"'
+    "}';"
+)
 
 # One regex, delimiter-safe: the member must start the header or follow `,`, `;` or space.
 KEY_REGEX = r"~(?:^|[,;\s])sandbox=([^,;\s]+)"
@@ -57,13 +68,17 @@ def routing_conf(
     listen: Mapping[str, int],
     upstreams: Mapping[str, tuple[int, int]],
     keys: Mapping[str, str],
+    access_log: Path | None = None,
 ) -> str:
     """nginx doing the router's job: baggage → key (one regex) → sandbox (exact, hashed map)
     → upstream, with pooled keep-alive upstreams and no buffering.
 
     `listen`: service → port; `upstreams`: service → (baseline port, fork port);
-    `keys`: routing key → sandbox name (every sandbox forks every service).
+    `keys`: routing key → sandbox name (every sandbox forks every service); `access_log`: a
+    file that gets a JSON line per request (`JSON_LOG`, nginx's default buffering: none), or
+    None for no access log.
     """
+    log = f"    access_log {access_log} sbx_json;\n" if access_log else ""
     entries = "".join(f'    {key} "sandbox={name}";\n' for key, name in keys.items())
     pools = "".join(
         f"""
@@ -80,7 +95,7 @@ def routing_conf(
         f"""
   server {{
     listen 127.0.0.1:{port} backlog=4096;
-    location / {{
+{log}    location / {{
       proxy_pass http://{service}_$sbx_upstream;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -96,6 +111,7 @@ def routing_conf(
     return (
         head(run_dir)
         + f"""
+  {JSON_LOG if access_log else ""}
   map_hash_max_size 262144;
   map_hash_bucket_size 128;
   map $http_baggage $sbx_key {{

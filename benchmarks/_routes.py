@@ -42,6 +42,9 @@ class Router:
     ports: dict[str, int]  # service → router port
     admin_port: int
     sandboxes: int
+    host: str = "127.0.0.1"
+    """Its listeners' and admin's address: routers following one control plane listen on the
+    same ports (the catalog's), each on its own loopback address."""
 
 
 def decoys(service: str, n: int) -> list[dict[str, object]]:
@@ -96,16 +99,22 @@ def write_table(
     path.write_text(json.dumps(table, separators=(",", ":")))
 
 
-def argv(*, admin_port: int, source: list[str], access_log: bool = False) -> list[str]:
-    """`access_log`: the router's default (one line per request to stdout, our log file)."""
+def argv(
+    *, admin_port: int, source: list[str], record: bool = False, host: str = "127.0.0.1"
+) -> list[str]:
+    """`record=False` (`--record off`): every recording off — no record ring, no telemetry
+    process, no access log: how the router benchmark's bars (DESIGN §9) were set and are
+    measured. `record=True`: the router's default (record on, its access log to stdout, our
+    log file; signals when it follows a control plane). The signals benchmark measures one
+    beside the other."""
     return [
         venv_bin("sandboxd-router"),
         *source,
         "--host",
-        "127.0.0.1",
+        host,
         "--admin-port",
         str(admin_port),
-        *([] if access_log else ["--access-log", "off"]),
+        *([] if record else ["--record", "off"]),
     ]
 
 
@@ -136,21 +145,33 @@ def wait_ready(procs: Processes, router: Router, *, timeout: float = 60) -> None
     deadline = time.monotonic() + timeout
     while True:
         procs.check_alive(router.name)
-        health = healthz(router.admin_port) or {}
+        health = healthz(router.admin_port, host=router.host) or {}
         if health.get("status") == "ok" and health.get("sandboxes") == router.sandboxes:
             break
         if time.monotonic() > deadline:
             raise HarnessError(f"{router.name}: no table after {timeout}s (/healthz: {health})")
         time.sleep(0.05)
     for port in router.ports.values():
-        procs.wait_accepting(router.name, port, timeout=max(1, deadline - time.monotonic()))
+        while not _accepting(router.host, port):
+            procs.check_alive(router.name)
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{router.name}: nothing accepts on {router.host}:{port}")
+            time.sleep(0.02)
 
 
-def healthz(admin_port: int) -> dict[str, object] | None:
+def _accepting(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def healthz(admin_port: int, *, host: str = "127.0.0.1") -> dict[str, object] | None:
     """The router's /healthz JSON, or None; a raw socket, cheap enough to poll back to back."""
     request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     try:
-        with socket.create_connection(("127.0.0.1", admin_port), timeout=2) as sock:
+        with socket.create_connection((host, admin_port), timeout=2) as sock:
             sock.sendall(request)
             data = b""
             while chunk := sock.recv(65536):

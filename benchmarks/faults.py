@@ -138,7 +138,7 @@ def start(procs: Processes, work_dir: Path, nginx: str) -> tuple[dict[str, int],
     path.write_text(json.dumps(table(web=origin["web"], mcp=origin["tools"], ports=ports)))
     router = _routes.Router("router", ports, free_port(), len(SANDBOXES))
     source = ["--routes-file", str(path)]
-    argv = _routes.argv(admin_port=router.admin_port, source=source, access_log=True)
+    argv = _routes.argv(admin_port=router.admin_port, source=source, record=True)
     procs.start("router", argv, cpu=0)
     _routes.wait_ready(procs, router)
     health = _routes.healthz(router.admin_port) or {}

@@ -7,8 +7,11 @@ Method (shared/reference/performance.md): the proxy pinned to core 0; wrk, the o
 1 worker, `return 200` with 1 KiB), the SSE origin and this script's own clients on core 1;
 HTTP/1.1 keep-alive; every request carries `baggage: userid=alice,sandbox=<key>,tenant=acme`;
 route tables of 1,000 sandboxes unless a bar says otherwise; interleaved repetitions (router,
-nginx, direct, router, …); medians. Prints one line per DESIGN §9 router bar with PASS/FAIL,
-and exits 0 whatever the bars say: non-zero only when the harness itself failed.
+nginx, direct, router, …); medians. Every router here runs with every recording off
+(`--record off`: no record ring, no telemetry process, no access log), as DESIGN §9's router
+bars were set; what recording costs is benchmarks/signals.py's (issue 13). Prints one line per
+DESIGN §9 router bar with PASS/FAIL, and exits 0 whatever the bars say: non-zero only when the
+harness itself failed.
 
 Needs root, or nginx and wrk already installed: it installs the Debian packages `nginx` and
 `wrk` when missing. It never touches the system nginx service: every server here is its own
