@@ -68,6 +68,7 @@ class Runs:
     lost: int = 0
     control_plane_share: list[float] = field(default_factory=list)  # on core 1, beside wrk
     cores: list[tuple[float, float]] = field(default_factory=list)  # busy share of core 0, 1
+    spans: int | None = None  # received by the OTLP receiver over the runs (router-otlp)
 
 
 def cpu_ticks(pid: int) -> int:
