@@ -104,9 +104,7 @@ def spans(batch: list[Observed]) -> None:
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource.create({"service.name": "sandboxd-router"})
-    made = [
-        otlp.to_span(records.wire(records.Pending(0, f"{o.seq:016x}", o)), resource) for o in batch
-    ]
+    made = [otlp.to_span(records.wire(records.Pending(0, o)), resource) for o in batch]
     encode_spans(made).SerializeToString()
 
 

@@ -68,7 +68,7 @@ OTHER: Final = "(other)"
 GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
-DEFAULT_SLOTS: Final = 1 << 16  # 12 MiB: over a second of requests at 50,000 a second
+DEFAULT_SLOTS: Final = 1 << 15  # 6 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
 
 assert CORE.size <= EXTRA_AT
 assert EXTRA_AT + EXTRA.size <= SLOT

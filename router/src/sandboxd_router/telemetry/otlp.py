@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sandboxd_router.telemetry import records, spans, traceparent
+from sandboxd_router.telemetry import records, traceparent
 from sandboxd_router.telemetry.observed import Observed
 
 log = logging.getLogger("sandboxd_router.telemetry")
@@ -77,11 +77,24 @@ class SpanExport:
         self._thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
         self._thread.start()
 
+    def full(self) -> bool:
+        """The queue has no room: the next span is dropped (and counted now)."""
+        if len(self._queue) < self._max_queue:
+            return False
+        self._count_drop()
+        return True
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8, ...: said, not shouted
+            log.warning("%d spans dropped: the OTLP endpoint is slower than the traffic",
+                        self.dropped)  # fmt: skip
+
     def add(self, record: Record) -> None:
         """Queue one span; never blocks (a full queue drops it and counts it)."""
         with self._wake:
             if len(self._queue) >= self._max_queue:
-                self.dropped += 1
+                self._count_drop()
                 return
             self._queue.append(record)
             if len(self._queue) >= self._batch:
@@ -141,8 +154,9 @@ class SpanSink:
     def add(self, observed: Observed) -> None:
         if observed.service == "-" or not (observed.sandbox or self._sampled(observed)):
             return
-        pending = records.Pending(0, spans.span_id(observed.seq), observed)
-        self.export.add(records.wire(pending))
+        if self.export.full():  # (counted there; building the span first would cost 7 µs)
+            return
+        self.export.add(records.wire(records.Pending(0, observed)))
 
     def _sampled(self, observed: Observed) -> bool:
         if self._threshold <= 0:

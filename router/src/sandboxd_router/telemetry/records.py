@@ -14,8 +14,6 @@ from sandboxd_router.telemetry.observed import Observed
 class Pending(NamedTuple):
     seq: int
     """Per instance, strictly increasing: the control plane inserts (instance, seq) once."""
-    span_id: str
-    """The router's span for this request (16 hex), given when it was seen."""
     observed: Observed
 
 
@@ -39,7 +37,7 @@ def wire(record: Pending) -> dict[str, object]:
         "injected": o.injected,
         "faults": [{"kind": f.kind, "id": f.id} for f in o.faults],
         "traceId": context[0] if context else None,
-        "spanId": record.span_id,
+        "spanId": spans.span_id(o.seq),  # (made here: most records are never sent)
         "parentSpanId": context[1] if context else None,
         "rpcMethod": o.rpc_method,
         "tool": o.tool,

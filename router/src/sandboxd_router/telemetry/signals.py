@@ -41,7 +41,7 @@ from typing import Final
 import httpx
 import orjson
 
-from sandboxd_router.telemetry import records, spans
+from sandboxd_router.telemetry import records
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
 from sandboxd_router.telemetry.observed import Observed
 
@@ -123,7 +123,7 @@ class SignalsSink:
                 (queue or max(self._pending.values(), key=len)).popleft()
                 self.dropped_requests += 1
                 self._waiting -= 1
-            queue.append(records.Pending(self._seq, spans.span_id(o.seq), o))
+            queue.append(records.Pending(self._seq, o))
             self._waiting += 1
 
     def outbox(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
