@@ -114,6 +114,22 @@ def test_names_a_client_picks_are_capped() -> None:
     reader.close()
 
 
+def test_a_client_name_is_cut_and_its_control_characters_shown() -> None:
+    """What the control plane accepts (256 characters, none a control character), and what
+    a log line or a Prometheus label can carry."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(64)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    recorder.write(0.0, "mcp", "", "", False, b"POST", 200, 0, 0, None, 0,
+                   rpc_method=b"tools/\x1b[2Jcall", tool=b"x\ny" + b"z" * 400)  # fmt: skip
+    (observed,) = reader.read()
+    assert observed.tool == "x?y" + "z" * 253
+    assert observed.rpc_method == "tools/?[2Jcall"
+    recorder.close()
+    reader.close()
+
+
 def test_ids_past_two_bytes_decode() -> None:
     """70,000 sandboxes' keys, then a method seen for the first time: its id is past 65,535."""
     names_r, names_w = os.pipe()

@@ -304,3 +304,13 @@ def test_counters_add_up_and_forget_a_sandbox() -> None:
     c.forget("pr-1")
     assert all(key[0] != "pr-1" for key in (*c.requests, *c.faults, *c.durations))
     assert ("pr-2", "cluster-mcp", 200) in c.requests and c.tools
+
+
+def test_a_bucket_keeps_at_most_256_tools_the_rest_as_other() -> None:
+    s = sink()
+    for n in range(300):
+        s.add(observed(rpc_method="tools/call", tool=f"t{n}"))
+    (bucket,) = [b for b in s.outbox()[0] if b["sandbox"] == "pr-1"]
+    assert len(bucket["tools"]) == 256
+    assert bucket["tools"]["(other)"]["calls"] == 300 - 255
+    assert sum(t["calls"] for t in bucket["tools"].values()) == 300

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from random import Random
 from typing import Any
 
+import orjson
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sandboxd_router.telemetry import signals
 from sandboxd_router.telemetry.observed import BASELINE, SANDBOX, Observed
 from sandboxd_router.telemetry.signals import SignalsSink
 from tests.support.server import free_port
@@ -385,3 +387,19 @@ async def test_close_sends_a_busy_bucket_sent_a_moment_ago(control_plane: Contro
     s.add(observed())
     await s.close()
     assert [b[3] for b in control_plane.sent_buckets()] == [100, 101]
+
+
+async def test_posts_stay_under_the_body_limit(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signals, "MAX_POST_BYTES", 20_000)
+    s = sink(control_plane.url)
+    for i in range(60):  # 60 buckets and 60 records: far over 20 kB in one post
+        for _ in range(3):
+            s.add(observed(sandbox=f"pr-{i}"))
+    await s.send()
+    assert len(control_plane.posts) > 1
+    assert all(len(orjson.dumps(p)) <= 20_000 for p in control_plane.posts)
+    assert sorted(control_plane.sent_seqs()) == list(range(1, 181))
+    assert len({b[0] for b in control_plane.sent_buckets()}) == 60
+    await s.close()

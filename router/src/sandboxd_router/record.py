@@ -66,6 +66,7 @@ NAME_BYTES: Final = 1024
 PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: read as "?")
 OTHER: Final = "(other)"
 GENERATION: Final = 200_000  # interned names kept before starting afresh
+CLIENT_CHARS: Final = 256  # a client's name is cut to this (the control plane's bound)
 CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
 DEFAULT_SLOTS: Final = 1 << 15  # 6 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
@@ -237,7 +238,7 @@ class Recorder:
             return ident
         if len(table) >= CLIENT_CAP:
             return self._name(OTHER, cache=table)
-        ident = self._name(name.decode("utf-8", "replace"))
+        ident = self._name(_printable(name.decode("utf-8", "replace")[:CLIENT_CHARS]))
         table[name] = ident
         return ident
 
@@ -300,3 +301,11 @@ class Recorder:
         self._wall = time.time() - time.perf_counter()
         if self._pending:
             self._send(b"")
+
+
+def _printable(name: str) -> str:
+    """A client's name with its control characters as "?": it reaches logs, Prometheus labels
+    and the control plane (which refuses them)."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else "?" for c in name)

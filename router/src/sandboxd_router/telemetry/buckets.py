@@ -21,6 +21,8 @@ HISTOGRAM_MS: Final = (
     *(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500),
     *(1000, 2500, 5000, 10000),
 )
+MAX_TOOLS: Final = 256  # per bucket (the control plane's limit): past it, "(other)"
+OTHER: Final = "(other)"
 ORGANIC_SAMPLES: Final = 512
 INJECTED_SAMPLES: Final = 128
 _ERROR_INDEX: Final = {error: i for i, error in enumerate(ERRORS)}
@@ -104,7 +106,10 @@ class Bucket:
         assert o.tool is not None
         figures = self.tools.get(o.tool)
         if figures is None:
-            figures = self.tools[o.tool] = [0, 0, 0, 0]
+            tool = o.tool if len(self.tools) < MAX_TOOLS - 1 else OTHER  # the control plane's cap
+            figures = self.tools.get(tool)
+            if figures is None:
+                figures = self.tools[tool] = [0, 0, 0, 0]
         figures[0] += 1
         figures[1] += o.error == JSONRPC
         figures[2] += o.error == TOOL_ERROR

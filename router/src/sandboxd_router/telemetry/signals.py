@@ -50,6 +50,7 @@ log = logging.getLogger("sandboxd_router")
 PATH: Final = "/v1/router-signals"
 _JSON: Final = {"Content-Type": "application/json"}  # orjson: a tenth of json's time to encode
 MAX_ENTRIES: Final = 1000  # the control plane's limit per post, for each list
+MAX_POST_BYTES: Final = 7 << 20  # under the control plane's 8 MiB body limit on this path
 HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
 GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
 MAX_PENDING: Final = 10_000
@@ -165,24 +166,32 @@ class SignalsSink:
             for key, b in self._buckets.items()
             if (b.changed if everything else _due(key, b, now))
         ]
-        posts = -(-max(len(changed), self._waiting) // MAX_ENTRIES)
-        for i in range(posts):
-            entries = changed[i * MAX_ENTRIES : (i + 1) * MAX_ENTRIES]
+        records_left = self._waiting
+        i, n = 0, MAX_ENTRIES
+        while i < len(changed) or records_left > 0:
+            entries = changed[i : i + n]
+            batch = list(itertools.islice(self._queued(), min(n, records_left)))
+            if not entries and not batch:
+                break  # (records dropped meanwhile)
+            body: dict[str, object] = {
+                "instance": self.instance,
+                "buckets": [b.wire(key) for key, b in entries],
+                "requests": [records.wire(r) for r in batch],
+            }
+            content = orjson.dumps(body)
+            if len(content) > MAX_POST_BYTES and n > 1:
+                n //= 2  # full buckets and records: past the control plane's body limit
+                continue
             sent: Sent = [(b, b.requests) for _key, b in entries]
             for _key, b in entries:
                 b.sent_at = now
-            buckets = [b.wire(key) for key, b in entries]
-            batch = list(itertools.islice(self._queued(), MAX_ENTRIES))
-            body: dict[str, object] = {
-                "instance": self.instance,
-                "buckets": buckets,
-                "requests": [records.wire(r) for r in batch],
-            }
-            if not await self._post(body):
+            if not await self._post(content):
                 return
             for bucket, requests in sent:
                 bucket.acked = max(bucket.acked, requests)
             self._acknowledged(batch)
+            i += len(entries)
+            records_left -= len(batch)
 
     async def close(self, *, timeout: float = 0.5) -> None:
         """A last report of everything, given up after `timeout` (a report under way is
@@ -231,10 +240,10 @@ class SignalsSink:
             del self._buckets[key]
         self.dropped_buckets += len(old)
 
-    async def _post(self, body: dict[str, object]) -> bool:
+    async def _post(self, content: bytes) -> bool:
         """Whether the entries are done with: acknowledged, or refused for good (422)."""
         try:
-            response = await self._http().post(PATH, content=orjson.dumps(body), headers=_JSON)
+            response = await self._http().post(PATH, content=content, headers=_JSON)
         except httpx.HTTPError as e:
             return self._failed(f"{type(e).__name__}: {e}")
         if response.status_code == 422:  # sending it again would not help: drop, say so
