@@ -153,15 +153,21 @@ def metrics(world: World, **params: str) -> dict[str, Any]:
 
 
 def reported(world: World, **params: str) -> dict[str, Any]:
-    """The metrics once every request the client made is in them (the probes come on top)."""
-    baseline = {s: N for s in SERVICES}
+    """The metrics once every request the client made is in them (the probes come on top).
+
+    With injected requests left out (the default), `requests` lacks them; `faultsInjected`
+    counts them either way, so it is added back only then.
+    """
+    left_out = params.get("excludeInjected", "true") == "true"
+
+    def sandbox_side(side: dict[str, Any]) -> int:
+        return side["requests"] + (side["faultsInjected"] if left_out else 0)
 
     def complete(m: dict[str, Any]) -> bool:
         return all(
-            s in m and m[s]["baseline"]["requests"] >= baseline[s] and
-            m[s]["sandbox"]["requests"] + m[s]["sandbox"]["faultsInjected"] >= N
+            s in m and m[s]["baseline"]["requests"] >= N and sandbox_side(m[s]["sandbox"]) >= N
             for s in SERVICES
-        )  # fmt: skip
+        )
 
     return poll.until(lambda: metrics(world, **params), complete, timeout=20, what="metrics")
 
