@@ -36,11 +36,24 @@ ERRORS = {
 }
 UNKNOWN = "?"  # a name that never arrived (the pipe was full for long: see `Recorder._send`)
 BATCH = 4096  # records decoded per read at most (the rest the next round)
-SLOT = struct.Struct(f"<{record.CORE.format[1:]}3x{record.EXTRA.format[1:]}7x")
-"""A whole slot: the core, then the extra fields (read whether written or not: decoding them
-with the core in one C call is cheaper than a second call for the few that have them)."""
-assert record.CORE.size + 3 == record.EXTRA_AT
-assert SLOT.size == record.SLOT
+TRACEPARENT_AT = 58  # the traceparent's bytes in a slot, after the core's other fields
+
+
+def _slot() -> struct.Struct:
+    """The core's fields but the traceparent's bytes, over a whole slot: what every record
+    has, in one C call per record (the traceparent is decoded from the slot itself, and the
+    extra fields of the few records that have them by a second call). (A function: the
+    compiled build checks its modules together, and a module-level use of `record`'s inferred
+    names there comes before their types are known.)"""
+    core = record.CORE.format
+    assert core.endswith(f"{record.TRACEPARENT}s")
+    slot = struct.Struct(f"{core[: -len(f'{record.TRACEPARENT}s')]}{record.SLOT - TRACEPARENT_AT}x")
+    assert slot.size == record.SLOT
+    assert record.CORE.size == TRACEPARENT_AT + record.TRACEPARENT
+    return slot
+
+
+SLOT = _slot()
 
 
 class RingError(ValueError):
@@ -63,6 +76,7 @@ class RingReader:
         self.eof = False
         """The writer closed the names pipe: nothing more will come once the ring is read."""
         self.names: dict[int, str] = {0: ""}
+        self._pairs: dict[int, tuple[str, str]] = {}
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
         self._gone: list[tuple[int, str, str]] = []  # (records before it, sandbox, key)
@@ -84,14 +98,16 @@ class RingReader:
         raw = self._copy(first, last)  # one or two slices of the map: not one per record
         after = self.done()
         safe = after - self.slots + 1  # a record below this may be torn (being overwritten)
-        decoded = []
+        decoded: list[Observed] = []
         seq = first
+        at = 0
         for row in SLOT.iter_unpack(raw):
             if seq < safe or row[0] != seq:
                 self.lost += 1
             else:
-                decoded.append(self._decode(row, seq))
+                decoded.append(self._decode(row, raw, at, seq))
             seq += 1
+            at += record.SLOT
         self.position = last
         self._forget_dead()
         return decoded
@@ -105,32 +121,46 @@ class RingReader:
             return self.ring[at + a * size : at + b * size]
         return self.ring[at + a * size : at + slots * size] + self.ring[at : at + b * size]
 
-    def _decode(self, row: tuple[Any, ...], seq: int) -> Observed:
+    def _decode(self, row: tuple[Any, ...], raw: bytes, at: int, seq: int) -> Observed:
+        """The record in `row`, whose slot starts at `at` in `raw`."""
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
-         tp_len, tp, injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id) = row  # fmt: skip
+         tp_len) = row  # fmt: skip
         names = self.names
-        sandbox, _, key = names.get(pair, UNKNOWN).partition("\0")
-        if not flags & record.EXTRA_FLAG:
-            return Observed(
-                end, duration, names.get(service, UNKNOWN), sandbox, key,
-                SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-                status, bytes_in, bytes_out,
-                tp[:tp_len].decode("ascii", "replace") if tp_len else None,
-                ERRORS.get(error, OK), bool(flags & record.INJECTED), seq=seq,
-            )  # fmt: skip
-        return Observed(
+        sandbox, key = self._pair(pair)
+        tp: str | None = None
+        if tp_len:
+            tp_at = at + TRACEPARENT_AT
+            tp = raw[tp_at : tp_at + min(tp_len, record.TRACEPARENT)].decode("ascii", "replace")
+        observed = Observed(
             end, duration, names.get(service, UNKNOWN), sandbox, key,
             SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out,
-            tp[:tp_len].decode("ascii", "replace") if tp_len else None,
-            ERRORS.get(error, OK), bool(flags & record.INJECTED),
-            faults=tuple(self._fault(f) for f in (f1, f2, f3) if f),
-            injected_at=injected_at,
-            rpc_method=self._name(rpc_method) if rpc_method else None,
-            tool=self._name(tool) if tool else None,
-            rpc_id=rpc_id[:id_len].decode("utf-8", "replace") if id_len else None,
+            status, bytes_in, bytes_out, tp, ERRORS.get(error, OK), bool(flags & record.INJECTED),
             seq=seq,
         )  # fmt: skip
+        if flags & record.EXTRA_FLAG:
+            self._extra(observed, raw, at + record.EXTRA_AT)
+        return observed
+
+    def _extra(self, observed: Observed, raw: bytes, at: int) -> None:
+        """The fields only faults and MCP calls have."""
+        injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id = record.EXTRA.unpack_from(
+            raw, at
+        )
+        observed.faults = tuple(self._fault(f) for f in (f1, f2, f3) if f)
+        observed.injected_at = injected_at
+        observed.rpc_method = self._name(rpc_method) if rpc_method else None
+        observed.tool = self._name(tool) if tool else None
+        observed.rpc_id = rpc_id[:id_len].decode("utf-8", "replace") if id_len else None
+
+    def _pair(self, ident: int) -> tuple[str, str]:
+        """(Sandbox, routing key) of a pair's id, split once per id, not once per record."""
+        pair = self._pairs.get(ident)
+        if pair is None:
+            sandbox, _, key = self.names.get(ident, UNKNOWN).partition("\0")
+            pair = (sandbox, key)
+            if ident in self.names:  # (one that never arrived may arrive later)
+                self._pairs[ident] = pair
+        return pair
 
     def _name(self, ident: int) -> str:
         return self.names.get(ident, UNKNOWN)
@@ -185,6 +215,7 @@ class RingReader:
         while self._dead and self._dead[0][0] < self.position:
             _, live = self._dead.pop(0)
             self.names = {i: n for i, n in self.names.items() if i >= live or i == 0}
+            self._pairs = {i: p for i, p in self._pairs.items() if i >= live}
 
     def close(self) -> None:
         self.ring.close()
