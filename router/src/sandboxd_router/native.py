@@ -47,6 +47,7 @@ HOT = (
     "telemetry.buckets",
     "telemetry.counters",
     "telemetry.observed",
+    "telemetry.request_wire",
     "telemetry.ring",
     "telemetry.tally",
     "telemetry.thousandths",

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from random import Random
 from typing import Final
 
@@ -42,6 +41,7 @@ import orjson
 
 from sandboxd_router.telemetry import records
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key
+from sandboxd_router.telemetry.request_wire import RecordText
 from sandboxd_router.telemetry.tally import Tally, Waiting
 
 log = logging.getLogger("sandboxd_router")
@@ -94,6 +94,7 @@ class SignalsSink:
         self.add = self._tally.add
         """Count one request (the per-request work is the compiled `Tally`'s)."""
         self.add_all = self._tally.add_all
+        self._text = RecordText()
         self._last = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -103,7 +104,12 @@ class SignalsSink:
         """What a report would send now, in wire form: the changed buckets and the request
         records waiting (all of them, not split into posts)."""
         buckets = [b.wire(key) for key, b in self._buckets.items() if b.changed]
-        return buckets, [_wire(r) for r in self._queued()]
+        return buckets, [records.wire_of(seq, o) for seq, o in self._queued()]
+
+    def body(self) -> bytes:
+        """One post's body of all that `outbox` holds (what reports encode: for benchmarks)."""
+        changed = [(key, b) for key, b in self._buckets.items() if b.changed]
+        return self._body(changed, self._queued())
 
     @property
     def pending_requests(self) -> int:
@@ -147,15 +153,10 @@ class SignalsSink:
         i, n = 0, MAX_ENTRIES
         while i < len(changed) or records_left > 0:
             entries = changed[i : i + n]
-            batch = list(itertools.islice(self._queued(), min(n, records_left)))
+            batch = self._queued()[: min(n, records_left)]
             if not entries and not batch:
                 break  # (records dropped meanwhile)
-            body: dict[str, object] = {
-                "instance": self.instance,
-                "buckets": [b.wire(key) for key, b in entries],
-                "requests": [_wire(r) for r in batch],
-            }
-            content = orjson.dumps(body)
+            content = self._body(entries, batch)
             if len(content) > MAX_POST_BYTES and n > 1:
                 n //= 2  # full buckets and records: past the control plane's body limit
                 continue
@@ -187,9 +188,21 @@ class SignalsSink:
             await self._client.aclose()
             self._client = None
 
-    def _queued(self) -> Iterator[Waiting]:
-        """Every record waiting, in the order seen."""
-        return heapq.merge(*self._tally.pending.values())
+    def _body(self, entries: list[tuple[Key, Bucket]], batch: list[Waiting]) -> bytes:
+        """`{"instance", "buckets", "requests"}` as orjson writes it, the records written as
+        text (`records.text_of`) rather than as dicts first."""
+        requests = ",".join([records.text_of(seq, o, self._text) for seq, o in batch])
+        buckets = orjson.dumps([b.wire(key) for key, b in entries])
+        return b'{"instance":%b,"buckets":%b,"requests":[%b]}' % (
+            orjson.dumps(self.instance),
+            buckets,
+            requests.encode(),
+        )
+
+    def _queued(self) -> list[Waiting]:
+        """Every record waiting, in the order seen (their numbers are all different: no two
+        records are compared)."""
+        return sorted(itertools.chain.from_iterable(self._tally.pending.values()))
 
     def _expire(self, now: float) -> None:
         """Forget what is too old to matter and what was acknowledged and is closed."""
@@ -240,10 +253,6 @@ def _due(key: Key, bucket: Bucket, now: float) -> bool:
     if not bucket.changed:
         return False
     return bucket.requests < BUSY or key[3] + WIDTH <= now or now - bucket.sent_at >= RESEND
-
-
-def _wire(waiting: Waiting) -> dict[str, object]:
-    return records.wire(records.Pending(*waiting))
 
 
 def _oldest(keys: list[Key], n: int) -> list[Key]:
