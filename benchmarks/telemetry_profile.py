@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -44,6 +45,7 @@ from sandboxd_router.telemetry.observed import Observed  # noqa: E402
 from sandboxd_router.telemetry.ring import BATCH, RingReader  # noqa: E402
 from sandboxd_router.telemetry.signals import SignalsSink  # noqa: E402
 
+GC_THRESHOLDS = (50_000, 50, 100)
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    gc.set_threshold(*GC_THRESHOLDS)  # as the telemetry process runs (telemetry/__main__.py)
     n = args.records
     ring = min(decoded(*filled_ring(n))[0] for _ in range(args.reps))
     _, batch = decoded(*filled_ring(n))

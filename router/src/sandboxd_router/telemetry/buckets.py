@@ -10,7 +10,6 @@ sample up to the cap, then a uniform reservoir (Algorithm R) of the cap's size. 
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
 from random import Random
 from typing import Final
 
@@ -37,9 +36,20 @@ def key_of(observed: Observed) -> Key:
     return (observed.sandbox, observed.routing_key, observed.service, start)
 
 
+BOUNDS: Final = tuple(float(b) for b in HISTOGRAM_MS)
+"""As floats: comparing a float with an int costs many times more (bisect did, 2,700
+instructions a request)."""
+
+
 def bin_of(ms: float) -> int:
-    """The histogram slot: the first bound b with ms <= b, else the overflow (the last)."""
-    return bisect_left(HISTOGRAM_MS, ms)
+    """The histogram slot: the first bound b with ms <= b, else the overflow (the last).
+    (From the lowest: a proxy's requests take well under a millisecond.)"""
+    slot = 0
+    for bound in BOUNDS:
+        if ms <= bound:
+            return slot
+        slot += 1
+    return slot
 
 
 class Bucket:

@@ -77,7 +77,7 @@ class RecordText:
         """`request_wire`'s dict as orjson writes it. (`context` and `span_id` are lowercase
         hex: `traceparent.parse` matched them, `spans.span_id` made it.)"""
         q = self.quoted
-        trace, parent = ('"' + context[0] + '"', '"' + context[1] + '"') if context else NULLS
+        trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
         faults = "[]"
         if o.faults:
             faults = ",".join(f'{{"kind":{q(f.kind)},"id":{q(f.id)}}}' for f in o.faults)

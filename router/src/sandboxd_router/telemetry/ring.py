@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Any
+from typing import Any, Final
 
 from sandboxd_router import record
 from sandboxd_router.telemetry.observed import (
@@ -27,29 +27,23 @@ from sandboxd_router.telemetry.observed import (
     Observed,
 )
 
-ERRORS = {
-    record.OK: OK,
-    record.HTTP_5XX: HTTP_5XX,
-    record.JSONRPC: JSONRPC,
-    record.TOOL_ERROR: TOOL_ERROR,
-    record.TRANSPORT: TRANSPORT,
-}
-UNKNOWN = "?"  # a name that never arrived (the pipe was full for long: see `Recorder._send`)
-BATCH = 4096  # records decoded per read at most (the rest the next round)
-TRACEPARENT_AT = 58  # the traceparent's bytes in a slot, after the core's other fields
+OUTCOMES: Final = (OK, HTTP_5XX, JSONRPC, TOOL_ERROR, TRANSPORT)
+"""`Observed.error` by the record's error class (`record.OK`, ...: 0 to 4)."""
+assert [record.OK, record.HTTP_5XX, record.JSONRPC, record.TOOL_ERROR, record.TRANSPORT] == [
+    0, 1, 2, 3, 4,
+]  # fmt: skip
+ROUTES: Final = (BASELINE, SANDBOX)  # by the FORKED flag
+UNKNOWN: Final = "?"  # a name that never arrived (the pipe was full for long: `Recorder._send`)
+BATCH: Final = 4096  # records decoded per read at most (the rest the next round)
 
 
 def _slot() -> struct.Struct:
-    """The core's fields but the traceparent's bytes, over a whole slot: what every record
-    has, in one C call per record (the traceparent is decoded from the slot itself, and the
-    extra fields of the few records that have them by a second call). (A function: the
+    """A whole slot, the core's fields only: what every record has, in one C call per record
+    (the extra fields of the few records that have them by a second call). (A function: the
     compiled build checks its modules together, and a module-level use of `record`'s inferred
     names there comes before their types are known.)"""
-    core = record.CORE.format
-    assert core.endswith(f"{record.TRACEPARENT}s")
-    slot = struct.Struct(f"{core[: -len(f'{record.TRACEPARENT}s')]}{record.SLOT - TRACEPARENT_AT}x")
+    slot = struct.Struct(f"{record.CORE.format}{record.SLOT - record.CORE.size}x")
     assert slot.size == record.SLOT
-    assert record.CORE.size == TRACEPARENT_AT + record.TRACEPARENT
     return slot
 
 
@@ -131,18 +125,28 @@ class RingReader:
 
     def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
         """The record in `row`, whose slot starts at `at` in `raw`."""
+        # (typed: the compiled build then works on machine numbers, not on objects)
+        end: float
+        duration: float
+        bytes_in: int
+        bytes_out: int
+        service: int
+        pair: int
+        method: int
+        status: int
+        error: int
+        flags: int
+        tp_len: int
+        tp_bytes: bytes
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
-         tp_len) = row  # fmt: skip
+         tp_len, tp_bytes) = row  # fmt: skip
         names = self.names
         sandbox, key = self._pair(pair)
-        tp: str | None = None
-        if tp_len:
-            tp_at = at + TRACEPARENT_AT
-            tp = str(raw[tp_at : tp_at + min(tp_len, record.TRACEPARENT)], "ascii", "replace")
         observed = Observed(
             end, duration, names.get(service, UNKNOWN), sandbox, key,
-            SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out, tp, ERRORS.get(error, OK), bool(flags & record.INJECTED),
+            ROUTES[1 if flags & record.FORKED else 0], names.get(method, UNKNOWN),
+            status, bytes_in, bytes_out, _ascii(tp_bytes[:tp_len]) if tp_len else None,
+            OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
             seq=seq,
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
@@ -229,3 +233,11 @@ class RingReader:
         self._view.release()
         self.ring.close()
         os.close(self.names_fd)
+
+
+def _ascii(raw: bytes) -> str:
+    """The traceparent's bytes as received (a byte past ASCII read as U+FFFD)."""
+    try:
+        return raw.decode("ascii")  # (the compiled build's fast path: no error handler)
+    except UnicodeDecodeError:
+        return raw.decode("ascii", "replace")
