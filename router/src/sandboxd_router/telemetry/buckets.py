@@ -13,7 +13,14 @@ from array import array
 from random import Random
 from typing import Final
 
-from sandboxd_router.telemetry.observed import ERRORS, JSONRPC, TOOL_ERROR, Observed
+from sandboxd_router.telemetry.observed import (
+    ERRORS,
+    HTTP_5XX,
+    JSONRPC,
+    TOOL_ERROR,
+    TRANSPORT,
+    Observed,
+)
 
 WIDTH: Final = 10  # seconds
 HISTOGRAM_MS: Final = (
@@ -135,8 +142,8 @@ class Bucket:
             "width": WIDTH,
             "requests": self.requests,
             "injected": self.injected,
-            "errors": dict(zip(ERRORS, self.errors, strict=True)),
-            "injectedErrors": dict(zip(ERRORS, self.injected_errors, strict=True)),
+            "errors": _errors_wire(self.errors),
+            "injectedErrors": _errors_wire(self.injected_errors),
             "faults": dict(self.faults),
             "latencyMs": self.latency.tolist(),
             "injectedLatencyMs": self.injected_latency.tolist(),
@@ -157,7 +164,15 @@ def _sample(samples: array[float], value: float, seen: int, cap: int, rng: Rando
         samples[slot] = value
 
 
+def _errors_wire(counts: list[int]) -> dict[str, int]:
+    """By class, in the order of `ERRORS` (a literal: zip() is a generic call when compiled)."""
+    return {HTTP_5XX: counts[0], JSONRPC: counts[1], TOOL_ERROR: counts[2], TRANSPORT: counts[3]}
+
+
 def _tool_wire(figures: list[int]) -> dict[str, int]:
     calls, jsonrpc_errors, tool_errors, injected = figures
     return {"calls": calls, "jsonrpcErrors": jsonrpc_errors, "toolErrors": tool_errors,
             "injected": injected}  # fmt: skip
+
+
+assert tuple(_errors_wire([0, 1, 2, 3])) == ERRORS

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-import orjson
+from orjson import dumps  # (a module global: no attribute lookup a call)
 
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.thousandths import round3, text3
@@ -84,18 +84,18 @@ class RecordText:
             faults = "[" + faults + "]"
         mcp = ',"rpcMethod":null,"tool":null,"rpcId":null'
         if o.rpc_method is not None or o.tool is not None or o.rpc_id is not None:
-            rpc_id = "null" if o.rpc_id is None else orjson.dumps(o.rpc_id).decode()
+            rpc_id = "null" if o.rpc_id is None else dumps(o.rpc_id).decode()
             mcp = f',"rpcMethod":{q(o.rpc_method)},"tool":{q(o.tool)},"rpcId":{rpc_id}'
         return (
             f'{{"seq":{seq},{self._head(o)}'
-            f'"start":{orjson.dumps(o.end - o.duration).decode()},'
+            f'"start":{dumps(o.end - o.duration).decode()},'
             f'"durationMs":{text3(o.duration * 1000)},'
             f'"method":{q(o.method)},"status":{o.status},"bytesIn":{o.bytes_in},'
             f'"bytesOut":{o.bytes_out},"error":{q(o.error or None)},'
             f'"injected":{"true" if o.injected else "false"},"faults":{faults},'
             f'"traceId":{trace},"spanId":"{span_id}","parentSpanId":{parent}{mcp},'
-            f'"name":{q(name)},"attributes":{orjson.dumps(attributes).decode()},'
-            f'"events":{orjson.dumps(events).decode() if events else "[]"}}}'
+            f'"name":{q(name)},"attributes":{dumps(attributes).decode()},'
+            f'"events":{dumps(events).decode() if events else "[]"}}}'
         )
 
     def _head(self, o: Observed) -> str:
@@ -121,7 +121,7 @@ class RecordText:
         if text is None:
             if len(self._quoted) >= QUOTED:  # (sandboxes come and go: start afresh, rarely)
                 self._quoted.clear()
-            text = self._quoted[name] = orjson.dumps(name).decode()
+            text = self._quoted[name] = dumps(name).decode()
         return text
 
 
