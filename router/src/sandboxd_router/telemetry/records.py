@@ -35,18 +35,9 @@ def wire_of(seq: int, o: Observed) -> dict[str, object]:
     )
 
 
-def text_of(seq: int, o: Observed, text: RecordText) -> str:
-    """`wire_of` as JSON text (the same object), without the dict."""
-    span = spans.span_of(o)
-    return text.text(
-        seq,
-        o,
-        context=traceparent.parse(o.traceparent),
-        span_id=spans.span_id(o.seq),
-        name=span.name,
-        attributes=span.attributes,
-        events=_events(span),
-    )
+def texts(batch: list[tuple[int, Observed]], text: RecordText) -> list[str]:
+    """`wire_of` of each (number, request) as JSON text (the same objects), without dicts."""
+    return text.texts(batch, span_of=spans.span_of, span_id=spans.span_id, parse=traceparent.parse)
 
 
 def _events(span: spans.Span) -> list[dict[str, object]]:

@@ -9,8 +9,8 @@ report encodes up to `MAX_PENDING` of them a second.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Protocol
 
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
@@ -58,10 +58,61 @@ def request_wire(
     }
 
 
+class EventLike(Protocol):
+    """`spans.Event`, as far as a record reads it (spans is not compiled: not imported)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def attributes(self) -> Mapping[str, object]: ...
+
+
+class SpanLike(Protocol):
+    """`spans.Span`, as far as a record reads it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, object]: ...
+    @property
+    def events(self) -> Sequence[EventLike]: ...
+
+
 class RecordText:
     def __init__(self) -> None:
         self._quoted: dict[str, str] = {}
         self._heads: dict[tuple[str, str, str, str], str] = {}
+
+    def texts(
+        self,
+        batch: list[tuple[int, Observed]],
+        *,
+        span_of: Callable[[Observed], SpanLike],
+        span_id: Callable[[int], str],
+        parse: Callable[[str | None], tuple[str, str] | None],
+    ) -> list[str]:
+        """`text` of each (number, request), its span made by `span_of`, `span_id` and
+        `parse` (`spans`, `traceparent`): one call for a whole post's records."""
+        out: list[str] = []
+        for seq, o in batch:
+            span = span_of(o)
+            events: list[dict[str, object]] = [
+                {"name": e.name, "time": e.time, "attributes": e.attributes} for e in span.events
+            ]
+            out.append(
+                self.text(
+                    seq,
+                    o,
+                    context=parse(o.traceparent),
+                    span_id=span_id(o.seq),
+                    name=span.name,
+                    attributes=span.attributes,
+                    events=events,
+                )
+            )
+        return out
 
     def text(
         self,

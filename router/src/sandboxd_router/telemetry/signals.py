@@ -190,8 +190,8 @@ class SignalsSink:
 
     def _body(self, entries: list[tuple[Key, Bucket]], batch: list[Waiting]) -> bytes:
         """`{"instance", "buckets", "requests"}` as orjson writes it, the records written as
-        text (`records.text_of`) rather than as dicts first."""
-        requests = ",".join([records.text_of(seq, o, self._text) for seq, o in batch])
+        text (`records.texts`) rather than as dicts first."""
+        requests = ",".join(records.texts(batch, self._text))
         buckets = orjson.dumps([b.wire(key) for key, b in entries])
         return b'{"instance":%b,"buckets":%b,"requests":[%b]}' % (
             orjson.dumps(self.instance),
