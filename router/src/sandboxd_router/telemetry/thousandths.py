@@ -39,7 +39,9 @@ def round3(x: float) -> float:
     n = thousandths(x)
     if n < 0:
         return round(x, 3)
-    return n / 1000  # (the division is correctly rounded: the same float round() reads back)
+    # (n is exact as a float, and the division is correctly rounded: the float round() reads
+    # back from the decimal; float() first keeps it a machine division when compiled)
+    return float(n) / 1000.0
 
 
 def text3(x: float) -> str:
