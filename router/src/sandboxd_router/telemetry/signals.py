@@ -191,13 +191,9 @@ class SignalsSink:
     def _body(self, entries: list[tuple[Key, Bucket]], batch: list[Waiting]) -> bytes:
         """`{"instance", "buckets", "requests"}` as orjson writes it, the records written as
         text (`records.texts`) rather than as dicts first."""
-        requests = ",".join(records.texts(batch, self._text))
         buckets = orjson.dumps([b.wire(key) for key, b in entries])
-        return b'{"instance":%b,"buckets":%b,"requests":[%b]}' % (
-            orjson.dumps(self.instance),
-            buckets,
-            requests.encode(),
-        )
+        head = b'{"instance":%b,"buckets":%b,"requests":[' % (orjson.dumps(self.instance), buckets)
+        return b"".join([head, *records.texts(batch, self._text), b"]}"])
 
     def _queued(self) -> list[Waiting]:
         """Every record waiting, in the order seen (their numbers are all different: no two
