@@ -25,12 +25,6 @@ from sandboxd_router.telemetry.observed import Observed
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
 _DOUBLE: Final = struct.Struct("<d")
-# Span.trace_id (1) 16 bytes, span_id (2) 8 bytes[, parent_span_id (4) 8 bytes]
-_CHILD_IDS: Final = struct.Struct(">2s16s2sQ2s8s")
-_ROOT_IDS: Final = struct.Struct(">2s16s2sQ")
-_TRACE: Final = b"\x0a\x10"
-_SPAN_ID: Final = b"\x12\x08"
-_PARENT: Final = b"\x22\x08"
 _TIMES: Final = struct.Struct("<BQBQ")  # Span.start_time_unix_nano (7), end (8): fixed64
 _EVENT_TIME: Final = struct.Struct("<BQ")  # Event.time_unix_nano (1): fixed64
 
@@ -97,26 +91,28 @@ class _Shaped(NamedTuple):
     """What every span of one `spans.shape` shares, encoded."""
 
     head: bytes
-    """name and kind"""
-    attributes: bytes
-    """all but the varying ones"""
-    status: bytes
+    """name, kind, and all but the varying attributes"""
+    tail: tuple[bytes, bytes]
+    """status and flags: of a span that starts a trace, of one that continues a caller's"""
     events: tuple[bytes, ...]
     """each event's name and attributes, without its time"""
 
 
 # the varying attributes' keys, ready to be followed by the value's length and the value
 _VARYING: Final = tuple(field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING)
-_VALUES: Final = 4096  # values of one varying attribute kept encoded (sizes repeat)
+_TIMES_SIZE: Final = _TIMES.size
+# a span's field key and length, by its length, for the lengths most spans have
+_SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
 
 
-def _varying(prefix: bytes, v: object, known: dict[object, bytes]) -> bytes:
-    """A varying attribute, to be kept in `known` (emptied when full: no value is special)."""
-    if len(known) >= _VALUES:
-        known.clear()
-    any_value = value(v)
-    kv = prefix + varint(len(any_value)) + any_value
-    return field(_ATTRIBUTE, kv)
+def _varying(values: tuple[object, ...]) -> bytes:
+    """The varying attributes (a None value: that attribute left out)."""
+    out = []
+    for prefix, v in zip(_VARYING, values, strict=True):
+        if v is not None:
+            any_value = value(v)
+            out.append(field(_ATTRIBUTE, prefix + varint(len(any_value)) + any_value))
+    return b"".join(out)
 
 
 class SpanEncoder:
@@ -129,43 +125,40 @@ class SpanEncoder:
         schema_url: str = "",
         scope: str = "sandboxd_router",
         shapes: int = 4096,
+        values: int = 4096,
     ) -> None:
         self._resource = field(0x0A, attributes(0x0A, resource.items()))  # ResourceSpans (1)
         self._scope = field(0x0A, field(0x0A, scope.encode()))  # ScopeSpans.scope (1) {name}
         self._schema = field(0x1A, schema_url.encode()) if schema_url else b""
         self._shapes: dict[spans.Shape, _Shaped] = {}
-        self._varying: tuple[dict[object, bytes], ...] = tuple({} for _ in _VARYING)
         self._max_shapes = shapes
+        self._values: dict[tuple[object, ...], bytes] = {}
+        """The varying attributes, encoded, by their values (sizes repeat: the same answer)."""
+        self._max_values = values
 
     def span(self, o: Observed) -> bytes:
         """One span: a `ScopeSpans.spans` field, ready to be joined into a `request`."""
         shaped = self._shapes.get(spans.shape(o)) or self._learn(o)
-        span_id = spans.span_number(o.seq)
+        values = spans.varying(o)
+        varying = self._values.get(values)
+        if varying is None:
+            varying = self._remember(values)
         context = traceparent.parse(o.traceparent)
+        span_id = spans.span_number(o.seq)
         if context is None:  # no caller's trace: the router's span starts one
-            trace = (random.getrandbits(128) or 1).to_bytes(16, "big")
-            parts = [_ROOT_IDS.pack(_TRACE, trace, _SPAN_ID, span_id), shaped.head]
-            flags = _FLAGS_ROOT
-        else:
-            trace, parent = bytes.fromhex(context[0]), bytes.fromhex(context[1])
-            parts = [_CHILD_IDS.pack(_TRACE, trace, _SPAN_ID, span_id, _PARENT, parent)]
-            parts.append(shaped.head)
-            flags = _FLAGS_REMOTE
-        start = int(o.start * 1e9)
-        parts += (_TIMES.pack(0x39, start, 0x41, start + int(o.duration * 1e9)), shaped.attributes)
-        for known, v, prefix in zip(self._varying, spans.varying(o), _VARYING, strict=True):
-            if v is not None:
-                encoded = known.get(v)
-                if encoded is None:
-                    encoded = known[v] = _varying(prefix, v, known)
-                parts.append(encoded)
+            trace = random.getrandbits(128) or 1
+            ids = bytes.fromhex(f"0a10{trace:032x}1208{span_id:016x}")
+            tail = shaped.tail[0]
+        else:  # trace_id (1), span_id (2), parent_span_id (4)
+            ids = bytes.fromhex(f"0a10{context[0]}1208{span_id:016x}2208{context[1]}")
+            tail = shaped.tail[1]
+        start = int((o.end - o.duration) * 1e9)
+        times = _TIMES.pack(0x39, start, 0x41, start + int(o.duration * 1e9))
         if shaped.events:
-            at = _EVENT_TIME.pack(0x09, int(spans.fault_time(o) * 1e9))
-            for event in shaped.events:
-                parts += (_EVENT, varint(len(at) + len(event)), at, event)
-        parts += (shaped.status, flags)
-        body = b"".join(parts)
-        return _SPAN + varint(len(body)) + body
+            varying += self._events(o, shaped.events)
+        size = len(ids) + len(shaped.head) + _TIMES_SIZE + len(varying) + len(tail)
+        head = _SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size)
+        return b"".join((head, ids, shaped.head, times, varying, tail))
 
     def request(self, encoded: Sequence[bytes]) -> bytes:
         """An `ExportTraceServiceRequest` of spans made by `span`."""
@@ -173,13 +166,26 @@ class SpanEncoder:
         resource_spans = self._resource + field(0x12, scope_spans) + self._schema
         return field(0x0A, resource_spans)
 
+    def _events(self, o: Observed, events: tuple[bytes, ...]) -> bytes:
+        at = _EVENT_TIME.pack(0x09, int(spans.fault_time(o) * 1e9))
+        return b"".join(_EVENT + varint(len(at) + len(e)) + at + e for e in events)
+
+    def _remember(self, values: tuple[object, ...]) -> bytes:
+        if len(self._values) >= self._max_values:  # no value is special: start afresh
+            self._values.clear()
+        encoded = self._values[values] = _varying(values)
+        return encoded
+
     def _learn(self, o: Observed) -> _Shaped:
         span = spans.span_of(o)
         shared = [(k, v) for k, v in span.attributes.items() if k not in spans.VARYING]
+        status = _STATUS_ERROR if span.failed else b""
         shaped = _Shaped(
-            head=field(_NAME, span.name.encode()) + _KIND + varint(_KINDS[span.kind]),
-            attributes=attributes(_ATTRIBUTE, shared),
-            status=_STATUS_ERROR if span.failed else b"",
+            head=field(_NAME, span.name.encode())
+            + _KIND
+            + varint(_KINDS[span.kind])
+            + attributes(_ATTRIBUTE, shared),
+            tail=(status + _FLAGS_ROOT, status + _FLAGS_REMOTE),
             events=tuple(
                 field(0x12, e.name.encode()) + attributes(0x1A, e.attributes.items())
                 for e in span.events
