@@ -14,6 +14,7 @@ fields may come in any order and a repeated field is the same field written agai
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,8 @@ from sandboxd_router.telemetry.observed import Observed
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
 _DOUBLE: Final = struct.Struct("<d")
-_TIMES: Final = struct.Struct("<BQBQ")  # Span.start_time_unix_nano (7), end (8): fixed64
+# Span.span_id (2): 8 bytes, start_time_unix_nano (7) and end (8): fixed64 (little-endian)
+_TIMED: Final = struct.Struct("<BBQBQBQ")
 _EVENT_TIME: Final = struct.Struct("<BQ")  # Event.time_unix_nano (1): fixed64
 
 # keys of the other fields written here (message.field (number): wire type)
@@ -90,17 +92,18 @@ def attributes(key: int, items: Iterable[tuple[str, object]]) -> bytes:
 class _Shaped(NamedTuple):
     """What every span of one `spans.shape` shares, encoded."""
 
-    head: bytes
-    """name, kind, and all but the varying attributes"""
-    tail: tuple[bytes, bytes]
-    """status and flags: of a span that starts a trace, of one that continues a caller's"""
+    heads: tuple[bytes, bytes]
+    """Status, flags, name, kind, and all but the varying attributes: of a span that starts a
+    trace, of one that continues a caller's (fields may come in any order)."""
+    size: int
+    """The length of a head (both have the same) and of the span id and times."""
     events: tuple[bytes, ...]
     """each event's name and attributes, without its time"""
 
 
 # the varying attributes' keys, ready to be followed by the value's length and the value
 _VARYING: Final = tuple(field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING)
-_TIMES_SIZE: Final = _TIMES.size
+_TIMED_SIZE: Final = _TIMED.size
 # a span's field key and length, by its length, for the lengths most spans have
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
 
@@ -144,27 +147,31 @@ class SpanEncoder:
         if varying is None:
             varying = self._remember(values)
         context = traceparent.parse(o.traceparent)
-        span_id = spans.span_number(o.seq)
         if context is None:  # no caller's trace: the router's span starts one
             trace = random.getrandbits(128) or 1
-            ids = bytes.fromhex(f"0a10{trace:032x}1208{span_id:016x}")
-            tail = shaped.tail[0]
-        else:  # trace_id (1), span_id (2), parent_span_id (4)
-            ids = bytes.fromhex(f"0a10{context[0]}1208{span_id:016x}2208{context[1]}")
-            tail = shaped.tail[1]
-        start = int((o.end - o.duration) * 1e9)
-        times = _TIMES.pack(0x39, start, 0x41, start + int(o.duration * 1e9))
+            ids = b"\x0a\x10" + trace.to_bytes(16, "big")  # trace_id (1)
+            head = shaped.heads[0]
+        else:  # trace_id (1), parent_span_id (4)
+            ids = bytes.fromhex(f"0a10{context[0]}2208{context[1]}")
+            head = shaped.heads[1]
+        duration = o.duration
+        start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
+        timed = _TIMED.pack(0x12, 8, spans.span_number(o.seq), 0x39, start, 0x41,
+                            start + int(duration * 1e9))  # fmt: skip
         if shaped.events:
             varying += self._events(o, shaped.events)
-        size = len(ids) + len(shaped.head) + _TIMES_SIZE + len(varying) + len(tail)
-        head = _SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size)
-        return b"".join((head, ids, shaped.head, times, varying, tail))
+        size = len(ids) + shaped.size + len(varying)
+        framed = _SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size)
+        return b"".join((framed, ids, timed, head, varying))
 
     def request(self, encoded: Sequence[bytes]) -> bytes:
-        """An `ExportTraceServiceRequest` of spans made by `span`."""
-        scope_spans = self._scope + b"".join(encoded)
-        resource_spans = self._resource + field(0x12, scope_spans) + self._schema
-        return field(0x0A, resource_spans)
+        """An `ExportTraceServiceRequest` of spans made by `span`: one copy of them (a batch is
+        ~150 kB; each nesting by concatenation would copy it again)."""
+        scope_spans = len(self._scope) + sum(map(len, encoded))
+        scope_head = b"\x12" + varint(scope_spans)  # ResourceSpans.scope_spans (2)
+        resource_spans = len(self._resource) + len(self._schema) + len(scope_head) + scope_spans
+        head = (b"\x0a", varint(resource_spans), self._resource, self._schema, scope_head)
+        return b"".join(itertools.chain(head, (self._scope,), encoded))
 
     def _events(self, o: Observed, events: tuple[bytes, ...]) -> bytes:
         at = _EVENT_TIME.pack(0x09, int(spans.fault_time(o) * 1e9))
@@ -180,12 +187,11 @@ class SpanEncoder:
         span = spans.span_of(o)
         shared = [(k, v) for k, v in span.attributes.items() if k not in spans.VARYING]
         status = _STATUS_ERROR if span.failed else b""
+        head = field(_NAME, span.name.encode()) + _KIND + varint(_KINDS[span.kind])
+        head += attributes(_ATTRIBUTE, shared)
         shaped = _Shaped(
-            head=field(_NAME, span.name.encode())
-            + _KIND
-            + varint(_KINDS[span.kind])
-            + attributes(_ATTRIBUTE, shared),
-            tail=(status + _FLAGS_ROOT, status + _FLAGS_REMOTE),
+            heads=(status + _FLAGS_ROOT + head, status + _FLAGS_REMOTE + head),
+            size=len(status + _FLAGS_ROOT + head) + _TIMED_SIZE,
             events=tuple(
                 field(0x12, e.name.encode()) + attributes(0x1A, e.attributes.items())
                 for e in span.events

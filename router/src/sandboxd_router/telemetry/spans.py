@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Final, NamedTuple
 
 from sandboxd_router.telemetry.observed import HTTP_5XX, Fault, Observed
@@ -167,16 +168,18 @@ def fault_time(o: Observed) -> float:
 _SALT: Final = int.from_bytes(os.urandom(8), "big")
 _ODD: Final = int.from_bytes(os.urandom(8), "big") | 1
 _MASK: Final = (1 << 64) - 1
+_LITTLE: Final = struct.Struct("<Q")
 
 
 def span_id(seq: int) -> str:
     """The router's span id for the ring's record `seq` (16 hex): the same in every sink (the
     control plane's traces and the OTLP export agree)."""
-    return f"{span_number(seq):016x}"
+    return _LITTLE.pack(span_number(seq)).hex()
 
 
 def span_number(seq: int) -> int:
-    """`span_id(seq)` as the number it is (8 bytes, big-endian on the wire): unique within this
+    """`span_id(seq)`'s 8 bytes, read as a little-endian number (so that the OTLP encoder packs
+    it with the span's times, which are little-endian on the wire): unique within this
     process (an odd multiplier and an exclusive or are one-to-one on 64 bits) and, both drawn
     at random per process, unlikely to repeat across processes. One multiplication: this is
     paid for every span exported (splitmix64's three took 0.3 µs)."""
