@@ -51,7 +51,9 @@ def enabled(environ: Mapping[str, str]) -> bool:
 
 
 class SpanExport:
-    """A bounded queue of encoded spans and the thread that posts them in batches."""
+    """A bounded queue of encoded spans and the thread that posts them in batches: up to
+    `batch` a post (a post costs ~0.1 ms of CPU besides its bytes: 2,048 spans, ~600 kB, make
+    that 0.05 µs a span), at most `max_queue` waiting (~300 bytes each)."""
 
     def __init__(
         self,
@@ -59,7 +61,7 @@ class SpanExport:
         poster: Poster,
         *,
         max_queue: int = 8192,
-        batch: int = 512,
+        batch: int = 2048,
         delay: float = 1.0,
     ) -> None:
         self._encoder = encoder
