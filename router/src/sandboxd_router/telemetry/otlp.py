@@ -112,12 +112,16 @@ class SpanExport:
     def _run(self) -> None:
         queue = self._queue
         while True:
-            waited = not self._ready.wait(self._delay)
+            timed_out = not self._ready.wait(self._delay)
             self._ready.clear()
             closing = self._closing
-            # whole batches as they come; what is left once the delay has passed (or at close)
-            while len(queue) >= self._batch or (queue and (waited or closing)):
-                self._post([queue.popleft() for _ in range(min(self._batch, len(queue)))])
+            # whole batches as they come, and what is left once the delay has passed (once: a
+            # slow endpoint must not turn a steady stream into posts of a few spans) or at close
+            due = len(queue) if timed_out or closing else len(queue) // self._batch * self._batch
+            while due > 0:
+                batch = [queue.popleft() for _ in range(min(self._batch, due))]
+                due -= len(batch)
+                self._post(batch)
             if closing:
                 return
 
