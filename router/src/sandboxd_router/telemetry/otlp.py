@@ -65,6 +65,7 @@ class SpanExport:
         delay: float = 1.0,
     ) -> None:
         self._encoder = encoder
+        self._span = encoder.span
         self._poster = poster
         self._batch = batch
         self._delay = delay
@@ -88,7 +89,7 @@ class SpanExport:
         if len(queue) >= self._max_queue:
             self._count_drop()
             return
-        queue.append(self._encoder.span(observed))
+        queue.append(self._span(observed))
         if len(queue) >= self._batch and not self._ready.is_set():
             self._ready.set()
 

@@ -26,8 +26,9 @@ from sandboxd_router.telemetry.observed import Observed
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
 _DOUBLE: Final = struct.Struct("<d")
-# Span.span_id (2): 8 bytes, start_time_unix_nano (7) and end (8): fixed64 (little-endian)
-_TIMED: Final = struct.Struct("<BBQBQBQ")
+# Span.span_id (2)'s 8 bytes (its key ends the ids), start_time_unix_nano (7) and end (8):
+# fixed64, little-endian
+_TIMED: Final = struct.Struct("<QBQBQ")
 _EVENT_TIME: Final = struct.Struct("<BQ")  # Event.time_unix_nano (1): fixed64
 
 # keys of the other fields written here (message.field (number): wire type)
@@ -96,7 +97,7 @@ class _Shaped(NamedTuple):
     """Status, flags, name, kind, and all but the varying attributes: of a span that starts a
     trace, of one that continues a caller's (fields may come in any order)."""
     size: int
-    """The length of a head (both have the same) and of the span id and times."""
+    """The length of a head (both have the same) and of the span id's value and times."""
     events: tuple[bytes, ...]
     """each event's name and attributes, without its time"""
 
@@ -149,15 +150,16 @@ class SpanEncoder:
         context = traceparent.parse(o.traceparent)
         if context is None:  # no caller's trace: the router's span starts one
             trace = random.getrandbits(128) or 1
-            ids = b"\x0a\x10" + trace.to_bytes(16, "big")  # trace_id (1)
+            ids = b"\x0a\x10" + trace.to_bytes(16, "big") + b"\x12\x08"  # trace_id (1)
             head = shaped.heads[0]
         else:  # trace_id (1), parent_span_id (4)
-            ids = bytes.fromhex(f"0a10{context[0]}2208{context[1]}")
+            ids = bytes.fromhex(f"0a10{context[0]}2208{context[1]}1208")
             head = shaped.heads[1]
         duration = o.duration
         start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
-        timed = _TIMED.pack(0x12, 8, spans.span_number(o.seq), 0x39, start, 0x41,
-                            start + int(duration * 1e9))  # fmt: skip
+        timed = _TIMED.pack(
+            spans.span_number(o.seq), 0x39, start, 0x41, start + int(duration * 1e9)
+        )
         if shaped.events:
             varying += self._events(o, shaped.events)
         size = len(ids) + shaped.size + len(varying)
