@@ -6,15 +6,23 @@ caller; the SDK is not even imported when it is off."""
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import http.server
+import ipaddress
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -273,10 +281,13 @@ def collector() -> Iterator[Collector]:
     server.server_close()
 
 
-def export_to(port: int, *, timeout: float = 2, **more: Any) -> SpanExport:
-    settings = Settings(f"http://127.0.0.1:{port}/v1/traces", timeout=timeout,
-                        **{k: v for k, v in more.items() if k in ("headers", "compression")})  # fmt: skip
-    rest = {k: v for k, v in more.items() if k not in ("headers", "compression")}
+SETTINGS = ("headers", "compression", "certificate")
+
+
+def export_to(port: int, *, timeout: float = 2, scheme: str = "http", **more: Any) -> SpanExport:
+    settings = Settings(f"{scheme}://127.0.0.1:{port}/v1/traces", timeout=timeout,
+                        **{k: v for k, v in more.items() if k in SETTINGS})  # fmt: skip
+    rest = {k: v for k, v in more.items() if k not in SETTINGS}
     return SpanExport(SpanEncoder({"service.name": "r"}), Poster(settings), delay=0.05, **rest)
 
 
@@ -338,3 +349,51 @@ def test_an_overloaded_endpoint_is_asked_again(collector: Collector) -> None:
     poll.until(lambda: export.exported, timeout=10, what="the batch, posted again")
     export.close()
     assert export.failed == 0 and len(collector.spans) == 1 and len(collector.headers) == 2
+
+
+def test_https_trusts_the_configured_certificate(collector: Collector, tmp_path: Path) -> None:
+    certificate, key = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificate, key)
+    collector.socket = tls.wrap_socket(collector.socket, server_side=True)
+    trusting = export_to(collector.server_port, scheme="https", certificate=str(certificate))
+    trusting.add(observed())
+    poll.until(lambda: trusting.exported, timeout=10, what="a span over https")
+    trusting.close()
+    stranger = export_to(collector.server_port, scheme="https", timeout=0.5)  # system CAs only
+    stranger.add(observed())
+    poll.until(lambda: stranger.failed, timeout=10, what="a batch refused by TLS")
+    stranger.close()
+    assert len(collector.spans) == 1 and stranger.exported == 0
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
