@@ -624,6 +624,8 @@ class Exchange:
                 self.rpc_method,
                 self.tool,
                 self.rpc_id,
+                self.target,
+                self.session,
             )
         except Exception:  # a bug of ours: the exchange still ends, and the log says so
             log.exception("cannot record a request")

@@ -9,6 +9,10 @@ it counts them as lost. It copies the slots it wants, then reads `done` again: w
 writer may be writing record `done` (at most), a copied record m is whole if `done` - m <
 slots (the check relies on stores becoming visible in program order, as on x86-64).
 
+The request's path (`url.path`: the target up to `?`, never the query) and its MCP session id
+(`Mcp-Session-Id`, sent only before the 2026-07-28 revision) are copied inline, cut at
+`PATH` and `SESSION` bytes; the path's length as received says whether it was cut.
+
 Strings are small ints: each distinct service, (sandbox, routing key) pair, HTTP method, fault,
 JSON-RPC method and tool name gets an id once, and its name goes to the reader on the names
 pipe BEFORE the first record that uses it (the reader reads `done`, drains the pipe, then
@@ -30,18 +34,22 @@ from sandboxd_router.faults import Fault
 
 MAGIC: Final = 0x31524253  # "SBR1"
 HEADER: Final = 64
-SLOT: Final = 192
+SLOT: Final = 256  # four cache lines: each line more costs the writer ~20 ns
 HEAD = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_AT)
 DONE_AT: Final = 16
 DONE_WORD: Final = DONE_AT // 8
 DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
-# seq, end, duration, bytes in, bytes out, service, pair, method, status, route, error, flags,
-# traceparent's length and bytes (struct pads with zeros and cuts past 55)
-CORE = struct.Struct("<QddQQIIIHBBBB55s")
-# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, rpc id's length, id
-EXTRA = struct.Struct("<dIIIIIB40s")
-EXTRA_AT: Final = 116
+# seq, end, duration, bytes in, bytes out, service, pair, method, status, error, flags,
+# traceparent's length and bytes (struct pads with zeros and cuts past 55), the length of the
+# target's path (up to `?`) and the target's first bytes
+CORE = struct.Struct("<QddQQIIIHBBB55sH40s")
+# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, rpc id's length and
+# bytes, the session id's length and bytes
+EXTRA = struct.Struct("<dIIIIIB40sB32s")
+EXTRA_AT: Final = 154
 TRACEPARENT: Final = 55
+PATH: Final = 40
+SESSION: Final = 32  # an MCP SDK's session id: 32 hex digits (a UUID's)
 RPC_ID: Final = 40
 
 # flags
@@ -69,10 +77,10 @@ GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CHARS: Final = 256  # a client's name is cut to this (the control plane's bound)
 CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
-DEFAULT_SLOTS: Final = 1 << 15  # 6 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
+DEFAULT_SLOTS: Final = 1 << 15  # 8 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
 
-assert CORE.size <= EXTRA_AT
-assert EXTRA_AT + EXTRA.size <= SLOT
+assert CORE.size == EXTRA_AT
+assert EXTRA_AT + EXTRA.size == SLOT
 
 
 class Recorder:
@@ -142,14 +150,17 @@ class Recorder:
         rpc_method: bytes | None = None,
         tool: bytes | None = None,
         rpc_id: bytes | None = None,
+        target: bytes = b"",
+        session: bytes | None = None,
     ) -> None:
-        """Record one request; `started`: its `time.perf_counter()` at the head's first byte."""
+        """Record one request; `started`: its `time.perf_counter()` at the head's first byte;
+        `target`: the request target in origin form (its query is not kept)."""
         now = time.perf_counter()
         seq = self.seq
         offset = HEADER + (seq % self.slots) * SLOT
         flags = FORKED if forked else 0
         ring = self.ring
-        if faults is not None or rpc_method is not None:
+        if faults is not None or rpc_method is not None or session is not None:
             flags |= EXTRA_FLAG
             first = second = third = 0
             if faults:
@@ -170,6 +181,8 @@ class Recorder:
                 self._client(self._tools, tool),
                 min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
                 rpc_id if rpc_id is not None else b"",
+                min(len(session), SESSION) if session is not None else 0,
+                session if session is not None else b"",
             )
         service_id = self._services.get(service)
         if service_id is None:
@@ -194,11 +207,12 @@ class Recorder:
             pair,
             method_id,
             status,
-            0,
             error,
             flags,
             min(len(traceparent), TRACEPARENT) if traceparent is not None else 0,
             traceparent if traceparent is not None else b"",
+            _path_length(target),
+            target,  # (cut at PATH bytes; the reader keeps the path's length of them)
         )
         seq += 1
         self.seq = seq
@@ -301,6 +315,12 @@ class Recorder:
         self._wall = time.time() - time.perf_counter()
         if self._pending:
             self._send(b"")
+
+
+def _path_length(target: bytes) -> int:
+    """The length of the target's path: up to its query (65,535 at most, as the record holds)."""
+    end = target.find(b"?")
+    return min(end if end >= 0 else len(target), 0xFFFF)
 
 
 def _printable(name: str) -> str:

@@ -67,6 +67,11 @@ class Observed:
     seq: int = 0
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
+    path: str = ""
+    """The target's path (`url.path`: no query), its first `record.PATH` bytes."""
+    session: str | None = None
+    """The `Mcp-Session-Id` the request carried (MCP revisions before 2026-07-28), cut at
+    `record.SESSION` bytes; None when none."""
 
     @property
     def start(self) -> float:
