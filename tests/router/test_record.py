@@ -157,7 +157,11 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
     seen["tool"] = post(mcp, call, traced("tool", KEYS["pr-1"]))
     broken = {**call, "id": 8, "params": {"name": "broken", "arguments": {}}}
     seen["broken"] = post(mcp, broken, {**traced("broken"), "Mcp-Session-Id": "s-" + "7" * 60})
-    seen["nope"] = post(mcp, {"jsonrpc": "2.0", "id": "a1", "method": "nope"}, traced("nope"))
+    seen["nope"] = post(
+        mcp,
+        {"jsonrpc": "2.0", "id": "a1", "method": "nope"},
+        {**traced("nope"), "MCP-Protocol-Version": "2025-06-18"},
+    )
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{web}/reset", headers=traced("reset", KEYS["pr-2"]))
     with pytest.raises(httpx.TransportError):
@@ -186,6 +190,9 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
     assert "s3cr3t" not in json.dumps(got["forked"])
     assert got["broken"]["session"] == ("s-" + "7" * 60)[:32]
     assert got["tool"]["session"] is None
+    # a JSON-RPC error's code; the MCP protocol version the request named
+    assert (got["nope"]["rpc_code"], got["nope"]["protocol"]) == (-32601, "2025-06-18")
+    assert (got["broken"]["rpc_code"], got["tool"]["protocol"]) == (None, None)
     assert not any(got[n]["injected"] or got[n]["faults"] for n in ("forked", "tool", "nope"))
 
     reset, cut, slowed = got["reset"], got["cut"], got["slowed"]

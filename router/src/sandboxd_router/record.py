@@ -16,7 +16,8 @@ The request's path (`url.path`: the target up to `?`, never the query) and its M
 Strings are small ints: each distinct service, (sandbox, routing key) pair, HTTP method, fault,
 JSON-RPC method and tool name gets an id once, and its name goes to the reader on the names
 pipe BEFORE the first record that uses it (the reader reads `done`, drains the pipe, then
-decodes up to `done`). Names a client picks (tools, JSON-RPC methods, HTTP methods) are capped:
+decodes up to `done`). Names a client picks (tools, JSON-RPC methods, HTTP methods, MCP protocol
+versions) are capped:
 past the cap they are all `OTHER`. When the table grows past `GENERATION` entries it starts
 afresh (ids keep counting up: an old record's ids stay unambiguous), and the pipe says from
 which record on the old ids are dead, so the reader can drop them.
@@ -43,19 +44,21 @@ DONE = struct.Struct("=Q")  # native order: written through a memoryview of word
 # traceparent's length and bytes (struct pads with zeros and cuts past 55), the length of the
 # target's path (up to `?`) and the target's first bytes
 CORE = struct.Struct("<QddQQIIIHBBB55sH40s")
-# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, rpc id's length and
-# bytes, the session id's length and bytes
-EXTRA = struct.Struct("<dIIIIIB40sB32s")
+# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, the JSON-RPC error's
+# code (with RPC_CODE in flags), the MCP protocol version, rpc id's length and bytes, the session
+# id's length and bytes
+EXTRA = struct.Struct("<dIIIIIiIB32sB32s")
 EXTRA_AT: Final = 154
 TRACEPARENT: Final = 55
 PATH: Final = 40
 SESSION: Final = 32  # an MCP SDK's session id: 32 hex digits (a UUID's)
-RPC_ID: Final = 40
+RPC_ID: Final = 32
 
 # flags
 INJECTED: Final = 1
 EXTRA_FLAG: Final = 2
 FORKED: Final = 4  # route: the sandbox's fork served it (else the baseline)
+RPC_CODE: Final = 8  # the response was a JSON-RPC error whose code was read
 
 # error classes, as ints (the telemetry process maps them to `observed.ERRORS`)
 OK: Final = 0
@@ -75,7 +78,7 @@ PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: re
 OTHER: Final = "(other)"
 GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CHARS: Final = 256  # a client's name is cut to this (the control plane's bound)
-CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
+CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods / versions interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
 DEFAULT_SLOTS: Final = 1 << 15  # 8 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
 
@@ -108,6 +111,7 @@ class Recorder:
         self._faults: dict[Fault, int] = {}
         self._rpc: dict[bytes, int] = {}
         self._tools: dict[bytes, int] = {}
+        self._protocols: dict[bytes, int] = {}  # MCP-Protocol-Version values
 
     def attach(self, names_fd: int) -> int:
         """A new reader (a telemetry process, perhaps started again) reads names from
@@ -152,6 +156,8 @@ class Recorder:
         rpc_id: bytes | None = None,
         target: bytes = b"",
         session: bytes | None = None,
+        rpc_code: int | None = None,
+        protocol: bytes | None = None,
     ) -> None:
         """Record one request; `started`: its `time.perf_counter()` at the head's first byte;
         `target`: the request target in origin form (its query is not kept)."""
@@ -162,6 +168,8 @@ class Recorder:
         ring = self.ring
         if faults is not None or rpc_method is not None or session is not None:
             flags |= EXTRA_FLAG
+            if rpc_code is not None:
+                flags |= RPC_CODE
             first = second = third = 0
             if faults:
                 flags |= INJECTED
@@ -179,6 +187,8 @@ class Recorder:
                 third,
                 self._client(self._rpc, rpc_method),
                 self._client(self._tools, tool),
+                rpc_code if rpc_code is not None else 0,
+                self._client(self._protocols, protocol),
                 min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
                 rpc_id if rpc_id is not None else b"",
                 min(len(session), SESSION) if session is not None else 0,
@@ -290,6 +300,7 @@ class Recorder:
         self._faults.clear()
         self._rpc.clear()
         self._tools.clear()
+        self._protocols.clear()
 
     def _send(self, message: bytes) -> None:
         """Never blocks: what a full pipe cannot take waits in `_pending`, sent first next time

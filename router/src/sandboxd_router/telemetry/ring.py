@@ -107,8 +107,8 @@ class RingReader:
 
     def _decode(self, row: tuple[Any, ...], seq: int) -> Observed:
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
-         tp_len, tp, path_len, path, injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id,
-         session_len, session) = row  # fmt: skip
+         tp_len, tp, path_len, path, injected_at, f1, f2, f3, rpc_method, tool, rpc_code,
+         protocol, id_len, rpc_id, session_len, session) = row  # fmt: skip
         names = self.names
         sandbox, _, key = names.get(pair, UNKNOWN).partition("\0")
         url_path = path[:path_len].decode("utf-8", "replace")
@@ -134,6 +134,8 @@ class RingReader:
             seq=seq,
             path=url_path,
             session=session[:session_len].decode("utf-8", "replace") if session_len else None,
+            rpc_code=rpc_code if flags & record.RPC_CODE else None,
+            protocol=self._name(protocol) if protocol else None,
         )  # fmt: skip
 
     def _name(self, ident: int) -> str:
