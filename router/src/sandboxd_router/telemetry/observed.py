@@ -67,6 +67,15 @@ class Observed:
     seq: int = 0
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
+    path: str = ""
+    """The target's path (`url.path`: no query), its first `record.PATH` bytes."""
+    session: str | None = None
+    """The `Mcp-Session-Id` the request carried (MCP revisions before 2026-07-28), cut at
+    `record.SESSION` bytes; None when none."""
+    rpc_code: int | None = None
+    """MCP: the code of the JSON-RPC error the response carried (`error` is `JSONRPC`)."""
+    protocol: str | None = None
+    """MCP: the request's `MCP-Protocol-Version` (capped like the other names a client picks)."""
 
     @property
     def start(self) -> float:

@@ -36,10 +36,10 @@ ERRORS = {
 }
 UNKNOWN = "?"  # a name that never arrived (the pipe was full for long: see `Recorder._send`)
 BATCH = 4096  # records decoded per read at most (the rest the next round)
-SLOT = struct.Struct(f"<{record.CORE.format[1:]}3x{record.EXTRA.format[1:]}7x")
+SLOT = struct.Struct(f"<{record.CORE.format[1:]}{record.EXTRA.format[1:]}")
 """A whole slot: the core, then the extra fields (read whether written or not: decoding them
 with the core in one C call is cheaper than a second call for the few that have them)."""
-assert record.CORE.size + 3 == record.EXTRA_AT
+assert record.CORE.size == record.EXTRA_AT
 assert SLOT.size == record.SLOT
 
 
@@ -106,17 +106,19 @@ class RingReader:
         return self.ring[at + a * size : at + slots * size] + self.ring[at : at + b * size]
 
     def _decode(self, row: tuple[Any, ...], seq: int) -> Observed:
-        (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
-         tp_len, tp, injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id) = row  # fmt: skip
+        (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
+         tp_len, tp, path_len, path, injected_at, f1, f2, f3, rpc_method, tool, rpc_code,
+         protocol, id_len, rpc_id, session_len, session) = row  # fmt: skip
         names = self.names
         sandbox, _, key = names.get(pair, UNKNOWN).partition("\0")
+        url_path = path[:path_len].decode("utf-8", "replace")
         if not flags & record.EXTRA_FLAG:
             return Observed(
                 end, duration, names.get(service, UNKNOWN), sandbox, key,
                 SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
                 status, bytes_in, bytes_out,
                 tp[:tp_len].decode("ascii", "replace") if tp_len else None,
-                ERRORS.get(error, OK), bool(flags & record.INJECTED), seq=seq,
+                ERRORS.get(error, OK), bool(flags & record.INJECTED), seq=seq, path=url_path,
             )  # fmt: skip
         return Observed(
             end, duration, names.get(service, UNKNOWN), sandbox, key,
@@ -130,6 +132,10 @@ class RingReader:
             tool=self._name(tool) if tool else None,
             rpc_id=rpc_id[:id_len].decode("utf-8", "replace") if id_len else None,
             seq=seq,
+            path=url_path,
+            session=session[:session_len].decode("utf-8", "replace") if session_len else None,
+            rpc_code=rpc_code if flags & record.RPC_CODE else None,
+            protocol=self._name(protocol) if protocol else None,
         )  # fmt: skip
 
     def _name(self, ident: int) -> str:
