@@ -74,7 +74,26 @@ KINDS = {
     "baseline sampled": observed(sandbox="", routing_key="", route=BASELINE),
     "odd method": observed(method="get", bytes_out=1 << 40),
     "unicode sandbox": observed(sandbox="prö-1", seq=1 << 40),
+    "mcp session": observed(rpc_method="tools/call", tool="t", rpc_id="8", path="/mcp",
+                            session="5e55", protocol="2025-06-18"),
+    "mcp stateless": observed(rpc_method="tools/call", tool="t", rpc_id="9", path="/mcp",
+                              session="5e55", protocol="2026-07-28"),
+    "jsonrpc code": observed(rpc_method="nope", rpc_id="3", error=JSONRPC, rpc_code=-32601),
 }  # fmt: skip
+
+
+def test_the_path_the_session_and_the_json_rpc_code_follow_the_conventions() -> None:
+    session = spans.span_of(KINDS["mcp session"]).attributes
+    assert session["url.path"] == "/mcp" and session["mcp.session.id"] == "5e55"
+    assert session["mcp.protocol.version"] == "2025-06-18"
+    stateless = spans.span_of(KINDS["mcp stateless"]).attributes
+    assert "mcp.session.id" not in stateless  # the 2026-07-28 revision forbids it
+    assert stateless["mcp.protocol.version"] == "2026-07-28"
+    coded = spans.span_of(KINDS["jsonrpc code"]).attributes
+    assert coded["error.type"] == coded["rpc.response.status_code"] == "-32601"
+    uncoded = spans.span_of(KINDS["mcp null id"]).attributes
+    assert uncoded["error.type"] == "jsonrpc" and "rpc.response.status_code" not in uncoded
+    assert "url.path" not in spans.span_of(observed(path="")).attributes
 
 
 def plain(value: AnyValue) -> object:

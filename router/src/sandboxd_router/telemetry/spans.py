@@ -16,11 +16,12 @@ import os
 import struct
 from typing import Final, NamedTuple
 
-from sandboxd_router.telemetry.observed import HTTP_5XX, Fault, Observed
+from sandboxd_router.telemetry.observed import HTTP_5XX, JSONRPC, Fault, Observed
 
 SERVER: Final = "server"  # the span kind (the exporter maps it to the SDK's SpanKind)
 FAULT_EVENT: Final = "sandboxd.fault.injected"
 TOOL_CALL: Final = "tools/call"
+STATELESS: Final = "2026-07-28"  # the MCP revision without sessions: no `mcp.session.id`
 
 # RFC 9110's methods, PATCH (RFC 5789) and QUERY (known to the conventions since v1.44);
 # any other is `_OTHER`, the span then named "HTTP" (a method is case-sensitive: "get" is other)
@@ -62,26 +63,40 @@ def span_of(observed: Observed) -> Span:
 # What an encoder may cache: the name, the kind, the status and every attribute but the
 # `VARYING` ones depend only on `shape(observed)`, as the events do but for their time
 # (`fault_time`).
-VARYING: Final = ("http.request.body.size", "http.response.body.size", "jsonrpc.request.id")
+VARYING: Final = (
+    "url.path",
+    "http.request.body.size",
+    "http.response.body.size",
+    "jsonrpc.request.id",
+    "mcp.session.id",
+)
 
-Shape = tuple[str, str, str, str, int, str, tuple[Fault, ...], str | None, str | None]
+Shape = tuple[
+    str, str, str, str, int, str, tuple[Fault, ...], str | None, str | None, str | None, int | None
+]
 
 
 def shape(o: Observed) -> Shape:
     """The fields every part of a span but the `VARYING` attributes and the events' time is
     made of."""
     return (o.service, o.sandbox, o.route, o.method, o.status, o.error, o.faults, o.rpc_method,
-            o.tool)  # fmt: skip
+            o.tool, o.protocol, o.rpc_code)  # fmt: skip
 
 
-def varying(o: Observed) -> tuple[int, int, str | None]:
-    """The values of the `VARYING` attributes (an id None: that attribute left out)."""
-    return o.bytes_in, o.bytes_out, None if o.rpc_method is None else request_id(o.rpc_id)
+def varying(o: Observed) -> tuple[str | None, int, int, str | None, str | None]:
+    """The values of the `VARYING` attributes (None: that attribute left out). The path is the
+    record's (its first `record.PATH` bytes, never the query); the session id only for MCP
+    revisions that have sessions (the 2026-07-28 one forbids the attribute)."""
+    if o.rpc_method is None:
+        return o.path or None, o.bytes_in, o.bytes_out, None, None
+    sessionful = o.protocol is None or o.protocol < STATELESS
+    return (o.path or None, o.bytes_in, o.bytes_out, request_id(o.rpc_id),
+            o.session if sessionful else None)  # fmt: skip
 
 
 def _shaped(o: Observed) -> tuple[str, Attributes]:
     """The span's name and its attributes but the `VARYING` ones, from `shape(o)` alone."""
-    # `url.path` (required) and `server.address` are not in the request path's record
+    # `server.address` (recommended) is not in the request path's record
     attributes: Attributes = {"url.scheme": "http"}
     method = _method(o.method, attributes)
     if o.status:
@@ -103,11 +118,13 @@ def _shaped(o: Observed) -> tuple[str, Attributes]:
 
 
 def error_type(observed: Observed) -> str:
-    """The outcome: the status code for a 5xx (the HTTP conventions), else the outcome class
-    (`tool_error` is also the MCP conventions' value for an `isError` result; they would name
-    a JSON-RPC error by its code, which the request path does not record)."""
+    """The outcome: the status code for a 5xx (the HTTP conventions), a JSON-RPC error's code
+    (the MCP and JSON-RPC conventions; `jsonrpc` when it could not be read), else the outcome
+    class (`tool_error` is also the MCP conventions' value for an `isError` result)."""
     if observed.error == HTTP_5XX and observed.status:
         return str(observed.status)
+    if observed.error == JSONRPC and observed.rpc_code is not None:
+        return str(observed.rpc_code)
     return observed.error
 
 
@@ -125,6 +142,10 @@ def _mcp(o: Observed, attributes: Attributes) -> str:
     """Sets the MCP attributes and answers the MCP span name."""
     assert o.rpc_method is not None
     attributes["mcp.method.name"] = o.rpc_method
+    if o.protocol is not None:
+        attributes["mcp.protocol.version"] = o.protocol
+    if o.rpc_code is not None:
+        attributes["rpc.response.status_code"] = str(o.rpc_code)
     if o.tool is None:
         return o.rpc_method
     attributes["gen_ai.tool.name"] = o.tool
