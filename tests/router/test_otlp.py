@@ -10,6 +10,7 @@ import datetime
 import gzip
 import http.server
 import ipaddress
+import logging
 import ssl
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from sandboxd_router.telemetry.observed import (
     Fault,
     Observed,
 )
-from sandboxd_router.telemetry.otlp import SpanExport, SpanSink, enabled, encoder
+from sandboxd_router.telemetry.otlp import SpanExport, SpanSink, enabled, encoder, from_env
 from sandboxd_router.telemetry.otlppost import Poster, Settings
 from sandboxd_router.telemetry.otlpwire import SpanEncoder
 from tests.support import poll
@@ -246,6 +247,22 @@ def test_the_settings_are_the_standard_variables(
     environ: dict[str, str], settings: Settings
 ) -> None:
     assert Settings.from_env(environ) == settings
+
+
+@pytest.mark.parametrize(
+    ("environ", "why"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "not an http"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318",
+          "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nowhere/ca.pem"}, "No such file"),
+    ],
+)  # fmt: skip
+def test_an_endpoint_it_cannot_use_turns_spans_off_and_says_why(
+    environ: dict[str, str], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="sandboxd_router.telemetry"):
+        assert from_env(environ) is None
+    assert "no spans are exported" in caplog.text and why in caplog.text
 
 
 def test_off_it_loads_no_sdk() -> None:

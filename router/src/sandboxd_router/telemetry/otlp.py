@@ -175,7 +175,13 @@ def from_env(environ: Mapping[str, str] | None = None) -> SpanExport | None:
     env = os.environ if environ is None else environ
     if not enabled(env):
         return None
-    return SpanExport(encoder(env), Poster(Settings.from_env(env)))
+    settings = Settings.from_env(env)
+    try:  # (a CA or client certificate is read here)
+        poster = Poster(settings)
+    except (ValueError, OSError) as e:  # (ssl.SSLError is an OSError)
+        log.error("no spans are exported: OTLP endpoint %s: %s", settings.url, e)
+        return None
+    return SpanExport(encoder(env), poster)
 
 
 def encoder(env: Mapping[str, str]) -> SpanEncoder:

@@ -28,6 +28,8 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sandboxd_router.telemetry.connection import Connection
+
 log = logging.getLogger("sandboxd_router.telemetry")
 
 DEFAULT_ENDPOINT = "http://localhost:4318"
@@ -108,16 +110,13 @@ class Poster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         url = urllib.parse.urlsplit(settings.url)
-        self._https = url.scheme == "https"
-        self._host = url.hostname or "localhost"
-        self._port = url.port or (443 if self._https else 80)
         self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": "sandboxd-router"}
         if settings.compression != "none":
             self._headers["Content-Encoding"] = settings.compression
         self._headers.update(settings.headers)
-        self._tls = self._context() if self._https else None
-        self._connection: http.client.HTTPConnection | None = None
+        tls = self._context() if url.scheme == "https" else None
+        self._connection = Connection(settings.url, context=tls)
         self._stop = threading.Event()
 
     def post(self, body: bytes) -> bool:
@@ -139,48 +138,19 @@ class Poster:
     def close(self) -> None:
         """Stop retrying (from another thread) and let the connection go."""
         self._stop.set()
-        if self._connection is not None:
-            self._connection.close()
+        self._connection.close()
 
     def _send(self, data: bytes, deadline: float) -> tuple[int, float | None]:
-        """The answer's status (0: no answer) and its Retry-After in seconds, if any. A kept-alive
-        connection the endpoint closed meanwhile is opened again once."""
-        for fresh in (self._connection is None, True):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return 0, None
-            connection = self._connect(remaining)
-            try:
-                connection.request("POST", self._path, body=data, headers=self._headers)
-                response = connection.getresponse()
-                response.read()  # (all of it: the connection is used again)
-            except (OSError, http.client.HTTPException) as e:
-                connection.close()
-                self._connection = None
-                if fresh:
-                    log.debug("OTLP post failed: %s", e)
-                    return 0, None
-                continue
-            if response.will_close:
-                connection.close()
-                self._connection = None
-            return response.status, _seconds(response.getheader("Retry-After"))
-        return 0, None
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self._connection is None:
-            if self._tls is not None:
-                self._connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout, context=self._tls
-                )
-            else:
-                self._connection = http.client.HTTPConnection(
-                    self._host, self._port, timeout=timeout
-                )
-        elif self._connection.sock is not None:
-            self._connection.sock.settimeout(timeout)
-        self._connection.timeout = timeout
-        return self._connection
+        """The answer's status (0: no answer) and its Retry-After in seconds, if any."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return 0, None
+        try:
+            answer = self._connection.post(self._path, data, self._headers, remaining)
+        except (OSError, http.client.HTTPException) as e:
+            log.debug("OTLP post failed: %s", e)
+            return 0, None
+        return answer.status, _seconds(answer.headers.get("Retry-After"))
 
     def _context(self) -> ssl.SSLContext:
         s = self.settings
