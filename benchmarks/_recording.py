@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,32 @@ def memory_kib(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "RssShmem", "Pss"):
                 out[key] = int(value.split()[0])
     return out
+
+
+def resident_kib(pids: list[int]) -> int | None:
+    """The physical pages resident in any of `pids`, each counted once (KiB): what these
+    processes hold together, as a container running just them is charged — the shared ring,
+    the interpreter's and libraries' pages once, not once per process (VmRSS) nor split with
+    every other process mapping the same files (Pss). Read from /proc/PID/pagemap's frame
+    numbers, which only root sees (None otherwise)."""
+    frames: set[int] = set()
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in pids:
+        ranges = []
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            start, _, end = line.split()[0].partition("-")
+            ranges.append((int(start, 16), int(end, 16)))
+        with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+            for start, end in ranges:
+                pagemap.seek(start // page * 8)
+                entries = pagemap.read((end - start) // page * 8)
+                for (entry,) in struct.iter_unpack("<Q", entries):
+                    if entry >> 63:  # present in RAM
+                        frame = entry & ((1 << 55) - 1)
+                        if frame == 0:
+                            return None  # frame numbers hidden: not root
+                        frames.add(frame)
+    return len(frames) * page // 1024
 
 
 def children(pid: int) -> list[int]:

@@ -200,6 +200,10 @@ def assert_router_spans_continue_the_trace(
     assert routes == {("cluster-mcp", "sandbox"), ("logs-mcp", "baseline")}
     described = next(s for s in calls if s.name == "tools/call describe_pod")
     assert described.attributes["gen_ai.tool.name"] == "describe_pod"
+    assert described.attributes["url.path"] == "/mcp"
+    # the MCP revision the agent's client spoke; a session id only in the sessionful ones
+    version = described.attributes["mcp.protocol.version"]
+    assert ("mcp.session.id" in described.attributes) is (version < "2026-07-28"), version
     assert sent[described.parent].attributes["url.full"] == f"{world.app.url('cluster-mcp')}/mcp"
 
 

@@ -1,7 +1,8 @@
 """The control plane's Kubernetes client traced against the real apiserver: with
 OTEL_EXPORTER_OTLP_ENDPOINT set, every call the runtime makes while it provisions a sandbox
 arrives at a real OpenTelemetry Collector as a CLIENT span of service sandboxd, with the stable
-HTTP attributes (the client speaks HTTP/2 over TLS to the apiserver)."""
+HTTP attributes (the client speaks HTTP/2 over TLS to the apiserver), the child of the
+`reconcile` span that made it (one trace per reconcile, not one per call)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,9 @@ def test_the_runtimes_kubernetes_calls_are_client_spans(
     assert all(s.attributes["network.protocol.version"] == "2" for s in spans)
     assert all(isinstance(s.attributes["http.response.status_code"], int) for s in spans)
     assert {s.name for s in spans} <= {"GET", "PATCH", "POST", "PUT", "DELETE"}
+    everything = {s.span_id: s for s in collector.spans()}
+    parents = [everything.get(s.parent or "") for s in spans]
+    assert all(p is not None and p.name == "reconcile" for p in parents), parents
+    assert {p.attributes["sandboxd.sandbox"] for p in parents if p} == {name}
+    assert all(p.kind == "internal" and p.parent is None for p in parents if p)
+    assert len({s.trace_id for s in spans}) < len(spans)  # a reconcile's calls share a trace

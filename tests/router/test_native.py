@@ -141,13 +141,17 @@ for n in range(3000):
                    f"key-{n % 50}" if n % 5 else "", n % 2 == 0, b"POST" if n % 4 else b"GET",
                    (200, 404, 502, 0)[n % 4], n, 3 * n, b"00-%032x-%016x-01" % (n + 1, n + 2),
                    n % 5, faults, 0.001, b"tools/call" if n % 3 == 0 else None,
-                   b"tool-%d" % (n % 4) if n % 3 == 0 else None, b'"id-%d"' % n)
+                   b"tool-%d" % (n % 4) if n % 3 == 0 else None, b'"id-%d"' % n,
+                   b"/p/%d" % n, b"s%d" % (n % 9) if n % 2 else None,
+                   -32000 - n % 3 if n % 5 == 2 else None, b"2025-06-18" if n % 3 == 0 else None)
 reader = RingReader(recorder.fd, names_r, start)
+fields = []
 log = tempfile.NamedTemporaryFile(delete=False).name
 access = AccessLogSink(log)
 signals = SignalsSink(url="http://127.0.0.1:9", token="t", rng=Random(7))
 prometheus = PrometheusSink()
 while batch := reader.read():
+    fields += [o.fields() for o in batch]
     access.add_all(batch)
     signals.add_all(batch)
     for o in batch:
@@ -156,7 +160,7 @@ asyncio.run(access.close())
 buckets, requests = signals.outbox()
 for r in requests:
     del r["spanId"]  # (random per process)
-digest = hashlib.sha256(open(log, "rb").read() + orjson.dumps([buckets, requests])
+digest = hashlib.sha256(open(log, "rb").read() + orjson.dumps([buckets, requests, fields])
                         + prometheus.render()).hexdigest()
 print(native.mode.split(":")[0], digest, len(requests))
 """

@@ -1,36 +1,208 @@
-"""The router's OTLP span export (`sandboxd_router.telemetry.otlp`): off unless the standard
-variables ask for it; records become spans with the request's trace as parent; a slow or dead
-endpoint costs drops, counted, and never blocks the caller."""
+"""The router's OTLP span export (`sandboxd_router.telemetry.otlp`, `otlpwire`, `otlppost`):
+off unless the standard variables ask for it; the bytes it writes, read back with the
+generated classes of opentelemetry-proto, are exactly the span `spans.span_of` says, a child of
+the request's trace; a slow or dead endpoint costs drops, counted, and never blocks the
+caller; the SDK is not even imported when it is off."""
 
 from __future__ import annotations
 
+import datetime
+import gzip
 import http.server
+import ipaddress
+import logging
+import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from sandboxd_router.telemetry.otlp import SpanExport, enabled, to_span
+from sandboxd_router.telemetry import spans
+from sandboxd_router.telemetry.observed import (
+    BASELINE,
+    HTTP_5XX,
+    JSONRPC,
+    OK,
+    TOOL_ERROR,
+    TRANSPORT,
+    Fault,
+    Observed,
+)
+from sandboxd_router.telemetry.otlp import SpanExport, SpanSink, enabled, encoder, from_env
+from sandboxd_router.telemetry.otlppost import Poster, Settings
+from sandboxd_router.telemetry.otlpwire import SpanEncoder
 from tests.support import poll
 from tests.support.server import free_port
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
+SLOW = Fault("latency", "slow-describe")
 
 
-def record(**more: Any) -> dict[str, Any]:
-    return {"traceId": TRACE, "spanId": "b7ad6b7169203331", "parentSpanId": PARENT,
-            "name": "POST", "start": 1765000000.25, "durationMs": 12.5, "status": 503,
-            "error": "http_5xx",
-            "attributes": {"http.request.method": "POST", "sandboxd.sandbox": "pr-1",
-                           "http.response.status_code": 503},
-            "events": [{"name": "sandboxd.fault.injected", "time": 1765000000.26,
-                        "attributes": {"sandboxd.fault.kind": "http_error"}}],
-            **more}  # fmt: skip
+def observed(**more: Any) -> Observed:
+    given: dict[str, Any] = {"end": 1765000000.2625, "duration": 0.0125, "service": "cluster-mcp",
+                             "sandbox": "pr-1", "routing_key": "k1", "route": "sandbox",
+                             "method": "POST", "status": 200, "bytes_in": 120, "bytes_out": 800,
+                             "traceparent": TRACEPARENT, "error": OK, "injected": False,
+                             "seq": 17}  # fmt: skip
+    return Observed(**(given | more))
+
+
+KINDS = {
+    "plain": observed(method="GET", bytes_in=0),
+    "faulted": observed(status=503, error=HTTP_5XX, injected=True, faults=(SLOW,),
+                        injected_at=0.002),
+    "two faults": observed(injected=True, faults=(SLOW, Fault("reset", "r1")), injected_at=0.01),
+    "mcp tool call": observed(rpc_method="tools/call", tool="describe_pod", rpc_id="7"),
+    "mcp string id": observed(rpc_method="tools/call", tool="get_logs", rpc_id='"a\\u00e9"',
+                              error=TOOL_ERROR),
+    "mcp null id": observed(rpc_method="tools/list", rpc_id="null", error=JSONRPC),
+    "transport error": observed(status=0, error=TRANSPORT, bytes_out=10),
+    "no traceparent": observed(traceparent=None),
+    "invalid traceparent": observed(traceparent=f"ff-{TRACE}-{PARENT}-01"),
+    "baseline sampled": observed(sandbox="", routing_key="", route=BASELINE),
+    "odd method": observed(method="get", bytes_out=1 << 40),
+    "unicode sandbox": observed(sandbox="prö-1", seq=1 << 40),
+    "mcp session": observed(rpc_method="tools/call", tool="t", rpc_id="8", path="/mcp",
+                            session="5e55", protocol="2025-06-18"),
+    "mcp stateless": observed(rpc_method="tools/call", tool="t", rpc_id="9", path="/mcp",
+                              session="5e55", protocol="2026-07-28"),
+    "jsonrpc code": observed(rpc_method="nope", rpc_id="3", error=JSONRPC, rpc_code=-32601),
+}  # fmt: skip
+
+
+def test_the_path_the_session_and_the_json_rpc_code_follow_the_conventions() -> None:
+    session = spans.span_of(KINDS["mcp session"]).attributes
+    assert session["url.path"] == "/mcp" and session["mcp.session.id"] == "5e55"
+    assert session["mcp.protocol.version"] == "2025-06-18"
+    stateless = spans.span_of(KINDS["mcp stateless"]).attributes
+    assert "mcp.session.id" not in stateless  # the 2026-07-28 revision forbids it
+    assert stateless["mcp.protocol.version"] == "2026-07-28"
+    coded = spans.span_of(KINDS["jsonrpc code"]).attributes
+    assert coded["error.type"] == coded["rpc.response.status_code"] == "-32601"
+    uncoded = spans.span_of(KINDS["mcp null id"]).attributes
+    assert uncoded["error.type"] == "jsonrpc" and "rpc.response.status_code" not in uncoded
+    assert "url.path" not in spans.span_of(observed(path="")).attributes
+
+
+def plain(value: AnyValue) -> object:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+def as_dict(pairs: Any) -> dict[str, object]:
+    return {kv.key: plain(kv.value) for kv in pairs}
+
+
+def decoded(body: bytes) -> tuple[dict[str, object], str, list[Span]]:
+    """A request's resource attributes, scope name and spans, by the generated classes."""
+    request = ExportTraceServiceRequest.FromString(body)
+    [resource_spans] = request.resource_spans
+    [scope_spans] = resource_spans.scope_spans
+    resource = as_dict(resource_spans.resource.attributes)
+    return resource, scope_spans.scope.name, list(scope_spans.spans)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_bytes_are_the_span_that_spans_says(kind: str) -> None:
+    o = KINDS[kind]
+    encoder = SpanEncoder({"service.name": "r"})
+    twice = encoder.request([encoder.span(o), encoder.span(o)])  # (the second from the cache)
+    _, _, [span, again] = decoded(twice)
+    assert without_trace_id(span) == without_trace_id(again)
+    expected = spans.span_of(o)
+    assert span.name == expected.name
+    assert span.kind == Span.SpanKind.SPAN_KIND_SERVER
+    assert as_dict(span.attributes) == expected.attributes
+    assert len(span.attributes) == len(expected.attributes)  # (no key twice)
+    assert [(e.name, e.time_unix_nano, as_dict(e.attributes)) for e in span.events] == [
+        (e.name, int(e.time * 1e9), e.attributes) for e in expected.events
+    ]
+    failed = Status.StatusCode.STATUS_CODE_ERROR
+    assert (span.status.code == failed) is expected.failed
+    assert span.span_id.hex() == spans.span_id(o.seq)
+    assert span.start_time_unix_nano == int(o.start * 1e9)
+    assert span.end_time_unix_nano - span.start_time_unix_nano == pytest.approx(o.duration * 1e9)
+    if o.traceparent == TRACEPARENT:  # a child of the caller's span
+        assert (span.trace_id.hex(), span.parent_span_id.hex()) == (TRACE, PARENT)
+        assert span.flags == 0x300  # (the parent is known to be remote)
+    else:  # the router's span starts a trace of its own
+        assert len(span.trace_id) == 16 and span.trace_id != bytes(16)
+        assert span.parent_span_id == b"" and span.flags == 0x100
+
+
+def without_trace_id(span: Span) -> Span:
+    """(A trace the router starts has a random id each time.)"""
+    copy = Span()
+    copy.CopyFrom(span)
+    copy.ClearField("trace_id")
+    return copy
+
+
+def test_what_repeats_is_cached_and_what_varies_is_not() -> None:
+    encoder = SpanEncoder({})
+    first = observed(rpc_method="tools/call", tool="describe_pod", rpc_id="7")
+    then = observed(rpc_method="tools/call", tool="describe_pod", rpc_id='"b"', bytes_in=5,
+                    bytes_out=70_000, seq=18, end=1765000001.5, duration=0.5,
+                    traceparent=f"00-{'1' * 32}-{'2' * 16}-01")  # fmt: skip
+    other = observed(rpc_method="tools/call", tool="get_logs", rpc_id="7", status=500,
+                     error=HTTP_5XX)  # fmt: skip
+    _, _, got = decoded(encoder.request([encoder.span(o) for o in (first, then, other)]))
+    for o, span in zip((first, then, other), got, strict=True):
+        assert (span.name, as_dict(span.attributes)) == (spans.span_of(o).name,
+                                                         spans.span_of(o).attributes)  # fmt: skip
+        assert span.span_id.hex() == spans.span_id(o.seq)
+    assert got[1].trace_id.hex() == "1" * 32 and got[1].end_time_unix_nano == 1765000001500000000
+
+
+def test_the_resource_is_the_sdks_and_follows_the_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci,team=infra")
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    made = encoder({})
+    resource, scope, _ = decoded(made.request([made.span(observed())]))
+    assert resource["service.name"] == "sandboxd-router"
+    assert resource["deployment.environment"] == "ci" and resource["team"] == "infra"
+    assert resource["telemetry.sdk.language"] == "python"
+    assert scope == "sandboxd_router"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "edge-router")
+    named = encoder({"OTEL_SERVICE_NAME": "edge-router"})
+    assert decoded(named.request([]))[0]["service.name"] == "edge-router"
+
+
+def test_arrays_and_every_scalar_type_encode() -> None:
+    attributes = {"s": "x", "b": True, "f": False, "i": -3, "d": 1.5, "a": ("p", "q"), "n": [1, 2]}
+    request = ExportTraceServiceRequest.FromString(SpanEncoder(attributes).request([]))
+    got = request.resource_spans[0].resource.attributes
+    assert {kv.key: kv.value for kv in got} == {
+        k: KeyValue(key=k, value=any_value(v)).value for k, v in attributes.items()
+    }
+
+
+def any_value(v: object) -> AnyValue:
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    if isinstance(v, str):
+        return AnyValue(string_value=v)
+    assert isinstance(v, tuple | list)
+    return AnyValue(array_value=ArrayValue(values=[any_value(item) for item in v]))
 
 
 @pytest.mark.parametrize(
@@ -51,43 +223,82 @@ def test_only_the_standard_variables_turn_it_on(environ: dict[str, str], on: boo
     assert enabled(environ) is on
 
 
-def test_a_record_is_a_child_span_of_the_request_trace() -> None:
-    span = to_span(record(), Resource.create({"service.name": "r"}))
-    assert f"{span.context.trace_id:032x}" == TRACE
-    assert f"{span.context.span_id:016x}" == "b7ad6b7169203331"
-    assert f"{span.parent.span_id:016x}" == PARENT and span.parent.is_remote
-    assert span.end_time - span.start_time == 12_500_000
-    assert span.status.status_code.name == "ERROR"
-    assert span.attributes["sandboxd.sandbox"] == "pr-1"
-    assert [e.name for e in span.events] == ["sandboxd.fault.injected"]
-    assert span.events[0].timestamp == 1765000000260000000
+@pytest.mark.parametrize(
+    ("environ", "settings"),
+    [
+        ({}, Settings("http://localhost:4318/v1/traces")),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}, Settings("http://c:4318/v1/traces")),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+          "https://t/custom"}, Settings("https://t/custom")),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "api-key=a%20b,X-Team=infra, bad",
+          "OTEL_EXPORTER_OTLP_TIMEOUT": "2.5", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+          "OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem"},
+         Settings("http://localhost:4318/v1/traces", headers={"api-key": "a b", "x-team": "infra"},
+                  timeout=2.5, compression="gzip", certificate="/ca.pem")),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "a=1", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "b=2",
+          "OTEL_EXPORTER_OTLP_TIMEOUT": "x", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "zstd",
+          "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY": "/k", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE":
+          "/c"},
+         Settings("http://localhost:4318/v1/traces", headers={"b": "2"}, client_key="/k",
+                  client_certificate="/c")),
+    ],
+)  # fmt: skip
+def test_the_settings_are_the_standard_variables(
+    environ: dict[str, str], settings: Settings
+) -> None:
+    assert Settings.from_env(environ) == settings
 
 
-def test_without_a_traceparent_the_span_starts_a_trace() -> None:
-    span = to_span(record(traceId=None, parentSpanId=None, error=None), Resource.create({}))
-    assert span.parent is None and span.context.trace_id != 0
-    assert span.status.status_code.name == "UNSET"
+@pytest.mark.parametrize(
+    ("environ", "why"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "not an http"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318",
+          "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nowhere/ca.pem"}, "No such file"),
+    ],
+)  # fmt: skip
+def test_an_endpoint_it_cannot_use_turns_spans_off_and_says_why(
+    environ: dict[str, str], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="sandboxd_router.telemetry"):
+        assert from_env(environ) is None
+    assert "no spans are exported" in caplog.text and why in caplog.text
+
+
+def test_off_it_loads_no_sdk() -> None:
+    """The telemetry process of a router that does not export stays small."""
+    code = ("import sys\nfrom sandboxd_router.telemetry import __main__, otlp\n"
+            "assert otlp.from_env({}) is None\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'google'))))")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 class Collector(http.server.ThreadingHTTPServer):
     """Accepts OTLP/HTTP protobuf posts and keeps the spans (or answers `status`)."""
 
     def __init__(self, port: int) -> None:
-        self.spans: list[Any] = []
+        self.spans: list[Span] = []
+        self.headers: list[dict[str, str]] = []
+        self.connections: set[int] = set()
         self.status = 200
         super().__init__(("127.0.0.1", port), _Handler)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: Collector
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.headers.append({k.lower(): v for k, v in self.headers.items()})
+        self.server.connections.add(self.client_address[1])
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
         if self.server.status == 200:
-            request = ExportTraceServiceRequest.FromString(body)
-            for resource in request.resource_spans:
-                for scope in resource.scope_spans:
-                    self.server.spans.extend(scope.spans)
+            self.server.spans.extend(decoded(body)[2])
         self.send_response(self.server.status)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -99,44 +310,126 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     server = Collector(free_port())
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
 
 
-def exporter(port: int, *, timeout: float = 2) -> OTLPSpanExporter:
-    return OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", timeout=timeout)
+SETTINGS = ("headers", "compression", "certificate")
 
 
-def test_spans_reach_an_otlp_endpoint(collector: Collector) -> None:
-    export = SpanExport(exporter(collector.server_port), resource=Resource.create({}), delay=0.05)
-    for i in range(3):
-        export.add(record(spanId=f"{i + 1:016x}"))
-    poll.until(lambda: len(collector.spans), lambda n: n == 3, timeout=10, what="3 spans")
+def export_to(port: int, *, timeout: float = 2, scheme: str = "http", **more: Any) -> SpanExport:
+    settings = Settings(f"{scheme}://127.0.0.1:{port}/v1/traces", timeout=timeout,
+                        **{k: v for k, v in more.items() if k in SETTINGS})  # fmt: skip
+    rest = {k: v for k, v in more.items() if k not in SETTINGS}
+    return SpanExport(SpanEncoder({"service.name": "r"}), Poster(settings), delay=0.05, **rest)
+
+
+def test_spans_reach_an_otlp_endpoint_in_batches_on_one_connection(collector: Collector) -> None:
+    export = export_to(collector.server_port, batch=100, headers={"api-key": "s3cret"},
+                       compression="gzip")  # fmt: skip
+    for seq in range(1, 1001):
+        export.add(observed(seq=seq))
+    poll.until(lambda: len(collector.spans), lambda n: n == 1000, timeout=10, what="1000 spans")
     export.close()
-    assert sorted(s.span_id.hex() for s in collector.spans) == [f"{i:016x}" for i in (1, 2, 3)]
+    assert sorted(s.span_id.hex() for s in collector.spans) == sorted(
+        spans.span_id(seq) for seq in range(1, 1001)
+    )
     assert {s.parent_span_id.hex() for s in collector.spans} == {PARENT}
-    assert export.exported == 3 and export.dropped == 0 and export.failed == 0
+    assert export.exported == 1000 and export.dropped == 0 and export.failed == 0
+    assert len(collector.headers) == 10 and len(collector.connections) == 1  # kept alive
+    assert {h["api-key"] for h in collector.headers} == {"s3cret"}
+    assert {h["content-type"] for h in collector.headers} == {"application/x-protobuf"}
+
+
+def test_through_the_sink_only_sandbox_traffic_and_sampled_baseline(collector: Collector) -> None:
+    sink = SpanSink(export_to(collector.server_port), baseline=0.5)
+    sink.add(observed(seq=1))
+    sink.add(observed(seq=2, service="-"))  # routed nowhere: no span
+    low, high = f"00-{'0' * 18}{'1' * 14}-{PARENT}-01", f"00-{'f' * 32}-{PARENT}-01"
+    sink.add(observed(seq=3, sandbox="", route=BASELINE, traceparent=low))  # sampled
+    sink.add(observed(seq=4, sandbox="", route=BASELINE, traceparent=high))  # not
+    poll.until(lambda: len(collector.spans), lambda n: n == 2, timeout=10, what="2 spans")
+    sink.export.close()
+    assert sorted(s.span_id.hex() for s in collector.spans) == sorted(map(spans.span_id, (1, 3)))
 
 
 def test_a_dead_endpoint_drops_and_counts_and_never_blocks() -> None:
     dead = free_port()  # nothing listens
-    export = SpanExport(
-        exporter(dead, timeout=0.5), resource=Resource.create({}), max_queue=100, delay=0.05
-    )
-    for i in range(1000):  # (a hang here would be the exporter blocking the caller)
-        export.add(record(spanId=f"{i + 1:016x}"))
+    export = export_to(dead, timeout=0.5, max_queue=100)
+    for seq in range(1000):  # (a hang here would be the exporter blocking the caller)
+        export.add(observed(seq=seq))
     export.close(timeout=2)
     assert export.exported == 0
     assert export.dropped + export.failed == 1000  # every span accounted for
-    assert export.dropped >= 1000 - 100 - 512  # the queue held at most 100 (+ one batch out)
+    assert export.dropped >= 1000 - 100  # the queue held at most 100
 
 
 def test_a_refusing_endpoint_counts_failed_batches(collector: Collector) -> None:
-    collector.status = 400  # not retried by the exporter
-    export = SpanExport(exporter(collector.server_port), resource=Resource.create({}), delay=0.05)
-    export.add(record())
+    collector.status = 400  # not retried
+    export = export_to(collector.server_port)
+    export.add(observed())
     poll.until(lambda: export.failed, timeout=10, what="a failed batch")
     export.close()
-    assert export.failed == 1 and export.exported == 0
+    assert export.failed == 1 and export.exported == 0 and len(collector.headers) == 1
+
+
+def test_an_overloaded_endpoint_is_asked_again(collector: Collector) -> None:
+    collector.status = 503  # retried after a backoff, within the timeout
+    export = export_to(collector.server_port, timeout=5)
+    export.add(observed())
+    poll.until(lambda: len(collector.headers), lambda n: n >= 1, timeout=10, what="a first post")
+    collector.status = 200
+    poll.until(lambda: export.exported, timeout=10, what="the batch, posted again")
+    export.close()
+    assert export.failed == 0 and len(collector.spans) == 1 and len(collector.headers) == 2
+
+
+def test_https_trusts_the_configured_certificate(collector: Collector, tmp_path: Path) -> None:
+    certificate, key = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificate, key)
+    collector.socket = tls.wrap_socket(collector.socket, server_side=True)
+    trusting = export_to(collector.server_port, scheme="https", certificate=str(certificate))
+    trusting.add(observed())
+    poll.until(lambda: trusting.exported, timeout=10, what="a span over https")
+    trusting.close()
+    stranger = export_to(collector.server_port, scheme="https", timeout=0.5)  # system CAs only
+    stranger.add(observed())
+    poll.until(lambda: stranger.failed, timeout=10, what="a batch refused by TLS")
+    stranger.close()
+    assert len(collector.spans) == 1 and stranger.exported == 0
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file

@@ -146,8 +146,9 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
     router, tools, records = recorded
     web, mcp = router.url, f"http://127.0.0.1:{tools}/mcp"
     seen = {}
-    seen["forked"] = httpx.get(f"{web}/a", headers=traced("forked", KEYS["pr-1"]))
+    seen["forked"] = httpx.get(f"{web}/a?token=s3cr3t", headers=traced("forked", KEYS["pr-1"]))
     seen["posted"] = httpx.post(f"{web}/b", content=b"x" * 300, headers=traced("posted"))
+    seen["long"] = httpx.get(f"{web}/long/{'x' * 100}?q=1", headers=traced("long"))
     seen["unforked"] = httpx.get(f"{web}/c", headers=traced("unforked", KEYS["pr-3"]))
     seen["failed"] = httpx.get(f"{web}/status/503", headers=traced("failed"))
     seen["slowed"] = httpx.get(f"{web}/slowed", headers=traced("slowed", KEYS["pr-2"]))
@@ -155,14 +156,18 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
             "params": {"name": "describe_pod", "arguments": {"id": "x"}}}  # fmt: skip
     seen["tool"] = post(mcp, call, traced("tool", KEYS["pr-1"]))
     broken = {**call, "id": 8, "params": {"name": "broken", "arguments": {}}}
-    seen["broken"] = post(mcp, broken, traced("broken"))
-    seen["nope"] = post(mcp, {"jsonrpc": "2.0", "id": "a1", "method": "nope"}, traced("nope"))
+    seen["broken"] = post(mcp, broken, {**traced("broken"), "Mcp-Session-Id": "s-" + "7" * 60})
+    seen["nope"] = post(
+        mcp,
+        {"jsonrpc": "2.0", "id": "a1", "method": "nope"},
+        {**traced("nope"), "MCP-Protocol-Version": "2025-06-18"},
+    )
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{web}/reset", headers=traced("reset", KEYS["pr-2"]))
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{web}/cut", headers=traced("cut"))
-    got = poll.until(lambda: by_name(records), lambda r: len(r) >= 10, timeout=10,
-                     what="the ten requests' records")  # fmt: skip
+    got = poll.until(lambda: by_name(records), lambda r: len(r) >= 11, timeout=10,
+                     what="the eleven requests' records")  # fmt: skip
 
     for name, response in seen.items():  # status and bytes, as the client got them
         assert got[name]["status"] == response.status_code, name
@@ -179,6 +184,15 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
     assert facts(got["broken"]) == ("tools/call", "broken", "8")
     assert facts(got["nope"]) == ("nope", None, '"a1"')
     assert facts(got["forked"]) == (None, None, None)
+    # the path without its query, cut at record.PATH bytes; the session id cut at SESSION
+    assert [got[n]["path"] for n in ("forked", "posted", "tool")] == ["/a", "/b", "/mcp"]
+    assert got["long"]["path"] == f"/long/{'x' * 100}"[:40]
+    assert "s3cr3t" not in json.dumps(got["forked"])
+    assert got["broken"]["session"] == ("s-" + "7" * 60)[:32]
+    assert got["tool"]["session"] is None
+    # a JSON-RPC error's code; the MCP protocol version the request named
+    assert (got["nope"]["rpc_code"], got["nope"]["protocol"]) == (-32601, "2025-06-18")
+    assert (got["broken"]["rpc_code"], got["tool"]["protocol"]) == (None, None)
     assert not any(got[n]["injected"] or got[n]["faults"] for n in ("forked", "tool", "nope"))
 
     reset, cut, slowed = got["reset"], got["cut"], got["slowed"]

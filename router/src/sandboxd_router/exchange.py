@@ -65,6 +65,7 @@ class Exchange:
         "paced",
         "peer",
         "phase",
+        "protocol",
         "replay",
         "replay_size",
         "rpc_id",
@@ -90,6 +91,7 @@ class Exchange:
         self.baggage: list[bytes] = []
         self.host: bytes | None = None
         self.session: bytes | None = None
+        self.protocol: bytes | None = None  # MCP-Protocol-Version
         self.traceparent: bytes | None = None
         self.content_length: bytes | None = None
         self.chunked = False
@@ -624,6 +626,10 @@ class Exchange:
                 self.rpc_method,
                 self.tool,
                 self.rpc_id,
+                self.target,
+                self.session,
+                mcp.rpc_code(self.seen) if error == record.JSONRPC else None,
+                self.protocol,
             )
         except Exception:  # a bug of ours: the exchange still ends, and the log says so
             log.exception("cannot record a request")

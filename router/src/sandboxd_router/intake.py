@@ -55,6 +55,8 @@ class Intake(Corkable):
             ex.session = value
         elif lower == b"traceparent":
             ex.traceparent = value
+        elif lower == b"mcp-protocol-version":
+            ex.protocol = value
 
     def _count(self, n: int) -> None:
         self._head_bytes += n

@@ -12,7 +12,8 @@ spacing, one message) and cheap (`bytes.find`), with known limits:
   `"result":` (an unescaped `"error":` can only be a key: inside a string its quotes are
   escaped); a tool error when `"isError":` is followed by `true`. A key split between two
   chunks, or written with a space before its colon, is not seen; a result that nests a key
-  named `isError` set to true reads as a tool error.
+  named `isError` set to true reads as a tool error;
+- the error's code is the integer after the first `"code":` past `"error":` in that chunk.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def _meta_baggage(message: Any) -> str | None:
 RESULT = 1
 ERROR = 2
 IS_ERROR = 4
+CODE = 8  # the error's code was read: it is in the bits from CODE_SHIFT up
+CODE_SHIFT = 8
 _SPACE = b" \t\r\n"
 FACT_BYTES = 128  # a method or tool name longer is cut
 
@@ -147,12 +150,40 @@ def scan_response(data: bytes, seen: int) -> int:
     """`seen` updated with what this response chunk shows (`RESULT`, `ERROR`, `IS_ERROR`)."""
     if data.find(b'"result":') >= 0:
         seen |= RESULT
-    if data.find(b'"error":') >= 0:
+    at = data.find(b'"error":')
+    if at >= 0:
+        if not seen & ERROR:
+            seen |= _code(data, at)
         seen |= ERROR
     at = data.find(b'"isError":')
     if at >= 0 and data.startswith(b"true", _skip(data, at + 10)):
         seen |= IS_ERROR
     return seen
+
+
+def rpc_code(seen: int) -> int | None:
+    """The JSON-RPC error's code, when the response is one (`rpc_error`) and it was read."""
+    if not seen & CODE or seen & RESULT:
+        return None
+    code = seen >> CODE_SHIFT
+    return code - (1 << 32) if code >= 1 << 31 else code
+
+
+def _code(data: bytes, error: int) -> int:
+    """`CODE` and the code's bits, from the `"code":` after the error at `error`; 0 if none."""
+    i = _value_at(data, data.find(b'"code":', error), 6)
+    if i < 0:
+        return 0
+    end = i + 1 if i < len(data) and data[i] == 45 else i  # "-"
+    while end < len(data) and end - i < 11 and 48 <= data[end] <= 57:
+        end += 1
+    try:
+        code = int(data[i:end])
+    except ValueError:
+        return 0
+    if not -(1 << 31) <= code < 1 << 31:
+        return 0
+    return CODE | (code & 0xFFFFFFFF) << CODE_SHIFT
 
 
 def rpc_error(seen: int) -> int:

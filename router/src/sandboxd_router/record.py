@@ -9,10 +9,15 @@ it counts them as lost. It copies the slots it wants, then reads `done` again: w
 writer may be writing record `done` (at most), a copied record m is whole if `done` - m <
 slots (the check relies on stores becoming visible in program order, as on x86-64).
 
+The request's path (`url.path`: the target up to `?`, never the query) and its MCP session id
+(`Mcp-Session-Id`, sent only before the 2026-07-28 revision) are copied inline, cut at
+`PATH` and `SESSION` bytes; the path's length as received says whether it was cut.
+
 Strings are small ints: each distinct service, (sandbox, routing key) pair, HTTP method, fault,
 JSON-RPC method and tool name gets an id once, and its name goes to the reader on the names
 pipe BEFORE the first record that uses it (the reader reads `done`, drains the pipe, then
-decodes up to `done`). Names a client picks (tools, JSON-RPC methods, HTTP methods) are capped:
+decodes up to `done`). Names a client picks (tools, JSON-RPC methods, HTTP methods, MCP protocol
+versions) are capped:
 past the cap they are all `OTHER`. When the table grows past `GENERATION` entries it starts
 afresh (ids keep counting up: an old record's ids stay unambiguous), and the pipe says from
 which record on the old ids are dead, so the reader can drop them.
@@ -30,24 +35,30 @@ from sandboxd_router.faults import Fault
 
 MAGIC: Final = 0x31524253  # "SBR1"
 HEADER: Final = 64
-SLOT: Final = 192
+SLOT: Final = 256  # four cache lines: each line more costs the writer ~20 ns
 HEAD = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_AT)
 DONE_AT: Final = 16
 DONE_WORD: Final = DONE_AT // 8
 DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
-# seq, end, duration, bytes in, bytes out, service, pair, method, status, route, error, flags,
-# traceparent's length and bytes (struct pads with zeros and cuts past 55)
-CORE = struct.Struct("<QddQQIIIHBBBB55s")
-# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, rpc id's length, id
-EXTRA = struct.Struct("<dIIIIIB40s")
-EXTRA_AT: Final = 116
+# seq, end, duration, bytes in, bytes out, service, pair, method, status, error, flags,
+# traceparent's length and bytes (struct pads with zeros and cuts past 55), the length of the
+# target's path (up to `?`) and the target's first bytes
+CORE = struct.Struct("<QddQQIIIHBBB55sH40s")
+# written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, the JSON-RPC error's
+# code (with RPC_CODE in flags), the MCP protocol version, rpc id's length and bytes, the session
+# id's length and bytes
+EXTRA = struct.Struct("<dIIIIIiIB32sB32s")
+EXTRA_AT: Final = 154
 TRACEPARENT: Final = 55
-RPC_ID: Final = 40
+PATH: Final = 40
+SESSION: Final = 32  # an MCP SDK's session id: 32 hex digits (a UUID's)
+RPC_ID: Final = 32
 
 # flags
 INJECTED: Final = 1
 EXTRA_FLAG: Final = 2
 FORKED: Final = 4  # route: the sandbox's fork served it (else the baseline)
+RPC_CODE: Final = 8  # the response was a JSON-RPC error whose code was read
 
 # error classes, as ints (the telemetry process maps them to `observed.ERRORS`)
 OK: Final = 0
@@ -67,12 +78,12 @@ PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: re
 OTHER: Final = "(other)"
 GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CHARS: Final = 256  # a client's name is cut to this (the control plane's bound)
-CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods interned (then OTHER)
+CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods / versions interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
-DEFAULT_SLOTS: Final = 1 << 15  # 6 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
+DEFAULT_SLOTS: Final = 1 << 15  # 8 MiB: 0.65 s of requests at 50,000 a second (read every 50 ms)
 
-assert CORE.size <= EXTRA_AT
-assert EXTRA_AT + EXTRA.size <= SLOT
+assert CORE.size == EXTRA_AT
+assert EXTRA_AT + EXTRA.size == SLOT
 
 
 class Recorder:
@@ -100,6 +111,7 @@ class Recorder:
         self._faults: dict[Fault, int] = {}
         self._rpc: dict[bytes, int] = {}
         self._tools: dict[bytes, int] = {}
+        self._protocols: dict[bytes, int] = {}  # MCP-Protocol-Version values
 
     def attach(self, names_fd: int) -> int:
         """A new reader (a telemetry process, perhaps started again) reads names from
@@ -142,15 +154,22 @@ class Recorder:
         rpc_method: bytes | None = None,
         tool: bytes | None = None,
         rpc_id: bytes | None = None,
+        target: bytes = b"",
+        session: bytes | None = None,
+        rpc_code: int | None = None,
+        protocol: bytes | None = None,
     ) -> None:
-        """Record one request; `started`: its `time.perf_counter()` at the head's first byte."""
+        """Record one request; `started`: its `time.perf_counter()` at the head's first byte;
+        `target`: the request target in origin form (its query is not kept)."""
         now = time.perf_counter()
         seq = self.seq
         offset = HEADER + (seq % self.slots) * SLOT
         flags = FORKED if forked else 0
         ring = self.ring
-        if faults is not None or rpc_method is not None:
+        if faults is not None or rpc_method is not None or session is not None:
             flags |= EXTRA_FLAG
+            if rpc_code is not None:
+                flags |= RPC_CODE
             first = second = third = 0
             if faults:
                 flags |= INJECTED
@@ -168,8 +187,12 @@ class Recorder:
                 third,
                 self._client(self._rpc, rpc_method),
                 self._client(self._tools, tool),
+                rpc_code if rpc_code is not None else 0,
+                self._client(self._protocols, protocol),
                 min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
                 rpc_id if rpc_id is not None else b"",
+                min(len(session), SESSION) if session is not None else 0,
+                session if session is not None else b"",
             )
         service_id = self._services.get(service)
         if service_id is None:
@@ -194,11 +217,12 @@ class Recorder:
             pair,
             method_id,
             status,
-            0,
             error,
             flags,
             min(len(traceparent), TRACEPARENT) if traceparent is not None else 0,
             traceparent if traceparent is not None else b"",
+            _path_length(target),
+            target,  # (cut at PATH bytes; the reader keeps the path's length of them)
         )
         seq += 1
         self.seq = seq
@@ -276,6 +300,7 @@ class Recorder:
         self._faults.clear()
         self._rpc.clear()
         self._tools.clear()
+        self._protocols.clear()
 
     def _send(self, message: bytes) -> None:
         """Never blocks: what a full pipe cannot take waits in `_pending`, sent first next time
@@ -301,6 +326,12 @@ class Recorder:
         self._wall = time.time() - time.perf_counter()
         if self._pending:
             self._send(b"")
+
+
+def _path_length(target: bytes) -> int:
+    """The length of the target's path: up to its query (65,535 at most, as the record holds)."""
+    end = target.find(b"?")
+    return min(end if end >= 0 else len(target), 0xFFFF)
 
 
 def _printable(name: str) -> str:

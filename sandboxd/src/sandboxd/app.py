@@ -174,6 +174,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                     drain=settings.drain,
                     backoff=Backoff(settings.retry_base, settings.retry_cap),
                 ),
+                spans=traced.internal if traced is not None else None,
             )
             kick.target = reconciler.kick
             if settings.start_baseline:

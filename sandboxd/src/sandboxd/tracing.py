@@ -27,7 +27,9 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -178,6 +180,13 @@ class Tracing:
         os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
         HTTPXClientInstrumentor().instrument(tracer_provider=self.provider)
         log.info("tracing on: spans of the API and of outgoing calls go to %s", self.exporter)
+
+    def internal(self, name: str, attributes: Mapping[str, str]) -> AbstractContextManager[Any]:
+        """A span of the control plane's own work (a reconcile, a sweep), current for the
+        block: the root of its trace, the parent of the calls made meanwhile."""
+        return self.tracer.start_as_current_span(
+            name, kind=SpanKind.INTERNAL, attributes=attributes
+        )
 
     def close(self) -> None:
         """Stop tracing clients; give the last spans `CLOSE_WAIT_S` to leave."""

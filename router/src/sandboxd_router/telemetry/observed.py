@@ -69,6 +69,15 @@ class Observed:
     seq: int
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
+    path: str
+    """The target's path (`url.path`: no query), its first `record.PATH` bytes."""
+    session: str | None
+    """The `Mcp-Session-Id` the request carried (MCP revisions before 2026-07-28), cut at
+    `record.SESSION` bytes; None when none."""
+    rpc_code: int | None
+    """MCP: the code of the JSON-RPC error the response carried (`error` is `JSONRPC`)."""
+    protocol: str | None
+    """MCP: the request's `MCP-Protocol-Version` (capped like the other names a client picks)."""
 
     def __init__(
         self,
@@ -91,6 +100,10 @@ class Observed:
         tool: str | None = None,
         rpc_id: str | None = None,
         seq: int = 0,
+        path: str = "",
+        session: str | None = None,
+        rpc_code: int | None = None,
+        protocol: str | None = None,
     ) -> None:
         self.end = end
         self.duration = duration
@@ -111,6 +124,10 @@ class Observed:
         self.tool = tool
         self.rpc_id = rpc_id
         self.seq = seq
+        self.path = path
+        self.session = session
+        self.rpc_code = rpc_code
+        self.protocol = protocol
 
     def fields(self) -> dict[str, object]:
         """Every field by name (faults as {"kind", "id"} objects)."""
@@ -122,7 +139,8 @@ class Observed:
             "injected": self.injected,
             "faults": [{"kind": f.kind, "id": f.id} for f in self.faults],
             "injected_at": self.injected_at, "rpc_method": self.rpc_method, "tool": self.tool,
-            "rpc_id": self.rpc_id, "seq": self.seq,
+            "rpc_id": self.rpc_id, "seq": self.seq, "path": self.path, "session": self.session,
+            "rpc_code": self.rpc_code, "protocol": self.protocol,
         }  # fmt: skip
 
     @property

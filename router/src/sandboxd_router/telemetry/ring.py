@@ -138,8 +138,10 @@ class RingReader:
         flags: int
         tp_len: int
         tp_bytes: bytes
-        (_, end, duration, bytes_in, bytes_out, service, pair, method, status, _, error, flags,
-         tp_len, tp_bytes) = row  # fmt: skip
+        path_len: int
+        path: bytes
+        (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
+         tp_len, tp_bytes, path_len, path) = row  # fmt: skip
         names = self.names
         sandbox, key = self._pair(pair)
         observed = Observed(
@@ -148,21 +150,24 @@ class RingReader:
             status, bytes_in, bytes_out, _ascii(tp_bytes[:tp_len]) if tp_len else None,
             OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
             seq=seq,
+            path=path[:path_len].decode("utf-8", "replace"),
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
-            self._extra(observed, raw, at + record.EXTRA_AT)
+            self._extra(observed, raw, at + record.EXTRA_AT, flags)
         return observed
 
-    def _extra(self, observed: Observed, raw: memoryview, at: int) -> None:
+    def _extra(self, observed: Observed, raw: memoryview, at: int, flags: int) -> None:
         """The fields only faults and MCP calls have."""
-        injected_at, f1, f2, f3, rpc_method, tool, id_len, rpc_id = record.EXTRA.unpack_from(
-            raw, at
-        )
+        (injected_at, f1, f2, f3, rpc_method, tool, rpc_code, protocol, id_len, rpc_id,
+         session_len, session) = record.EXTRA.unpack_from(raw, at)  # fmt: skip
         observed.faults = tuple(self._fault(f) for f in (f1, f2, f3) if f)
         observed.injected_at = injected_at
         observed.rpc_method = self._name(rpc_method) if rpc_method else None
         observed.tool = self._name(tool) if tool else None
         observed.rpc_id = rpc_id[:id_len].decode("utf-8", "replace") if id_len else None
+        observed.session = session[:session_len].decode("utf-8", "replace") if session_len else None
+        observed.rpc_code = rpc_code if flags & record.RPC_CODE else None
+        observed.protocol = self._name(protocol) if protocol else None
 
     def _pair(self, ident: int) -> tuple[str, str]:
         """(Sandbox, routing key) of a pair's id, split once per id, not once per record."""

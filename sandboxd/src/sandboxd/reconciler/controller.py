@@ -9,9 +9,13 @@ once, with its reason; any other failure is retried after a per-name backoff (th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.clock import rfc3339, utcnow
@@ -29,6 +33,9 @@ from sandboxd.store.repository import Store
 from sandboxd.store.tables import SandboxRow
 
 log = logging.getLogger(__name__)
+
+Spans = Callable[[str, Mapping[str, str]], AbstractContextManager[Any]]
+"""Starts a span (name, attributes) current for the block: `tracing.Tracing.internal`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,7 @@ class Reconciler:
         routes: RouteBook,
         metrics: Metrics,
         config: ReconcilerConfig,
+        spans: Spans | None = None,
     ) -> None:
         self._store = store
         self._runtime = runtime
@@ -64,6 +72,9 @@ class Reconciler:
         self._routes = routes
         self._metrics = metrics
         self._config = config
+        self._spans = spans
+        """With tracing on: a reconcile and a sweep are each a trace, the runtime's calls
+        (Kubernetes) its children."""
         self._queue = WorkQueue(config.backoff)
         self._collecting: set[str] = set()  # orphans being removed
         self.heartbeat = time.monotonic()
@@ -95,7 +106,8 @@ class Reconciler:
             if self.heartbeat >= next_sweep:
                 full = self.heartbeat >= next_resync
                 try:
-                    await self.sweep(full=full)
+                    with self._span("sweep", {"sandboxd.sweep.full": str(full).lower()}):
+                        await self.sweep(full=full)
                 except ReconcileError as e:
                     log.warning("sweep: %s; retrying at the next interval", e)
                 except Exception:
@@ -139,7 +151,8 @@ class Reconciler:
     async def _run(self, name: str) -> None:
         """One reconcile of `name`, and its next run booked: as asked, or after a backoff."""
         try:
-            result = await self.reconcile(name)
+            with self._span("reconcile", {"sandboxd.sandbox": name}):
+                result = await self.reconcile(name)
         except TemporaryError as e:
             wait = self._queue.retry(name, delay=e.delay)
             log.warning("reconcile %s: %s; retrying in %.3gs", name, e, wait)
@@ -166,6 +179,9 @@ class Reconciler:
                 self._metrics.reconciles.labels("requeue").inc()
             else:
                 self._metrics.reconciles.labels("done").inc()
+
+    def _span(self, name: str, attributes: Mapping[str, str]) -> AbstractContextManager[Any]:
+        return self._spans(name, attributes) if self._spans else contextlib.nullcontext()
 
     async def reconcile(self, name: str) -> Result:
         """Converge one sandbox; when it should run again."""
