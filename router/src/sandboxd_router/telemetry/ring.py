@@ -150,7 +150,7 @@ class RingReader:
             status, bytes_in, bytes_out, _ascii(tp_bytes[:tp_len]) if tp_len else None,
             OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
             seq=seq,
-            path=path[:path_len].decode("utf-8", "replace"),
+            path=_utf8(path[:path_len]),
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
@@ -246,3 +246,11 @@ def _ascii(raw: bytes) -> str:
         return raw.decode("ascii")  # (the compiled build's fast path: no error handler)
     except UnicodeDecodeError:
         return raw.decode("ascii", "replace")
+
+
+def _utf8(raw: bytes) -> str:
+    """A path's bytes (cut at `record.PATH`: maybe inside a character, read as U+FFFD)."""
+    try:
+        return raw.decode("utf-8")  # (the compiled build's fast path: no error handler)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
