@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent / "src" / "sandboxd_router"
 native = runpy.run_path(str(PACKAGE_DIR / "native.py"))
 HOT, MANIFEST = native["HOT"], native["MANIFEST"]
 
-SOURCES = {name: native["digest"](PACKAGE_DIR / f"{name}.py") for name in HOT}
+SOURCES = {name: native["digest"](native["source"](PACKAGE_DIR, name)) for name in HOT}
 
 if os.environ.get("SANDBOXD_ROUTER_INTERPRETED"):  # a plain install, on purpose
     extensions = []
@@ -35,7 +35,7 @@ else:
         [
             "--config-file",
             str(PACKAGE_DIR.parents[1] / "mypyc.ini"),
-            *(f"src/sandboxd_router/{name}.py" for name in HOT),
+            *(str(native["source"](Path("src/sandboxd_router"), name)) for name in HOT),
         ],
         group_name=native["PACKAGE"],
     )

@@ -48,14 +48,21 @@ def _third_party_imports(hot: tuple[str, ...]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for module in _imports(PACKAGE_DIR / f"{name}.py"):
+        for module in _imports(native.source(PACKAGE_DIR, name)):
             top, _, rest = module.partition(".")
             if top == native.PACKAGE:
-                child = rest.partition(".")[0]  # `from sandboxd_router import x`: maybe module x
-                todo += [child] if (PACKAGE_DIR / f"{child}.py").is_file() else []
+                # `from sandboxd_router.telemetry import x`: maybe module telemetry.x
+                todo += [m for m in _modules_named(rest) if native.source(PACKAGE_DIR, m).is_file()]
             elif top not in sys.stdlib_module_names and top != "__future__":
                 found.add(top)
     return found
+
+
+def _modules_named(dotted: str) -> list[str]:
+    """The package's modules an import of `dotted` (under the package) may load: each
+    leading part ("telemetry", "telemetry.ring", "telemetry.ring.RingReader")."""
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _imports(path: Path) -> list[str]:

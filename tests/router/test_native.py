@@ -18,10 +18,9 @@ from sandboxd_router import native
 from tests.router.conftest import Origin, Router
 
 PROBE = """
-import json, sys
-import sandboxd_router.downstream, sandboxd_router.exchange
+import importlib, json
 from sandboxd_router import native
-mods = {n: sys.modules["sandboxd_router." + n].__file__ for n in native.HOT}
+mods = {n: importlib.import_module("sandboxd_router." + n).__file__ for n in native.HOT}
 print(json.dumps({"mode": native.mode, "files": mods}))
 """
 
@@ -114,6 +113,77 @@ def test_without_a_manifest_the_package_is_plain_python(tmp_path: Path) -> None:
             built.unlink()
     got = _probe(src)
     assert got["mode"] == "interpreted: not compiled (no complete mypyc build here)"
+
+
+TELEMETRY_PROBE = """
+import asyncio, hashlib, os, sys, tempfile, time
+from random import Random
+import orjson
+from sandboxd_router import native
+from sandboxd_router.faults import Fault
+from sandboxd_router.record import Recorder
+from sandboxd_router.telemetry.accesslog import AccessLogSink
+from sandboxd_router.telemetry.prometheus import PrometheusSink
+from sandboxd_router.telemetry.ring import RingReader
+from sandboxd_router.telemetry.signals import SignalsSink
+
+clock = iter(range(10**9))
+time.perf_counter = lambda: 1000 + next(clock) / 997  # the same records in every run
+time.time = lambda: 1765000000.0
+recorder = Recorder(1 << 12)
+names_r, names_w = os.pipe()
+start = recorder.attach(names_w)
+rng = Random(5)
+for n in range(3000):
+    raw = {"id": f"slow-{n % 3}", "service": "svc-0", "kind": "latency", "latencyMs": 1}
+    faults = [Fault(f"pr-{n % 50}", raw)] if n % 7 == 0 else None
+    recorder.write(time.perf_counter() - rng.random() / 10, f"svc-{n % 3}", f"pr-{n % 50}",
+                   f"key-{n % 50}" if n % 5 else "", n % 2 == 0, b"POST" if n % 4 else b"GET",
+                   (200, 404, 502, 0)[n % 4], n, 3 * n, b"00-%032x-%016x-01" % (n + 1, n + 2),
+                   n % 5, faults, 0.001, b"tools/call" if n % 3 == 0 else None,
+                   b"tool-%d" % (n % 4) if n % 3 == 0 else None, b'"id-%d"' % n,
+                   b"/p/%d" % n, b"s%d" % (n % 9) if n % 2 else None,
+                   -32000 - n % 3 if n % 5 == 2 else None, b"2025-06-18" if n % 3 == 0 else None)
+reader = RingReader(recorder.fd, names_r, start)
+fields = []
+log = tempfile.NamedTemporaryFile(delete=False).name
+access = AccessLogSink(log)
+signals = SignalsSink(url="http://127.0.0.1:9", token="t", rng=Random(7))
+prometheus = PrometheusSink()
+while batch := reader.read():
+    fields += [o.fields() for o in batch]
+    access.add_all(batch)
+    signals.add_all(batch)
+    for o in batch:
+        prometheus.add(o)
+asyncio.run(access.close())
+buckets, requests = signals.outbox()
+for r in requests:
+    del r["spanId"]  # (random per process)
+digest = hashlib.sha256(open(log, "rb").read() + orjson.dumps([buckets, requests, fields])
+                        + prometheus.render()).hexdigest()
+print(native.mode.split(":")[0], digest, len(requests))
+"""
+
+
+def test_the_telemetry_compiled_and_from_its_sources_writes_the_same(tmp_path: Path) -> None:
+    """The access log, the signals and the Prometheus counters of the same records, from the
+    compiled build and from the sources (the build's fallback) are the same, byte for byte."""
+    compiled = _copy_build(tmp_path / "compiled")
+    interpreted = _copy_build(tmp_path / "interpreted")
+    (interpreted / "sandboxd_router" / native.MANIFEST).unlink()
+    got = [
+        subprocess.run(
+            [sys.executable, "-c", TELEMETRY_PROBE],
+            env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for src in (compiled, interpreted)
+    ]
+    assert [mode for mode, _, _ in got] == ["compiled", "interpreted"]
+    assert got[0][1:] == got[1][1:] and int(got[0][2]) > 1000
 
 
 def test_healthz_and_the_log_say_which_build_runs(

@@ -8,6 +8,7 @@ import re
 from random import Random
 from typing import Any
 
+import orjson
 import pytest
 
 from sandboxd_router.telemetry import spans, traceparent
@@ -314,3 +315,40 @@ def test_a_bucket_keeps_at_most_256_tools_the_rest_as_other() -> None:
     assert len(bucket["tools"]) == 256
     assert bucket["tools"]["(other)"]["calls"] == 300 - 255
     assert sum(t["calls"] for t in bucket["tools"].values()) == 300
+
+
+def test_a_posts_body_is_byte_for_byte_orjson_of_its_records_and_buckets() -> None:
+    """The body is written as text, not as dicts (`request_wire.RecordText`): whatever a client
+    put in the names, ids and traceparent, it is the JSON of what `outbox` gives."""
+    s = sink()
+    rng = Random(3)
+    odd = ['q"uote', "back\\slash", "tab\there", "é-ü", "(other)", "?", "", "\x01"]
+    for n in range(3000):
+        mcp = n % 3 == 0
+        s.add(
+            observed(
+                end=T0 + rng.random() * 9,
+                duration=rng.choice([rng.random() / 100, rng.random() * 30, 0.0, 0.0005]),
+                service=rng.choice(["cluster-mcp", *odd[:4]]),
+                sandbox=rng.choice(["pr-1", *odd[:6]]),
+                routing_key=rng.choice(["k3y", 'k"y']),
+                route=rng.choice([SANDBOX, BASELINE]),
+                method=rng.choice(["GET", "POST", "get", 'M"X']),
+                status=rng.choice([200, 404, 502, 0]),
+                bytes_in=rng.randrange(1 << 40),
+                traceparent=rng.choice([None, f"00-{TRACE}-{PARENT}-01", "junk", 'a"b-c']),
+                error=rng.choice([OK, HTTP_5XX, TOOL_ERROR]),
+                injected=n % 5 == 0,
+                faults=(SLOW, Fault("reset", rng.choice(odd))) if n % 5 == 0 else (),
+                injected_at=0.001,
+                rpc_method=rng.choice(["tools/call", *odd]) if mcp else None,
+                tool=rng.choice([None, "describe_pod", *odd]) if mcp else None,
+                rpc_id=rng.choice([None, "7", '"a-7"', "null", '"\\u00e9"', odd[0]])
+                if mcp
+                else None,
+            )
+        )
+    buckets, records = s.outbox()
+    assert len(records) > 1000 and any(r["faults"] for r in records)
+    expected = orjson.dumps({"instance": s.instance, "buckets": buckets, "requests": records})
+    assert s.body() == expected

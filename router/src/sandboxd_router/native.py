@@ -42,6 +42,15 @@ HOT = (
     "state",
     "table",
     "upstream",
+    # the telemetry process's per-request work (never imported by the router's own process)
+    "telemetry.accesslog",
+    "telemetry.buckets",
+    "telemetry.counters",
+    "telemetry.observed",
+    "telemetry.request_wire",
+    "telemetry.ring",
+    "telemetry.tally",
+    "telemetry.thousandths",
 )
 MANIFEST = "_compiled.json"
 _HERE = Path(__file__).resolve().parent
@@ -52,6 +61,11 @@ mode = "interpreted"
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source(package_dir: Path, name: str) -> Path:
+    """The source of the hot module `name` ("record", "telemetry.ring")."""
+    return package_dir.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def write_manifest(directory: Path, sources: dict[str, str]) -> None:
@@ -76,10 +90,12 @@ def _problem(package_dir: Path) -> str | None:
     if Path(spec.origin).resolve().parent != package_dir.parent.resolve():
         return f"the first {shared} on the path is not this build's ({spec.origin})"
     for name in HOT:
-        if not any((package_dir / f"{name}{s}").exists() for s in suffixes):
+        path = source(package_dir, name)
+        if not any(path.with_suffix(s).exists() for s in suffixes):
             return f"the compiled {name} module is missing"
-        if built.get(name) != digest(package_dir / f"{name}.py"):
-            return f"{name}.py changed since the build (rebuild: scripts/setup)"
+        if built.get(name) != digest(path):
+            changed = path.relative_to(package_dir)
+            return f"{changed} changed since the build (rebuild: scripts/setup)"
     return None
 
 
@@ -92,10 +108,10 @@ class _Sources(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        package, _, name = fullname.rpartition(".")
+        package, _, name = fullname.partition(".")
         if package != PACKAGE or name not in HOT:
             return None
-        return importlib.util.spec_from_file_location(fullname, self.package_dir / f"{name}.py")
+        return importlib.util.spec_from_file_location(fullname, source(self.package_dir, name))
 
 
 def select(package_dir: Path = _HERE) -> str:

@@ -132,8 +132,15 @@ async def run(reader: RingReader, sinks: list[Sink], config: Config | None = Non
 def _feed(reader: RingReader, sinks: list[Sink]) -> bool:
     """One read of the ring; True when it was a full batch (more may be waiting)."""
     batch = reader.read()
-    for observed in batch:
-        for sink in sinks:
+    for sink in sinks:
+        add_all = getattr(sink, "add_all", None)  # a whole batch in one call (`BatchSink`)
+        if add_all is not None:
+            try:
+                add_all(batch)
+            except Exception:  # (they catch what fails on a request: this is a bug of theirs)
+                log.exception("a telemetry sink failed on a batch")
+            continue
+        for observed in batch:
             try:
                 sink.add(observed)
             except Exception:

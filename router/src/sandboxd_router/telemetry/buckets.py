@@ -10,11 +10,17 @@ sample up to the cap, then a uniform reservoir (Algorithm R) of the cap's size. 
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
 from random import Random
 from typing import Final
 
-from sandboxd_router.telemetry.observed import ERRORS, JSONRPC, TOOL_ERROR, Observed
+from sandboxd_router.telemetry.observed import (
+    ERRORS,
+    HTTP_5XX,
+    JSONRPC,
+    TOOL_ERROR,
+    TRANSPORT,
+    Observed,
+)
 
 WIDTH: Final = 10  # seconds
 HISTOGRAM_MS: Final = (
@@ -37,9 +43,20 @@ def key_of(observed: Observed) -> Key:
     return (observed.sandbox, observed.routing_key, observed.service, start)
 
 
+BOUNDS: Final = tuple(float(b) for b in HISTOGRAM_MS)
+"""As floats: comparing a float with an int costs many times more (bisect did, 2,700
+instructions a request)."""
+
+
 def bin_of(ms: float) -> int:
-    """The histogram slot: the first bound b with ms <= b, else the overflow (the last)."""
-    return bisect_left(HISTOGRAM_MS, ms)
+    """The histogram slot: the first bound b with ms <= b, else the overflow (the last).
+    (From the lowest: a proxy's requests take well under a millisecond.)"""
+    slot = 0
+    for bound in BOUNDS:
+        if ms <= bound:
+            return slot
+        slot += 1
+    return slot
 
 
 class Bucket:
@@ -125,8 +142,8 @@ class Bucket:
             "width": WIDTH,
             "requests": self.requests,
             "injected": self.injected,
-            "errors": dict(zip(ERRORS, self.errors, strict=True)),
-            "injectedErrors": dict(zip(ERRORS, self.injected_errors, strict=True)),
+            "errors": _errors_wire(self.errors),
+            "injectedErrors": _errors_wire(self.injected_errors),
             "faults": dict(self.faults),
             "latencyMs": self.latency.tolist(),
             "injectedLatencyMs": self.injected_latency.tolist(),
@@ -147,7 +164,15 @@ def _sample(samples: array[float], value: float, seen: int, cap: int, rng: Rando
         samples[slot] = value
 
 
+def _errors_wire(counts: list[int]) -> dict[str, int]:
+    """By class, in the order of `ERRORS` (a literal: zip() is a generic call when compiled)."""
+    return {HTTP_5XX: counts[0], JSONRPC: counts[1], TOOL_ERROR: counts[2], TRANSPORT: counts[3]}
+
+
 def _tool_wire(figures: list[int]) -> dict[str, int]:
     calls, jsonrpc_errors, tool_errors, injected = figures
     return {"calls": calls, "jsonrpcErrors": jsonrpc_errors, "toolErrors": tool_errors,
             "injected": injected}  # fmt: skip
+
+
+assert tuple(_errors_wire([0, 1, 2, 3])) == ERRORS

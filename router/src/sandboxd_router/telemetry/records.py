@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.request_wire import RecordText, request_wire
 
 
 class Pending(NamedTuple):
@@ -18,33 +19,27 @@ class Pending(NamedTuple):
 
 
 def wire(record: Pending) -> dict[str, object]:
-    o = record.observed
-    context = traceparent.parse(o.traceparent)
+    return wire_of(record.seq, record.observed)
+
+
+def wire_of(seq: int, o: Observed) -> dict[str, object]:
     span = spans.span_of(o)
-    return {
-        "seq": record.seq,
-        "sandbox": o.sandbox,
-        "routingKey": o.routing_key,
-        "service": o.service,
-        "route": o.route,
-        "start": o.start,
-        "durationMs": round(o.duration * 1000, 3),
-        "method": o.method,
-        "status": o.status,
-        "bytesIn": o.bytes_in,
-        "bytesOut": o.bytes_out,
-        "error": o.error or None,
-        "injected": o.injected,
-        "faults": [{"kind": f.kind, "id": f.id} for f in o.faults],
-        "traceId": context[0] if context else None,
-        "spanId": spans.span_id(o.seq),  # (made here: most records are never sent)
-        "parentSpanId": context[1] if context else None,
-        "rpcMethod": o.rpc_method,
-        "tool": o.tool,
-        "rpcId": o.rpc_id,
-        "name": span.name,
-        "attributes": span.attributes,
-        "events": [
-            {"name": e.name, "time": e.time, "attributes": e.attributes} for e in span.events
-        ],
-    }
+    return request_wire(
+        seq,
+        o,
+        context=traceparent.parse(o.traceparent),
+        span_id=spans.span_id(o.seq),  # (made here: most records are never sent)
+        name=span.name,
+        attributes=span.attributes,
+        events=_events(span),
+    )
+
+
+def texts(batch: list[tuple[int, Observed]], text: RecordText) -> list[bytes]:
+    """`wire_of` of each (number, request) as JSON (the same objects, without dicts), with a
+    comma between two: the pieces of a post's `requests` list."""
+    return text.texts(batch, span_of=spans.span_of, span_id=spans.span_id, parse=traceparent.parse)
+
+
+def _events(span: spans.Span) -> list[dict[str, object]]:
+    return [{"name": e.name, "time": e.time, "attributes": e.attributes} for e in span.events]

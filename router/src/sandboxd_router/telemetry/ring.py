@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import Any
+from typing import Any, Final
 
 from sandboxd_router import record
 from sandboxd_router.telemetry.observed import (
@@ -27,20 +27,27 @@ from sandboxd_router.telemetry.observed import (
     Observed,
 )
 
-ERRORS = {
-    record.OK: OK,
-    record.HTTP_5XX: HTTP_5XX,
-    record.JSONRPC: JSONRPC,
-    record.TOOL_ERROR: TOOL_ERROR,
-    record.TRANSPORT: TRANSPORT,
-}
-UNKNOWN = "?"  # a name that never arrived (the pipe was full for long: see `Recorder._send`)
-BATCH = 4096  # records decoded per read at most (the rest the next round)
-SLOT = struct.Struct(f"<{record.CORE.format[1:]}{record.EXTRA.format[1:]}")
-"""A whole slot: the core, then the extra fields (read whether written or not: decoding them
-with the core in one C call is cheaper than a second call for the few that have them)."""
-assert record.CORE.size == record.EXTRA_AT
-assert SLOT.size == record.SLOT
+OUTCOMES: Final = (OK, HTTP_5XX, JSONRPC, TOOL_ERROR, TRANSPORT)
+"""`Observed.error` by the record's error class (`record.OK`, ...: 0 to 4)."""
+assert [record.OK, record.HTTP_5XX, record.JSONRPC, record.TOOL_ERROR, record.TRANSPORT] == [
+    0, 1, 2, 3, 4,
+]  # fmt: skip
+ROUTES: Final = (BASELINE, SANDBOX)  # by the FORKED flag
+UNKNOWN: Final = "?"  # a name that never arrived (the pipe was full for long: `Recorder._send`)
+BATCH: Final = 4096  # records decoded per read at most (the rest the next round)
+
+
+def _slot() -> struct.Struct:
+    """A whole slot, the core's fields only: what every record has, in one C call per record
+    (the extra fields of the few records that have them by a second call). (A function: the
+    compiled build checks its modules together, and a module-level use of `record`'s inferred
+    names there comes before their types are known.)"""
+    slot = struct.Struct(f"{record.CORE.format}{record.SLOT - record.CORE.size}x")
+    assert slot.size == record.SLOT
+    return slot
+
+
+SLOT = _slot()
 
 
 class RingError(ValueError):
@@ -63,6 +70,9 @@ class RingReader:
         self.eof = False
         """The writer closed the names pipe: nothing more will come once the ring is read."""
         self.names: dict[int, str] = {0: ""}
+        self._view = memoryview(self.ring)
+        self._buffer_of_slots = bytearray(BATCH * record.SLOT)
+        self._pairs: dict[int, tuple[str, str]] = {}
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
         self._gone: list[tuple[int, str, str]] = []  # (records before it, sandbox, key)
@@ -81,62 +91,93 @@ class RingReader:
         last = min(done, first + BATCH)
         if first >= last:
             return []
-        raw = self._copy(first, last)  # one or two slices of the map: not one per record
+        raw = self._copy(first, last)  # one or two copies from the map: not one per record
         after = self.done()
         safe = after - self.slots + 1  # a record below this may be torn (being overwritten)
-        decoded = []
+        decoded: list[Observed] = []
         seq = first
+        at = 0
         for row in SLOT.iter_unpack(raw):
             if seq < safe or row[0] != seq:
                 self.lost += 1
             else:
-                decoded.append(self._decode(row, seq))
+                decoded.append(self._decode(row, raw, at, seq))
             seq += 1
+            at += record.SLOT
         self.position = last
         self._forget_dead()
         return decoded
 
-    def _copy(self, first: int, last: int) -> bytes:
-        """The slots of records `first` to `last` (excluded), in order."""
+    def _copy(self, first: int, last: int) -> memoryview:
+        """The slots of records `first` to `last` (excluded), in order, copied into the same
+        buffer every time (a new one of 768 KB each read costs its pages' first touch)."""
         size, slots = record.SLOT, self.slots
         a, b = first % slots, (last - 1) % slots + 1
         at = record.HEADER
+        buffer, ring = self._buffer_of_slots, self._view
         if a < b:
-            return self.ring[at + a * size : at + b * size]
-        return self.ring[at + a * size : at + slots * size] + self.ring[at : at + b * size]
+            buffer[: (b - a) * size] = ring[at + a * size : at + b * size]
+        else:
+            split = (slots - a) * size
+            buffer[:split] = ring[at + a * size : at + slots * size]
+            buffer[split : split + b * size] = ring[at : at + b * size]
+        return memoryview(buffer)[: (last - first) * size]
 
-    def _decode(self, row: tuple[Any, ...], seq: int) -> Observed:
+    def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
+        """The record in `row`, whose slot starts at `at` in `raw`."""
+        # (typed: the compiled build then works on machine numbers, not on objects)
+        end: float
+        duration: float
+        bytes_in: int
+        bytes_out: int
+        service: int
+        pair: int
+        method: int
+        status: int
+        error: int
+        flags: int
+        tp_len: int
+        tp_bytes: bytes
+        path_len: int
+        path: bytes
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
-         tp_len, tp, path_len, path, injected_at, f1, f2, f3, rpc_method, tool, rpc_code,
-         protocol, id_len, rpc_id, session_len, session) = row  # fmt: skip
+         tp_len, tp_bytes, path_len, path) = row  # fmt: skip
         names = self.names
-        sandbox, _, key = names.get(pair, UNKNOWN).partition("\0")
-        url_path = path[:path_len].decode("utf-8", "replace")
-        if not flags & record.EXTRA_FLAG:
-            return Observed(
-                end, duration, names.get(service, UNKNOWN), sandbox, key,
-                SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-                status, bytes_in, bytes_out,
-                tp[:tp_len].decode("ascii", "replace") if tp_len else None,
-                ERRORS.get(error, OK), bool(flags & record.INJECTED), seq=seq, path=url_path,
-            )  # fmt: skip
-        return Observed(
+        sandbox, key = self._pair(pair)
+        observed = Observed(
             end, duration, names.get(service, UNKNOWN), sandbox, key,
-            SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out,
-            tp[:tp_len].decode("ascii", "replace") if tp_len else None,
-            ERRORS.get(error, OK), bool(flags & record.INJECTED),
-            faults=tuple(self._fault(f) for f in (f1, f2, f3) if f),
-            injected_at=injected_at,
-            rpc_method=self._name(rpc_method) if rpc_method else None,
-            tool=self._name(tool) if tool else None,
-            rpc_id=rpc_id[:id_len].decode("utf-8", "replace") if id_len else None,
+            ROUTES[1 if flags & record.FORKED else 0], names.get(method, UNKNOWN),
+            status, bytes_in, bytes_out, _ascii(tp_bytes[:tp_len]) if tp_len else None,
+            OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
             seq=seq,
-            path=url_path,
-            session=session[:session_len].decode("utf-8", "replace") if session_len else None,
-            rpc_code=rpc_code if flags & record.RPC_CODE else None,
-            protocol=self._name(protocol) if protocol else None,
+            path=_utf8(path[:path_len]),
         )  # fmt: skip
+        if flags & record.EXTRA_FLAG:
+            self._extra(observed, raw, at + record.EXTRA_AT, flags)
+        return observed
+
+    def _extra(self, observed: Observed, raw: memoryview, at: int, flags: int) -> None:
+        """The fields only faults and MCP calls have."""
+        (injected_at, f1, f2, f3, rpc_method, tool, rpc_code, protocol, id_len, rpc_id,
+         session_len, session) = record.EXTRA.unpack_from(raw, at)  # fmt: skip
+        observed.faults = tuple(self._fault(f) for f in (f1, f2, f3) if f)
+        observed.injected_at = injected_at
+        observed.rpc_method = self._name(rpc_method) if rpc_method else None
+        observed.tool = self._name(tool) if tool else None
+        observed.rpc_id = rpc_id[:id_len].decode("utf-8", "replace") if id_len else None
+        observed.session = session[:session_len].decode("utf-8", "replace") if session_len else None
+        observed.rpc_code = rpc_code if flags & record.RPC_CODE else None
+        observed.protocol = self._name(protocol) if protocol else None
+
+    def _pair(self, ident: int) -> tuple[str, str]:
+        """(Sandbox, routing key) of a pair's id, split once per id, not once per record."""
+        pair = self._pairs.get(ident)
+        if pair is None:
+            sandbox, _, key = self.names.get(ident, UNKNOWN).partition("\0")
+            pair = (sandbox, key)
+            if ident in self.names:  # (one that never arrived may arrive later)
+                self._pairs[ident] = pair
+        return pair
 
     def _name(self, ident: int) -> str:
         return self.names.get(ident, UNKNOWN)
@@ -191,7 +232,25 @@ class RingReader:
         while self._dead and self._dead[0][0] < self.position:
             _, live = self._dead.pop(0)
             self.names = {i: n for i, n in self.names.items() if i >= live or i == 0}
+            self._pairs = {i: p for i, p in self._pairs.items() if i >= live}
 
     def close(self) -> None:
+        self._view.release()
         self.ring.close()
         os.close(self.names_fd)
+
+
+def _ascii(raw: bytes) -> str:
+    """The traceparent's bytes as received (a byte past ASCII read as U+FFFD)."""
+    try:
+        return raw.decode("ascii")  # (the compiled build's fast path: no error handler)
+    except UnicodeDecodeError:
+        return raw.decode("ascii", "replace")
+
+
+def _utf8(raw: bytes) -> str:
+    """A path's bytes (cut at `record.PATH`: maybe inside a character, read as U+FFFD)."""
+    try:
+        return raw.decode("utf-8")  # (the compiled build's fast path: no error handler)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")

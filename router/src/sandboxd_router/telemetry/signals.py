@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import os
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from random import Random
 from typing import Final
 
@@ -42,8 +40,9 @@ import httpx
 import orjson
 
 from sandboxd_router.telemetry import records
-from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
-from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key
+from sandboxd_router.telemetry.request_wire import RecordText
+from sandboxd_router.telemetry.tally import Tally, Waiting
 
 log = logging.getLogger("sandboxd_router")
 
@@ -58,7 +57,6 @@ PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
 BUSY: Final = 64  # requests: a bucket this full re-sends its samples at most every RESEND
 RESEND: Final = 5.0  # seconds (a harness reading right after its traffic: see the README)
-UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
 
 Sent = list[tuple[Bucket, int]]
 """The buckets of a post and their `requests` when it was built."""
@@ -87,55 +85,40 @@ class SignalsSink:
         self.max_buckets = max_buckets
         self.timeout = timeout
         self.instance = secrets.token_hex(8)
-        self.dropped_requests = 0
-        """Request records dropped unsent (over `max_pending`)."""
         self.dropped_buckets = 0
         """Buckets dropped unsent (older than `HORIZON`, or over `max_buckets`)."""
         # reservoir sampling needs no secrecy, only speed
-        self._rng = rng or Random(os.urandom(16))  # noqa: S311
-        self._buckets: dict[Key, Bucket] = {}
-        self._pending: dict[tuple[str, str], deque[records.Pending]] = {}
-        """(Sandbox, routing key) → its records waiting, oldest first."""
-        self._waiting = 0
-        self._seq = 0
+        rng = rng or Random(os.urandom(16))  # noqa: S311
+        self._tally = Tally(max_pending=max_pending, per_sandbox=per_sandbox, rng=rng)
+        self._buckets = self._tally.buckets
+        self.add = self._tally.add
+        """Count one request (the per-request work is the compiled `Tally`'s)."""
+        self.add_all = self._tally.add_all
+        self._text = RecordText()
         self._last = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._failing = False
 
-    def add(self, observed: Observed) -> None:
-        o = observed
-        ms = round(o.duration * 1000.0, 3)  # to the µs: half the cost of encoding samples
-        slot = bin_of(ms)
-        if o.service == UNROUTED:  # no service's traffic (an unknown port or host)
-            return
-        key = (o.sandbox, o.routing_key, o.service, int(o.end) // WIDTH * WIDTH)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = Bucket()
-        bucket.add(o, ms, slot, self._rng)
-        if o.sandbox:
-            self._seq += 1
-            owner = (o.sandbox, o.routing_key)
-            queue = self._pending.get(owner)
-            if queue is None:
-                queue = self._pending[owner] = deque()
-            if len(queue) >= self.per_sandbox or self._waiting >= self.max_pending:
-                (queue or max(self._pending.values(), key=len)).popleft()
-                self.dropped_requests += 1
-                self._waiting -= 1
-            queue.append(records.Pending(self._seq, o))
-            self._waiting += 1
-
     def outbox(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         """What a report would send now, in wire form: the changed buckets and the request
         records waiting (all of them, not split into posts)."""
         buckets = [b.wire(key) for key, b in self._buckets.items() if b.changed]
-        return buckets, [records.wire(r) for r in self._queued()]
+        return buckets, [records.wire_of(seq, o) for seq, o in self._queued()]
+
+    def body(self) -> bytes:
+        """One post's body of all that `outbox` holds (what reports encode: for benchmarks)."""
+        changed = [(key, b) for key, b in self._buckets.items() if b.changed]
+        return self._body(changed, self._queued())
 
     @property
     def pending_requests(self) -> int:
-        return self._waiting
+        return self._tally.waiting
+
+    @property
+    def dropped_requests(self) -> int:
+        """Request records dropped unsent (over `max_pending` or `per_sandbox`)."""
+        return self._tally.dropped
 
     @property
     def buckets(self) -> int:
@@ -166,19 +149,14 @@ class SignalsSink:
             for key, b in self._buckets.items()
             if (b.changed if everything else _due(key, b, now))
         ]
-        records_left = self._waiting
+        records_left = self._tally.waiting
         i, n = 0, MAX_ENTRIES
         while i < len(changed) or records_left > 0:
             entries = changed[i : i + n]
-            batch = list(itertools.islice(self._queued(), min(n, records_left)))
+            batch = self._queued()[: min(n, records_left)]
             if not entries and not batch:
                 break  # (records dropped meanwhile)
-            body: dict[str, object] = {
-                "instance": self.instance,
-                "buckets": [b.wire(key) for key, b in entries],
-                "requests": [records.wire(r) for r in batch],
-            }
-            content = orjson.dumps(body)
+            content = self._body(entries, batch)
             if len(content) > MAX_POST_BYTES and n > 1:
                 n //= 2  # full buckets and records: past the control plane's body limit
                 continue
@@ -189,7 +167,7 @@ class SignalsSink:
                 return
             for bucket, requests in sent:
                 bucket.acked = max(bucket.acked, requests)
-            self._acknowledged(batch)
+            self._tally.acknowledged(batch)
             i += len(entries)
             records_left -= len(batch)
 
@@ -210,22 +188,17 @@ class SignalsSink:
             await self._client.aclose()
             self._client = None
 
-    def _queued(self) -> Iterator[records.Pending]:
-        """Every record waiting, in the order seen."""
-        return heapq.merge(*self._pending.values(), key=_seq)
+    def _body(self, entries: list[tuple[Key, Bucket]], batch: list[Waiting]) -> bytes:
+        """`{"instance", "buckets", "requests"}` as orjson writes it, the records written as
+        text (`records.texts`) rather than as dicts first."""
+        buckets = orjson.dumps([b.wire(key) for key, b in entries])
+        head = b'{"instance":%b,"buckets":%b,"requests":[' % (orjson.dumps(self.instance), buckets)
+        return b"".join([head, *records.texts(batch, self._text), b"]}"])
 
-    def _acknowledged(self, batch: list[records.Pending]) -> None:
-        """Drop the records sent (records added meanwhile, or dropped, are told by `seq`)."""
-        last: dict[tuple[str, str], int] = {}
-        for record in batch:
-            last[(record.observed.sandbox, record.observed.routing_key)] = record.seq
-        for key, seq in last.items():
-            queue = self._pending.get(key)
-            while queue and queue[0].seq <= seq:
-                queue.popleft()
-                self._waiting -= 1
-            if queue is not None and not queue:
-                del self._pending[key]
+    def _queued(self) -> list[Waiting]:
+        """Every record waiting, in the order seen (their numbers are all different: no two
+        records are compared)."""
+        return sorted(itertools.chain.from_iterable(self._tally.pending.values()))
 
     def _expire(self, now: float) -> None:
         """Forget what is too old to matter and what was acknowledged and is closed."""
@@ -276,10 +249,6 @@ def _due(key: Key, bucket: Bucket, now: float) -> bool:
     if not bucket.changed:
         return False
     return bucket.requests < BUSY or key[3] + WIDTH <= now or now - bucket.sent_at >= RESEND
-
-
-def _seq(record: records.Pending) -> int:
-    return record.seq
 
 
 def _oldest(keys: list[Key], n: int) -> list[Key]:

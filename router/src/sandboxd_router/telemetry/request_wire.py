@@ -1,0 +1,182 @@
+"""A request record's wire form (`POST /v1/router-signals`, `requests`), given its span: the
+compiled half of `records` (`native.HOT`), which builds the span (`spans`, `traceparent`: not
+compiled) and hands its parts here.
+
+`RecordText` writes the record as JSON text directly, the same object orjson makes of
+`request_wire`'s dict (the names that repeat from one record to the next escaped once): a
+report encodes up to `MAX_PENDING` of them a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Protocol
+
+from orjson import dumps  # (a module global: no attribute lookup a call)
+
+from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.thousandths import round3, text3
+
+QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools)
+
+
+def request_wire(
+    seq: int,
+    o: Observed,
+    *,
+    context: tuple[str, str] | None,
+    span_id: str,
+    name: str,
+    attributes: Mapping[str, object],
+    events: list[dict[str, object]],
+) -> dict[str, object]:
+    """`context`: (trace id, parent span id) of its valid `traceparent`, or None."""
+    return {
+        "seq": seq,
+        "sandbox": o.sandbox,
+        "routingKey": o.routing_key,
+        "service": o.service,
+        "route": o.route,
+        "start": o.end - o.duration,
+        "durationMs": round3(o.duration * 1000),
+        "method": o.method,
+        "status": o.status,
+        "bytesIn": o.bytes_in,
+        "bytesOut": o.bytes_out,
+        "error": o.error or None,
+        "injected": o.injected,
+        "faults": [{"kind": f.kind, "id": f.id} for f in o.faults],
+        "traceId": context[0] if context is not None else None,
+        "spanId": span_id,
+        "parentSpanId": context[1] if context is not None else None,
+        "rpcMethod": o.rpc_method,
+        "tool": o.tool,
+        "rpcId": o.rpc_id,
+        "name": name,
+        "attributes": attributes,
+        "events": events,
+    }
+
+
+class EventLike(Protocol):
+    """`spans.Event`, as far as a record reads it (spans is not compiled: not imported)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def attributes(self) -> Mapping[str, object]: ...
+
+
+class SpanLike(Protocol):
+    """`spans.Span`, as far as a record reads it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, object]: ...
+    @property
+    def events(self) -> Sequence[EventLike]: ...
+
+
+class RecordText:
+    def __init__(self) -> None:
+        self._quoted: dict[str, str] = {}
+        self._heads: dict[tuple[str, str, str, str], str] = {}
+
+    def texts(
+        self,
+        batch: list[tuple[int, Observed]],
+        *,
+        span_of: Callable[[Observed], SpanLike],
+        span_id: Callable[[int], str],
+        parse: Callable[[str | None], tuple[str, str] | None],
+    ) -> list[bytes]:
+        """`text` of each (number, request), its span made by `span_of`, `span_id` and
+        `parse` (`spans`, `traceparent`): one call for a whole post's records; encoded, with
+        a comma between two, for one `b"".join` of the whole body (not a copy per step)."""
+        out: list[bytes] = []
+        for seq, o in batch:
+            if out:
+                out.append(b",")
+            span = span_of(o)
+            events: list[dict[str, object]] = [
+                {"name": e.name, "time": e.time, "attributes": e.attributes} for e in span.events
+            ]
+            out.append(
+                self.text(
+                    seq,
+                    o,
+                    context=parse(o.traceparent),
+                    span_id=span_id(o.seq),
+                    name=span.name,
+                    attributes=span.attributes,
+                    events=events,
+                ).encode()
+            )
+        return out
+
+    def text(
+        self,
+        seq: int,
+        o: Observed,
+        *,
+        context: tuple[str, str] | None,
+        span_id: str,
+        name: str,
+        attributes: Mapping[str, object],
+        events: list[dict[str, object]],
+    ) -> str:
+        """`request_wire`'s dict as orjson writes it. (`context` and `span_id` are lowercase
+        hex: `traceparent.parse` matched them, `spans.span_id` made it.)"""
+        q = self.quoted
+        trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
+        faults = "[]"
+        if o.faults:
+            faults = ",".join(f'{{"kind":{q(f.kind)},"id":{q(f.id)}}}' for f in o.faults)
+            faults = "[" + faults + "]"
+        mcp = ',"rpcMethod":null,"tool":null,"rpcId":null'
+        if o.rpc_method is not None or o.tool is not None or o.rpc_id is not None:
+            rpc_id = "null" if o.rpc_id is None else dumps(o.rpc_id).decode()
+            mcp = f',"rpcMethod":{q(o.rpc_method)},"tool":{q(o.tool)},"rpcId":{rpc_id}'
+        return (
+            f'{{"seq":{seq},{self._head(o)}'
+            f'"start":{dumps(o.end - o.duration).decode()},'
+            f'"durationMs":{text3(o.duration * 1000)},'
+            f'"method":{q(o.method)},"status":{o.status},"bytesIn":{o.bytes_in},'
+            f'"bytesOut":{o.bytes_out},"error":{q(o.error or None)},'
+            f'"injected":{"true" if o.injected else "false"},"faults":{faults},'
+            f'"traceId":{trace},"spanId":"{span_id}","parentSpanId":{parent}{mcp},'
+            f'"name":{q(name)},"attributes":{dumps(attributes).decode()},'
+            f'"events":{dumps(events).decode() if events else "[]"}}}'
+        )
+
+    def _head(self, o: Observed) -> str:
+        """`"sandbox":…,"routingKey":…,"service":…,"route":…`, made once per group."""
+        group = (o.sandbox, o.routing_key, o.service, o.route)
+        head = self._heads.get(group)
+        if head is None:
+            q = self.quoted
+            head = (
+                f'"sandbox":{q(o.sandbox)},"routingKey":{q(o.routing_key)},'
+                f'"service":{q(o.service)},"route":{q(o.route)},'
+            )
+            if len(self._heads) >= QUOTED:
+                self._heads.clear()
+            self._heads[group] = head
+        return head
+
+    def quoted(self, name: str | None) -> str:
+        """A name as a JSON string (null for None), escaped once."""
+        if name is None:
+            return "null"
+        text = self._quoted.get(name)
+        if text is None:
+            if len(self._quoted) >= QUOTED:  # (sandboxes come and go: start afresh, rarely)
+                self._quoted.clear()
+            text = self._quoted[name] = dumps(name).decode()
+        return text
+
+
+NULLS: Final = ("null", "null")
