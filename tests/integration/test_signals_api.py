@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from sqlmodel import Session
 
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import NewSandbox, Store
-from sandboxd.store.signals import BucketIn, RecordIn
+from sandboxd.store.signals import BucketIn, RecordIn, baseline_index
 from tests.integration.conftest import wait_phase
 from tests.support import poll
 from tests.support.server import Sandboxd
@@ -534,6 +538,41 @@ def _set(target: Any, path: tuple[Any, ...], value: Any) -> None:
     target[path[-1]] = value
 
 
+def test_posts_are_parsed_in_a_worker_process_replaced_when_it_dies(
+    api: Sandboxd, client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]
+) -> None:
+    """A post's body is parsed outside the server's process (the parse would hold the GIL
+    that every other call needs); a worker killed between two posts costs neither."""
+    service = unique("svc")
+    first = bucket(sandbox, service, start=now_bucket(1), requests=1, latencyMs=[1.0])
+    assert post(router, unique("i"), [first]).json()["accepted"] == 1
+    (worker,) = _parsing_workers(api)
+    os.kill(worker, signal.SIGKILL)
+    poll.until(lambda: Path(f"/proc/{worker}").exists(), lambda alive: not alive, timeout=10,
+               what="the server to reap its killed worker")  # fmt: skip
+    second = bucket(sandbox, service, requests=2, latencyMs=[2.0, 3.0])
+    assert post(router, unique("i"), [second]).json()["accepted"] == 1
+    side = service_of(metrics(client, sandbox["name"]), service)["sandbox"]
+    assert (side["requests"], side["p99Ms"]) == (3, 3.0)
+    assert len(_parsing_workers(api)) == 1 and worker not in _parsing_workers(api)
+    assert "Traceback" not in api.log()
+
+
+def _parsing_workers(api: Sandboxd) -> list[int]:
+    """The server's children started by multiprocessing's spawn (not its resource tracker)."""
+    assert api.proc is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == api.proc.pid and b"spawn_main" in argv:
+            found.append(int(entry.name))
+    return found
+
+
 def test_the_router_token_may_post_signals_but_not_read_them(
     router: httpx.Client, sandbox: dict[str, Any]
 ) -> None:
@@ -627,3 +666,39 @@ def test_the_baseline_read_back_follows_every_change(
     assert baseline(window="30s") == (4, [3.0, 9.0])
     assert baseline() == (5, [4.0, 50.0])
     assert baseline(window="30s", excludeInjected="false") == (4, [3.0, 9.0])
+
+
+async def test_a_post_of_baseline_buckets_merges_the_windows_asked_for(
+    database_url: str,
+) -> None:
+    """The baseline's side (some 100,000 samples to merge) is made when a router posts, not
+    when a harness next asks: after a post, the window asked for last is in the cache with
+    the post in it, and that is what the next read gives."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="asks"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    start = now_bucket()
+
+    def baseline(requests: int) -> BucketIn:
+        data = {"requests": requests, "latencyMs": [float(n) for n in range(requests)]}
+        return BucketIn("", "", "svc", start, 10, requests, json.dumps(data))
+
+    async def read() -> Any:
+        _, theirs = await store.signal_sides(
+            routing_key=row.routing_key, now=time.time(), window=300, exclude_injected=True
+        )
+        return theirs["svc"]
+
+    await store.store_signals(instance="i", buckets=[baseline(2)], records=[])
+    assert (await read()).requests == 2
+    await store.store_signals(instance="i", buckets=[baseline(5)], records=[])
+    with Session(engine) as session:
+        index = baseline_index(session, since=time.time() - 300)
+    ready = store._baseline.get(index, True)  # what the next call finds
+    assert ready is not None and ready["svc"].latencies == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert await read() is ready["svc"]
+    await store.close()
+    engine.dispose()
