@@ -32,6 +32,8 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add, mul, sub
 from typing import Literal
 
 Verdict = Literal["regressed", "pass", "inconclusive"]
@@ -86,7 +88,7 @@ class Sample:
     def ties(self) -> int:
         """Sum of (t^3 - t) over the groups of equal values."""
         if self._ties is None:
-            self._ties = sum(_cubed(t) for t in self.counts.values() if t > 1)
+            self._ties = sum(map(pow, self.counts.values(), repeat(3))) - len(self.values)
         return self._ties
 
 
@@ -251,23 +253,22 @@ def _sum_shrinking(log_pmf: Callable[[int], float], xs: range) -> float:
 
 def _u_and_ties(mine: Sample, theirs: Sample) -> tuple[float, int]:
     """U of `mine` (pairs where it is larger, ties counting a half) and the sum of (t^3 - t)
-    over the groups of equal values of both samples together, in one walk over the smaller
-    sample's distinct values, bisecting into the larger (sorted) one: the baseline's sample
-    is often 30,000 values beside a sandbox's few hundred."""
+    over the groups of equal values of both samples together, from the smaller sample's
+    distinct values bisected into the larger (sorted) one: the baseline's sample is often
+    100,000 values beside a sandbox's few thousand. The loops are `map`s over C functions: a
+    Python loop here was most of a `GET …/metrics`'s time.
+
+    A value with c occurrences in the smaller sample and e in the larger counts c·e/2 pairs
+    as ties, and its group adds (c+e)^3 - (c+e) - (c^3 - c) - (e^3 - e) = 3·c·e·(c+e) to
+    the two samples' own tie sums."""
     small, big = (mine, theirs) if len(mine) <= len(theirs) else (theirs, mine)
-    ordered = big.values
-    u, ties = 0.0, mine.ties + theirs.ties
-    for value, count in small.counts.items():
-        below = bisect_left(ordered, value)
-        equal = bisect_right(ordered, value, below) - below
-        u += count * (below + equal / 2)
-        if equal:  # one group across both samples, not two
-            ties += _cubed(count + equal) - _cubed(count) - _cubed(equal)
+    values, counts = list(small.counts), list(small.counts.values())
+    below = list(map(bisect_left, repeat(big.values), values))
+    equal = list(map(sub, map(bisect_right, repeat(big.values), values), below))
+    u = sum(map(mul, counts, below)) + sum(map(mul, counts, equal)) / 2
+    shared = map(mul, map(mul, counts, equal), map(add, counts, equal))
+    ties = mine.ties + theirs.ties + 3 * sum(shared)
     return (u if small is mine else len(mine) * len(theirs) - u), ties
-
-
-def _cubed(t: int) -> int:
-    return t * t * t - t
 
 
 def _sample(values: Values) -> Sample:
