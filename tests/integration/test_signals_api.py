@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -536,41 +533,6 @@ def _set(target: Any, path: tuple[Any, ...], value: Any) -> None:
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-
-
-def test_posts_are_parsed_in_a_worker_process_replaced_when_it_dies(
-    api: Sandboxd, client: httpx.Client, router: httpx.Client, sandbox: dict[str, Any]
-) -> None:
-    """A post's body is parsed outside the server's process (the parse would hold the GIL
-    that every other call needs); a worker killed between two posts costs neither."""
-    service = unique("svc")
-    first = bucket(sandbox, service, start=now_bucket(1), requests=1, latencyMs=[1.0])
-    assert post(router, unique("i"), [first]).json()["accepted"] == 1
-    (worker,) = _parsing_workers(api)
-    os.kill(worker, signal.SIGKILL)
-    poll.until(lambda: Path(f"/proc/{worker}").exists(), lambda alive: not alive, timeout=10,
-               what="the server to reap its killed worker")  # fmt: skip
-    second = bucket(sandbox, service, requests=2, latencyMs=[2.0, 3.0])
-    assert post(router, unique("i"), [second]).json()["accepted"] == 1
-    side = service_of(metrics(client, sandbox["name"]), service)["sandbox"]
-    assert (side["requests"], side["p99Ms"]) == (3, 3.0)
-    assert len(_parsing_workers(api)) == 1 and worker not in _parsing_workers(api)
-    assert "Traceback" not in api.log()
-
-
-def _parsing_workers(api: Sandboxd) -> list[int]:
-    """The server's children started by multiprocessing's spawn (not its resource tracker)."""
-    assert api.proc is not None
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == api.proc.pid and b"spawn_main" in argv:
-            found.append(int(entry.name))
-    return found
 
 
 def test_the_router_token_may_post_signals_but_not_read_them(

@@ -201,8 +201,6 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                 token_hashes=await store.token_hashes(),
                 route_reader_hashes={hash_token(reader)},
             )
-            app.state.sandboxd.offload.start()
-            stack.push_async_callback(app.state.sandboxd.offload.close)
             task = asyncio.create_task(reconciler.run(), name="reconciler")
             stack.push_async_callback(_cancel, task)
             router = Supervisor(

@@ -10,7 +10,6 @@ from typing import Annotated, Protocol
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from sandboxd.api.offload import Offload
 from sandboxd.core.catalog import Catalog
 from sandboxd.errors import SandboxdError
 from sandboxd.metrics import Metrics
@@ -74,8 +73,6 @@ class AppState:
     route_reader_hashes: set[str] = field(default_factory=set)
     """Router tokens: they may read the route table and post reports, nothing else."""
     long_polls: Gate = field(default_factory=lambda: Gate(MAX_LONG_POLLS))
-    offload: Offload = field(default_factory=Offload)
-    """A process for the routers' signal posts: parsing them would hold the GIL."""
 
 
 ROUTER_CALLS = frozenset(

@@ -18,23 +18,10 @@ a body that breaks a rule is refused whole with 422, nothing stored. A post may 
 
 from __future__ import annotations
 
-import email.message
-import json
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from starlette.requests import ClientDisconnect
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from sandboxd.api.deps import StateDep, require_token
 from sandboxd.api.schemas import BODY_ERRORS, ERRORS, SignalsAccepted
@@ -184,101 +171,15 @@ class SignalsPost(Model):
         return self
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's JSON schema with its `$defs` put in place of their `$ref`s: the body is
-    documented by hand (FastAPI does not parse it), outside the document's components."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
-
-
-_BODY = {"required": True, "content": {"application/json": {
-    "schema": _inline(SignalsPost.model_json_schema(by_alias=True))}}}  # fmt: skip
-
-
-@router.post(
-    "/router-signals",
-    response_model=SignalsAccepted,
-    responses={**ERRORS, **BODY_ERRORS},
-    openapi_extra={"requestBody": _BODY},
-)
-async def router_signals(state: StateDep, request: Request) -> SignalsAccepted:
+@router.post("/router-signals", response_model=SignalsAccepted, responses={**ERRORS, **BODY_ERRORS})
+async def router_signals(state: StateDep, post: SignalsPost) -> SignalsAccepted:
     """A router telemetry process's buckets and request records; safe to send again."""
-    try:
-        body = await request.body()
-    except ClientDisconnect as e:
-        raise HTTPException(400, "There was an error parsing the body") from e
-    content_type = request.headers.get("content-type")
-    outcome = await state.offload.run(parse_post, body, is_json=_is_json(content_type))
-    if isinstance(outcome, Refused):
-        if not outcome.errors:
-            raise HTTPException(400, "There was an error parsing the body")
-        raise RequestValidationError(outcome.errors)
+    buckets = [_bucket(b) for b in post.buckets]
+    records = [_record(r) for r in post.requests]
     stored = await state.store.store_signals(
-        instance=outcome.instance, buckets=outcome.buckets, records=outcome.records
+        instance=post.instance, buckets=buckets, records=records
     )
     return SignalsAccepted(accepted=stored.accepted, ignored=stored.ignored)
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    instance: str
-    buckets: list[BucketIn]
-    records: list[RecordIn]
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    errors: list[dict[str, Any]]
-    """pydantic's errors, located under `body` as FastAPI's are; none: not JSON at all (400)."""
-
-
-def parse_post(body: bytes, *, is_json: bool) -> Parsed | Refused:
-    """A post's body read as FastAPI reads a JSON body (the same answers to bad ones), in the
-    offload process (`sandboxd.api.offload`): it is the CPU-heavy part of a post."""
-    if not body:
-        return Refused([{"type": "missing", "loc": ("body",), "msg": "Field required",
-                         "input": None}])  # fmt: skip
-    data: Any = body  # not declared JSON: refused below as not an object, like FastAPI does
-    if is_json:
-        try:
-            data = json.loads(body)
-        except json.JSONDecodeError as e:
-            error = {"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
-                     "input": {}, "ctx": {"error": e.msg}}  # fmt: skip
-            return Refused([error])
-        except (RecursionError, ValueError):  # nested too deeply; not UTF-8
-            return Refused([])
-    try:
-        post = SignalsPost.model_validate(data)
-    except ValidationError as e:
-        return Refused([{**error, "loc": ("body", *error["loc"])}
-                        for error in e.errors(include_url=False)])  # fmt: skip
-    return Parsed(post.instance, [_bucket(b) for b in post.buckets],
-                  [_record(r) for r in post.requests])  # fmt: skip
-
-
-def _is_json(content_type: str | None) -> bool:
-    """FastAPI's rule (strict content type): application/json or application/*+json."""
-    if not content_type:
-        return False
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
 
 
 def _bucket(bucket: Bucket) -> BucketIn:

@@ -45,9 +45,7 @@ _RECORDS: Table = SQLModel.metadata.tables[RequestRecordRow.__tablename__]
 
 
 class BucketIn(NamedTuple):
-    """A posted bucket, ready to store. Named tuples: posts are parsed in another process
-    (`sandboxd.api.offload`) and a thousand of these come back pickled, which unpickles five
-    times faster than dataclasses and holds the server's GIL that much less."""
+    """A posted bucket, ready to store."""
 
     sandbox: str
     routing_key: str
