@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from sqlmodel import Session
 
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import NewSandbox, Store
-from sandboxd.store.signals import BucketIn, RecordIn
+from sandboxd.store.signals import BucketIn, RecordIn, baseline_index
 from tests.integration.conftest import wait_phase
 from tests.support import poll
 from tests.support.server import Sandboxd
@@ -627,3 +628,39 @@ def test_the_baseline_read_back_follows_every_change(
     assert baseline(window="30s") == (4, [3.0, 9.0])
     assert baseline() == (5, [4.0, 50.0])
     assert baseline(window="30s", excludeInjected="false") == (4, [3.0, 9.0])
+
+
+async def test_a_post_of_baseline_buckets_merges_the_windows_asked_for(
+    database_url: str,
+) -> None:
+    """The baseline's side (some 100,000 samples to merge) is made when a router posts, not
+    when a harness next asks: after a post, the window asked for last is in the cache with
+    the post in it, and that is what the next read gives."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="asks"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    start = now_bucket()
+
+    def baseline(requests: int) -> BucketIn:
+        data = {"requests": requests, "latencyMs": [float(n) for n in range(requests)]}
+        return BucketIn("", "", "svc", start, 10, requests, json.dumps(data))
+
+    async def read() -> Any:
+        _, theirs = await store.signal_sides(
+            routing_key=row.routing_key, now=time.time(), window=300, exclude_injected=True
+        )
+        return theirs["svc"]
+
+    await store.store_signals(instance="i", buckets=[baseline(2)], records=[])
+    assert (await read()).requests == 2
+    await store.store_signals(instance="i", buckets=[baseline(5)], records=[])
+    with Session(engine) as session:
+        index = baseline_index(session, since=time.time() - 300)
+    ready = store._baseline.get(index, True)  # what the next call finds
+    assert ready is not None and ready["svc"].latencies == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert await read() is ready["svc"]
+    await store.close()
+    engine.dispose()

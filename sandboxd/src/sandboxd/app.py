@@ -150,6 +150,8 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             store = Store(engine)
             stack.push_async_callback(store.close)  # (before the engine's dispose)
             await store.migrate()
+            ready = asyncio.create_task(store.keep_baseline_ready(), name="baseline-sides")
+            stack.push_async_callback(_cancel, ready)
             token = admin_token(settings)
             await store.put_token(name="admin", token_hash=hash_token(token))
             reader = router_token(settings)

@@ -90,7 +90,7 @@ async def sandbox_metrics(
     now = time.time()
     since = now - seconds
     mine, theirs = await state.store.signal_sides(
-        routing_key=row.routing_key, since=since, exclude_injected=exclude_injected
+        routing_key=row.routing_key, now=now, window=seconds, exclude_injected=exclude_injected
     )
     services = sorted(set(mine) | {fork.service for fork in row.spec.forks})
     criteria = compare.Criteria(alpha=alpha, effect=effect, min_samples=min_samples)

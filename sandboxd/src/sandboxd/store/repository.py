@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -371,22 +372,44 @@ class Store:
         self, *, instance: str, buckets: Sequence[BucketIn], records: Sequence[RecordIn]
     ) -> Stored:
         with self._tx() as session:
-            return signals.store(session, instance=instance, buckets=buckets, records=records)
+            stored = signals.store(session, instance=instance, buckets=buckets, records=records)
+        if any(b.routing_key == signals.BASELINE for b in buckets):
+            with suppress(Unavailable):  # stored: a harness's call merges instead
+                self._refresh_baseline()
+        return stored
 
     @_off_loop
     def signal_sides(
-        self, *, routing_key: str, since: float, exclude_injected: bool
+        self, *, routing_key: str, now: float, window: int, exclude_injected: bool
     ) -> tuple[dict[str, Side], dict[str, Side]]:
-        """Per service, the sandbox's side and the baseline's over the window from `since`. The
-        baseline's is the same for every sandbox: it is read and merged again only when its
-        buckets changed (`BaselineCache`)."""
+        """Per service, the sandbox's side and the baseline's over the `window` seconds up to
+        `now`. The baseline's is the same for every sandbox: it is read and merged again only
+        when its buckets changed (`BaselineCache`)."""
         with self._tx(read_only=True) as session:
-            rows = signals.window(session, routing_key=routing_key, since=since)
+            rows = signals.window(session, routing_key=routing_key, since=now - window)
             mine = sides(rows, exclude_injected=exclude_injected)
             theirs = signals.baseline_sides(
-                session, self._baseline, since=since, exclude_injected=exclude_injected
+                session, self._baseline, now=now, window=window, exclude_injected=exclude_injected
             )
         return mine, theirs
+
+    async def keep_baseline_ready(self, *, every: float = 1.0) -> None:
+        """Until cancelled: the baseline's sides made ready ahead of the harnesses' calls
+        (`BaselineCache`), as their windows move past the buckets."""
+        while True:
+            with suppress(Unavailable):
+                await self._refresh_baseline_off_loop()
+            await asyncio.sleep(every)
+
+    @_off_loop
+    def _refresh_baseline_off_loop(self) -> None:
+        self._refresh_baseline()
+
+    def _refresh_baseline(self) -> None:
+        if not self._baseline.wanted:
+            return
+        with self._tx(read_only=True) as session:
+            signals.refresh(session, self._baseline, now=time.time())
 
     @_off_loop
     def request_records(
