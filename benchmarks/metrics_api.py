@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sandboxd_router.telemetry.signals import MAX_POST_BYTES  # noqa: E402
 from tests.support.server import Sandboxd, free_port, running_sandboxd  # noqa: E402
 
 SERVICES = ("cluster-mcp", "logs-mcp", "agent")
@@ -55,6 +57,22 @@ def bucket(box: dict[str, Any] | None, service: str, start: int, samples: int,
         "errors": {"http_5xx": samples // 50}, "latencyMs": latencies,
         "histogram": [0] * 17, "tools": {"describe_pod": {"calls": samples}},
     }  # fmt: skip
+
+
+def as_routers_post(buckets: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """`buckets` in posts as a router's telemetry process makes them: at most `PER_POST`, and
+    at most its `MAX_POST_BYTES` of JSON (`sandboxd_router.telemetry.signals`)."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for b in buckets:
+        n = len(orjson.dumps(b)) + 1
+        if chunk and (size + n > MAX_POST_BYTES - 64 or len(chunk) >= PER_POST):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(b)
+        size += n
+    if chunk:
+        yield chunk
 
 
 def timed_posts(router: httpx.Client, instance: str, buckets: list[dict[str, Any]]) -> list[float]:
@@ -121,12 +139,11 @@ def post_until_stopped(
             now = int(time.time()) // 10 * 10
             current = [bucket(b, s, now, samples + grow, rng) for b in boxes for s in SERVICES]
             current += [bucket(None, s, now, min(512, 50 + grow), rng) for s in SERVICES]
-            for i in range(0, len(current), PER_POST):
+            for i, chunk in enumerate(as_routers_post(current)):
                 if stop.is_set():
                     break
                 if rate:
                     stop.wait(max(0.0, started + sent / rate - time.perf_counter()))
-                chunk = current[i : i + PER_POST]
                 times.extend(timed_posts(router, f"bench-live-{i}", chunk))
                 sent += len(chunk)
             grow += 1
@@ -233,7 +250,7 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
                 each = statistics.median(times or [0]) * 1000
                 pace = f"{rate:.0f} buckets/s" if rate else "back to back"
                 report(
-                    f"under traffic ({pace}; {len(times)} posts of {PER_POST} current buckets "
+                    f"under traffic ({pace}; {len(times)} posts of current buckets, as routers size them "
                     f"meanwhile, p50 {each:.0f} ms each):",
                     rounds,
                 )

@@ -266,10 +266,11 @@ def test_an_endpoint_it_cannot_use_turns_spans_off_and_says_why(
 
 
 def test_off_it_loads_no_sdk() -> None:
-    """The telemetry process of a router that does not export stays small."""
+    """The telemetry process of a router that does not export stays small (nor does it load
+    httpx: its posts go through http.client)."""
     code = ("import sys\nfrom sandboxd_router.telemetry import __main__, otlp\n"
             "assert otlp.from_env({}) is None\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'google'))))")  # fmt: skip
+            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'google', 'httpx'))))")  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

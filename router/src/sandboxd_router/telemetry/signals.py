@@ -36,22 +36,27 @@ from collections.abc import Callable
 from random import Random
 from typing import Final
 
-import httpx
 import orjson
 
 from sandboxd_router.telemetry import records
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key
+from sandboxd_router.telemetry.post import Poster, PostError
 from sandboxd_router.telemetry.request_wire import RecordText
 from sandboxd_router.telemetry.tally import Tally, Waiting
 
 log = logging.getLogger("sandboxd_router")
 
 PATH: Final = "/v1/router-signals"
-_JSON: Final = {"Content-Type": "application/json"}  # orjson: a tenth of json's time to encode
 MAX_ENTRIES: Final = 1000  # the control plane's limit per post, for each list
-MAX_POST_BYTES: Final = 7 << 20  # under the control plane's 8 MiB body limit on this path
+MAX_POST_BYTES: Final = 1 << 20
+"""A post's body at most (unless one bucket alone is larger): the control plane parses a post
+on its event loop (~40 ms a MiB), and this process holds a post's pieces in memory while it
+is sent; its own limit on this path is 8 MiB."""
+_ENVELOPE: Final = 64  # `{"instance":"<16 hex>","buckets":[],"requests":[]}` and to spare
 HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
-GRACE: Final = 20.0  # an acknowledged bucket is kept this long after its window, for stragglers
+GRACE: Final = 3.0
+"""An acknowledged bucket is kept this long after its window, for stragglers: a request counts
+in the window it ended in, and the ring is read every 50 ms (0.65 s at most behind)."""
 MAX_PENDING: Final = 10_000
 PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
@@ -97,7 +102,7 @@ class SignalsSink:
         self._text = RecordText()
         self._last = float("-inf")
         self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._poster: Poster | None = None
         self._failing = False
 
     def outbox(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
@@ -108,8 +113,8 @@ class SignalsSink:
 
     def body(self) -> bytes:
         """One post's body of all that `outbox` holds (what reports encode: for benchmarks)."""
-        changed = [(key, b) for key, b in self._buckets.items() if b.changed]
-        return self._body(changed, self._queued())
+        changed = [orjson.dumps(b.wire(key)) for key, b in self._buckets.items() if b.changed]
+        return self._body(changed, records.texts(self._queued(), self._text))
 
     @property
     def pending_requests(self) -> int:
@@ -150,16 +155,18 @@ class SignalsSink:
             if (b.changed if everything else _due(key, b, now))
         ]
         records_left = self._tally.waiting
-        i, n = 0, MAX_ENTRIES
+        i = 0
         while i < len(changed) or records_left > 0:
-            entries = changed[i : i + n]
-            batch = self._queued()[: min(n, records_left)]
+            batch = self._queued()[: min(MAX_ENTRIES, records_left)]
+            texts = records.texts(batch, self._text)
+            room = MAX_POST_BYTES - _ENVELOPE
+            kept = _fitting(texts, room)
+            batch, texts = batch[:kept], texts[: max(0, 2 * kept - 1)]
+            encoded = _fill(changed, i, room - sum(map(len, texts)), at_least=0 if texts else 1)
+            entries = changed[i : i + len(encoded)]
             if not entries and not batch:
                 break  # (records dropped meanwhile)
-            content = self._body(entries, batch)
-            if len(content) > MAX_POST_BYTES and n > 1:
-                n //= 2  # full buckets and records: past the control plane's body limit
-                continue
+            content = self._body(encoded, texts)
             sent: Sent = [(b, b.requests) for _key, b in entries]
             for _key, b in entries:
                 b.sent_at = now
@@ -184,16 +191,16 @@ class SignalsSink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._poster is not None:
+            self._poster.close()
+            self._poster = None
 
-    def _body(self, entries: list[tuple[Key, Bucket]], batch: list[Waiting]) -> bytes:
-        """`{"instance", "buckets", "requests"}` as orjson writes it, the records written as
-        text (`records.texts`) rather than as dicts first."""
-        buckets = orjson.dumps([b.wire(key) for key, b in entries])
-        head = b'{"instance":%b,"buckets":%b,"requests":[' % (orjson.dumps(self.instance), buckets)
-        return b"".join([head, *records.texts(batch, self._text), b"]}"])
+    def _body(self, buckets: list[bytes], texts: list[bytes]) -> bytes:
+        """`{"instance", "buckets", "requests"}` as orjson writes it, from the buckets each
+        encoded alone (`_fill`) and the records written as text (`records.texts`): never a
+        whole post's dicts at once."""
+        head = b'{"instance":%b,"buckets":[' % orjson.dumps(self.instance)
+        return b"".join([head, b",".join(buckets), b'],"requests":[', *texts, b"]}"])
 
     def _queued(self) -> list[Waiting]:
         """Every record waiting, in the order seen (their numbers are all different: no two
@@ -216,13 +223,14 @@ class SignalsSink:
     async def _post(self, content: bytes) -> bool:
         """Whether the entries are done with: acknowledged, or refused for good (422)."""
         try:
-            response = await self._http().post(PATH, content=content, headers=_JSON)
-        except httpx.HTTPError as e:
-            return self._failed(f"{type(e).__name__}: {e}")
-        if response.status_code == 422:  # sending it again would not help: drop, say so
-            log.error("the control plane refused router signals: %s", response.text[:500])
-        elif not response.is_success:
-            return self._failed(f"HTTP {response.status_code}: {response.text[:200]}")
+            answer = await self._http().post(PATH, content, "application/json")
+        except PostError as e:
+            return self._failed(str(e))
+        text = answer.body.decode("utf-8", "replace")
+        if answer.status == 422:  # sending it again would not help: drop, say so
+            log.error("the control plane refused router signals: %s", text[:500])
+        elif not answer.ok:
+            return self._failed(f"HTTP {answer.status}: {text[:200]}")
         if self._failing:
             log.info("router signals reach %s again", self.url)
             self._failing = False
@@ -234,14 +242,36 @@ class SignalsSink:
             self._failing = True
         return False
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.url,
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=httpx.Timeout(self.timeout),
-            )
-        return self._client
+    def _http(self) -> Poster:
+        if self._poster is None:
+            headers = {"Authorization": f"Bearer {self.token}", "User-Agent": "sandboxd-router"}
+            self._poster = Poster(self.url, headers, self.timeout)
+        return self._poster
+
+
+def _fitting(texts: list[bytes], room: int) -> int:
+    """How many of the records in `texts` (each followed by a `b","` piece but the last) fit
+    in `room` bytes (one at least)."""
+    for n, at in enumerate(range(0, len(texts), 2)):
+        room -= len(texts[at]) + 1
+        if n and room < 0:
+            return n
+    return (len(texts) + 1) // 2
+
+
+def _fill(
+    changed: list[tuple[Key, Bucket]], first: int, room: int, *, at_least: int
+) -> list[bytes]:
+    """The buckets from `first` on, each encoded, as many as `room` bytes and `MAX_ENTRIES`
+    take, and `at_least` (a post without records carries one, so that a report moves on)."""
+    out: list[bytes] = []
+    for key, bucket in changed[first : first + MAX_ENTRIES]:
+        text = orjson.dumps(bucket.wire(key))
+        room -= len(text) + 1
+        if room < 0 and len(out) >= at_least:
+            break
+        out.append(text)
+    return out
 
 
 def _due(key: Key, bucket: Bucket, now: float) -> bool:
