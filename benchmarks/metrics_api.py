@@ -250,8 +250,8 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
                 each = statistics.median(times or [0]) * 1000
                 pace = f"{rate:.0f} buckets/s" if rate else "back to back"
                 report(
-                    f"under traffic ({pace}; {len(times)} posts of current buckets, as routers size them "
-                    f"meanwhile, p50 {each:.0f} ms each):",
+                    f"under traffic ({pace}; {len(times)} posts of current buckets meanwhile, "
+                    f"sized as routers size them, p50 {each:.0f} ms each):",
                     rounds,
                 )
             print("  bar: GET metrics p99 ≤ 50 ms")
