@@ -325,7 +325,9 @@ def export_to(port: int, *, timeout: float = 2, scheme: str = "http", **more: An
     settings = Settings(f"{scheme}://127.0.0.1:{port}/v1/traces", timeout=timeout,
                         **{k: v for k, v in more.items() if k in SETTINGS})  # fmt: skip
     rest = {k: v for k, v in more.items() if k not in SETTINGS}
-    return SpanExport(SpanEncoder({"service.name": "r"}), Poster(settings), delay=0.05, **rest)
+    return SpanExport(
+        SpanEncoder({"service.name": "r"}), Poster(settings), **({"delay": 0.05} | rest)
+    )
 
 
 def test_spans_reach_an_otlp_endpoint_in_batches_on_one_connection(collector: Collector) -> None:
@@ -366,6 +368,23 @@ def test_a_dead_endpoint_drops_and_counts_and_never_blocks() -> None:
     assert export.exported == 0
     assert export.dropped + export.failed == 1000  # every span accounted for
     assert export.dropped >= 1000 - 100  # the queue held at most 100
+
+
+def test_a_batch_is_a_span_each_or_dropped_whole_when_the_queue_is_full() -> None:
+    """The telemetry process hands the sink a whole read of the ring (`add_all`): the same
+    spans as one by one; with the queue full (a dead endpoint), the batch's spans are counted
+    as dropped at once."""
+    dead = free_port()
+    export = export_to(dead, timeout=0.5, max_queue=100, batch=10_000, delay=60)
+    sink = SpanSink(export)  # (no post is tried before close: the queue stays as filled)
+    keyed = [observed(seq=seq) for seq in range(150)]
+    others = [observed(seq=1000 + n, sandbox="", route=BASELINE) for n in range(50)]
+    sink.add_all(keyed + others + [observed(seq=2000, service="-")])
+    assert (len(export._queue), export.dropped) == (100, 50)  # only the sandbox's: 150
+    sink.add_all(keyed)
+    assert (len(export._queue), export.dropped) == (100, 200)
+    export.close(timeout=2)
+    assert export.exported == 0 and export.dropped + export.failed == 300
 
 
 def test_a_refusing_endpoint_counts_failed_batches(collector: Collector) -> None:

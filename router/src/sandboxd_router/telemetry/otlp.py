@@ -93,6 +93,15 @@ class SpanExport:
         if len(queue) >= self._batch and not self._ready.is_set():
             self._ready.set()
 
+    def add_many(self, batch: list[Observed]) -> None:
+        """`add` of each, but a queue already full drops the whole batch at once (a dead
+        endpoint costs each request a count, not a call)."""
+        if len(self._queue) >= self._max_queue:
+            self._count_drops(len(batch))
+            return
+        for observed in batch:
+            self.add(observed)
+
     def close(self, timeout: float = 1.0) -> None:
         """Post what is queued, for at most `timeout` seconds, then stop."""
         self._closing = True
@@ -105,8 +114,11 @@ class SpanExport:
             log.warning("%d spans not exported at shutdown", left)
 
     def _count_drop(self) -> None:
-        self.dropped += 1
-        if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8, ...: said, not shouted
+        self._count_drops(1)
+
+    def _count_drops(self, n: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + n
+        if before.bit_length() < self.dropped.bit_length():  # past 1, 2, 4, 8, ...: said once
             log.warning("%d spans dropped: the OTLP endpoint is slower than the traffic",
                         self.dropped)  # fmt: skip
 
@@ -154,6 +166,12 @@ class SpanSink:
         if observed.service == "-" or not (observed.sandbox or self._sampled(observed)):
             return
         self.export.add(observed)
+
+    def add_all(self, batch: list[Observed]) -> None:
+        """`add` of a read of the ring (`observed.BatchSink`)."""
+        self.export.add_many(
+            [o for o in batch if o.service != "-" and (o.sandbox or self._sampled(o))]
+        )
 
     def _sampled(self, observed: Observed) -> bool:
         if self._threshold <= 0:

@@ -4,7 +4,7 @@ compiled) and hands its parts here.
 
 `RecordText` writes the record as JSON text directly, the same object orjson makes of
 `request_wire`'s dict (the names that repeat from one record to the next escaped once): a
-report encodes up to `MAX_PENDING` of them a second.
+report encodes up to `MAX_PENDING` of them a second (`signals`).
 """
 
 from __future__ import annotations

@@ -56,8 +56,12 @@ _ENVELOPE: Final = 64  # `{"instance":"<16 hex>","buckets":[],"requests":[]}` an
 HORIZON: Final = 3600.0  # seconds: the longest window the control plane serves
 GRACE: Final = 3.0
 """An acknowledged bucket is kept this long after its window, for stragglers: a request counts
-in the window it ended in, and the ring is read every 50 ms (0.65 s at most behind)."""
-MAX_PENDING: Final = 10_000
+in the window it ended in, and the ring is read every 50 ms (0.33 s at most behind)."""
+MAX_PENDING: Final = 5_000
+"""Request records waiting, all sandboxes together: at most this many a second reach the
+control plane from one router (each costs this process ~2.4 µs to write and the control
+plane a row); past it the oldest are dropped and counted. The aggregates count every request
+whatever this drops."""
 PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
 BUSY: Final = 64  # requests: a bucket this full re-sends its samples at most every RESEND
