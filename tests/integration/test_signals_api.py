@@ -664,3 +664,23 @@ async def test_a_post_of_baseline_buckets_merges_the_windows_asked_for(
     assert await read() is ready["svc"]
     await store.close()
     engine.dispose()
+
+
+async def test_a_client_asking_for_many_windows_keeps_only_the_last_few_ready(
+    database_url: str,
+) -> None:
+    """Every window asked for is merged again by each refresh: their number is bounded, the
+    longest unasked going first, so a client cycling through windows cannot keep the store
+    merging."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="windows"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    for window in range(60, 600, 10):
+        await store.signal_sides(
+            routing_key=row.routing_key, now=time.time(), window=window, exclude_injected=True
+        )
+    assert sorted(store._baseline.wanted) == [(570, True), (580, True), (590, True)]
+    await store.close()

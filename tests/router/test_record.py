@@ -156,11 +156,11 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
             "params": {"name": "describe_pod", "arguments": {"id": "x"}}}  # fmt: skip
     seen["tool"] = post(mcp, call, traced("tool", KEYS["pr-1"]))
     broken = {**call, "id": 8, "params": {"name": "broken", "arguments": {}}}
-    seen["broken"] = post(mcp, broken, {**traced("broken"), "Mcp-Session-Id": "s-" + "7" * 60})
+    seen["broken"] = post(mcp, broken, {**traced("broken"), "Mcp-Session-Id": "s-" + "7" * 30})
     seen["nope"] = post(
         mcp,
         {"jsonrpc": "2.0", "id": "a1", "method": "nope"},
-        {**traced("nope"), "MCP-Protocol-Version": "2025-06-18"},
+        {**traced("nope"), "MCP-Protocol-Version": "2025-06-18", "Mcp-Session-Id": "0f" * 18},
     )
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{web}/reset", headers=traced("reset", KEYS["pr-2"]))
@@ -184,11 +184,12 @@ def test_each_record_says_what_its_client_saw(recorded: tuple[Router, int, Path]
     assert facts(got["broken"]) == ("tools/call", "broken", "8")
     assert facts(got["nope"]) == ("nope", None, '"a1"')
     assert facts(got["forked"]) == (None, None, None)
-    # the path without its query, cut at record.PATH bytes; the session id cut at SESSION
+    # the path without its query, cut at record.PATH bytes; a session id up to SESSION bytes
     assert [got[n]["path"] for n in ("forked", "posted", "tool")] == ["/a", "/b", "/mcp"]
     assert got["long"]["path"] == f"/long/{'x' * 100}"[:40]
     assert "s3cr3t" not in json.dumps(got["forked"])
-    assert got["broken"]["session"] == ("s-" + "7" * 60)[:32]
+    assert got["broken"]["session"] == "s-" + "7" * 30
+    assert got["nope"]["session"] is None  # 36 bytes: past record.SESSION, left out
     assert got["tool"]["session"] is None
     # a JSON-RPC error's code; the MCP protocol version the request named
     assert (got["nope"]["rpc_code"], got["nope"]["protocol"]) == (-32601, "2025-06-18")

@@ -403,3 +403,24 @@ async def test_posts_stay_under_the_body_limit(
     assert sorted(control_plane.sent_seqs()) == list(range(1, 181))
     assert len({b[0] for b in control_plane.sent_buckets()}) == 60
     await s.close()
+
+
+async def test_a_request_id_no_encoder_takes_never_stops_the_reports(
+    control_plane: ControlPlane,
+) -> None:
+    """A JSON-RPC id `"\\ud800"` decodes to a lone surrogate, which no UTF-8 encoder takes: its
+    record goes with the id as sent (escaped), and every report after it goes too."""
+    s = sink(control_plane.url)
+    odd = observed()
+    odd.rpc_method, odd.tool, odd.rpc_id = "tools/call", "t", '"\\ud800"'
+    s.add(odd)
+    s.add(observed(sandbox="pr-2"))
+    await s.send()
+    (post,) = control_plane.posts
+    sent = {r["sandbox"]: r for r in post["requests"]}
+    assert sent["pr-1"]["attributes"]["jsonrpc.request.id"] == "\\ud800"
+    assert set(sent) == {"pr-1", "pr-2"} and s.pending_requests == 0
+    s.add(observed(sandbox="pr-3"))
+    await s.send()
+    assert [r["sandbox"] for r in control_plane.posts[-1]["requests"]] == ["pr-3"]
+    await s.close()

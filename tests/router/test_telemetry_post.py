@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -224,3 +225,42 @@ def test_tls_is_verified_against_the_store_ssl_cert_file_names(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     assert asyncio.run(post()).ok
     assert len(state.seen) == 1
+
+
+def test_a_post_that_timed_out_is_not_sent_again() -> None:
+    """The server may be processing it: only a connection closed while idle is retried."""
+    got: list[bytes] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            if len(got) > 1:
+                time.sleep(1.0)  # past the client's timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    async def go() -> None:
+        poster = Poster(f"http://127.0.0.1:{httpd.server_address[1]}", {}, timeout=0.3)
+        try:
+            assert (await poster.post("/x", b"1", "application/json")).ok
+            with pytest.raises(PostError, match=r"timed out|TimeoutError"):
+                await poster.post("/x", b"2", "application/json")  # on the kept-alive one
+        finally:
+            poster.close()
+
+    try:
+        asyncio.run(go())
+        time.sleep(1.2)  # (a second copy would have arrived by now)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert got == [b"1", b"2"]

@@ -9,9 +9,10 @@ it counts them as lost. It copies the slots it wants, then reads `done` again: w
 writer may be writing record `done` (at most), a copied record m is whole if `done` - m <
 slots (the check relies on stores becoming visible in program order, as on x86-64).
 
-The request's path (`url.path`: the target up to `?`, never the query) and its MCP session id
-(`Mcp-Session-Id`, sent only before the 2026-07-28 revision) are copied inline, cut at
-`PATH` and `SESSION` bytes; the path's length as received says whether it was cut.
+The request's path (`url.path`: the target up to `?`) and its MCP session id (`Mcp-Session-Id`,
+sent only before the 2026-07-28 revision) are copied inline: the target's first `PATH` bytes
+with the path's length as received (the reader keeps the path's bytes, never the query's), and
+a session id of at most `SESSION` bytes (a longer one is left out: cut, it names no session).
 
 Strings are small ints: each distinct service, (sandbox, routing key) pair, HTTP method, fault,
 JSON-RPC method and tool name gets an id once, and its name goes to the reader on the names
@@ -51,7 +52,7 @@ EXTRA = struct.Struct("<dIIIIIiIB32sB32s")
 EXTRA_AT: Final = 154
 TRACEPARENT: Final = 55
 PATH: Final = 40
-SESSION: Final = 32  # an MCP SDK's session id: 32 hex digits (a UUID's)
+SESSION: Final = 32  # the Python SDK's session id: 32 hex digits; a longer one is not kept
 RPC_ID: Final = 32
 
 # flags
@@ -191,7 +192,7 @@ class Recorder:
                 self._client(self._protocols, protocol),
                 min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
                 rpc_id if rpc_id is not None else b"",
-                min(len(session), SESSION) if session is not None else 0,
+                min(len(session), 255) if session is not None else 0,  # (> SESSION: cut)
                 session if session is not None else b"",
             )
         service_id = self._services.get(service)

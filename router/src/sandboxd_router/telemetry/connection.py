@@ -3,8 +3,9 @@ alone would cost the process 9 MB of its memory), for one thread at a time: the 
 to the control plane (`post.Poster`) and the span batches to an OTLP endpoint
 (`otlppost.Poster`) each hold one.
 
-A kept-alive connection the server closed while it was idle fails the next request at once;
-that request is sent again, once, on a new connection (both callers' posts are idempotent).
+A kept-alive connection the server closed while it was idle fails the next request at once
+(the server closed it, or reset it): that request is sent again, once, on a new connection —
+never one that timed out, which the server may be processing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import ssl
 from email.message import Message
 from typing import NamedTuple
 from urllib.parse import urlsplit
+
+# how a request on a connection the server closed while idle fails: before any answer
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Answer(NamedTuple):
@@ -44,7 +48,7 @@ class Connection:
         reused = self._conn is not None
         try:
             return self._exchange(target, body, headers, timeout)
-        except (OSError, http.client.HTTPException):
+        except _STALE:
             if not reused:
                 raise
         return self._exchange(target, body, headers, timeout)  # on a new connection

@@ -87,9 +87,15 @@ class SpanExport:
         anything is spent on it)."""
         queue = self._queue
         if len(queue) >= self._max_queue:
-            self._count_drop()
+            self._count_drops(1)
             return
-        queue.append(self._span(observed))
+        try:
+            span = self._span(observed)
+        except (TypeError, ValueError):  # a bug of ours: this span goes, not the read's others
+            log.exception("a span cannot be encoded: dropped")
+            self._count_drops(1)
+            return
+        queue.append(span)
         if len(queue) >= self._batch and not self._ready.is_set():
             self._ready.set()
 
@@ -112,9 +118,6 @@ class SpanExport:
         if left:
             self.dropped += left
             log.warning("%d spans not exported at shutdown", left)
-
-    def _count_drop(self) -> None:
-        self._count_drops(1)
 
     def _count_drops(self, n: int) -> None:
         before, self.dropped = self.dropped, self.dropped + n

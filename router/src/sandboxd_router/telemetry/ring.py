@@ -165,7 +165,12 @@ class RingReader:
         observed.rpc_method = self._name(rpc_method) if rpc_method else None
         observed.tool = self._name(tool) if tool else None
         observed.rpc_id = rpc_id[:id_len].decode("utf-8", "replace") if id_len else None
-        observed.session = session[:session_len].decode("utf-8", "replace") if session_len else None
+        # a session id cut by the record would name no session: left out
+        observed.session = (
+            session[:session_len].decode("utf-8", "replace")
+            if 0 < session_len <= record.SESSION
+            else None
+        )
         observed.rpc_code = rpc_code if flags & record.RPC_CODE else None
         observed.protocol = self._name(protocol) if protocol else None
 

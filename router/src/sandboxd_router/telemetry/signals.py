@@ -162,7 +162,14 @@ class SignalsSink:
         i = 0
         while i < len(changed) or records_left > 0:
             batch = self._queued()[: min(MAX_ENTRIES, records_left)]
-            texts = records.texts(batch, self._text)
+            try:
+                texts = records.texts(batch, self._text)
+            except (TypeError, ValueError):  # a bug of ours: drop these, never block the queue
+                log.exception("%d request records cannot be encoded: dropped", len(batch))
+                self._tally.acknowledged(batch)
+                self._tally.dropped += len(batch)
+                records_left -= len(batch)
+                continue
             room = MAX_POST_BYTES - _ENVELOPE
             kept = _fitting(texts, room)
             batch, texts = batch[:kept], texts[: max(0, 2 * kept - 1)]

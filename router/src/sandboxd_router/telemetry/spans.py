@@ -21,7 +21,9 @@ from sandboxd_router.telemetry.observed import HTTP_5XX, JSONRPC, Fault, Observe
 SERVER: Final = "server"  # the span kind (the exporter maps it to the SDK's SpanKind)
 FAULT_EVENT: Final = "sandboxd.fault.injected"
 TOOL_CALL: Final = "tools/call"
-STATELESS: Final = "2026-07-28"  # the MCP revision without sessions: no `mcp.session.id`
+# the MCP revisions with sessions (none named: before 2025-06-18, which sends no version
+# header); 2026-07-28 has none and forbids `mcp.session.id`, as would an unknown one
+SESSIONFUL: Final = frozenset((None, "2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"))
 
 # RFC 9110's methods, PATCH (RFC 5789) and QUERY (known to the conventions since v1.44);
 # any other is `_OTHER`, the span then named "HTTP" (a method is case-sensitive: "get" is other)
@@ -89,7 +91,7 @@ def varying(o: Observed) -> tuple[str | None, int, int, str | None, str | None]:
     revisions that have sessions (the 2026-07-28 one forbids the attribute)."""
     if o.rpc_method is None:
         return o.path or None, o.bytes_in, o.bytes_out, None, None
-    sessionful = o.protocol is None or o.protocol < STATELESS
+    sessionful = o.protocol in SESSIONFUL
     return (o.path or None, o.bytes_in, o.bytes_out, request_id(o.rpc_id),
             o.session if sessionful else None)  # fmt: skip
 
@@ -166,7 +168,14 @@ def request_id(text: str | None) -> str | None:
         value = json.loads(text)
     except ValueError:
         return text[1:]
-    return value if isinstance(value, str) else text
+    if not isinstance(value, str):
+        return text
+    if not value.isascii():
+        try:  # a lone surrogate ("\ud800") decodes, but no UTF-8 encoder takes it
+            value.encode()
+        except UnicodeEncodeError:
+            return text[1:-1]  # the escaped form, as sent
+    return value
 
 
 def _events(o: Observed) -> list[Event]:

@@ -142,6 +142,9 @@ class BaselineCache:
     post of baseline buckets and every second (the window moves past a bucket every 10 s)."""
 
     SIDES = 8
+    WANTED = 3
+    """Windows kept ready at most (each merged as of now and a second later: 2 sides each):
+    a client asking for many windows makes the calls that follow merge, not every refresh."""
     WANTED_FOR = 120.0
     """Seconds a window asked for is kept ready after the last call that asked."""
 
@@ -172,6 +175,8 @@ def baseline_sides(
     `cache`."""
     with cache.lock:
         cache.wanted[(window, exclude_injected)] = now
+        if len(cache.wanted) > cache.WANTED:  # the longest unasked goes: refresh stays bounded
+            del cache.wanted[min(cache.wanted, key=cache.wanted.__getitem__)]
         return _baseline_sides(
             session, cache, since=now - window, exclude_injected=exclude_injected
         )
