@@ -18,7 +18,7 @@ cost):
   (`otlpwire`, each sandbox's span shape already learnt) and post them in batches to a live
   receiver (`_otlp_sink.py`, not counted), every span accepted; the queue is big enough for
   all of them (a real process drops and counts what does not fit). Until `otlpwire`:
-  `records.wire` + the SDK's `ReadableSpan` + its OTLP/protobuf encoding, ~43 µs a span.
+  the old `records.wire` + the SDK's `ReadableSpan` + its OTLP/protobuf encoding, ~43 µs a span.
 
 `--profile`: cProfile of reading and feeding the default sinks (access log + signals), top
 functions by own time. The sum bounds how many requests a second one telemetry process follows

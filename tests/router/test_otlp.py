@@ -377,12 +377,22 @@ def test_a_batch_is_a_span_each_or_dropped_whole_when_the_queue_is_full() -> Non
     dead = free_port()
     export = export_to(dead, timeout=0.5, max_queue=100, batch=10_000, delay=60)
     sink = SpanSink(export)  # (no post is tried before close: the queue stays as filled)
+    encoded: list[int] = []
+    span = export._span
+
+    def counted(o: Observed) -> bytes:
+        encoded.append(o.seq)
+        return span(o)
+
+    export._span = counted
     keyed = [observed(seq=seq) for seq in range(150)]
     others = [observed(seq=1000 + n, sandbox="", route=BASELINE) for n in range(50)]
     sink.add_all(keyed + others + [observed(seq=2000, service="-")])
     assert (len(export._queue), export.dropped) == (100, 50)  # only the sandbox's: 150
+    assert encoded == list(range(100))  # (none encoded past a full queue)
     sink.add_all(keyed)
     assert (len(export._queue), export.dropped) == (100, 200)
+    assert len(encoded) == 100  # the whole read dropped without a span made
     export.close(timeout=2)
     assert export.exported == 0 and export.dropped + export.failed == 300
 

@@ -5,21 +5,9 @@ dropped before it is sent (the control plane down too long) costs nothing."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.request_wire import RecordText, request_wire
-
-
-class Pending(NamedTuple):
-    seq: int
-    """Per instance, strictly increasing: the control plane inserts (instance, seq) once."""
-    observed: Observed
-
-
-def wire(record: Pending) -> dict[str, object]:
-    return wire_of(record.seq, record.observed)
 
 
 def wire_of(seq: int, o: Observed) -> dict[str, object]:
