@@ -684,3 +684,4 @@ async def test_a_client_asking_for_many_windows_keeps_only_the_last_few_ready(
         )
     assert sorted(store._baseline.wanted) == [(570, True), (580, True), (590, True)]
     await store.close()
+    engine.dispose()
