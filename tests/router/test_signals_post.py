@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sandboxd_router.telemetry import signals
-from sandboxd_router.telemetry.observed import BASELINE, SANDBOX, Observed
+from sandboxd_router.telemetry.observed import BASELINE, HTTP_5XX, SANDBOX, Observed
 from sandboxd_router.telemetry.signals import SignalsSink
 from tests.support.server import free_port
 
@@ -99,7 +99,9 @@ async def control_plane() -> AsyncIterator[ControlPlane]:
 SEQ = itertools.count()  # each request its own ring record
 
 
-def observed(*, sandbox: str = "pr-1", end: float = T0 + 1, service: str = "svc") -> Observed:
+def observed(
+    *, sandbox: str = "pr-1", end: float = T0 + 1, service: str = "svc", status: int = 200
+) -> Observed:
     return Observed(
         seq=next(SEQ),
         end=end,
@@ -109,11 +111,11 @@ def observed(*, sandbox: str = "pr-1", end: float = T0 + 1, service: str = "svc"
         routing_key=f"key-{sandbox}" if sandbox else "",
         route=SANDBOX if sandbox else BASELINE,
         method="GET",
-        status=200,
+        status=status,
         bytes_in=0,
         bytes_out=10,
         traceparent=None,
-        error="",
+        error=HTTP_5XX if status >= 500 else "",
         injected=False,
     )
 
@@ -235,10 +237,34 @@ async def test_a_busy_sandbox_cannot_push_out_a_quiet_ones_records(
     await s.close()
 
 
+async def test_past_the_bounds_plain_records_go_before_failed_ones(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url, max_pending=15, per_sandbox=10)
+    statuses = [503 if i % 10 == 0 else 404 if i % 10 == 5 else 200 for i in range(100)]
+    for status in statuses:  # 10 answered 503 and 10 answered 404 among 100
+        s.add(observed(sandbox="busy", status=status))
+    s.add(observed(sandbox="quiet"))
+    for _ in range(40):  # a third one fills the rest (15 in all): its own go, not busy's
+        s.add(observed(sandbox="other"))
+    assert s.pending_requests == 15 and s.dropped_requests == 126
+    await s.send()
+    sent = [r for p in control_plane.posts for r in p["requests"]]
+    busy = [r for r in sent if r["sandbox"] == "busy"]
+    # all ten it keeps failed (the newest 503s and 404s); every plain one went first
+    assert [r["status"] for r in busy] == [503, 404] * 5
+    assert [r["seq"] for r in busy] == list(range(51, 100, 5))
+    assert [r["error"] for r in busy if r["status"] == 503] == ["http_5xx"] * 5
+    assert [r["sandbox"] for r in sent].count("quiet") == 1
+    assert [r["seq"] for r in sent if r["sandbox"] == "other"] == [138, 139, 140, 141]
+    assert [r["seq"] for r in sent] == sorted(r["seq"] for r in sent)  # in the order seen
+    await s.close()
+
+
 async def test_posts_carry_at_most_1000_buckets_and_1000_records(
     control_plane: ControlPlane,
 ) -> None:
-    s = sink(control_plane.url)
+    s = sink(control_plane.url, max_pending=5000)
     for i in range(1500):  # 1,500 sandboxes: 1,500 buckets, 1,500 records
         s.add(observed(sandbox=f"pr-{i}"))
     for _ in range(1000):  # pr-0 now has 1,001: its oldest is dropped (1,000 per sandbox)

@@ -3,8 +3,10 @@
 sent as records. The per-request half of the sink, compiled with the router's hot path
 (`native.HOT`); the reports (I/O) stay in `signals`.
 
-At most `per_sandbox` records wait per sandbox and `max_pending` in all; past either the oldest
-of that sandbox go (counted in `dropped`).
+At most `per_sandbox` records wait per sandbox and `max_pending` in all; past either one of that
+sandbox's goes (counted in `dropped`): its oldest plain record — a request that got a 2xx or 3xx,
+no error and no fault — and only when it has none left, its oldest notable one. A harness looks
+for what failed: under load the records kept are a sample, and the failures stay in it.
 """
 
 from __future__ import annotations
@@ -27,14 +29,48 @@ Waiting = tuple[int, Observed]
 control plane inserts (instance, number) once) and the request."""
 
 
+def notable(o: Observed) -> bool:
+    """A record kept before the plain ones: an error, a fault applied, or a 4xx/5xx answer."""
+    return o.injected or bool(o.error) or o.status >= 400 or o.status == 0
+
+
+class Queue:
+    """One sandbox's records waiting, each kind oldest first."""
+
+    __slots__ = ("notable", "plain")
+
+    def __init__(self) -> None:
+        self.plain: deque[Waiting] = deque()
+        self.notable: deque[Waiting] = deque()
+
+    def __len__(self) -> int:
+        return len(self.plain) + len(self.notable)
+
+    def drop_one(self) -> None:
+        """Its oldest plain record, or its oldest notable one when it has no plain one left."""
+        (self.plain or self.notable).popleft()
+
+    def acknowledged(self, seq: int) -> int:
+        """Drop the records numbered up to `seq`; how many went."""
+        gone = 0
+        plain, notable = self.plain, self.notable
+        while plain and plain[0][0] <= seq:
+            plain.popleft()
+            gone += 1
+        while notable and notable[0][0] <= seq:
+            notable.popleft()
+            gone += 1
+        return gone
+
+
 class Tally:
     def __init__(self, *, max_pending: int, per_sandbox: int, rng: Random) -> None:
         self.max_pending = max_pending
         self.per_sandbox = per_sandbox
         self.rng = rng
         self.buckets: dict[Key, Bucket] = {}
-        self.pending: dict[tuple[str, str], deque[Waiting]] = {}
-        """(Sandbox, routing key) → its records waiting, oldest first."""
+        self.pending: dict[tuple[str, str], Queue] = {}
+        """(Sandbox, routing key) → its records waiting."""
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
@@ -67,13 +103,26 @@ class Tally:
         owner = (o.sandbox, o.routing_key)
         queue = self.pending.get(owner)
         if queue is None:
-            queue = self.pending[owner] = deque()
-        if len(queue) >= self.per_sandbox or self.waiting >= self.max_pending:
-            (queue or max(self.pending.values(), key=len)).popleft()
+            queue = self.pending[owner] = Queue()
+        (queue.notable if notable(o) else queue.plain).append((self.seq, o))
+        self.waiting += 1
+        if len(queue) > self.per_sandbox or self.waiting > self.max_pending:
+            # its own first (a busy sandbox cannot push out a quiet one's records), the busiest
+            # when this record is its only one
+            victim = queue if len(queue) > 1 else max(self.pending.values(), key=len)
+            victim.drop_one()
             self.dropped += 1
             self.waiting -= 1
-        queue.append((self.seq, o))
-        self.waiting += 1
+
+    def queued(self) -> list[Waiting]:
+        """Every record waiting, in the order seen (their numbers are all different: no two
+        records are compared)."""
+        out: list[Waiting] = []
+        for queue in self.pending.values():
+            out.extend(queue.plain)
+            out.extend(queue.notable)
+        out.sort(key=_number)
+        return out
 
     def acknowledged(self, sent: list[Waiting]) -> None:
         """Drop the records sent (records added meanwhile, or dropped, are told by number)."""
@@ -82,8 +131,12 @@ class Tally:
             last[(o.sandbox, o.routing_key)] = seq
         for owner, seq in last.items():
             queue = self.pending.get(owner)
-            while queue and queue[0][0] <= seq:
-                queue.popleft()
-                self.waiting -= 1
-            if queue is not None and not queue:
+            if queue is None:
+                continue
+            self.waiting -= queue.acknowledged(seq)
+            if not len(queue):
                 del self.pending[owner]
+
+
+def _number(waiting: Waiting) -> int:
+    return waiting[0]
