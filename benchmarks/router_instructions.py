@@ -2,7 +2,7 @@
 router from its plain sources, and nginx doing the same baggage routing, in one run.
 
     .venv/bin/python benchmarks/router_instructions.py [--requests N] [--compiled-only]
-        [--against GIT-REF | --against-venv DIR]
+        [--recording] [--against GIT-REF | --against-venv DIR]
 
 Instruction counts do not move with the host's noise (wall-clock figures on these VMs swing by
 tens of percent), so this is the figure to watch when changing the hot path. Each proxy runs
@@ -16,7 +16,8 @@ key routed to a fork; 1 KiB responses from an nginx origin).
 benchmarks/_against.py) and measures it in the same run, printing the tree's count over it: the
 check that a change to the hot path costs no instructions. `--against-venv DIR` measures the
 router installed in another virtualenv instead. `--compiled-only` skips the interpreted router
-and nginx. A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
+and nginx. The router records every request (the default; access log off, no control plane);
+`--recording` also measures it with `--record off`: what recording costs the request path. A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
 `--rounds N` measures each subject in N processes, in turn, and shows the median.
 """
 
@@ -160,6 +161,9 @@ def subjects(
                 "--access-log", "off", "--busy-poll-us", "0"]  # fmt: skip
         env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env}
         found.append(Subject(f"router {name}", argv, port, env, says))
+        if args.recording and name == "compiled":  # the request path's part of recording
+            off = [*argv, "--record", "off"]
+            found.append(Subject("router record-off", off, port, env, says))
     if args.compiled_only:
         return found
     port = free_port()
@@ -186,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=1, help="processes per subject (the median is shown)"
     )
     parser.add_argument("--compiled-only", action="store_true", help="skip interpreted and nginx")
+    parser.add_argument(
+        "--recording",
+        action="store_true",
+        help="also the compiled router with --record off (what recording adds to the request "
+        "path; its telemetry process is not counted)",
+    )
     other = parser.add_mutually_exclusive_group()
     other.add_argument("--against", metavar="REF", help="also measure the router of a git ref")
     other.add_argument(
@@ -226,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     against = args.against or (str(args.against_venv) if args.against_venv else None)
     if against is not None:
         print(f"  compiled ÷ {against}: {compiled / results[f'router {against}']:.4f}")
+    if args.recording:
+        off = results["router record-off"]
+        print(f"  recording on − off: {compiled - off:,.0f} instructions a request "
+              f"({compiled / off:.3f}×)")  # fmt: skip
     if not args.compiled_only:
         print(f"  compiled ÷ interpreted: {compiled / results['router interpreted']:.2f}")
         print(f"  compiled ÷ nginx:       {compiled / results['nginx']:.2f}")

@@ -130,6 +130,28 @@ def test_a_client_name_is_cut_and_its_control_characters_shown() -> None:
     reader.close()
 
 
+def test_the_path_is_the_target_up_to_its_query_within_the_bytes_kept() -> None:
+    names_r, names_w = os.pipe()
+    recorder = Recorder(64)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    targets = {
+        b"/": "/",
+        b"/a?token=s3cr3t": "/a",
+        b"/?": "/",
+        b"?x": "",
+        b"/" + b"p" * 38 + b"?q": "/" + "p" * 38,  # the `?` is the 40th byte: the last kept
+        b"/" + b"p" * 39 + b"?q": "/" + "p" * 39,  # just past the bytes kept
+        b"/" + b"p" * 99 + b"?q=" + b"s" * 99: "/" + "p" * 39,
+        b"/caf\xc3\xa9?x": "/caf\u00e9",
+    }
+    for target in targets:
+        recorder.write(0.0, "web", "", "", False, b"GET", 200, 0, 0, None, 0, target=target)
+    assert [o.path for o in reader.read()] == list(targets.values())
+    recorder.close()
+    reader.close()
+
+
 def test_ids_past_two_bytes_decode() -> None:
     """70,000 sandboxes' keys, then a method seen for the first time: its id is past 65,535."""
     names_r, names_w = os.pipe()

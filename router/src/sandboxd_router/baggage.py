@@ -9,11 +9,12 @@ malformed counts as absent — it never fails the request.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
-MAX_MEMBERS = 64
-MAX_BYTES = 8192
-_OWS = b" \t"
+MAX_MEMBERS: Final = 64
+MAX_BYTES: Final = 8192
+_OWS: Final = b" \t"
 
 
 def find_key(values: Iterable[bytes], key: bytes) -> str | None:

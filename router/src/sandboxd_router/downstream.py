@@ -12,7 +12,7 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -27,7 +27,7 @@ from sandboxd_router.stall import StallWatch
 from sandboxd_router.state import Context, RouterState
 
 log = logging.getLogger("sandboxd_router")
-MAX_PIPELINED = 16  # requests queued on one connection (each parsed one is an object held)
+MAX_PIPELINED: Final = 16  # requests queued on one connection (each parsed one: an object held)
 
 
 class DownstreamConnection(Intake, Downstream, asyncio.Protocol):

@@ -23,8 +23,9 @@ from sandboxd_router.state import Context
 from sandboxd_router.upstream import UpstreamConnection
 
 log = logging.getLogger("sandboxd_router")
-REPLAY_LIMIT = 64 * 1024  # a request this small is kept until answered, to retry a stale socket
-PENDING_LIMIT = 256 * 1024  # body bytes kept before an upstream connection takes them
+# a request this small is kept until answered, to retry a stale socket
+REPLAY_LIMIT: Final = 64 * 1024
+PENDING_LIMIT: Final = 256 * 1024  # body bytes kept before an upstream connection takes them
 
 # An exchange's life (`Exchange.phase`). It goes back only from HOLDING, once the body routed it:
 #   READING ──(HOLD decision)──> HOLDING ──(routed by its body)──> READING

@@ -8,8 +8,9 @@ that a `Connection` header names; repeated headers keep their order; everything 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -22,8 +23,9 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     }
 )
-CRLF = b"\r\n"
-CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close"})  # the only tokens that name no header
+CRLF: Final = b"\r\n"
+# the only tokens that name no header
+CONNECTION_OPTIONS: Final = frozenset({b"keep-alive", b"close"})
 
 Header = tuple[bytes, bytes]
 
@@ -176,7 +178,7 @@ class ResponseHeaders:
         return b"".join(parts)
 
 
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def status_line(status: int, reason: bytes) -> bytes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Final
 
 from sandboxd_router.baggage import find_key
 from sandboxd_router.record import JSONRPC, OK, TOOL_ERROR
@@ -28,7 +28,7 @@ from sandboxd_router.upstream import Upstream
 
 MAX_SESSIONS = 100_000
 PER_SANDBOX = 10_000
-BASELINE = b"baseline"
+BASELINE: Final = b"baseline"
 
 
 class Sessions:
@@ -123,13 +123,13 @@ def _meta_baggage(message: Any) -> str | None:
 
 
 # response scan state (bits): what the response's chunks so far showed
-RESULT = 1
-ERROR = 2
-IS_ERROR = 4
-CODE = 8  # the error's code was read: it is in the bits from CODE_SHIFT up
-CODE_SHIFT = 8
-_SPACE = b" \t\r\n"
-FACT_BYTES = 128  # a method or tool name longer is cut
+RESULT: Final = 1
+ERROR: Final = 2
+IS_ERROR: Final = 4
+CODE: Final = 8  # the error's code was read: it is in the bits from CODE_SHIFT up
+CODE_SHIFT: Final = 8
+_SPACE: Final = b" \t\r\n"
+FACT_BYTES: Final = 128  # a method or tool name longer is cut
 
 
 def request_facts(chunk: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:

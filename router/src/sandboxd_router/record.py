@@ -11,7 +11,8 @@ slots (the check relies on stores becoming visible in program order, as on x86-6
 
 The request's path (`url.path`: the target up to `?`) and its MCP session id (`Mcp-Session-Id`,
 sent only before the 2026-07-28 revision) are copied inline: the target's first `PATH` bytes
-with the path's length as received (the reader keeps the path's bytes, never the query's), and
+and its length (the reader keeps the bytes before a `?`, never the query's: finding the `?`
+here cost the request path ~1,000 instructions), and
 a session id of at most `SESSION` bytes (a longer one is left out: cut, it names no session).
 
 Strings are small ints: each distinct service, (sandbox, routing key) pair, HTTP method, fault,
@@ -37,18 +38,18 @@ from sandboxd_router.faults import Fault
 MAGIC: Final = 0x31524253  # "SBR1"
 HEADER: Final = 64
 SLOT: Final = 256  # four cache lines: each line more costs the writer ~20 ns
-HEAD = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_AT)
+HEAD: Final = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_AT)
 DONE_AT: Final = 16
 DONE_WORD: Final = DONE_AT // 8
 DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
 # seq, end, duration, bytes in, bytes out, service, pair, method, status, error, flags,
-# traceparent's length and bytes (struct pads with zeros and cuts past 55), the length of the
-# target's path (up to `?`) and the target's first bytes
-CORE = struct.Struct("<QddQQIIIHBBB55sH40s")
+# traceparent's length and bytes (struct pads with zeros and cuts past 55), the target's length
+# and its first bytes
+CORE: Final = struct.Struct("<QddQQIIIHBBB55sH40s")
 # written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, the JSON-RPC error's
 # code (with RPC_CODE in flags), the MCP protocol version, rpc id's length and bytes, the session
 # id's length and bytes
-EXTRA = struct.Struct("<dIIIIIiIB32sB32s")
+EXTRA: Final = struct.Struct("<dIIIIIiIB32sB32s")
 EXTRA_AT: Final = 154
 TRACEPARENT: Final = 55
 PATH: Final = 40
@@ -69,11 +70,11 @@ TOOL_ERROR: Final = 3
 TRANSPORT: Final = 4
 
 # the names pipe: (id, length) then the UTF-8 name; id GENERATION_MARK: a new generation
-NAME = struct.Struct("<IH")
+NAME: Final = struct.Struct("<IH")
 GENERATION_MARK: Final = 0xFFFFFFFF
-GENERATION_BODY = struct.Struct("<QI")  # after this record, ids below this one are dead
+GENERATION_BODY: Final = struct.Struct("<QI")  # after this record, ids below this one are dead
 GONE_MARK: Final = 0xFFFFFFFE  # a sandbox left the table: (the record after which) + its name
-GONE_BODY = struct.Struct("<Q")  # then "<sandbox>\0<routing key>" in UTF-8
+GONE_BODY: Final = struct.Struct("<Q")  # then "<sandbox>\0<routing key>" in UTF-8
 NAME_BYTES: Final = 1024
 PENDING: Final = 4 << 20  # names held for a full pipe at most (then dropped: read as "?")
 OTHER: Final = "(other)"
@@ -99,6 +100,9 @@ class Recorder:
         HEAD.pack_into(self.ring, 0, MAGIC, SLOT, slots, 0)
         self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
+        self._clock = time.perf_counter
+        """(An attribute: compiled, `time.perf_counter` is a module attribute looked up by name
+        each call.)"""
         self._wall = time.time() - time.perf_counter()
         """Wall-clock time minus the performance counter: one clock read per record, not two
         (set again every second by `flush`, so the wall clock's adjustments are followed)."""
@@ -162,7 +166,7 @@ class Recorder:
     ) -> None:
         """Record one request; `started`: its `time.perf_counter()` at the head's first byte;
         `target`: the request target in origin form (its query is not kept)."""
-        now = time.perf_counter()
+        now = self._clock()
         seq = self.seq
         offset = HEADER + (seq % self.slots) * SLOT
         flags = FORKED if forked else 0
@@ -222,8 +226,8 @@ class Recorder:
             flags,
             min(len(traceparent), TRACEPARENT) if traceparent is not None else 0,
             traceparent if traceparent is not None else b"",
-            _path_length(target),
-            target,  # (cut at PATH bytes; the reader keeps the path's length of them)
+            min(len(target), 0xFFFF),
+            target,  # (cut at PATH bytes; the reader keeps those before a `?`)
         )
         seq += 1
         self.seq = seq
@@ -327,12 +331,6 @@ class Recorder:
         self._wall = time.time() - time.perf_counter()
         if self._pending:
             self._send(b"")
-
-
-def _path_length(target: bytes) -> int:
-    """The length of the target's path: up to its query (65,535 at most, as the record holds)."""
-    end = target.find(b"?")
-    return min(end if end >= 0 else len(target), 0xFFFF)
 
 
 def _printable(name: str) -> str:

@@ -26,18 +26,18 @@ from sandboxd_router.faults import Fault
 
 LIMIT: Final = 1024 * 1024
 """Response bodies larger than this pass through unrewritten (counted: `Fault.unrewritten`)."""
-EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 # JSON is read and written with orjson: on a 4 KiB tool result, parsing and encoding were about
 # 90 % of a rewrite with the standard library (131 µs, and 0.23 ms added per request). Where
 # orjson would not give back what came, the standard library does: it reads an integer beyond
 # 64 bits as a float (so a body with a run of 20 digits is read exactly), and it writes neither
 # such an integer nor nesting past 254 levels. What neither reads (NaN, bad JSON) passes
 # untouched, as any answer that is not one the fault rewrites.
-_BAD_JSON = (ValueError, RecursionError)  # (orjson.JSONDecodeError is a ValueError)
-_DIGITS = bytes.maketrans(b"0123456789", b"\0" * 10)
-_LONG_NUMBER = b"\0" * 20  # 20 digits in a row, digits made NULs (JSON holds no raw NUL):
+_BAD_JSON: Final = (ValueError, RecursionError)  # (orjson.JSONDecodeError is a ValueError)
+_DIGITS: Final = bytes.maketrans(b"0123456789", b"\0" * 10)
+_LONG_NUMBER: Final = b"\0" * 20  # 20 digits in a row, digits made NULs (JSON holds no raw NUL):
 # a translate and a substring search, several times cheaper than a regex over the body
-_EXACT = json.JSONEncoder(check_circular=False)  # (what it writes was just parsed: no cycle)
+_EXACT: Final = json.JSONEncoder(check_circular=False)  # (what it writes was just parsed: no cycle)
 
 
 def _loads(data: bytes | str) -> Any:

@@ -11,14 +11,14 @@ left to the cyclic collector).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
 from sandboxd_router.cork import Corkable
 from sandboxd_router.headers import ResponseHeaders
 
-MAX_IDLE = 256
+MAX_IDLE: Final = 256
 
 
 class Receiver(Protocol):

@@ -138,10 +138,10 @@ class RingReader:
         flags: int
         tp_len: int
         tp_bytes: bytes
-        path_len: int
-        path: bytes
+        target_len: int
+        target: bytes
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
-         tp_len, tp_bytes, path_len, path) = row  # fmt: skip
+         tp_len, tp_bytes, target_len, target) = row  # fmt: skip
         names = self.names
         sandbox, key = self._pair(pair)
         observed = Observed(
@@ -150,7 +150,7 @@ class RingReader:
             status, bytes_in, bytes_out, _ascii(tp_bytes[:tp_len]) if tp_len else None,
             OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
             seq=seq,
-            path=_utf8(path[:path_len]),
+            path=_utf8(_path(target, target_len)),
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
@@ -251,6 +251,15 @@ def _ascii(raw: bytes) -> str:
         return raw.decode("ascii")  # (the compiled build's fast path: no error handler)
     except UnicodeDecodeError:
         return raw.decode("ascii", "replace")
+
+
+def _path(target: bytes, length: int) -> bytes:
+    """The path of a target whose first bytes are `target` and length `length`: up to its
+    query (the `?` lies beyond what the record holds when none is in it)."""
+    if length < len(target):
+        target = target[:length]
+    end = target.find(b"?")
+    return target if end < 0 else target[:end]
 
 
 def _utf8(raw: bytes) -> str:
