@@ -15,6 +15,9 @@ from urllib.parse import unquote_to_bytes
 MAX_MEMBERS: Final = 64
 MAX_BYTES: Final = 8192
 _OWS: Final = b" \t"
+_PERCENT: Final = 0x25  # "%"
+# (Python 3.11's `bytes in bytes` first tries the needle as an int and builds a TypeError:
+# ~2,200 instructions; `find` costs half that, an int needle a memchr.)
 
 
 def find_key(values: Iterable[bytes], key: bytes) -> str | None:
@@ -22,7 +25,7 @@ def find_key(values: Iterable[bytes], key: bytes) -> str | None:
     members = 0
     budget = MAX_BYTES
     for value in values:
-        if key not in value:
+        if value.find(key) < 0:
             # the common fast path: nothing to parse, but the members still count
             members += value.count(b",") + 1
             budget -= len(value)
@@ -47,7 +50,7 @@ def _member_value(member: bytes, key: bytes) -> str | None:
     raw = rest.split(b";", 1)[0].strip(_OWS)
     if not raw:
         return None
-    if b"%" in raw:
+    if _PERCENT in raw:
         try:
             return unquote_to_bytes(raw).decode()
         except UnicodeDecodeError:

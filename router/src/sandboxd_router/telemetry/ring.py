@@ -34,6 +34,7 @@ assert [record.OK, record.HTTP_5XX, record.JSONRPC, record.TOOL_ERROR, record.TR
 ]  # fmt: skip
 ROUTES: Final = (BASELINE, SANDBOX)  # by the FORKED flag
 UNKNOWN: Final = "?"  # a name that never arrived (the pipe was full for long: `Recorder._send`)
+_QUESTION: Final = 0x3F  # "?"
 BATCH: Final = 4096  # records decoded per read at most (the rest the next round)
 
 
@@ -97,8 +98,10 @@ class RingReader:
         decoded: list[Observed] = []
         seq = first
         at = 0
+        number: int
         for row in SLOT.iter_unpack(raw):
-            if seq < safe or row[0] != seq:
+            number = row[0]
+            if seq < safe or number != seq:
                 self.lost += 1
             else:
                 decoded.append(self._decode(row, raw, at, seq))
@@ -258,8 +261,9 @@ def _path(target: bytes, length: int) -> bytes:
     query (the `?` lies beyond what the record holds when none is in it)."""
     if length < len(target):
         target = target[:length]
-    end = target.find(b"?")
-    return target if end < 0 else target[:end]
+    if _QUESTION not in target:  # (an int needle: a memchr; `find` is a method call by name)
+        return target
+    return target[: target.find(b"?")]
 
 
 def _utf8(raw: bytes) -> str:
