@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandboxd_router.hardening import no_dumps
+from sandboxd_router.hardening import no_dumps, trim_heap
 from sandboxd_router.telemetry import otlp
 from sandboxd_router.telemetry.accesslog import AccessLogSink, RecordsSink
 from sandboxd_router.telemetry.observed import Sink
@@ -122,6 +122,7 @@ async def run(reader: RingReader, sinks: list[Sink], config: Config | None = Non
                 if isinstance(sink, PrometheusSink):
                     sink.lost = lost
             await _tick(sinks)
+            trim_heap()  # (what a second's lines, posts and batches used, freed)
         if not full:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL)
