@@ -2,11 +2,12 @@
 dies (checked by the router's once-a-second sweep), stopped last on shutdown.
 
 The first one is a fork of the router made before the router's loop, threads or sockets exist
-(`fork`, from `main`): the two share the interpreter's heap copy-on-write (the modules, code
-and strings both imported: ~20 MB held once instead of twice). One started again is spawned
-(`python -m sandboxd_router.telemetry`): by then the router runs threads and a loop, which a
-fork would copy half-way. (An idle "zygote" forked at the start to fork the later ones would
-keep a third copy of every page both processes write, for a case that is a failure.)
+(`fork`, from `main`): the two share the interpreter's heap copy-on-write, as far as neither
+writes to a page (a reference count is a write): 47 MB together at rest instead of 56 with
+1,000 sandboxes (`benchmarks/signals.py --memory-only` for the loaded figure). One started
+again is spawned (`python -m sandboxd_router.telemetry`): by then the router runs threads and
+a loop, which a fork would copy half-way. (An idle "zygote" forked at the start to fork the
+later ones would keep a third copy of every page both processes write, for a failure case.)
 
 It inherits the ring's memfd, the read end of a fresh names pipe (`Recorder.attach`: the names
 are sent again to each new process, which starts at the ring's current record), and, when
