@@ -153,15 +153,18 @@ def hide_token(token: str | None) -> None:
     if not token:
         return
     secret = token.encode()
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
-    with open("/proc/self/mem", "r+b", buffering=0) as mem:
-        for start, end in ((arg_start, arg_end), (env_start, env_end)):
-            mem.seek(start)
-            block = mem.read(end - start)
-            if secret in block:
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            for start, end in ((arg_start, arg_end), (env_start, env_end)):
                 mem.seek(start)
-                mem.write(block.replace(secret, b"*" * len(secret)))
+                block = mem.read(end - start)
+                if secret in block:
+                    mem.seek(start)
+                    mem.write(block.replace(secret, b"*" * len(secret)))
+    except (OSError, ValueError) as e:  # (a kernel that forbids it: shown as in the router's)
+        log.warning("cannot hide the token from /proc/%d/{cmdline,environ}: %s", os.getpid(), e)
 
 
 def _stdin_to_devnull() -> None:
