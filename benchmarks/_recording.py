@@ -101,13 +101,14 @@ def busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) 
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS, RssShmem (the record ring, mapped by the router and its telemetry process both)
-    and Pss (shared pages split between the processes mapping them), KiB."""
+    """VmRSS, RssShmem (the record ring, mapped by the router and its telemetry process both),
+    Pss (shared pages split between the processes mapping them) and Private_Dirty (the pages
+    only this process wrote: what it costs beside the pages it shares), KiB."""
     out = {}
     for name in ("status", "smaps_rollup"):
         for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssShmem", "Pss"):
+            if key in ("VmRSS", "RssShmem", "Pss", "Private_Dirty"):
                 out[key] = int(value.split()[0])
     return out
 

@@ -1,7 +1,7 @@
 """Signals benchmark: what recording costs the router (issue 13's performance bars).
 
 Run:  .venv/bin/python benchmarks/signals.py [--quick] [--reps 5] [--duration 3]
-      [--no-metrics-api]
+      [--no-metrics-api] [--memory-only]
 
 Method (shared/reference/performance.md, as benchmarks/router.py): proxies pinned to core 0
 (a router's telemetry process is its child and inherits that pinning); wrk, the origin (nginx,
@@ -89,6 +89,7 @@ class Settings:
     duration: float = 3
     metrics_api: bool = True
     quick: bool = False
+    memory_only: bool = False
 
 
 @dataclass
@@ -113,13 +114,17 @@ def settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--reps", type=int, help="interleaved repetitions (default 5)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 3)")
     parser.add_argument("--no-metrics-api", action="store_true", help="skip metrics_api.py")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory bar (no throughput runs)"
+    )
     args = parser.parse_args(argv)
     base = Settings(reps=2, duration=2, quick=True) if args.quick else Settings()
     return Settings(
         reps=args.reps or base.reps,
         duration=args.duration or base.duration,
-        metrics_api=not args.no_metrics_api,
+        metrics_api=not (args.no_metrics_api or args.memory_only),
         quick=base.quick,
+        memory_only=args.memory_only,
     )
 
 
@@ -334,7 +339,8 @@ def memory(world: World, ports: list[int]) -> list[Bar]:
     for name, m in (("router", router), ("telemetry process", telemetry)):
         print(
             f"  {name:18} VmRSS {mb(m['VmRSS'])}, of which shared memory (the record ring) "
-            f"{mb(m.get('RssShmem', 0))}; Pss {mb(m['Pss'])}"
+            f"{mb(m.get('RssShmem', 0))}; Pss {mb(m['Pss'])}; Private_Dirty "
+            f"{mb(m.get('Private_Dirty', 0))}"
         )
     off_pid = world.procs.pid("router-off")
 
@@ -415,7 +421,7 @@ def run(procs: Processes, work_dir: Path, tools: dict[str, str], cfg: Settings) 
     with running_sandboxd(work_dir / "control-plane", catalog=catalog) as server:
         world = start(procs, work_dir, tools, server=server, origin=origin, port=port)
         check_routing(world)
-        bars = throughput_bars(throughput(world, cfg))
+        bars = [] if cfg.memory_only else throughput_bars(throughput(world, cfg))
         bars += memory(world, ports)
         procs.stop_all()
     if cfg.metrics_api:

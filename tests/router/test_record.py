@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -236,19 +237,42 @@ def test_the_access_log_keeps_its_format(recorded: tuple[Router, int, Path]) -> 
 
 
 # the telemetry process --------------------------------------------------------------------
+def test_the_telemetry_process_is_a_fork_sharing_the_routers_pages(
+    recorded: tuple[Router, int, Path],
+) -> None:
+    """Forked before the router's loop: the same command line (no `-m
+    sandboxd_router.telemetry` spawn), and the interpreter's heap held once, copy-on-write."""
+    router, _, _ = recorded
+    child = telemetry_of(router)
+    assert cmdline(child) == cmdline(router.proc.pid)
+    if os.geteuid() != 0:
+        pytest.skip("the page frames in /proc/PID/pagemap are shown to root only")
+    shared = anonymous_frames(child) & anonymous_frames(router.proc.pid)
+    assert len(shared) * os.sysconf("SC_PAGE_SIZE") > 4 << 20
+
+
 def test_a_killed_telemetry_process_is_started_again(upstream: str, tmp_path: Path) -> None:
-    router, _, _ = started(tmp_path, upstream)
+    router, _, records = started(tmp_path, upstream)
     try:
         first = telemetry_of(router)
         os.kill(first, signal.SIGKILL)
         second = poll.until(lambda: telemetry_of(router, missing_ok=True),
                             lambda pid: pid not in (0, first), timeout=10,
                             what="a new telemetry process")  # fmt: skip
-        httpx.get(f"{router.url}/after", headers=traced("after"))
-        poll.until(lambda: access_log.entries(router.log, trace_id=trace_id("after")),
+        # (spawned: by now the router runs a loop and threads, which a fork would copy)
+        assert b"sandboxd_router.telemetry" in cmdline(second)
+        for i in range(5):
+            httpx.get(f"{router.url}/after/{i}", headers=traced(f"after{i}", KEYS["pr-1"]))
+        poll.until(lambda: access_log.entries(router.log, trace_id=trace_id("after0")),
                    timeout=10, what="the line of a request after the restart")  # fmt: skip
         assert "telemetry process exited" in (tmp_path / "router.err").read_text()
         assert telemetry_of(router) == second
+        router.proc.send_signal(signal.SIGTERM)  # it is stopped last, its last lines written
+        assert router.proc.wait(timeout=30) == 0
+        logged = {e["traceId"] for e in access_log.entries(router.log)}
+        assert {trace_id(f"after{i}") for i in range(5)} <= logged
+        after = {n: r for n, r in by_name(records).items() if n.startswith("after")}
+        assert len(after) == 5 and {r["sandbox"] for r in after.values()} == {"pr-1"}
     finally:
         router.proc.terminate()
         router.proc.wait()
@@ -288,29 +312,31 @@ def test_the_ring_wraps_and_the_loss_is_counted(upstream: str, tmp_path: Path) -
         router.proc.wait()
 
 
+@pytest.mark.parametrize("given", ["environ", "argv"])
 def test_the_token_is_in_neither_argv_nor_environ_of_the_telemetry_process(
-    tmp_path: Path,
+    tmp_path: Path, given: str
 ) -> None:
+    """The telemetry process is a fork, whose /proc shows the router's argv and environment
+    as they were given: the router overwrites the token there (its own /proc shows none
+    either), then forks; one started again is spawned without it."""
     token = "t0ken-never-in-proc-" + os.urandom(4).hex()
     admin = free_port()
-    env = {**os.environ, "SANDBOXD_TOKEN": token}
+    env = {**os.environ, "SANDBOXD_TOKEN": token} if given == "environ" else dict(os.environ)
+    argv = [sys.executable, "-m", "sandboxd_router", "--control-url",
+            f"http://127.0.0.1:{free_port()}", "--admin-port", str(admin), "--access-log", "off"]  # fmt: skip
+    if given == "argv":
+        argv += ["--token", token]
     with (tmp_path / "router.err").open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd_router", "--control-url",
-             f"http://127.0.0.1:{free_port()}", "--admin-port", str(admin), "--access-log", "off"],
-            stderr=err, env=env,
-        )  # fmt: skip
+        proc = subprocess.Popen(argv, stderr=err, env=env)
     try:
         poll.port_open(admin, timeout=15)
-        pid = poll.until(lambda: children(proc.pid), timeout=10, what="the telemetry process")[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        assert b"sandboxd_router.telemetry" in cmdline and token.encode() not in cmdline
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except PermissionError:
-            pass  # non-dumpable (`no_dumps`): nobody else of our uid can read it
-        else:  # (a reader with CAP_SYS_PTRACE, such as root, can)
-            assert token.encode() not in environ
+        first = poll.until(lambda: children(proc.pid), timeout=10, what="the telemetry process")[0]
+        for pid in (proc.pid, first):
+            assert_hidden(token, pid)
+        os.kill(first, signal.SIGKILL)
+        second = poll.until(lambda: children(proc.pid), lambda found: found and found != [first],
+                            timeout=10, what="the telemetry process, started again")[0]  # fmt: skip
+        assert_hidden(token, second)
     finally:
         proc.terminate()
         proc.wait()
@@ -366,20 +392,50 @@ def facts(record: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
 
 
 def children(pid: int) -> list[int]:
-    """The telemetry processes `pid` started (alive)."""
+    """The telemetry processes `pid` started (alive): its only children."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z" and b"sandboxd_router.telemetry" in cmdline:
+        if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+def assert_hidden(token: str, pid: int) -> None:
+    assert token.encode() not in cmdline(pid)
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except PermissionError:
+        return  # non-dumpable (`no_dumps`): nobody else of our uid can read it
+    assert token.encode() not in environ  # (a reader with CAP_SYS_PTRACE, such as root, can)
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def anonymous_frames(pid: int) -> set[int]:
+    """The physical pages of `pid`'s private anonymous memory (the heap, the interpreter's
+    arenas) resident now: two processes share some only if one is the other's fork."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    frames = set()
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split()
+            if fields[1] != "rw-p" or fields[4] != "0":
+                continue
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            pagemap.seek(start // page * 8)
+            for (entry,) in struct.iter_unpack("<Q", pagemap.read((end - start) // page * 8)):
+                if entry >> 63:
+                    frames.add(entry & ((1 << 55) - 1))
+    return frames
 
 
 def telemetry_of(router: Router, *, missing_ok: bool = False) -> int:

@@ -146,13 +146,56 @@ def read_token(path: Path, parser: argparse.ArgumentParser) -> str:
     return raw.decode(errors="replace").strip()
 
 
+def hide_token(token: str | None) -> None:
+    """Overwrite the token where /proc shows this process's argv and environment (given as
+    --token or SANDBOXD_TOKEN): the telemetry process is a fork, whose /proc shows the same
+    memory, and must show no token (nor, then, does the router)."""
+    if not token:
+        return
+    secret = token.encode()
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            for start, end in ((arg_start, arg_end), (env_start, env_end)):
+                mem.seek(start)
+                block = mem.read(end - start)
+                if secret in block:
+                    mem.seek(start)
+                    mem.write(block.replace(secret, b"*" * len(secret)))
+    except (OSError, ValueError) as e:  # (a kernel that forbids it: shown as in the router's)
+        log.warning("cannot hide the token from /proc/%d/{cmdline,environ}: %s", os.getpid(), e)
+
+
 def _stdin_to_devnull() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
 
 
-async def run(args: argparse.Namespace) -> None:
+def fork_telemetry(args: argparse.Namespace) -> TelemetryProcess | None:
+    """The telemetry process (None with --record off), forked before the loop starts."""
+    if args.record == "off":
+        return None
+    hide_token(args.token)
+    telemetry = TelemetryProcess(
+        Recorder(args.record_slots),
+        access_log=args.access_log,
+        control_url=args.control_url,
+        token=args.token,
+        record_file=args.record_file,
+        log_level=args.log_level,
+        metrics_host=args.host,
+        metrics_port=args.metrics_port,
+        trace_baseline=args.trace_baseline,
+    )
+    from sandboxd_router.telemetry.__main__ import serve_settings  # (not with --record off)
+
+    telemetry.fork(serve_settings)
+    return telemetry
+
+
+async def run(args: argparse.Namespace, telemetry: TelemetryProcess | None) -> None:
     limits = Limits(
         max_header_bytes=args.max_header_bytes,
         upstream_timeout=args.upstream_timeout,
@@ -162,21 +205,7 @@ async def run(args: argparse.Namespace) -> None:
         max_connections=args.max_connections,
         mcp_body_budget=args.mcp_body_budget,
     )
-    recorder = Recorder(args.record_slots) if args.record == "on" else None
-    telemetry = None
-    if recorder is not None:
-        telemetry = TelemetryProcess(
-            recorder,
-            access_log=args.access_log,
-            control_url=args.control_url,
-            token=args.token,
-            record_file=args.record_file,
-            log_level=args.log_level,
-            metrics_host=args.host,
-            metrics_port=args.metrics_port,
-            trace_baseline=args.trace_baseline,
-        )
-        telemetry.start()
+    recorder = telemetry.recorder if telemetry is not None else None
     state = RouterState(limits=limits, recorder=recorder)
     router = Router(
         state=state, host=args.host, gateway_port=args.gateway_port, telemetry=telemetry
@@ -228,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.warning("hot path: %s", native.mode)
     try:
-        uvloop.run(run(args))
+        uvloop.run(run(args, fork_telemetry(args)))
     except TableError as e:
         print(f"sandboxd-router: {e}", file=sys.stderr)
         return 2

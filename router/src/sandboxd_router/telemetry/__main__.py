@@ -1,10 +1,12 @@
-"""The telemetry process (`python -m sandboxd_router.telemetry`), spawned and watched by the
-router (`sandboxd_router.child`): reads the request path's ring every `POLL` seconds, hands each
-request to every sink, ticks them every `TICK`, and on SIGTERM or the end of the names pipe
-(the router closed it: it is stopping) reads what is left, closes the sinks and exits.
+"""The telemetry process, watched by the router (`sandboxd_router.child`): forked by the router
+as it starts, `python -m sandboxd_router.telemetry` when started again. It reads the request
+path's ring every `POLL` seconds, hands each request to every sink, ticks them every `TICK`,
+and on SIGTERM or the end of the names pipe (the router closed it: it is stopping) reads what
+is left, closes the sinks and exits.
 
-Its settings come on an inherited pipe (`--config-fd`, one JSON object), not in argv or the
-environment: the router's token is among them, and other processes can read those.
+Started with `-m`, its settings come on an inherited pipe (`--config-fd`, one JSON object),
+not in argv or the environment: the router's token is among them, and other processes can
+read those.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sandboxd_router.hardening import no_dumps
+from sandboxd_router.hardening import no_dumps, trim_heap
 from sandboxd_router.telemetry import otlp
 from sandboxd_router.telemetry.accesslog import AccessLogSink, RecordsSink
 from sandboxd_router.telemetry.observed import Sink
@@ -63,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_config(fd: int) -> Config:
     with os.fdopen(fd, "rb") as stream:
-        raw = json.loads(stream.read())
+        return config_of(json.loads(stream.read()))
+
+
+def config_of(raw: dict[str, Any]) -> Config:
+    """The settings the router sends (`TelemetryProcess.settings`)."""
     return Config(
         access_log=str(raw.get("accessLog", "off")),
         control_url=raw.get("controlUrl"),
@@ -115,6 +122,7 @@ async def run(reader: RingReader, sinks: list[Sink], config: Config | None = Non
                 if isinstance(sink, PrometheusSink):
                     sink.lost = lost
             await _tick(sinks)
+            trim_heap()  # (what a second's lines, posts and batches used, freed)
         if not full:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL)
@@ -183,13 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    config = read_config(args.config_fd)
+    serve_ring(args.ring_fd, args.names_fd, read_config(args.config_fd))
+    return 0
+
+
+def serve_settings(ring_fd: int, names_fd: int, settings: dict[str, Any]) -> None:
+    """The telemetry process forked by the router (`TelemetryProcess.fork`)."""
+    serve_ring(ring_fd, names_fd, config_of(settings))
+
+
+def serve_ring(ring_fd: int, names_fd: int, config: Config) -> None:
+    """Until the router stops."""
     # A request's objects die young and form no cycles; the cyclic collector's full passes over
     # the records waiting to be reported cost more than all the rest: rarely, then.
     gc.set_threshold(50_000, 50, 100)
-    reader = RingReader(args.ring_fd, args.names_fd, config.start)
+    reader = RingReader(ring_fd, names_fd, config.start)
     asyncio.run(run(reader, build_sinks(config), config))
-    return 0
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ class Bucket:
     )
 
     def __init__(self) -> None:
+        # (3,000 (sandbox, service) pairs hold two windows' buckets each: what most requests
+        # never need — errors, faults, tools, injected samples — is made on first use)
         self.requests = 0
         self.acked = 0
         """`requests` when the control plane last acknowledged this bucket: it changed since
@@ -84,16 +86,16 @@ class Bucket:
         self.sent_at = float("-inf")
         """When it was last put in a post (the clock of `SignalsSink`)."""
         self.injected = 0
-        self.errors = [0, 0, 0, 0]  # in the order of `ERRORS`
-        self.injected_errors = [0, 0, 0, 0]
-        self.faults: dict[str, int] = {}
+        self.errors: list[int] | None = None  # in the order of `ERRORS`
+        self.injected_errors: list[int] | None = None
+        self.faults: dict[str, int] | None = None
         # doubles in arrays: 8 bytes a sample, not a float object's 32
         self.latency = array("d")
-        self.injected_latency = array("d")
+        self.injected_latency: array[float] | None = None
         self.histogram = [0] * (len(HISTOGRAM_MS) + 1)
         self.bytes_in = 0
         self.bytes_out = 0
-        self.tools: dict[str, list[int]] = {}
+        self.tools: dict[str, list[int]] | None = None
         """Per tool: calls, JSON-RPC errors, tool errors, injected."""
 
     @property
@@ -106,27 +108,43 @@ class Bucket:
         self.bytes_in += o.bytes_in
         self.bytes_out += o.bytes_out
         if o.injected:
-            self.injected += 1
-            for fault in o.faults:
-                self.faults[fault.id] = self.faults.get(fault.id, 0) + 1
-            _sample(self.injected_latency, ms, self.injected, INJECTED_SAMPLES, rng)
-            if o.error in _ERROR_INDEX:
-                self.injected_errors[_ERROR_INDEX[o.error]] += 1
+            self._injected(o, ms, rng)
         else:
             _sample(self.latency, ms, self.requests - self.injected, ORGANIC_SAMPLES, rng)
             if o.error in _ERROR_INDEX:
+                if self.errors is None:
+                    self.errors = [0, 0, 0, 0]
                 self.errors[_ERROR_INDEX[o.error]] += 1
         if o.tool is not None:
             self._tool(o)
 
+    def _injected(self, o: Observed, ms: float, rng: Random) -> None:
+        self.injected += 1
+        faults = self.faults
+        if faults is None:
+            faults = self.faults = {}
+        for fault in o.faults:
+            faults[fault.id] = faults.get(fault.id, 0) + 1
+        samples = self.injected_latency
+        if samples is None:
+            samples = self.injected_latency = array("d")
+        _sample(samples, ms, self.injected, INJECTED_SAMPLES, rng)
+        if o.error in _ERROR_INDEX:
+            if self.injected_errors is None:
+                self.injected_errors = [0, 0, 0, 0]
+            self.injected_errors[_ERROR_INDEX[o.error]] += 1
+
     def _tool(self, o: Observed) -> None:
         assert o.tool is not None
-        figures = self.tools.get(o.tool)
+        tools = self.tools
+        if tools is None:
+            tools = self.tools = {}
+        figures = tools.get(o.tool)
         if figures is None:
-            tool = o.tool if len(self.tools) < MAX_TOOLS - 1 else OTHER  # the control plane's cap
-            figures = self.tools.get(tool)
+            tool = o.tool if len(tools) < MAX_TOOLS - 1 else OTHER  # the control plane's cap
+            figures = tools.get(tool)
             if figures is None:
-                figures = self.tools[tool] = [0, 0, 0, 0]
+                figures = tools[tool] = [0, 0, 0, 0]
         figures[0] += 1
         figures[1] += o.error == JSONRPC
         figures[2] += o.error == TOOL_ERROR
@@ -144,13 +162,15 @@ class Bucket:
             "injected": self.injected,
             "errors": _errors_wire(self.errors),
             "injectedErrors": _errors_wire(self.injected_errors),
-            "faults": dict(self.faults),
+            "faults": dict(self.faults or {}),
             "latencyMs": self.latency.tolist(),
-            "injectedLatencyMs": self.injected_latency.tolist(),
+            "injectedLatencyMs": []
+            if self.injected_latency is None
+            else self.injected_latency.tolist(),
             "histogram": list(self.histogram),
             "bytesIn": self.bytes_in,
             "bytesOut": self.bytes_out,
-            "tools": {tool: _tool_wire(figures) for tool, figures in self.tools.items()},
+            "tools": {tool: _tool_wire(figures) for tool, figures in (self.tools or {}).items()},
         }
 
 
@@ -164,8 +184,10 @@ def _sample(samples: array[float], value: float, seen: int, cap: int, rng: Rando
         samples[slot] = value
 
 
-def _errors_wire(counts: list[int]) -> dict[str, int]:
+def _errors_wire(counts: list[int] | None) -> dict[str, int]:
     """By class, in the order of `ERRORS` (a literal: zip() is a generic call when compiled)."""
+    if counts is None:
+        counts = [0, 0, 0, 0]
     return {HTTP_5XX: counts[0], JSONRPC: counts[1], TOOL_ERROR: counts[2], TRANSPORT: counts[3]}
 
 
