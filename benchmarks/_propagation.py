@@ -87,7 +87,7 @@ def propagation(bench: Bench) -> list[Bar]:
         ):
             live = populate(server, faults=cfg.faults) if cfg.populate else {}
             router = Router("router-control-plane", {"echo": port}, free_port(), len(live))
-            source = ["--control-url", server.url, "--token", server.token]
+            source = ["--control-url", server.url, f"--token={server.token}"]
             bench.procs.start(router.name, argv(admin_port=router.admin_port, source=source), cpu=0)
             try:
                 wait_ready(bench.procs, router)

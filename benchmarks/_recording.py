@@ -190,7 +190,7 @@ def start_router(
     """A router on core 0 following `server` with the router token; `otlp`: the endpoint in
     `OTEL_EXPORTER_OTLP_ENDPOINT` (no OTEL_* variable at all without it)."""
     router = _routes.Router(name, {"echo": port}, free_port(), sandboxes, host=host)
-    source = ["--control-url", server.url, "--token", token]
+    source = ["--control-url", server.url, f"--token={token}"]
     argv = _routes.argv(admin_port=router.admin_port, source=source, record=record, host=host)
     if access_log is not None:
         argv += ["--access-log", str(access_log)]
