@@ -419,26 +419,45 @@ def test_a_read_is_encoded_at_once_as_the_same_spans_in_posts_of_at_most_a_batch
 
 def test_while_the_endpoint_is_down_no_span_is_encoded_until_it_answers_again() -> None:
     port = free_port()  # nothing listens yet
-    export = export_to(port, timeout=0.2)
+    export = export_to(port, timeout=30)
     export.add(observed(seq=1))
-    poll.until(lambda: export.failed, timeout=10, what="a batch failed")
-    assert export.down
+    # known at the first refused attempt, while that batch waits to be tried again
+    poll.until(lambda: export.down, timeout=10, what="the endpoint known to be down")
     encoded = encoded_by(export)
     SpanSink(export).add_all([observed(seq=seq) for seq in range(2, 502)])
     assert encoded == [] and export.dropped == 500  # counted, none encoded
-    server = Collector(port)  # the endpoint is back: an empty request finds it
+    server = Collector(port)  # the endpoint is back: the retried batch finds it
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        poll.until(lambda: export.down, lambda down: not down, timeout=10, what="up again")
+        poll.until(lambda: export.down, lambda down: not down, timeout=20, what="up again")
         export.add(observed(seq=600))
-        poll.until(lambda: export.exported, timeout=10, what="a span exported")
+        poll.until(lambda: export.exported, lambda n: n == 2, timeout=10, what="2 spans")
         export.close()
     finally:
         server.shutdown()
         server.server_close()
-    assert [s.span_id.hex() for s in server.spans] == [spans.span_id(600)]
-    assert encoded == [600] and (export.failed, export.dropped) == (1, 500)
+    assert sorted(s.span_id.hex() for s in server.spans) == sorted(map(spans.span_id, (1, 600)))
+    assert encoded == [600] and (export.failed, export.dropped) == (0, 500)
+
+
+def test_a_dead_endpoint_is_asked_with_an_empty_request_until_it_answers() -> None:
+    port = free_port()
+    export = export_to(port, timeout=0.2)
+    export.add(observed(seq=1))
+    poll.until(lambda: export.failed, timeout=10, what="the batch given up")
+    assert export.down
+    server = Collector(port)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        poll.until(lambda: export.down, lambda down: not down, timeout=10, what="up again")
+        export.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.headers and server.spans == []  # (an empty request found it)
+    assert (export.exported, export.failed) == (0, 1)
 
 
 def test_a_refusing_endpoint_counts_failed_batches(collector: Collector) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import Observed
-from sandboxd_router.telemetry.otlppost import RETRYABLE, Poster, Settings
+from sandboxd_router.telemetry.otlppost import Poster, Settings
 from sandboxd_router.telemetry.otlpwire import SpanEncoder
 
 log = logging.getLogger("sandboxd_router.telemetry")
@@ -58,9 +58,9 @@ class SpanExport:
 
     The spans of a read of the ring are encoded together (`SpanEncoder.spans`, compiled: one
     bytes object for up to `batch` spans) and queued as one piece. While the endpoint is down
-    (the last post had no answer, or only "later"), nothing new is encoded: each read's spans
-    are dropped and counted at once; the thread keeps posting what is queued, or an empty
-    request, until the endpoint answers again."""
+    (its last attempt had no answer, or only "later": known at once, not after the retries),
+    nothing new is encoded: each read's spans are dropped and counted at once; the thread keeps
+    posting what is queued, or an empty request, until the endpoint answers again."""
 
     def __init__(
         self,
@@ -86,9 +86,6 @@ class SpanExport:
         self._ready = threading.Event()
         """Set when a whole batch waits (or at close): the thread posts without waiting."""
         self._closing = False
-        self.down = False
-        """The last post had no answer (or only "later"): spans are dropped before they are
-        encoded until a post is answered."""
         self.exported = 0
         self.dropped = 0
         """Spans that found the queue full (the endpoint slower than the traffic) or the
@@ -97,6 +94,12 @@ class SpanExport:
         """Spans of batches the endpoint refused or never answered."""
         self._thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
         self._thread.start()
+
+    @property
+    def down(self) -> bool:
+        """The endpoint's last answer was none (or only "later"): spans are dropped before
+        they are encoded until it answers."""
+        return self._poster.down
 
     def add(self, observed: Observed) -> None:
         """Encode and queue one span (`add_many`)."""
@@ -192,9 +195,7 @@ class SpanExport:
         except Exception:  # a bug here must not end the thread: count and go on
             log.exception("the OTLP export failed")
             status = 500
-        ok = 200 <= status < 300
-        self.down = status == 0 or status in RETRYABLE  # (no answer, or none but "later")
-        if ok:
+        if 200 <= status < 300:
             self.exported += spans
             return
         if not self.failed and spans:

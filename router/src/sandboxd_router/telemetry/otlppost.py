@@ -118,6 +118,9 @@ class Poster:
         tls = self._context() if url.scheme == "https" else None
         self._connection = Connection(settings.url, context=tls)
         self._stop = threading.Event()
+        self.down = False
+        """The last attempt got no answer, or only "later" (429, 502, 503, 504): known at the
+        first attempt, not after the retries (the exporter encodes nothing meanwhile)."""
 
     def post(self, body: bytes) -> int:
         """The endpoint's last answer to the batch (retried as the module says): 2xx it was
@@ -127,6 +130,7 @@ class Poster:
         status = 0
         for attempt in range(ATTEMPTS):
             status, retry_after = self._send(data, deadline)
+            self.down = status == 0 or status in RETRYABLE
             if 200 <= status < 300:
                 return status
             if status and status not in RETRYABLE:
