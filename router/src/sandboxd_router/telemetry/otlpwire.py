@@ -112,14 +112,14 @@ class _Shaped:
 
 
 _TIMED_SIZE: Final = _TIMED.size
+_pack_timed: Final = _TIMED.pack  # (looked up once, not per span)
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
+"""A span's field key and length, by its length, for the lengths most spans have."""
 _TRACE_ID: Final = b"\x0a\x10"  # Span.trace_id (1), 16 bytes
 _PARENT_ID: Final = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
-_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes: `_TIMED` starts with them
-_IDS_SIZE: Final = 2 + 16 + 2
+_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes: the first of `_TIMED`
+_IDS_SIZE: Final = 2 + 16 + 2  # the trace id's field and the span id's key
 _PARENT_SIZE: Final = 2 + 8
-_pack_timed: Final = _TIMED.pack
-"""A span's field key and length, by its length, for the lengths most spans have."""
 _PATH_KEY, _IN_KEY, _OUT_KEY, _ID_KEY, _SESSION_KEY = (
     field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING
 )
