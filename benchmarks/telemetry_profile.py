@@ -16,9 +16,12 @@ cost):
   per sandbox, so at most that many are encoded per report);
 - spans (OTLP on only): the CPU time of this process (all threads) to encode the spans
   (`otlpwire`, each sandbox's span shape already learnt) and post them in batches to a live
-  receiver (`_otlp_sink.py`, not counted), every span accepted; the queue is big enough for
-  all of them (a real process drops and counts what does not fit). Until `otlpwire`:
-  the old `records.wire` + the SDK's `ReadableSpan` + its OTLP/protobuf encoding, ~43 µs a span.
+  receiver (`_otlp_sink.py`, not counted), every span accepted, fed by reads as the process
+  does (`SpanSink.add_all`); the queue is big enough for all of them (a real process drops
+  and counts what does not fit). Until `otlpwire`: the old `records.wire` + the SDK's
+  `ReadableSpan` + its OTLP/protobuf encoding, ~43 µs a span;
+- spans, endpoint down: the same reads with nothing listening at the endpoint, once the
+  exporter knows it is down (every span dropped and counted before it is encoded).
 
 `--profile`: cProfile of reading and feeding the default sinks (access log + signals), top
 functions by own time. The sum bounds how many requests a second one telemetry process follows
@@ -100,7 +103,7 @@ def signals(batch: list[Observed]) -> SignalsSink:
     return sink
 
 
-def fed(sink: AccessLogSink | SignalsSink, batch: list[Observed]) -> None:
+def fed(sink: AccessLogSink | SignalsSink | otlp.SpanSink, batch: list[Observed]) -> None:
     """As the telemetry process feeds it (`__main__._feed`): in reads of at most `BATCH`."""
     for at in range(0, len(batch), BATCH):
         sink.add_all(batch[at : at + BATCH])
@@ -124,10 +127,9 @@ def spans(batch: list[Observed], reps: int) -> float:
         encoder = otlp.encoder(env)
         times = []
         for _ in range(reps + 1):
-            export = otlp.SpanExport(encoder, Poster(Settings.from_env(env)))
+            export = otlp.SpanExport(encoder, Poster(Settings.from_env(env)), max_queue=len(batch))
             cpu = time.process_time()
-            for o in batch:
-                export.add(o)
+            fed(otlp.SpanSink(export), batch)
             export.close(timeout=60)
             times.append(time.process_time() - cpu)
             assert export.exported == len(batch), (export.exported, export.dropped, export.failed)
@@ -135,6 +137,25 @@ def spans(batch: list[Observed], reps: int) -> float:
     finally:
         sink.terminate()
         sink.wait()
+
+
+def spans_down(batch: list[Observed], reps: int) -> float:
+    """CPU seconds of this process to follow `batch` with the OTLP endpoint down (nothing
+    listens), once the exporter knows it: every span dropped and counted, none encoded."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"}  # fmt: skip
+    export = otlp.SpanExport(otlp.encoder(env), Poster(Settings.from_env(env)), delay=0.05)
+    sink = otlp.SpanSink(export)
+    export.add(batch[0])
+    deadline = time.monotonic() + 30
+    while not export.down and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        return best(lambda: fed(sink, batch), reps)
+    finally:
+        export.close(timeout=1)
+        assert export.down, "the endpoint was up"
+        assert export.exported == 0
 
 
 def _accepting(port: int) -> bool:
@@ -164,7 +185,8 @@ def main() -> None:
     sink = signals(batch)
     queued = sink.pending_requests
     body = best(lambda: report_body(sink), args.reps)
-    traced = spans(batch[:8_000], args.reps) / 8_000 * n
+    traced = spans(batch, args.reps)
+    down = spans_down(batch, args.reps)
     rows = [
         ("ring: read + decode", ring),
         ("access log: add + flush", log),
@@ -172,6 +194,7 @@ def main() -> None:
         (f"signals: a report's body ({queued} request records queued, {sink.buckets} buckets)",
          body),
         ("spans (OTLP on): encode + post to a live receiver, CPU", traced),
+        ("spans (OTLP on, endpoint down): dropped and counted, CPU", down),
     ]  # fmt: skip
     print(f"telemetry process, per request (best of {args.reps}; {n} records, 1,000 sandboxes)")
     for label, seconds in rows:
@@ -179,6 +202,7 @@ def main() -> None:
     default = ring + log + add + body
     print(f"  {'default configuration (no OTLP), in all':72} {default / n * 1e6:6.2f} µs")
     print(f"  {'with OTLP':72} {(default + traced) / n * 1e6:6.2f} µs")
+    print(f"  {'with OTLP, endpoint down':72} {(default + down) / n * 1e6:6.2f} µs")
     if args.profile:
         profile(n)
 

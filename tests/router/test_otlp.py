@@ -377,24 +377,87 @@ def test_a_batch_is_a_span_each_or_dropped_whole_when_the_queue_is_full() -> Non
     dead = free_port()
     export = export_to(dead, timeout=0.5, max_queue=100, batch=10_000, delay=60)
     sink = SpanSink(export)  # (no post is tried before close: the queue stays as filled)
-    encoded: list[int] = []
-    span = export._span
-
-    def counted(o: Observed) -> bytes:
-        encoded.append(o.seq)
-        return span(o)
-
-    export._span = counted
+    encoded = encoded_by(export)
     keyed = [observed(seq=seq) for seq in range(150)]
     others = [observed(seq=1000 + n, sandbox="", route=BASELINE) for n in range(50)]
     sink.add_all(keyed + others + [observed(seq=2000, service="-")])
-    assert (len(export._queue), export.dropped) == (100, 50)  # only the sandbox's: 150
+    assert (export._queued, export.dropped) == (100, 50)  # only the sandbox's: 150
     assert encoded == list(range(100))  # (none encoded past a full queue)
     sink.add_all(keyed)
-    assert (len(export._queue), export.dropped) == (100, 200)
+    assert (export._queued, export.dropped) == (100, 200)
     assert len(encoded) == 100  # the whole read dropped without a span made
     export.close(timeout=2)
     assert export.exported == 0 and export.dropped + export.failed == 300
+
+
+def encoded_by(export: SpanExport) -> list[int]:
+    """The `seq` of every span `export` encodes from now on."""
+    encoded: list[int] = []
+    spans_of = export._spans
+
+    def counted(batch: list[Observed]) -> bytes:
+        encoded.extend(o.seq for o in batch)
+        return spans_of(batch)
+
+    export._spans = counted
+    return encoded
+
+
+def test_a_read_is_encoded_at_once_as_the_same_spans_in_posts_of_at_most_a_batch(
+    collector: Collector,
+) -> None:
+    export = export_to(collector.server_port, batch=300)
+    SpanSink(export).add_all([observed(seq=seq) for seq in range(1, 1001)])  # one read
+    poll.until(lambda: len(collector.spans), lambda n: n == 1000, timeout=10, what="1000 spans")
+    export.close()
+    assert sorted(s.span_id.hex() for s in collector.spans) == sorted(
+        spans.span_id(seq) for seq in range(1, 1001)
+    )
+    assert len(collector.headers) == 4  # 300, 300, 300, 100
+    assert all(s.name == "POST" and s.parent_span_id.hex() == PARENT for s in collector.spans)
+
+
+def test_while_the_endpoint_is_down_no_span_is_encoded_until_it_answers_again() -> None:
+    port = free_port()  # nothing listens yet
+    export = export_to(port, timeout=30)
+    export.add(observed(seq=1))
+    # known at the first refused attempt, while that batch waits to be tried again
+    poll.until(lambda: export.down, timeout=10, what="the endpoint known to be down")
+    encoded = encoded_by(export)
+    SpanSink(export).add_all([observed(seq=seq) for seq in range(2, 502)])
+    assert encoded == [] and export.dropped == 500  # counted, none encoded
+    server = Collector(port)  # the endpoint is back: the retried batch finds it
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        poll.until(lambda: export.down, lambda down: not down, timeout=20, what="up again")
+        export.add(observed(seq=600))
+        poll.until(lambda: export.exported, lambda n: n == 2, timeout=10, what="2 spans")
+        export.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(s.span_id.hex() for s in server.spans) == sorted(map(spans.span_id, (1, 600)))
+    assert encoded == [600] and (export.failed, export.dropped) == (0, 500)
+
+
+def test_a_dead_endpoint_is_asked_with_an_empty_request_until_it_answers() -> None:
+    port = free_port()
+    export = export_to(port, timeout=0.2)
+    export.add(observed(seq=1))
+    poll.until(lambda: export.failed, timeout=10, what="the batch given up")
+    assert export.down
+    server = Collector(port)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        poll.until(lambda: export.down, lambda down: not down, timeout=10, what="up again")
+        export.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.headers and server.spans == []  # (an empty request found it)
+    assert (export.exported, export.failed) == (0, 1)
 
 
 def test_a_refusing_endpoint_counts_failed_batches(collector: Collector) -> None:

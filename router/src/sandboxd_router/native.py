@@ -47,10 +47,13 @@ HOT = (
     "telemetry.buckets",
     "telemetry.counters",
     "telemetry.observed",
+    "telemetry.otlpwire",
     "telemetry.request_wire",
     "telemetry.ring",
+    "telemetry.spans",
     "telemetry.tally",
     "telemetry.thousandths",
+    "telemetry.traceparent",
 )
 MANIFEST = "_compiled.json"
 _HERE = Path(__file__).resolve().parent

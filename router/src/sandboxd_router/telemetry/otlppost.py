@@ -118,22 +118,28 @@ class Poster:
         tls = self._context() if url.scheme == "https" else None
         self._connection = Connection(settings.url, context=tls)
         self._stop = threading.Event()
+        self.down = False
+        """The last attempt got no answer, or only "later" (429, 502, 503, 504): known at the
+        first attempt, not after the retries (the exporter encodes nothing meanwhile)."""
 
-    def post(self, body: bytes) -> bool:
-        """Whether the endpoint accepted the batch (retried as the module says)."""
+    def post(self, body: bytes) -> int:
+        """The endpoint's last answer to the batch (retried as the module says): 2xx it was
+        accepted; 0 no answer came."""
         data = self._compress(body)
         deadline = time.monotonic() + self.settings.timeout
+        status = 0
         for attempt in range(ATTEMPTS):
             status, retry_after = self._send(data, deadline)
+            self.down = status == 0 or status in RETRYABLE
             if 200 <= status < 300:
-                return True
+                return status
             if status and status not in RETRYABLE:
                 log.warning("the OTLP endpoint answered %d to a batch of spans", status)
-                return False
+                return status
             pause = _backoff(attempt) if retry_after is None else retry_after
             if time.monotonic() + pause >= deadline or self._stop.wait(pause):
-                return False
-        return False
+                return status
+        return status
 
     def close(self) -> None:
         """Stop retrying (from another thread) and let the connection go."""

@@ -18,10 +18,11 @@ import itertools
 import random
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
 from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.spans import Shape
 
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
@@ -90,33 +91,52 @@ def attributes(key: int, items: Iterable[tuple[str, object]]) -> bytes:
     return b"".join(field(key, key_value(k, v)) for k, v in items)
 
 
-class _Shaped(NamedTuple):
+class _Shaped:
     """What every span of one `spans.shape` shares, encoded."""
 
-    heads: tuple[bytes, bytes]
-    """Status, flags, name, kind, and all but the varying attributes: of a span that starts a
-    trace, of one that continues a caller's (fields may come in any order)."""
+    root: bytes
+    """Status, flags, name, kind, and all but the varying attributes, of a span that starts a
+    trace (fields may come in any order)."""
+    remote: bytes
+    """The same of a span that continues a caller's trace (only the flags differ)."""
     size: int
     """The length of a head (both have the same) and of the span id's value and times."""
     events: tuple[bytes, ...]
     """each event's name and attributes, without its time"""
 
+    def __init__(self, root: bytes, remote: bytes, events: tuple[bytes, ...]) -> None:
+        self.root = root
+        self.remote = remote
+        self.size = len(root) + _TIMED_SIZE
+        self.events = events
 
-# the varying attributes' keys, ready to be followed by the value's length and the value
-_VARYING: Final = tuple(field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING)
+
 _TIMED_SIZE: Final = _TIMED.size
-# a span's field key and length, by its length, for the lengths most spans have
+_pack_timed: Final = _TIMED.pack  # (looked up once, not per span)
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
+"""A span's field key and length, by its length, for the lengths most spans have."""
+_TRACE_ID: Final = b"\x0a\x10"  # Span.trace_id (1), 16 bytes
+_PARENT_ID: Final = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
+_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes: the first of `_TIMED`
+_IDS_SIZE: Final = 2 + 16 + 2  # the trace id's field and the span id's key
+_PARENT_SIZE: Final = 2 + 8
+_PATH_KEY, _IN_KEY, _OUT_KEY, _ID_KEY, _SESSION_KEY = (
+    field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING
+)
+"""The varying attributes' `KeyValue` keys, each followed by its value's key (its length and
+the value follow)."""
 
 
-def _varying(values: tuple[object, ...]) -> bytes:
-    """The varying attributes (a None value: that attribute left out)."""
-    out = []
-    for prefix, v in zip(_VARYING, values, strict=True):
-        if v is not None:
-            any_value = value(v)
-            out.append(field(_ATTRIBUTE, prefix + varint(len(any_value)) + any_value))
-    return b"".join(out)
+def _number(prefix: bytes, number: int) -> bytes:
+    """An int attribute keyed `prefix` (`Span.attributes`)."""
+    any_value = b"\x18" + varint(number & _MASK64)  # int64: two's complement for negatives
+    return field(_ATTRIBUTE, prefix + varint(len(any_value)) + any_value)
+
+
+def _text(prefix: bytes, text: str) -> bytes:
+    """A string attribute (`Span.attributes`)."""
+    any_value = field(0x0A, text.encode())
+    return field(_ATTRIBUTE, prefix + varint(len(any_value)) + any_value)
 
 
 class SpanEncoder:
@@ -134,72 +154,143 @@ class SpanEncoder:
         self._resource = field(0x0A, attributes(0x0A, resource.items()))  # ResourceSpans (1)
         self._scope = field(0x0A, field(0x0A, scope.encode()))  # ScopeSpans.scope (1) {name}
         self._schema = field(0x1A, schema_url.encode()) if schema_url else b""
-        self._shapes: dict[spans.Shape, _Shaped] = {}
+        self._shapes: dict[Shape, _Shaped] = {}
         self._max_shapes = shapes
-        self._values: dict[tuple[object, ...], bytes] = {}
-        """The varying attributes, encoded, by their values (sizes repeat: the same answer)."""
+        self._paths: dict[str, bytes] = {}
+        """The `url.path` attribute, encoded, by path (paths repeat)."""
+        self._numbers: dict[int, tuple[bytes, bytes]] = {}
+        """The body sizes' attributes (request's, response's), encoded, by size (they
+        repeat: the same answer)."""
         self._max_values = values
 
+    def spans(self, batch: list[Observed]) -> bytes:
+        """The spans of `batch`, each a `ScopeSpans.spans` field, in one piece: what `request`
+        joins. One join for all: no bytes object of its own for each span."""
+        parts: list[bytes] = []
+        for o in batch:
+            self._add(o, parts)
+        return b"".join(parts)
+
     def span(self, o: Observed) -> bytes:
-        """One span: a `ScopeSpans.spans` field, ready to be joined into a `request`."""
-        shaped = self._shapes.get(spans.shape(o)) or self._learn(o)
-        values = spans.varying(o)
-        varying = self._values.get(values)
-        if varying is None:
-            varying = self._remember(values)
-        context = traceparent.parse(o.traceparent)
-        if context is None:  # no caller's trace: the router's span starts one
-            trace = random.getrandbits(128) or 1
-            ids = b"\x0a\x10" + trace.to_bytes(16, "big") + b"\x12\x08"  # trace_id (1)
-            head = shaped.heads[0]
-        else:  # trace_id (1), parent_span_id (4)
-            ids = bytes.fromhex(f"0a10{context[0]}2208{context[1]}1208")
-            head = shaped.heads[1]
-        duration = o.duration
-        start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
-        timed = _TIMED.pack(
-            spans.span_number(o.seq), 0x39, start, 0x41, start + int(duration * 1e9)
-        )
-        if shaped.events:
-            varying += self._events(o, shaped.events)
-        size = len(ids) + shaped.size + len(varying)
-        framed = _SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size)
-        return b"".join((framed, ids, timed, head, varying))
+        """`spans([o])`."""
+        parts: list[bytes] = []
+        self._add(o, parts)
+        return b"".join(parts)
 
     def request(self, encoded: Sequence[bytes]) -> bytes:
-        """An `ExportTraceServiceRequest` of spans made by `span`: one copy of them (a batch is
-        ~150 kB; each nesting by concatenation would copy it again)."""
+        """An `ExportTraceServiceRequest` of spans made by `spans` (or `span`): one copy of them
+        (a batch is ~600 kB; each nesting by concatenation would copy it again)."""
         scope_spans = len(self._scope) + sum(map(len, encoded))
         scope_head = b"\x12" + varint(scope_spans)  # ResourceSpans.scope_spans (2)
         resource_spans = len(self._resource) + len(self._schema) + len(scope_head) + scope_spans
         head = (b"\x0a", varint(resource_spans), self._resource, self._schema, scope_head)
         return b"".join(itertools.chain(head, (self._scope,), encoded))
 
-    def _events(self, o: Observed, events: tuple[bytes, ...]) -> bytes:
-        at = _EVENT_TIME.pack(0x09, int(spans.fault_time(o) * 1e9))
-        return b"".join(_EVENT + varint(len(at) + len(e)) + at + e for e in events)
+    def _add(self, o: Observed, parts: list[bytes]) -> None:
+        """Appends the span of `o` to `parts`: its field's head, then its fields."""
+        shape = spans.shape(o)
+        shaped = self._shapes.get(shape)
+        if shaped is None:
+            shaped = self._learn(o, shape)
+        framed = len(parts)
+        parts.append(b"")  # (its length is known last)
+        size = shaped.size  # (its head's and the times')
+        context = traceparent.ids(o.traceparent)
+        if context is None:  # no caller's trace: the router's span starts one
+            trace = random.getrandbits(128) or 1
+            parts.append(_TRACE_ID)
+            parts.append(trace.to_bytes(16, "big"))
+            parts.append(_SPAN_ID)
+            size += _IDS_SIZE
+            head = shaped.root
+        else:
+            trace_id, parent_id = context
+            parts.append(_TRACE_ID)
+            parts.append(trace_id)
+            parts.append(_PARENT_ID)
+            parts.append(parent_id)
+            parts.append(_SPAN_ID)
+            size += _IDS_SIZE + _PARENT_SIZE
+            head = shaped.remote
+        duration = o.duration
+        start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
+        end = start + int(duration * 1e9)
+        parts.append(_pack_timed(spans.span_number(o.seq), 0x39, start, 0x41, end))
+        parts.append(head)
+        size += self._varying(o, parts)
+        if shaped.events:
+            size += _events(o, shaped.events, parts)
+        parts[framed] = _SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size)
 
-    def _remember(self, values: tuple[object, ...]) -> bytes:
-        if len(self._values) >= self._max_values:  # no value is special: start afresh
-            self._values.clear()
-        encoded = self._values[values] = _varying(values)
+    def _varying(self, o: Observed, parts: list[bytes]) -> int:
+        """Appends the `spans.VARYING` attributes (those that are not None) to `parts`;
+        answers their length. (Unrolled, and what repeats, paths and sizes, cached: this
+        runs for every span.)"""
+        path, size_in, size_out, request_id, session = spans.varying(o)
+        numbers = self._numbers
+        got = numbers.get(size_in)
+        encoded_in = got[0] if got is not None else self._number(size_in)[0]
+        got = numbers.get(size_out)
+        encoded_out = got[1] if got is not None else self._number(size_out)[1]
+        parts.append(encoded_in)
+        parts.append(encoded_out)
+        size = len(encoded_in) + len(encoded_out)
+        if path is not None:
+            encoded = self._paths.get(path)
+            if encoded is None:
+                encoded = self._path(path)
+            parts.append(encoded)
+            size += len(encoded)
+        if request_id is not None:
+            encoded = _text(_ID_KEY, request_id)
+            parts.append(encoded)
+            size += len(encoded)
+        if session is not None:
+            encoded = _text(_SESSION_KEY, session)
+            parts.append(encoded)
+            size += len(encoded)
+        return size
+
+    def _number(self, number: int) -> tuple[bytes, bytes]:
+        if len(self._numbers) >= self._max_values:  # no value is special: start afresh
+            self._numbers.clear()
+        encoded = self._numbers[number] = (_number(_IN_KEY, number), _number(_OUT_KEY, number))
         return encoded
 
-    def _learn(self, o: Observed) -> _Shaped:
+    def _path(self, path: str) -> bytes:
+        if len(self._paths) >= self._max_values:
+            self._paths.clear()
+        encoded = self._paths[path] = _text(_PATH_KEY, path)
+        return encoded
+
+    def _learn(self, o: Observed, shape: Shape) -> _Shaped:
         span = spans.span_of(o)
         shared = [(k, v) for k, v in span.attributes.items() if k not in spans.VARYING]
         status = _STATUS_ERROR if span.failed else b""
         head = field(_NAME, span.name.encode()) + _KIND + varint(_KINDS[span.kind])
         head += attributes(_ATTRIBUTE, shared)
         shaped = _Shaped(
-            heads=(status + _FLAGS_ROOT + head, status + _FLAGS_REMOTE + head),
-            size=len(status + _FLAGS_ROOT + head) + _TIMED_SIZE,
-            events=tuple(
+            status + _FLAGS_ROOT + head,
+            status + _FLAGS_REMOTE + head,
+            tuple(
                 field(0x12, e.name.encode()) + attributes(0x1A, e.attributes.items())
                 for e in span.events
             ),
         )
         if len(self._shapes) >= self._max_shapes:  # the oldest shape goes
             del self._shapes[next(iter(self._shapes))]
-        self._shapes[spans.shape(o)] = shaped
+        self._shapes[shape] = shaped
         return shaped
+
+
+def _events(o: Observed, events: tuple[bytes, ...], parts: list[bytes]) -> int:
+    """Appends the fault events, at their time, to `parts`; answers their length."""
+    at = _EVENT_TIME.pack(0x09, int(spans.fault_time(o) * 1e9))
+    size = 0
+    for e in events:
+        head = _EVENT + varint(len(at) + len(e))
+        parts.append(head)
+        parts.append(at)
+        parts.append(e)
+        size += len(head) + len(at) + len(e)
+    return size

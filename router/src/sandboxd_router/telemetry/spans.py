@@ -54,6 +54,12 @@ class Span(NamedTuple):
         return "error.type" in self.attributes
 
 
+def of_sandboxes(batch: list[Observed]) -> list[Observed]:
+    """The requests of `batch` that carried a sandbox's key and were routed to a service: the
+    ones that are always a span."""
+    return [o for o in batch if o.sandbox and o.service != "-"]
+
+
 def span_of(observed: Observed) -> Span:
     name, attributes = _shaped(observed)
     for key, value in zip(VARYING, varying(observed), strict=True):
