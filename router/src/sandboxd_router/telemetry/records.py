@@ -26,7 +26,7 @@ def wire_of(seq: int, o: Observed) -> dict[str, object]:
 def texts(batch: list[tuple[int, Observed]], text: RecordText) -> list[bytes]:
     """`wire_of` of each (number, request) as JSON (the same objects, without dicts), with a
     comma between two: the pieces of a post's `requests` list."""
-    return text.texts(batch, span_of=spans.span_of, span_id=spans.span_id, parse=traceparent.parse)
+    return text.texts(batch)
 
 
 def _events(span: spans.Span) -> list[dict[str, object]]:

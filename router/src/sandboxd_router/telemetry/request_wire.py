@@ -1,6 +1,6 @@
 """A request record's wire form (`POST /v1/router-signals`, `requests`), given its span: the
-compiled half of `records` (`native.HOT`), which builds the span (`spans`, `traceparent`: not
-compiled) and hands its parts here.
+compiled half of `records` (`native.HOT`, as `spans` and `traceparent`, which it calls
+directly).
 
 `RecordText` writes the record as JSON text directly, the same object orjson makes of
 `request_wire`'s dict (the names that repeat from one record to the next escaped once): a
@@ -9,13 +9,15 @@ report encodes up to `MAX_PENDING` of them a second (`signals`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Final, Protocol
+from collections.abc import Mapping
+from typing import Final
 
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
 from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.spans import span_id, span_of
 from sandboxd_router.telemetry.thousandths import round3, text3
+from sandboxd_router.telemetry.traceparent import parse
 
 QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools)
 
@@ -58,44 +60,15 @@ def request_wire(
     }
 
 
-class EventLike(Protocol):
-    """`spans.Event`, as far as a record reads it (spans is not compiled: not imported)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def time(self) -> float: ...
-    @property
-    def attributes(self) -> Mapping[str, object]: ...
-
-
-class SpanLike(Protocol):
-    """`spans.Span`, as far as a record reads it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def attributes(self) -> Mapping[str, object]: ...
-    @property
-    def events(self) -> Sequence[EventLike]: ...
-
-
 class RecordText:
     def __init__(self) -> None:
         self._quoted: dict[str, str] = {}
         self._heads: dict[tuple[str, str, str, str], str] = {}
 
-    def texts(
-        self,
-        batch: list[tuple[int, Observed]],
-        *,
-        span_of: Callable[[Observed], SpanLike],
-        span_id: Callable[[int], str],
-        parse: Callable[[str | None], tuple[str, str] | None],
-    ) -> list[bytes]:
-        """`text` of each (number, request), its span made by `span_of`, `span_id` and
-        `parse` (`spans`, `traceparent`): one call for a whole post's records; encoded, with
-        a comma between two, for one `b"".join` of the whole body (not a copy per step)."""
+    def texts(self, batch: list[tuple[int, Observed]]) -> list[bytes]:
+        """`text` of each (number, request) with its span: one call for a whole post's records;
+        encoded, with a comma between two, for one `b"".join` of the whole body (not a copy per
+        step)."""
         out: list[bytes] = []
         for seq, o in batch:
             if out:

@@ -62,9 +62,16 @@ def of_sandboxes(batch: list[Observed]) -> list[Observed]:
 
 def span_of(observed: Observed) -> Span:
     name, attributes = _shaped(observed)
-    for key, value in zip(VARYING, varying(observed), strict=True):
-        if value is not None:  # (a null or absent request id: left out)
-            attributes[key] = value
+    # (`VARYING`'s, unrolled: compiled, a zip over two tuples is a generic iteration)
+    path, size_in, size_out, rpc_id, session = varying(observed)
+    if path is not None:
+        attributes[VARYING[0]] = path
+    attributes[VARYING[1]] = size_in
+    attributes[VARYING[2]] = size_out
+    if rpc_id is not None:  # (a null or absent request id: left out)
+        attributes[VARYING[3]] = rpc_id
+    if session is not None:
+        attributes[VARYING[4]] = session
     return Span(name, SERVER, attributes, _events(observed))
 
 
