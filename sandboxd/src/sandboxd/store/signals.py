@@ -16,12 +16,12 @@ Writes are one statement per table per post (executemany), inside the caller's t
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Table, and_, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -107,7 +107,7 @@ def store(
 def window(session: Session, *, routing_key: str, since: float) -> list[tuple[str, Any]]:
     """(service, data) of the key's buckets that reach past `since`: one range of the key."""
     query = select(_BUCKETS.c.service, _BUCKETS.c.data).where(*_in_window(routing_key, since))
-    return [(service, json.loads(data)) for service, data in session.execute(query).all()]
+    return [(service, orjson.loads(data)) for service, data in session.execute(query).all()]
 
 
 def baseline_index(session: Session, *, since: float) -> tuple[tuple[str, int, str, int], ...]:
@@ -212,7 +212,7 @@ def _baseline_sides(
             _BUCKETS.c.routing_key == BASELINE, _BUCKETS.c.start >= oldest
         )
         for service, start, instance, requests, data in session.execute(query).all():
-            cache.buckets[(service, int(start), instance, int(requests))] = json.loads(data)
+            cache.buckets[(service, int(start), instance, int(requests))] = orjson.loads(data)
     rows = [(ident[0], cache.buckets[ident]) for ident in index if ident in cache.buckets]
     merged = sides(rows, exclude_injected=exclude_injected)
     for side in merged.values():
@@ -244,7 +244,7 @@ def records(
     if where.trace_id is not None:
         query = query.where(_RECORDS.c.trace_id == where.trace_id)
     query = query.order_by(_RECORDS.c.start.desc(), _RECORDS.c.instance, _RECORDS.c.seq.desc())
-    return [json.loads(row) for (row,) in session.execute(query.limit(limit)).all()]
+    return [orjson.loads(row) for (row,) in session.execute(query.limit(limit)).all()]
 
 
 def traced(
@@ -266,7 +266,7 @@ def traced(
     if not ids:
         return []
     query = select(_RECORDS.c.data).where(mine, _RECORDS.c.trace_id.in_(ids))
-    return [json.loads(row) for (row,) in session.execute(query).all()]
+    return [orjson.loads(row) for (row,) in session.execute(query).all()]
 
 
 def forget(session: Session, *, routing_key: str) -> None:
