@@ -7,6 +7,7 @@ service names: its figures are exact whatever the other tests posted."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -16,9 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import create_engine, text
 from sqlmodel import Session
 
+from sandboxd.api.signals import STEP, SignalsPost, _Envelope, _validated
+from sandboxd.core.errors import describe
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import NewSandbox, Store
@@ -499,6 +504,43 @@ def test_hostile_bodies_get_422_and_store_nothing(
     assert huge.status_code == 413
     assert rows_of(api, sandbox["routingKey"]) == 0
     assert "Traceback" not in api.log()
+
+
+async def test_a_post_is_validated_in_steps_as_the_whole_body_would_be() -> None:
+    """`router_signals` validates a post entry by entry, handing the event loop to the other
+    calls every `STEP` entries; it refuses what one validation of the whole body
+    (`SignalsPost`, the documented model) refuses, naming the same problems."""
+    box = {"name": "steps", "routingKey": "stepskey"}
+
+    async def problems(body: Any, validate: bool) -> list[dict[str, str]]:
+        try:
+            if validate:
+                SignalsPost.model_validate(body)
+            else:
+                await _validated(_Envelope.model_validate(body))
+        except (ValidationError, RequestValidationError) as e:
+            return describe(e.errors())
+        return []
+
+    for body in hostile_bodies(box):
+        whole = await problems(body, True)
+        assert whole and await problems(body, False) == whole, body
+
+    turns = 0
+
+    async def another_call() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(another_call())
+    await asyncio.sleep(0)
+    many = [bucket(box, "svc", start=now_bucket(n), requests=0) for n in range(1000)]
+    before = turns
+    buckets, _ = await _validated(_Envelope.model_validate({"instance": "i", "buckets": many}))
+    other.cancel()
+    assert len(buckets) == 1000 and turns - before >= 1000 // STEP - 1
 
 
 def test_a_mutated_valid_post_is_never_a_5xx(

@@ -222,12 +222,17 @@ class SignalsPost(Model):  # as documented: `router_signals` validates it in ste
         return self
 
 
-class _Envelope(Model):
-    """`SignalsPost` with its entries left unchecked (`_validated` checks them one by one)."""
+class _Unchecked:
+    class SignalsPost(Model):
+        """`SignalsPost` with its entries left unchecked (`_validated` checks them one by one),
+        of the same name: pydantic's messages name it."""
 
-    instance: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-    buckets: Annotated[list[Any], Field(max_length=MAX_ENTRIES)] = []
-    requests: Annotated[list[Any], Field(max_length=MAX_ENTRIES)] = []
+        instance: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+        buckets: Annotated[list[Any], Field(max_length=MAX_ENTRIES)] = []
+        requests: Annotated[list[Any], Field(max_length=MAX_ENTRIES)] = []
+
+
+_Envelope = _Unchecked.SignalsPost
 
 
 class _BucketKey(Protocol):
