@@ -16,6 +16,7 @@ Writes are one statement per table per post (executemany), inside the caller's t
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -184,16 +185,16 @@ def baseline_sides(
 
 def refresh(session: Session, cache: BaselineCache, *, now: float) -> None:
     """The baseline's sides of the windows asked for lately made ready, as of `now` and of
-    a second later (when the window may have moved past a bucket)."""
+    a second later (when the window may have moved past a bucket). The lock is taken for
+    one merge at a time: a harness's call waits for one merge at most, not for all."""
     with cache.lock:
-        for (window, exclude_injected), asked in list(cache.wanted.items()):
+        for wanted, asked in list(cache.wanted.items()):
             if now - asked > cache.WANTED_FOR:
-                del cache.wanted[(window, exclude_injected)]
-                continue
-            for at in (now, now + 1.0):
-                _baseline_sides(
-                    session, cache, since=at - window, exclude_injected=exclude_injected
-                )
+                del cache.wanted[wanted]
+        windows = list(cache.wanted)
+    for (window, exclude_injected), at in itertools.product(windows, (now, now + 1.0)):
+        with cache.lock:
+            _baseline_sides(session, cache, since=at - window, exclude_injected=exclude_injected)
 
 
 def _baseline_sides(
