@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlmodel import Session
 
 from sandboxd.api.signals import STEP, SignalsPost, _Envelope, _validated
@@ -704,6 +704,36 @@ async def test_a_post_of_baseline_buckets_merges_the_windows_asked_for(
     ready = store._baseline.get(index, True)  # what the next call finds
     assert ready is not None and ready["svc"].latencies == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert await read() is ready["svc"]
+    await store.close()
+    engine.dispose()
+
+
+async def test_the_baselines_side_is_ready_before_a_post_commits(database_url: str) -> None:
+    """A harness's call that sees a post of baseline buckets never waits for their merge:
+    the side of the window asked for, with the post in it, is in the cache when the post's
+    transaction commits."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="ready"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    start = now_bucket()
+    await store.signal_sides(  # asks for the 5-minute window
+        routing_key=row.routing_key, now=time.time(), window=300, exclude_injected=True
+    )
+    at_commit: list[bool] = []
+
+    def commit(_connection: Any) -> None:
+        at_commit.append(store._baseline.get((("svc", start, "i", 3),), True) is not None)
+
+    event.listen(engine, "commit", commit)
+    data = json.dumps({"requests": 3, "latencyMs": [1.0, 2.0, 3.0]})
+    await store.store_signals(
+        instance="i", buckets=[BucketIn("", "", "svc", start, 10, 3, data)], records=[]
+    )
+    event.remove(engine, "commit", commit)
+    assert at_commit == [True]
     await store.close()
     engine.dispose()
 

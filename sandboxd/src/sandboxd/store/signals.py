@@ -139,8 +139,9 @@ class BaselineCache:
     re-sends an open bucket, only the buckets not seen yet are read and decoded.
 
     Merging them again still costs tens of milliseconds (some 100,000 samples): `refresh`
-    does it ahead of the harnesses' calls, for the windows they asked for lately, after a
-    post of baseline buckets and every second (the window moves past a bucket every 10 s)."""
+    does it ahead of the harnesses' calls, for the windows they asked for lately, inside the
+    transaction of a post of baseline buckets (before its commit: no call sees the post
+    before its side is ready) and every second (the window moves past a bucket every 10 s)."""
 
     SIDES = 8
     WANTED = 3
