@@ -152,13 +152,18 @@ class BaselineCache:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        """Held by `baseline_sides` and `refresh`: the store's threads share the cache."""
+        """Held by every merge (`_baseline_sides`): the store's threads share the cache."""
+        self.asking = threading.Lock()
+        """Held while `wanted` changes (microseconds): a call whose side is ready never waits
+        for another's merge."""
         self.buckets: dict[Ident, Mapping[str, Any]] = {}
         self.wanted: dict[tuple[int, bool], float] = {}
         """(window seconds, exclude_injected) → when last asked for (epoch seconds)."""
         self._sides: dict[tuple[tuple[Ident, ...], bool], dict[str, Side]] = {}
 
     def get(self, index: tuple[Ident, ...], exclude_injected: bool) -> dict[str, Side] | None:
+        """Without the lock too: one lookup of a dict the lock's holder changes by single
+        operations, and a side is complete (merged, prepared) before it is put."""
         return self._sides.get((index, exclude_injected))
 
     def put(self, index: tuple[Ident, ...], exclude_injected: bool, sides: dict[str, Side]) -> None:
@@ -175,10 +180,14 @@ def baseline_sides(
 ) -> dict[str, Side]:
     """The baseline's side per service over the `window` seconds up to `now`, through
     `cache`."""
-    with cache.lock:
+    with cache.asking:
         cache.wanted[(window, exclude_injected)] = now
         if len(cache.wanted) > cache.WANTED:  # the longest unasked goes: refresh stays bounded
             del cache.wanted[min(cache.wanted, key=cache.wanted.__getitem__)]
+    ready = cache.get(baseline_index(session, since=now - window), exclude_injected)
+    if ready is not None:  # (merged whole under the lock before it was put)
+        return ready
+    with cache.lock:
         return _baseline_sides(
             session, cache, since=now - window, exclude_injected=exclude_injected
         )
@@ -188,7 +197,7 @@ def refresh(session: Session, cache: BaselineCache, *, now: float) -> None:
     """The baseline's sides of the windows asked for lately made ready, as of `now` and of
     a second later (when the window may have moved past a bucket). The lock is taken for
     one merge at a time: a harness's call waits for one merge at most, not for all."""
-    with cache.lock:
+    with cache.asking:
         for wanted, asked in list(cache.wanted.items()):
             if now - asked > cache.WANTED_FOR:
                 del cache.wanted[wanted]
