@@ -10,6 +10,8 @@ samples each) and the baseline's buckets of the same services from two router in
 full reservoirs (512 samples). Then, in interleaved rounds, GET metrics of random sandboxes is
 timed beside GET /healthz on the same server (the floor), first quiet, then while another
 process posts the current buckets of every sandbox (1,000 a post, as routers re-send open buckets).
+Before that, the control plane's CPU (user + system, every thread) per 1,000 buckets and per
+1,000 request records ingested (posts of 1,000, records shaped as the router makes them).
 DESIGN §9 / issue 13 bar: GET metrics p99 ≤ 50 ms with 1,000 live sandboxes under traffic.
 """
 
@@ -19,6 +21,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -150,6 +153,63 @@ def post_until_stopped(
     results.put(times)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (every thread)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def request_record(box: dict[str, Any], seq: int, rng: random.Random) -> dict[str, Any]:
+    """A record as a router's telemetry process sends it (`request_wire`): an MCP call."""
+    rpc = str(seq)
+    attributes = {
+        "http.request.method": "POST", "url.path": "/mcp", "url.scheme": "http",
+        "network.protocol.version": "1.1", "http.response.status_code": 200,
+        "sandboxd.sandbox": box["name"], "sandboxd.route": "sandbox", "mcp.method.name":
+        "tools/call", "gen_ai.tool.name": "describe_pod", "jsonrpc.request.id": rpc,
+        "mcp.protocol.version": "2025-06-18", "rpc.response.status_code": "0",
+    }  # fmt: skip
+    return {
+        "seq": seq, "sandbox": box["name"], "routingKey": box["routingKey"],
+        "service": "cluster-mcp", "route": "sandbox", "start": time.time() - rng.random(),
+        "durationMs": round(rng.lognormvariate(0, 0.4), 3), "method": "POST", "status": 200,
+        "bytesIn": 180, "bytesOut": 900, "error": None, "injected": False, "faults": [],
+        "traceId": f"{rng.getrandbits(128):032x}", "spanId": f"{rng.getrandbits(64):016x}",
+        "parentSpanId": f"{rng.getrandbits(64):016x}", "rpcMethod": "tools/call",
+        "tool": "describe_pod", "rpcId": rpc, "name": "POST", "attributes": attributes,
+        "events": [],
+    }  # fmt: skip
+
+
+def ingest_cost(
+    server: Sandboxd, router: httpx.Client, boxes: list[dict[str, Any]], samples: int
+) -> tuple[float, float]:
+    """The control plane's CPU seconds per 1,000 buckets and per 1,000 request records
+    ingested: 10 posts of 1,000 of each (the current buckets of every sandbox, records of
+    1,000 sandboxes), CPU read from /proc before and after."""
+    assert server.proc is not None
+    rng, posts = random.Random(5), 10
+    costs = []
+    for kind in ("buckets", "requests"):
+        bodies = []
+        for n in range(posts):
+            if kind == "buckets":
+                now, pairs = int(time.time()) // 10 * 10, len(boxes) * len(SERVICES)
+                entries = [bucket(boxes[i % len(boxes)], SERVICES[i // len(boxes) % 3],
+                                  now - 10 * (i // pairs), samples + n, rng)
+                           for i in range(PER_POST)]  # fmt: skip
+            else:
+                entries = [request_record(boxes[i % len(boxes)], i, rng) for i in range(PER_POST)]
+            bodies.append(orjson.dumps({"instance": f"bench-cost-{n}", kind: entries}))
+        used = cpu_seconds(server.proc.pid)
+        for body in bodies:
+            answer = router.post("/v1/router-signals", content=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+            answer.raise_for_status()
+        costs.append((cpu_seconds(server.proc.pid) - used) / posts)
+    return costs[0], costs[1]
+
+
 def latencies(client: httpx.Client, paths: list[str]) -> list[float]:
     out = []
     for path in paths:
@@ -240,6 +300,11 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
                 f"a post of {PER_POST} full buckets (512 + 128 samples, "
                 f"{size / 2**20:.1f} MiB): p50 {statistics.median(full) * 1000:.0f} ms, "
                 f"max {max(full) * 1000:.0f} ms"
+            )
+            per_bucket, per_record = ingest_cost(server, router, boxes, args.samples)
+            print(
+                f"control-plane CPU per {PER_POST} ingested: buckets ({args.samples} samples) "
+                f"{per_bucket * 1000:.0f} ms, request records {per_record * 1000:.0f} ms"
             )
             names = [b["name"] for b in boxes]
             report("quiet:", measure(client, names, args.requests))

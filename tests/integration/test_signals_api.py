@@ -7,6 +7,7 @@ service names: its figures are exact whatever the other tests posted."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -16,9 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import create_engine, event, text
 from sqlmodel import Session
 
+from sandboxd.api.signals import STEP, SignalsPost, _Envelope, _validated
+from sandboxd.core.errors import describe
 from sandboxd.core.spec import SandboxSpec
 from sandboxd.store.engine import make_engine, migrate
 from sandboxd.store.repository import NewSandbox, Store
@@ -501,6 +506,43 @@ def test_hostile_bodies_get_422_and_store_nothing(
     assert "Traceback" not in api.log()
 
 
+async def test_a_post_is_validated_in_steps_as_the_whole_body_would_be() -> None:
+    """`router_signals` validates a post entry by entry, handing the event loop to the other
+    calls every `STEP` entries; it refuses what one validation of the whole body
+    (`SignalsPost`, the documented model) refuses, naming the same problems."""
+    box = {"name": "steps", "routingKey": "stepskey"}
+
+    async def problems(body: Any, validate: bool) -> list[dict[str, str]]:
+        try:
+            if validate:
+                SignalsPost.model_validate(body)
+            else:
+                await _validated(_Envelope.model_validate(body))
+        except (ValidationError, RequestValidationError) as e:
+            return describe(e.errors())
+        return []
+
+    for body in hostile_bodies(box):
+        whole = await problems(body, True)
+        assert whole and await problems(body, False) == whole, body
+
+    turns = 0
+
+    async def another_call() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(another_call())
+    await asyncio.sleep(0)
+    many = [bucket(box, "svc", start=now_bucket(n), requests=0) for n in range(1000)]
+    before = turns
+    buckets, _ = await _validated(_Envelope.model_validate({"instance": "i", "buckets": many}))
+    other.cancel()
+    assert len(buckets) == 1000 and turns - before >= 1000 // STEP - 1
+
+
 def test_a_mutated_valid_post_is_never_a_5xx(
     api: Sandboxd, router: httpx.Client, sandbox: dict[str, Any]
 ) -> None:
@@ -662,6 +704,68 @@ async def test_a_post_of_baseline_buckets_merges_the_windows_asked_for(
     ready = store._baseline.get(index, True)  # what the next call finds
     assert ready is not None and ready["svc"].latencies == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert await read() is ready["svc"]
+    await store.close()
+    engine.dispose()
+
+
+async def test_the_baselines_side_is_ready_before_a_post_commits(database_url: str) -> None:
+    """A harness's call that sees a post of baseline buckets never waits for their merge:
+    the side of the window asked for, with the post in it, is in the cache when the post's
+    transaction commits."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="ready"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    start = now_bucket()
+    await store.signal_sides(  # asks for the 5-minute window
+        routing_key=row.routing_key, now=time.time(), window=300, exclude_injected=True
+    )
+    at_commit: list[bool] = []
+
+    def commit(_connection: Any) -> None:
+        at_commit.append(store._baseline.get((("svc", start, "i", 3),), True) is not None)
+
+    event.listen(engine, "commit", commit)
+    data = json.dumps({"requests": 3, "latencyMs": [1.0, 2.0, 3.0]})
+    await store.store_signals(
+        instance="i", buckets=[BucketIn("", "", "svc", start, 10, 3, data)], records=[]
+    )
+    event.remove(engine, "commit", commit)
+    assert at_commit == [True]
+    await store.close()
+    engine.dispose()
+
+
+async def test_a_call_whose_baseline_is_ready_does_not_wait_for_a_merge(
+    database_url: str,
+) -> None:
+    """While another thread merges a baseline's side (holding the cache's lock), a call whose
+    side is ready is answered from the cache."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="nowait"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    data = json.dumps({"requests": 3, "latencyMs": [1.0, 2.0, 3.0]})
+    await store.store_signals(
+        instance="i", buckets=[BucketIn("", "", "svc", now_bucket(), 10, 3, data)], records=[]
+    )
+
+    async def read() -> Any:
+        _, theirs = await store.signal_sides(
+            routing_key=row.routing_key, now=time.time(), window=300, exclude_injected=True
+        )
+        return theirs["svc"]
+
+    ready = await read()
+    store._baseline.lock.acquire()  # a merge under way
+    try:
+        assert await asyncio.wait_for(read(), timeout=60) is ready  # (a guard against a hang)
+    finally:
+        store._baseline.lock.release()
     await store.close()
     engine.dispose()
 

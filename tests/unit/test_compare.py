@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 
 import pytest
 
 from sandboxd.core.compare import (
     Criteria,
+    Sample,
     binomial_greater,
     error_rate,
     fisher_greater,
@@ -83,6 +85,19 @@ def test_mann_whitney_with_many_ties_matches_counting_every_pair() -> None:
         z = (u - small * big / 2 - 0.5) / math.sqrt(variance)
         expected = 0.5 * math.erfc(z / math.sqrt(2))
         assert mann_whitney_greater(mine, theirs) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_samples_runs_are_its_distinct_values_counted() -> None:
+    """The runs found by comparing neighbours (no hashing) are what a `Counter` counts, with
+    where each value starts in the sorted values, and the tie term from them."""
+    rng = random.Random(7)
+    for size, decimals in ((0, 0), (1, 0), (500, 0), (3000, 2), (2000, 6)):
+        values = [round(rng.lognormvariate(0, 0.5), decimals) for _ in range(size)]
+        sample = Sample(values)
+        counted = sorted(Counter(values).items())
+        assert list(zip(sample.distinct, sample.counts, strict=True)) == counted
+        assert sample.starts == [sum(c for v, c in counted if v < d) for d, _ in counted] + [size]
+        assert sample.ties == sum(c**3 - c for _, c in counted)
 
 
 def test_binomial_tail_matches_the_sum_worked_out() -> None:

@@ -16,12 +16,13 @@ Writes are one statement per table per post (executemany), inside the caller's t
 
 from __future__ import annotations
 
-import json
+import itertools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Table, and_, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -107,7 +108,7 @@ def store(
 def window(session: Session, *, routing_key: str, since: float) -> list[tuple[str, Any]]:
     """(service, data) of the key's buckets that reach past `since`: one range of the key."""
     query = select(_BUCKETS.c.service, _BUCKETS.c.data).where(*_in_window(routing_key, since))
-    return [(service, json.loads(data)) for service, data in session.execute(query).all()]
+    return [(service, orjson.loads(data)) for service, data in session.execute(query).all()]
 
 
 def baseline_index(session: Session, *, since: float) -> tuple[tuple[str, int, str, int], ...]:
@@ -138,8 +139,9 @@ class BaselineCache:
     re-sends an open bucket, only the buckets not seen yet are read and decoded.
 
     Merging them again still costs tens of milliseconds (some 100,000 samples): `refresh`
-    does it ahead of the harnesses' calls, for the windows they asked for lately, after a
-    post of baseline buckets and every second (the window moves past a bucket every 10 s)."""
+    does it ahead of the harnesses' calls, for the windows they asked for lately, inside the
+    transaction of a post of baseline buckets (before its commit: no call sees the post
+    before its side is ready) and every second (the window moves past a bucket every 10 s)."""
 
     SIDES = 8
     WANTED = 3
@@ -150,13 +152,18 @@ class BaselineCache:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        """Held by `baseline_sides` and `refresh`: the store's threads share the cache."""
+        """Held by every merge (`_baseline_sides`): the store's threads share the cache."""
+        self.asking = threading.Lock()
+        """Held while `wanted` changes (microseconds): a call whose side is ready never waits
+        for another's merge."""
         self.buckets: dict[Ident, Mapping[str, Any]] = {}
         self.wanted: dict[tuple[int, bool], float] = {}
         """(window seconds, exclude_injected) → when last asked for (epoch seconds)."""
         self._sides: dict[tuple[tuple[Ident, ...], bool], dict[str, Side]] = {}
 
     def get(self, index: tuple[Ident, ...], exclude_injected: bool) -> dict[str, Side] | None:
+        """Without the lock too: one lookup of a dict the lock's holder changes by single
+        operations, and a side is complete (merged, prepared) before it is put."""
         return self._sides.get((index, exclude_injected))
 
     def put(self, index: tuple[Ident, ...], exclude_injected: bool, sides: dict[str, Side]) -> None:
@@ -173,10 +180,14 @@ def baseline_sides(
 ) -> dict[str, Side]:
     """The baseline's side per service over the `window` seconds up to `now`, through
     `cache`."""
-    with cache.lock:
+    with cache.asking:
         cache.wanted[(window, exclude_injected)] = now
         if len(cache.wanted) > cache.WANTED:  # the longest unasked goes: refresh stays bounded
             del cache.wanted[min(cache.wanted, key=cache.wanted.__getitem__)]
+    ready = cache.get(baseline_index(session, since=now - window), exclude_injected)
+    if ready is not None:  # (merged whole under the lock before it was put)
+        return ready
+    with cache.lock:
         return _baseline_sides(
             session, cache, since=now - window, exclude_injected=exclude_injected
         )
@@ -184,16 +195,16 @@ def baseline_sides(
 
 def refresh(session: Session, cache: BaselineCache, *, now: float) -> None:
     """The baseline's sides of the windows asked for lately made ready, as of `now` and of
-    a second later (when the window may have moved past a bucket)."""
-    with cache.lock:
-        for (window, exclude_injected), asked in list(cache.wanted.items()):
+    a second later (when the window may have moved past a bucket). The lock is taken for
+    one merge at a time: a harness's call waits for one merge at most, not for all."""
+    with cache.asking:
+        for wanted, asked in list(cache.wanted.items()):
             if now - asked > cache.WANTED_FOR:
-                del cache.wanted[(window, exclude_injected)]
-                continue
-            for at in (now, now + 1.0):
-                _baseline_sides(
-                    session, cache, since=at - window, exclude_injected=exclude_injected
-                )
+                del cache.wanted[wanted]
+        windows = list(cache.wanted)
+    for (window, exclude_injected), at in itertools.product(windows, (now, now + 1.0)):
+        with cache.lock:
+            _baseline_sides(session, cache, since=at - window, exclude_injected=exclude_injected)
 
 
 def _baseline_sides(
@@ -212,7 +223,7 @@ def _baseline_sides(
             _BUCKETS.c.routing_key == BASELINE, _BUCKETS.c.start >= oldest
         )
         for service, start, instance, requests, data in session.execute(query).all():
-            cache.buckets[(service, int(start), instance, int(requests))] = json.loads(data)
+            cache.buckets[(service, int(start), instance, int(requests))] = orjson.loads(data)
     rows = [(ident[0], cache.buckets[ident]) for ident in index if ident in cache.buckets]
     merged = sides(rows, exclude_injected=exclude_injected)
     for side in merged.values():
@@ -244,7 +255,7 @@ def records(
     if where.trace_id is not None:
         query = query.where(_RECORDS.c.trace_id == where.trace_id)
     query = query.order_by(_RECORDS.c.start.desc(), _RECORDS.c.instance, _RECORDS.c.seq.desc())
-    return [json.loads(row) for (row,) in session.execute(query.limit(limit)).all()]
+    return [orjson.loads(row) for (row,) in session.execute(query.limit(limit)).all()]
 
 
 def traced(
@@ -266,7 +277,7 @@ def traced(
     if not ids:
         return []
     query = select(_RECORDS.c.data).where(mine, _RECORDS.c.trace_id.in_(ids))
-    return [json.loads(row) for (row,) in session.execute(query).all()]
+    return [orjson.loads(row) for (row,) in session.execute(query).all()]
 
 
 def forget(session: Session, *, routing_key: str) -> None:
