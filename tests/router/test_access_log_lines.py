@@ -80,6 +80,21 @@ def test_lines_are_byte_for_byte_those_of_the_documented_format(
     assert written(tmp_path, batch, one_by_one=one_by_one) == expected(batch)
 
 
+def test_a_second_of_lines_is_not_held_whole(tmp_path: Path) -> None:
+    """Past `FLUSH_BYTES` the lines go to the file at once, not at the next tick."""
+    path = tmp_path / "access.log"
+    sink = AccessLogSink(str(path))
+    batch = [observed(Random(seed)) for seed in range(3000)]
+    lines = expected(batch)
+    assert len(lines) > accesslog.FLUSH_BYTES  # (the premise: 3,000 lines are more)
+    sink.add_all(batch[:10])
+    assert path.read_bytes() == b""  # a few lines wait for the tick
+    sink.add_all(batch[10:])
+    assert path.read_bytes() == lines  # (no tick, no close)
+    asyncio.run(sink.close())
+    assert path.read_bytes() == lines
+
+
 def test_a_line_names_its_fields_in_the_documented_order() -> None:
     o = Observed(T0 + 1.5, 0.000412, "web", "pr-1", "k", SANDBOX, "GET", 200, 96, 1161,
                  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", OK, False)  # fmt: skip
