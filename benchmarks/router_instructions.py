@@ -17,7 +17,8 @@ benchmarks/_against.py) and measures it in the same run, printing the tree's cou
 check that a change to the hot path costs no instructions. `--against-venv DIR` measures the
 router installed in another virtualenv instead. `--compiled-only` skips the interpreted router
 and nginx. The router records every request (the default; access log off, no control plane);
-`--recording` also measures it with `--record off`: what recording costs the request path. A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
+`--recording` also measures it with `--record off`: what recording costs the request path.
+A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
 `--rounds N` measures each subject in N processes, in turn, and shows the median.
 """
 
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  compiled ÷ {against}: {compiled / results[f'router {against}']:.4f}")
     if args.recording:
         off = results["router record-off"]
-        print(f"  recording on − off: {compiled - off:,.0f} instructions a request "
-              f"({compiled / off:.3f}×)")  # fmt: skip
+        print(f"  recording on - off: {compiled - off:,.0f} instructions a request "
+              f"({compiled / off:.3f} times)")  # fmt: skip
     if not args.compiled_only:
         print(f"  compiled ÷ interpreted: {compiled / results['router interpreted']:.2f}")
         print(f"  compiled ÷ nginx:       {compiled / results['nginx']:.2f}")
