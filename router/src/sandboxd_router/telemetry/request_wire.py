@@ -1,38 +1,31 @@
-"""A request record's wire form (`POST /v1/router-signals`, `requests`), given its span: the
-compiled half of `records` (`native.HOT`, as `spans` and `traceparent`, which it calls
-directly).
+"""A request record as the control plane stores it (`POST /v1/router-signals`, `requests`):
+the request, its place in a trace and its span, for the requests that carried a sandbox's
+key. Built when it is sent, not when the request is seen: `add` stays cheap, and a record
+dropped before it is sent (the control plane down too long) costs nothing. Compiled
+(`native.HOT`, as `spans` and `traceparent`, which it calls).
 
 `RecordText` writes the record as JSON text directly, the same object orjson makes of
-`request_wire`'s dict (the names that repeat from one record to the next escaped once): a
-report encodes up to `MAX_PENDING` of them a second (`signals`).
+`wire_of`'s dict (the names that repeat from one record to the next escaped once): a report
+encodes up to `MAX_PENDING` of them a second (`signals`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Final
 
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
 from sandboxd_router.telemetry.observed import Observed
-from sandboxd_router.telemetry.spans import span_id, span_of
+from sandboxd_router.telemetry.spans import Span, span_id, span_of
 from sandboxd_router.telemetry.thousandths import round3, text3
 from sandboxd_router.telemetry.traceparent import parse
 
 QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools)
 
 
-def request_wire(
-    seq: int,
-    o: Observed,
-    *,
-    context: tuple[str, str] | None,
-    span_id: str,
-    name: str,
-    attributes: Mapping[str, object],
-    events: list[dict[str, object]],
-) -> dict[str, object]:
-    """`context`: (trace id, parent span id) of its valid `traceparent`, or None."""
+def wire_of(seq: int, o: Observed) -> dict[str, object]:
+    span = span_of(o)
+    context = parse(o.traceparent)
     return {
         "seq": seq,
         "sandbox": o.sandbox,
@@ -49,15 +42,19 @@ def request_wire(
         "injected": o.injected,
         "faults": [{"kind": f.kind, "id": f.id} for f in o.faults],
         "traceId": context[0] if context is not None else None,
-        "spanId": span_id,
+        "spanId": span_id(o.seq),  # (made here: most records are never sent)
         "parentSpanId": context[1] if context is not None else None,
         "rpcMethod": o.rpc_method,
         "tool": o.tool,
         "rpcId": o.rpc_id,
-        "name": name,
-        "attributes": attributes,
-        "events": events,
+        "name": span.name,
+        "attributes": span.attributes,
+        "events": _events(span),
     }
+
+
+def _events(span: Span) -> list[dict[str, object]]:
+    return [{"name": e.name, "time": e.time, "attributes": e.attributes} for e in span.events]
 
 
 class RecordText:
@@ -66,43 +63,21 @@ class RecordText:
         self._heads: dict[tuple[str, str, str, str], str] = {}
 
     def texts(self, batch: list[tuple[int, Observed]]) -> list[bytes]:
-        """`text` of each (number, request) with its span: one call for a whole post's records;
-        encoded, with a comma between two, for one `b"".join` of the whole body (not a copy per
-        step)."""
+        """`text` of each (number, request): one call for a whole post's records; encoded, with
+        a comma between two, for one `b"".join` of the whole body (not a copy per step)."""
         out: list[bytes] = []
         for seq, o in batch:
             if out:
                 out.append(b",")
-            span = span_of(o)
-            events: list[dict[str, object]] = [
-                {"name": e.name, "time": e.time, "attributes": e.attributes} for e in span.events
-            ]
-            out.append(
-                self.text(
-                    seq,
-                    o,
-                    context=parse(o.traceparent),
-                    span_id=span_id(o.seq),
-                    name=span.name,
-                    attributes=span.attributes,
-                    events=events,
-                ).encode()
-            )
+            out.append(self.text(seq, o).encode())
         return out
 
-    def text(
-        self,
-        seq: int,
-        o: Observed,
-        *,
-        context: tuple[str, str] | None,
-        span_id: str,
-        name: str,
-        attributes: Mapping[str, object],
-        events: list[dict[str, object]],
-    ) -> str:
-        """`request_wire`'s dict as orjson writes it. (`context` and `span_id` are lowercase
-        hex: `traceparent.parse` matched them, `spans.span_id` made it.)"""
+    def text(self, seq: int, o: Observed) -> str:
+        """`wire_of`'s dict as orjson writes it. (The trace context's ids and the span id are
+        lowercase hex: `traceparent.parse` matched them, `spans.span_id` made them.)"""
+        span = span_of(o)
+        context = parse(o.traceparent)
+        events = _events(span)
         q = self.quoted
         trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
         faults = "[]"
@@ -120,8 +95,8 @@ class RecordText:
             f'"method":{q(o.method)},"status":{o.status},"bytesIn":{o.bytes_in},'
             f'"bytesOut":{o.bytes_out},"error":{q(o.error or None)},'
             f'"injected":{"true" if o.injected else "false"},"faults":{faults},'
-            f'"traceId":{trace},"spanId":"{span_id}","parentSpanId":{parent}{mcp},'
-            f'"name":{q(name)},"attributes":{dumps(attributes).decode()},'
+            f'"traceId":{trace},"spanId":"{span_id(o.seq)}","parentSpanId":{parent}{mcp},'
+            f'"name":{q(span.name)},"attributes":{dumps(span.attributes).decode()},'
             f'"events":{dumps(events).decode() if events else "[]"}}}'
         )
 

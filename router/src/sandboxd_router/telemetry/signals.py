@@ -39,10 +39,9 @@ from typing import Final
 
 import orjson
 
-from sandboxd_router.telemetry import records
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key
 from sandboxd_router.telemetry.post import Poster, PostError
-from sandboxd_router.telemetry.request_wire import RecordText
+from sandboxd_router.telemetry.request_wire import RecordText, wire_of
 from sandboxd_router.telemetry.tally import Tally, Waiting
 
 log = logging.getLogger("sandboxd_router")
@@ -115,12 +114,12 @@ class SignalsSink:
         """What a report would send now, in wire form: the changed buckets and the request
         records waiting (all of them, not split into posts)."""
         buckets = [b.wire(key) for key, b in self._buckets.items() if b.changed]
-        return buckets, [records.wire_of(seq, o) for seq, o in self._queued()]
+        return buckets, [wire_of(seq, o) for seq, o in self._queued()]
 
     def body(self) -> bytes:
         """One post's body of all that `outbox` holds (what reports encode: for benchmarks)."""
         changed = [orjson.dumps(b.wire(key)) for key, b in self._buckets.items() if b.changed]
-        return self._body(changed, records.texts(self._queued(), self._text))
+        return self._body(changed, self._text.texts(self._queued()))
 
     @property
     def pending_requests(self) -> int:
@@ -165,7 +164,7 @@ class SignalsSink:
         while i < len(changed) or records_left > 0:
             batch = self._queued()[: min(MAX_ENTRIES, records_left)]
             try:
-                texts = records.texts(batch, self._text)
+                texts = self._text.texts(batch)
             except (TypeError, ValueError):  # a bug of ours: drop these, never block the queue
                 log.exception("%d request records cannot be encoded: dropped", len(batch))
                 self._tally.acknowledged(batch)
@@ -210,7 +209,7 @@ class SignalsSink:
 
     def _body(self, buckets: list[bytes], texts: list[bytes]) -> bytes:
         """`{"instance", "buckets", "requests"}` as orjson writes it, from the buckets each
-        encoded alone (`_fill`) and the records written as text (`records.texts`): never a
+        encoded alone (`_fill`) and the records written as text (`RecordText.texts`): never a
         whole post's dicts at once."""
         head = b'{"instance":%b,"buckets":[' % orjson.dumps(self.instance)
         return b"".join([head, b",".join(buckets), b'],"requests":[', *texts, b"]}"])
