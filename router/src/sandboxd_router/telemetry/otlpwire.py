@@ -172,10 +172,7 @@ class SpanEncoder:
         return b"".join(parts)
 
     def span(self, o: Observed) -> bytes:
-        """`spans([o])`."""
-        parts: list[bytes] = []
-        self._add(o, parts)
-        return b"".join(parts)
+        return self.spans([o])
 
     def request(self, encoded: Sequence[bytes]) -> bytes:
         """An `ExportTraceServiceRequest` of spans made by `spans` (or `span`): one copy of them

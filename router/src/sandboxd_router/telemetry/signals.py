@@ -42,7 +42,7 @@ import orjson
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key
 from sandboxd_router.telemetry.post import Poster, PostError
 from sandboxd_router.telemetry.request_wire import RecordText, wire_of
-from sandboxd_router.telemetry.tally import Tally, Waiting
+from sandboxd_router.telemetry.tally import Tally
 
 log = logging.getLogger("sandboxd_router")
 
@@ -114,12 +114,12 @@ class SignalsSink:
         """What a report would send now, in wire form: the changed buckets and the request
         records waiting (all of them, not split into posts)."""
         buckets = [b.wire(key) for key, b in self._buckets.items() if b.changed]
-        return buckets, [wire_of(seq, o) for seq, o in self._queued()]
+        return buckets, [wire_of(seq, o) for seq, o in self._tally.queued()]
 
     def body(self) -> bytes:
         """One post's body of all that `outbox` holds (what reports encode: for benchmarks)."""
         changed = [orjson.dumps(b.wire(key)) for key, b in self._buckets.items() if b.changed]
-        return self._body(changed, self._text.texts(self._queued()))
+        return self._body(changed, self._text.texts(self._tally.queued()))
 
     @property
     def pending_requests(self) -> int:
@@ -162,7 +162,7 @@ class SignalsSink:
         records_left = self._tally.waiting
         i = 0
         while i < len(changed) or records_left > 0:
-            batch = self._queued()[: min(MAX_ENTRIES, records_left)]
+            batch = self._tally.queued()[: min(MAX_ENTRIES, records_left)]
             try:
                 texts = self._text.texts(batch)
             except (TypeError, ValueError):  # a bug of ours: drop these, never block the queue
@@ -213,9 +213,6 @@ class SignalsSink:
         whole post's dicts at once."""
         head = b'{"instance":%b,"buckets":[' % orjson.dumps(self.instance)
         return b"".join([head, b",".join(buckets), b'],"requests":[', *texts, b"]}"])
-
-    def _queued(self) -> list[Waiting]:
-        return self._tally.queued()
 
     def _expire(self, now: float) -> None:
         """Forget what is too old to matter and what was acknowledged and is closed."""
