@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from random import Random
@@ -277,6 +278,28 @@ async def test_posts_carry_at_most_1000_buckets_and_1000_records(
     sent = control_plane.sent_buckets()
     assert len({b[0] for b in sent}) == 1500
     assert ("pr-0", "svc", T0, 1001) in sent
+    await s.close()
+
+
+async def test_a_report_of_1000_buckets_holds_about_their_size_at_once(
+    control_plane: ControlPlane,
+) -> None:
+    s = sink(control_plane.url)
+    for i in range(1000):  # 1,000 buckets of 60 samples: ~0.6 MB as posted
+        for _ in range(60):
+            s.add(observed(sandbox=f"pr-{i}"))
+    s._tally.acknowledged(s._tally.queued())  # (the buckets alone)
+    tracemalloc.start()
+    try:
+        await s.send()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    posted = sum(len(orjson.dumps(p)) for p in control_plane.posts)
+    assert len(control_plane.sent_buckets()) == 1000 and posted > 500_000
+    # the encoded buckets, the body and the server's parse of it (in this process): 6 MB, not
+    # with the 8 KB orjson keeps under each bucket's text as well (8 MB more: 22 MB in all)
+    assert peak < 16 * posted
     await s.close()
 
 

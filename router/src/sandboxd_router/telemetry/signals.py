@@ -273,7 +273,9 @@ def _fill(
     take, and `at_least` (a post without records carries one, so that a report moves on)."""
     out: list[bytes] = []
     for key, bucket in changed[first : first + MAX_ENTRIES]:
-        text = orjson.dumps(bucket.wire(key))
+        # copied to its size: orjson's bytes keep the buffer it wrote in (8 KB for a 1 KB
+        # bucket: 8 MB a post of 1,000, where the copies take about 1)
+        text = bytes(memoryview(orjson.dumps(bucket.wire(key))))
         room -= len(text) + 1
         if room < 0 and len(out) >= at_least:
             break
