@@ -11,7 +11,6 @@ import json
 import logging
 import socket
 import struct
-from collections import deque
 from typing import Final, cast
 
 import httptools
@@ -42,7 +41,8 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         self.peer = b"unknown"
         self.http11 = True
         self.closed = False
-        self.queue: deque[Exchange] = deque()
+        # (a list: a deque holds a 64-slot block from the start, 0.7 KB an idle connection)
+        self.queue: list[Exchange] = []
         self.parsing: Exchange | None = None
         self._held: Exchange | None = None  # whose MCP body counts against the shared budget
         self._faulted: Decision | None = None  # the decision of `_held`, read for its faults
@@ -260,7 +260,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
 
     def exchange_done(self, exchange: object, *, reuse: bool) -> None:
         if self.queue and self.queue[0] is exchange:
-            self.queue.popleft()
+            self.queue.pop(0)
         if not reuse:
             self.close()  # (an upstream that answered before the body ended: the rest is moot)
             return
