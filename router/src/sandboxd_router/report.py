@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
+from sandboxd_router.tls import context_for
+
 log = logging.getLogger("sandboxd_router")
 
 Entry = tuple[str, str, str, int, int, int, int]
@@ -162,7 +164,12 @@ class Reporter:
 
     def _client(self) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.token}"}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=httpx.Timeout(5))
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(5),
+            verify=context_for(self.url),
+        )
 
 
 def _wire(entry: Entry) -> dict[str, object]:

@@ -11,6 +11,7 @@ import httpx
 
 from sandboxd_router.faults import FaultBook
 from sandboxd_router.table import Table, TableError, UpstreamRegistry, parse_table
+from sandboxd_router.tls import context_for
 
 log = logging.getLogger("sandboxd_router")
 OnTable = Callable[[Table], Awaitable[None]]
@@ -33,7 +34,7 @@ async def watch_control_plane(
     headers = {"Authorization": f"Bearer {token}"}
     timeout = httpx.Timeout(WAIT + 10, connect=5)
     async with httpx.AsyncClient(
-        base_url=url.rstrip("/"), headers=headers, timeout=timeout
+        base_url=url.rstrip("/"), headers=headers, timeout=timeout, verify=context_for(url)
     ) as client:
         while True:
             try:
