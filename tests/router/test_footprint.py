@@ -17,6 +17,7 @@ def test_the_router_and_its_telemetry_process_import_no_command_line_client() ->
     code = (
         "import json, sys\n"
         "import sandboxd_router.__main__, sandboxd_router.telemetry.__main__\n"
+        "import sandboxd_router.report, sandboxd_router.watch\n"
         "print(json.dumps(sorted(m for m, v in sys.modules.items() if v is not None)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -25,3 +26,15 @@ def test_the_router_and_its_telemetry_process_import_no_command_line_client() ->
     for available in ("click", "rich", "pygments"):
         __import__(available)  # installed here: the test means something
     assert not [m for m in NEVER if m in modules]
+
+
+def test_httpx_is_imported_after_the_telemetry_process_is_forked() -> None:
+    # the router's entry module and the telemetry process's (forked from it) import no httpx:
+    # the router imports its watcher and reporter, and so httpx, in its loop
+    code = (
+        "import sys\n"
+        "import sandboxd_router.__main__, sandboxd_router.telemetry.__main__\n"
+        "print('httpx' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
