@@ -267,10 +267,12 @@ def test_an_endpoint_it_cannot_use_turns_spans_off_and_says_why(
 
 def test_off_it_loads_no_sdk() -> None:
     """The telemetry process of a router that does not export stays small (nor does it load
-    httpx: its posts go through http.client)."""
+    httpx: its posts go through http.client). (None in sys.modules is an import refused:
+    `sandboxd_router` refuses httpx's command-line client.)"""
     code = ("import sys\nfrom sandboxd_router.telemetry import __main__, otlp\n"
             "assert otlp.from_env({}) is None\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'google', 'httpx'))))")  # fmt: skip
+            "print(sorted(m for m, v in sys.modules.items() if v is not None\n"
+            "             and m.startswith(('opentelemetry', 'google', 'httpx'))))")  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
