@@ -116,6 +116,8 @@ class Recorder:
         self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
         self._clock = time.perf_counter
+        self._pack = CORE.pack_into
+        """(Bound once: a method called by name is looked up on every call.)"""
         """(An attribute: compiled, `time.perf_counter` is a module attribute looked up by name
         each call.)"""
         self._wall = time.time() - time.perf_counter()
@@ -130,6 +132,8 @@ class Recorder:
         self._services: dict[str, int] = {}
         self._pairs: dict[str, tuple[str, int]] = {}  # routing key → (sandbox, id)
         self._methods: dict[bytes, int] = {}
+        self._last_method = b""  # (no request's: the parser never gives an empty method)
+        self._last_method_id = 0
         self._faults: dict[Fault, int] = {}
         self._rpc: dict[bytes, int] = {}
         self._tools: dict[bytes, int] = {}
@@ -227,10 +231,14 @@ class Recorder:
                 min(len(session), 255) if session is not None else 0,  # (> SESSION: cut)
                 session if session is not None else b"",
             )
-        method_id = self._methods.get(method)
-        if method_id is None:
-            method_id = self._method(method)
-        CORE.pack_into(
+        if method == self._last_method:  # (most requests of a stream share a method)
+            method_id = self._last_method_id
+        else:
+            known = self._methods.get(method)
+            method_id = self._method(method) if known is None else known
+            self._last_method = method
+            self._last_method_id = method_id
+        self._pack(
             ring,
             offset,
             seq,
@@ -320,6 +328,7 @@ class Recorder:
     def _forget(self) -> None:
         self._count = 0
         self.epoch += 1
+        self._last_method = b""
         self._services.clear()
         self._pairs.clear()
         self._methods.clear()
