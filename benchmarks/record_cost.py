@@ -30,14 +30,14 @@ TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 LATENCY = Fault("pr-1", {"id": "slow-describe", "service": "mcp", "kind": "latency"})
 
 
-def cases() -> dict[str, tuple[Any, ...]]:
+def cases(recorder: Recorder) -> dict[str, tuple[Any, ...]]:
+    """The arguments of each kind of request; the names' ids as the router keeps them on its
+    route decision (`Recorder.ids`, once per decision: not a request's cost)."""
     started = time.perf_counter()
-    http = (started, "echo", "", "", False, b"GET", 200, 0, 512, None, 0)
+    http = (started, recorder.ids("echo", "", ""), False, b"GET", 200, 0, 512, None, 0)
     sandbox = (
         started,
-        "echo",
-        "pr-1",
-        "key1aaaaaaaaaaa",
+        recorder.ids("echo", "pr-1", "key1aaaaaaaaaaa"),
         True,
         b"GET",
         200,
@@ -46,9 +46,9 @@ def cases() -> dict[str, tuple[Any, ...]]:
         TRACEPARENT,
         0,
     )
-    mcp = (*sandbox[:5], b"POST", 200, 180, 900, TRACEPARENT, 0, None, 0.0, b"tools/call",
+    mcp = (*sandbox[:3], b"POST", 200, 180, 900, TRACEPARENT, 0, None, 0.0, b"tools/call",
            b"describe_pod", b"7")  # fmt: skip
-    faulted = (*mcp[:11], [LATENCY], 0.0001, *mcp[13:])
+    faulted = (*mcp[:9], [LATENCY], 0.0001, *mcp[11:])
     return {
         "http, no key, no traceparent": http,
         "http, sandbox key + traceparent": sandbox,
@@ -78,7 +78,7 @@ def main() -> None:
     print(f"hot path: {native.mode}; ring: {args.slots} slots; {args.records:,} records a run, "
           f"best of {args.repeat}")  # fmt: skip
     print(f"{'case':<36} {'write()':>10} {'empty call':>11} {'net':>9}")
-    for name, case in cases().items():
+    for name, case in cases(recorder).items():
         recorder.write(*case)  # (its names interned once, as in a router that runs a while)
         write = min(per_call(recorder.write, case, args.records) for _ in range(args.repeat))
         base = min(per_call(empty, case, args.records) for _ in range(args.repeat))

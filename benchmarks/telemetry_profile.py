@@ -66,7 +66,8 @@ def filled_ring(n: int) -> tuple[Recorder, int, int]:
     os.set_blocking(names_r, False)
     for i in range(n):
         recorder.write(
-            time.perf_counter() - 0.0004, "echo", f"live-{i % 1000}", f"{i % 1000:016x}",
+            time.perf_counter() - 0.0004,
+            recorder.ids("echo", f"live-{i % 1000}", f"{i % 1000:016x}"),
             False, b"GET", 200, 96, 1161, TRACEPARENT, 0,
         )  # fmt: skip
     return recorder, names_r, start

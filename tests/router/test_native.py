@@ -137,8 +137,8 @@ rng = Random(5)
 for n in range(3000):
     raw = {"id": f"slow-{n % 3}", "service": "svc-0", "kind": "latency", "latencyMs": 1}
     faults = [Fault(f"pr-{n % 50}", raw)] if n % 7 == 0 else None
-    recorder.write(time.perf_counter() - rng.random() / 10, f"svc-{n % 3}", f"pr-{n % 50}",
-                   f"key-{n % 50}" if n % 5 else "", n % 2 == 0, b"POST" if n % 4 else b"GET",
+    ids = recorder.ids(f"svc-{n % 3}", f"pr-{n % 50}", f"key-{n % 50}" if n % 5 else "")
+    recorder.write(time.perf_counter() - rng.random() / 10, ids, n % 2 == 0, b"POST" if n % 4 else b"GET",
                    (200, 404, 502, 0)[n % 4], n, 3 * n, b"00-%032x-%016x-01" % (n + 1, n + 2),
                    n % 5, faults, 0.001, b"tools/call" if n % 3 == 0 else None,
                    b"tool-%d" % (n % 4) if n % 3 == 0 else None, b'"id-%d"' % n,

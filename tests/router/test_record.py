@@ -254,6 +254,10 @@ def test_the_telemetry_process_is_a_fork_sharing_the_routers_pages(
 def test_a_killed_telemetry_process_is_started_again(upstream: str, tmp_path: Path) -> None:
     router, _, records = started(tmp_path, upstream)
     try:
+        # the decision the requests after the restart take is made (its names' ids kept on it)
+        httpx.get(f"{router.url}/before", headers=traced("before", KEYS["pr-1"]))
+        poll.until(lambda: access_log.entries(router.log, trace_id=trace_id("before")),
+                   timeout=10, what="the line of the request before the restart")  # fmt: skip
         first = telemetry_of(router)
         os.kill(first, signal.SIGKILL)
         second = poll.until(lambda: telemetry_of(router, missing_ok=True),

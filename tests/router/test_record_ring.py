@@ -23,7 +23,7 @@ recorder.attach(int(sys.argv[2]))
 print(recorder.fd, flush=True)
 sys.stdin.readline()
 for n in range(int(sys.argv[3])):
-    recorder.write(time.perf_counter(), f"s{n % 7}", f"sb{n % 5}", f"k{n % 5}", n % 2 == 0,
+    recorder.write(time.perf_counter(), recorder.ids(f"s{n % 7}", f"sb{n % 5}", f"k{n % 5}"), n % 2 == 0,
                    b"GET", 100 + n % 400, n, 3 * n, b"%055d" % n, n % 5,
                    None if n % 3 else [], 0.0, b"m%d" % (n % 11) if n % 3 == 0 else None,
                    None, b"%d" % n if n % 3 == 0 else None)
@@ -104,7 +104,7 @@ def test_names_a_client_picks_are_capped() -> None:
     recorder.attach(names_w)
     reader = RingReader(recorder.fd, names_r, 0)
     for n in range(CLIENT_CAP + 5):
-        recorder.write(0.0, "mcp", "", "", False, b"POST", 200, n, 0, None, 0,
+        recorder.write(0.0, recorder.ids("mcp", "", ""), False, b"POST", 200, n, 0, None, 0,
                        rpc_method=b"tools/call", tool=b"tool-%d" % n)  # fmt: skip
     tools = [o.tool for o in reader.read()]
     assert tools[:CLIENT_CAP] == [f"tool-{n}" for n in range(CLIENT_CAP)]
@@ -121,7 +121,7 @@ def test_a_client_name_is_cut_and_its_control_characters_shown() -> None:
     recorder = Recorder(64)
     recorder.attach(names_w)
     reader = RingReader(recorder.fd, names_r, 0)
-    recorder.write(0.0, "mcp", "", "", False, b"POST", 200, 0, 0, None, 0,
+    recorder.write(0.0, recorder.ids("mcp", "", ""), False, b"POST", 200, 0, 0, None, 0,
                    rpc_method=b"tools/\x1b[2Jcall", tool=b"x\ny" + b"z" * 400)  # fmt: skip
     (observed,) = reader.read()
     assert observed.tool == "x?y" + "z" * 253
@@ -146,7 +146,9 @@ def test_the_path_is_the_target_up_to_its_query_within_the_bytes_kept() -> None:
         b"/caf\xc3\xa9?x": "/caf\u00e9",
     }
     for target in targets:
-        recorder.write(0.0, "web", "", "", False, b"GET", 200, 0, 0, None, 0, target=target)
+        recorder.write(
+            0.0, recorder.ids("web", "", ""), False, b"GET", 200, 0, 0, None, 0, target=target
+        )
     assert [o.path for o in reader.read()] == list(targets.values())
     recorder.close()
     reader.close()
@@ -160,10 +162,12 @@ def test_ids_past_two_bytes_decode() -> None:
     recorder.attach(names_w)
     reader = RingReader(recorder.fd, names_r, 0)
     for n in range(70_000):
-        recorder.write(0.0, "svc", f"sb{n}", f"k{n}", True, b"GET", 200, n, 0, None, 0)
+        recorder.write(
+            0.0, recorder.ids("svc", f"sb{n}", f"k{n}"), True, b"GET", 200, n, 0, None, 0
+        )
         if n % 1000 == 0:
             reader.read()  # (keeps the names pipe drained)
-    recorder.write(0.0, "svc", "sb1", "k1", True, b"PATCH", 200, 0, 0, None, 0)
+    recorder.write(0.0, recorder.ids("svc", "sb1", "k1"), True, b"PATCH", 200, 0, 0, None, 0)
     last = reader.read()[-1]
     assert (last.method, last.sandbox, last.routing_key) == ("PATCH", "sb1", "k1")
     recorder.close()
@@ -171,4 +175,4 @@ def test_ids_past_two_bytes_decode() -> None:
 
 
 def write(recorder: Recorder, service: str, n: int) -> None:
-    recorder.write(0.0, service, "", "", False, b"GET", 200, n, 0, None, 0)
+    recorder.write(0.0, recorder.ids(service, "", ""), False, b"GET", 200, n, 0, None, 0)

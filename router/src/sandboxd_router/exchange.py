@@ -610,11 +610,16 @@ class Exchange:
         verdict = self.verdict
         faults = verdict.applied() if verdict is not None else None
         try:
+            ids = decision.recorded
+            if ids is None or ids.epoch != recorder.epoch:
+                ids = decision.recorded = recorder.ids(
+                    service.name if service is not None else "-",
+                    route.sandbox if route is not None else "",
+                    route.key if route is not None else "",
+                )
             recorder.write(
                 self.started,
-                service.name if service is not None else "-",
-                route.sandbox if route is not None else "",
-                route.key if route is not None else "",
+                ids,
                 decision.sandbox is not None,
                 self.method,
                 status,

@@ -88,6 +88,21 @@ assert CORE.size == EXTRA_AT
 assert EXTRA_AT + EXTRA.size == SLOT
 
 
+class Ids:
+    """A route decision's names interned (its service, and its sandbox with its routing key):
+    kept on the decision, so a request pays no dictionary lookup for them. Valid while
+    `epoch` is the recorder's (a new reader or a new generation of names changes it)."""
+
+    epoch: int
+    service: int
+    pair: int
+
+    def __init__(self, epoch: int, service: int, pair: int) -> None:
+        self.epoch = epoch
+        self.service = service
+        self.pair = pair
+
+
 class Recorder:
     """The writer's side, owned by the router's event loop thread (not thread-safe)."""
 
@@ -101,6 +116,8 @@ class Recorder:
         self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
         self._clock = time.perf_counter
+        self._pack = CORE.pack_into
+        """(Bound once: a method called by name is looked up on every call.)"""
         """(An attribute: compiled, `time.perf_counter` is a module attribute looked up by name
         each call.)"""
         self._wall = time.time() - time.perf_counter()
@@ -110,9 +127,13 @@ class Recorder:
         self._pending = b""  # names the pipe could not take yet (full)
         self._next = 1  # 0 is "none"
         self._count = 0
+        self.epoch = 0
+        """Moves on whenever the names are forgotten: an `Ids` of an older one is stale."""
         self._services: dict[str, int] = {}
         self._pairs: dict[str, tuple[str, int]] = {}  # routing key → (sandbox, id)
         self._methods: dict[bytes, int] = {}
+        self._last_method = b""  # (no request's: the parser never gives an empty method)
+        self._last_method_id = 0
         self._faults: dict[Fault, int] = {}
         self._rpc: dict[bytes, int] = {}
         self._tools: dict[bytes, int] = {}
@@ -141,12 +162,22 @@ class Recorder:
         self.ring.close()
         os.close(self.fd)
 
+    def ids(self, service: str, sandbox: str, key: str) -> Ids:
+        """The ids of a decision's names (interned now if new); `key` "" for none."""
+        service_id = self._services.get(service)
+        if service_id is None:
+            service_id = self._service(service)
+        pair = 0
+        if key:
+            known = self._pairs.get(key)
+            same = known is not None and known[0] == sandbox
+            pair = known[1] if known is not None and same else self._pair(sandbox, key)
+        return Ids(self.epoch, service_id, pair)
+
     def write(
         self,
         started: float,
-        service: str,
-        sandbox: str,
-        key: str,
+        ids: Ids,
         forked: bool,
         method: bytes,
         status: int,
@@ -165,7 +196,8 @@ class Recorder:
         protocol: bytes | None = None,
     ) -> None:
         """Record one request; `started`: its `time.perf_counter()` at the head's first byte;
-        `target`: the request target in origin form (its query is not kept)."""
+        `ids`: of its decision's names (`ids`), this epoch's; `target`: the request target in
+        origin form (its query is not kept)."""
         now = self._clock()
         seq = self.seq
         offset = HEADER + (seq % self.slots) * SLOT
@@ -199,18 +231,14 @@ class Recorder:
                 min(len(session), 255) if session is not None else 0,  # (> SESSION: cut)
                 session if session is not None else b"",
             )
-        service_id = self._services.get(service)
-        if service_id is None:
-            service_id = self._service(service)
-        pair = 0
-        if key:
-            known = self._pairs.get(key)
-            same = known is not None and known[0] == sandbox
-            pair = known[1] if known is not None and same else self._pair(sandbox, key)
-        method_id = self._methods.get(method)
-        if method_id is None:
-            method_id = self._method(method)
-        CORE.pack_into(
+        if method == self._last_method:  # (most requests of a stream share a method)
+            method_id = self._last_method_id
+        else:
+            known = self._methods.get(method)
+            method_id = self._method(method) if known is None else known
+            self._last_method = method
+            self._last_method_id = method_id
+        self._pack(
             ring,
             offset,
             seq,
@@ -218,8 +246,8 @@ class Recorder:
             now - started,
             bytes_in,
             bytes_out,
-            service_id,
-            pair,
+            ids.service,
+            ids.pair,
             method_id,
             status,
             error,
@@ -299,6 +327,8 @@ class Recorder:
 
     def _forget(self) -> None:
         self._count = 0
+        self.epoch += 1
+        self._last_method = b""
         self._services.clear()
         self._pairs.clear()
         self._methods.clear()

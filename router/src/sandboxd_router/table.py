@@ -14,6 +14,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from sandboxd_router.faults import FaultBook, ServiceFaults
+from sandboxd_router.record import Ids
 from sandboxd_router.upstream import Upstream
 
 
@@ -52,7 +53,8 @@ BASELINE: Final = b"baseline"
 
 
 class Decision:
-    """Where a request goes, and why; shared by every request routed alike (never changed)."""
+    """Where a request goes, and why; shared by every request routed alike (never changed but
+    for `recorded`, a cache)."""
 
     def __init__(
         self,
@@ -75,6 +77,9 @@ class Decision:
         (its sandbox does not fork the service): where a sandbox's faults are looked up."""
         self.faults = route.by_service.get(service.name) if route and service else None
         """That sandbox's faults on this service (None: none; the one test a request pays)."""
+        self.recorded: Ids | None = None
+        """Its names' ids in the request records (`Recorder.ids`): set by the first request
+        recorded (the one thing about a decision that changes)."""
 
 
 @dataclass(frozen=True, slots=True)
