@@ -263,10 +263,15 @@ async def sse(port: int, *, baggage: str, n: int, interval_ms: float) -> SseRun:
 
 
 async def holding(
-    port: int, *, count: int, baggage: str, measure: Callable[[], Awaitable[T]]
+    port: int,
+    *,
+    count: int,
+    baggage: str,
+    measure: Callable[[], Awaitable[T]],
+    host: str = "127.0.0.1",
 ) -> tuple[T, int]:
-    """Open `count` keep-alive connections, one request each, then `measure()` while all of
-    them are still open. Returns what `measure` returned and how many requests failed."""
+    """Open `count` keep-alive connections to `host`, one request each, then `measure()` while
+    all of them are still open. Returns what `measure` returned and how many requests failed."""
     loop = asyncio.get_running_loop()
     req = request(port, baggage=baggage)
     gate = asyncio.Semaphore(64)
@@ -274,7 +279,7 @@ async def holding(
 
     async def one() -> bool:
         async with gate:
-            transport, proto = await loop.create_connection(_Responses, "127.0.0.1", port)
+            transport, proto = await loop.create_connection(_Responses, host, port)
             transports.append(transport)
             _, head = await proto.exchange(transport, req)
             return _status(head) == 200

@@ -368,7 +368,7 @@ def held(proxy: Proxy, key: str, measure: Callable[[], Awaitable[T]]) -> tuple[T
     that failed."""
     baggage = _routes.baggage(key)
     return _loadgen.run_async(
-        _loadgen.holding(proxy.port, count=HELD, baggage=baggage, measure=measure)
+        _loadgen.holding(proxy.port, count=HELD, baggage=baggage, measure=measure, host=proxy.host)
     )
 
 
