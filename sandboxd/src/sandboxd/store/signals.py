@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import String, Table, and_, cast, delete, func, select
+from sqlalchemy import String, Table, and_, bindparam, cast, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col
@@ -109,15 +109,38 @@ def store(
     return Stored(accepted, len(buckets) + len(records) - accepted)
 
 
+def _in_window() -> tuple[Any, ...]:
+    """The buckets of routing key `:key` that reach past `:since` (`:reach` is `since` less
+    `MAX_WIDTH`: the index's range; the last condition is exact)."""
+    c = _BUCKETS.c
+    return (
+        c.routing_key == bindparam("key"),
+        c.start > bindparam("reach"),
+        c.start + c.width > bindparam("since"),
+    )
+
+
+def _window_params(routing_key: str, since: float) -> dict[str, Any]:
+    return {"key": routing_key, "reach": since - MAX_WIDTH, "since": since}
+
+
+_WINDOW = select(
+    func.aggregate_strings(_BUCKETS.c.service, " "), func.aggregate_strings(_BUCKETS.c.data, ",")
+).where(*_in_window())
+"""Built once: a metrics call runs it, and building a statement costs more than running it."""
+_START, _REQUESTS = cast(_BUCKETS.c.start, String), cast(_BUCKETS.c.requests, String)
+_INDEX = select(
+    func.aggregate_strings(
+        _BUCKETS.c.service + " " + _START + " " + _BUCKETS.c.instance + " " + _REQUESTS, "\n"
+    )
+).where(*_in_window())
+
+
 def window(session: Session, *, routing_key: str, since: float) -> list[tuple[str, Any]]:
     """(service, data) of the key's buckets that reach past `since`: one range of the key,
     read as one row (see the module's docstring). The two aggregates of one query see its
     rows in the same order, and a service's name holds no space (`Token`)."""
-    query = select(
-        func.aggregate_strings(_BUCKETS.c.service, " "),
-        func.aggregate_strings(_BUCKETS.c.data, ","),
-    ).where(*_in_window(routing_key, since))
-    services, data = session.execute(query).one()
+    services, data = session.execute(_WINDOW, _window_params(routing_key, since)).one()
     if not services:
         return []
     return list(zip(services.split(" "), orjson.loads(f"[{data}]"), strict=True))
@@ -127,21 +150,9 @@ def baseline_index(session: Session, *, since: float) -> tuple[tuple[str, int, s
     """What identifies the baseline's buckets in the window, without their data: (service,
     start, instance, requests), sorted. While it is unchanged, so is the baseline's side.
     Read as one row: services and instances hold no spaces (`Token`, `Key`)."""
-    c = _BUCKETS.c
-    start, requests = cast(c.start, String), cast(c.requests, String)
-    line = c.service + " " + start + " " + c.instance + " " + requests
-    query = select(func.aggregate_strings(line, "\n")).where(*_in_window(BASELINE, since))
-    joined = session.execute(query).scalar()
+    joined = session.execute(_INDEX, _window_params(BASELINE, since)).scalar()
     found = (row.split(" ") for row in joined.split("\n")) if joined else ()
     return tuple(sorted((s, int(t), i, int(r)) for s, t, i, r in found))
-
-
-def _in_window(routing_key: str, since: float) -> tuple[Any, ...]:
-    return (
-        _BUCKETS.c.routing_key == routing_key,
-        _BUCKETS.c.start > since - MAX_WIDTH,  # the index's range; the next line is exact
-        _BUCKETS.c.start + _BUCKETS.c.width > since,
-    )
 
 
 Ident = tuple[str, int, str, int]
