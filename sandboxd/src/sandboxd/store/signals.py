@@ -251,13 +251,23 @@ def _baseline_sides(
             _BUCKETS.c.routing_key == BASELINE, _BUCKETS.c.start >= oldest
         )
         for service, start, instance, requests, data in session.execute(query).all():
-            cache.buckets[(service, int(start), instance, int(requests))] = orjson.loads(data)
+            ident = (service, int(start), instance, int(requests))
+            cache.buckets[ident] = _untracked(orjson.loads(data))
     rows = [(ident[0], cache.buckets[ident]) for ident in index if ident in cache.buckets]
     merged = sides(rows, exclude_injected=exclude_injected)
     for side in merged.values():
         side.sample().prepare()  # compared with every sandbox's: count its ties once, here
     cache.put(index, exclude_injected, merged)
     return merged
+
+
+def _untracked(bucket: dict[str, Any]) -> dict[str, Any]:
+    """The bucket with its samples in tuples, which the cyclic collector stops tracking (it
+    walks a list's every item on each full pass): the cache keeps some 100,000 samples."""
+    for key in ("latencyMs", "injectedLatencyMs"):
+        if key in bucket:
+            bucket[key] = tuple(bucket[key])
+    return bucket
 
 
 @dataclass(frozen=True, slots=True)
