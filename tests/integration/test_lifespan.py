@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandboxd.app import confinement, create_app
+from sandboxd.app import SWITCH_INTERVAL, confinement, create_app
 from sandboxd.runtime.local import owner_id
 from sandboxd.runtime.supervisor import SupervisorError
 from sandboxd.settings import Settings
@@ -112,3 +112,20 @@ def socket_taken(port: int) -> Iterator[None]:
         taken.bind(("127.0.0.1", port))
         taken.listen()
         yield
+
+
+async def test_the_gil_switch_interval_is_short_while_serving_and_restored_after(
+    tmp_path: Path,
+) -> None:
+    """A metrics call shares the GIL with the ingest of router signals: while the app serves,
+    a thread waiting for the GIL waits `SWITCH_INTERVAL`, not Python's 5 ms; the process's own
+    interval comes back when the app stops (an app in a test's process leaves it as it was)."""
+    settings = _settings(tmp_path, baseline_port=free_port()).model_copy(
+        update={"start_baseline": False, "with_router": False}
+    )
+    before = sys.getswitchinterval()
+    app = create_app(settings, confined=confinement(settings))
+    async with app.router.lifespan_context(app):
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == before
+    assert before != pytest.approx(SWITCH_INTERVAL)

@@ -789,3 +789,44 @@ async def test_a_client_asking_for_many_windows_keeps_only_the_last_few_ready(
     assert sorted(store._baseline.wanted) == [(570, True), (580, True), (590, True)]
     await store.close()
     engine.dispose()
+
+
+async def test_a_window_reads_back_whole_whatever_the_names_hold(database_url: str) -> None:
+    """A metrics call reads a window's buckets, and the baseline's index, each as one row the
+    database joins: names with quotes, commas, brackets and backslashes (a `Token` may hold
+    them) still come back each with its own bucket, and the index exact and sorted."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    store = Store(engine)
+    row, _ = await store.create(
+        NewSandbox(spec=SandboxSpec(name="joined"), labels={}, ttl_seconds=600, request_hash="h")
+    )
+    start, services = now_bucket(), ['q"uote', "com,ma", "[br]", "back\\slash", "plain"]
+
+    def bucket_in(key: str, service: str, at: int, n: int) -> BucketIn:
+        data = {"requests": n, "latencyMs": [float(n)] * n, "tools": {service: {"calls": n}}}
+        return BucketIn("joined" if key else "", key, service, at, 10, n, json.dumps(data))
+
+    mine = [bucket_in(row.routing_key, s, start - 10 * k, i + k + 1)
+            for i, s in enumerate(services) for k in range(3)]  # fmt: skip
+    base = [bucket_in("", s, start - 10 * k, 7) for s in services for k in range(2)]
+    await store.store_signals(instance="one", buckets=mine + base, records=[])
+    await store.store_signals(instance="two.2", buckets=base[:3], records=[])
+
+    sides, theirs = await store.signal_sides(
+        routing_key=row.routing_key, now=time.time(), window=300, exclude_injected=True
+    )
+    assert {s: (v.requests, sorted(set(v.latencies)), list(v.tools)) for s, v in sides.items()} == {
+        s: (3 * i + 6, [float(i + 1), float(i + 2), float(i + 3)], [s])
+        for i, s in enumerate(services)
+    }
+    assert {s: v.requests for s, v in theirs.items()} == {
+        s: 14 + 7 * sum(b.service == s for b in base[:3]) for s in services
+    }
+    with Session(engine) as session:
+        index = baseline_index(session, since=time.time() - 300)
+    expected = [(b.service, b.start, "one", 7) for b in base]
+    expected += [(b.service, b.start, "two.2", 7) for b in base[:3]]
+    assert index == tuple(sorted(expected))
+    await store.close()
+    engine.dispose()

@@ -3,6 +3,7 @@ hand or printed in textbooks, and the verdict rules on constructed samples."""
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 from collections import Counter
@@ -166,3 +167,16 @@ def test_the_worst_verdict_wins() -> None:
     assert worst(["pass", "inconclusive"]) == "inconclusive"
     assert worst(["pass", "pass"]) == "pass"
     assert worst([]) == "inconclusive"
+
+
+def test_a_prepared_sample_keeps_its_values_and_leaves_the_collector_little_to_walk() -> None:
+    """The baseline's sample stays cached: its sorted values are the side's own list (not a
+    copy), and what `prepare` derives is in tuples, which the cyclic collector stops tracking
+    (it walks every item of a tracked list on each full pass)."""
+    values = sorted([0.5, 1.0, 1.0, 2.5, 3.0, 3.0, 3.0])
+    sample = Sample(values, ordered=True)
+    sample.prepare()
+    gc.collect()
+    assert sample.values is values
+    derived = [sample.distinct, sample.counts, *sample.padded]
+    assert [gc.is_tracked(d) for d in derived] == [False] * 4

@@ -89,7 +89,9 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """Coroutines, like `require_token`: FastAPI runs a plain function dependency in a worker
+    thread, two thread hops per call that wait for the GIL while a post is being ingested."""
     state: AppState = request.app.state.sandboxd
     return state
 
@@ -98,7 +100,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False, description="The admin token (see the README).")
 
 
-def require_token(
+async def require_token(
     state: StateDep,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],

@@ -60,8 +60,12 @@ _FIGURES: dict[str, type[FigureOut]] = {
 async def _live_row(state: AppState, name: str) -> SandboxRow:
     row = await state.store.get(name)
     if row is None or row.phase == Phase.DELETED:
-        raise NotFound(f"sandbox {name!r} not found (or deleted, with its signals)", sandbox=name)
+        raise _not_found(name)
     return row
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"sandbox {name!r} not found (or deleted, with its signals)", sandbox=name)
 
 
 @router.get("/{name}/metrics", response_model=MetricsOut, responses={**ERRORS, **_NOT_FOUND})
@@ -86,12 +90,14 @@ async def sandbox_metrics(
     """Per service the sandbox's figures and the baseline's over the same window, merged over
     every router, and a verdict per figure (`sandboxd.core.compare` states the rules)."""
     seconds = _window(window)
-    row = await _live_row(state, name)
     now = time.time()
     since = now - seconds
-    mine, theirs = await state.store.signal_sides(
-        routing_key=row.routing_key, now=now, window=seconds, exclude_injected=exclude_injected
+    found = await state.store.live_signal_sides(
+        name, now=now, window=seconds, exclude_injected=exclude_injected
     )
+    if found is None:
+        raise _not_found(name)
+    row, mine, theirs = found
     services = sorted(set(mine) | {fork.service for fork in row.spec.forks})
     criteria = compare.Criteria(alpha=alpha, effect=effect, min_samples=min_samples)
     figures = [_service(s, mine.get(s, Side()), theirs.get(s, Side()), criteria) for s in services]

@@ -42,7 +42,8 @@ class Side:
     _sample: Sample | None = None
 
     def sample(self) -> Sample:
-        """The latencies for `sandboxd.core.compare`, made once (a side may be cached)."""
+        """The latencies for `sandboxd.core.compare`, made once (a side may be cached); it
+        shares `latencies`, which do not change once the side is complete."""
         if self._sample is None:
             self._sample = Sample(self.latencies, ordered=True)
         return self._sample

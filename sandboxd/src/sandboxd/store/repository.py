@@ -388,11 +388,36 @@ class Store:
         `now`. The baseline's is the same for every sandbox: it is read and merged again only
         when its buckets changed (`BaselineCache`)."""
         with self._tx(read_only=True) as session:
-            rows = signals.window(session, routing_key=routing_key, since=now - window)
-            mine = sides(rows, exclude_injected=exclude_injected)
-            theirs = signals.baseline_sides(
-                session, self._baseline, now=now, window=window, exclude_injected=exclude_injected
-            )
+            return self._sides(
+                session, routing_key=routing_key, now=now, window=window,
+                exclude_injected=exclude_injected,
+            )  # fmt: skip
+
+    @_off_loop
+    def live_signal_sides(
+        self, name: str, *, now: float, window: int, exclude_injected: bool
+    ) -> tuple[SandboxRow, dict[str, Side], dict[str, Side]] | None:
+        """The live sandbox `name` (None when there is none) and its `signal_sides`, in one
+        transaction and one thread hop: under ingest every hop waits for the GIL."""
+        with self._tx(read_only=True) as session:
+            row = session.get(SandboxRow, name)
+            if row is None or row.phase == Phase.DELETED:
+                return None
+            mine, theirs = self._sides(
+                session, routing_key=row.routing_key, now=now, window=window,
+                exclude_injected=exclude_injected,
+            )  # fmt: skip
+        return row, mine, theirs
+
+    def _sides(
+        self, session: Session, *, routing_key: str, now: float, window: int,
+        exclude_injected: bool,
+    ) -> tuple[dict[str, Side], dict[str, Side]]:  # fmt: skip
+        rows = signals.window(session, routing_key=routing_key, since=now - window)
+        mine = sides(rows, exclude_injected=exclude_injected)
+        theirs = signals.baseline_sides(
+            session, self._baseline, now=now, window=window, exclude_injected=exclude_injected
+        )
         return mine, theirs
 
     async def keep_baseline_ready(self, *, every: float = 1.0) -> None:
