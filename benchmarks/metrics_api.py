@@ -259,6 +259,9 @@ def full_post(router: httpx.Client, boxes: list[dict[str, Any]]) -> tuple[list[f
     return times, size
 
 
+DEFAULT_SWEEP = {"SANDBOXD_REAPER_INTERVAL": "10"}  # `sandboxd serve`'s default
+
+
 def run(args: argparse.Namespace, database_url: str | None) -> None:
     with tempfile.TemporaryDirectory(prefix="sandboxd-bench-") as tmp:
         catalog = Path(tmp) / "sandboxd.yaml"
@@ -268,7 +271,10 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
         )
         data = Path(tmp) / "data"
         with (
-            running_sandboxd(data, catalog=catalog, database_url=database_url) as server,
+            # the TTL sweep at its default interval (the tests' helper sweeps every second)
+            running_sandboxd(
+                data, catalog=catalog, database_url=database_url, env=DEFAULT_SWEEP
+            ) as server,
             server.client() as client,
             server.client(token=(server.data_dir / "router-token").read_text().strip()) as router,
         ):
