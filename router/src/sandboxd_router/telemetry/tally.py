@@ -63,6 +63,20 @@ class Queue:
         return gone
 
 
+class Open:
+    """The bucket a (routing key, service) counts in now, and its sandbox's records waiting
+    (None for no sandbox): found by two lookups of names whose hashes their strings keep,
+    where `Tally.buckets`' key is a tuple made, hashed and compared per request."""
+
+    __slots__ = ("bucket", "queue", "sandbox", "start")
+
+    def __init__(self, sandbox: str, start: int, bucket: Bucket, queue: Queue | None) -> None:
+        self.sandbox = sandbox
+        self.start = start
+        self.bucket = bucket
+        self.queue = queue
+
+
 class Tally:
     def __init__(self, *, max_pending: int, per_sandbox: int, rng: Random) -> None:
         self.max_pending = max_pending
@@ -71,6 +85,8 @@ class Tally:
         self.buckets: dict[Key, Bucket] = {}
         self.pending: dict[tuple[str, str], Queue] = {}
         """(Sandbox, routing key) → its records waiting."""
+        self._open: dict[str, dict[str, Open]] = {}
+        """Routing key → service → `Open`; emptied whenever a bucket or a queue goes."""
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
@@ -90,20 +106,32 @@ class Tally:
             return
         ms = round3(o.duration * 1000.0)  # to the µs: half the cost of encoding samples
         end = int(o.end)
-        key = (o.sandbox, o.routing_key, o.service, end - end % WIDTH)
+        start = end - end % WIDTH
+        services = self._open.get(o.routing_key)
+        if services is None:
+            services = self._open[o.routing_key] = {}
+        now = services.get(o.service)
+        if now is None or now.start != start or now.sandbox != o.sandbox:
+            now = services[o.service] = self._opened(o, start)
+        now.bucket.add(o, ms, bin_of(ms), self.rng)
+        if now.queue is not None:
+            self._wait(o, now.queue)
+
+    def _opened(self, o: Observed, start: int) -> Open:
+        key = (o.sandbox, o.routing_key, o.service, start)
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = Bucket()
-        bucket.add(o, ms, bin_of(ms), self.rng)
+        queue = None
         if o.sandbox:
-            self._wait(o)
+            owner = (o.sandbox, o.routing_key)
+            queue = self.pending.get(owner)
+            if queue is None:
+                queue = self.pending[owner] = Queue()
+        return Open(o.sandbox, start, bucket, queue)
 
-    def _wait(self, o: Observed) -> None:
+    def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
-        owner = (o.sandbox, o.routing_key)
-        queue = self.pending.get(owner)
-        if queue is None:
-            queue = self.pending[owner] = Queue()
         (queue.notable if notable(o) else queue.plain).append((self.seq, o))
         self.waiting += 1
         if len(queue) > self.per_sandbox or self.waiting > self.max_pending:
@@ -113,6 +141,13 @@ class Tally:
             victim.drop_one()
             self.dropped += 1
             self.waiting -= 1
+
+    def drop_buckets(self, keys: list[Key]) -> None:
+        """Forget these buckets (sent, or too old to send)."""
+        for key in keys:
+            del self.buckets[key]
+        if keys:
+            self._open.clear()
 
     def queued(self) -> list[Waiting]:
         """Every record waiting, in the order seen (their numbers are all different: no two
@@ -136,6 +171,7 @@ class Tally:
             self.waiting -= queue.acknowledged(seq)
             if not len(queue):
                 del self.pending[owner]
+                self._open.clear()
 
 
 def _number(waiting: Waiting) -> int:
