@@ -22,11 +22,27 @@ from sandboxd_router.telemetry.thousandths import SUFFIXES, text3, thousandths
 
 log = logging.getLogger("sandboxd_router.telemetry")
 MIDDLES: Final = 100_000  # lines' middles kept (a few per live sandbox and service)
-NUMBERS: Final = 1 << 12  # the numbers below this have their text kept once made
+NUMBERS: Final = 1 << 12  # the numbers (and durations in µs) below this: their text kept
 _DASH: Final = 0x2D  # "-"
 FLUSH_BYTES: Final = 1 << 18
 """Lines written out as soon as this many characters wait (else at each tick, once a second):
 a second of lines at 28,000 requests is ~5.6 MB, held, and kept by the allocator after."""
+
+
+class Middle:
+    """A line's middle (`AccessLogSink._middle`) and what it shows besides the sandbox and the
+    service."""
+
+    __slots__ = ("method", "route", "status", "text")
+
+    def __init__(self, route: str, method: str, status: int, text: str) -> None:
+        self.route = route
+        self.method = method
+        self.status = status
+        self.text = text
+
+    def shows(self, o: Observed) -> bool:
+        return self.status == o.status and self.method == o.method and self.route == o.route
 
 
 class AccessLogSink:
@@ -41,10 +57,14 @@ class AccessLogSink:
         (a line encoded and appended to a buffer on its own cost ~400 instructions more)."""
         self._size = 0  # their characters
         self._second, self._second_text = -1, ""
+        self._time_n, self._time_text = -1, ""
         self._middles: dict[tuple[str, str, str, str, int], str] = {}
-        """(Service, sandbox, route, method, status) → the line's text from service to status,
-        the status included (an int written as text costs as much as the lookup)."""
+        """(Service, sandbox, route, method, status) → the line's text from service to
+        `"ms":`, the status included (an int written as text costs as much as the lookup)."""
+        self._recent: dict[str, dict[str, Middle]] = {}
+        """Sandbox → service → its last middle."""
         self._numbers: list[str | None] = [None] * NUMBERS
+        self._durations: list[str | None] = [None] * NUMBERS
 
     def add(self, observed: Observed) -> None:
         self._keep(self.text(observed))
@@ -69,49 +89,48 @@ class AccessLogSink:
 
     def text(self, observed: Observed) -> str:
         """`encode` as text, made without the dict: what repeats from one request to the next
-        (service, route, method, status) is encoded once."""
+        (service, route, method, status; the time to the ms) is encoded once."""
         o = observed
         if o.faults:
             return orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE).decode()
-        group = (o.service, o.sandbox, o.route, o.method, o.status)
-        middle = self._middles.get(group)
-        if middle is None:
-            middle = self._middle(o, group)
         raw = o.raw_traceparent
         if raw:
             trace = _plain_trace(raw)
         else:
             tp = o.traceparent
             trace = _plain_trace_id(tp) if tp else None
-        n = thousandths(end := o.end)
-        if n < 0:
-            second, fraction = text3(end), ""
-        else:
-            second, fraction = self._whole(n // 1000), SUFFIXES[n % 1000]
-        m = thousandths(duration := o.duration * 1000.0)
-        if m < 0:
-            ms, ms_fraction = text3(duration), ""
-        else:
-            ms, ms_fraction = self._number(m // 1000), SUFFIXES[m % 1000]
+        time, middle = self._time(o.end), self._middle(o)
+        ms, sizes = self._ms(o.duration * 1000.0), self._number(o.bytes_in)
+        out = self._number(o.bytes_out)
         if trace is not None:
-            return (
-                f'{{"time":{second}{fraction}{middle},"ms":{ms}{ms_fraction},'
-                f'"bytesIn":{self._number(o.bytes_in)},"bytesOut":{self._number(o.bytes_out)},'
-                f'"traceId":"{trace}"}}\n'
-            )
+            return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":"{trace}"}}\n'
         tp = o.traceparent
-        odd = _trace_id(tp) if tp else None
-        return (
-            f'{{"time":{second}{fraction}{middle},"ms":{ms}{ms_fraction},'
-            f'"bytesIn":{self._number(o.bytes_in)},"bytesOut":{self._number(o.bytes_out)},'
-            f'"traceId":{orjson.dumps(odd).decode()}}}\n'
-        )
+        odd = orjson.dumps(_trace_id(tp) if tp else None).decode()
+        return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":{odd}}}\n'
 
-    def _whole(self, second: int) -> str:
-        """The text of the whole seconds, made once a second."""
-        if second != self._second:
-            self._second, self._second_text = second, str(second)
-        return self._second_text
+    def _time(self, end: float) -> str:
+        """`{"time":` and `text3(end)`, made once a millisecond (the requests of a read end
+        in order, dozens a millisecond under load)."""
+        n = thousandths(end)
+        if n < 0:
+            return '{"time":' + text3(end)
+        if n != self._time_n:
+            second = n // 1000
+            if second != self._second:
+                self._second, self._second_text = second, str(second)
+            self._time_n = n
+            self._time_text = '{"time":' + self._second_text + SUFFIXES[n % 1000]
+        return self._time_text
+
+    def _ms(self, ms: float) -> str:
+        """`text3(ms)`, kept for the durations under `NUMBERS` µs."""
+        n = thousandths(ms)
+        if not 0 <= n < NUMBERS:
+            return text3(ms)
+        text = self._durations[n]
+        if text is None:
+            text = self._durations[n] = self._number(n // 1000) + SUFFIXES[n % 1000]
+        return text
 
     def _number(self, n: int) -> str:
         """`str(n)`, kept for the small numbers (sizes, milliseconds' integer parts)."""
@@ -122,10 +141,27 @@ class AccessLogSink:
             text = self._numbers[n] = str(n)
         return text
 
-    def _middle(self, o: Observed, group: tuple[str, str, str, str, int]) -> str:
+    def _middle(self, o: Observed) -> str:
+        """The line from service to `"ms":`: the last one of the request's sandbox and service
+        when it fits (two lookups of strings that keep their hashes), else by all it shows."""
+        services = self._recent.get(o.sandbox)
+        if services is None:
+            if len(self._recent) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
+                self._recent.clear()
+            services = self._recent[o.sandbox] = {}
+        last = services.get(o.service)
+        if last is None or not last.shows(o):
+            last = services[o.service] = Middle(o.route, o.method, o.status, self._made(o))
+        return last.text
+
+    def _made(self, o: Observed) -> str:
+        group = (o.service, o.sandbox, o.route, o.method, o.status)
+        middle = self._middles.get(group)
+        if middle is not None:
+            return middle
         entry = line(o)
         fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
-        middle = "," + orjson.dumps(fields).decode()[1:-1] + f',"status":{o.status}'
+        middle = "," + orjson.dumps(fields).decode()[1:-1] + f',"status":{o.status},"ms":'
         if len(self._middles) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
             self._middles.clear()
         self._middles[group] = middle
@@ -190,8 +226,11 @@ def _plain_trace(raw: bytes) -> str | None:
         return None
     if raw[0] == _DASH or raw[1] == _DASH:
         return None
-    trace = raw[3:35]
-    return trace.decode("ascii") if trace.isalnum() else None
+    try:
+        trace = raw[3:35].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return trace if trace.isalnum() else None  # (str's: a C call where bytes' is a method's)
 
 
 def _trace_id(traceparent: str) -> str | None:
