@@ -348,6 +348,9 @@ def test_a_posts_body_is_byte_for_byte_orjson_of_its_records_and_buckets() -> No
                 rpc_id=rng.choice([None, "7", '"a-7"', "null", '"\\u00e9"', odd[0]])
                 if mcp
                 else None,
+                path=rng.choice(["", "/", "/tools/é", *odd]),
+                session=rng.choice([None, "5f3a", *odd]) if mcp else None,
+                protocol=rng.choice([None, "2025-06-18", "2026-07-28", *odd]) if mcp else None,
             )
         )
     buckets, records = s.outbox()
