@@ -28,14 +28,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.telemetry_profile import GC_THRESHOLDS, TRACEPARENT  # noqa: E402
+from sandboxd_router.record import Recorder  # noqa: E402
+
 STAGES = ("fill", "ring", "access log", "tally", "report body")
+T0 = 1_765_000_000.0  # a multiple of 10: the requests end from T0 + 5 on (< 10 s of them)
 _TOTAL = re.compile(rb"summary: (\d+)")
+
+
+def filled_ring(n: int) -> tuple[Recorder, int, int]:
+    """`telemetry_profile.filled_ring`'s records on a clock of their own: 28,000 requests a
+    second from the middle of a 10-second window on (a real clock lets a run's requests
+    straddle two windows or not, which moves the tally's and the report's counts)."""
+    recorder = Recorder(max(1 << 16, n + 1))
+    names_r, names_w = os.pipe()
+    start = recorder.attach(names_w)
+    os.set_blocking(names_r, False)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1 / 28_000
+        return now[0]
+
+    recorder._clock = clock
+    recorder._wall = T0 + 5
+    for i in range(n):
+        recorder.write(
+            now[0] - 0.0004, "echo", f"live-{i % 1000}", f"{i % 1000:016x}",
+            False, b"GET", 200, 96, 1161, TRACEPARENT, 0,
+        )  # fmt: skip
+    return recorder, names_r, start
 
 
 def run_stages(last: int, n: int) -> None:
     """In this process: fill a ring of `n` records, then the stages up to `last` (an index of
     `STAGES`)."""
-    from benchmarks.telemetry_profile import GC_THRESHOLDS, filled_ring
     from sandboxd_router.telemetry.accesslog import AccessLogSink
     from sandboxd_router.telemetry.ring import RingReader
     from sandboxd_router.telemetry.signals import SignalsSink
