@@ -5,6 +5,8 @@ the traceparent; and `thousandths` rounds exactly as `round(x, 3)` does."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -12,9 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
+from sandboxd_router.record import Recorder
 from sandboxd_router.telemetry import accesslog
 from sandboxd_router.telemetry.accesslog import AccessLogSink
 from sandboxd_router.telemetry.observed import BASELINE, HTTP_5XX, OK, SANDBOX, Fault, Observed
+from sandboxd_router.telemetry.ring import RingReader
 from sandboxd_router.telemetry.thousandths import round3, text3
 
 T0 = 1_765_000_000.0
@@ -78,6 +82,39 @@ def test_lines_are_byte_for_byte_those_of_the_documented_format(
 ) -> None:
     batch = [observed(Random(seed)) for seed in range(3000)]
     assert written(tmp_path, batch, one_by_one=one_by_one) == expected(batch)
+
+
+RAW_TRACEPARENTS = [
+    None,
+    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    b"00-4bf92f3577b34da6a3ce929d0e0e47!6-00f067aa0ba902b7-01",  # no letter or digit in it
+    b"00-4bf92f3577b34da6a3ce929d0e0e47\xc3\xa9-00f067aa0ba902b7-01",  # past ASCII
+    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",  # 3 fields
+    b"-0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # a dash first
+    b'x-a"b\\c-d-e',
+    b"00-\x01\x1f-y-z",
+    b"--a-",
+    b"nodash",
+    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-and-more-past-55-bytes",
+]
+
+
+def test_lines_of_requests_read_off_the_ring_are_those_of_the_documented_format(
+    tmp_path: Path,
+) -> None:
+    """The trace id cut out of the record's bytes, not out of the text of `traceparent`."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(1024)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for n, raw in enumerate(RAW_TRACEPARENTS * 3):
+        recorder.write(time.perf_counter() - n / 1000, "web", "pr-1", "k", n % 2 == 0, b"GET",
+                       200, n, 10 * n, raw, 0)  # fmt: skip
+    batch = reader.read()
+    assert len(batch) == 3 * len(RAW_TRACEPARENTS)
+    assert written(tmp_path, batch, one_by_one=False) == expected(batch)
+    reader.close()
+    recorder.close()
 
 
 def test_a_second_of_lines_is_not_held_whole(tmp_path: Path) -> None:

@@ -83,6 +83,25 @@ def test_past_a_generation_the_names_are_sent_again() -> None:
     reader.close()
 
 
+def test_names_that_arrive_late_name_the_records_after_them() -> None:
+    """A record read before its names arrived (the pipe was full for long) reads "?"; once
+    they arrive, the next records with the same ids read them."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(16)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    recorder.write(0.0, "svc", "pr-1", "k3y", True, b"GET", 200, 1, 0, None, 0)
+    late = os.read(names_r, 1 << 16)  # (taken off the pipe before the reader looks)
+    (first,) = reader.read()
+    assert (first.service, first.sandbox, first.routing_key) == ("?", "?", "")
+    os.write(names_w, late)
+    recorder.write(0.0, "svc", "pr-1", "k3y", True, b"GET", 200, 2, 0, None, 0)
+    (second,) = reader.read()
+    assert (second.service, second.sandbox, second.routing_key) == ("svc", "pr-1", "k3y")
+    recorder.close()
+    reader.close()
+
+
 def test_a_lagging_reader_counts_what_was_overwritten() -> None:
     names_r, names_w = os.pipe()
     recorder = Recorder(4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import deque
 from random import Random
 from typing import Any
 
@@ -26,6 +27,7 @@ from sandboxd_router.telemetry.observed import (
 )
 from sandboxd_router.telemetry.prometheus import PrometheusSink
 from sandboxd_router.telemetry.signals import SignalsSink
+from sandboxd_router.telemetry.tally import Fifo
 
 T0 = 1_765_000_000.0  # a multiple of 10
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -346,9 +348,30 @@ def test_a_posts_body_is_byte_for_byte_orjson_of_its_records_and_buckets() -> No
                 rpc_id=rng.choice([None, "7", '"a-7"', "null", '"\\u00e9"', odd[0]])
                 if mcp
                 else None,
+                path=rng.choice(["", "/", "/tools/é", *odd]),
+                session=rng.choice([None, "5f3a", *odd]) if mcp else None,
+                protocol=rng.choice([None, "2025-06-18", "2026-07-28", *odd]) if mcp else None,
             )
         )
     buckets, records = s.outbox()
     assert len(records) > 1000 and any(r["faults"] for r in records)
     expected = orjson.dumps({"instance": s.instance, "buckets": buckets, "requests": records})
     assert s.body() == expected
+
+
+def test_a_fifo_keeps_what_a_deque_keeps() -> None:
+    """`tally.Fifo` (a list and the index of its first record: cheaper than a deque when
+    compiled) through appends and drops, long enough to be moved down many times."""
+    rng = Random(3)
+    fifo, expected = Fifo(), deque[tuple[int, Observed]]()
+    o = observed()
+    for n in range(20_000):
+        if expected and rng.random() < 0.5:
+            assert fifo.first() == expected[0][0]
+            fifo.drop_first()
+            expected.popleft()
+        else:
+            fifo.append((n, o))
+            expected.append((n, o))
+        assert len(fifo) == len(expected)
+    assert fifo.values() == list(expected)

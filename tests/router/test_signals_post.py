@@ -428,6 +428,23 @@ async def test_a_busy_open_bucket_is_sent_again_every_5_s_and_when_it_closes(
     await s.close()
 
 
+async def test_a_straggler_past_the_grace_starts_a_new_copy_of_its_bucket(
+    control_plane: ControlPlane,
+) -> None:
+    """The bucket acknowledged and forgotten is not the one a late request counts in."""
+    now = [T0 + 5.0]
+    s = sink(control_plane.url, clock=lambda: now[0])
+    s.add(observed(sandbox=""))
+    await s.send()
+    now[0] = T0 + 14.0  # closed and past the grace: forgotten
+    await s.send()
+    assert s.buckets == 0
+    s.add(observed(sandbox="", end=T0 + 9.0))
+    await s.send()
+    assert control_plane.sent_buckets() == [("", "svc", T0, 1), ("", "svc", T0, 1)]
+    await s.close()
+
+
 async def test_close_sends_a_busy_bucket_sent_a_moment_ago(control_plane: ControlPlane) -> None:
     s = sink(control_plane.url, clock=lambda: T0 + 1)
     for _ in range(100):

@@ -22,9 +22,27 @@ from sandboxd_router.telemetry.thousandths import SUFFIXES, text3, thousandths
 
 log = logging.getLogger("sandboxd_router.telemetry")
 MIDDLES: Final = 100_000  # lines' middles kept (a few per live sandbox and service)
+NUMBERS: Final = 1 << 12  # the numbers (and durations in µs) below this: their text kept
+_DASH: Final = 0x2D  # "-"
 FLUSH_BYTES: Final = 1 << 18
-"""Lines written out as soon as this many wait (else at each tick, once a second): a second of
-lines at 28,000 requests is ~5.6 MB of buffer, held, and kept by the allocator after."""
+"""Lines written out as soon as this many characters wait (else at each tick, once a second):
+a second of lines at 28,000 requests is ~5.6 MB, held, and kept by the allocator after."""
+
+
+class Middle:
+    """A line's middle (`AccessLogSink._middle`) and what it shows besides the sandbox and the
+    service."""
+
+    __slots__ = ("method", "route", "status", "text")
+
+    def __init__(self, route: str, method: str, status: int, text: str) -> None:
+        self.route = route
+        self.method = method
+        self.status = status
+        self.text = text
+
+    def shows(self, o: Observed) -> bool:
+        return self.status == o.status and self.method == o.method and self.route == o.route
 
 
 class AccessLogSink:
@@ -34,66 +52,116 @@ class AccessLogSink:
         self._stream: IO[bytes] = (
             sys.stdout.buffer if target == "-" else open(target, "ab", buffering=1 << 16)  # noqa: SIM115
         )
-        self._buffer = bytearray()
-        """The lines since the last flush, in one buffer: a list of a line object each held
-        about 4 KB a line (a second at 60k requests: 235 MB), and cost twice the time."""
+        self._lines: list[str] = []
+        """The lines since the last flush, joined and encoded once when they are written out
+        (a line encoded and appended to a buffer on its own cost ~400 instructions more)."""
+        self._size = 0  # their characters
         self._second, self._second_text = -1, ""
+        self._time_n, self._time_text = -1, ""
         self._middles: dict[tuple[str, str, str, str, int], str] = {}
-        """(Service, sandbox, route, method, status) → the line's text from service to status,
-        the status included (an int written as text costs as much as the lookup)."""
+        """(Service, sandbox, route, method, status) → the line's text from service to
+        `"ms":`, the status included (an int written as text costs as much as the lookup)."""
+        self._recent: dict[str, dict[str, Middle]] = {}
+        """Sandbox → service → its last middle."""
+        self._numbers: list[str | None] = [None] * NUMBERS
+        self._durations: list[str | None] = [None] * NUMBERS
 
     def add(self, observed: Observed) -> None:
-        self._buffer += self.encode(observed)
+        self._keep(self.text(observed))
 
     def add_all(self, batch: list[Observed]) -> None:
         """`add` for each (one call for a batch: what the telemetry process's loop calls)."""
         for observed in batch:
             try:
-                self._buffer += self.encode(observed)
+                self._keep(self.text(observed))
             except Exception:
                 log.exception("the access log failed on a request")
-        if len(self._buffer) >= FLUSH_BYTES:
+        if self._size >= FLUSH_BYTES:
             self.flush()
 
+    def _keep(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+
     def encode(self, observed: Observed) -> bytes:
-        """The line of `line()` as orjson writes it, byte for byte, made without the dict:
-        what repeats from one request to the next (service, route, method) is encoded once."""
+        """The line of `line()` as orjson writes it, byte for byte."""
+        return self.text(observed).encode()
+
+    def text(self, observed: Observed) -> str:
+        """`encode` as text, made without the dict: what repeats from one request to the next
+        (service, route, method, status; the time to the ms) is encoded once."""
         o = observed
         if o.faults:
-            return orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE)
-        group = (o.service, o.sandbox, o.route, o.method, o.status)
-        middle = self._middles.get(group)
-        if middle is None:
-            middle = self._middle(o, group)
-        tp = o.traceparent
-        trace = _plain_trace_id(tp) if tp else None
+            return orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE).decode()
+        raw = o.raw_traceparent
+        if raw:
+            trace = _plain_trace(raw)
+        else:
+            tp = o.traceparent
+            trace = _plain_trace_id(tp) if tp else None
+        time, middle = self._time(o.end), self._middle(o)
+        ms, sizes = self._ms(o.duration * 1000.0), self._number(o.bytes_in)
+        out = self._number(o.bytes_out)
         if trace is not None:
-            return (
-                f'{{"time":{self._time(o.end)}{middle},"ms":'
-                f'{text3(o.duration * 1000)},"bytesIn":{o.bytes_in},'
-                f'"bytesOut":{o.bytes_out},"traceId":"{trace}"}}\n'
-            ).encode()
-        odd = _trace_id(tp) if tp else None
-        return (
-            f'{{"time":{self._time(o.end)}{middle},"ms":'
-            f'{text3(o.duration * 1000)},"bytesIn":{o.bytes_in},'
-            f'"bytesOut":{o.bytes_out},"traceId":{orjson.dumps(odd).decode()}}}\n'
-        ).encode()
+            return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":"{trace}"}}\n'
+        tp = o.traceparent
+        odd = orjson.dumps(_trace_id(tp) if tp else None).decode()
+        return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":{odd}}}\n'
 
     def _time(self, end: float) -> str:
-        """`text3(end)`, the text of the whole seconds made once a second."""
+        """`{"time":` and `text3(end)`, made once a millisecond (the requests of a read end
+        in order, dozens a millisecond under load)."""
         n = thousandths(end)
         if n < 0:
-            return text3(end)
-        second = n // 1000
-        if second != self._second:
-            self._second, self._second_text = second, str(second)
-        return self._second_text + SUFFIXES[n % 1000]
+            return '{"time":' + text3(end)
+        if n != self._time_n:
+            second = n // 1000
+            if second != self._second:
+                self._second, self._second_text = second, str(second)
+            self._time_n = n
+            self._time_text = '{"time":' + self._second_text + SUFFIXES[n % 1000]
+        return self._time_text
 
-    def _middle(self, o: Observed, group: tuple[str, str, str, str, int]) -> str:
+    def _ms(self, ms: float) -> str:
+        """`text3(ms)`, kept for the durations under `NUMBERS` µs."""
+        n = thousandths(ms)
+        if not 0 <= n < NUMBERS:
+            return text3(ms)
+        text = self._durations[n]
+        if text is None:
+            text = self._durations[n] = self._number(n // 1000) + SUFFIXES[n % 1000]
+        return text
+
+    def _number(self, n: int) -> str:
+        """`str(n)`, kept for the small numbers (sizes, milliseconds' integer parts)."""
+        if not 0 <= n < NUMBERS:
+            return str(n)
+        text = self._numbers[n]
+        if text is None:
+            text = self._numbers[n] = str(n)
+        return text
+
+    def _middle(self, o: Observed) -> str:
+        """The line from service to `"ms":`: the last one of the request's sandbox and service
+        when it fits (two lookups of strings that keep their hashes), else by all it shows."""
+        services = self._recent.get(o.sandbox)
+        if services is None:
+            if len(self._recent) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
+                self._recent.clear()
+            services = self._recent[o.sandbox] = {}
+        last = services.get(o.service)
+        if last is None or not last.shows(o):
+            last = services[o.service] = Middle(o.route, o.method, o.status, self._made(o))
+        return last.text
+
+    def _made(self, o: Observed) -> str:
+        group = (o.service, o.sandbox, o.route, o.method, o.status)
+        middle = self._middles.get(group)
+        if middle is not None:
+            return middle
         entry = line(o)
         fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
-        middle = "," + orjson.dumps(fields).decode()[1:-1] + f',"status":{o.status}'
+        middle = "," + orjson.dumps(fields).decode()[1:-1] + f',"status":{o.status},"ms":'
         if len(self._middles) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
             self._middles.clear()
         self._middles[group] = middle
@@ -108,17 +176,18 @@ class AccessLogSink:
             self._stream.close()
 
     def flush(self) -> None:
-        if self._buffer:
-            self._stream.write(self._buffer)
+        if self._lines:
+            self._stream.write("".join(self._lines).encode())
             self._stream.flush()
-            self._buffer.clear()
+            self._lines.clear()
+            self._size = 0
 
 
 class RecordsSink(AccessLogSink):
     """Every field of each `Observed`, one JSON object a line."""
 
-    def encode(self, observed: Observed) -> bytes:
-        return json.dumps(observed.fields()).encode() + b"\n"
+    def text(self, observed: Observed) -> str:
+        return json.dumps(observed.fields()) + "\n"
 
 
 def line(observed: Observed) -> dict[str, object]:
@@ -148,6 +217,20 @@ def _plain_trace_id(tp: str) -> str | None:
         return None
     trace = tp[3:35]
     return trace if trace.isalnum() else None  # (so no dash in it either)
+
+
+def _plain_trace(raw: bytes) -> str | None:
+    """`_plain_trace_id` of a traceparent's bytes (a byte past ASCII: None, as the U+FFFD it
+    reads as is no letter)."""
+    if len(raw) < 53 or raw[2] != _DASH or raw[35] != _DASH or raw[52] != _DASH:
+        return None
+    if raw[0] == _DASH or raw[1] == _DASH:
+        return None
+    try:
+        trace = raw[3:35].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return trace if trace.isalnum() else None  # (str's: a C call where bytes' is a method's)
 
 
 def _trace_id(traceparent: str) -> str | None:

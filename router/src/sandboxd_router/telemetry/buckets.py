@@ -111,7 +111,7 @@ class Bucket:
             self._injected(o, ms, rng)
         else:
             _sample(self.latency, ms, self.requests - self.injected, ORGANIC_SAMPLES, rng)
-            if o.error in _ERROR_INDEX:
+            if o.error and o.error in _ERROR_INDEX:  # (most have none: no lookup)
                 if self.errors is None:
                     self.errors = [0, 0, 0, 0]
                 self.errors[_ERROR_INDEX[o.error]] += 1

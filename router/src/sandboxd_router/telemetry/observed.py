@@ -50,8 +50,10 @@ class Observed:
     """The status the client got; 0 when none (a reset)."""
     bytes_in: int
     bytes_out: int
-    traceparent: str | None
-    """The request's `traceparent` as received (parsed here, never on the request path)."""
+    raw_traceparent: bytes
+    """The request's `traceparent` as the record holds it (b"" for none): the access log cuts
+    the trace id out of these bytes; `traceparent` is their text, made when first asked for
+    (most requests' never is)."""
     error: str
     """`OK` or one of `ERRORS`."""
     injected: bool
@@ -104,6 +106,7 @@ class Observed:
         session: str | None = None,
         rpc_code: int | None = None,
         protocol: str | None = None,
+        raw_traceparent: bytes = b"",
     ) -> None:
         self.end = end
         self.duration = duration
@@ -115,7 +118,8 @@ class Observed:
         self.status = status
         self.bytes_in = bytes_in
         self.bytes_out = bytes_out
-        self.traceparent = traceparent
+        self._traceparent = traceparent
+        self.raw_traceparent = raw_traceparent
         self.error = error
         self.injected = injected
         self.faults = faults
@@ -144,8 +148,25 @@ class Observed:
         }  # fmt: skip
 
     @property
+    def traceparent(self) -> str | None:
+        """The request's `traceparent` as received (parsed here, never on the request path);
+        None when it had none."""
+        text = self._traceparent
+        if text is None and self.raw_traceparent:
+            text = self._traceparent = _ascii(self.raw_traceparent)
+        return text
+
+    @property
     def start(self) -> float:
         return self.end - self.duration
+
+
+def _ascii(raw: bytes) -> str:
+    """A traceparent's bytes as received (a byte past ASCII read as U+FFFD)."""
+    try:
+        return raw.decode("ascii")  # (the compiled build's fast path: no error handler)
+    except UnicodeDecodeError:
+        return raw.decode("ascii", "replace")
 
 
 class Sink(Protocol):

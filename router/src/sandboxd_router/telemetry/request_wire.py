@@ -16,11 +16,12 @@ from typing import Final
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
 from sandboxd_router.telemetry.observed import Observed
-from sandboxd_router.telemetry.spans import Span, span_id, span_of
+from sandboxd_router.telemetry.spans import VARYING, Shape, Span, shape, span_id, span_of, varying
 from sandboxd_router.telemetry.thousandths import round3, text3
 from sandboxd_router.telemetry.traceparent import parse
 
-QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools)
+QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools;
+# span shapes)
 
 
 def wire_of(seq: int, o: Observed) -> dict[str, object]:
@@ -61,6 +62,9 @@ class RecordText:
     def __init__(self) -> None:
         self._quoted: dict[str, str] = {}
         self._heads: dict[tuple[str, str, str, str], str] = {}
+        self._shapes: dict[Shape, tuple[str, str]] = {}
+        """`spans.shape` → the span's name and its attributes but the `VARYING` ones, as JSON
+        (left open)."""
 
     def texts(self, batch: list[tuple[int, Observed]]) -> list[bytes]:
         """`text` of each (number, request): one call for a whole post's records; encoded, with
@@ -75,9 +79,8 @@ class RecordText:
     def text(self, seq: int, o: Observed) -> str:
         """`wire_of`'s dict as orjson writes it. (The trace context's ids and the span id are
         lowercase hex: `traceparent.parse` matched them, `spans.span_id` made them.)"""
-        span = span_of(o)
+        name, attributes, events = self._span(o)
         context = parse(o.traceparent)
-        events = _events(span)
         q = self.quoted
         trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
         faults = "[]"
@@ -96,9 +99,38 @@ class RecordText:
             f'"bytesOut":{o.bytes_out},"error":{q(o.error or None)},'
             f'"injected":{"true" if o.injected else "false"},"faults":{faults},'
             f'"traceId":{trace},"spanId":"{span_id(o.seq)}","parentSpanId":{parent}{mcp},'
-            f'"name":{q(span.name)},"attributes":{dumps(span.attributes).decode()},'
-            f'"events":{dumps(events).decode() if events else "[]"}}}'
+            f'"name":{name},"attributes":{attributes},"events":{events}}}'
         )
+
+    def _span(self, o: Observed) -> tuple[str, str, str]:
+        """The span's name, attributes and events as JSON; what depends on `spans.shape` alone
+        (every attribute but the `VARYING` ones, which `span_of` adds last) made once."""
+        if o.faults:  # (rare: the events' time varies)
+            span = span_of(o)
+            events = _events(span)
+            return (self.quoted(span.name), dumps(span.attributes).decode(),
+                    dumps(events).decode() if events else "[]")  # fmt: skip
+        key = shape(o)
+        known = self._shapes.get(key)
+        if known is None:
+            span = span_of(o)
+            fixed = {k: v for k, v in span.attributes.items() if k not in VARYING}
+            known = (self.quoted(span.name), dumps(fixed).decode()[:-1])  # (open: "url.scheme")
+            if len(self._shapes) >= QUOTED:
+                self._shapes.clear()
+            self._shapes[key] = known
+        name, attributes = known
+        path, size_in, size_out, rpc_id, session = varying(o)
+        if path is not None:
+            attributes = f'{attributes},"url.path":{dumps(path).decode()}'
+        attributes = (
+            f'{attributes},"http.request.body.size":{size_in},"http.response.body.size":{size_out}'
+        )
+        if rpc_id is not None:
+            attributes = f'{attributes},"jsonrpc.request.id":{dumps(rpc_id).decode()}'
+        if session is not None:
+            attributes = f'{attributes},"mcp.session.id":{dumps(session).decode()}'
+        return name, attributes + "}", "[]"
 
     def _head(self, o: Observed) -> str:
         """`"sandbox":…,"routingKey":…,"service":…,"route":…`, made once per group."""

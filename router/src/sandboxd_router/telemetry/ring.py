@@ -150,10 +150,11 @@ class RingReader:
         observed = Observed(
             end, duration, names.get(service, UNKNOWN), sandbox, key,
             ROUTES[1 if flags & record.FORKED else 0], names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out, _ascii(tp_bytes[:tp_len]) if tp_len else None,
+            status, bytes_in, bytes_out, None,
             OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
             seq=seq,
             path=_utf8(_path(target, target_len)),
+            raw_traceparent=tp_bytes[:tp_len] if tp_len else b"",
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
@@ -246,14 +247,6 @@ class RingReader:
         self._view.release()
         self.ring.close()
         os.close(self.names_fd)
-
-
-def _ascii(raw: bytes) -> str:
-    """The traceparent's bytes as received (a byte past ASCII read as U+FFFD)."""
-    try:
-        return raw.decode("ascii")  # (the compiled build's fast path: no error handler)
-    except UnicodeDecodeError:
-        return raw.decode("ascii", "replace")
 
 
 def _path(target: bytes, length: int) -> bytes:

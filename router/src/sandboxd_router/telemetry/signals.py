@@ -217,14 +217,13 @@ class SignalsSink:
     def _expire(self, now: float) -> None:
         """Forget what is too old to matter and what was acknowledged and is closed."""
         stale, closed = now - HORIZON, now - WIDTH - GRACE
-        for key in [k for k, b in self._buckets.items() if k[3] < closed and not b.changed]:
-            del self._buckets[key]
+        tally = self._tally
+        tally.drop_buckets([k for k, b in self._buckets.items() if k[3] < closed and not b.changed])
         old = [k for k in self._buckets if k[3] < stale]
         excess = len(self._buckets) - len(old) - self.max_buckets
         if excess > 0:  # a long outage with many pairs: the oldest windows go first
             old += _oldest([k for k in self._buckets if k[3] >= stale], excess)
-        for key in old:
-            del self._buckets[key]
+        tally.drop_buckets(old)
         self.dropped_buckets += len(old)
 
     async def _post(self, content: bytes) -> bool:

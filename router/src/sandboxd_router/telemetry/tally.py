@@ -12,7 +12,6 @@ for what failed: under load the records kept are a sample, and the failures stay
 from __future__ import annotations
 
 import logging
-from collections import deque
 from random import Random
 from typing import Final
 
@@ -22,6 +21,7 @@ from sandboxd_router.telemetry.thousandths import round3
 
 log = logging.getLogger("sandboxd_router.telemetry")
 
+COMPACT: Final = 64  # records dropped from the front of a `Fifo` before its list is moved
 UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
 
 Waiting = tuple[int, Observed]
@@ -34,33 +34,86 @@ def notable(o: Observed) -> bool:
     return o.injected or bool(o.error) or o.status >= 400 or o.status == 0
 
 
+class Fifo:
+    """Records waiting, oldest first: a list and the index of its first one still there. (A
+    deque's `append` and `popleft` are method calls by name when compiled, ~230 instructions
+    each; a list's `append` and item store are native.)"""
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Waiting | None] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
+    def append(self, waiting: Waiting) -> None:
+        self.items.append(waiting)
+
+    def first(self) -> int:
+        """The number of the oldest (there is one)."""
+        waiting = self.items[self.head]
+        assert waiting is not None
+        return waiting[0]
+
+    def drop_first(self) -> None:
+        items, head = self.items, self.head
+        items[head] = None
+        head += 1
+        if head == len(items):
+            items.clear()
+            head = 0
+        elif head >= COMPACT and head * 2 >= len(items):  # (moved down once in a while)
+            del items[:head]
+            head = 0
+        self.head = head
+
+    def values(self) -> list[Waiting]:
+        return [w for w in self.items[self.head :] if w is not None]
+
+
 class Queue:
     """One sandbox's records waiting, each kind oldest first."""
 
     __slots__ = ("notable", "plain")
 
     def __init__(self) -> None:
-        self.plain: deque[Waiting] = deque()
-        self.notable: deque[Waiting] = deque()
+        self.plain = Fifo()
+        self.notable = Fifo()
 
     def __len__(self) -> int:
         return len(self.plain) + len(self.notable)
 
     def drop_one(self) -> None:
         """Its oldest plain record, or its oldest notable one when it has no plain one left."""
-        (self.plain or self.notable).popleft()
+        (self.plain if len(self.plain) else self.notable).drop_first()
 
     def acknowledged(self, seq: int) -> int:
         """Drop the records numbered up to `seq`; how many went."""
         gone = 0
         plain, notable = self.plain, self.notable
-        while plain and plain[0][0] <= seq:
-            plain.popleft()
+        while len(plain) and plain.first() <= seq:
+            plain.drop_first()
             gone += 1
-        while notable and notable[0][0] <= seq:
-            notable.popleft()
+        while len(notable) and notable.first() <= seq:
+            notable.drop_first()
             gone += 1
         return gone
+
+
+class Open:
+    """The bucket a (routing key, service) counts in now, and its sandbox's records waiting
+    (None for no sandbox): found by two lookups of names whose hashes their strings keep,
+    where `Tally.buckets`' key is a tuple made, hashed and compared per request."""
+
+    __slots__ = ("bucket", "queue", "sandbox", "start")
+
+    def __init__(self, sandbox: str, start: int, bucket: Bucket, queue: Queue | None) -> None:
+        self.sandbox = sandbox
+        self.start = start
+        self.bucket = bucket
+        self.queue = queue
 
 
 class Tally:
@@ -71,6 +124,8 @@ class Tally:
         self.buckets: dict[Key, Bucket] = {}
         self.pending: dict[tuple[str, str], Queue] = {}
         """(Sandbox, routing key) → its records waiting."""
+        self._open: dict[str, dict[str, Open]] = {}
+        """Routing key → service → `Open`; emptied whenever a bucket or a queue goes."""
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
@@ -90,20 +145,32 @@ class Tally:
             return
         ms = round3(o.duration * 1000.0)  # to the µs: half the cost of encoding samples
         end = int(o.end)
-        key = (o.sandbox, o.routing_key, o.service, end - end % WIDTH)
+        start = end - end % WIDTH
+        services = self._open.get(o.routing_key)
+        if services is None:
+            services = self._open[o.routing_key] = {}
+        now = services.get(o.service)
+        if now is None or now.start != start or now.sandbox != o.sandbox:
+            now = services[o.service] = self._opened(o, start)
+        now.bucket.add(o, ms, bin_of(ms), self.rng)
+        if now.queue is not None:
+            self._wait(o, now.queue)
+
+    def _opened(self, o: Observed, start: int) -> Open:
+        key = (o.sandbox, o.routing_key, o.service, start)
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = Bucket()
-        bucket.add(o, ms, bin_of(ms), self.rng)
+        queue = None
         if o.sandbox:
-            self._wait(o)
+            owner = (o.sandbox, o.routing_key)
+            queue = self.pending.get(owner)
+            if queue is None:
+                queue = self.pending[owner] = Queue()
+        return Open(o.sandbox, start, bucket, queue)
 
-    def _wait(self, o: Observed) -> None:
+    def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
-        owner = (o.sandbox, o.routing_key)
-        queue = self.pending.get(owner)
-        if queue is None:
-            queue = self.pending[owner] = Queue()
         (queue.notable if notable(o) else queue.plain).append((self.seq, o))
         self.waiting += 1
         if len(queue) > self.per_sandbox or self.waiting > self.max_pending:
@@ -114,13 +181,20 @@ class Tally:
             self.dropped += 1
             self.waiting -= 1
 
+    def drop_buckets(self, keys: list[Key]) -> None:
+        """Forget these buckets (sent, or too old to send)."""
+        for key in keys:
+            del self.buckets[key]
+        if keys:
+            self._open.clear()
+
     def queued(self) -> list[Waiting]:
         """Every record waiting, in the order seen (their numbers are all different: no two
         records are compared)."""
         out: list[Waiting] = []
         for queue in self.pending.values():
-            out.extend(queue.plain)
-            out.extend(queue.notable)
+            out.extend(queue.plain.values())
+            out.extend(queue.notable.values())
         out.sort(key=_number)
         return out
 
@@ -136,6 +210,7 @@ class Tally:
             self.waiting -= queue.acknowledged(seq)
             if not len(queue):
                 del self.pending[owner]
+                self._open.clear()
 
 
 def _number(waiting: Waiting) -> int:
