@@ -82,7 +82,7 @@ GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CHARS: Final = 256  # a client's name is cut to this (the control plane's bound)
 CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods / versions interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
-DEFAULT_SLOTS: Final = 1 << 14  # 4 MiB: 0.33 s of requests at 50,000 a second (read every 50 ms)
+DEFAULT_SLOTS: Final = 1 << 13  # 2 MiB: 0.16 s of requests at 50,000 a second (read every 50 ms)
 
 assert CORE.size == EXTRA_AT
 assert EXTRA_AT + EXTRA.size == SLOT

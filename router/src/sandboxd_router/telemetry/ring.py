@@ -35,7 +35,8 @@ assert [record.OK, record.HTTP_5XX, record.JSONRPC, record.TOOL_ERROR, record.TR
 ROUTES: Final = (BASELINE, SANDBOX)  # by the FORKED flag
 UNKNOWN: Final = "?"  # a name that never arrived (the pipe was full for long: `Recorder._send`)
 _QUESTION: Final = 0x3F  # "?"
-BATCH: Final = 4096  # records decoded per read at most (the rest the next round)
+BATCH: Final = 1024  # records decoded per read at most (the rest the next round): a read's
+# objects are few enough that the heap they leave behind, fragmented, stays small
 
 
 def _slot() -> struct.Struct:
@@ -113,7 +114,7 @@ class RingReader:
 
     def _copy(self, first: int, last: int) -> memoryview:
         """The slots of records `first` to `last` (excluded), in order, copied into the same
-        buffer every time (a new one of 768 KB each read costs its pages' first touch)."""
+        buffer every time (a new one of 256 KB each read costs its pages' first touch)."""
         size, slots = record.SLOT, self.slots
         a, b = first % slots, (last - 1) % slots + 1
         at = record.HEADER
