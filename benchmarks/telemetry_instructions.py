@@ -55,7 +55,7 @@ def filled_ring(n: int) -> tuple[Recorder, int, int]:
     recorder._wall = T0 + 5
     for i in range(n):
         recorder.write(
-            now[0] - 0.0004, "echo", f"live-{i % 1000}", f"{i % 1000:016x}",
+            now[0] - 0.0004, recorder.ids("echo", f"live-{i % 1000}", f"{i % 1000:016x}"),
             False, b"GET", 200, 96, 1161, TRACEPARENT, 0,
         )  # fmt: skip
     return recorder, names_r, start

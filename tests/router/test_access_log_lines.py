@@ -108,8 +108,8 @@ def test_lines_of_requests_read_off_the_ring_are_those_of_the_documented_format(
     recorder.attach(names_w)
     reader = RingReader(recorder.fd, names_r, 0)
     for n, raw in enumerate(RAW_TRACEPARENTS * 3):
-        recorder.write(time.perf_counter() - n / 1000, "web", "pr-1", "k", n % 2 == 0, b"GET",
-                       200, n, 10 * n, raw, 0)  # fmt: skip
+        recorder.write(time.perf_counter() - n / 1000, recorder.ids("web", "pr-1", "k"),
+                       n % 2 == 0, b"GET", 200, n, 10 * n, raw, 0)  # fmt: skip
     batch = reader.read()
     assert len(batch) == 3 * len(RAW_TRACEPARENTS)
     assert written(tmp_path, batch, one_by_one=False) == expected(batch)
