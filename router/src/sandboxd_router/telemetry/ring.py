@@ -71,7 +71,9 @@ class RingReader:
         """The writer closed the names pipe: nothing more will come once the ring is read."""
         self.names: dict[int, str] = {0: ""}
         self._view = memoryview(self.ring)
-        self._buffer_of_slots = bytearray(BATCH * record.SLOT)
+        self._slots_copy = memoryview(bytearray(BATCH * record.SLOT))
+        """Where a read copies the slots (a memoryview: a bytearray's own slice assignment
+        from another buffer first copies it into a new bytearray, 256 KB a read)."""
         self._pairs: dict[int, tuple[str, str]] = {}
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
@@ -116,14 +118,14 @@ class RingReader:
         size, slots = record.SLOT, self.slots
         a, b = first % slots, (last - 1) % slots + 1
         at = record.HEADER
-        buffer, ring = self._buffer_of_slots, self._view
+        buffer, ring = self._slots_copy, self._view
         if a < b:
             buffer[: (b - a) * size] = ring[at + a * size : at + b * size]
         else:
             split = (slots - a) * size
             buffer[:split] = ring[at + a * size : at + slots * size]
             buffer[split : split + b * size] = ring[at : at + b * size]
-        return memoryview(buffer)[: (last - first) * size]
+        return buffer[: (last - first) * size]
 
     def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
         """The record in `row`, whose slot starts at `at` in `raw`."""
@@ -153,7 +155,7 @@ class RingReader:
             SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
             status, bytes_in, bytes_out, None, _outcome(error), bool(flags & record.INJECTED),
             seq=seq,
-            raw_traceparent=tp_bytes[:tp_len] if tp_len else b"",
+            raw_traceparent=_cut(tp_bytes, tp_len),
             target=target, target_len=target_len,
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
@@ -248,6 +250,14 @@ class RingReader:
         self._view.release()
         self.ring.close()
         os.close(self.names_fd)
+
+
+def _cut(field: bytes, length: int) -> bytes:
+    """A field's first `length` bytes: the field itself when whole (a `traceparent` most
+    often is; the compiled build's slice copies even then)."""
+    if length == len(field):
+        return field
+    return field[:length] if length else b""
 
 
 def _outcome(error: int) -> str:
