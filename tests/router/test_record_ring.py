@@ -11,6 +11,15 @@ import sys
 from pathlib import Path
 
 from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
+from sandboxd_router.telemetry.observed import (
+    BASELINE,
+    HTTP_5XX,
+    JSONRPC,
+    OK,
+    SANDBOX,
+    TOOL_ERROR,
+    TRANSPORT,
+)
 from sandboxd_router.telemetry.ring import RingReader
 
 # A writer whose every field is a function of its record's number n, so that a record mixing
@@ -170,6 +179,42 @@ def test_the_path_is_the_target_up_to_its_query_within_the_bytes_kept() -> None:
             0.0, recorder.ids("web", "", ""), False, b"GET", 200, 0, 0, None, 0, target=target
         )
     assert [o.path for o in reader.read()] == list(targets.values())
+    recorder.close()
+    reader.close()
+
+
+def test_a_path_asked_for_after_its_slot_was_overwritten_is_the_records() -> None:
+    """The path is decoded when first asked for: from the record's own bytes, not the ring's
+    slot (written again since) nor the reader's copy of the slots (reused by the next read)."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(4)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    ids = recorder.ids("web", "", "")
+    for n in range(3):
+        recorder.write(0.0, ids, False, b"GET", 200, n, 0, None, 0, target=b"/first/%d?q" % n)
+    first = reader.read()  # (a ring of 4: the 4th record back may be being written)
+    for n in range(3):
+        recorder.write(0.0, ids, False, b"GET", 200, n, 0, None, 0, target=b"/again/%d" % n)
+    again = reader.read()
+    assert [o.path for o in first] == [f"/first/{n}" for n in range(3)]
+    assert [o.path for o in again] == [f"/again/{n}" for n in range(3)]
+    assert [o.fields()["path"] for o in first] == [f"/first/{n}" for n in range(3)]
+    recorder.close()
+    reader.close()
+
+
+def test_the_outcome_and_route_are_the_records() -> None:
+    names_r, names_w = os.pipe()
+    recorder = Recorder(64)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    for error in range(6):
+        forked = error % 2 == 1
+        recorder.write(0.0, recorder.ids("web", "", ""), forked, b"GET", 200, 0, 0, None, error)
+    observed = reader.read()
+    assert [o.error for o in observed] == [OK, HTTP_5XX, JSONRPC, TOOL_ERROR, TRANSPORT, OK]
+    assert [o.route for o in observed] == [BASELINE, SANDBOX] * 3
     recorder.close()
     reader.close()
 

@@ -71,8 +71,12 @@ class Observed:
     seq: int
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
-    path: str
-    """The target's path (`url.path`: no query), its first `record.PATH` bytes."""
+    _target: bytes
+    """The target's first `record.PATH` bytes as the record holds them (b"" when built from a
+    `path`): `path` is cut from them and decoded when first asked for — only the request
+    records kept and the spans exported ask, not the access log or the tally."""
+    _target_len: int
+    """The whole target's length (the record's bytes past it are padding)."""
     session: str | None
     """The `Mcp-Session-Id` the request carried (MCP revisions before 2026-07-28), cut at
     `record.SESSION` bytes; None when none."""
@@ -107,6 +111,8 @@ class Observed:
         rpc_code: int | None = None,
         protocol: str | None = None,
         raw_traceparent: bytes = b"",
+        target: bytes = b"",
+        target_len: int = 0,
     ) -> None:
         self.end = end
         self.duration = duration
@@ -128,7 +134,9 @@ class Observed:
         self.tool = tool
         self.rpc_id = rpc_id
         self.seq = seq
-        self.path = path
+        self._path: str | None = None if target else path
+        self._target = target
+        self._target_len = target_len
         self.session = session
         self.rpc_code = rpc_code
         self.protocol = protocol
@@ -157,8 +165,37 @@ class Observed:
         return text
 
     @property
+    def path(self) -> str:
+        """The target's path (`url.path`: no query), its first `record.PATH` bytes."""
+        text = self._path
+        if text is None:
+            text = self._path = _utf8(_path(self._target, self._target_len))
+        return text
+
+    @property
     def start(self) -> float:
         return self.end - self.duration
+
+
+_QUESTION: Final = 0x3F  # "?"
+
+
+def _path(target: bytes, length: int) -> bytes:
+    """The path of a target whose first bytes are `target` and length `length`: up to its
+    query (the `?` lies beyond what the record holds when none is in it)."""
+    if length < len(target):
+        target = target[:length]
+    if _QUESTION not in target:  # (an int needle: a memchr; `find` is a method call by name)
+        return target
+    return target[: target.find(b"?")]
+
+
+def _utf8(raw: bytes) -> str:
+    """A path's bytes (cut at `record.PATH`: maybe inside a character, read as U+FFFD)."""
+    try:
+        return raw.decode("utf-8")  # (the compiled build's fast path: no error handler)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 def _ascii(raw: bytes) -> str:

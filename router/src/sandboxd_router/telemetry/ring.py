@@ -32,9 +32,7 @@ OUTCOMES: Final = (OK, HTTP_5XX, JSONRPC, TOOL_ERROR, TRANSPORT)
 assert [record.OK, record.HTTP_5XX, record.JSONRPC, record.TOOL_ERROR, record.TRANSPORT] == [
     0, 1, 2, 3, 4,
 ]  # fmt: skip
-ROUTES: Final = (BASELINE, SANDBOX)  # by the FORKED flag
 UNKNOWN: Final = "?"  # a name that never arrived (the pipe was full for long: `Recorder._send`)
-_QUESTION: Final = 0x3F  # "?"
 BATCH: Final = 1024  # records decoded per read at most (the rest the next round): a read's
 # objects are few enough that the heap they leave behind, fragmented, stays small
 
@@ -73,7 +71,9 @@ class RingReader:
         """The writer closed the names pipe: nothing more will come once the ring is read."""
         self.names: dict[int, str] = {0: ""}
         self._view = memoryview(self.ring)
-        self._buffer_of_slots = bytearray(BATCH * record.SLOT)
+        self._slots_copy = memoryview(bytearray(BATCH * record.SLOT))
+        """Where a read copies the slots (a memoryview: a bytearray's own slice assignment
+        from another buffer first copies it into a new bytearray, 256 KB a read)."""
         self._pairs: dict[int, tuple[str, str]] = {}
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
@@ -118,25 +118,27 @@ class RingReader:
         size, slots = record.SLOT, self.slots
         a, b = first % slots, (last - 1) % slots + 1
         at = record.HEADER
-        buffer, ring = self._buffer_of_slots, self._view
+        buffer, ring = self._slots_copy, self._view
         if a < b:
             buffer[: (b - a) * size] = ring[at + a * size : at + b * size]
         else:
             split = (slots - a) * size
             buffer[:split] = ring[at + a * size : at + slots * size]
             buffer[split : split + b * size] = ring[at : at + b * size]
-        return memoryview(buffer)[: (last - first) * size]
+        return buffer[: (last - first) * size]
 
     def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
         """The record in `row`, whose slot starts at `at` in `raw`."""
-        # (typed: the compiled build then works on machine numbers, not on objects)
+        # (typed: the compiled build then works on machine numbers, not on objects; the names'
+        # ids not: they are only dict keys, and a number made machine-sized would be boxed
+        # into a new int object again for each lookup)
         end: float
         duration: float
         bytes_in: int
         bytes_out: int
-        service: int
-        pair: int
-        method: int
+        service: Any
+        pair: Any
+        method: Any
         status: int
         error: int
         flags: int
@@ -150,12 +152,11 @@ class RingReader:
         sandbox, key = self._pair(pair)
         observed = Observed(
             end, duration, names.get(service, UNKNOWN), sandbox, key,
-            ROUTES[1 if flags & record.FORKED else 0], names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out, None,
-            OUTCOMES[error] if error < len(OUTCOMES) else OK, bool(flags & record.INJECTED),
+            SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
+            status, bytes_in, bytes_out, None, _outcome(error), bool(flags & record.INJECTED),
             seq=seq,
-            path=_utf8(_path(target, target_len)),
-            raw_traceparent=tp_bytes[:tp_len] if tp_len else b"",
+            raw_traceparent=_cut(tp_bytes, tp_len),
+            target=target, target_len=target_len,
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
@@ -179,8 +180,9 @@ class RingReader:
         observed.rpc_code = rpc_code if flags & record.RPC_CODE else None
         observed.protocol = self._name(protocol) if protocol else None
 
-    def _pair(self, ident: int) -> tuple[str, str]:
-        """(Sandbox, routing key) of a pair's id, split once per id, not once per record."""
+    def _pair(self, ident: Any) -> tuple[str, str]:
+        """(Sandbox, routing key) of a pair's id (the record's int object, not unboxed), split
+        once per id, not once per record."""
         pair = self._pairs.get(ident)
         if pair is None:
             sandbox, _, key = self.names.get(ident, UNKNOWN).partition("\0")
@@ -250,19 +252,23 @@ class RingReader:
         os.close(self.names_fd)
 
 
-def _path(target: bytes, length: int) -> bytes:
-    """The path of a target whose first bytes are `target` and length `length`: up to its
-    query (the `?` lies beyond what the record holds when none is in it)."""
-    if length < len(target):
-        target = target[:length]
-    if _QUESTION not in target:  # (an int needle: a memchr; `find` is a method call by name)
-        return target
-    return target[: target.find(b"?")]
+def _cut(field: bytes, length: int) -> bytes:
+    """A field's first `length` bytes: the field itself when whole (a `traceparent` most
+    often is; the compiled build's slice copies even then)."""
+    if length == len(field):
+        return field
+    return field[:length] if length else b""
 
 
-def _utf8(raw: bytes) -> str:
-    """A path's bytes (cut at `record.PATH`: maybe inside a character, read as U+FFFD)."""
-    try:
-        return raw.decode("utf-8")  # (the compiled build's fast path: no error handler)
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "replace")
+def _outcome(error: int) -> str:
+    """`OUTCOMES[error]` (`OK` past them), by comparisons: indexing a `Final` tuple with a
+    number known only at run time makes the compiled build box the whole tuple each time."""
+    if error == 0:
+        return OK
+    if error == 1:
+        return HTTP_5XX
+    if error == 2:
+        return JSONRPC
+    if error == 3:
+        return TOOL_ERROR
+    return TRANSPORT if error == 4 else OK
