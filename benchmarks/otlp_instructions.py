@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import re
 import socket
 import subprocess
 import sys
@@ -29,11 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.telemetry_instructions import filled_ring  # noqa: E402
+from benchmarks.telemetry_instructions import callgrind_total, filled_ring  # noqa: E402
 from benchmarks.telemetry_profile import GC_THRESHOLDS, free_port  # noqa: E402
 
 STAGES = ("read", "encode", "export (encode + post)")
-_TOTAL = re.compile(rb"summary: (\d+)")
 
 
 def run_stage(stage: int, n: int, port: int) -> None:
@@ -65,15 +62,10 @@ def run_stage(stage: int, n: int, port: int) -> None:
 
 
 def counted(stage: int, n: int, port: int, work: Path) -> int:
-    out = work / f"stage{stage}.callgrind"
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-            __file__, "--inner", str(stage), "--records", str(n), "--port", str(port)]  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(argv, check=True, capture_output=True, env=env)
-    found = _TOTAL.search(out.read_bytes())
-    if found is None:
-        raise SystemExit(f"no total in {out}")
-    return int(found.group(1))
+    return callgrind_total(
+        [sys.executable, __file__, "--inner", str(stage), "--records", str(n), "--port", str(port)],
+        work / f"stage{stage}.callgrind",
+    )
 
 
 def main() -> None:

@@ -87,9 +87,15 @@ def run_stages(last: int, n: int) -> None:
 
 
 def counted(last: int, n: int, work: Path) -> int:
-    out = work / f"stage{last}.callgrind"
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            sys.executable, __file__, "--inner", str(last), "--records", str(n)]  # fmt: skip
+    return callgrind_total(
+        [sys.executable, __file__, "--inner", str(last), "--records", str(n)],
+        work / f"stage{last}.callgrind",
+    )
+
+
+def callgrind_total(argv: list[str], out: Path) -> int:
+    """The instructions `argv` ran, all told, under callgrind (a fixed string-hash seed)."""
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     subprocess.run(argv, check=True, capture_output=True, env=env)
     found = _TOTAL.search(out.read_bytes())
