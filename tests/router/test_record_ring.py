@@ -40,6 +40,14 @@ recorder.detach()
 """
 
 
+def paired(slots: int, **settings: int) -> tuple[Recorder, RingReader]:
+    """A recorder with a ring of `slots` and a reader of it from its first record."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(slots, **settings)
+    recorder.attach(names_w)
+    return recorder, RingReader(recorder.fd, names_r, 0)
+
+
 def test_a_racing_reader_gets_whole_records_or_counts_them_lost(tmp_path: Path) -> None:
     total, slots = 200_000, 64
     names_r, names_w = os.pipe()
@@ -79,10 +87,7 @@ def test_a_racing_reader_gets_whole_records_or_counts_them_lost(tmp_path: Path) 
 def test_past_a_generation_the_names_are_sent_again() -> None:
     """A names table that outgrows its generation starts afresh: records on both sides of the
     change read their own names, and the reader drops the old ones once past them."""
-    names_r, names_w = os.pipe()
-    recorder = Recorder(64, generation=4)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(64, generation=4)
     for n in range(12):  # 6 services, 1 method: a new generation every 4 names
         write(recorder, f"svc{n % 6}", n)
     decoded = reader.read()
@@ -113,10 +118,7 @@ def test_names_that_arrive_late_name_the_records_after_them() -> None:
 
 
 def test_a_lagging_reader_counts_what_was_overwritten() -> None:
-    names_r, names_w = os.pipe()
-    recorder = Recorder(4)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(4)
     for n in range(10):
         write(recorder, "svc", n)
     assert [o.bytes_in for o in reader.read()] == [7, 8, 9]
@@ -128,10 +130,7 @@ def test_a_lagging_reader_counts_what_was_overwritten() -> None:
 
 
 def test_names_a_client_picks_are_capped() -> None:
-    names_r, names_w = os.pipe()
-    recorder = Recorder(4096)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(4096)
     for n in range(CLIENT_CAP + 5):
         recorder.write(0.0, recorder.ids("mcp", "", ""), False, b"POST", 200, n, 0, None, 0,
                        rpc_method=b"tools/call", tool=b"tool-%d" % n)  # fmt: skip
@@ -146,10 +145,7 @@ def test_names_a_client_picks_are_capped() -> None:
 def test_a_client_name_is_cut_and_its_control_characters_shown() -> None:
     """What the control plane accepts (256 characters, none a control character), and what
     a log line or a Prometheus label can carry."""
-    names_r, names_w = os.pipe()
-    recorder = Recorder(64)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(64)
     recorder.write(0.0, recorder.ids("mcp", "", ""), False, b"POST", 200, 0, 0, None, 0,
                    rpc_method=b"tools/\x1b[2Jcall", tool=b"x\ny" + b"z" * 400)  # fmt: skip
     (observed,) = reader.read()
@@ -160,10 +156,7 @@ def test_a_client_name_is_cut_and_its_control_characters_shown() -> None:
 
 
 def test_the_path_is_the_target_up_to_its_query_within_the_bytes_kept() -> None:
-    names_r, names_w = os.pipe()
-    recorder = Recorder(64)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(64)
     targets = {
         b"/": "/",
         b"/a?token=s3cr3t": "/a",
@@ -186,10 +179,7 @@ def test_the_path_is_the_target_up_to_its_query_within_the_bytes_kept() -> None:
 def test_a_path_asked_for_after_its_slot_was_overwritten_is_the_records() -> None:
     """The path is decoded when first asked for: from the record's own bytes, not the ring's
     slot (written again since) nor the reader's copy of the slots (reused by the next read)."""
-    names_r, names_w = os.pipe()
-    recorder = Recorder(4)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(4)
     ids = recorder.ids("web", "", "")
     for n in range(3):
         recorder.write(0.0, ids, False, b"GET", 200, n, 0, None, 0, target=b"/first/%d?q" % n)
@@ -205,10 +195,7 @@ def test_a_path_asked_for_after_its_slot_was_overwritten_is_the_records() -> Non
 
 
 def test_the_outcome_and_route_are_the_records() -> None:
-    names_r, names_w = os.pipe()
-    recorder = Recorder(64)
-    recorder.attach(names_w)
-    reader = RingReader(recorder.fd, names_r, 0)
+    recorder, reader = paired(64)
     for error in range(6):
         forked = error % 2 == 1
         recorder.write(0.0, recorder.ids("web", "", ""), forked, b"GET", 200, 0, 0, None, error)
