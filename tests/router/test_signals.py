@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sandboxd_router.telemetry import spans, traceparent
+from sandboxd_router.telemetry import request_wire, spans, traceparent
 from sandboxd_router.telemetry.buckets import HISTOGRAM_MS
 from sandboxd_router.telemetry.observed import (
     BASELINE,
@@ -26,6 +26,7 @@ from sandboxd_router.telemetry.observed import (
     Observed,
 )
 from sandboxd_router.telemetry.prometheus import PrometheusSink
+from sandboxd_router.telemetry.request_wire import RecordText
 from sandboxd_router.telemetry.signals import SignalsSink
 from sandboxd_router.telemetry.tally import Fifo
 
@@ -357,6 +358,22 @@ def test_a_posts_body_is_byte_for_byte_orjson_of_its_records_and_buckets() -> No
     assert len(records) > 1000 and any(r["faults"] for r in records)
     expected = orjson.dumps({"instance": s.instance, "buckets": buckets, "requests": records})
     assert s.body() == expected
+
+
+def test_records_of_a_thousand_sandboxes_share_their_span_shapes() -> None:
+    """`RecordText` keeps per sandbox only its quoted names (issue 13's memory bar: a thousand
+    sandboxes' span shapes were 2.3 MB): the sandbox goes between the cached halves of the
+    attributes, in `span_of`'s order, and a request without one (baseline) has none."""
+    text = RecordText()
+    batch = [
+        (n, observed(sandbox=f"live-{n % 1000}", routing_key=f"{n % 1000:016x}", service=service))
+        for n, service in enumerate(["echo", "api", "cluster-mcp"] * 1000)
+    ]
+    batch.append((3000, observed(sandbox="", routing_key="", route=BASELINE)))
+    body = b"".join(text.texts(batch))
+    assert body == b",".join(orjson.dumps(request_wire.wire_of(n, o)) for n, o in batch)
+    assert len(text._shapes) == 3 + 1  # one per service, and the baseline one: none per sandbox
+    assert len(text._quoted) <= 2 * 1000 + 20  # each sandbox's name and key, and a few others
 
 
 def test_a_fifo_keeps_what_a_deque_keeps() -> None:

@@ -15,13 +15,28 @@ from typing import Final
 
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
-from sandboxd_router.telemetry.observed import Observed
-from sandboxd_router.telemetry.spans import VARYING, Shape, Span, shape, span_id, span_of, varying
+from sandboxd_router.telemetry.observed import Fault, Observed
+from sandboxd_router.telemetry.spans import VARYING, Span, span_id, span_of, varying
 from sandboxd_router.telemetry.thousandths import round3, text3
 from sandboxd_router.telemetry.traceparent import parse
 
 QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools;
 # span shapes)
+
+
+SANDBOX: Final = "sandboxd.sandbox"
+ROUTE: Final = "sandboxd.route"
+
+Common = tuple[
+    str, str, str, int, str, tuple[Fault, ...], str | None, str | None, str | None, int | None
+]
+
+
+def common(o: Observed) -> Common:
+    """`spans.shape` without the sandbox: what the fixed attributes but `sandboxd.sandbox` are
+    made of."""
+    return (o.service, o.route, o.method, o.status, o.error, o.faults, o.rpc_method, o.tool,
+            o.protocol, o.rpc_code)  # fmt: skip
 
 
 def wire_of(seq: int, o: Observed) -> dict[str, object]:
@@ -61,10 +76,13 @@ def _events(span: Span) -> list[dict[str, object]]:
 class RecordText:
     def __init__(self) -> None:
         self._quoted: dict[str, str] = {}
-        self._heads: dict[tuple[str, str, str, str], str] = {}
-        self._shapes: dict[Shape, tuple[str, str]] = {}
-        """`spans.shape` → the span's name and its attributes but the `VARYING` ones, as JSON
-        (left open)."""
+        self._places: dict[tuple[str, str], str] = {}
+        """(service, route) → `"service":…,"route":…,`."""
+        self._shapes: dict[Common, tuple[str, str, str]] = {}
+        """`common(o)` → the span's name and its attributes but the `VARYING` ones and the
+        sandbox's, as JSON: those before `sandboxd.sandbox` (left open) and those after it.
+        Keyed by what no sandbox has of its own, so that a thousand sandboxes share a shape;
+        the sandbox's name (in `_quoted`) goes between the two when a record is written."""
 
     def texts(self, batch: list[tuple[int, Observed]]) -> list[bytes]:
         """`text` of each (number, request): one call for a whole post's records; encoded, with
@@ -79,9 +97,10 @@ class RecordText:
     def text(self, seq: int, o: Observed) -> str:
         """`wire_of`'s dict as orjson writes it. (The trace context's ids and the span id are
         lowercase hex: `traceparent.parse` matched them, `spans.span_id` made them.)"""
-        name, attributes, events = self._span(o)
-        context = parse(o.traceparent)
         q = self.quoted
+        sandbox = q(o.sandbox)
+        name, attributes, events = self._span(o, sandbox)
+        context = parse(o.traceparent)
         trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
         faults = "[]"
         if o.faults:
@@ -92,7 +111,8 @@ class RecordText:
             rpc_id = "null" if o.rpc_id is None else dumps(o.rpc_id).decode()
             mcp = f',"rpcMethod":{q(o.rpc_method)},"tool":{q(o.tool)},"rpcId":{rpc_id}'
         return (
-            f'{{"seq":{seq},{self._head(o)}'
+            f'{{"seq":{seq},"sandbox":{sandbox},"routingKey":{q(o.routing_key)},'
+            f"{self._place(o.service, o.route)}"
             f'"start":{dumps(o.end - o.duration).decode()},'
             f'"durationMs":{text3(o.duration * 1000)},'
             f'"method":{q(o.method)},"status":{o.status},"bytesIn":{o.bytes_in},'
@@ -102,24 +122,27 @@ class RecordText:
             f'"name":{name},"attributes":{attributes},"events":{events}}}'
         )
 
-    def _span(self, o: Observed) -> tuple[str, str, str]:
-        """The span's name, attributes and events as JSON; what depends on `spans.shape` alone
-        (every attribute but the `VARYING` ones, which `span_of` adds last) made once."""
+    def _span(self, o: Observed, sandbox: str) -> tuple[str, str, str]:
+        """The span's name, attributes and events as JSON; what depends on `common(o)` alone
+        (every attribute but the `VARYING` ones, which `span_of` adds last, and the sandbox's
+        `sandboxd.sandbox`, `sandbox` quoted) made once."""
         if o.faults:  # (rare: the events' time varies)
             span = span_of(o)
             events = _events(span)
             return (self.quoted(span.name), dumps(span.attributes).decode(),
                     dumps(events).decode() if events else "[]")  # fmt: skip
-        key = shape(o)
+        key = common(o)
         known = self._shapes.get(key)
         if known is None:
-            span = span_of(o)
-            fixed = {k: v for k, v in span.attributes.items() if k not in VARYING}
-            known = (self.quoted(span.name), dumps(fixed).decode()[:-1])  # (open: "url.scheme")
+            known = self._learn(o)
             if len(self._shapes) >= QUOTED:
                 self._shapes.clear()
             self._shapes[key] = known
-        name, attributes = known
+        name, before, after = known
+        if o.sandbox:  # (`spans._shaped` leaves it out for baseline traffic)
+            attributes = f'{before},"sandboxd.sandbox":{sandbox},{after}'
+        else:
+            attributes = f"{before},{after}"
         path, size_in, size_out, rpc_id, session = varying(o)
         if path is not None:
             attributes = f'{attributes},"url.path":{dumps(path).decode()}'
@@ -132,20 +155,32 @@ class RecordText:
             attributes = f'{attributes},"mcp.session.id":{dumps(session).decode()}'
         return name, attributes + "}", "[]"
 
-    def _head(self, o: Observed) -> str:
-        """`"sandbox":…,"routingKey":…,"service":…,"route":…`, made once per group."""
-        group = (o.sandbox, o.routing_key, o.service, o.route)
-        head = self._heads.get(group)
-        if head is None:
-            q = self.quoted
-            head = (
-                f'"sandbox":{q(o.sandbox)},"routingKey":{q(o.routing_key)},'
-                f'"service":{q(o.service)},"route":{q(o.route)},'
-            )
-            if len(self._heads) >= QUOTED:
-                self._heads.clear()
-            self._heads[group] = head
-        return head
+    def _learn(self, o: Observed) -> tuple[str, str, str]:
+        """`_shapes`' entry for `o`: the fixed attributes split around `sandboxd.sandbox`
+        (`spans._shaped` sets it just before `sandboxd.route`, which it always sets)."""
+        span = span_of(o)
+        before: dict[str, object] = {}
+        after: dict[str, object] = {}
+        part = before
+        for k, v in span.attributes.items():
+            if k == ROUTE:
+                part = after
+            if k != SANDBOX and k not in VARYING:
+                part[k] = v
+        # open on both sides: before ends at `http.request.method` or later, after starts at
+        # `sandboxd.route`
+        return self.quoted(span.name), dumps(before).decode()[:-1], dumps(after).decode()[1:-1]
+
+    def _place(self, service: str, route: str) -> str:
+        """`"service":…,"route":…,`, made once per pair (a few: services are shared)."""
+        key = (service, route)
+        place = self._places.get(key)
+        if place is None:
+            place = f'"service":{self.quoted(service)},"route":{self.quoted(route)},'
+            if len(self._places) >= QUOTED:
+                self._places.clear()
+            self._places[key] = place
+        return place
 
     def quoted(self, name: str | None) -> str:
         """A name as a JSON string (null for None), escaped once."""
