@@ -76,13 +76,12 @@ def _events(span: Span) -> list[dict[str, object]]:
 class RecordText:
     def __init__(self) -> None:
         self._quoted: dict[str, str] = {}
-        self._places: dict[tuple[str, str], str] = {}
-        """(service, route) → `"service":…,"route":…,`."""
-        self._shapes: dict[Common, tuple[str, str, str]] = {}
+        self._shapes: dict[Common, tuple[str, str, str, str]] = {}
         """`common(o)` → the span's name and its attributes but the `VARYING` ones and the
-        sandbox's, as JSON: those before `sandboxd.sandbox` (left open) and those after it.
-        Keyed by what no sandbox has of its own, so that a thousand sandboxes share a shape;
-        the sandbox's name (in `_quoted`) goes between the two when a record is written."""
+        sandbox's, as JSON: those before `sandboxd.sandbox` (left open) and those after it;
+        and the record's `"service":…,"route":…,`. Keyed by what no sandbox has of its own, so
+        that a thousand sandboxes share a shape; the sandbox's name (in `_quoted`) goes between
+        the two when a record is written."""
 
     def texts(self, batch: list[tuple[int, Observed]]) -> list[bytes]:
         """`text` of each (number, request): one call for a whole post's records; encoded, with
@@ -99,7 +98,7 @@ class RecordText:
         lowercase hex: `traceparent.parse` matched them, `spans.span_id` made them.)"""
         q = self.quoted
         sandbox = q(o.sandbox)
-        name, attributes, events = self._span(o, sandbox)
+        name, attributes, events, place = self._span(o, sandbox)
         context = parse(o.traceparent)
         trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
         faults = "[]"
@@ -112,7 +111,7 @@ class RecordText:
             mcp = f',"rpcMethod":{q(o.rpc_method)},"tool":{q(o.tool)},"rpcId":{rpc_id}'
         return (
             f'{{"seq":{seq},"sandbox":{sandbox},"routingKey":{q(o.routing_key)},'
-            f"{self._place(o.service, o.route)}"
+            f"{place}"
             f'"start":{dumps(o.end - o.duration).decode()},'
             f'"durationMs":{text3(o.duration * 1000)},'
             f'"method":{q(o.method)},"status":{o.status},"bytesIn":{o.bytes_in},'
@@ -122,15 +121,16 @@ class RecordText:
             f'"name":{name},"attributes":{attributes},"events":{events}}}'
         )
 
-    def _span(self, o: Observed, sandbox: str) -> tuple[str, str, str]:
-        """The span's name, attributes and events as JSON; what depends on `common(o)` alone
-        (every attribute but the `VARYING` ones, which `span_of` adds last, and the sandbox's
-        `sandboxd.sandbox`, `sandbox` quoted) made once."""
+    def _span(self, o: Observed, sandbox: str) -> tuple[str, str, str, str]:
+        """The span's name, attributes and events as JSON, and the record's service and route;
+        what depends on `common(o)` alone (every attribute but the `VARYING` ones, which
+        `span_of` adds last, and the sandbox's `sandboxd.sandbox`, `sandbox` quoted) made
+        once."""
         if o.faults:  # (rare: the events' time varies)
             span = span_of(o)
             events = _events(span)
             return (self.quoted(span.name), dumps(span.attributes).decode(),
-                    dumps(events).decode() if events else "[]")  # fmt: skip
+                    dumps(events).decode() if events else "[]", self._place(o))  # fmt: skip
         key = common(o)
         known = self._shapes.get(key)
         if known is None:
@@ -138,7 +138,7 @@ class RecordText:
             if len(self._shapes) >= QUOTED:
                 self._shapes.clear()
             self._shapes[key] = known
-        name, before, after = known
+        name, before, after, place = known
         if o.sandbox:  # (`spans._shaped` leaves it out for baseline traffic)
             attributes = f'{before},"sandboxd.sandbox":{sandbox},{after}'
         else:
@@ -153,9 +153,9 @@ class RecordText:
             attributes = f'{attributes},"jsonrpc.request.id":{dumps(rpc_id).decode()}'
         if session is not None:
             attributes = f'{attributes},"mcp.session.id":{dumps(session).decode()}'
-        return name, attributes + "}", "[]"
+        return name, attributes + "}", "[]", place
 
-    def _learn(self, o: Observed) -> tuple[str, str, str]:
+    def _learn(self, o: Observed) -> tuple[str, str, str, str]:
         """`_shapes`' entry for `o`: the fixed attributes split around `sandboxd.sandbox`
         (`spans._shaped` sets it just before `sandboxd.route`, which it always sets)."""
         span = span_of(o)
@@ -169,18 +169,12 @@ class RecordText:
                 part[k] = v
         # open on both sides: before ends at `http.request.method` or later, after starts at
         # `sandboxd.route`
-        return self.quoted(span.name), dumps(before).decode()[:-1], dumps(after).decode()[1:-1]
+        return (self.quoted(span.name), dumps(before).decode()[:-1],
+                dumps(after).decode()[1:-1], self._place(o))  # fmt: skip
 
-    def _place(self, service: str, route: str) -> str:
-        """`"service":…,"route":…,`, made once per pair (a few: services are shared)."""
-        key = (service, route)
-        place = self._places.get(key)
-        if place is None:
-            place = f'"service":{self.quoted(service)},"route":{self.quoted(route)},'
-            if len(self._places) >= QUOTED:
-                self._places.clear()
-            self._places[key] = place
-        return place
+    def _place(self, o: Observed) -> str:
+        """`"service":…,"route":…,`."""
+        return f'"service":{self.quoted(o.service)},"route":{self.quoted(o.route)},'
 
     def quoted(self, name: str | None) -> str:
         """A name as a JSON string (null for None), escaped once."""
