@@ -170,8 +170,9 @@ def rpc_code(seen: int) -> int | None:
 
 
 def _code(data: bytes, error: int) -> int:
-    """`CODE` and the code's bits, from the `"code":` after the error at `error`; 0 if none."""
-    i = _value_at(data, data.find(b'"code":', error), 6)
+    """`CODE` and the code's bits, from the `code` member of the error object whose key is at
+    `error` (never a `code` nested deeper, as in its `data`); 0 if none in this chunk."""
+    i = _member(data, _value_at(data, error, 7), b'"code"')
     if i < 0:
         return 0
     end = i + 1 if i < len(data) and data[i] == 45 else i  # "-"
@@ -225,6 +226,51 @@ def _token_at(chunk: bytes, at: int) -> bytes | None:
     while end < len(chunk) and end - i < 40 and chunk[end] not in b",} \t\r\n]":
         end += 1
     return chunk[i:end] if end > i else None
+
+
+def _member(chunk: bytes, start: int, name: bytes) -> int:
+    """Where the value of the member `name` (quoted) of the object that begins at `start`
+    begins; -1 if it is no object or the member is not in this chunk. Only the object's own
+    members count: strings are skipped whole and nested values by their depth. (A byte loop,
+    but it runs only on an error response.)"""
+    if start < 0 or start >= len(chunk) or chunk[start] != 123:  # "{"
+        return -1
+    depth, i = 0, start
+    while i < len(chunk):
+        c = chunk[i]
+        if c == 34:  # '"': a key or a string value, whole
+            end = _string_end(chunk, i)
+            if end < 0:
+                return -1
+            if depth == 1 and end - i + 1 == len(name) and chunk.startswith(name, i):
+                value = _value_at(chunk, i, len(name))  # (a value "code" has no ":" after it)
+                if value >= 0:
+                    return value
+            i = end + 1
+            continue
+        if c == 123 or c == 91:  # "{" "["
+            depth += 1
+        elif c == 125 or c == 93:  # "}" "]"
+            depth -= 1
+            if depth == 0:
+                return -1
+        i += 1
+    return -1
+
+
+def _string_end(chunk: bytes, quote: int) -> int:
+    """The closing quote of the JSON string opened at `quote`; -1 if not in this chunk."""
+    i = quote + 1
+    while True:
+        i = chunk.find(b'"', i)
+        if i < 0:
+            return -1
+        escapes = 0
+        while chunk[i - 1 - escapes] == 92:  # "\\": an odd run escapes the quote
+            escapes += 1
+        if escapes % 2 == 0:
+            return i
+        i += 1
 
 
 def _skip(chunk: bytes, i: int) -> int:
