@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -267,21 +268,24 @@ def test_in_github_actions_up_names_and_labels_the_sandbox_from_the_event(
     server: Sandboxd, tmp_path: Path
 ) -> None:
     event = tmp_path / "event.json"
-    event.write_text(json.dumps({"action": "synchronize", "pull_request": {"number": 4242}}))
+    head = {"sha": "beef4567", "ref": "feature"}
+    payload = {"action": "synchronize", "pull_request": {"number": 4242, "head": head}}
+    event.write_text(json.dumps(payload))
     github = {
         "GITHUB_ACTIONS": "true",
         "GITHUB_EVENT_PATH": str(event),
         "GITHUB_REPOSITORY": "acme/shop",
-        "GITHUB_SHA": "cafe0123",
+        "GITHUB_SHA": "cafe0123",  # (GitHub's merge commit on pull_request: not the one run)
     }
 
     result = as_user(server, "up", "--label", "team=agents", "-o", "json", **github)
 
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["name"] == "pr-4242"
-    assert stored(server, "pr-4242")["labels"] == {
+    name = "shop-pr-4242-" + hashlib.sha256(b"acme/shop").hexdigest()[:8]
+    assert json.loads(result.stdout)["name"] == name
+    assert stored(server, name)["labels"] == {
         "github.repo": "acme/shop",
         "github.pr": "4242",
-        "github.sha": "cafe0123",
+        "github.sha": "beef4567",
         "team": "agents",
     }

@@ -1,13 +1,18 @@
-"""GitHub Actions defaults: the name `pr-<number>` and github.* labels, from a real event file."""
+"""GitHub Actions defaults: the name `<repo>-pr-<number>-<hash>` and github.* labels, from a real
+event file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sandboxd.core.naming import DNS_LABEL
 from sandboxd_cli import github
 from sandboxd_cli.errors import BadInput
 from sandboxd_cli.spec import Flags, build_spec
@@ -26,22 +31,51 @@ def actions_env(tmp_path: Path, event: Any) -> dict[str, str]:
 
 
 def test_a_pull_request_event_names_and_labels_the_sandbox(tmp_path: Path) -> None:
-    env = actions_env(tmp_path, {"action": "opened", "pull_request": {"number": 42}})
+    head = {"sha": "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432", "ref": "feature"}
+    event = {"action": "opened", "pull_request": {"number": 42, "head": head}}
+    env = actions_env(tmp_path, event)
 
     defaults = github.defaults(env)
 
-    assert defaults.name == "pr-42"
-    assert defaults.labels == {
+    assert defaults.name == "shop-pr-42-" + hashlib.sha256(b"acme/shop").hexdigest()[:8]
+    assert defaults.labels == {  # the PR's head, not GITHUB_SHA (GitHub's merge commit)
         "github.repo": "acme/shop",
         "github.pr": "42",
-        "github.sha": "0123abcd",
+        "github.sha": "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432",
     }
 
 
 def test_the_top_level_number_is_used_without_a_pull_request_object(tmp_path: Path) -> None:
     env = actions_env(tmp_path, {"action": "closed", "number": 9})
 
-    assert github.defaults(env).name == "pr-9"
+    defaults = github.defaults(env)
+    assert defaults.name == github.pr_name("acme/shop", 9)
+    assert defaults.labels["github.sha"] == "0123abcd"  # (no head in the payload)
+
+
+def test_two_repositories_pr_42_get_two_names() -> None:
+    names = {github.pr_name(repo, 42) for repo in ("acme/shop", "other/shop", "a/my.repo",
+                                                    "a/my_repo", "a/My.Repo2")}  # fmt: skip
+    assert len(names) == 5
+    assert github.pr_name("Acme/Shop", 42) == github.pr_name("acme/shop", 42)  # GitHub's case
+
+
+def test_a_long_repository_name_is_cut_to_40_characters_keeping_number_and_hash() -> None:
+    name = github.pr_name("acme/" + "agents." * 20, 1234567)
+
+    assert len(name) == 40
+    assert name == "agents-agents-agents-pr-1234567-" + name[-8:]
+    assert name[-8:] == hashlib.sha256(("acme/" + "agents." * 20).encode()).hexdigest()[:8]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(repo=st.text(max_size=120), number=st.integers(1, 10**12))
+def test_every_name_is_a_dns_label_of_at_most_40(repo: str, number: int) -> None:
+    name = github.pr_name(f"owner/{repo}", number)
+
+    assert len(name) <= 40
+    assert DNS_LABEL.fullmatch(name), name
+    assert f"-pr-{number}-" in name
 
 
 def test_a_push_event_gives_labels_but_no_name(tmp_path: Path) -> None:
@@ -100,4 +134,4 @@ def test_up_in_a_push_job_without_a_name_exits_2(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "no sandbox name" in result.stderr
-    assert "pr-<number>" in result.stderr
+    assert "<repo>-pr-<number>-<hash>" in result.stderr

@@ -103,7 +103,7 @@ def build_spec(*, base: Mapping[str, Any], flags: Flags, github: Defaults) -> Js
     if not name:
         raise BadInput(
             "no sandbox name: give --name NAME or `name:` in the spec file "
-            "(in GitHub Actions it defaults to pr-<number> for pull request events)"
+            "(in GitHub Actions it defaults to <repo>-pr-<number>-<hash> for pull request events)"
         )
     spec["name"] = name
     if flags.ttl:

@@ -24,7 +24,7 @@ SETTLED = frozenset({"Ready", "Failed", "Terminating", "Deleted"})
 
 EPILOG = (
     "Flags given with -f override the file (name, ttl) or extend it (labels, forks, env). "
-    "In GitHub Actions the name defaults to pr-<number> and the labels "
+    "In GitHub Actions the name defaults to <repo>-pr-<number>-<hash> and the labels "
     f"{github.REPO_LABEL}, {github.PR_LABEL} and {github.SHA_LABEL} are added (explicit labels "
     "win).\n\n" + EXIT_CODES_HELP
 )
