@@ -78,10 +78,31 @@ def test_up_with_yaml_output_prints_only_the_sandbox_object(
     assert body["phase"] == "Ready"
 
 
-def test_up_with_the_same_name_and_another_spec_exits_7(server: Sandboxd, sandbox: Invoke) -> None:
+def test_up_with_another_spec_updates_the_sandbox_in_place(
+    server: Sandboxd, sandbox: Invoke, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", command=SERVE, name="pushed")
+    first = sandbox("up", "-f", spec, "--ttl", "1h", "-o", "json")
+    assert first.exit_code == 0, first.output
+    before = json.loads(first.stdout)
+
+    result = sandbox("up", "-f", spec, "--ttl", "3h", "--env", "echo:GREETING=v2", "-o", "json")
+
+    assert result.exit_code == 0, result.output
+    after = json.loads(result.stdout)
+    assert after["phase"] == "Ready"  # waited for the replaced fork
+    assert (after["routingKey"], after["uid"]) == (before["routingKey"], before["uid"])
+    assert after["forks"][0]["pid"] != before["forks"][0]["pid"]
+    assert stored(server, "pushed")["spec"]["ttl"] == "3h"
+    assert stored(server, "pushed")["spec"]["forks"][0]["env"] == {"GREETING": "v2"}
+
+
+def test_up_create_only_with_the_same_name_and_another_spec_exits_7(
+    server: Sandboxd, sandbox: Invoke
+) -> None:
     assert sandbox("up", "--name", "taken", "--ttl", "1h", "--no-wait").exit_code == 0
 
-    result = sandbox("up", "--name", "taken", "--ttl", "3h")
+    result = sandbox("up", "--name", "taken", "--ttl", "3h", "--create-only")
 
     assert result.exit_code == 7
     assert "another spec" in result.stderr

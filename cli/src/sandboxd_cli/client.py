@@ -67,6 +67,11 @@ class Api:
     def create(self, spec: Json) -> Json:
         return self._json("POST", "/v1/sandboxes", json=spec, what=_sandbox(spec.get("name")))
 
+    def apply(self, spec: Json) -> Json:
+        """Create the sandbox, or update it in place to `spec` (`PUT`)."""
+        name = str(spec.get("name"))
+        return self._json("PUT", f"/v1/sandboxes/{_seg(name)}", json=spec, what=_sandbox(name))
+
     def get(self, name: str) -> Json:
         return self._json("GET", f"/v1/sandboxes/{_seg(name)}", what=_sandbox(name))
 

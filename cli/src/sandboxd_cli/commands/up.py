@@ -1,4 +1,5 @@
-"""`sandbox up`: create a sandbox (or find the identical one) and wait until it is Ready."""
+"""`sandbox up`: create a sandbox or update it in place to the spec, and wait until it is
+Ready."""
 
 from __future__ import annotations
 
@@ -66,14 +67,23 @@ def up(
     timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for Ready before exit code 3.")
     ] = 180,
+    create_only: Annotated[
+        bool,
+        typer.Option(
+            "--create-only",
+            help="Only create: a sandbox of that name with another spec is a conflict (exit 7) "
+            "instead of being updated.",
+        ),
+    ] = False,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """Create a sandbox (or find the identical one) and wait until it is Ready."""
+    """Create a sandbox, or update the one of that name in place to the spec (its routing key
+    stays), and wait until it is Ready."""
     flags = Flags(name=name, ttl=ttl, forks=fork or (), env=env or (), labels=label or ())
     base = read_spec_file(file, stdin=sys.stdin) if file else {}
     spec = build_spec(base=base, flags=flags, github=github.defaults(os.environ))
     with open_api(ctx) as api:
-        sandbox = api.create(spec)
+        sandbox = api.create(spec) if create_only else api.apply(spec)
         error: CliError | None = None
         if wait:
             sandbox, error = wait_ready(api, sandbox, timeout=timeout)

@@ -100,6 +100,48 @@ async def create_sandbox(
     spec: Annotated[SandboxSpec, Body()],
     idempotency_key: IdempotencyKey = None,
 ) -> SandboxOut:
+    row, created = await state.store.create(_new(state, spec, idempotency_key))
+    if created:
+        state.routes.update([row])
+        state.kicker.kick(row.name)
+    response.status_code = 201 if created else 200
+    return await _view(state, row)
+
+
+@router.put(
+    "/{name}",
+    response_model=SandboxOut,
+    responses={
+        201: {"model": SandboxOut, "description": "Created"},
+        **ERRORS,
+        **BODY_ERRORS,
+        **_CONFLICT,
+    },
+)
+async def apply_sandbox(
+    state: StateDep,
+    response: Response,
+    name: NameParam,
+    spec: Annotated[SandboxSpec, Body()],
+) -> SandboxOut:
+    """Create the sandbox, or update it in place to this spec: its name and routing key stay,
+    so links already handed out keep working; changed forks are replaced, and the TTL counts
+    from this change. The same spec again changes nothing (200)."""
+    if spec.name != name:
+        raise InvalidRequest(
+            f"name: the body names {spec.name!r}, the path {name!r}", error="name_mismatch"
+        )
+    row, applied = await state.store.apply(_new(state, spec, None))
+    if applied.outcome != "unchanged":
+        state.routes.update([row])
+        state.kicker.kick(row.name)
+    response.status_code = 201 if applied.outcome == "created" else 200
+    return await _view(state, row)
+
+
+def _new(state: AppState, spec: SandboxSpec, idempotency_key: str | None) -> NewSandbox:
+    """A create's or an apply's sandbox, validated against what the model cannot know (the
+    TTL cap, the catalog) before anything is stored."""
     ttl = _ttl_seconds(state, spec.ttl)
     try:
         check_forks(spec, state.catalog, runtime=state.settings.runtime)
@@ -108,21 +150,14 @@ async def create_sandbox(
     _check_faults(state, spec.faults)
     spec = spec.model_copy(update={"ttl": format_duration(ttl)})
     canonical = json.dumps(spec.canonical(), sort_keys=True)
-    request_hash = hashlib.sha256(canonical.encode()).hexdigest()
-    new = NewSandbox(
+    return NewSandbox(
         spec=spec,
         labels={**spec.labels, **agent_labels(spec.agent)},
         ttl_seconds=ttl,
-        request_hash=request_hash,
+        request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
         idempotency_key=idempotency_key,
         events=_faults_changed([], spec.faults),
     )
-    row, created = await state.store.create(new)
-    if created:
-        state.routes.update([row])
-        state.kicker.kick(row.name)
-    response.status_code = 201 if created else 200
-    return await _view(state, row)
 
 
 def _label_filter(labels: list[str]) -> dict[str, str]:

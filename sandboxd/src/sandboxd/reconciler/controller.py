@@ -287,6 +287,7 @@ class Reconciler:
             message=message,
             forks=forks,
             events=events,
+            generation=row.generation,
         )
         if updated is not None:
             self._routes.update([updated])

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, delete, text
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -34,6 +34,7 @@ from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
 from sandboxd.core.signals import Side, sides
 from sandboxd.core.spec import SandboxSpec
+from sandboxd.core.updates import spec_change
 from sandboxd.errors import Conflict, InvalidRequest, Unavailable
 from sandboxd.store import counts, retire, signals
 from sandboxd.store.counts import Counts, Merged, Reported
@@ -73,6 +74,14 @@ class NewSandbox:
     idempotency_key: str | None = None
     events: tuple[Event, ...] = ()
     """Recorded after `Created`, in the same transaction (such as `FaultsChanged`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What an apply did: `created`, `updated` (with what changed) or `unchanged`."""
+
+    outcome: Literal["created", "updated", "unchanged"]
+    what: tuple[str, ...] = ()
 
 
 class Store:
@@ -151,53 +160,97 @@ class Store:
             if row is not None and row.phase != Phase.DELETED:
                 if row.spec.canonical() != new.spec.canonical():
                     raise Conflict(
-                        f"sandbox {name!r} exists with another spec; delete it first or use "
-                        "another name",
+                        f"sandbox {name!r} exists with another spec; PUT applies a new spec "
+                        "(`sandbox up` does), or delete it first or use another name",
                         sandbox=name,
                     )
                 if row.phase == Phase.TERMINATING:
                     raise Conflict(f"sandbox {name!r} is being deleted; retry", sandbox=name)
                 return row, False
-            now = utcnow()
-            expires_at = now + timedelta(seconds=new.ttl_seconds)
-            fields: dict[str, Any] = {
-                "uid": uuid.uuid4().hex,
-                "routing_key": new_routing_key(),
-                "spec": new.spec,
-                "labels": new.labels,
-                "phase": Phase.PENDING.value,
-                "reason": "Created",
-                "message": "waiting for the reconciler",
-                "forks": [],
-                "created_at": now,
-                "updated_at": now,
-                "expires_at": expires_at,
-                "deleted_at": None,
-                "generation": 1,
-            }
-            if row is None:
-                row = SandboxRow(name=name, **fields)
-                session.add(row)
-            else:  # a tombstone: the name is free again
-                for key, value in fields.items():
-                    setattr(row, key, value)
-            if new.idempotency_key is not None:
-                session.add(
-                    IdempotencyRow(
-                        key=new.idempotency_key,
-                        request_hash=new.request_hash,
-                        sandbox=name,
-                        uid=row.uid,
-                        created_at=now,
-                    )
+            return self._insert(session, row, new), True
+
+    def _insert(self, session: Session, row: SandboxRow | None, new: NewSandbox) -> SandboxRow:
+        """A new sandbox named `new.spec.name`, over its tombstone `row` if there is one."""
+        name = new.spec.name
+        now = utcnow()
+        expires_at = now + timedelta(seconds=new.ttl_seconds)
+        fields: dict[str, Any] = {
+            "uid": uuid.uuid4().hex,
+            "routing_key": new_routing_key(),
+            "spec": new.spec,
+            "labels": new.labels,
+            "phase": Phase.PENDING.value,
+            "reason": "Created",
+            "message": "waiting for the reconciler",
+            "forks": [],
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": expires_at,
+            "deleted_at": None,
+            "generation": 1,
+        }
+        if row is None:
+            row = SandboxRow(name=name, **fields)
+            session.add(row)
+        else:  # a tombstone: the name is free again
+            for key, value in fields.items():
+                setattr(row, key, value)
+        if new.idempotency_key is not None:
+            session.add(
+                IdempotencyRow(
+                    key=new.idempotency_key,
+                    request_hash=new.request_hash,
+                    sandbox=name,
+                    uid=row.uid,
+                    created_at=now,
                 )
-            self._event(
-                session, row, Event("Created", f"created; expires at {rfc3339(expires_at)}")
             )
-            for event in new.events:
+        self._event(session, row, Event("Created", f"created; expires at {rfc3339(expires_at)}"))
+        for event in new.events:
+            self._event(session, row, event)
+        session.flush()
+        return row
+
+    @_off_loop
+    def apply(self, new: NewSandbox) -> tuple[SandboxRow, Applied]:
+        """Create the sandbox named in `new.spec`, or update the live one in place to that spec
+        (its routing key, uid and name stay): the sandbox and what this call did."""
+        for _ in range(5):
+            try:
+                return self._apply_once(new)
+            except IntegrityError:
+                continue  # a concurrent create won the race: update what it wrote
+        raise Conflict("the sandbox is being created concurrently; retry")
+
+    def _apply_once(self, new: NewSandbox) -> tuple[SandboxRow, Applied]:
+        name = new.spec.name
+        with self._tx() as session:
+            row = session.exec(
+                select(SandboxRow).where(SandboxRow.name == name).with_for_update()
+            ).first()
+            if row is None or row.phase == Phase.DELETED:
+                return self._insert(session, row, new), Applied("created")
+            if row.phase == Phase.TERMINATING:
+                raise Conflict(f"sandbox {name!r} is being deleted; retry", sandbox=name)
+            change = spec_change(row.spec, new.spec)
+            if not change:
+                return row, Applied("unchanged")
+            now = utcnow()
+            row.spec, row.labels = new.spec, new.labels
+            row.expires_at = now + timedelta(seconds=new.ttl_seconds)
+            row.generation += 1
+            row.updated_at = now
+            what = f"{'; '.join(change.what)}; expires at {rfc3339(row.expires_at)}"
+            if change.forks or row.phase == Phase.FAILED:  # (a failed one is tried again)
+                row.phase, row.reason = Phase.PENDING.value, "Updated"
+                row.message = "applying the new spec"
+            events = [Event("Updated", what)]
+            if change.faults is not None:
+                events.append(Event("FaultsChanged", change.faults))
+            for event in events:
                 self._event(session, row, event)
-            session.flush()
-            return row, True
+                self._drop_repeats(session, row, reason=event.reason)
+            return row, Applied("updated", change.what)
 
     def _replay(self, session: Session, new: NewSandbox) -> SandboxRow | None:
         key = session.get(IdempotencyRow, new.idempotency_key)
@@ -309,12 +362,18 @@ class Store:
         message: str | None,
         forks: list[ForkRecord],
         events: Sequence[Event] = (),
+        generation: int | None = None,
     ) -> SandboxRow | None:
         """The reconciler's write. Refused (None) when the row is no longer that `uid` or a
-        user's delete has overtaken it, so a slow pass never resurrects a deleted sandbox."""
+        user's delete has overtaken it, so a slow pass never resurrects a deleted sandbox; and
+        when `generation` is given and a user's change has moved the row past it, so a pass
+        that converged on the old spec never shows it as the new one's status (the change
+        kicked another pass)."""
         with self._tx() as session:
             row = session.get(SandboxRow, name, with_for_update=True)
             if row is None or row.uid != uid:
+                return None
+            if generation is not None and row.generation != generation:
                 return None
             if row.phase == Phase.TERMINATING and phase in LIVE:
                 return None
