@@ -62,7 +62,9 @@ def test_put_creates_then_updates_the_fork_in_place_keeping_name_and_key(
         what="the replaced fork to be ready",
     )
     assert served(ready)["env"]["GREETING"] == "bonjour"
-    assert fork_pids(sandbox=name) == [ready["forks"][0]["pid"]]  # the old copy is gone
+    poll.until(  # the old copy stops once routers have the new one (the drain)
+        lambda: fork_pids(sandbox=name), lambda p: p == [ready["forks"][0]["pid"]], timeout=20
+    )
     route = client.get("/v1/routes").json()["routes"][first["routingKey"]]
     assert route["forks"] == {"echo": ready["forks"][0]["upstream"]}
     said = [e["message"] for e in events(client, name) if e["reason"] == "Updated"]

@@ -9,7 +9,7 @@ from sandboxd.core.phases import Phase
 from sandboxd.core.plan import PlanError, check_forks, expand, plan_baselines, plan_sandbox
 from sandboxd.core.records import ForkRecord
 from sandboxd.core.spec import SandboxSpec
-from sandboxd.reconciler.decide import fork_events, fork_record, verdict
+from sandboxd.reconciler.decide import UPDATE_FAILED, fork_events, fork_record, verdict
 from sandboxd.runtime.base import ForkState, ForkStatus
 
 CATALOG = parse_catalog(
@@ -106,6 +106,26 @@ def test_verdicts() -> None:
     ) and "fork b" in exited.message
 
 
+def test_a_fork_being_replaced_waits_then_fails_the_update_keeping_the_old_copy() -> None:
+    now = 110.0
+
+    def serving(new: ForkStatus) -> list[ForkStatus]:
+        return [ForkStatus("agent", ForkState.READY, "http://127.0.0.1:1", 1, 50.0, replacing=new)]
+
+    waiting = verdict(serving(status(ForkState.STARTING, pid=2)), now=now, health_timeout=60)
+    assert (waiting.phase, waiting.reason) == (Phase.PROVISIONING, "ForksUpdating")
+    crashed = verdict(serving(status(ForkState.EXITED, pid=2)), now=now, health_timeout=60)
+    assert (crashed.phase, crashed.reason) == (Phase.FAILED, UPDATE_FAILED)
+    assert crashed.message == (
+        "fork agent's new copy ForkExited: exited with code 3; the old copy keeps serving"
+    )
+    late = verdict(serving(status(ForkState.STARTING, started=0)), now=now, health_timeout=60)
+    assert (late.phase, late.reason) == (Phase.FAILED, UPDATE_FAILED)
+    record = fork_record(serving(status(ForkState.STARTING, pid=2))[0])
+    assert (record.pid, record.ready) == (1, True)  # routes keep the old copy
+    assert record.message == "serving while its new copy (pid 2) starts"
+
+
 def test_fork_events_follow_changes_only() -> None:
     starting = status(ForkState.STARTING)
     first = fork_events([], [starting])
@@ -117,6 +137,10 @@ def test_fork_events_follow_changes_only() -> None:
         [fork_record(status(ForkState.READY))], [status(ForkState.STARTING, pid=2)]
     )
     assert [e.reason for e in replaced] == ["ForkStarted"]
+    promoted = fork_events([fork_record(status(ForkState.READY))], [status(ForkState.READY, pid=2)])
+    assert [(e.reason, e.message) for e in promoted] == [
+        ("ForkReplaced", "fork agent replaced (pid 1 → pid 2, http://127.0.0.1:1)")
+    ]
     died = fork_events([fork_record(status(ForkState.READY))], [status(ForkState.EXITED)])
     assert [(e.reason, e.type) for e in died] == [("ForkExited", "Warning")]
 

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     health_timeout: float = Field(default=60.0, gt=0)
     """A fork that is not healthy this many seconds after it started fails the sandbox."""
     drain: float = Field(default=0.5, ge=0, le=60)
-    """Seconds a deleted sandbox's forks keep running after its routes are withdrawn."""
+    """Seconds a deleted sandbox's forks keep running after its routes are withdrawn, and a
+    replaced fork after its routes moved to the new copy."""
     stop_grace: float = Field(default=5.0, ge=0)
     """Seconds between SIGTERM and SIGKILL when stopping a process."""
     max_request_bytes: int = 256 * 1024

@@ -23,7 +23,7 @@ from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.plan import PlanError, plan_sandbox
 from sandboxd.core.records import Event, EventType, ForkRecord
 from sandboxd.metrics import Metrics
-from sandboxd.reconciler.decide import fork_events, fork_record, verdict
+from sandboxd.reconciler.decide import UPDATE_FAILED, fork_events, fork_record, verdict
 from sandboxd.reconciler.queue import Backoff, WorkQueue
 from sandboxd.reconciler.result import DONE, Requeue, Result
 from sandboxd.routebook import RouteBook
@@ -193,7 +193,7 @@ class Reconciler:
             return await self._collect_orphan(name, row)
         if row.phase == Phase.TERMINATING:
             return await self._finish_delete(row)
-        if row.phase == Phase.FAILED:
+        if row.phase == Phase.FAILED and row.reason != UPDATE_FAILED:
             return DONE if await self._runtime.stop(name, keep_logs=True) else Requeue(1.0)
         try:
             return await self._converge(row)
@@ -223,9 +223,9 @@ class Reconciler:
         await self._write(row, result.phase, result.reason, result.message, records, events)
         if result.phase == Phase.PROVISIONING:
             return Requeue(self._runtime.poll_interval)
-        if result.phase == Phase.FAILED:
+        if result.phase == Phase.FAILED and result.reason != UPDATE_FAILED:
             return Requeue(0.0)  # stop its forks now, keeping their logs
-        return DONE
+        return DONE  # (a failed update: the old copies serve on; the runtime kicks on a change)
 
     async def _finish_delete(self, row: SandboxRow) -> Result:
         draining = self._config.drain - (utcnow() - row.updated_at).total_seconds()

@@ -30,6 +30,9 @@ class ForkStatus:
     adopted: bool = False
     self_timed: bool = False  # the runtime fails a fork that makes no progress; no health timeout
     reason: str | None = None  # why an EXITED fork failed, as a CamelCase word
+    replacing: ForkStatus | None = None
+    """The new copy started to replace this one (its plan changed) while this one serves;
+    this one is replaced once the new copy is ready, and kept serving if it never is."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 Observed state is the processes themselves: on start, the runtime scans `/proc` for processes
 carrying its owner id and adopts the forks whose sealed markers check out (see `markers`); a
 fork whose plan digest or sandbox uid no longer matches is replaced by the next `apply`, and one
-whose markers were tampered with is stopped. A monitor notices forks that die and tells the
+whose markers were tampered with is stopped. A ready fork whose plan changed is replaced
+without a gap: the new copy starts beside it, takes its place once healthy, and the old one
+is stopped `drain` seconds later (routers have the new upstream by then); a new copy that
+never gets healthy leaves the old one serving. A monitor notices forks that die and tells the
 reconciler. Forks start confined (see `confine`): they cannot read sandboxd's secrets.
 """
 
@@ -53,6 +56,7 @@ async def open_runtime(
     runtime = LocalRuntime(
         data_dir=settings.data_path,
         stop_grace=settings.stop_grace,
+        drain=settings.drain,
         on_change=on_change,
         confinement=confinement,
     )
@@ -102,7 +106,7 @@ class _Fork:
             return self.popen.poll() is None
         return processes.is_running(self.pid, self.start_ticks)
 
-    def status(self) -> ForkStatus:
+    def status(self, replacing: ForkStatus | None = None) -> ForkStatus:
         if self.exited is not None:
             state = ForkState.EXITED
         else:
@@ -115,6 +119,7 @@ class _Fork:
             started_at=self.started_at,
             message=self.exited or self.note,
             adopted=self.adopted,
+            replacing=replacing,
         )
 
 
@@ -129,6 +134,7 @@ class LocalRuntime:
         stop_grace: float,
         on_change: Callable[[str], None],
         confinement: Confinement,
+        drain: float = 0.5,
     ) -> None:
         self._root = data_dir / "forks"
         self._key_path = data_dir / "fork-seal.key"
@@ -137,7 +143,13 @@ class LocalRuntime:
         self._grace = stop_grace
         self._on_change = on_change
         self._confinement = confinement
+        self._drain = drain
         self._forks: dict[tuple[str, str], _Fork] = {}
+        """The fork that serves, by (sandbox, service)."""
+        self._next: dict[tuple[str, str], _Fork] = {}
+        """A new copy starting to replace the fork that serves."""
+        self._retiring: list[tuple[float, _Fork]] = []
+        """Replaced forks, each stopped once its monotonic time has come."""
         self._monitor: asyncio.Task[None] | None = None
 
     # lifecycle ---------------------------------------------------------------------------
@@ -198,34 +210,75 @@ class LocalRuntime:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
-        await asyncio.gather(*(self._stop_fork(f) for f in list(self._forks.values())))
+        await asyncio.gather(*(self._stop_fork(f) for f in self._all()))
         self._forks.clear()
+        self._next.clear()
+        self._retiring.clear()
+
+    def _all(self, sandbox: str | None = None) -> list[_Fork]:
+        """Every fork process held (of `sandbox`): serving, starting to replace, retiring."""
+        forks = [*self._forks.values(), *self._next.values(), *(f for _, f in self._retiring)]
+        return [f for f in forks if sandbox is None or f.sandbox == sandbox]
 
     # the Runtime interface ---------------------------------------------------------------
     async def sandboxes(self) -> set[str]:
-        names = {sandbox for sandbox, _ in self._forks}
+        names = {f.sandbox for f in self._all()}
         if self._root.is_dir():
             names |= {p.name for p in self._root.iterdir() if p.is_dir()}
         return names
 
     async def apply(self, plan: SandboxPlan) -> list[ForkStatus]:
         planned = {p.service for p in plan.forks}
-        for (sandbox, service), unplanned in list(self._forks.items()):
-            if sandbox == plan.name and service not in planned:
-                await self._stop_fork(unplanned)
-        statuses = []
+        for held in [*self._forks.values(), *self._next.values()]:
+            if held.sandbox == plan.name and held.service not in planned:
+                await self._stop_fork(held)
+        serving: list[_Fork] = []
         for process in plan.forks:
             fork = self._forks.get((plan.name, process.service))
-            if fork is not None and (fork.uid != plan.uid or fork.digest != process.digest):
+            if fork is not None and fork.uid != plan.uid:  # another sandbox of that name
                 await self._stop_fork(fork)
                 fork = None
-            statuses.append(fork or self._spawn(plan, process))
-        await asyncio.gather(*(self._check(f) for f in statuses))
-        return [f.status() for f in statuses]
+            if fork is not None and fork.digest != process.digest:
+                if fork.ready and fork.exited is None:
+                    await self._replace(plan, process)  # it serves on meanwhile
+                else:  # it serves nothing: no gap to avoid
+                    await self._stop_fork(fork)
+                    fork = None
+            serving.append(fork or self._spawn(plan, process, self._forks))
+        starting = [self._next[k] for k in self._keys(serving) if k in self._next]
+        await asyncio.gather(*(self._check(f) for f in [*serving, *starting]))
+        return [self._status(fork) for fork in serving]
+
+    async def _replace(self, plan: SandboxPlan, process: ProcessPlan) -> None:
+        """A new copy of the fork for `process` started beside the one that serves (a copy
+        started for an earlier plan is stopped first)."""
+        starting = self._next.get((plan.name, process.service))
+        if starting is not None and (starting.uid, starting.digest) != (plan.uid, process.digest):
+            await self._stop_fork(starting)
+            starting = None
+        if starting is None:
+            self._spawn(plan, process, self._next)
+
+    def _status(self, fork: _Fork) -> ForkStatus:
+        """The fork's status; a ready new copy takes its place first (the old one retires)."""
+        key = (fork.sandbox, fork.service)
+        starting = self._next.get(key)
+        if starting is None:
+            return fork.status()
+        if not (starting.ready and starting.exited is None):
+            return fork.status(replacing=starting.status())
+        del self._next[key]
+        self._forks[key] = starting
+        self._retiring.append((time.monotonic() + self._drain, fork))
+        log.info("fork %s/%s: pid %d replaces pid %d", *key, starting.pid, fork.pid)
+        return starting.status()
+
+    @staticmethod
+    def _keys(forks: list[_Fork]) -> list[tuple[str, str]]:
+        return [(f.sandbox, f.service) for f in forks]
 
     async def stop(self, name: str, *, keep_logs: bool = False) -> bool:
-        forks = [f for (sandbox, _), f in self._forks.items() if sandbox == name]
-        results = await asyncio.gather(*(self._stop_fork(f) for f in forks))
+        results = await asyncio.gather(*(self._stop_fork(f) for f in self._all(name)))
         if not all(results):
             return False
         if not keep_logs:
@@ -251,7 +304,9 @@ class LocalRuntime:
     def _log_path(self, name: str, service: str) -> Path:
         return self._root / name / f"{service}.log"
 
-    def _spawn(self, plan: SandboxPlan, process: ProcessPlan) -> _Fork:
+    def _spawn(
+        self, plan: SandboxPlan, process: ProcessPlan, into: dict[tuple[str, str], _Fork]
+    ) -> _Fork:
         port = free_port()
         marks = ForkMarkers(
             plan.name, plan.uid, process.service, process.digest, port, process.health
@@ -275,7 +330,7 @@ class LocalRuntime:
             popen=None,
             note=self._unconfined_note(),
         )
-        self._forks[(plan.name, process.service)] = fork
+        into[(plan.name, process.service)] = fork
         try:
             popen = processes.spawn(
                 launch.argv,
@@ -318,14 +373,22 @@ class LocalRuntime:
             fork.pid, grace=self._grace, popen=fork.popen
         )
         if done:
-            self._forks.pop((fork.sandbox, fork.service), None)
+            key = (fork.sandbox, fork.service)
+            for held in (self._forks, self._next):
+                if held.get(key) is fork:
+                    del held[key]
+            self._retiring = [(t, f) for t, f in self._retiring if f is not fork]
         return done
 
     async def _watch(self) -> None:
         """Tell the reconciler when a running fork dies, so its sandbox fails promptly."""
         while True:
             await asyncio.sleep(0.5)
-            for fork in list(self._forks.values()):
+            for fork in [*self._forks.values(), *self._next.values()]:
                 if fork.exited is None and not fork.alive():
                     fork.exited = self._exit_message(fork)
                     self._on_change(fork.sandbox)
+            now = time.monotonic()
+            due = [fork for at, fork in self._retiring if at <= now]
+            if due:
+                await asyncio.gather(*(self._stop_fork(f) for f in due))
