@@ -202,7 +202,7 @@ def test_a_replayed_key_never_returns_a_sandbox_it_did_not_create(client: httpx.
     ("method", "path", "allow"),
     [
         ("PUT", "/v1/sandboxes", "GET, POST"),
-        ("POST", "/v1/sandboxes/x", "GET, PATCH, DELETE"),
+        ("POST", "/v1/sandboxes/x", "GET, PUT, PATCH, DELETE"),
         ("DELETE", "/v1/routes", "GET"),
         ("POST", "/v1/sandboxes/x/logs/echo", "GET"),
     ],

@@ -46,7 +46,7 @@ async def test_upgrading_from_the_first_schema_keeps_sandboxes(database_url: str
     )
     assert created and {r.name for r in await store.sandboxes()} == {"old", "new"}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
     engine.dispose()
 
 

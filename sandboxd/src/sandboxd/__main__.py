@@ -12,6 +12,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from sandboxd import token_cli
 from sandboxd.api.middleware import MAX_REQUEST_HEAD
 from sandboxd.app import create_app, preflight
 from sandboxd.core.catalog import CatalogError
@@ -26,6 +27,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+cli.add_typer(token_cli.cli, name="token")
 
 
 @cli.callback()

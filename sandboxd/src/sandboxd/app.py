@@ -19,7 +19,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from sandboxd import tracing
-from sandboxd.api import errors, observe, reports, sandboxes, signals, system
+from sandboxd.api import audit, errors, observe, reports, sandboxes, signals, system
+from sandboxd.api.audit import AuditCalls, AuditTrail
 from sandboxd.api.deps import AppState, hash_token
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
@@ -160,6 +161,10 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
             token = admin_token(settings)
             await store.put_token(name="admin", token_hash=hash_token(token))
             reader = router_token(settings)
+            trail = AuditTrail(store)
+            writing = asyncio.create_task(trail.run(), name="audit-log")
+            stack.push_async_callback(trail.flush)  # (after the writer stops: the last calls)
+            stack.push_async_callback(_cancel, writing)
             kick = _Deferred()
             opened = await stack.enter_async_context(
                 open_runtime(settings, catalog=file_catalog, on_change=kick, confined=confined)
@@ -204,8 +209,9 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                 kicker=reconciler,
                 logs=runtime,
                 reconciler_alive=reconciler.alive,
-                token_hashes=await store.token_hashes(),
+                admin_hashes={hash_token(token)},
                 route_reader_hashes={hash_token(reader)},
+                audit=trail,
             )
             task = asyncio.create_task(reconciler.run(), name="reconciler")
             stack.push_async_callback(_cancel, task)
@@ -239,10 +245,12 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(signals.router)
     app.include_router(observe.router)
+    app.include_router(audit.router)
     app.include_router(system.ops)
     signals_limit = {"/v1/router-signals": max(signals.MAX_POST_BYTES, settings.max_request_bytes)}
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes, larger=signals_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(AuditCalls)
     if traced is not None:
         app.add_middleware(tracing.TraceRequests, tracing=traced)
     return app

@@ -14,12 +14,20 @@ from starlette.routing import Match
 
 from sandboxd.api.deps import Unauthorized
 from sandboxd.core.errors import describe, one_line
-from sandboxd.errors import Conflict, InvalidRequest, NotFound, SandboxdError, Unavailable
+from sandboxd.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    SandboxdError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS: dict[type[SandboxdError], int] = {
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     InvalidRequest: 422,

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from sandboxd.api.deps import AppState, StateDep, require_token
+from sandboxd.api.deps import AppState, CallerDep, StateDep, check_access, require_token
 from sandboxd.api.schemas import (
     ERRORS,
     CompareOut,
@@ -40,6 +40,7 @@ from sandboxd.core.clock import rfc3339
 from sandboxd.core.duration import PATTERN, format_duration, parse_duration
 from sandboxd.core.phases import Phase
 from sandboxd.core.signals import Side, Span, traces
+from sandboxd.core.tokens import Caller
 from sandboxd.errors import InvalidRequest, NotFound
 from sandboxd.store.signals import RECORDS_KEPT, RecordFilter
 from sandboxd.store.tables import SandboxRow
@@ -57,10 +58,11 @@ _FIGURES: dict[str, type[FigureOut]] = {
 }
 
 
-async def _live_row(state: AppState, name: str) -> SandboxRow:
+async def _live_row(state: AppState, name: str, caller: Caller) -> SandboxRow:
     row = await state.store.get(name)
     if row is None or row.phase == Phase.DELETED:
         raise _not_found(name)
+    check_access(caller, row)
     return row
 
 
@@ -71,6 +73,7 @@ def _not_found(name: str) -> NotFound:
 @router.get("/{name}/metrics", response_model=MetricsOut, responses={**ERRORS, **_NOT_FOUND})
 async def sandbox_metrics(
     state: StateDep,
+    caller: CallerDep,
     name: NameParam,
     window: Annotated[
         str, Query(max_length=32, pattern=PATTERN, description="10s to 1h, such as 5m")
@@ -98,6 +101,7 @@ async def sandbox_metrics(
     if found is None:
         raise _not_found(name)
     row, mine, theirs = found
+    check_access(caller, row)
     services = sorted(set(mine) | {fork.service for fork in row.spec.forks})
     criteria = compare.Criteria(alpha=alpha, effect=effect, min_samples=min_samples)
     figures = [_service(s, mine.get(s, Side()), theirs.get(s, Side()), criteria) for s in services]
@@ -182,6 +186,7 @@ StatusFilter = Annotated[
 @router.get("/{name}/requests", response_model=RequestList, responses={**ERRORS, **_NOT_FOUND})
 async def sandbox_requests(
     state: StateDep,
+    caller: CallerDep,
     name: NameParam,
     service: Annotated[str | None, Query(max_length=63)] = None,
     status: StatusFilter = None,
@@ -191,7 +196,7 @@ async def sandbox_requests(
     limit: Annotated[int, Query(ge=1, le=RECORDS_KEPT)] = 100,
 ) -> RequestList:
     """The sandbox's newest request records (the newest 1,000 are kept), newest first."""
-    row = await _live_row(state, name)
+    row = await _live_row(state, name, caller)
     where = RecordFilter(service=service, status=_statuses(status), error=error, trace_id=trace_id)
     # a fault is matched here, in the records (the ring is bounded): read the whole ring
     wanted = limit if fault is None else 2 * RECORDS_KEPT
@@ -214,13 +219,14 @@ def _statuses(status: str | None) -> tuple[int, int] | None:
 @router.get("/{name}/traces", response_model=TraceList, responses={**ERRORS, **_NOT_FOUND})
 async def sandbox_traces(
     state: StateDep,
+    caller: CallerDep,
     name: NameParam,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     trace_id: Annotated[str | None, Query(alias="traceId", pattern=r"^[0-9a-f]{32}$")] = None,
 ) -> TraceList:
     """The sandbox's newest traces as span trees (one span per request its routers recorded;
     a span whose parent is not known is a root), newest first."""
-    row = await _live_row(state, name)
+    row = await _live_row(state, name, caller)
     found = await state.store.traced_records(
         routing_key=row.routing_key, limit=limit, trace_id=trace_id
     )

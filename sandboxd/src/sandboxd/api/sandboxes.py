@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from pydantic import ValidationError, WithJsonSchema
 
-from sandboxd.api.deps import AppState, StateDep, require_token
+from sandboxd.api.deps import AppState, CallerDep, StateDep, check_access, require_token
 from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
 from sandboxd.api.views import event_view, sandbox_view
 from sandboxd.core.clock import utcnow
@@ -24,7 +24,8 @@ from sandboxd.core.labels import MAX_LABELS
 from sandboxd.core.plan import PlanError, check_forks
 from sandboxd.core.records import Event
 from sandboxd.core.spec import SandboxPatch, SandboxSpec, agent_labels
-from sandboxd.errors import Conflict, InvalidRequest, NotFound
+from sandboxd.core.tokens import Caller, OutOfScope, scoped_labels
+from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from sandboxd.store.repository import NewSandbox
 from sandboxd.store.tables import SandboxRow
 
@@ -76,10 +77,11 @@ def _ttl_seconds(state: AppState, ttl: str | None) -> int:
     return seconds
 
 
-async def _row(state: AppState, name: str) -> SandboxRow:
+async def _row(state: AppState, name: str, caller: Caller) -> SandboxRow:
     row = await state.store.get(name)
     if row is None:
         raise NotFound(f"sandbox {name!r} not found", sandbox=name)
+    check_access(caller, row)
     return row
 
 
@@ -96,11 +98,13 @@ async def _row(state: AppState, name: str) -> SandboxRow:
 )
 async def create_sandbox(
     state: StateDep,
+    caller: CallerDep,
     response: Response,
     spec: Annotated[SandboxSpec, Body()],
     idempotency_key: IdempotencyKey = None,
 ) -> SandboxOut:
-    row, created = await state.store.create(_new(state, spec, idempotency_key))
+    row, created = await state.store.create(_new(state, spec, idempotency_key, caller))
+    check_access(caller, row)  # (an identical sandbox found, or one an Idempotency-Key made)
     if created:
         state.routes.update([row])
         state.kicker.kick(row.name)
@@ -120,6 +124,7 @@ async def create_sandbox(
 )
 async def apply_sandbox(
     state: StateDep,
+    caller: CallerDep,
     response: Response,
     name: NameParam,
     spec: Annotated[SandboxSpec, Body()],
@@ -131,7 +136,7 @@ async def apply_sandbox(
         raise InvalidRequest(
             f"name: the body names {spec.name!r}, the path {name!r}", error="name_mismatch"
         )
-    row, applied = await state.store.apply(_new(state, spec, None))
+    row, applied = await state.store.apply(_new(state, spec, None, caller))
     if applied.outcome != "unchanged":
         state.routes.update([row])
         state.kicker.kick(row.name)
@@ -139,9 +144,18 @@ async def apply_sandbox(
     return await _view(state, row)
 
 
-def _new(state: AppState, spec: SandboxSpec, idempotency_key: str | None) -> NewSandbox:
+def _new(
+    state: AppState, spec: SandboxSpec, idempotency_key: str | None, caller: Caller
+) -> NewSandbox:
     """A create's or an apply's sandbox, validated against what the model cannot know (the
-    TTL cap, the catalog) before anything is stored."""
+    TTL cap, the catalog, the caller's scope, whose label it gets) before anything is
+    stored."""
+    try:
+        labels = scoped_labels(caller, spec.labels)
+    except OutOfScope as e:
+        raise Forbidden(str(e), sandbox=spec.name) from e
+    if labels != spec.labels:
+        spec = _validated({**spec.canonical(), "labels": labels})
     ttl = _ttl_seconds(state, spec.ttl)
     try:
         check_forks(spec, state.catalog, runtime=state.settings.runtime)
@@ -156,8 +170,19 @@ def _new(state: AppState, spec: SandboxSpec, idempotency_key: str | None) -> New
         ttl_seconds=ttl,
         request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
         idempotency_key=idempotency_key,
-        events=_faults_changed([], spec.faults),
+        events=_faults_changed([], spec.faults, by=caller.name),
+        by=caller.name,
+        scope=caller.scope,
     )
+
+
+def _validated(spec: dict[str, Any]) -> SandboxSpec:
+    """A changed spec validated whole: a change can still break a rule, such as the number of
+    labels."""
+    try:
+        return SandboxSpec.model_validate(spec)
+    except ValidationError as e:
+        raise InvalidRequest(one_line(describe(e.errors())), error="invalid_request") from e
 
 
 def _label_filter(labels: list[str]) -> dict[str, str]:
@@ -173,20 +198,25 @@ def _label_filter(labels: list[str]) -> dict[str, str]:
 @router.get("", response_model=SandboxList, responses=ERRORS)
 async def list_sandboxes(
     state: StateDep,
+    caller: CallerDep,
     label: Annotated[
         list[LabelFilter],
         Query(max_length=MAX_LABELS, description="k=v; repeat to require several"),
     ] = [],  # noqa: B006
 ) -> SandboxList:
     wanted = _label_filter(label)
+    if caller.scope is not None:  # a scoped token sees its own sandboxes only
+        if wanted.get(caller.scope.key, caller.scope.value) != caller.scope.value:
+            return SandboxList(items=[])
+        wanted[caller.scope.key] = caller.scope.value
     rows = await state.store.sandboxes()
     matching = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted.items())]
     return SandboxList(items=await _views(state, matching))
 
 
 @router.get("/{name}", response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND})
-async def get_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
-    return await _view(state, await _row(state, name))
+async def get_sandbox(state: StateDep, caller: CallerDep, name: NameParam) -> SandboxOut:
+    return await _view(state, await _row(state, name, caller))
 
 
 @router.patch(
@@ -195,16 +225,23 @@ async def get_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
     responses={**ERRORS, **BODY_ERRORS, **_NOT_FOUND, **_CONFLICT},
 )
 async def patch_sandbox(
-    state: StateDep, name: NameParam, patch: Annotated[SandboxPatch, Body()]
+    state: StateDep, caller: CallerDep, name: NameParam, patch: Annotated[SandboxPatch, Body()]
 ) -> SandboxOut:
-    row = await _row(state, name)
-    change = _change(state, row, patch)
+    row = await _row(state, name, caller)
+    change = _change(state, row, patch, by=caller.name)
+    if change.labels is not None:  # (a scoped token cannot move a sandbox out of its scope)
+        try:
+            scoped_labels(caller, change.labels)
+        except OutOfScope as e:
+            raise Forbidden(str(e), sandbox=name) from e
+        if caller.scope is not None and not caller.scope.holds(change.labels):
+            raise Forbidden(f"the label {caller.scope} of token {caller.name!r} must stay")
     updated = await state.store.update(
         name,
         spec=change.spec,
         labels=change.labels,
         expires_at=change.expires_at,
-        events=[Event("Updated", "; ".join(change.what)), *change.events],
+        events=[Event("Updated", "; ".join(change.what), by=caller.name), *change.events],
         generation=patch.generation,
     )
     if updated is None:
@@ -223,7 +260,7 @@ class _Change:
     events: tuple[Event, ...] = ()  # besides `Updated`
 
 
-def _change(state: AppState, row: SandboxRow, patch: SandboxPatch) -> _Change:
+def _change(state: AppState, row: SandboxRow, patch: SandboxPatch, *, by: str) -> _Change:
     change = _Change(row.spec, labels=None, expires_at=None, what=[])
     if patch.ttl is not None:
         ttl = _ttl_seconds(state, patch.ttl)
@@ -232,15 +269,12 @@ def _change(state: AppState, row: SandboxRow, patch: SandboxPatch) -> _Change:
     if patch.labels is not None:
         merged = {**change.spec.labels, **patch.labels}
         labels = {k: v for k, v in merged.items() if v is not None}
-        try:  # validated whole: the merge can still break a rule, such as the number of labels
-            change.spec = SandboxSpec.model_validate({**change.spec.canonical(), "labels": labels})
-        except ValidationError as e:
-            raise InvalidRequest(one_line(describe(e.errors())), error="invalid_request") from e
+        change.spec = _validated({**change.spec.canonical(), "labels": labels})
         change.labels = {**change.spec.labels, **agent_labels(change.spec.agent)}
         change.what.append("labels changed")
     if patch.faults is not None:
         _check_faults(state, patch.faults)
-        change.events = _faults_changed(change.spec.faults, patch.faults)
+        change.events = _faults_changed(change.spec.faults, patch.faults, by=by)
         change.spec = change.spec.model_copy(update={"faults": list(patch.faults)})
         change.what.append(f"{len(patch.faults)} faults set")
     return change
@@ -255,17 +289,19 @@ def _check_faults(state: AppState, faults: Sequence[FaultSpec]) -> None:
         raise InvalidRequest(one_line(problems), error="invalid_request", problems=problems)
 
 
-def _faults_changed(old: Sequence[FaultSpec], new: Sequence[FaultSpec]) -> tuple[Event, ...]:
+def _faults_changed(
+    old: Sequence[FaultSpec], new: Sequence[FaultSpec], *, by: str
+) -> tuple[Event, ...]:
     said = changes(old, new)
-    return () if said is None else (Event("FaultsChanged", said),)
+    return () if said is None else (Event("FaultsChanged", said, by=by),)
 
 
 @router.delete(
     "/{name}", status_code=202, response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND}
 )
-async def delete_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
-    event = Event("DeleteRequested", "deletion requested through the API")
-    row = await state.store.request_delete(name, event=event)
+async def delete_sandbox(state: StateDep, caller: CallerDep, name: NameParam) -> SandboxOut:
+    event = Event("DeleteRequested", "deletion requested through the API", by=caller.name)
+    row = await state.store.request_delete(name, event=event, scope=caller.scope)
     if row is None:
         raise NotFound(f"sandbox {name!r} not found", sandbox=name)
     state.routes.update([row])
@@ -274,8 +310,8 @@ async def delete_sandbox(state: StateDep, name: NameParam) -> SandboxOut:
 
 
 @router.get("/{name}/events", response_model=EventList, responses={**ERRORS, **_NOT_FOUND})
-async def sandbox_events(state: StateDep, name: NameParam) -> EventList:
-    row = await _row(state, name)
+async def sandbox_events(state: StateDep, caller: CallerDep, name: NameParam) -> EventList:
+    row = await _row(state, name, caller)
     events = await state.store.events(name, uid=row.uid)
     return EventList(items=[event_view(e) for e in events])
 
@@ -300,6 +336,7 @@ async def sandbox_events(state: StateDep, name: NameParam) -> EventList:
 )
 async def fork_logs(
     state: StateDep,
+    caller: CallerDep,
     name: NameParam,
     service: Annotated[str, Path(max_length=63)],
     tail: Annotated[int | None, Query(ge=0, le=100_000)] = None,
@@ -308,7 +345,7 @@ async def fork_logs(
     """The fork's output: the last `tail` lines (default 100; 0 gives none, only the offset),
     or the bytes from `offset`. `Sandboxd-Log-Offset` gives the offset to ask for next (for
     `--follow`)."""
-    row = await _row(state, name)
+    row = await _row(state, name, caller)
     if not any(f.service == service for f in row.spec.forks):
         raise NotFound(f"sandbox {name!r} has no fork of {service!r}", sandbox=name)
     # A runtime reads a tail of 0 as its default; one line gives the offset, which is all

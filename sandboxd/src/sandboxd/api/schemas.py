@@ -51,6 +51,8 @@ class EventOut(Out):
     type: str
     reason: str
     message: str
+    by: str | None = None
+    """The name of the token whose call made the event; null for sandboxd's own."""
 
 
 class EventList(Out):

@@ -62,7 +62,9 @@ def fault_view(fault: FaultSpec, counts: Counts) -> dict[str, Any]:
 
 
 def event_view(row: EventRow) -> EventOut:
-    return EventOut(time=rfc3339(row.time), type=row.type, reason=row.reason, message=row.message)
+    return EventOut(
+        time=rfc3339(row.time), type=row.type, reason=row.reason, message=row.message, by=row.by
+    )
 
 
 def _ttl_seconds(row: SandboxRow) -> int:

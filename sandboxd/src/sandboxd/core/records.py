@@ -65,3 +65,5 @@ class Event:
     reason: str
     message: str
     type: EventType = "Normal"
+    by: str | None = None
+    """The token whose call made it (None: sandboxd's own doing)."""

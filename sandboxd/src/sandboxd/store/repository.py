@@ -34,15 +34,19 @@ from sandboxd.core.phases import LIVE, Phase
 from sandboxd.core.records import Event, ForkRecord
 from sandboxd.core.signals import Side, sides
 from sandboxd.core.spec import SandboxSpec
+from sandboxd.core.tokens import Scope
 from sandboxd.core.updates import spec_change
-from sandboxd.errors import Conflict, InvalidRequest, Unavailable
+from sandboxd.errors import Conflict, Forbidden, InvalidRequest, Unavailable
 from sandboxd.store import counts, retire, signals
 from sandboxd.store.counts import Counts, Merged, Reported
 from sandboxd.store.engine import READ_ONLY, migrate
 from sandboxd.store.signals import BucketIn, RecordFilter, RecordIn, Stored
-from sandboxd.store.tables import EventRow, IdempotencyRow, SandboxRow, TokenRow
+from sandboxd.store.tables import AuditRow, EventRow, IdempotencyRow, SandboxRow, TokenRow
 
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
+MAX_AUDIT = 100_000
+"""API calls the audit log keeps (the newest)."""
+AUDIT_PRUNE_EVERY = 1_000
 MAX_REPEATED_EVENTS = 100
 """Events of one kind a client can repeat at will (a PATCH records `Updated`, `FaultsChanged`)
 kept per sandbox:
@@ -74,6 +78,10 @@ class NewSandbox:
     idempotency_key: str | None = None
     events: tuple[Event, ...] = ()
     """Recorded after `Created`, in the same transaction (such as `FaultsChanged`)."""
+    by: str | None = None
+    """The token whose call this is (the events' `by`)."""
+    scope: Scope | None = None
+    """An apply's caller's scope: a live sandbox outside it is not updated (Forbidden)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +140,67 @@ class Store:
                 row.created_at = utcnow()
 
     @_off_loop
-    def token_hashes(self) -> set[str]:
+    def create_token(
+        self, *, name: str, token_hash: str, scope: str, expires_at: datetime | None
+    ) -> TokenRow:
+        """A new scoped token; Conflict when the name is taken."""
+        try:
+            with self._tx() as session:
+                if session.get(TokenRow, name) is not None:
+                    raise Conflict(f"a token named {name!r} exists; revoke it first")
+                row = TokenRow(
+                    name=name,
+                    token_hash=token_hash,
+                    created_at=utcnow(),
+                    scope=scope,
+                    expires_at=expires_at,
+                )
+                session.add(row)
+                return row
+        except IntegrityError as e:  # (a concurrent create of the name, or a hash seen before)
+            raise Conflict(f"a token named {name!r} exists; revoke it first") from e
+
+    @_off_loop
+    def token(self, token_hash: str) -> TokenRow | None:
+        """The token with this hash, looked up on every call of a scoped token, so a
+        revocation takes effect on its next request, whichever process made it."""
         with self._tx(read_only=True) as session:
-            return set(session.exec(select(TokenRow.token_hash)).all())
+            return session.exec(select(TokenRow).where(TokenRow.token_hash == token_hash)).first()
+
+    @_off_loop
+    def tokens(self) -> list[TokenRow]:
+        with self._tx(read_only=True) as session:
+            return list(session.exec(select(TokenRow).order_by(TokenRow.name)).all())
+
+    @_off_loop
+    def revoke_token(self, name: str) -> bool:
+        """Delete the token `name`; False when there is none."""
+        with self._tx() as session:
+            row = session.get(TokenRow, name)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+    # the audit log -----------------------------------------------------------------------
+    @_off_loop
+    def audit(self, calls: Sequence[AuditRow]) -> None:
+        """Append API calls; the oldest beyond `MAX_AUDIT` rows go (checked now and then)."""
+        with self._tx() as session:
+            session.add_all(calls)
+            session.flush()
+            newest = calls[-1].id if calls else None
+            if newest is not None and newest % AUDIT_PRUNE_EVERY < len(calls):
+                session.execute(delete(AuditRow).where(col(AuditRow.id) <= newest - MAX_AUDIT))
+
+    @_off_loop
+    def audit_log(self, *, limit: int, before: int | None = None) -> list[AuditRow]:
+        """The newest calls first (older than id `before`, when given)."""
+        with self._tx(read_only=True) as session:
+            query = select(AuditRow)
+            if before is not None:
+                query = query.where(col(AuditRow.id) < before)
+            return list(session.exec(query.order_by(col(AuditRow.id).desc()).limit(limit)).all())
 
     # sandboxes ---------------------------------------------------------------------------
     @_off_loop
@@ -205,7 +271,8 @@ class Store:
                     created_at=now,
                 )
             )
-        self._event(session, row, Event("Created", f"created; expires at {rfc3339(expires_at)}"))
+        created = Event("Created", f"created; expires at {rfc3339(expires_at)}", by=new.by)
+        self._event(session, row, created)
         for event in new.events:
             self._event(session, row, event)
         session.flush()
@@ -230,6 +297,7 @@ class Store:
             ).first()
             if row is None or row.phase == Phase.DELETED:
                 return self._insert(session, row, new), Applied("created")
+            _in_scope(row, new.scope)
             if row.phase == Phase.TERMINATING:
                 raise Conflict(f"sandbox {name!r} is being deleted; retry", sandbox=name)
             change = spec_change(row.spec, new.spec)
@@ -244,9 +312,9 @@ class Store:
             if change.forks or row.phase == Phase.FAILED:  # (a failed one is tried again)
                 row.phase, row.reason = Phase.PENDING.value, "Updated"
                 row.message = "applying the new spec"
-            events = [Event("Updated", what)]
+            events = [Event("Updated", what, by=new.by)]
             if change.faults is not None:
-                events.append(Event("FaultsChanged", change.faults))
+                events.append(Event("FaultsChanged", change.faults, by=new.by))
             for event in events:
                 self._event(session, row, event)
                 self._drop_repeats(session, row, reason=event.reason)
@@ -324,12 +392,16 @@ class Store:
             return row
 
     @_off_loop
-    def request_delete(self, name: str, *, event: Event) -> SandboxRow | None:
-        """Mark a sandbox Terminating (idempotent). None only when the name was never seen."""
+    def request_delete(
+        self, name: str, *, event: Event, scope: Scope | None = None
+    ) -> SandboxRow | None:
+        """Mark a sandbox Terminating (idempotent). None only when the name was never seen;
+        Forbidden when `scope` is given and the sandbox is outside it."""
         with self._tx() as session:
             row = session.get(SandboxRow, name, with_for_update=True)
             if row is None:
                 return None
+            _in_scope(row, scope)
             if row.phase in LIVE:
                 self._transition(session, row, Phase.TERMINATING, event)
             return row
@@ -559,5 +631,13 @@ class Store:
                 type=event.type,
                 reason=event.reason,
                 message=event.message[:2048],
+                by=event.by,
             )
         )
+
+
+def _in_scope(row: SandboxRow, scope: Scope | None) -> None:
+    """Forbidden when a scoped token's call reaches a sandbox outside its scope (checked in
+    the transaction that changes it)."""
+    if scope is not None and not scope.holds(row.labels):
+        raise Forbidden(f"sandbox {row.name!r} is not labelled {scope}", sandbox=row.name)

@@ -46,6 +46,8 @@ class EventRow(SQLModel, table=True):
     type: str = Field(max_length=16)  # Normal | Warning
     reason: str = Field(max_length=64)
     message: str = Field(max_length=2048)
+    by: str | None = Field(default=None, max_length=64)
+    """The token whose call made the event (None: sandboxd's own doing)."""
 
 
 class TokenRow(SQLModel, table=True):
@@ -56,6 +58,22 @@ class TokenRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     token_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = Field(sa_column=Column(DateTime, nullable=False))
+    scope: str | None = Field(default=None, max_length=330)
+    """`key=value`: the label of the only sandboxes it may touch (None: the admin's)."""
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime, nullable=True))
+
+
+class AuditRow(SQLModel, table=True):
+    """One API call: when, by which token, what, and its answer's status."""
+
+    __tablename__ = "audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    time: datetime = Field(sa_column=Column(DateTime, nullable=False, index=True))
+    token: str = Field(max_length=64)
+    method: str = Field(max_length=8)
+    path: str = Field(max_length=512)
+    status: int
 
 
 class IdempotencyRow(SQLModel, table=True):
