@@ -21,10 +21,11 @@ from fastapi import FastAPI
 from sandboxd import tracing
 from sandboxd.api import audit, errors, observe, reports, sandboxes, signals, system
 from sandboxd.api.audit import AuditCalls, AuditTrail
-from sandboxd.api.deps import AppState, hash_token
+from sandboxd.api.deps import AppState
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
 from sandboxd.core.plan import ProcessPlan, plan_baselines, reachable_host
+from sandboxd.core.tokens import hash_token
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
 from sandboxd.reconciler.queue import Backoff

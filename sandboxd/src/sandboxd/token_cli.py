@@ -19,11 +19,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
-from sandboxd.api.deps import hash_token
 from sandboxd.core.clock import rfc3339, utcnow
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
-from sandboxd.core.tokens import ADMIN, Scope, valid_name
+from sandboxd.core.tokens import ADMIN, Scope, hash_token, valid_name
 from sandboxd.errors import SandboxdError
 from sandboxd.settings import Settings
 from sandboxd.store.engine import make_engine

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Protocol
@@ -12,7 +11,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.clock import rfc3339, utcnow
-from sandboxd.core.tokens import ADMIN, ROUTER, Caller, OutOfScope, Scope, check_sandbox
+from sandboxd.core.tokens import (
+    ADMIN,
+    ROUTER,
+    Caller,
+    OutOfScope,
+    Scope,
+    check_sandbox,
+    hash_token,
+)
 from sandboxd.errors import Forbidden, SandboxdError
 from sandboxd.metrics import Metrics
 from sandboxd.routebook import RouteBook
@@ -95,10 +102,6 @@ ROUTER_CALLS = frozenset(
 
 class Unauthorized(SandboxdError):
     code = "unauthorized"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def get_state(request: Request) -> AppState:

@@ -9,6 +9,7 @@ sandbox out of the scope. Pure: the API's dependencies and handlers ask these qu
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from sandboxd.core.labels import check_labels
 TOKEN_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 ADMIN = "admin"
 ROUTER = "router"
+
+
+def hash_token(token: str) -> str:
+    """What the store keeps of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
