@@ -4,8 +4,9 @@
 What a span is comes from `spans` alone; this module only lays it out. Most of a span repeats
 from one request to the next (name, kind, status, all but the `spans.VARYING` attributes, the
 fault events but for their time): that part is encoded once per `spans.shape` and kept in a
-bounded cache, so a span costs its ids, its times, the varying attributes and one join. The
-resource and the scope are encoded once per process.
+bounded cache, shared by every sandbox (each sandbox's `sandboxd.sandbox` attribute is encoded
+once too, and put after it), so a span costs one pack of its ids and times, the varying
+attributes and one join. The resource and the scope are encoded once per process.
 
 Protobuf in brief: a field is a varint key `(number << 3) | wire type` (0 varint, 1 fixed64,
 2 length-delimited, 5 fixed32) then its value; a message inside another is length-delimited;
@@ -26,10 +27,14 @@ from sandboxd_router.telemetry.spans import Shape
 
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
+_M32: Final = 0xFFFFFFFF
 _DOUBLE: Final = struct.Struct("<d")
-# Span.span_id (2)'s 8 bytes (its key ends the ids), start_time_unix_nano (7) and end (8):
-# fixed64, little-endian
-_TIMED: Final = struct.Struct("<QBQBQ")
+# A span's ids and times, one pack: Span.trace_id (1), parent_span_id (4) (a span that continues
+# a caller's trace), span_id (2) (`spans.span_halves`), start_time_unix_nano (7) and
+# end_time_unix_nano (8) (fixed64, little-endian, in 32-bit halves: `Q` converts through a
+# slow generic path, and a number past 2**62 is an object of its own when compiled)
+_REMOTE: Final = struct.Struct("<2s16s2s8s2sIIBIIBII")
+_ROOT: Final = struct.Struct("<2s16s2sIIBIIBII")
 _EVENT_TIME: Final = struct.Struct("<BQ")  # Event.time_unix_nano (1): fixed64
 
 # keys of the other fields written here (message.field (number): wire type)
@@ -99,32 +104,34 @@ class _Shaped:
     trace (fields may come in any order)."""
     remote: bytes
     """The same of a span that continues a caller's trace (only the flags differ)."""
-    size: int
-    """The length of a head (both have the same) and of the span id's value and times."""
     events: tuple[bytes, ...]
     """each event's name and attributes, without its time"""
 
     def __init__(self, root: bytes, remote: bytes, events: tuple[bytes, ...]) -> None:
         self.root = root
         self.remote = remote
-        self.size = len(root) + _TIMED_SIZE
         self.events = events
 
 
-_TIMED_SIZE: Final = _TIMED.size
-_pack_timed: Final = _TIMED.pack  # (looked up once, not per span)
+_pack_remote: Final = _REMOTE.pack  # (looked up once, not per span)
+_pack_root: Final = _ROOT.pack
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
 """A span's field key and length, by its length, for the lengths most spans have."""
 _TRACE_ID: Final = b"\x0a\x10"  # Span.trace_id (1), 16 bytes
 _PARENT_ID: Final = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
-_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes: the first of `_TIMED`
-_IDS_SIZE: Final = 2 + 16 + 2  # the trace id's field and the span id's key
-_PARENT_SIZE: Final = 2 + 8
+_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes
+_START: Final = 0x39  # Span.start_time_unix_nano (7): fixed64
+_END: Final = 0x41  # Span.end_time_unix_nano (8): fixed64
 _PATH_KEY, _IN_KEY, _OUT_KEY, _ID_KEY, _SESSION_KEY = (
     field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING
 )
 """The varying attributes' `KeyValue` keys, each followed by its value's key (its length and
 the value follow)."""
+_SANDBOX: Final = "sandboxd.sandbox"
+_SANDBOX_KEY: Final = field(0x0A, _SANDBOX.encode()) + b"\x12"
+_LISTED: Final = 4096
+"""Body sizes below this are looked up in a list (sizes repeat: the same answer), the others in
+a dict: an int key costs an object, a hash and a probe."""
 
 
 def _number(prefix: bytes, number: int) -> bytes:
@@ -150,17 +157,25 @@ class SpanEncoder:
         scope: str = "sandboxd_router",
         shapes: int = 4096,
         values: int = 4096,
+        sandboxes: int = 16384,
     ) -> None:
         self._resource = field(0x0A, attributes(0x0A, resource.items()))  # ResourceSpans (1)
         self._scope = field(0x0A, field(0x0A, scope.encode()))  # ScopeSpans.scope (1) {name}
         self._schema = field(0x1A, schema_url.encode()) if schema_url else b""
         self._shapes: dict[Shape, _Shaped] = {}
         self._max_shapes = shapes
+        self._sandboxes: dict[str, bytes] = {}
+        """The `sandboxd.sandbox` attribute, encoded, by sandbox: what a span adds to its
+        shape's (shared) head."""
+        self._max_sandboxes = sandboxes
         self._paths: dict[str, bytes] = {}
         """The `url.path` attribute, encoded, by path (paths repeat)."""
+        self._ins: list[bytes | None] = [None] * _LISTED
+        self._outs: list[bytes | None] = [None] * _LISTED
+        """The body sizes' attributes (request's, response's), encoded, by size under
+        `_LISTED`."""
         self._numbers: dict[int, tuple[bytes, bytes]] = {}
-        """The body sizes' attributes (request's, response's), encoded, by size (they
-        repeat: the same answer)."""
+        """The same of the larger sizes, both by size."""
         self._max_values = values
 
     def spans(self, batch: list[Observed]) -> bytes:
@@ -185,35 +200,40 @@ class SpanEncoder:
 
     def _add(self, o: Observed, parts: list[bytes]) -> None:
         """Appends the span of `o` to `parts`: its field's head, then its fields."""
-        shape = spans.shape(o)
-        shaped = self._shapes.get(shape)
+        key = spans.shape(o)
+        shaped = self._shapes.get(key)
         if shaped is None:
-            shaped = self._learn(o, shape)
+            shaped = self._learn(o, key)
         framed = len(parts)
         parts.append(b"")  # (its length is known last)
-        size = shaped.size  # (its head's and the times')
-        context = traceparent.ids(o.traceparent)
-        if context is None:  # no caller's trace: the router's span starts one
-            trace = random.getrandbits(128) or 1
-            parts.append(_TRACE_ID)
-            parts.append(trace.to_bytes(16, "big"))
-            parts.append(_SPAN_ID)
-            size += _IDS_SIZE
-            head = shaped.root
-        else:
-            trace_id, parent_id = context
-            parts.append(_TRACE_ID)
-            parts.append(trace_id)
-            parts.append(_PARENT_ID)
-            parts.append(parent_id)
-            parts.append(_SPAN_ID)
-            size += _IDS_SIZE + _PARENT_SIZE
-            head = shaped.remote
+        first, last = spans.span_halves(o.seq)
         duration = o.duration
         start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
         end = start + int(duration * 1e9)
-        parts.append(_pack_timed(spans.span_number(o.seq), 0x39, start, 0x41, end))
+        raw = o.raw_traceparent  # (the text is made only for a request built without it)
+        context = traceparent.ids_of(raw) if raw else traceparent.ids(o.traceparent)
+        if context is None:  # no caller's trace: the router's span starts one
+            trace = random.getrandbits(128) or 1
+            timed = _pack_root(
+                _TRACE_ID, trace.to_bytes(16, "big"), _SPAN_ID, first, last,
+                _START, start & _M32, start >> 32, _END, end & _M32, end >> 32,
+            )  # fmt: skip
+            head = shaped.root
+        else:
+            timed = _pack_remote(
+                _TRACE_ID, context[0], _PARENT_ID, context[1], _SPAN_ID, first, last,
+                _START, start & _M32, start >> 32, _END, end & _M32, end >> 32,
+            )  # fmt: skip
+            head = shaped.remote
+        parts.append(timed)
         parts.append(head)
+        size = len(timed) + len(head)
+        if o.sandbox:  # (`spans.span_of` gives baseline traffic no `sandboxd.sandbox`)
+            sandbox = self._sandboxes.get(o.sandbox)
+            if sandbox is None:
+                sandbox = self._sandbox(o.sandbox)
+            parts.append(sandbox)
+            size += len(sandbox)
         size += self._varying(o, parts)
         if shaped.events:
             size += _events(o, shaped.events, parts)
@@ -224,11 +244,18 @@ class SpanEncoder:
         answers their length. (Unrolled, and what repeats, paths and sizes, cached: this
         runs for every span.)"""
         path, size_in, size_out, request_id, session = spans.varying(o)
-        numbers = self._numbers
-        got = numbers.get(size_in)
-        encoded_in = got[0] if got is not None else self._number(size_in)[0]
-        got = numbers.get(size_out)
-        encoded_out = got[1] if got is not None else self._number(size_out)[1]
+        if 0 <= size_in < _LISTED:
+            encoded_in = self._ins[size_in]
+            if encoded_in is None:
+                encoded_in = self._ins[size_in] = _number(_IN_KEY, size_in)
+        else:
+            encoded_in = self._large(size_in)[0]
+        if 0 <= size_out < _LISTED:
+            encoded_out = self._outs[size_out]
+            if encoded_out is None:
+                encoded_out = self._outs[size_out] = _number(_OUT_KEY, size_out)
+        else:
+            encoded_out = self._large(size_out)[1]
         parts.append(encoded_in)
         parts.append(encoded_out)
         size = len(encoded_in) + len(encoded_out)
@@ -248,10 +275,14 @@ class SpanEncoder:
             size += len(encoded)
         return size
 
-    def _number(self, number: int) -> tuple[bytes, bytes]:
-        if len(self._numbers) >= self._max_values:  # no value is special: start afresh
-            self._numbers.clear()
-        encoded = self._numbers[number] = (_number(_IN_KEY, number), _number(_OUT_KEY, number))
+    def _large(self, number: int) -> tuple[bytes, bytes]:
+        """A size's attributes past `_LISTED` (request's, response's), cached."""
+        encoded = self._numbers.get(number)
+        if encoded is None:
+            if len(self._numbers) >= self._max_values:  # no value is special: start afresh
+                self._numbers.clear()
+            encoded = (_number(_IN_KEY, number), _number(_OUT_KEY, number))
+            self._numbers[number] = encoded
         return encoded
 
     def _path(self, path: str) -> bytes:
@@ -260,9 +291,19 @@ class SpanEncoder:
         encoded = self._paths[path] = _text(_PATH_KEY, path)
         return encoded
 
+    def _sandbox(self, sandbox: str) -> bytes:
+        if len(self._sandboxes) >= self._max_sandboxes:  # (sandboxes come and go)
+            self._sandboxes.clear()
+        encoded = self._sandboxes[sandbox] = _text(_SANDBOX_KEY, sandbox)
+        return encoded
+
     def _learn(self, o: Observed, shape: Shape) -> _Shaped:
+        """What every span of `shape` has: all of `spans.span_of` but the varying attributes,
+        the sandbox's (a sandbox's own) and the events' time."""
         span = spans.span_of(o)
-        shared = [(k, v) for k, v in span.attributes.items() if k not in spans.VARYING]
+        shared = [
+            (k, v) for k, v in span.attributes.items() if k not in spans.VARYING and k != _SANDBOX
+        ]
         status = _STATUS_ERROR if span.failed else b""
         head = field(_NAME, span.name.encode()) + _KIND + varint(_KINDS[span.kind])
         head += attributes(_ATTRIBUTE, shared)
