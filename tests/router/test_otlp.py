@@ -72,6 +72,7 @@ KINDS = {
     "transport error": observed(status=0, error=TRANSPORT, bytes_out=10),
     "no traceparent": observed(traceparent=None),
     "invalid traceparent": observed(traceparent=f"ff-{TRACE}-{PARENT}-01"),
+    "long path": observed(path="/" + "p" * 1500, traceparent=None),  # (a span past 1 KiB)
     "recorded traceparent": observed(traceparent=None, raw_traceparent=TRACEPARENT.encode()),
     "recorded uppercase": observed(traceparent=None,
                                    raw_traceparent=TRACEPARENT.upper().encode()),

@@ -213,13 +213,15 @@ def fault_time(o: Observed) -> float:
 
 
 _M32: Final = 0xFFFFFFFF
-# two Feistel rounds' keys and multipliers, drawn per process; a multiplier under 2**29 keeps
-# every product of a 32-bit half under 2**61: compiled, all of it is machine arithmetic (past
-# mypyc's 62-bit ints every operation would make an object)
+_M30: Final = 0x3FFFFFFF
+# two Feistel rounds' keys and multipliers, drawn per process. Compiled, a product is machine
+# arithmetic only when both factors are under 2**30 (mypyc's check is that conservative), so
+# the round function multiplies 30 bits of a half by a 30-bit number: past that, or past
+# mypyc's 62-bit ints, every operation would make an object.
 _KEY1: Final = int.from_bytes(os.urandom(4), "big")
 _KEY2: Final = int.from_bytes(os.urandom(4), "big")
-_MUL1: Final = int.from_bytes(os.urandom(4), "big") >> 3 | 1
-_MUL2: Final = int.from_bytes(os.urandom(4), "big") >> 3 | 1
+_MUL1: Final = int.from_bytes(os.urandom(4), "big") >> 2 | 1
+_MUL2: Final = int.from_bytes(os.urandom(4), "big") >> 2 | 1
 HALVES: Final = struct.Struct("<II")
 """A span id's 8 bytes: `span_halves`, the first four then the last four."""
 
@@ -232,12 +234,12 @@ def span_id(seq: int) -> str:
 
 
 def span_halves(seq: int) -> tuple[int, int]:
-    """`span_id(seq)`'s 8 bytes as two little-endian 32-bit numbers (the OTLP encoder packs
-    them with the span's times). Two Feistel rounds over the halves of `seq` (below 2**64):
+    """`span_id(seq)`'s 8 bytes as two little-endian 32-bit numbers (what the OTLP encoder
+    writes). Two Feistel rounds over the halves of `seq` (below 2**64):
     one-to-one whatever the round function, so unique within this process, and, keyed at
     random per process, unlikely to repeat across processes."""
-    high = (seq >> 32) ^ (((seq & _M32) * _MUL1) >> 16 & _M32) ^ _KEY1
-    low = (seq & _M32) ^ ((high * _MUL2) >> 16 & _M32) ^ _KEY2
+    high = (seq >> 32) ^ (((seq & _M30) * _MUL1) >> 14 & _M32) ^ _KEY1
+    low = (seq & _M32) ^ (((high & _M30) * _MUL2) >> 14 & _M32) ^ _KEY2
     if high == 0 and low == 0:  # all-zero is not a span id
         return 1, 0
     return low, high
