@@ -9,8 +9,8 @@ own under `valgrind --tool=callgrind` (every thread counted; the receiver, `_otl
 another process and is not): the spans encoded (`SpanEncoder.spans`, by read, as `SpanExport`
 does), then the whole export (`SpanSink.add_all` by read, the exporter's thread posting batches
 to the live receiver until every span is accepted). A stage's count is the difference from the
-process without it, divided by the records; each sandbox's span shape is learnt first, as a
-running process has.
+process without it, divided by the records; the span shapes and each sandbox's attribute are
+learnt first, as a running process has.
 """
 
 from __future__ import annotations

@@ -72,6 +72,12 @@ KINDS = {
     "transport error": observed(status=0, error=TRANSPORT, bytes_out=10),
     "no traceparent": observed(traceparent=None),
     "invalid traceparent": observed(traceparent=f"ff-{TRACE}-{PARENT}-01"),
+    "long path": observed(path="/" + "p" * 1500, traceparent=None),  # (a span past 1 KiB)
+    "recorded traceparent": observed(traceparent=None, raw_traceparent=TRACEPARENT.encode()),
+    "recorded uppercase": observed(traceparent=None,
+                                   raw_traceparent=TRACEPARENT.upper().encode()),
+    "recorded zero parent": observed(traceparent=None,
+                                     raw_traceparent=f"00-{TRACE}-{'0' * 16}-01".encode()),
     "baseline sampled": observed(sandbox="", routing_key="", route=BASELINE),
     "odd method": observed(method="get", bytes_out=1 << 40),
     "unicode sandbox": observed(sandbox="prö-1", seq=1 << 40),
@@ -165,6 +171,23 @@ def test_what_repeats_is_cached_and_what_varies_is_not() -> None:
                                                          spans.span_of(o).attributes)  # fmt: skip
         assert span.span_id.hex() == spans.span_id(o.seq)
     assert got[1].trace_id.hex() == "1" * 32 and got[1].end_time_unix_nano == 1765000001500000000
+
+
+def test_a_thousand_sandboxes_share_their_span_shapes() -> None:
+    """The encoder keeps what every span of a shape has once, not once per sandbox (issue 13's
+    memory bar): each sandbox's `sandboxd.sandbox` is composed in, and a baseline span has
+    none."""
+    encoder = SpanEncoder({})
+    batch = [observed(sandbox=f"live-{n % 1000}", service=service, seq=n)
+             for n, service in enumerate(["echo", "api", "cluster-mcp"] * 1000)]  # fmt: skip
+    batch.append(observed(sandbox="", routing_key="", route=BASELINE, seq=3000))
+    _, _, got = decoded(encoder.request([encoder.spans(batch)]))
+    assert len(got) == len(batch)
+    for o, span in zip(batch, got, strict=True):
+        assert as_dict(span.attributes) == spans.span_of(o).attributes
+        assert len(span.attributes) == len(spans.span_of(o).attributes)
+        assert span.span_id.hex() == spans.span_id(o.seq)
+    assert len(encoder._shapes) == 3 + 1  # one per service, and the baseline one
 
 
 def test_the_resource_is_the_sdks_and_follows_the_variables(

@@ -196,10 +196,55 @@ def test_sandbox_and_baseline_traffic_are_kept_apart_and_bucketed_by_end() -> No
         ("garbage", None),
         ("", None),
         (None, None),
+        # each field in turn: uppercase, not hex, a dash out of place, all zeros
+        (f"0A-{TRACE}-{PARENT}-01", None),
+        (f"00-{TRACE}-{PARENT}-0A", None),
+        (f"00-{TRACE}-{PARENT.upper()}-01", None),
+        (f"00-{TRACE[:31]}F-{PARENT}-01", None),
+        (f"00-{TRACE[:31]}-{PARENT}-01-", None),
+        (f"00-{TRACE[:10]}-{TRACE[11:]}-{PARENT}-01", None),
+        (f"00-{TRACE}-{PARENT[:5]}-{PARENT[6:]}-01", None),
+        (f"00-{TRACE}-{PARENT}--1", None),
+        (f"00-{TRACE}-{PARENT}-0-", None),
+        (f"-00{TRACE}-{PARENT}-01", None),
+        (f"00-{TRACE}-{PARENT}-0g", None),
+        (f"g0-{TRACE}-{PARENT}-01", None),
+        (f"00-{TRACE}-{PARENT}-0 ", None),
+        (f"00-{TRACE[:20]} {TRACE[21:]}-{PARENT}-01", None),
+        (f"00-{TRACE[:30]}é-{PARENT}-01", None),
+        (f"00-{TRACE}-{PARENT}-01é", None),  # (56 characters, version 00)
+        (f"cc-{TRACE}-{PARENT}-01-é", (TRACE, PARENT)),  # what a later version adds: not read
+        (f"00-{'0' * 31}1-{PARENT}-01", (f"{'0' * 31}1", PARENT)),
+        (f"00-{TRACE}-{'0' * 15}1-01", (TRACE, f"{'0' * 15}1")),
+        (f"fe-{TRACE}-{PARENT}-ff", (TRACE, PARENT)),
+        (f"ff-{TRACE}-{PARENT}-01-more", None),
+        (f"f0-{TRACE}-{PARENT}-01", (TRACE, PARENT)),
+        (f"0f-{TRACE}-{PARENT}-01", (TRACE, PARENT)),
+        (f"00-{'0123456789' * 3}ab-{'0123456789' * 1}abcdef-01", (f"{'0123456789' * 3}ab",
+                                                               "0123456789abcdef")),
+        (f"\t00-{TRACE}-{PARENT}-01", (TRACE, PARENT)),
+        (f"\n00-{TRACE}-{PARENT}-01", None),
+        (" " * 3, None),
     ],
-)
+)  # fmt: skip
 def test_traceparent(header: str | None, expected: tuple[str, str] | None) -> None:
+    """The header's text and the bytes the request path records are read alike."""
     assert traceparent.parse(header) == expected
+    raw = (header or "").encode("utf-8")
+    got = traceparent.ids_of(raw)
+    assert (None if got is None else (got[0].hex(), got[1].hex())) == expected
+
+
+def test_span_ids_are_unique_and_never_zero() -> None:
+    """`spans.span_id` is one-to-one on the ring's numbers (below 2**64), across the halves'
+    boundary too, and the OTLP encoder's halves are its bytes."""
+    seqs = [*range(60_000), *range((1 << 32) - 30_000, (1 << 32) + 30_000), 1 << 40,
+            (1 << 63) + 5, (1 << 64) - 1]  # fmt: skip
+    ids = {spans.span_id(seq) for seq in seqs}
+    assert len(ids) == len(seqs) and "0" * 16 not in ids
+    assert all(re.fullmatch("[0-9a-f]{16}", i) for i in ids)
+    first, last = spans.span_halves(17)
+    assert spans.span_id(17) == (first.to_bytes(4, "little") + last.to_bytes(4, "little")).hex()
 
 
 def test_a_request_record_carries_its_trace_span_and_fault() -> None:

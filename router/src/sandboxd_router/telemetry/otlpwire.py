@@ -4,8 +4,14 @@
 What a span is comes from `spans` alone; this module only lays it out. Most of a span repeats
 from one request to the next (name, kind, status, all but the `spans.VARYING` attributes, the
 fault events but for their time): that part is encoded once per `spans.shape` and kept in a
-bounded cache, so a span costs its ids, its times, the varying attributes and one join. The
-resource and the scope are encoded once per process.
+bounded cache, shared by every sandbox (each sandbox's `sandboxd.sandbox` attribute is encoded
+once too, and put after it), so a span costs its ids, its times and the varying attributes.
+
+A read's spans are written into one `librt.strings.BytesWriter` (mypyc's runtime library,
+which the build already needs): compiled, its writes of bytes and of fixed-width numbers are
+native calls, where a `struct` pack converts each number from an object and a `b"".join`
+walks a list of pieces (together ~3,000 instructions a span). The resource and the scope are
+encoded once per process.
 
 Protobuf in brief: a field is a varint key `(number << 3) | wire type` (0 varint, 1 fixed64,
 2 length-delimited, 5 fixed32) then its value; a message inside another is length-delimited;
@@ -20,16 +26,18 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
+from librt.strings import BytesWriter, read_i16_le, write_i32_le, write_i64_le
+from mypy_extensions import i64
+
 from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.spans import Shape
 
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
+_I32_MAX: Final = 0x7FFFFFFF
+_WRAP: Final = 1 << 32
 _DOUBLE: Final = struct.Struct("<d")
-# Span.span_id (2)'s 8 bytes (its key ends the ids), start_time_unix_nano (7) and end (8):
-# fixed64, little-endian
-_TIMED: Final = struct.Struct("<QBQBQ")
 _EVENT_TIME: Final = struct.Struct("<BQ")  # Event.time_unix_nano (1): fixed64
 
 # keys of the other fields written here (message.field (number): wire type)
@@ -99,32 +107,34 @@ class _Shaped:
     trace (fields may come in any order)."""
     remote: bytes
     """The same of a span that continues a caller's trace (only the flags differ)."""
-    size: int
-    """The length of a head (both have the same) and of the span id's value and times."""
     events: tuple[bytes, ...]
     """each event's name and attributes, without its time"""
 
     def __init__(self, root: bytes, remote: bytes, events: tuple[bytes, ...]) -> None:
         self.root = root
         self.remote = remote
-        self.size = len(root) + _TIMED_SIZE
         self.events = events
 
 
-_TIMED_SIZE: Final = _TIMED.size
-_pack_timed: Final = _TIMED.pack  # (looked up once, not per span)
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
 """A span's field key and length, by its length, for the lengths most spans have."""
 _TRACE_ID: Final = b"\x0a\x10"  # Span.trace_id (1), 16 bytes
 _PARENT_ID: Final = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
-_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes: the first of `_TIMED`
-_IDS_SIZE: Final = 2 + 16 + 2  # the trace id's field and the span id's key
-_PARENT_SIZE: Final = 2 + 8
+_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes
+_START: Final = 0x39  # Span.start_time_unix_nano (7): fixed64
+_END: Final = 0x41  # Span.end_time_unix_nano (8): fixed64
+_ROOT_SIZE: Final = 2 + 16 + 2 + 8 + 1 + 8 + 1 + 8  # the trace id, span id and times
+_REMOTE_SIZE: Final = _ROOT_SIZE + 2 + 8  # and the parent span id
 _PATH_KEY, _IN_KEY, _OUT_KEY, _ID_KEY, _SESSION_KEY = (
     field(0x0A, key.encode()) + b"\x12" for key in spans.VARYING
 )
 """The varying attributes' `KeyValue` keys, each followed by its value's key (its length and
 the value follow)."""
+_SANDBOX: Final = "sandboxd.sandbox"
+_SANDBOX_KEY: Final = field(0x0A, _SANDBOX.encode()) + b"\x12"
+_LISTED: Final = 4096
+"""Body sizes below this are looked up in a list (sizes repeat: the same answer), the others in
+a dict: an int key costs an object, a hash and a probe."""
 
 
 def _number(prefix: bytes, number: int) -> bytes:
@@ -150,26 +160,34 @@ class SpanEncoder:
         scope: str = "sandboxd_router",
         shapes: int = 4096,
         values: int = 4096,
+        sandboxes: int = 16384,
     ) -> None:
         self._resource = field(0x0A, attributes(0x0A, resource.items()))  # ResourceSpans (1)
         self._scope = field(0x0A, field(0x0A, scope.encode()))  # ScopeSpans.scope (1) {name}
         self._schema = field(0x1A, schema_url.encode()) if schema_url else b""
         self._shapes: dict[Shape, _Shaped] = {}
         self._max_shapes = shapes
+        self._sandboxes: dict[str, bytes] = {}
+        """The `sandboxd.sandbox` attribute, encoded, by sandbox: what a span adds to its
+        shape's (shared) head."""
+        self._max_sandboxes = sandboxes
         self._paths: dict[str, bytes] = {}
         """The `url.path` attribute, encoded, by path (paths repeat)."""
+        self._ins: list[bytes | None] = [None] * _LISTED
+        self._outs: list[bytes | None] = [None] * _LISTED
+        """The body sizes' attributes (request's, response's), encoded, by size under
+        `_LISTED`."""
         self._numbers: dict[int, tuple[bytes, bytes]] = {}
-        """The body sizes' attributes (request's, response's), encoded, by size (they
-        repeat: the same answer)."""
+        """The same of the larger sizes, both by size."""
         self._max_values = values
 
     def spans(self, batch: list[Observed]) -> bytes:
         """The spans of `batch`, each a `ScopeSpans.spans` field, in one piece: what `request`
-        joins. One join for all: no bytes object of its own for each span."""
-        parts: list[bytes] = []
+        joins."""
+        out = BytesWriter()
         for o in batch:
-            self._add(o, parts)
-        return b"".join(parts)
+            self._add(o, out)
+        return out.getvalue()
 
     def span(self, o: Observed) -> bytes:
         return self.spans([o])
@@ -183,75 +201,74 @@ class SpanEncoder:
         head = (b"\x0a", varint(resource_spans), self._resource, self._schema, scope_head)
         return b"".join(itertools.chain(head, (self._scope,), encoded))
 
-    def _add(self, o: Observed, parts: list[bytes]) -> None:
-        """Appends the span of `o` to `parts`: its field's head, then its fields."""
-        shape = spans.shape(o)
-        shaped = self._shapes.get(shape)
+    def _add(self, o: Observed, out: BytesWriter) -> None:
+        """Writes the span of `o` to `out`: its field's head, then its fields. (Its pieces are
+        gathered first: the head holds the span's length.)"""
+        key = spans.shape(o)
+        shaped = self._shapes.get(key)
         if shaped is None:
-            shaped = self._learn(o, shape)
-        framed = len(parts)
-        parts.append(b"")  # (its length is known last)
-        size = shaped.size  # (its head's and the times')
-        context = traceparent.ids(o.traceparent)
+            shaped = self._learn(o, key)
+        raw = o.raw_traceparent  # (the text is made only for a request built without it)
+        context = traceparent.fields_of(raw) if raw else traceparent.fields(o.traceparent)
+        sandbox = b""
+        if o.sandbox:  # (`spans.span_of` gives baseline traffic no `sandboxd.sandbox`)
+            got = self._sandboxes.get(o.sandbox)
+            sandbox = got if got is not None else self._sandbox(o.sandbox)
+        size_in, size_out, path, more = self._varying(o)
+        events = _events(o, shaped.events) if shaped.events else b""
+        size = len(sandbox) + len(size_in) + len(size_out) + len(path) + len(more) + len(events)
         if context is None:  # no caller's trace: the router's span starts one
-            trace = random.getrandbits(128) or 1
-            parts.append(_TRACE_ID)
-            parts.append(trace.to_bytes(16, "big"))
-            parts.append(_SPAN_ID)
-            size += _IDS_SIZE
             head = shaped.root
+            size += len(head) + _ROOT_SIZE
         else:
-            trace_id, parent_id = context
-            parts.append(_TRACE_ID)
-            parts.append(trace_id)
-            parts.append(_PARENT_ID)
-            parts.append(parent_id)
-            parts.append(_SPAN_ID)
-            size += _IDS_SIZE + _PARENT_SIZE
             head = shaped.remote
-        duration = o.duration
-        start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
-        end = start + int(duration * 1e9)
-        parts.append(_pack_timed(spans.span_number(o.seq), 0x39, start, 0x41, end))
-        parts.append(head)
-        size += self._varying(o, parts)
-        if shaped.events:
-            size += _events(o, shaped.events, parts)
-        parts[framed] = _SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size)
+            size += len(head) + _REMOTE_SIZE
+        out.write(_SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size))
+        _ids_and_times(o, context, out)
+        out.write(head)
+        out.write(sandbox)
+        out.write(size_in)
+        out.write(size_out)
+        out.write(path)
+        out.write(more)
+        out.write(events)
 
-    def _varying(self, o: Observed, parts: list[bytes]) -> int:
-        """Appends the `spans.VARYING` attributes (those that are not None) to `parts`;
-        answers their length. (Unrolled, and what repeats, paths and sizes, cached: this
-        runs for every span.)"""
+    def _varying(self, o: Observed) -> tuple[bytes, bytes, bytes, bytes]:
+        """The `spans.VARYING` attributes, encoded: the body sizes', the path's and the MCP
+        ones' (b"" for those that are None). (Unrolled, and what repeats, paths and sizes,
+        cached: this runs for every span.)"""
         path, size_in, size_out, request_id, session = spans.varying(o)
-        numbers = self._numbers
-        got = numbers.get(size_in)
-        encoded_in = got[0] if got is not None else self._number(size_in)[0]
-        got = numbers.get(size_out)
-        encoded_out = got[1] if got is not None else self._number(size_out)[1]
-        parts.append(encoded_in)
-        parts.append(encoded_out)
-        size = len(encoded_in) + len(encoded_out)
+        if 0 <= size_in < _LISTED:
+            encoded_in = self._ins[size_in]
+            if encoded_in is None:
+                encoded_in = self._ins[size_in] = _number(_IN_KEY, size_in)
+        else:
+            encoded_in = self._large(size_in)[0]
+        if 0 <= size_out < _LISTED:
+            encoded_out = self._outs[size_out]
+            if encoded_out is None:
+                encoded_out = self._outs[size_out] = _number(_OUT_KEY, size_out)
+        else:
+            encoded_out = self._large(size_out)[1]
+        encoded_path = b""
         if path is not None:
-            encoded = self._paths.get(path)
-            if encoded is None:
-                encoded = self._path(path)
-            parts.append(encoded)
-            size += len(encoded)
+            got = self._paths.get(path)
+            encoded_path = got if got is not None else self._path(path)
+        more = b""
         if request_id is not None:
-            encoded = _text(_ID_KEY, request_id)
-            parts.append(encoded)
-            size += len(encoded)
+            more = _text(_ID_KEY, request_id)
         if session is not None:
-            encoded = _text(_SESSION_KEY, session)
-            parts.append(encoded)
-            size += len(encoded)
-        return size
+            more += _text(_SESSION_KEY, session)
+        return encoded_in, encoded_out, encoded_path, more
 
-    def _number(self, number: int) -> tuple[bytes, bytes]:
-        if len(self._numbers) >= self._max_values:  # no value is special: start afresh
-            self._numbers.clear()
-        encoded = self._numbers[number] = (_number(_IN_KEY, number), _number(_OUT_KEY, number))
+    def _large(self, number: int) -> tuple[bytes, bytes]:
+        """A size's attributes past `_LISTED` (request's, response's), cached."""
+        encoded = self._numbers.get(number)
+        if encoded is None:
+            if len(self._numbers) >= self._max_values:  # no value is special: start afresh
+                self._numbers.clear()
+            encoded = (_number(_IN_KEY, number), _number(_OUT_KEY, number))
+            self._numbers[number] = encoded
         return encoded
 
     def _path(self, path: str) -> bytes:
@@ -260,9 +277,19 @@ class SpanEncoder:
         encoded = self._paths[path] = _text(_PATH_KEY, path)
         return encoded
 
+    def _sandbox(self, sandbox: str) -> bytes:
+        if len(self._sandboxes) >= self._max_sandboxes:  # (sandboxes come and go)
+            self._sandboxes.clear()
+        encoded = self._sandboxes[sandbox] = _text(_SANDBOX_KEY, sandbox)
+        return encoded
+
     def _learn(self, o: Observed, shape: Shape) -> _Shaped:
+        """What every span of `shape` has: all of `spans.span_of` but the varying attributes,
+        the sandbox's (a sandbox's own) and the events' time."""
         span = spans.span_of(o)
-        shared = [(k, v) for k, v in span.attributes.items() if k not in spans.VARYING]
+        shared = [
+            (k, v) for k, v in span.attributes.items() if k not in spans.VARYING and k != _SANDBOX
+        ]
         status = _STATUS_ERROR if span.failed else b""
         head = field(_NAME, span.name.encode()) + _KIND + varint(_KINDS[span.kind])
         head += attributes(_ATTRIBUTE, shared)
@@ -280,14 +307,50 @@ class SpanEncoder:
         return shaped
 
 
-def _events(o: Observed, events: tuple[bytes, ...], parts: list[bytes]) -> int:
-    """Appends the fault events, at their time, to `parts`; answers their length."""
+def _ids_and_times(o: Observed, context: bytes | None, out: BytesWriter) -> None:
+    """Writes the span's trace id, its parent's id when `context` (`traceparent.fields_of`)
+    holds one, its span id and its times."""
+    out.write(_TRACE_ID)
+    if context is None:
+        out.write((random.getrandbits(128) or 1).to_bytes(16, "big"))
+    else:
+        _decode(context, 3, 35, out)
+        out.write(_PARENT_ID)
+        _decode(context, 36, 52, out)
+    first, last = spans.span_halves(o.seq)
+    out.write(_SPAN_ID)
+    write_i32_le(out, first - _WRAP if first > _I32_MAX else first)  # (the same 4 bytes)
+    write_i32_le(out, last - _WRAP if last > _I32_MAX else last)
+    duration = o.duration
+    start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
+    out.append(_START)
+    write_i64_le(out, start)
+    out.append(_END)
+    write_i64_le(out, start + int(duration * 1e9))
+
+
+def _hex_pairs() -> bytes:
+    table = bytearray(0x6767)
+    for high, first in enumerate(b"0123456789abcdef"):
+        for low, second in enumerate(b"0123456789abcdef"):
+            table[first | second << 8] = high << 4 | low
+    return bytes(table)
+
+
+_HEX_PAIRS: Final = _hex_pairs()
+"""The byte two lowercase hex digits stand for, by the digits read as a little-endian 16-bit
+number (the highest pair, "ff", is 0x6666)."""
+
+
+def _decode(digits: bytes, start: i64, stop: i64, out: BytesWriter) -> None:
+    """Writes the bytes `digits[start:stop]` stand for (lowercase hex, checked: `traceparent`)
+    to `out`: a pair of digits, one read and one look-up (compiled: no object made)."""
+    while start < stop:
+        out.append(_HEX_PAIRS[read_i16_le(digits, start)])
+        start += 2
+
+
+def _events(o: Observed, events: tuple[bytes, ...]) -> bytes:
+    """The fault events, at their time."""
     at = _EVENT_TIME.pack(0x09, int(spans.fault_time(o) * 1e9))
-    size = 0
-    for e in events:
-        head = _EVENT + varint(len(at) + len(e))
-        parts.append(head)
-        parts.append(at)
-        parts.append(e)
-        size += len(head) + len(at) + len(e)
-    return size
+    return b"".join(_EVENT + varint(len(at) + len(e)) + at + e for e in events)

@@ -15,8 +15,8 @@ from typing import Final
 
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
-from sandboxd_router.telemetry.observed import Fault, Observed
-from sandboxd_router.telemetry.spans import VARYING, Span, span_id, span_of, varying
+from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.spans import VARYING, Shape, Span, shape, span_id, span_of, varying
 from sandboxd_router.telemetry.thousandths import round3, text3
 from sandboxd_router.telemetry.traceparent import parse
 
@@ -26,17 +26,6 @@ QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, me
 
 SANDBOX: Final = "sandboxd.sandbox"
 ROUTE: Final = "sandboxd.route"
-
-Common = tuple[
-    str, str, str, int, str, tuple[Fault, ...], str | None, str | None, str | None, int | None
-]
-
-
-def common(o: Observed) -> Common:
-    """`spans.shape` without the sandbox: what the fixed attributes but `sandboxd.sandbox` are
-    made of."""
-    return (o.service, o.route, o.method, o.status, o.error, o.faults, o.rpc_method, o.tool,
-            o.protocol, o.rpc_code)  # fmt: skip
 
 
 def wire_of(seq: int, o: Observed) -> dict[str, object]:
@@ -76,8 +65,8 @@ def _events(span: Span) -> list[dict[str, object]]:
 class RecordText:
     def __init__(self) -> None:
         self._quoted: dict[str, str] = {}
-        self._shapes: dict[Common, tuple[str, str, str, str]] = {}
-        """`common(o)` → the span's name and its attributes but the `VARYING` ones and the
+        self._shapes: dict[Shape, tuple[str, str, str, str]] = {}
+        """`spans.shape(o)` → the span's name and its attributes but the `VARYING` ones and the
         sandbox's, as JSON: those before `sandboxd.sandbox` (left open) and those after it;
         and the record's `"service":…,"route":…,`. Keyed by what no sandbox has of its own, so
         that a thousand sandboxes share a shape; the sandbox's name (in `_quoted`) goes between
@@ -123,7 +112,7 @@ class RecordText:
 
     def _span(self, o: Observed, sandbox: str) -> tuple[str, str, str, str]:
         """The span's name, attributes and events as JSON, and the record's service and route;
-        what depends on `common(o)` alone (every attribute but the `VARYING` ones, which
+        what depends on `spans.shape(o)` alone (every attribute but the `VARYING` ones, which
         `span_of` adds last, and the sandbox's `sandboxd.sandbox`, `sandbox` quoted) made
         once."""
         if o.faults:  # (rare: the events' time varies)
@@ -131,7 +120,7 @@ class RecordText:
             events = _events(span)
             return (self.quoted(span.name), dumps(span.attributes).decode(),
                     dumps(events).decode() if events else "[]", self._place(o))  # fmt: skip
-        key = common(o)
+        key = shape(o)
         known = self._shapes.get(key)
         if known is None:
             known = self._learn(o)

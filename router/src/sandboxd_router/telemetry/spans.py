@@ -16,7 +16,7 @@ import os
 import struct
 from typing import Final, NamedTuple
 
-from sandboxd_router.telemetry.observed import HTTP_5XX, JSONRPC, Fault, Observed
+from sandboxd_router.telemetry.observed import HTTP_5XX, JSONRPC, Observed
 
 SERVER: Final = "server"  # the span kind (the exporter maps it to the SDK's SpanKind)
 FAULT_EVENT: Final = "sandboxd.fault.injected"
@@ -86,16 +86,20 @@ VARYING: Final = (
     "mcp.session.id",
 )
 
-Shape = tuple[
-    str, str, str, str, int, str, tuple[Fault, ...], str | None, str | None, str | None, int | None
-]
+Shape = tuple[object, ...]
 
 
 def shape(o: Observed) -> Shape:
-    """The fields every part of a span but the `VARYING` attributes and the events' time is
-    made of."""
-    return (o.service, o.sandbox, o.route, o.method, o.status, o.error, o.faults, o.rpc_method,
-            o.tool, o.protocol, o.rpc_code)  # fmt: skip
+    """The fields every part of a span but the `VARYING` attributes, `sandboxd.sandbox` and the
+    events' time is made of: what an encoder keys its cached pieces by. Without the sandbox,
+    so that a thousand sandboxes share their shapes (each encoder composes the sandbox in).
+    A request with no fault and no MCP field (most) is keyed by the five fields its span has;
+    a five-field key never equals a ten-field one."""
+    if (o.faults or o.rpc_method is not None or o.tool is not None or o.protocol is not None
+            or o.rpc_code is not None):  # fmt: skip
+        return (o.service, o.route, o.method, o.status, o.error, o.faults, o.rpc_method,
+                o.tool, o.protocol, o.rpc_code)  # fmt: skip
+    return (o.service, o.route, o.method, o.status, o.error)
 
 
 def varying(o: Observed) -> tuple[str | None, int, int, str | None, str | None]:
@@ -208,22 +212,34 @@ def fault_time(o: Observed) -> float:
     return o.start + o.injected_at
 
 
-_SALT: Final = int.from_bytes(os.urandom(8), "big")
-_ODD: Final = int.from_bytes(os.urandom(8), "big") | 1
-_MASK: Final = (1 << 64) - 1
-_LITTLE: Final = struct.Struct("<Q")
+_M32: Final = 0xFFFFFFFF
+_M30: Final = 0x3FFFFFFF
+# two Feistel rounds' keys and multipliers, drawn per process. Compiled, a product is machine
+# arithmetic only when both factors are under 2**30 (mypyc's check is that conservative), so
+# the round function multiplies 30 bits of a half by a 30-bit number: past that, or past
+# mypyc's 62-bit ints, every operation would make an object.
+_KEY1: Final = int.from_bytes(os.urandom(4), "big")
+_KEY2: Final = int.from_bytes(os.urandom(4), "big")
+_MUL1: Final = int.from_bytes(os.urandom(4), "big") >> 2 | 1
+_MUL2: Final = int.from_bytes(os.urandom(4), "big") >> 2 | 1
+HALVES: Final = struct.Struct("<II")
+"""A span id's 8 bytes: `span_halves`, the first four then the last four."""
 
 
 def span_id(seq: int) -> str:
     """The router's span id for the ring's record `seq` (16 hex): the same in every sink (the
     control plane's traces and the OTLP export agree)."""
-    return _LITTLE.pack(span_number(seq)).hex()
+    first, last = span_halves(seq)
+    return HALVES.pack(first, last).hex()
 
 
-def span_number(seq: int) -> int:
-    """`span_id(seq)`'s 8 bytes, read as a little-endian number (so that the OTLP encoder packs
-    it with the span's times, which are little-endian on the wire): unique within this
-    process (an odd multiplier and an exclusive or are one-to-one on 64 bits) and, both drawn
-    at random per process, unlikely to repeat across processes. One multiplication: this is
-    paid for every span exported (splitmix64's three took 0.3 µs)."""
-    return (((seq + 1) * _ODD) & _MASK ^ _SALT) or 1  # all-zero is not a span id
+def span_halves(seq: int) -> tuple[int, int]:
+    """`span_id(seq)`'s 8 bytes as two little-endian 32-bit numbers (what the OTLP encoder
+    writes). Two Feistel rounds over the halves of `seq` (below 2**64):
+    one-to-one whatever the round function, so unique within this process, and, keyed at
+    random per process, unlikely to repeat across processes."""
+    high = (seq >> 32) ^ (((seq & _M30) * _MUL1) >> 14 & _M32) ^ _KEY1
+    low = (seq & _M32) ^ (((high & _M30) * _MUL2) >> 14 & _M32) ^ _KEY2
+    if high == 0 and low == 0:  # all-zero is not a span id
+        return 1, 0
+    return low, high
