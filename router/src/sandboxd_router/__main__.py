@@ -194,9 +194,9 @@ def fork_telemetry(args: argparse.Namespace) -> TelemetryProcess | None:
 
 
 async def run(args: argparse.Namespace, telemetry: TelemetryProcess | None) -> None:
-    # (imported after the telemetry process is forked, which never uses them: httpx's objects
+    # (imported after the telemetry process is forked, which never uses them: their objects
     # then sit in pages of the router's alone, not in pages both processes share until one
-    # writes there and so copies them: 0.8 MB less together)
+    # writes there and so copies them)
     from sandboxd_router.report import Reporter
     from sandboxd_router.watch import load_file, watch_control_plane
 

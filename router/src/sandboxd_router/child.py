@@ -3,9 +3,9 @@ dies (checked by the router's once-a-second sweep), stopped last on shutdown.
 
 The first one is a fork of the router made before the router's loop, threads or sockets exist
 (`fork`, from `main`): the two share the interpreter's heap copy-on-write, as far as neither
-writes to a page (a reference count is a write): with 1,000 sandboxes, 50.6 MB together at
-rest, where a spawned one made 55.8 (`benchmarks/signals.py --memory-only` for the loaded
-figure). One started
+writes to a page (a reference count is a write): with 1,000 sandboxes, 39.5 MB together at
+rest, where a spawned one made 44.5 (and 56 against 61 MB with 1,000 sandboxes' aggregates and
+1,000 connections; `benchmarks/signals.py --memory-only` for the loaded figure). One started
 again is spawned (`python -m sandboxd_router.telemetry`): by then the router runs threads and
 a loop, which a fork would copy half-way. (An idle "zygote" forked at the start to fork the
 later ones would keep a third copy of every page both processes write, for a failure case.)

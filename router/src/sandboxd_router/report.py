@@ -27,9 +27,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 
-import httpx
-
-from sandboxd_router.tls import context_for
+from sandboxd_router.control import ControlClient, ControlError, Reply
 
 log = logging.getLogger("sandboxd_router")
 
@@ -89,13 +87,13 @@ class Reporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.send(client), timeout)
 
-    async def send(self, client: httpx.AsyncClient) -> None:
+    async def send(self, client: ControlClient) -> None:
         """Send the changed entries (or a heartbeat); those not acknowledged stay pending for
         the next call. Told the instance was retired, send everything at once as the new one."""
         if await self._round(client) is _Sent.RENAMED:
             await self._round(client)
 
-    async def _round(self, client: httpx.AsyncClient) -> _Sent:
+    async def _round(self, client: ControlClient) -> _Sent:
         current = self._current()
         # a fault that never counted anything is not news: 3,000 new faults are not 3 reports
         pending = [e for e in current if self._acknowledged.get((e[1], e[2]), ZERO) != e[3:]]
@@ -121,19 +119,19 @@ class Reporter:
             for s, k, f, *counts in self.snapshot()
         ]
 
-    async def _post(self, client: httpx.AsyncClient, batch: list[Entry]) -> _Sent:
+    async def _post(self, client: ControlClient, batch: list[Entry]) -> _Sent:
         self.seq += 1
         body = {"instance": self.instance, "seq": self.seq, "faults": [_wire(e) for e in batch]}
         try:
-            response = await client.post(PATH, json=body)
-        except httpx.HTTPError as e:
-            return self._failed(f"{type(e).__name__}: {e}")
-        if response.status_code == 409 and self._renamed(response):
+            response = await client.post_json(PATH, body)
+        except ControlError as e:
+            return self._failed(str(e))
+        if response.status == 409 and self._renamed(response):
             return _Sent.RENAMED
-        if response.status_code == 422:  # sending it again would not help: drop, say so
+        if response.status == 422:  # sending it again would not help: drop, say so
             log.error("the control plane refused a report: %s", response.text[:500])
-        elif not response.is_success:
-            return self._failed(f"HTTP {response.status_code}: {response.text[:200]}")
+        elif not response.ok:
+            return self._failed(f"HTTP {response.status}: {response.text[:200]}")
         for _sandbox, key, fault, *counts in batch:
             self._acknowledged[(key, fault)] = (counts[0], counts[1], counts[2], counts[3])
         self._posted = time.monotonic()
@@ -142,7 +140,7 @@ class Reporter:
             self._failing = False
         return _Sent.OK
 
-    def _renamed(self, response: httpx.Response) -> bool:
+    def _renamed(self, response: Reply) -> bool:
         """Take a new instance id when the control plane retired this one, counting what it
         folded as already reported."""
         folded = _folded(response)
@@ -162,14 +160,9 @@ class Reporter:
             self._failing = True
         return _Sent.FAILED
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> ControlClient:
         headers = {"Authorization": f"Bearer {self.token}"}
-        return httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=httpx.Timeout(5),
-            verify=context_for(self.url),
-        )
+        return ControlClient(self.url, headers=headers, timeout=5)
 
 
 def _wire(entry: Entry) -> dict[str, object]:
@@ -178,7 +171,7 @@ def _wire(entry: Entry) -> dict[str, object]:
     return {"sandbox": sandbox, "routingKey": key, "fault": fault, **values}
 
 
-def _folded(response: httpx.Response) -> dict[tuple[str, str], Counts] | None:
+def _folded(response: Reply) -> dict[tuple[str, str], Counts] | None:
     """The values of a 409 `instance_retired` per (routing key, fault); None when the answer
     is something else."""
     try:

@@ -7,11 +7,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
-
+from sandboxd_router.control import ControlClient, ControlError
 from sandboxd_router.faults import FaultBook
 from sandboxd_router.table import Table, TableError, UpstreamRegistry, parse_table
-from sandboxd_router.tls import context_for
 
 log = logging.getLogger("sandboxd_router")
 OnTable = Callable[[Table], Awaitable[None]]
@@ -32,10 +30,7 @@ async def watch_control_plane(
     table: Table | None = None
     backoff = 0.2
     headers = {"Authorization": f"Bearer {token}"}
-    timeout = httpx.Timeout(WAIT + 10, connect=5)
-    async with httpx.AsyncClient(
-        base_url=url.rstrip("/"), headers=headers, timeout=timeout, verify=context_for(url)
-    ) as client:
+    async with ControlClient(url, headers=headers, timeout=WAIT + 10, connect_timeout=5) as client:
         while True:
             try:
                 extra = {"If-None-Match": etag} if etag else {}
@@ -45,21 +40,22 @@ async def watch_control_plane(
                 if table is not None:
                     params["delta"] = "true"
                 response = await client.get("/v1/routes", params=params, headers=extra)
-                if response.status_code == 304:
+                if response.status == 304:
                     continue
-                response.raise_for_status()
+                if not response.ok:
+                    raise ControlError(f"HTTP {response.status}: {response.text[:200]}")
                 table = parse_table(
-                    response.content, upstreams=upstreams, faults=faults, previous=table
+                    response.body, upstreams=upstreams, faults=faults, previous=table
                 )
                 await on_table(table)
-                etag = response.headers.get("ETag")
+                etag = response.headers.get("etag")
                 backoff = 0.2
             except TableError as e:  # the whole next time, at once
                 log.warning("route table from %s unusable (%s); fetching it whole", url, e)
                 etag, table = None, None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except httpx.HTTPError as e:
+            except ControlError as e:
                 if etag is None:  # starting (often beside a control plane that is starting too)
                     log.info("waiting for the route table from %s (%s)", url, e)
                     await asyncio.sleep(0.1)

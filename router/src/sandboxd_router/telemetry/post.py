@@ -3,7 +3,7 @@ connection (`connection.Connection`), in a worker thread, so a control plane tha
 slowly never stalls the loop that drains the ring.
 
 TLS verifies against the system's certificate store (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured,
-as OpenSSL does); no proxy is used (the router's own reporter, httpx, honours `HTTPS_PROXY`).
+as OpenSSL does); no proxy is used, as by the router's own client (`control`).
 """
 
 from __future__ import annotations
