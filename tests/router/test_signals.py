@@ -381,14 +381,15 @@ def test_a_fifo_keeps_what_a_deque_keeps() -> None:
     compiled) through appends and drops, long enough to be moved down many times."""
     rng = Random(3)
     fifo, expected = Fifo(), deque[tuple[int, Observed]]()
-    o = observed()
     for n in range(20_000):
         if expected and rng.random() < 0.5:
             assert fifo.first() == expected[0][0]
             fifo.drop_first()
             expected.popleft()
         else:
-            fifo.append((n, o))
+            o = observed()
+            o.number = n  # (the tally numbers a record as it queues it)
+            fifo.append(o)
             expected.append((n, o))
         assert len(fifo) == len(expected)
     assert fifo.values() == list(expected)

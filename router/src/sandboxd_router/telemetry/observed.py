@@ -71,6 +71,9 @@ class Observed:
     seq: int
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
+    number: int
+    """Its number among the request records the signals send (`tally.Tally`: set as it is
+    queued, 0 until then; each request is queued once)."""
     _target: bytes
     """The target's first `record.PATH` bytes as the record holds them (b"" when built from a
     `path`): `path` is cut from them and decoded when first asked for — only the request
@@ -134,6 +137,7 @@ class Observed:
         self.tool = tool
         self.rpc_id = rpc_id
         self.seq = seq
+        self.number = 0
         self._path: str | None = None if target else path
         self._target = target
         self._target_len = target_len

@@ -15,9 +15,8 @@ import logging
 from random import Random
 from typing import Final
 
-from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
+from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Durations, Key
 from sandboxd_router.telemetry.observed import Observed
-from sandboxd_router.telemetry.thousandths import round3
 
 log = logging.getLogger("sandboxd_router.telemetry")
 
@@ -37,25 +36,26 @@ def notable(o: Observed) -> bool:
 class Fifo:
     """Records waiting, oldest first: a list and the index of its first one still there. (A
     deque's `append` and `popleft` are method calls by name when compiled, ~230 instructions
-    each; a list's `append` and item store are native.)"""
+    each; a list's `append` and item store are native.) A record's number is its `number`
+    (set as it is queued: no (number, record) tuple made per request)."""
 
     __slots__ = ("head", "items")
 
     def __init__(self) -> None:
-        self.items: list[Waiting | None] = []
+        self.items: list[Observed | None] = []
         self.head = 0
 
     def __len__(self) -> int:
         return len(self.items) - self.head
 
-    def append(self, waiting: Waiting) -> None:
-        self.items.append(waiting)
+    def append(self, observed: Observed) -> None:
+        self.items.append(observed)
 
     def first(self) -> int:
         """The number of the oldest (there is one)."""
         waiting = self.items[self.head]
         assert waiting is not None
-        return waiting[0]
+        return waiting.number
 
     def drop_first(self) -> None:
         items, head = self.items, self.head
@@ -70,24 +70,27 @@ class Fifo:
         self.head = head
 
     def values(self) -> list[Waiting]:
-        return [w for w in self.items[self.head :] if w is not None]
+        return [(o.number, o) for o in self.items[self.head :] if o is not None]
 
 
 class Queue:
     """One sandbox's records waiting, each kind oldest first."""
 
-    __slots__ = ("notable", "plain")
+    __slots__ = ("notable", "plain", "size")
 
     def __init__(self) -> None:
         self.plain = Fifo()
         self.notable = Fifo()
+        self.size = 0
+        """`len(self)`, kept (read for each request)."""
 
     def __len__(self) -> int:
-        return len(self.plain) + len(self.notable)
+        return self.size
 
     def drop_one(self) -> None:
         """Its oldest plain record, or its oldest notable one when it has no plain one left."""
         (self.plain if len(self.plain) else self.notable).drop_first()
+        self.size -= 1
 
     def acknowledged(self, seq: int) -> int:
         """Drop the records numbered up to `seq`; how many went."""
@@ -99,6 +102,7 @@ class Queue:
         while len(notable) and notable.first() <= seq:
             notable.drop_first()
             gone += 1
+        self.size -= gone
         return gone
 
 
@@ -121,6 +125,7 @@ class Tally:
         self.max_pending = max_pending
         self.per_sandbox = per_sandbox
         self.rng = rng
+        self._durations = Durations()
         self.buckets: dict[Key, Bucket] = {}
         self.pending: dict[tuple[str, str], Queue] = {}
         """(Sandbox, routing key) → its records waiting."""
@@ -143,7 +148,8 @@ class Tally:
         o = observed
         if o.service == UNROUTED:  # no service's traffic (an unknown port or host)
             return
-        ms = round3(o.duration * 1000.0)  # to the µs: half the cost of encoding samples
+        durations = self._durations
+        ms = durations.sample(o.duration)  # to the µs: half the cost of encoding samples
         end = int(o.end)
         start = end - end % WIDTH
         services = self._open.get(o.routing_key)
@@ -152,7 +158,7 @@ class Tally:
         now = services.get(o.service)
         if now is None or now.start != start or now.sandbox != o.sandbox:
             now = services[o.service] = self._opened(o, start)
-        now.bucket.add(o, ms, bin_of(ms), self.rng)
+        now.bucket.add(o, ms, durations.slot, self.rng)
         if now.queue is not None:
             self._wait(o, now.queue)
 
@@ -171,12 +177,14 @@ class Tally:
 
     def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
-        (queue.notable if notable(o) else queue.plain).append((self.seq, o))
+        o.number = self.seq
+        (queue.notable if notable(o) else queue.plain).append(o)
+        queue.size += 1
         self.waiting += 1
-        if len(queue) > self.per_sandbox or self.waiting > self.max_pending:
+        if queue.size > self.per_sandbox or self.waiting > self.max_pending:
             # its own first (a busy sandbox cannot push out a quiet one's records), the busiest
             # when this record is its only one
-            victim = queue if len(queue) > 1 else max(self.pending.values(), key=len)
+            victim = queue if queue.size > 1 else max(self.pending.values(), key=len)
             victim.drop_one()
             self.dropped += 1
             self.waiting -= 1
@@ -208,7 +216,7 @@ class Tally:
             if queue is None:
                 continue
             self.waiting -= queue.acknowledged(seq)
-            if not len(queue):
+            if not queue.size:
                 del self.pending[owner]
                 self._open.clear()
 
