@@ -18,15 +18,23 @@ from typing import IO, Final
 import orjson
 
 from sandboxd_router.telemetry.observed import SANDBOX, Observed
-from sandboxd_router.telemetry.thousandths import SUFFIXES, text3, thousandths
+from sandboxd_router.telemetry.thousandths import SUFFIX_BYTES, text3, thousandths
 
 log = logging.getLogger("sandboxd_router.telemetry")
-MIDDLES: Final = 100_000  # lines' middles kept (a few per live sandbox and service)
+MIDDLES: Final = 100_000  # sandboxes whose lines' middles are kept (a few per service)
+SHAPES: Final = 8  # middles kept per (sandbox, service): its routes x methods x statuses
 NUMBERS: Final = 1 << 12  # the numbers (and durations in µs) below this: their text kept
 _DASH: Final = 0x2D  # "-"
-FLUSH_BYTES: Final = 1 << 18
-"""Lines written out as soon as this many characters wait (else at each tick, once a second):
-a second of lines at 28,000 requests is ~5.6 MB, held, and kept by the allocator after."""
+FLUSH_LINES: Final = 1 << 10
+"""Lines written out as soon as this many wait (else at each tick, once a second): a second
+of lines at 28,000 requests is ~5.6 MB, held, and kept by the allocator after."""
+_ALNUM: Final = bytes(
+    0x61 if chr(c).isascii() and chr(c).isalnum() else 0x2D for c in range(256)
+)  # a byte that is an ASCII letter or digit → "a", any other → "-"
+_ALL_ALNUM: Final = b"a" * 32
+_QUOTE: Final = b'"'
+_QUOTE_END: Final = b'"}\n'
+_END: Final = b"}\n"
 
 
 class Middle:
@@ -35,7 +43,7 @@ class Middle:
 
     __slots__ = ("method", "route", "status", "text")
 
-    def __init__(self, route: str, method: str, status: int, text: str) -> None:
+    def __init__(self, route: str, method: str, status: int, text: bytes) -> None:
         self.route = route
         self.method = method
         self.status = status
@@ -52,120 +60,140 @@ class AccessLogSink:
         self._stream: IO[bytes] = (
             sys.stdout.buffer if target == "-" else open(target, "ab", buffering=1 << 16)  # noqa: SIM115
         )
-        self._lines: list[str] = []
-        """The lines since the last flush, joined and encoded once when they are written out
-        (a line encoded and appended to a buffer on its own cost ~400 instructions more)."""
-        self._size = 0  # their characters
-        self._second, self._second_text = -1, ""
-        self._time_n, self._time_text = -1, ""
-        self._middles: dict[tuple[str, str, str, str, int], str] = {}
-        """(Service, sandbox, route, method, status) → the line's text from service to
-        `"ms":`, the status included (an int written as text costs as much as the lookup)."""
-        self._recent: dict[str, dict[str, Middle]] = {}
-        """Sandbox → service → its last middle."""
-        self._numbers: list[str | None] = [None] * NUMBERS
-        self._durations: list[str | None] = [None] * NUMBERS
+        self._pieces: list[bytes] = []
+        """The lines since the last flush, in pieces (most of them cached, see `_add`), joined
+        once when they are written out: a line made whole, even as text, cost ~1,000
+        instructions more."""
+        self._count = 0  # lines in `_pieces`
+        self._second, self._second_text = -1, b""
+        self._time_n, self._time_text = -1, b""
+        self._recent: dict[str, dict[str, list[Middle]]] = {}
+        """Sandbox → service → its middles, the last used first."""
+        self._numbers: list[bytes | None] = [None] * NUMBERS
+        self._durations: list[bytes | None] = [None] * NUMBERS
+        self._ins: list[bytes | None] = [None] * NUMBERS
+        self._outs: list[bytes | None] = [None] * NUMBERS
 
     def add(self, observed: Observed) -> None:
-        self._keep(self.text(observed))
+        self._add(observed)
+        self._count += 1
 
     def add_all(self, batch: list[Observed]) -> None:
         """`add` for each (one call for a batch: what the telemetry process's loop calls)."""
         for observed in batch:
             try:
-                self._keep(self.text(observed))
+                self._add(observed)
             except Exception:
                 log.exception("the access log failed on a request")
-        if self._size >= FLUSH_BYTES:
+        self._count += len(batch)
+        if self._count >= FLUSH_LINES:
             self.flush()
-
-    def _keep(self, line: str) -> None:
-        self._lines.append(line)
-        self._size += len(line)
 
     def encode(self, observed: Observed) -> bytes:
         """The line of `line()` as orjson writes it, byte for byte."""
-        return self.text(observed).encode()
+        pieces, self._pieces = self._pieces, []
+        try:
+            self._add(observed)
+            return b"".join(self._pieces)
+        finally:
+            self._pieces = pieces
 
-    def text(self, observed: Observed) -> str:
-        """`encode` as text, made without the dict: what repeats from one request to the next
-        (service, route, method, status; the time to the ms) is encoded once."""
+    def _add(self, observed: Observed) -> None:
+        """`encode`'s line, in pieces, to those waiting: what repeats from one request to the
+        next (service, route, method, status; the time to the ms; small numbers) is encoded
+        once, and a plain trace id is cut out of the record's bytes."""
         o = observed
+        pieces = self._pieces
         if o.faults:
-            return orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE).decode()
-        raw = o.raw_traceparent
-        if raw:
-            trace = _plain_trace(raw)
-        else:
-            tp = o.traceparent
-            trace = _plain_trace_id(tp) if tp else None
-        time, middle = self._time(o.end), self._middle(o)
-        ms, sizes = self._ms(o.duration * 1000.0), self._number(o.bytes_in)
-        out = self._number(o.bytes_out)
+            pieces.append(orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE))
+            return
+        pieces.append(self._time(o.end))
+        pieces.append(self._middle(o))
+        pieces.append(self._ms(o.duration * 1000.0))
+        pieces.append(self._in(o.bytes_in))
+        pieces.append(self._out(o.bytes_out))
+        trace = _plain_trace(o.raw_traceparent) if o.raw_traceparent else None
         if trace is not None:
-            return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":"{trace}"}}\n'
+            pieces.append(_QUOTE)
+            pieces.append(trace)
+            pieces.append(_QUOTE_END)
+            return
         tp = o.traceparent
-        odd = orjson.dumps(_trace_id(tp) if tp else None).decode()
-        return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":{odd}}}\n'
+        if tp is None:
+            pieces.append(b"null}\n")
+            return
+        plain = _plain_trace_id(tp)
+        odd = orjson.dumps(plain if plain is not None else _trace_id(tp))
+        pieces.append(odd)
+        pieces.append(_END)
 
-    def _time(self, end: float) -> str:
+    def _time(self, end: float) -> bytes:
         """`{"time":` and `text3(end)`, made once a millisecond (the requests of a read end
         in order, dozens a millisecond under load)."""
         n = thousandths(end)
         if n < 0:
-            return '{"time":' + text3(end)
+            return b'{"time":' + text3(end).encode()
         if n != self._time_n:
             second = n // 1000
             if second != self._second:
-                self._second, self._second_text = second, str(second)
+                self._second, self._second_text = second, b'{"time":' + str(second).encode()
             self._time_n = n
-            self._time_text = '{"time":' + self._second_text + SUFFIXES[n % 1000]
+            self._time_text = self._second_text + SUFFIX_BYTES[n % 1000]
         return self._time_text
 
-    def _ms(self, ms: float) -> str:
-        """`text3(ms)`, kept for the durations under `NUMBERS` µs."""
+    def _ms(self, ms: float) -> bytes:
+        """`,"ms":` and `text3(ms)`, kept for the durations under `NUMBERS` µs."""
         n = thousandths(ms)
         if not 0 <= n < NUMBERS:
-            return text3(ms)
+            return b',"ms":' + text3(ms).encode()
         text = self._durations[n]
         if text is None:
-            text = self._durations[n] = self._number(n // 1000) + SUFFIXES[n % 1000]
+            text = b',"ms":' + self._number(n // 1000) + SUFFIX_BYTES[n % 1000]
+            self._durations[n] = text
         return text
 
-    def _number(self, n: int) -> str:
+    def _in(self, n: int) -> bytes:
+        """`,"bytesIn":` and `n`."""
+        if not 0 <= n < NUMBERS:
+            return b',"bytesIn":' + str(n).encode()
+        text = self._ins[n]
+        if text is None:
+            text = self._ins[n] = b',"bytesIn":' + self._number(n)
+        return text
+
+    def _out(self, n: int) -> bytes:
+        """`,"bytesOut":`, `n` and `,"traceId":`."""
+        if not 0 <= n < NUMBERS:
+            return b',"bytesOut":' + str(n).encode() + b',"traceId":'
+        text = self._outs[n]
+        if text is None:
+            text = self._outs[n] = b',"bytesOut":' + self._number(n) + b',"traceId":'
+        return text
+
+    def _number(self, n: int) -> bytes:
         """`str(n)`, kept for the small numbers (sizes, milliseconds' integer parts)."""
         if not 0 <= n < NUMBERS:
-            return str(n)
+            return str(n).encode()
         text = self._numbers[n]
         if text is None:
-            text = self._numbers[n] = str(n)
+            text = self._numbers[n] = str(n).encode()
         return text
 
-    def _middle(self, o: Observed) -> str:
-        """The line from service to `"ms":`: the last one of the request's sandbox and service
-        when it fits (two lookups of strings that keep their hashes), else by all it shows."""
+    def _middle(self, o: Observed) -> bytes:
+        """The line from service to the status: the last one of the request's sandbox and
+        service when it fits (two lookups of strings that keep their hashes), else one it had
+        before, else made."""
         services = self._recent.get(o.sandbox)
         if services is None:
             if len(self._recent) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
                 self._recent.clear()
             services = self._recent[o.sandbox] = {}
-        last = services.get(o.service)
-        if last is None or not last.shows(o):
-            last = services[o.service] = Middle(o.route, o.method, o.status, self._made(o))
-        return last.text
-
-    def _made(self, o: Observed) -> str:
-        group = (o.service, o.sandbox, o.route, o.method, o.status)
-        middle = self._middles.get(group)
-        if middle is not None:
-            return middle
-        entry = line(o)
-        fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
-        middle = "," + orjson.dumps(fields).decode()[1:-1] + f',"status":{o.status},"ms":'
-        if len(self._middles) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
-            self._middles.clear()
-        self._middles[group] = middle
-        return middle
+        known = services.get(o.service)
+        if known is None:
+            known = services[o.service] = []
+        elif known[0].shows(o):
+            return known[0].text
+        return _other(known, o).text
 
     async def tick(self) -> None:
         self.flush()
@@ -176,18 +204,37 @@ class AccessLogSink:
             self._stream.close()
 
     def flush(self) -> None:
-        if self._lines:
-            self._stream.write("".join(self._lines).encode())
+        if self._pieces:
+            self._stream.write(b"".join(self._pieces))
             self._stream.flush()
-            self._lines.clear()
-            self._size = 0
+            self._pieces.clear()
+        self._count = 0
+
+
+def _other(known: list[Middle], o: Observed) -> Middle:
+    """The middle of `o` among those its sandbox and service had (`known`, the last used
+    first), moved first; made when new (the oldest of `SHAPES` goes)."""
+    for at in range(1, len(known)):
+        middle = known[at]
+        if middle.shows(o):
+            del known[at]
+            known.insert(0, middle)
+            return middle
+    entry = line(o)
+    fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
+    text = b"," + orjson.dumps(fields)[1:-1] + b',"status":' + str(o.status).encode()
+    middle = Middle(o.route, o.method, o.status, text)
+    if len(known) >= SHAPES:
+        known.pop()
+    known.insert(0, middle)
+    return middle
 
 
 class RecordsSink(AccessLogSink):
     """Every field of each `Observed`, one JSON object a line."""
 
-    def text(self, observed: Observed) -> str:
-        return json.dumps(observed.fields()) + "\n"
+    def _add(self, observed: Observed) -> None:
+        self._pieces.append((json.dumps(observed.fields()) + "\n").encode())
 
 
 def line(observed: Observed) -> dict[str, object]:
@@ -219,18 +266,16 @@ def _plain_trace_id(tp: str) -> str | None:
     return trace if trace.isalnum() else None  # (so no dash in it either)
 
 
-def _plain_trace(raw: bytes) -> str | None:
-    """`_plain_trace_id` of a traceparent's bytes (a byte past ASCII: None, as the U+FFFD it
-    reads as is no letter)."""
+def _plain_trace(raw: bytes) -> bytes | None:
+    """`_plain_trace_id` of a traceparent's bytes, as bytes (a byte past ASCII: None, as the
+    U+FFFD it reads as is no letter)."""
     if len(raw) < 53 or raw[2] != _DASH or raw[35] != _DASH or raw[52] != _DASH:
         return None
     if raw[0] == _DASH or raw[1] == _DASH:
         return None
-    try:
-        trace = raw[3:35].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return trace if trace.isalnum() else None  # (str's: a C call where bytes' is a method's)
+    trace = raw[3:35]
+    # (a table: `bytes.isalnum` is a method call by name when compiled; `translate` is not)
+    return trace if trace.translate(_ALNUM) == _ALL_ALNUM else None
 
 
 def _trace_id(traceparent: str) -> str | None:

@@ -20,6 +20,7 @@ LIMIT: Final = float(1 << 42)  # x * 1000 below this: the product is within 2^-1
 MARGIN: Final = 1e-3  # > 2^-11: a fraction this far from a half rounds the same either way
 SUFFIXES: Final = [f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000)]
 """The text after the integer part, for each number of thousandths (".5" for 500)."""
+SUFFIX_BYTES: Final = [suffix.encode() for suffix in SUFFIXES]
 
 
 def thousandths(x: float) -> int:
