@@ -7,7 +7,9 @@ seconds to the ms).
 way of a decimal string, then reads it back; a float's repr is a C call of its own. Here the
 nearest integer to `x * 1000` is taken in floating point, which can only differ from the exact
 one when the product lies within its rounding error of a half (under 2^-11 below 2^42): those
-values, and any outside (0, 2^42), go the exact way.
+values are rounded in integers from `x`'s exact ratio (a few in a thousand of real times; in a
+benchmark whose clock ticks in 28ths of a ms, one in 28), and any outside (0, 2^42) by
+`round` itself.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ def thousandths(x: float) -> int:
     whole = int(scaled)
     fraction = scaled - whole
     if -MARGIN < fraction - 0.5 < MARGIN:
-        return -1
+        return _exact(x)
     return whole + 1 if fraction > 0.5 else whole
+
+
+def _exact(x: float) -> int:
+    """The integer nearest to `x` * 1000 (`x` > 0) taken exactly, ties to even, as `round`
+    rounds (a tenth of its cost: no decimal string made and read back)."""
+    numerator, denominator = x.as_integer_ratio()  # (the denominator: a power of two)
+    n, rest = divmod(numerator * 1000, denominator)
+    if 2 * rest > denominator or (2 * rest == denominator and n % 2 == 1):
+        return n + 1
+    return n
 
 
 def round3(x: float) -> float:
