@@ -17,12 +17,11 @@ from typing import IO, Final
 
 import orjson
 
-from sandboxd_router.telemetry.observed import SANDBOX, Observed
+from sandboxd_router.telemetry.observed import SANDBOX, Names, Observed
 from sandboxd_router.telemetry.thousandths import SUFFIX_BYTES, text3, thousandths
 
 log = logging.getLogger("sandboxd_router.telemetry")
-MIDDLES: Final = 100_000  # sandboxes whose lines' middles are kept (a few per service)
-SHAPES: Final = 8  # middles kept per (sandbox, service): its routes x methods x statuses
+STATUSES: Final = 16  # a request's names' middles kept, by status, past the last one
 NUMBERS: Final = 1 << 12  # the numbers (and durations in µs) below this: their text kept
 _DASH: Final = 0x2D  # "-"
 FLUSH_LINES: Final = 1 << 10
@@ -32,22 +31,6 @@ _ALNUM: Final = bytes(
     0x61 if chr(c).isascii() and chr(c).isalnum() else 0x2D for c in range(256)
 )  # a byte that is an ASCII letter or digit → "a", any other → "-"
 _ALL_ALNUM: Final = b"a" * 32
-
-
-class Middle:
-    """A line's middle (`AccessLogSink._middle`) and what it shows besides the sandbox and the
-    service."""
-
-    __slots__ = ("method", "route", "status", "text")
-
-    def __init__(self, route: str, method: str, status: int, text: bytes) -> None:
-        self.route = route
-        self.method = method
-        self.status = status
-        self.text = text
-
-    def shows(self, o: Observed) -> bool:
-        return self.status == o.status and self.method == o.method and self.route == o.route
 
 
 class AccessLogSink:
@@ -62,8 +45,6 @@ class AccessLogSink:
         self._count = 0  # lines in `_lines`
         self._second, self._second_text = -1, b""
         self._time_n, self._time_text = -1, b""
-        self._recent: dict[str, dict[str, list[Middle]]] = {}
-        """Sandbox → service → its middles, the last used first."""
         self._numbers: list[bytes | None] = [None] * NUMBERS
         self._durations: list[bytes | None] = [None] * NUMBERS
         self._ins: list[bytes | None] = [None] * NUMBERS
@@ -165,20 +146,12 @@ class AccessLogSink:
         return text
 
     def _middle(self, o: Observed) -> bytes:
-        """The line from service to the status: the last one of the request's sandbox and
-        service when it fits (two lookups of strings that keep their hashes), else one it had
-        before, else made."""
-        services = self._recent.get(o.sandbox)
-        if services is None:
-            if len(self._recent) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
-                self._recent.clear()
-            services = self._recent[o.sandbox] = {}
-        known = services.get(o.service)
-        if known is None:
-            known = services[o.service] = []
-        elif known[0].shows(o):
-            return known[0].text
-        return _other(known, o).text
+        """The line from service to the status: the last one of the request's names
+        (`Observed.names`, shared by the requests decoded alike) when the status is the same."""
+        names = o.names
+        if names.middle_status == o.status:
+            return names.middle
+        return _other_middle(names, o)
 
     async def tick(self) -> None:
         self.flush()
@@ -196,23 +169,24 @@ class AccessLogSink:
         self._count = 0
 
 
-def _other(known: list[Middle], o: Observed) -> Middle:
-    """The middle of `o` among those its sandbox and service had (`known`, the last used
-    first), moved first; made when new (the oldest of `SHAPES` goes)."""
-    for at in range(1, len(known)):
-        middle = known[at]
-        if middle.shows(o):
-            del known[at]
-            known.insert(0, middle)
-            return middle
-    entry = line(o)
-    fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
-    text = b"," + orjson.dumps(fields)[1:-1] + b',"status":' + str(o.status).encode()
-    middle = Middle(o.route, o.method, o.status, text)
-    if len(known) >= SHAPES:
-        known.pop()
-    known.insert(0, middle)
-    return middle
+def _other_middle(names: Names, o: Observed) -> bytes:
+    """The middle of a status other than the names' last: made, or kept from before when the
+    names have had several (most have one: they keep no table then)."""
+    status = o.status
+    middles = names.middles
+    text = middles.get(status) if middles is not None else None
+    if text is None:
+        entry = line(o)
+        fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
+        text = b"," + orjson.dumps(fields)[1:-1] + b',"status":' + str(status).encode()
+        if names.middle_status >= 0:  # a second status: each one's kept from now on
+            if middles is None:
+                middles = names.middles = {names.middle_status: names.middle}
+            elif len(middles) >= STATUSES:
+                middles.clear()
+            middles[status] = text
+    names.middle_status, names.middle = status, text
+    return text
 
 
 class RecordsSink(AccessLogSink):

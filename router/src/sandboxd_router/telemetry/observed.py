@@ -29,6 +29,30 @@ class Fault:
     id: str
 
 
+class Names:
+    """The names of a request's record: its service, sandbox, routing key, route and method,
+    one object for every record that the ring's reader decodes alike (`ring.RingReader`). What
+    a sink derives from these names alone it keeps here, and finds again with no lookup."""
+
+    __slots__ = ("method", "middle", "middle_status", "middles", "route", "routing_key",
+                 "sandbox", "service")  # fmt: skip
+
+    def __init__(
+        self, service: str, sandbox: str, routing_key: str, route: str, method: str
+    ) -> None:
+        self.service = service
+        self.sandbox = sandbox
+        self.routing_key = routing_key
+        self.route = route
+        self.method = method
+        self.middle_status = -1
+        self.middle = b""
+        """The access log's line middle (`accesslog`) for the status `middle_status` (-1:
+        none yet): it depends on these names and the status only."""
+        self.middles: dict[int, bytes] | None = None
+        """Its middles for the other statuses seen, by status."""
+
+
 class Observed:
     """A plain class, not a dataclass: compiled (`native.HOT`), its `__init__` is native code,
     where a dataclass's is generated at run time and interpreted (1 µs a request)."""
@@ -68,6 +92,9 @@ class Observed:
     """MCP `tools/call`: the tool's name (bounded cardinality: "(other)" past the cap)."""
     rpc_id: str | None
     """MCP: the JSON-RPC request id as its JSON text (`7`, `"a1"`), truncated."""
+    names: Names
+    """The names above in one object, shared by the records decoded alike (one of its own
+    when built by hand)."""
     seq: int
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
@@ -116,6 +143,7 @@ class Observed:
         raw_traceparent: bytes = b"",
         target: bytes = b"",
         target_len: int = 0,
+        names: Names | None = None,
     ) -> None:
         self.end = end
         self.duration = duration
@@ -144,6 +172,9 @@ class Observed:
         self.session = session
         self.rpc_code = rpc_code
         self.protocol = protocol
+        self.names = (
+            names if names is not None else Names(service, sandbox, routing_key, route, method)
+        )
 
     def fields(self) -> dict[str, object]:
         """Every field by name (faults as {"kind", "id"} objects)."""

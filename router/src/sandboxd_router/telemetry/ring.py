@@ -24,6 +24,7 @@ from sandboxd_router.telemetry.observed import (
     TOOL_ERROR,
     TRANSPORT,
     Fault,
+    Names,
     Observed,
 )
 
@@ -54,6 +55,23 @@ class RingError(ValueError):
     """The ring is not one this reader understands."""
 
 
+class _Known(Names):
+    """Names kept by the ids they were decoded from (the record's own)."""
+
+    __slots__ = ("forked", "method_id", "service_id")
+
+    def __init__(self, pair: tuple[str, str], ids: tuple[int, int, int], names: dict[int, str]
+                 ) -> None:  # fmt: skip
+        service_id, method_id, forked = ids
+        sandbox, key = pair
+        route = SANDBOX if forked else BASELINE
+        service, method = names.get(service_id, UNKNOWN), names.get(method_id, UNKNOWN)
+        super().__init__(service, sandbox, key, route, method)
+        self.service_id = service_id
+        self.method_id = method_id
+        self.forked = forked
+
+
 class RingReader:
     def __init__(self, ring_fd: int, names_fd: int, start: int) -> None:
         size = os.fstat(ring_fd).st_size
@@ -75,6 +93,11 @@ class RingReader:
         """Where a read copies the slots (a memoryview: a bytearray's own slice assignment
         from another buffer first copies it into a new bytearray, 256 KB a read)."""
         self._pairs: dict[int, tuple[str, str]] = {}
+        self._last: dict[int, _Known] = {}
+        """Pair id → the names its last record had (most of a sandbox's records have the same):
+        one lookup of the record's own id object."""
+        self._known: dict[tuple[int, int, int, int], _Known] = {}
+        """(Pair, service, method, forked) → names: the others."""
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
         self._gone: list[tuple[int, str, str]] = []  # (records before it, sandbox, key)
@@ -129,16 +152,16 @@ class RingReader:
 
     def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
         """The record in `row`, whose slot starts at `at` in `raw`."""
-        # (typed: the compiled build then works on machine numbers, not on objects; the names'
-        # ids not: they are only dict keys, and a number made machine-sized would be boxed
-        # into a new int object again for each lookup)
+        # (typed: the compiled build then works on machine numbers, not on objects; the pair's
+        # id not: it is a dict key, and a number made machine-sized would be boxed into a new
+        # int object again for the lookup)
         end: float
         duration: float
         bytes_in: int
         bytes_out: int
-        service: Any
+        service: int
         pair: Any
-        method: Any
+        method: int
         status: int
         error: int
         flags: int
@@ -148,19 +171,37 @@ class RingReader:
         target: bytes
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
          tp_len, tp_bytes, target_len, target) = row  # fmt: skip
-        names = self.names
-        sandbox, key = self._pair(pair)
+        forked = flags & record.FORKED
+        names = self._last.get(pair)
+        if names is None or not (
+            names.service_id == service and names.method_id == method and names.forked == forked
+        ):
+            names = self._names(pair, service, method, forked)
         observed = Observed(
-            end, duration, names.get(service, UNKNOWN), sandbox, key,
-            SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out, None, _outcome(error), bool(flags & record.INJECTED),
+            end, duration, names.service, names.sandbox, names.routing_key, names.route,
+            names.method, status, bytes_in, bytes_out, None, _outcome(error),
+            bool(flags & record.INJECTED),
             seq=seq,
             raw_traceparent=_cut(tp_bytes, tp_len),
-            target=target, target_len=target_len,
+            target=target, target_len=target_len, names=names,
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
         return observed
+
+    def _names(self, pair: Any, service: int, method: int, forked: int) -> _Known:
+        """The names of a record that had other ids than its pair's last one (kept, and
+        kept as the pair's last, once every name has arrived)."""
+        ids = (pair, service, method, forked)
+        known = self._known.get(ids)
+        if known is None:
+            known = _Known(self._pair(pair), (service, method, forked), self.names)
+            if pair in self.names and service in self.names and method in self.names:
+                self._known[ids] = known
+                self._last[pair] = known
+        else:
+            self._last[pair] = known
+        return known
 
     def _extra(self, observed: Observed, raw: memoryview, at: int, flags: int) -> None:
         """The fields only faults and MCP calls have."""
@@ -245,6 +286,8 @@ class RingReader:
             _, live = self._dead.pop(0)
             self.names = {i: n for i, n in self.names.items() if i >= live or i == 0}
             self._pairs = {i: p for i, p in self._pairs.items() if i >= live}
+            self._last.clear()  # (made again as records come)
+            self._known.clear()
 
     def close(self) -> None:
         self._view.release()

@@ -16,7 +16,7 @@ from random import Random
 from typing import Final
 
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Durations, Key
-from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.observed import Names, Observed
 
 log = logging.getLogger("sandboxd_router.telemetry")
 
@@ -107,14 +107,14 @@ class Queue:
 
 
 class Open:
-    """The bucket a (routing key, service) counts in now, and its sandbox's records waiting
-    (None for no sandbox): found by two lookups of names whose hashes their strings keep,
-    where `Tally.buckets`' key is a tuple made, hashed and compared per request."""
+    """The bucket the requests of some names (`Observed.names`) count in now, and their
+    sandbox's records waiting (None for no sandbox): found by one lookup of the names object
+    the ring shares among the requests decoded alike (its identity is its hash), where
+    `Tally.buckets`' key is a tuple made, hashed and compared per request."""
 
-    __slots__ = ("bucket", "queue", "sandbox", "start")
+    __slots__ = ("bucket", "queue", "start")
 
-    def __init__(self, sandbox: str, start: int, bucket: Bucket, queue: Queue | None) -> None:
-        self.sandbox = sandbox
+    def __init__(self, start: int, bucket: Bucket, queue: Queue | None) -> None:
         self.start = start
         self.bucket = bucket
         self.queue = queue
@@ -129,8 +129,8 @@ class Tally:
         self.buckets: dict[Key, Bucket] = {}
         self.pending: dict[tuple[str, str], Queue] = {}
         """(Sandbox, routing key) → its records waiting."""
-        self._open: dict[str, dict[str, Open]] = {}
-        """Routing key → service → `Open`; emptied whenever a bucket or a queue goes."""
+        self._open: dict[Names, Open] = {}
+        """Names → `Open`; emptied whenever a bucket or a queue goes."""
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
@@ -152,12 +152,9 @@ class Tally:
         ms = durations.sample(o.duration)  # to the µs: half the cost of encoding samples
         end = int(o.end)
         start = end - end % WIDTH
-        services = self._open.get(o.routing_key)
-        if services is None:
-            services = self._open[o.routing_key] = {}
-        now = services.get(o.service)
-        if now is None or now.start != start or now.sandbox != o.sandbox:
-            now = services[o.service] = self._opened(o, start)
+        now = self._open.get(o.names)
+        if now is None or now.start != start:
+            now = self._open[o.names] = self._opened(o, start)
         now.bucket.add(o, ms, durations.slot, self.rng)
         if now.queue is not None:
             self._wait(o, now.queue)
@@ -173,7 +170,7 @@ class Tally:
             queue = self.pending.get(owner)
             if queue is None:
                 queue = self.pending[owner] = Queue()
-        return Open(o.sandbox, start, bucket, queue)
+        return Open(start, bucket, queue)
 
     def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
