@@ -233,6 +233,23 @@ def test_records_decoded_alike_share_their_names() -> None:
     reader.close()
 
 
+def test_the_traceparent_is_the_records_within_the_bytes_kept() -> None:
+    """The traceparent and the target come out of one bytes object (the record's tail): each
+    is its own, cut where the record cut it."""
+    recorder, reader = paired(64)
+    traceparents = [None, b"", b"00-ab", b"x" * 55, b"00-" + b"7" * 70, b"\xc3\xa9-\x00-"]
+    for n, raw in enumerate(traceparents):
+        recorder.write(0.0, recorder.ids("web", "", ""), False, b"GET", 200, n, 0, raw, 0,
+                       target=b"/p%d?q" % n + b"z" * (60 * (n % 2)))  # fmt: skip
+    decoded = reader.read()
+    assert [o.raw_traceparent for o in decoded] == [(raw or b"")[:55] for raw in traceparents]
+    texts = [raw[:55].decode("ascii", "replace") if raw else None for raw in traceparents]
+    assert [o.traceparent for o in decoded] == texts
+    assert [o.path for o in decoded] == [f"/p{n}" for n in range(len(traceparents))]
+    recorder.close()
+    reader.close()
+
+
 def test_ids_past_two_bytes_decode() -> None:
     """70,000 sandboxes' keys, then a method seen for the first time: its id is past 65,535."""
     names_r, names_w = os.pipe()

@@ -137,7 +137,8 @@ class Bucket:
     def add(self, o: Observed, ms: object, slot: int, rng: Random) -> None:
         """`ms`: the request's duration (`Durations.sample`), `slot` its histogram slot."""
         self.requests += 1
-        self.histogram[slot] += 1
+        histogram = self.histogram
+        histogram[slot] = histogram[slot] + 1  # (`+=` on an item is a generic add compiled)
         self.bytes_in += o.bytes_in
         self.bytes_out += o.bytes_out
         if o.injected:
