@@ -129,6 +129,9 @@ class Tally:
         self.buckets: dict[Key, Bucket] = {}
         self.pending: dict[tuple[str, str], Queue] = {}
         """(Sandbox, routing key) → its records waiting."""
+        self._spare: list[Bucket] = []
+        """Buckets dropped, reset and used again (`Bucket.reset`): at most as many as are live
+        (the next window's names are about this one's), none once traffic stops."""
         self._open: dict[Names, Open] = {}
         """Names → `Open`; emptied whenever a bucket or a queue goes."""
         self.waiting = 0
@@ -163,7 +166,8 @@ class Tally:
         key = (o.sandbox, o.routing_key, o.service, start)
         bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = self.buckets[key] = Bucket()
+            spare = self._spare
+            bucket = self.buckets[key] = spare.pop() if spare else Bucket()
         queue = None
         if o.sandbox:
             owner = (o.sandbox, o.routing_key)
@@ -188,8 +192,13 @@ class Tally:
 
     def drop_buckets(self, keys: list[Key]) -> None:
         """Forget these buckets (sent, or too old to send)."""
+        spare = self._spare
         for key in keys:
-            del self.buckets[key]
+            bucket = self.buckets.pop(key)
+            if len(spare) < len(self.buckets):
+                bucket.reset()
+                spare.append(bucket)
+        del spare[len(self.buckets) :]
         if keys:
             self._open.clear()
 
