@@ -45,8 +45,6 @@ class AccessLogSink:
         self._time_n, self._time_text = -1, b""
         self._numbers: list[bytes | None] = [None] * NUMBERS
         self._durations: list[bytes | None] = [None] * NUMBERS
-        self._ins: list[bytes | None] = [None] * NUMBERS
-        self._outs: list[bytes | None] = [None] * NUMBERS
 
     def add(self, observed: Observed) -> None:
         self._add(observed)
@@ -82,13 +80,18 @@ class AccessLogSink:
             self._lines.append(orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE))
             return
         time, middle = self._time(o.end), self._middle(o)
-        ms, sizes = self._ms(o.duration * 1000.0), self._in(o.bytes_in)
-        out = self._out(o.bytes_out)
+        ms, sizes = self._ms(o.duration * 1000.0), self._number(o.bytes_in)
+        out = self._number(o.bytes_out)
         trace = _plain_trace(o.tp_bytes, o.tp_at, o.tp_len) if o.tp_len else None
-        if trace is not None:
-            text = b'%b%b%b%b%b"%b"}\n' % (time, middle, ms, sizes, out, trace)
+        if trace is None:
+            trace = _odd_trace(o)
+            text = b'%b%b%b,"bytesIn":%b,"bytesOut":%b,"traceId":%b}\n' % (
+                time, middle, ms, sizes, out, trace
+            )  # fmt: skip
         else:
-            text = b"%b%b%b%b%b%b}\n" % (time, middle, ms, sizes, out, _odd_trace(o))
+            text = b'%b%b%b,"bytesIn":%b,"bytesOut":%b,"traceId":"%b"}\n' % (
+                time, middle, ms, sizes, out, trace
+            )  # fmt: skip
         self._lines.append(text)
 
     def _time(self, end: float) -> bytes:
@@ -114,24 +117,6 @@ class AccessLogSink:
         if text is None:
             text = b',"ms":' + self._number(n // 1000) + SUFFIX_BYTES[n % 1000]
             self._durations[n] = text
-        return text
-
-    def _in(self, n: int) -> bytes:
-        """`,"bytesIn":` and `n`."""
-        if not 0 <= n < NUMBERS:
-            return b',"bytesIn":' + str(n).encode()
-        text = self._ins[n]
-        if text is None:
-            text = self._ins[n] = b',"bytesIn":' + self._number(n)
-        return text
-
-    def _out(self, n: int) -> bytes:
-        """`,"bytesOut":`, `n` and `,"traceId":`."""
-        if not 0 <= n < NUMBERS:
-            return b',"bytesOut":' + str(n).encode() + b',"traceId":'
-        text = self._outs[n]
-        if text is None:
-            text = self._outs[n] = b',"bytesOut":' + self._number(n) + b',"traceId":'
         return text
 
     def _number(self, n: int) -> bytes:

@@ -14,6 +14,7 @@ benchmark whose clock ticks in 28ths of a ms, one in 28), and any outside (0, 2^
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import orjson
@@ -39,10 +40,20 @@ def thousandths(x: float) -> int:
 
 def _exact(x: float) -> int:
     """The integer nearest to `x` * 1000 (`x` > 0) taken exactly, ties to even, as `round`
-    rounds (a tenth of its cost: no decimal string made and read back)."""
-    numerator, denominator = x.as_integer_ratio()  # (the denominator: a power of two)
-    n, rest = divmod(numerator * 1000, denominator)
-    if 2 * rest > denominator or (2 * rest == denominator and n % 2 == 1):
+    rounds (no decimal string made and read back). `x` is m / 2^k exactly, m an integer below
+    2^53, so x * 1000 is m * 125 / 2^(k - 3): in machine integers for the `x` this is asked
+    about (2^-11 to 2^49: m * 125 below 2^60), else from the float's exact ratio."""
+    mantissa, exponent = math.frexp(x)  # x = mantissa * 2^exponent, 0.5 <= mantissa < 1
+    shift = 50 - exponent
+    if 0 < shift < 61:
+        numerator = int(mantissa * 9007199254740992.0) * 125  # (m: mantissa * 2^53, exact)
+        denominator = 1 << shift
+    else:
+        numerator, denominator = x.as_integer_ratio()  # (the denominator: a power of two)
+        numerator *= 1000
+    n = numerator // denominator
+    twice = 2 * (numerator - n * denominator)
+    if twice > denominator or (twice == denominator and n % 2 == 1):
         return n + 1
     return n
 
