@@ -117,13 +117,34 @@ def test_lines_of_requests_read_off_the_ring_are_those_of_the_documented_format(
     recorder.close()
 
 
+def test_lines_of_records_that_share_their_names_show_their_own_status(
+    tmp_path: Path,
+) -> None:
+    """Records read off a ring share their `Names` (service, sandbox, route, method); the
+    line middles kept on it by status are each request's own, statuses coming and going."""
+    names_r, names_w = os.pipe()
+    recorder = Recorder(1024)
+    recorder.attach(names_w)
+    reader = RingReader(recorder.fd, names_r, 0)
+    statuses = [200, 404, 200, 502, 0, 301, 200, 404, *range(100, 130)]
+    for n in range(3 * len(statuses)):
+        ids = recorder.ids("web", "pr-1", "k") if n % 4 else recorder.ids("api", "", "")
+        recorder.write(time.perf_counter(), ids, n % 3 == 0, b"GET" if n % 5 else b"POST",
+                       statuses[n % len(statuses)], n, n, RAW_TRACEPARENTS[1], 0)  # fmt: skip
+    batch = reader.read()
+    assert len({id(o.names) for o in batch}) < len({(id(o.names), o.status) for o in batch})
+    assert written(tmp_path, batch, one_by_one=False) == expected(batch)
+    reader.close()
+    recorder.close()
+
+
 def test_a_second_of_lines_is_not_held_whole(tmp_path: Path) -> None:
-    """Past `FLUSH_BYTES` the lines go to the file at once, not at the next tick."""
+    """Past `FLUSH_LINES` the lines go to the file at once, not at the next tick."""
     path = tmp_path / "access.log"
     sink = AccessLogSink(str(path))
     batch = [observed(Random(seed)) for seed in range(3000)]
     lines = expected(batch)
-    assert len(lines) > accesslog.FLUSH_BYTES  # (the premise: 3,000 lines are more)
+    assert len(batch) > accesslog.FLUSH_LINES  # (the premise: 3,000 lines are more)
     sink.add_all(batch[:10])
     assert path.read_bytes() == b""  # a few lines wait for the tick
     sink.add_all(batch[10:])

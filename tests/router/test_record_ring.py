@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from random import Random
 
 from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
 from sandboxd_router.telemetry.observed import (
@@ -202,6 +203,49 @@ def test_the_outcome_and_route_are_the_records() -> None:
     observed = reader.read()
     assert [o.error for o in observed] == [OK, HTTP_5XX, JSONRPC, TOOL_ERROR, TRANSPORT, OK]
     assert [o.route for o in observed] == [BASELINE, SANDBOX] * 3
+    recorder.close()
+    reader.close()
+
+
+def test_records_decoded_alike_share_their_names() -> None:
+    """A record's names are its own whatever its sandbox's last record had; the records with
+    the same service, sandbox, routing key, route and method share one `Names` (the sinks keep
+    what they derive from the names on it)."""
+    recorder, reader = paired(512)
+    rows = [(service, sandbox, forked, method)
+            for service in ("web", "api") for sandbox in ("pr-1", "pr-2", "")
+            for forked in (True, False) for method in (b"GET", b"POST")]  # fmt: skip
+    rng = Random(5)
+    seen = [rng.choice(rows) for _ in range(400)]  # (a sandbox's next record: any one)
+    for n, (service, sandbox, forked, method) in enumerate(seen):
+        ids = recorder.ids(service, sandbox, f"k-{sandbox}" if sandbox else "")
+        recorder.write(0.0, ids, forked, method, 200, n, 0, None, 0)
+    decoded = reader.read()
+    assert [(o.service, o.sandbox, o.route == SANDBOX, o.method.encode()) for o in decoded] == seen
+    assert [o.routing_key for o in decoded] == [f"k-{sb}" if sb else "" for _, sb, _, _ in seen]
+    for o in decoded:
+        names = o.names
+        assert (names.service, names.sandbox, names.routing_key, names.route, names.method) == (
+            o.service, o.sandbox, o.routing_key, o.route, o.method
+        )  # fmt: skip
+    assert len({id(o.names) for o in decoded}) == len(rows)
+    recorder.close()
+    reader.close()
+
+
+def test_the_traceparent_is_the_records_within_the_bytes_kept() -> None:
+    """The traceparent and the target come out of one bytes object (the record's tail): each
+    is its own, cut where the record cut it."""
+    recorder, reader = paired(64)
+    traceparents = [None, b"", b"00-ab", b"x" * 55, b"00-" + b"7" * 70, b"\xc3\xa9-\x00-"]
+    for n, raw in enumerate(traceparents):
+        recorder.write(0.0, recorder.ids("web", "", ""), False, b"GET", 200, n, 0, raw, 0,
+                       target=b"/p%d?q" % n + b"z" * (60 * (n % 2)))  # fmt: skip
+    decoded = reader.read()
+    assert [o.raw_traceparent for o in decoded] == [(raw or b"")[:55] for raw in traceparents]
+    texts = [raw[:55].decode("ascii", "replace") if raw else None for raw in traceparents]
+    assert [o.traceparent for o in decoded] == texts
+    assert [o.path for o in decoded] == [f"/p{n}" for n in range(len(traceparents))]
     recorder.close()
     reader.close()
 

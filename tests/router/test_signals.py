@@ -28,7 +28,7 @@ from sandboxd_router.telemetry.observed import (
 from sandboxd_router.telemetry.prometheus import PrometheusSink
 from sandboxd_router.telemetry.request_wire import RecordText
 from sandboxd_router.telemetry.signals import SignalsSink
-from sandboxd_router.telemetry.tally import Fifo
+from sandboxd_router.telemetry.tally import Fifo, Tally
 
 T0 = 1_765_000_000.0  # a multiple of 10
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -426,14 +426,41 @@ def test_a_fifo_keeps_what_a_deque_keeps() -> None:
     compiled) through appends and drops, long enough to be moved down many times."""
     rng = Random(3)
     fifo, expected = Fifo(), deque[tuple[int, Observed]]()
-    o = observed()
     for n in range(20_000):
         if expected and rng.random() < 0.5:
             assert fifo.first() == expected[0][0]
             fifo.drop_first()
             expected.popleft()
         else:
-            fifo.append((n, o))
+            o = observed()
+            o.number = n  # (the tally numbers a record as it queues it)
+            fifo.append(o)
             expected.append((n, o))
         assert len(fifo) == len(expected)
     assert fifo.values() == list(expected)
+
+
+def test_a_dropped_bucket_is_used_again_as_new() -> None:
+    """The buckets a window drops are reset and reused for the next window's names (not ~6
+    objects each made anew, amid a batch's short-lived ones, every 10 s): a reused bucket
+    counts exactly as a new one; no more are kept than are live, none once traffic stops."""
+    tally = Tally(max_pending=100, per_sandbox=100, rng=Random(1))
+    call = {"rpc_method": "tools/call", "rpc_id": "1", "tool": "describe_pod"}
+    for n in range(600):  # past the sample cap, every field used
+        tally.add(observed(duration=n / 1000, bytes_in=n, **call))
+    tally.add(observed(error=HTTP_5XX, status=502, injected=True, faults=(SLOW,), **call))
+    later = {"end": T0 + 11, "sandbox": "pr-2", "routing_key": "k4y", "duration": 0.002}
+    tally.add(observed(**{**later, "service": "other"}))  # a live bucket of the next window
+    old_key, old = next(iter(tally.buckets.items()))
+    tally.drop_buckets([old_key])
+    tally.add(observed(**later))
+    key, reused = list(tally.buckets.items())[-1]
+    assert reused is old
+    assert key == ("pr-2", "k4y", "cluster-mcp", T0 + 10)
+    fresh = Tally(max_pending=100, per_sandbox=100, rng=Random(1))
+    fresh.add(observed(**later))
+    (bucket,) = fresh.buckets.values()
+    assert reused.wire(key) == bucket.wire(key)
+    assert reused.wire(key)["requests"] == 1
+    tally.drop_buckets(list(tally.buckets))  # traffic stopped: every window closed
+    assert tally._spare == []

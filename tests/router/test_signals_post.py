@@ -490,3 +490,30 @@ async def test_a_request_id_no_encoder_takes_never_stops_the_reports(
     await s.send()
     assert [r["sandbox"] for r in control_plane.posts[-1]["requests"]] == ["pr-3"]
     await s.close()
+
+
+async def test_a_late_acknowledgement_does_not_mark_a_bucket_used_again(
+    control_plane: ControlPlane,
+) -> None:
+    """A dropped bucket is reset and used for other names (`Bucket.reset`); a post that
+    carried it before, acknowledged only after (another report ran meanwhile, as the
+    shutdown's may), must not mark the new names' counts as sent."""
+    now = [T0 + 5]
+    s = sink(control_plane.url, clock=lambda: now[0], interval=0)
+    s.add(observed())
+    control_plane.mode = "hang"
+    await s.tick()  # (its post waits)
+    while not control_plane.posts:
+        await asyncio.sleep(0.01)
+    now[0] = later = T0 + signals.HORIZON + 100  # pr-1's bucket: too old to matter now
+    s.add(observed(sandbox="pr-2", end=later))
+    control_plane.mode = "ok"
+    report = asyncio.create_task(s.send())  # drops pr-1's bucket (kept for reuse), then waits
+    while s.buckets != 1:
+        await asyncio.sleep(0.01)
+    s.add(observed(sandbox="pr-3", end=later))  # in pr-1's old bucket
+    control_plane.release.set()
+    await report
+    await s.close()
+    start = later // 10 * 10
+    assert ("pr-3", "svc", start, 1) in control_plane.sent_buckets()

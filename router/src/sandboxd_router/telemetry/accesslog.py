@@ -17,32 +17,18 @@ from typing import IO, Final
 
 import orjson
 
-from sandboxd_router.telemetry.observed import SANDBOX, Observed
-from sandboxd_router.telemetry.thousandths import SUFFIXES, text3, thousandths
+from sandboxd_router.telemetry.observed import SANDBOX, Names, Observed
+from sandboxd_router.telemetry.thousandths import SUFFIX_BYTES, text3, thousandths
 
 log = logging.getLogger("sandboxd_router.telemetry")
-MIDDLES: Final = 100_000  # lines' middles kept (a few per live sandbox and service)
+STATUSES: Final = 16  # a request's names' middles kept, by status, past the last one
 NUMBERS: Final = 1 << 12  # the numbers (and durations in µs) below this: their text kept
 _DASH: Final = 0x2D  # "-"
-FLUSH_BYTES: Final = 1 << 18
-"""Lines written out as soon as this many characters wait (else at each tick, once a second):
-a second of lines at 28,000 requests is ~5.6 MB, held, and kept by the allocator after."""
-
-
-class Middle:
-    """A line's middle (`AccessLogSink._middle`) and what it shows besides the sandbox and the
-    service."""
-
-    __slots__ = ("method", "route", "status", "text")
-
-    def __init__(self, route: str, method: str, status: int, text: str) -> None:
-        self.route = route
-        self.method = method
-        self.status = status
-        self.text = text
-
-    def shows(self, o: Observed) -> bool:
-        return self.status == o.status and self.method == o.method and self.route == o.route
+_ISALNUM: Final = bytes.isalnum
+"""Bound once: a bytes method with no compiled form is looked up by name at each call."""
+FLUSH_LINES: Final = 1 << 10
+"""Lines written out as soon as this many wait (else at each tick, once a second): a second
+of lines at 28,000 requests is ~5.6 MB, held, and kept by the allocator after."""
 
 
 class AccessLogSink:
@@ -52,120 +38,103 @@ class AccessLogSink:
         self._stream: IO[bytes] = (
             sys.stdout.buffer if target == "-" else open(target, "ab", buffering=1 << 16)  # noqa: SIM115
         )
-        self._lines: list[str] = []
-        """The lines since the last flush, joined and encoded once when they are written out
-        (a line encoded and appended to a buffer on its own cost ~400 instructions more)."""
-        self._size = 0  # their characters
-        self._second, self._second_text = -1, ""
-        self._time_n, self._time_text = -1, ""
-        self._middles: dict[tuple[str, str, str, str, int], str] = {}
-        """(Service, sandbox, route, method, status) → the line's text from service to
-        `"ms":`, the status included (an int written as text costs as much as the lookup)."""
-        self._recent: dict[str, dict[str, Middle]] = {}
-        """Sandbox → service → its last middle."""
-        self._numbers: list[str | None] = [None] * NUMBERS
-        self._durations: list[str | None] = [None] * NUMBERS
+        self._lines: list[bytes] = []
+        """The lines since the last flush, joined once when they are written out."""
+        self._count = 0  # lines in `_lines`
+        self._second, self._second_text = -1, b""
+        self._time_n, self._time_text = -1, b""
+        self._numbers: list[bytes | None] = [None] * NUMBERS
+        self._durations: list[bytes | None] = [None] * NUMBERS
 
     def add(self, observed: Observed) -> None:
-        self._keep(self.text(observed))
+        self._add(observed)
+        self._count += 1
 
     def add_all(self, batch: list[Observed]) -> None:
         """`add` for each (one call for a batch: what the telemetry process's loop calls)."""
         for observed in batch:
             try:
-                self._keep(self.text(observed))
+                self._add(observed)
             except Exception:
                 log.exception("the access log failed on a request")
-        if self._size >= FLUSH_BYTES:
+        self._count += len(batch)
+        if self._count >= FLUSH_LINES:
             self.flush()
-
-    def _keep(self, line: str) -> None:
-        self._lines.append(line)
-        self._size += len(line)
 
     def encode(self, observed: Observed) -> bytes:
         """The line of `line()` as orjson writes it, byte for byte."""
-        return self.text(observed).encode()
+        lines, self._lines = self._lines, []
+        try:
+            self._add(observed)
+            return self._lines[0]
+        finally:
+            self._lines = lines
 
-    def text(self, observed: Observed) -> str:
-        """`encode` as text, made without the dict: what repeats from one request to the next
-        (service, route, method, status; the time to the ms) is encoded once."""
+    def _add(self, observed: Observed) -> None:
+        """`encode`'s line, to those waiting: what repeats from one request to the next
+        (service, route, method, status; the time to the ms; small numbers) is encoded once,
+        a plain trace id is cut out of the record's bytes, and the pieces are put together by
+        one `%` (compiled: one bytes object made, each piece copied once)."""
         o = observed
         if o.faults:
-            return orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE).decode()
-        raw = o.raw_traceparent
-        if raw:
-            trace = _plain_trace(raw)
-        else:
-            tp = o.traceparent
-            trace = _plain_trace_id(tp) if tp else None
+            self._lines.append(orjson.dumps(line(o), option=orjson.OPT_APPEND_NEWLINE))
+            return
         time, middle = self._time(o.end), self._middle(o)
         ms, sizes = self._ms(o.duration * 1000.0), self._number(o.bytes_in)
         out = self._number(o.bytes_out)
-        if trace is not None:
-            return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":"{trace}"}}\n'
-        tp = o.traceparent
-        odd = orjson.dumps(_trace_id(tp) if tp else None).decode()
-        return f'{time}{middle}{ms},"bytesIn":{sizes},"bytesOut":{out},"traceId":{odd}}}\n'
+        trace = _plain_trace(o.tp_bytes, o.tp_at, o.tp_len) if o.tp_len else None
+        if trace is None:
+            trace = _odd_trace(o)
+            text = b'%b%b%b,"bytesIn":%b,"bytesOut":%b,"traceId":%b}\n' % (
+                time, middle, ms, sizes, out, trace
+            )  # fmt: skip
+        else:
+            text = b'%b%b%b,"bytesIn":%b,"bytesOut":%b,"traceId":"%b"}\n' % (
+                time, middle, ms, sizes, out, trace
+            )  # fmt: skip
+        self._lines.append(text)
 
-    def _time(self, end: float) -> str:
+    def _time(self, end: float) -> bytes:
         """`{"time":` and `text3(end)`, made once a millisecond (the requests of a read end
         in order, dozens a millisecond under load)."""
         n = thousandths(end)
         if n < 0:
-            return '{"time":' + text3(end)
+            return b'{"time":' + text3(end).encode()
         if n != self._time_n:
             second = n // 1000
             if second != self._second:
-                self._second, self._second_text = second, str(second)
+                self._second, self._second_text = second, b'{"time":' + str(second).encode()
             self._time_n = n
-            self._time_text = '{"time":' + self._second_text + SUFFIXES[n % 1000]
+            self._time_text = self._second_text + SUFFIX_BYTES[n % 1000]
         return self._time_text
 
-    def _ms(self, ms: float) -> str:
-        """`text3(ms)`, kept for the durations under `NUMBERS` µs."""
+    def _ms(self, ms: float) -> bytes:
+        """`,"ms":` and `text3(ms)`, kept for the durations under `NUMBERS` µs."""
         n = thousandths(ms)
         if not 0 <= n < NUMBERS:
-            return text3(ms)
+            return b',"ms":' + text3(ms).encode()
         text = self._durations[n]
         if text is None:
-            text = self._durations[n] = self._number(n // 1000) + SUFFIXES[n % 1000]
+            text = b',"ms":' + self._number(n // 1000) + SUFFIX_BYTES[n % 1000]
+            self._durations[n] = text
         return text
 
-    def _number(self, n: int) -> str:
+    def _number(self, n: int) -> bytes:
         """`str(n)`, kept for the small numbers (sizes, milliseconds' integer parts)."""
         if not 0 <= n < NUMBERS:
-            return str(n)
+            return str(n).encode()
         text = self._numbers[n]
         if text is None:
-            text = self._numbers[n] = str(n)
+            text = self._numbers[n] = str(n).encode()
         return text
 
-    def _middle(self, o: Observed) -> str:
-        """The line from service to `"ms":`: the last one of the request's sandbox and service
-        when it fits (two lookups of strings that keep their hashes), else by all it shows."""
-        services = self._recent.get(o.sandbox)
-        if services is None:
-            if len(self._recent) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
-                self._recent.clear()
-            services = self._recent[o.sandbox] = {}
-        last = services.get(o.service)
-        if last is None or not last.shows(o):
-            last = services[o.service] = Middle(o.route, o.method, o.status, self._made(o))
-        return last.text
-
-    def _made(self, o: Observed) -> str:
-        group = (o.service, o.sandbox, o.route, o.method, o.status)
-        middle = self._middles.get(group)
-        if middle is not None:
-            return middle
-        entry = line(o)
-        fields = {"service": entry["service"], "route": entry["route"], "method": entry["method"]}
-        middle = "," + orjson.dumps(fields).decode()[1:-1] + f',"status":{o.status},"ms":'
-        if len(self._middles) >= MIDDLES:  # (sandboxes come and go: start afresh, rarely)
-            self._middles.clear()
-        self._middles[group] = middle
-        return middle
+    def _middle(self, o: Observed) -> bytes:
+        """The line from service to the status: the last one of the request's names
+        (`Observed.names`, shared by the requests decoded alike) when the status is the same."""
+        names = o.names
+        if names.middle_status == o.status:
+            return names.middle
+        return _other_middle(names, o)
 
     async def tick(self) -> None:
         self.flush()
@@ -177,17 +146,36 @@ class AccessLogSink:
 
     def flush(self) -> None:
         if self._lines:
-            self._stream.write("".join(self._lines).encode())
+            self._stream.write(b"".join(self._lines))
             self._stream.flush()
             self._lines.clear()
-            self._size = 0
+        self._count = 0
+
+
+def _other_middle(names: Names, o: Observed) -> bytes:
+    """The middle of a status other than the names' last: made, or kept from before when the
+    names have had several (most have one: they keep no table then)."""
+    status = o.status
+    middles = names.middles
+    text = middles.get(status) if middles is not None else None
+    if text is None:
+        fields = {"service": o.service, "route": _route(o), "method": o.method}
+        text = b"," + orjson.dumps(fields)[1:-1] + b',"status":' + str(status).encode()
+        if names.middle_status >= 0:  # a second status: each one's kept from now on
+            if middles is None:
+                middles = names.middles = {names.middle_status: names.middle}
+            elif len(middles) >= STATUSES:
+                middles.clear()
+            middles[status] = text
+    names.middle_status, names.middle = status, text
+    return text
 
 
 class RecordsSink(AccessLogSink):
     """Every field of each `Observed`, one JSON object a line."""
 
-    def text(self, observed: Observed) -> str:
-        return json.dumps(observed.fields()) + "\n"
+    def _add(self, observed: Observed) -> None:
+        self._lines.append((json.dumps(observed.fields()) + "\n").encode())
 
 
 def line(observed: Observed) -> dict[str, object]:
@@ -195,7 +183,7 @@ def line(observed: Observed) -> dict[str, object]:
     entry: dict[str, object] = {
         "time": round(observed.end, 3),
         "service": observed.service,
-        "route": f"sandbox={observed.sandbox}" if observed.route == SANDBOX else "baseline",
+        "route": _route(observed),
         "method": observed.method,
         "status": observed.status,
         "ms": round(observed.duration * 1000, 3),
@@ -206,6 +194,20 @@ def line(observed: Observed) -> dict[str, object]:
     if observed.faults:
         entry["fault"] = ", ".join(f"{f.kind}; id={f.id}" for f in observed.faults)
     return entry
+
+
+def _route(o: Observed) -> str:
+    """The `sandboxd-route` header's value."""
+    return f"sandbox={o.sandbox}" if o.route == SANDBOX else "baseline"
+
+
+def _odd_trace(o: Observed) -> bytes:
+    """The `traceId` of a line whose trace id is not plain (`_plain_trace`), as JSON."""
+    tp = o.traceparent
+    if tp is None:
+        return b"null"
+    plain = _plain_trace_id(tp)
+    return orjson.dumps(plain if plain is not None else _trace_id(tp))
 
 
 def _plain_trace_id(tp: str) -> str | None:
@@ -219,18 +221,15 @@ def _plain_trace_id(tp: str) -> str | None:
     return trace if trace.isalnum() else None  # (so no dash in it either)
 
 
-def _plain_trace(raw: bytes) -> str | None:
-    """`_plain_trace_id` of a traceparent's bytes (a byte past ASCII: None, as the U+FFFD it
-    reads as is no letter)."""
-    if len(raw) < 53 or raw[2] != _DASH or raw[35] != _DASH or raw[52] != _DASH:
+def _plain_trace(raw: bytes, at: int, length: int) -> bytes | None:
+    """`_plain_trace_id` of a traceparent's `length` bytes at `at` in `raw`, as bytes (a byte
+    past ASCII: None, as the U+FFFD it reads as is no letter)."""
+    if length < 53 or raw[at + 2] != _DASH or raw[at + 35] != _DASH or raw[at + 52] != _DASH:
         return None
-    if raw[0] == _DASH or raw[1] == _DASH:
+    if raw[at] == _DASH or raw[at + 1] == _DASH:
         return None
-    try:
-        trace = raw[3:35].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return trace if trace.isalnum() else None  # (str's: a C call where bytes' is a method's)
+    trace = raw[at + 3 : at + 35]
+    return trace if _ISALNUM(trace) else None  # (ASCII letters and digits only)
 
 
 def _trace_id(traceparent: str) -> str | None:

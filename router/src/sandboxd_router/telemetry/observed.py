@@ -22,11 +22,42 @@ ERRORS: Final = (HTTP_5XX, JSONRPC, TOOL_ERROR, TRANSPORT)
 SANDBOX: Final = "sandbox"  # route decision: served by the sandbox's fork
 BASELINE: Final = "baseline"  # served by the baseline (with a sandbox's key or none)
 
+# A record's tail (`Observed._tail`, one bytes object where the ring reader used to make two):
+# the traceparent's length (1 byte) and bytes, the target's length (2, little-endian) and its
+# first bytes, as `record.CORE` lays them out (`ring.SLOT` checks it).
+TAIL_TRACEPARENT: Final = 55  # the traceparent's bytes, from offset 1
+TAIL_TARGET_LEN: Final = 56
+TAIL_TARGET: Final = 58
+
 
 @dataclass(frozen=True, slots=True)
 class Fault:
     kind: str
     id: str
+
+
+class Names:
+    """The names of a request's record: its service, sandbox, routing key, route and method,
+    one object for every record that the ring's reader decodes alike (`ring.RingReader`). What
+    a sink derives from these names alone it keeps here, and finds again with no lookup."""
+
+    __slots__ = ("method", "middle", "middle_status", "middles", "route", "routing_key",
+                 "sandbox", "service")  # fmt: skip
+
+    def __init__(
+        self, service: str, sandbox: str, routing_key: str, route: str, method: str
+    ) -> None:
+        self.service = service
+        self.sandbox = sandbox
+        self.routing_key = routing_key
+        self.route = route
+        self.method = method
+        self.middle_status = -1
+        self.middle = b""
+        """The access log's line middle (`accesslog`) for the status `middle_status` (-1:
+        none yet): it depends on these names and the status only."""
+        self.middles: dict[int, bytes] | None = None
+        """Its middles for the other statuses seen, by status."""
 
 
 class Observed:
@@ -50,10 +81,13 @@ class Observed:
     """The status the client got; 0 when none (a reset)."""
     bytes_in: int
     bytes_out: int
-    raw_traceparent: bytes
-    """The request's `traceparent` as the record holds it (b"" for none): the access log cuts
-    the trace id out of these bytes; `traceparent` is their text, made when first asked for
-    (most requests' never is)."""
+    tp_bytes: bytes
+    tp_at: int
+    tp_len: int
+    """The request's `traceparent` as the record holds it: `tp_len` bytes (0: none) at
+    `tp_at` in `tp_bytes` (the record's `TAIL`, or `raw_traceparent` when built by hand).
+    The access log cuts the trace id out of these bytes; `raw_traceparent` is a copy of them
+    and `traceparent` their text, each made when first asked for (most requests' never are)."""
     error: str
     """`OK` or one of `ERRORS`."""
     injected: bool
@@ -68,15 +102,24 @@ class Observed:
     """MCP `tools/call`: the tool's name (bounded cardinality: "(other)" past the cap)."""
     rpc_id: str | None
     """MCP: the JSON-RPC request id as its JSON text (`7`, `"a1"`), truncated."""
+    names: Names
+    """The names above in one object, shared by the records decoded alike (one of its own
+    when built by hand)."""
     seq: int
     """The record's number in the ring: what the router's span id is made from
     (`spans.span_id`), so every sink gives a request the same span."""
+    number: int
+    """Its number among the request records the signals send (`tally.Tally`: set as it is
+    queued, 0 until then; each request is queued once)."""
+    _tail: bytes
+    """The record's `TAIL` (b"" when built by hand): its traceparent and its target's first
+    `record.PATH` bytes, in one object (the target, which `path` is cut from and decoded
+    when first asked for: only the request records kept and the spans exported ask, not the
+    access log or the tally)."""
     _target: bytes
-    """The target's first `record.PATH` bytes as the record holds them (b"" when built from a
-    `path`): `path` is cut from them and decoded when first asked for — only the request
-    records kept and the spans exported ask, not the access log or the tally."""
+    """The target's first bytes when built by hand with them (b"" when built from a `path`)."""
     _target_len: int
-    """The whole target's length (the record's bytes past it are padding)."""
+    """The whole target's length (the bytes past it are padding)."""
     session: str | None
     """The `Mcp-Session-Id` the request carried (MCP revisions before 2026-07-28), cut at
     `record.SESSION` bytes; None when none."""
@@ -113,6 +156,8 @@ class Observed:
         raw_traceparent: bytes = b"",
         target: bytes = b"",
         target_len: int = 0,
+        names: Names | None = None,
+        tail: bytes = b"",
     ) -> None:
         self.end = end
         self.duration = duration
@@ -125,7 +170,14 @@ class Observed:
         self.bytes_in = bytes_in
         self.bytes_out = bytes_out
         self._traceparent = traceparent
-        self.raw_traceparent = raw_traceparent
+        self._tail = tail
+        if tail:
+            self.tp_bytes, self.tp_at = tail, 1
+            self.tp_len = min(tail[0], TAIL_TRACEPARENT)
+            self._raw: bytes | None = None
+        else:
+            self.tp_bytes, self.tp_at, self.tp_len = raw_traceparent, 0, len(raw_traceparent)
+            self._raw = raw_traceparent
         self.error = error
         self.injected = injected
         self.faults = faults
@@ -134,12 +186,16 @@ class Observed:
         self.tool = tool
         self.rpc_id = rpc_id
         self.seq = seq
-        self._path: str | None = None if target else path
+        self.number = 0
+        self._path: str | None = None if target or tail else path
         self._target = target
         self._target_len = target_len
         self.session = session
         self.rpc_code = rpc_code
         self.protocol = protocol
+        self.names = (
+            names if names is not None else Names(service, sandbox, routing_key, route, method)
+        )
 
     def fields(self) -> dict[str, object]:
         """Every field by name (faults as {"kind", "id"} objects)."""
@@ -156,11 +212,20 @@ class Observed:
         }  # fmt: skip
 
     @property
+    def raw_traceparent(self) -> bytes:
+        """The request's `traceparent` as the record holds it (b"" for none)."""
+        raw = self._raw
+        if raw is None:
+            at = self.tp_at
+            raw = self._raw = self.tp_bytes[at : at + self.tp_len]
+        return raw
+
+    @property
     def traceparent(self) -> str | None:
         """The request's `traceparent` as received (parsed here, never on the request path);
         None when it had none."""
         text = self._traceparent
-        if text is None and self.raw_traceparent:
+        if text is None and self.tp_len:
             text = self._traceparent = _ascii(self.raw_traceparent)
         return text
 
@@ -169,7 +234,13 @@ class Observed:
         """The target's path (`url.path`: no query), its first `record.PATH` bytes."""
         text = self._path
         if text is None:
-            text = self._path = _utf8(_path(self._target, self._target_len))
+            tail = self._tail
+            if tail:
+                length = tail[TAIL_TARGET_LEN] | tail[TAIL_TARGET_LEN + 1] << 8
+                raw = _path(tail[TAIL_TARGET:], length)
+            else:
+                raw = _path(self._target, self._target_len)
+            text = self._path = _utf8(raw)
         return text
 
     @property

@@ -21,9 +21,13 @@ from sandboxd_router.telemetry.observed import (
     JSONRPC,
     OK,
     SANDBOX,
+    TAIL_TARGET,
+    TAIL_TARGET_LEN,
+    TAIL_TRACEPARENT,
     TOOL_ERROR,
     TRANSPORT,
     Fault,
+    Names,
     Observed,
 )
 
@@ -33,17 +37,26 @@ assert [record.OK, record.HTTP_5XX, record.JSONRPC, record.TOOL_ERROR, record.TR
     0, 1, 2, 3, 4,
 ]  # fmt: skip
 UNKNOWN: Final = "?"  # a name that never arrived (the pipe was full for long: `Recorder._send`)
+LASTS: Final = 1 << 16  # pairs of a generation whose last names are kept by id (512 KB at most)
 BATCH: Final = 1024  # records decoded per read at most (the rest the next round): a read's
 # objects are few enough that the heap they leave behind, fragmented, stays small
 
 
 def _slot() -> struct.Struct:
     """A whole slot, the core's fields only: what every record has, in one C call per record
-    (the extra fields of the few records that have them by a second call). (A function: the
-    compiled build checks its modules together, and a module-level use of `record`'s inferred
-    names there comes before their types are known.)"""
-    slot = struct.Struct(f"{record.CORE.format}{record.SLOT - record.CORE.size}x")
+    (the extra fields of the few records that have them by a second call), the traceparent
+    and the target as one bytes object, the record's tail (`observed.TAIL_TARGET`...). (A
+    function: the compiled build checks its modules together, and a module-level use of
+    `record`'s inferred names there comes before their types are known.)"""
+    head, tail = record.CORE.format.split("B55sH40s")  # (the traceparent's length on)
+    assert not tail
+    assert record.TRACEPARENT == TAIL_TRACEPARENT
+    assert TAIL_TARGET_LEN == 1 + TAIL_TRACEPARENT
+    assert TAIL_TARGET == TAIL_TARGET_LEN + 2
+    size = 1 + TAIL_TRACEPARENT + 2 + record.PATH
+    slot = struct.Struct(f"{head}{size}s{record.SLOT - record.CORE.size}x")
     assert slot.size == record.SLOT
+    assert struct.calcsize(f"{head}{size}s") == record.CORE.size
     return slot
 
 
@@ -52,6 +65,23 @@ SLOT = _slot()
 
 class RingError(ValueError):
     """The ring is not one this reader understands."""
+
+
+class _Known(Names):
+    """Names kept by the ids they were decoded from (the record's own)."""
+
+    __slots__ = ("forked", "method_id", "service_id")
+
+    def __init__(self, pair: tuple[str, str], ids: tuple[int, int, int], names: dict[int, str]
+                 ) -> None:  # fmt: skip
+        service_id, method_id, forked = ids
+        sandbox, key = pair
+        route = SANDBOX if forked else BASELINE
+        service, method = names.get(service_id, UNKNOWN), names.get(method_id, UNKNOWN)
+        super().__init__(service, sandbox, key, route, method)
+        self.service_id = service_id
+        self.method_id = method_id
+        self.forked = forked
 
 
 class RingReader:
@@ -75,6 +105,13 @@ class RingReader:
         """Where a read copies the slots (a memoryview: a bytearray's own slice assignment
         from another buffer first copies it into a new bytearray, 256 KB a read)."""
         self._pairs: dict[int, tuple[str, str]] = {}
+        self._base = 0  # the first id of the names' live generation
+        self._last: list[_Known | None] = []
+        """By pair id past `_base`: the names its last record had (most of a sandbox's records
+        have the same), found by index (a dict's lookup of an int object costs ~230
+        instructions). Ids past `LASTS` are found in `_known` each time."""
+        self._known: dict[tuple[int, int, int, int], _Known] = {}
+        """(Pair, service, method, forked) → names: the others."""
         self._buffer = b""
         self._dead: list[tuple[int, int]] = []  # (last record using them, first live id)
         self._gone: list[tuple[int, str, str]] = []  # (records before it, sandbox, key)
@@ -129,38 +166,58 @@ class RingReader:
 
     def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
         """The record in `row`, whose slot starts at `at` in `raw`."""
-        # (typed: the compiled build then works on machine numbers, not on objects; the names'
-        # ids not: they are only dict keys, and a number made machine-sized would be boxed
-        # into a new int object again for each lookup)
+        # (typed: the compiled build then works on machine numbers, not on objects)
         end: float
         duration: float
         bytes_in: int
         bytes_out: int
-        service: Any
-        pair: Any
-        method: Any
+        service: int
+        pair: int
+        method: int
         status: int
         error: int
         flags: int
-        tp_len: int
-        tp_bytes: bytes
-        target_len: int
-        target: bytes
+        tail: bytes
         (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
-         tp_len, tp_bytes, target_len, target) = row  # fmt: skip
-        names = self.names
-        sandbox, key = self._pair(pair)
+         tail) = row  # fmt: skip
+        forked = flags & record.FORKED
+        lasts, index = self._last, pair - self._base
+        names = lasts[index] if 0 <= index < len(lasts) else None
+        if names is None or not (
+            names.service_id == service and names.method_id == method and names.forked == forked
+        ):
+            names = self._names(pair, service, method, forked)
         observed = Observed(
-            end, duration, names.get(service, UNKNOWN), sandbox, key,
-            SANDBOX if flags & record.FORKED else BASELINE, names.get(method, UNKNOWN),
-            status, bytes_in, bytes_out, None, _outcome(error), bool(flags & record.INJECTED),
-            seq=seq,
-            raw_traceparent=_cut(tp_bytes, tp_len),
-            target=target, target_len=target_len,
+            end, duration, names.service, names.sandbox, names.routing_key, names.route,
+            names.method, status, bytes_in, bytes_out, None, _outcome(error),
+            bool(flags & record.INJECTED),
+            seq=seq, names=names, tail=tail,
         )  # fmt: skip
         if flags & record.EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
         return observed
+
+    def _names(self, pair: int, service: int, method: int, forked: int) -> _Known:
+        """The names of a record that had other ids than its pair's last one (kept, and
+        kept as the pair's last, once every name has arrived)."""
+        ids = (pair, service, method, forked)
+        known = self._known.get(ids)
+        if known is None:
+            known = _Known(self._pair(pair), (service, method, forked), self.names)
+            if pair in self.names and service in self.names and method in self.names:
+                self._known[ids] = known
+                self._keep_last(pair, known)
+        else:
+            self._keep_last(pair, known)
+        return known
+
+    def _keep_last(self, pair: int, known: _Known) -> None:
+        index = pair - self._base
+        if 0 <= index < LASTS:
+            lasts = self._last
+            if index >= len(lasts):
+                lasts.extend([None] * (index + 1 - len(lasts)))
+            lasts[index] = known
 
     def _extra(self, observed: Observed, raw: memoryview, at: int, flags: int) -> None:
         """The fields only faults and MCP calls have."""
@@ -245,19 +302,13 @@ class RingReader:
             _, live = self._dead.pop(0)
             self.names = {i: n for i, n in self.names.items() if i >= live or i == 0}
             self._pairs = {i: p for i, p in self._pairs.items() if i >= live}
+            self._base, self._last = live, []  # (made again as records come)
+            self._known.clear()
 
     def close(self) -> None:
         self._view.release()
         self.ring.close()
         os.close(self.names_fd)
-
-
-def _cut(field: bytes, length: int) -> bytes:
-    """A field's first `length` bytes: the field itself when whole (a `traceparent` most
-    often is; the compiled build's slice copies even then)."""
-    if length == len(field):
-        return field
-    return field[:length] if length else b""
 
 
 def _outcome(error: int) -> str:

@@ -68,8 +68,9 @@ MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 1
 BUSY: Final = 64  # requests: a bucket this full re-sends its samples at most every RESEND
 RESEND: Final = 5.0  # seconds (a harness reading right after its traffic: see the README)
 
-Sent = list[tuple[Bucket, int]]
-"""The buckets of a post and their `requests` when it was built."""
+Sent = list[tuple[Bucket, int, int]]
+"""The buckets of a post, their `requests` when it was built and their `uses` (a bucket
+dropped and reused meanwhile, by a report at shutdown while this one waited, is another's)."""
 
 
 class SignalsSink:
@@ -179,13 +180,14 @@ class SignalsSink:
             if not entries and not batch:
                 break  # (records dropped meanwhile)
             content = self._body(encoded, texts)
-            sent: Sent = [(b, b.requests) for _key, b in entries]
+            sent: Sent = [(b, b.requests, b.uses) for _key, b in entries]
             for _key, b in entries:
                 b.sent_at = now
             if not await self._post(content):
                 return
-            for bucket, requests in sent:
-                bucket.acked = max(bucket.acked, requests)
+            for bucket, requests, uses in sent:
+                if bucket.uses == uses:
+                    bucket.acked = max(bucket.acked, requests)
             self._tally.acknowledged(batch)
             i += len(entries)
             records_left -= len(batch)

@@ -15,9 +15,8 @@ import logging
 from random import Random
 from typing import Final
 
-from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Key, bin_of
-from sandboxd_router.telemetry.observed import Observed
-from sandboxd_router.telemetry.thousandths import round3
+from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Durations, Key
+from sandboxd_router.telemetry.observed import Names, Observed
 
 log = logging.getLogger("sandboxd_router.telemetry")
 
@@ -37,25 +36,26 @@ def notable(o: Observed) -> bool:
 class Fifo:
     """Records waiting, oldest first: a list and the index of its first one still there. (A
     deque's `append` and `popleft` are method calls by name when compiled, ~230 instructions
-    each; a list's `append` and item store are native.)"""
+    each; a list's `append` and item store are native.) A record's number is its `number`
+    (set as it is queued: no (number, record) tuple made per request)."""
 
     __slots__ = ("head", "items")
 
     def __init__(self) -> None:
-        self.items: list[Waiting | None] = []
+        self.items: list[Observed | None] = []
         self.head = 0
 
     def __len__(self) -> int:
         return len(self.items) - self.head
 
-    def append(self, waiting: Waiting) -> None:
-        self.items.append(waiting)
+    def append(self, observed: Observed) -> None:
+        self.items.append(observed)
 
     def first(self) -> int:
         """The number of the oldest (there is one)."""
         waiting = self.items[self.head]
         assert waiting is not None
-        return waiting[0]
+        return waiting.number
 
     def drop_first(self) -> None:
         items, head = self.items, self.head
@@ -70,24 +70,27 @@ class Fifo:
         self.head = head
 
     def values(self) -> list[Waiting]:
-        return [w for w in self.items[self.head :] if w is not None]
+        return [(o.number, o) for o in self.items[self.head :] if o is not None]
 
 
 class Queue:
     """One sandbox's records waiting, each kind oldest first."""
 
-    __slots__ = ("notable", "plain")
+    __slots__ = ("notable", "plain", "size")
 
     def __init__(self) -> None:
         self.plain = Fifo()
         self.notable = Fifo()
+        self.size = 0
+        """`len(self)`, kept (read for each request)."""
 
     def __len__(self) -> int:
-        return len(self.plain) + len(self.notable)
+        return self.size
 
     def drop_one(self) -> None:
         """Its oldest plain record, or its oldest notable one when it has no plain one left."""
         (self.plain if len(self.plain) else self.notable).drop_first()
+        self.size -= 1
 
     def acknowledged(self, seq: int) -> int:
         """Drop the records numbered up to `seq`; how many went."""
@@ -99,18 +102,19 @@ class Queue:
         while len(notable) and notable.first() <= seq:
             notable.drop_first()
             gone += 1
+        self.size -= gone
         return gone
 
 
 class Open:
-    """The bucket a (routing key, service) counts in now, and its sandbox's records waiting
-    (None for no sandbox): found by two lookups of names whose hashes their strings keep,
-    where `Tally.buckets`' key is a tuple made, hashed and compared per request."""
+    """The bucket the requests of some names (`Observed.names`) count in now, and their
+    sandbox's records waiting (None for no sandbox): found by one lookup of the names object
+    the ring shares among the requests decoded alike (its identity is its hash), where
+    `Tally.buckets`' key is a tuple made, hashed and compared per request."""
 
-    __slots__ = ("bucket", "queue", "sandbox", "start")
+    __slots__ = ("bucket", "queue", "start")
 
-    def __init__(self, sandbox: str, start: int, bucket: Bucket, queue: Queue | None) -> None:
-        self.sandbox = sandbox
+    def __init__(self, start: int, bucket: Bucket, queue: Queue | None) -> None:
         self.start = start
         self.bucket = bucket
         self.queue = queue
@@ -121,11 +125,15 @@ class Tally:
         self.max_pending = max_pending
         self.per_sandbox = per_sandbox
         self.rng = rng
+        self._durations = Durations()
         self.buckets: dict[Key, Bucket] = {}
         self.pending: dict[tuple[str, str], Queue] = {}
         """(Sandbox, routing key) → its records waiting."""
-        self._open: dict[str, dict[str, Open]] = {}
-        """Routing key → service → `Open`; emptied whenever a bucket or a queue goes."""
+        self._spare: list[Bucket] = []
+        """Buckets dropped, reset and used again (`Bucket.reset`): at most as many as are live
+        (the next window's names are about this one's), none once traffic stops."""
+        self._open: dict[Names, Open] = {}
+        """Names → `Open`; emptied whenever a bucket or a queue goes."""
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
@@ -143,16 +151,14 @@ class Tally:
         o = observed
         if o.service == UNROUTED:  # no service's traffic (an unknown port or host)
             return
-        ms = round3(o.duration * 1000.0)  # to the µs: half the cost of encoding samples
+        durations = self._durations
+        ms = durations.sample(o.duration)  # to the µs: half the cost of encoding samples
         end = int(o.end)
         start = end - end % WIDTH
-        services = self._open.get(o.routing_key)
-        if services is None:
-            services = self._open[o.routing_key] = {}
-        now = services.get(o.service)
-        if now is None or now.start != start or now.sandbox != o.sandbox:
-            now = services[o.service] = self._opened(o, start)
-        now.bucket.add(o, ms, bin_of(ms), self.rng)
+        now = self._open.get(o.names)
+        if now is None or now.start != start:
+            now = self._open[o.names] = self._opened(o, start)
+        now.bucket.add(o, ms, durations.slot, self.rng)
         if now.queue is not None:
             self._wait(o, now.queue)
 
@@ -160,31 +166,39 @@ class Tally:
         key = (o.sandbox, o.routing_key, o.service, start)
         bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = self.buckets[key] = Bucket()
+            spare = self._spare
+            bucket = self.buckets[key] = spare.pop() if spare else Bucket()
         queue = None
         if o.sandbox:
             owner = (o.sandbox, o.routing_key)
             queue = self.pending.get(owner)
             if queue is None:
                 queue = self.pending[owner] = Queue()
-        return Open(o.sandbox, start, bucket, queue)
+        return Open(start, bucket, queue)
 
     def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
-        (queue.notable if notable(o) else queue.plain).append((self.seq, o))
+        o.number = self.seq
+        (queue.notable if notable(o) else queue.plain).append(o)
+        queue.size += 1
         self.waiting += 1
-        if len(queue) > self.per_sandbox or self.waiting > self.max_pending:
+        if queue.size > self.per_sandbox or self.waiting > self.max_pending:
             # its own first (a busy sandbox cannot push out a quiet one's records), the busiest
             # when this record is its only one
-            victim = queue if len(queue) > 1 else max(self.pending.values(), key=len)
+            victim = queue if queue.size > 1 else max(self.pending.values(), key=len)
             victim.drop_one()
             self.dropped += 1
             self.waiting -= 1
 
     def drop_buckets(self, keys: list[Key]) -> None:
         """Forget these buckets (sent, or too old to send)."""
+        spare = self._spare
         for key in keys:
-            del self.buckets[key]
+            bucket = self.buckets.pop(key)
+            if len(spare) < len(self.buckets):
+                bucket.reset()
+                spare.append(bucket)
+        del spare[len(self.buckets) :]
         if keys:
             self._open.clear()
 
@@ -208,7 +222,7 @@ class Tally:
             if queue is None:
                 continue
             self.waiting -= queue.acknowledged(seq)
-            if not len(queue):
+            if not queue.size:
                 del self.pending[owner]
                 self._open.clear()
 
