@@ -235,3 +235,37 @@ def test_tls_is_verified_against_the_store_ssl_cert_file_names(
     assert asyncio.run(call()).status == 409
     tls._verified.cache_clear()
     assert len(state.seen) == 1
+
+
+def test_the_long_poll_stops_when_cancelled_while_every_connection_is_refused() -> None:
+    """The router's shutdown cancels its long poll: the cancellation must never be lost, also
+    when it lands as a connection is refused (a `wait_for` around the connect lost it in
+    Python 3.11, and the router then ignored SIGTERM)."""
+    from sandboxd_router.table import UpstreamRegistry
+    from sandboxd_router.watch import watch_control_plane
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()[1]  # (bound, never listening: every connect is refused)
+
+        async def applied(_table: object) -> None:
+            raise AssertionError("no table can come")
+
+        async def cancelled_at(delay: float) -> bool:
+            task = asyncio.create_task(watch_control_plane(
+                url=f"http://127.0.0.1:{refused}", token="t", upstreams=UpstreamRegistry(),
+                on_table=applied))  # fmt: skip
+            await asyncio.sleep(delay)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=2)
+            if not done:  # (stop it for good: the test has its answer)
+                for _ in range(50):
+                    task.cancel()
+                    await asyncio.sleep(0)
+            return bool(done)
+
+        async def attempts() -> list[bool]:
+            return [await cancelled_at(n % 37 * 0.0001) for n in range(300)]
+
+        stopped = asyncio.run(attempts())
+    assert all(stopped), f"{stopped.count(False)} of 300 cancellations lost"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -22,6 +21,8 @@ from sandboxd_router.state import Limits, RouterState
 from sandboxd_router.table import TableError
 
 log = logging.getLogger("sandboxd_router")
+STOP_WAIT = 2.0
+"""Seconds the background tasks (long poll, reports, sweep) get to end once cancelled."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -219,7 +220,7 @@ async def run(args: argparse.Namespace, telemetry: TelemetryProcess | None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     admin = await serve_admin(router, args.host, args.admin_port) if args.admin_port else None
-    background: list[asyncio.Task[None]] = [asyncio.create_task(router.sweep())]
+    background: list[asyncio.Task[None]] = [asyncio.create_task(router.sweep(), name="sweep")]
     reporter = None
     if args.routes_file is not None:
         await load_file(
@@ -237,12 +238,17 @@ async def run(args: argparse.Namespace, telemetry: TelemetryProcess | None) -> N
             faults=router.faults,
         )
         reporter = Reporter(url=args.control_url, token=args.token, snapshot=router.faults.entries)
-        background += [asyncio.create_task(watcher), asyncio.create_task(reporter.run())]
+        background += [
+            asyncio.create_task(watcher, name="route-table long poll"),
+            asyncio.create_task(reporter.run(), name="fault reports"),
+        ]
     await stop.wait()
     for task in background:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    _, stuck = await asyncio.wait(background, timeout=STOP_WAIT)
+    if stuck:  # (a lost cancellation must not keep the router from stopping)
+        names = ", ".join(t.get_name() for t in stuck)
+        log.warning("%s still running %s s after the stop; stopping anyway", names, STOP_WAIT)
     if reporter is not None:
         await reporter.final()
     if admin is not None:

@@ -86,7 +86,8 @@ class ControlClient:
         self.close()
         if writer is not None:  # (its socket is closed on the loop's next turns)
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+                async with asyncio.timeout(1):
+                    await writer.wait_closed()
 
     async def get(
         self, path: str, *, params: dict[str, str | int], headers: dict[str, str]
@@ -131,10 +132,13 @@ class ControlClient:
         reused = self._conn is not None and not fresh
         if not reused:
             self.close()
-            self._conn = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.tls, limit=HEAD_LIMIT),
-                self.connect_timeout,
-            )
+            # (`asyncio.timeout`, not `wait_for`: in 3.11 a `wait_for` cancelled as its
+            # connection is refused returns the refusal and loses the cancellation, and the
+            # router's long poll then never stops)
+            async with asyncio.timeout(self.connect_timeout):
+                self._conn = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.tls, limit=HEAD_LIMIT
+                )
         assert self._conn is not None
         reader, writer = self._conn
         try:
