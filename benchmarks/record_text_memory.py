@@ -14,8 +14,9 @@ import argparse
 import gc
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,6 +27,7 @@ from sandboxd_router.telemetry.request_wire import RecordText  # noqa: E402
 
 SERVICES = (("echo", None, None), ("api", None, None), ("cluster-mcp", "tools/call", "get_logs"))
 ROUNDS = 3
+T = TypeVar("T")
 
 
 def records(sandboxes: int) -> Iterator[tuple[int, Observed]]:
@@ -45,32 +47,38 @@ def records(sandboxes: int) -> Iterator[tuple[int, Observed]]:
                 )  # fmt: skip
 
 
-def kept(sandboxes: int) -> int:
-    """Bytes a `RecordText` holds after writing `records(sandboxes)` (the records themselves
-    made before, so not counted)."""
-    batch = list(records(sandboxes))
+def kept_by(make: Callable[[], T], feed: Callable[[T, list[Any]], object], batch: list[Any]) -> int:
+    """Bytes the object `make()` makes holds after `feed` gave it `batch`, 1,000 at a time (the
+    batch made before, so not counted)."""
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    text = RecordText()
+    held = make()
     for n in range(0, len(batch), 1000):
-        text.texts(batch[n : n + 1000])
+        feed(held, batch[n : n + 1000])
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    del held
     return sum(s.size_diff for s in after.compare_to(before, "filename"))
 
 
-def main() -> None:
+def report(what: str, kept: Callable[[int], int]) -> None:
+    """The command line: `kept(sandboxes)` in MB, said as `what`."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--sandboxes", type=int, default=1000)
     args = parser.parse_args()
     import sandboxd_router.native as native
 
     size = kept(args.sandboxes) / 1e6
-    print(f"request records' encoder, kept after {args.sandboxes} sandboxes x {len(SERVICES)} "
-          f"services (tracemalloc; hot path {native.mode}): {size:.3f} MB")  # fmt: skip
+    print(f"{what}, kept after {args.sandboxes} sandboxes x {len(SERVICES)} services "
+          f"(tracemalloc; hot path {native.mode}): {size:.3f} MB")  # fmt: skip
+
+
+def kept(sandboxes: int) -> int:
+    """Bytes a `RecordText` holds after writing `records(sandboxes)`."""
+    return kept_by(RecordText, RecordText.texts, list(records(sandboxes)))
 
 
 if __name__ == "__main__":
-    main()
+    report("request records' encoder", kept)

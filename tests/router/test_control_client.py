@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ import pytest
 
 from sandboxd_router import tls
 from sandboxd_router.control import ControlClient, ControlError, Reply
+from tests.support.certs import serve_tls
 
 
 @dataclass
@@ -201,27 +200,13 @@ def test_not_an_http_url_is_refused() -> None:
         _client("ftp://example.test/")
 
 
-def _certificate(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_tls_is_verified_against_the_store_ssl_cert_file_names(
     server: tuple[Server, ThreadingHTTPServer],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     state, httpd = server
-    cert, key = _certificate(tmp_path)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    cert = serve_tls(httpd, tmp_path)
 
     async def call() -> Reply:
         async with _client(f"https://127.0.0.1:{state.port}") as client:

@@ -14,9 +14,10 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sandboxd.api.deps import CallerDep, StateDep, require_token
+from sandboxd.api.middleware import Answered
 from sandboxd.api.schemas import ERRORS, Out
 from sandboxd.core.clock import rfc3339, utcnow
 from sandboxd.core.tokens import Caller
@@ -73,16 +74,9 @@ class AuditCalls:
         if scope["type"] != "http" or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = Answered(send)
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receive, answer.send)
         finally:
             caller = scope.get("state", {}).get("caller")
             state = getattr(scope["app"].state, "sandboxd", None)
@@ -90,7 +84,7 @@ class AuditCalls:
                 name = caller.name if isinstance(caller, Caller) else UNKNOWN
                 method = str(scope["method"])[:8]
                 state.audit.add(AuditRow(time=utcnow(), token=name, method=method,
-                                         path=path[:512], status=status))  # fmt: skip
+                                         path=path[:512], status=answer.status))  # fmt: skip
 
 
 def _router(caller: object) -> bool:

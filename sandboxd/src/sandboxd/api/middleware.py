@@ -70,18 +70,25 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def recording(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = Answered(send)
         try:
-            await self.app(scope, receive, recording)
+            await self.app(scope, receive, answer.send)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_requests.labels(method, route, str(answer.status)).inc()
             self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - started)
+
+
+class Answered:
+    """A `send` that notes the status of the answer it sends (500 until one starts: what a
+    failure before any answer becomes)."""
+
+    def __init__(self, send: Send) -> None:
+        self.status = 500
+        self._send = send
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
