@@ -8,6 +8,7 @@ and an update whose new copy never gets healthy fails the sandbox while the old 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -166,3 +167,33 @@ def serves(url: str, key: str) -> str:
     env = answer.json()["env"]
     assert env["SANDBOXD_SANDBOX"] == NAME
     return str(env.get("GREETING"))
+
+
+def test_an_update_taken_back_before_its_copy_is_ready_keeps_the_serving_one(
+    system: tuple[Sandboxd, str],
+) -> None:
+    server, url = system
+    with server.client() as client:
+        key = apply(client, greeting("kept"))["routingKey"]
+        kept = poll.until(
+            lambda: client.get(f"/v1/sandboxes/{NAME}").json(),
+            lambda s: s["phase"] == "Ready" and serves(url, key) == "kept",
+            timeout=20,
+            what="the first copy to serve",
+        )["forks"][0]
+        slow = {**greeting("never"), "command": [*fork_command(), "--delay", "2"]}
+        apply(client, slow)
+        poll.until(
+            lambda: fork_pids(sandbox=NAME), lambda p: len(p) == 2, timeout=10,
+            what="the slow new copy to start beside the serving one",
+        )  # fmt: skip
+
+        apply(client, greeting("kept"))  # taken back: the spec the serving copy runs
+
+        ready = wait_phase(client, NAME, "Ready")
+        poll.until(lambda: fork_pids(sandbox=NAME), lambda p: p == [kept["pid"]], timeout=20,
+                   what="the slow copy to be stopped")  # fmt: skip
+        time.sleep(2.5)  # (past the slow copy's start: it must not have taken over)
+        assert ready["forks"][0]["pid"] == kept["pid"]
+        assert client.get(f"/v1/sandboxes/{NAME}").json()["forks"][0]["pid"] == kept["pid"]
+        assert serves(url, key) == "kept"

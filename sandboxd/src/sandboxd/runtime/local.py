@@ -234,7 +234,8 @@ class LocalRuntime:
                 await self._stop_fork(held)
         serving: list[_Fork] = []
         for process in plan.forks:
-            fork = self._forks.get((plan.name, process.service))
+            key = (plan.name, process.service)
+            fork = self._forks.get(key)
             if fork is not None and fork.uid != plan.uid:  # another sandbox of that name
                 await self._stop_fork(fork)
                 fork = None
@@ -244,6 +245,10 @@ class LocalRuntime:
                 else:  # it serves nothing: no gap to avoid
                     await self._stop_fork(fork)
                     fork = None
+            elif fork is not None and key in self._next:  # (planned again as it runs)
+                await self._stop_fork(self._next[key])
+            if fork is None:  # a new copy already starting for this plan, or a new one
+                fork = await self._promote_starting(plan, process)
             serving.append(fork or self._spawn(plan, process, self._forks))
         starting = [self._next[k] for k in self._keys(serving) if k in self._next]
         await asyncio.gather(*(self._check(f) for f in [*serving, *starting]))
@@ -258,6 +263,19 @@ class LocalRuntime:
             starting = None
         if starting is None:
             self._spawn(plan, process, self._next)
+
+    async def _promote_starting(self, plan: SandboxPlan, process: ProcessPlan) -> _Fork | None:
+        """The new copy already starting for `process`, made the fork (the one it was to
+        replace is gone); None when there is none of this plan."""
+        starting = self._next.pop((plan.name, process.service), None)
+        if starting is None:
+            return None
+        if (starting.uid, starting.digest) != (plan.uid, process.digest):
+            self._next[(plan.name, process.service)] = starting  # (so that its stop finds it)
+            await self._stop_fork(starting)
+            return None
+        self._forks[(plan.name, process.service)] = starting
+        return starting
 
     def _status(self, fork: _Fork) -> ForkStatus:
         """The fork's status; a ready new copy takes its place first (the old one retires)."""
