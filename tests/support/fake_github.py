@@ -7,6 +7,8 @@ sandboxd's CLI uses, with GitHub's payload shapes and status codes, recording wh
 - `GET/POST /repos/{o}/{r}/deployments` (`?environment=`), `POST …/deployments/{id}/statuses`.
 - `refuse(...)` makes the next calls matching a method and path fail as GitHub fails them (a
   502, a secondary rate limit with `Retry-After`, a 403 naming the missing permission).
+- `hold(...)` keeps the next calls matching a method and path waiting until that many have
+  arrived, then answers them all: two runs that race see the same state.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class FakeGitHub:
     seen: list[tuple[str, str, Any]] = field(default_factory=list)
     """(method, path with query, JSON body) of every call, in order."""
     refusals: list[Refusal] = field(default_factory=list)
+    holds: list[tuple[str, str, threading.Barrier]] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: iter(range(1000, 10**9)))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,6 +60,9 @@ class FakeGitHub:
     def refuse(self, method: str, path: str, status: int, *, times: int = 1,
                headers: dict[str, str] | None = None, message: str = "refused") -> None:  # fmt: skip
         self.refusals.append(Refusal(method, path, status, headers or {}, message, times))
+
+    def hold(self, method: str, path: str, *, parties: int) -> None:
+        self.holds.append((method, path, threading.Barrier(parties, timeout=60)))
 
     def add_comment(self, number: int, body: str, *, login: str = "someone") -> dict[str, Any]:
         with self._lock:
@@ -82,6 +88,11 @@ class FakeGitHub:
         self.seen.append((method, target, body))
         if auth != f"Bearer {TOKEN}":
             return 401, {"message": "Bad credentials"}, {}
+        for held_method, held_path, barrier in list(self.holds):
+            if held_method == method and re.search(held_path, path):
+                if barrier.wait() == 0:  # (one of the parties retires the hold)
+                    self.holds.remove((held_method, held_path, barrier))
+                break
         for refusal in self.refusals:
             if refusal.times > 0 and refusal.method == method and re.search(refusal.path, path):
                 refusal.times -= 1

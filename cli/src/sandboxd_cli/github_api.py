@@ -102,11 +102,20 @@ class GitHub:
         return self._pages(f"{self._repo}/deployments", {"environment": environment})
 
     def deployment_status(
-        self, deployment_id: int, *, state: str, environment_url: str | None = None
+        self,
+        deployment_id: int,
+        *,
+        state: str,
+        environment_url: str | None = None,
+        log_url: str | None = None,
+        auto_inactive: bool = False,
     ) -> Json:
-        body: Json = {"state": state, "auto_inactive": False}
+        """`auto_inactive`: a success makes the environment's earlier deployments inactive."""
+        body: Json = {"state": state, "auto_inactive": auto_inactive}
         if environment_url is not None:
             body["environment_url"] = environment_url
+        if log_url is not None:
+            body["log_url"] = log_url
         return self._json("POST", f"{self._repo}/deployments/{deployment_id}/statuses", body)
 
     # the transport ------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""One module per group of commands, each with its own `Typer()` merged into the root app."""
