@@ -175,7 +175,7 @@ def evaluate(text: str, context: Mapping[str, Any]) -> str:
 def _key_values(text: str) -> dict[str, str]:
     """`name=value` lines and `name<<DELIMITER` blocks, as the runner reads the command files."""
     found: dict[str, str] = {}
-    lines = iter(text.splitlines())
+    lines = iter(text.split("\n"))
     for line in lines:
         if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
             name, delimiter = line.split("<<", 1)

@@ -218,7 +218,7 @@ def _environment() -> jinja2.Environment:
 
 def inline_code(value: object) -> str:
     """`value` as inline code whatever backticks it holds (CommonMark: a longer fence)."""
-    text = " ".join(str(value).split("\n"))
+    text = " ".join(str(value).splitlines())
     run = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * (run + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""

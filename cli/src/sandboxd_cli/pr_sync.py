@@ -135,9 +135,10 @@ class Sync:
                 f"the spec's name {spec_base.get('name')!r} is ignored: a pull request's "
                 f"sandbox is named after the repository and PR ({self.run.name})"
             )
-        defaults = github.Defaults(name=self.run.name, labels=self._labels())
         base = {key: value for key, value in spec_base.items() if key != "name"}
-        spec = build_spec(base=base, flags=Flags(name=self.run.name), github=defaults)
+        spec = build_spec(base=base, flags=Flags(name=self.run.name), github=github.Defaults())
+        # The PR's own labels win over a file's: a scoped token allows only its repository.
+        spec["labels"] = {**spec.get("labels", {}), **self._labels()}
         sandbox = self.api.apply(spec)
         sandbox, error = wait(self.api, sandbox, timeout)
         facts = self._facts(sandbox, error)
