@@ -133,12 +133,7 @@ def test_a_failed_update_keeps_the_old_copy_serving_until_fixed(
     server, url = system
     with server.client() as client:
         key = apply(client, greeting("good"))["routingKey"]
-        good = poll.until(
-            lambda: client.get(f"/v1/sandboxes/{NAME}").json(),
-            lambda s: s["phase"] == "Ready" and serves(url, key) == "good",
-            timeout=20,
-            what="the good copy to serve",
-        )["forks"][0]
+        good = serving(client, url, key, "good", what="the good copy to serve")["forks"][0]
 
         apply(client, {"service": "echo", "command": broken})
 
@@ -153,12 +148,19 @@ def test_a_failed_update_keeps_the_old_copy_serving_until_fixed(
         assert good["pid"] in fork_pids(sandbox=NAME)
 
         apply(client, greeting("fixed"))
+        serving(client, url, key, "fixed", what="the fixed copy to serve")
+
+
+def serving(client: httpx.Client, url: str, key: str, value: str, *, what: str) -> dict[str, Any]:
+    """The sandbox once Ready and its fork answers the sandbox's key with `value`."""
+    return dict(
         poll.until(
             lambda: client.get(f"/v1/sandboxes/{NAME}").json(),
-            lambda s: s["phase"] == "Ready" and serves(url, key) == "fixed",
+            lambda s: s["phase"] == "Ready" and serves(url, key) == value,
             timeout=20,
-            what="the fixed copy to serve",
+            what=what,
         )
+    )
 
 
 def serves(url: str, key: str) -> str:
@@ -175,12 +177,7 @@ def test_an_update_taken_back_before_its_copy_is_ready_keeps_the_serving_one(
     server, url = system
     with server.client() as client:
         key = apply(client, greeting("kept"))["routingKey"]
-        kept = poll.until(
-            lambda: client.get(f"/v1/sandboxes/{NAME}").json(),
-            lambda s: s["phase"] == "Ready" and serves(url, key) == "kept",
-            timeout=20,
-            what="the first copy to serve",
-        )["forks"][0]
+        kept = serving(client, url, key, "kept", what="the first copy to serve")["forks"][0]
         slow = {**greeting("never"), "command": [*fork_command(), "--delay", "2"]}
         apply(client, slow)
         poll.until(

@@ -20,6 +20,7 @@ import pytest
 from sandboxd_router import tls
 from sandboxd_router.control import ControlClient, ControlError, Reply
 from tests.support.certs import serve_tls
+from tests.support.loopback import serving
 
 
 @dataclass
@@ -79,13 +80,9 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def server() -> Iterator[tuple[Server, ThreadingHTTPServer]]:
     state = Server()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state, httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_handler(state)) as httpd:
+        state.port = httpd.server_address[1]
+        yield state, httpd
 
 
 def _client(url: str, timeout: float = 5) -> ControlClient:

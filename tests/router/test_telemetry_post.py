@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import pytest
 
 from sandboxd_router.telemetry.post import Answer, Poster, PostError
 from tests.support.certs import serve_tls
+from tests.support.loopback import serving
 
 
 @dataclass
@@ -65,14 +65,10 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def server() -> Iterator[tuple[Server, ThreadingHTTPServer]]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(Server(0)))
-    state = Server(httpd.server_address[1])
-    httpd.RequestHandlerClass = _handler(state)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state, httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_handler(Server(0))) as httpd:
+        state = Server(httpd.server_address[1])
+        httpd.RequestHandlerClass = _handler(state)
+        yield state, httpd
 
 
 def test_a_post_reaches_the_path_under_the_urls_prefix_with_its_headers(
@@ -230,11 +226,8 @@ def test_a_post_that_timed_out_is_not_sent_again() -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-
-    async def go() -> None:
-        poster = Poster(f"http://127.0.0.1:{httpd.server_address[1]}", {}, timeout=0.3)
+    async def go(port: int) -> None:
+        poster = Poster(f"http://127.0.0.1:{port}", {}, timeout=0.3)
         try:
             assert (await poster.post("/x", b"1", "application/json")).ok
             with pytest.raises(PostError, match=r"timed out|TimeoutError"):
@@ -242,10 +235,7 @@ def test_a_post_that_timed_out_is_not_sent_again() -> None:
         finally:
             poster.close()
 
-    try:
-        asyncio.run(go())
+    with serving(Slow) as httpd:
+        asyncio.run(go(httpd.server_address[1]))
         time.sleep(1.2)  # (a second copy would have arrived by now)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert got == [b"1", b"2"]
