@@ -1,1 +1,0 @@
-"""The `sandbox` command-line client of sandboxd."""
