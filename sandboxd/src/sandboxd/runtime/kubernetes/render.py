@@ -170,7 +170,14 @@ def fork_deployment(
             "replicas": 1,
             "selector": {"matchLabels": selector},
             "template": template,
-            # a rollout without progress this long is ProgressDeadlineExceeded: the fork fails
+            # an update surges one new pod and removes the old one only once the new one is
+            # available: the old copy serves until then, and on if the new one never is
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            # a rollout without progress this long is ProgressDeadlineExceeded: the fork (or its
+            # update) fails
             "progressDeadlineSeconds": progress_deadline,
         },
     }

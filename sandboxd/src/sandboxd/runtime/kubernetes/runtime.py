@@ -18,12 +18,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import ClassVar
 
 from sandboxd.core.catalog import Catalog, KubernetesRef
 from sandboxd.core.plan import RuntimeKind, SandboxPlan
-from sandboxd.runtime.base import ForkState, ForkStatus, LogChunk
+from sandboxd.runtime.base import ForkStatus, LogChunk
 from sandboxd.runtime.errors import PermanentError, TemporaryError
 from sandboxd.runtime.kubernetes import render
 from sandboxd.runtime.kubernetes.client import KubeClient, Obj, collection_path, object_path
@@ -35,11 +34,11 @@ from sandboxd.runtime.kubernetes.errors import (
     NamespaceTerminating,
 )
 from sandboxd.runtime.kubernetes.informer import DeploymentInformer
+from sandboxd.runtime.kubernetes.rollout import failed, fork_status, waiting
 
 log = logging.getLogger(__name__)
 MANAGED = render.MANAGED
 BASELINE_TTL = 5.0  # seconds a baseline Deployment and Service are reused before a fresh read
-REPLICA_FAILURE_GRACE = 15.0  # the ReplicaSet controller retries; fail only if it persists
 UID = "sandboxd.dev/uid"
 
 
@@ -125,7 +124,7 @@ class KubernetesRuntime:
             if not existing["metadata"].get("deletionTimestamp"):  # an older sandbox's leftover
                 await self._client.delete(f"/api/v1/namespaces/{namespace}")
             why = "the namespace of an earlier sandbox of this name is being deleted"
-            return [_waiting(p.service, why) for p in plan.forks]
+            return [waiting(p.service, why) for p in plan.forks]
         try:
             objects, forks, routes = await self._render(plan)
             digest = _digest([*objects, *(route for _, route in routes)])
@@ -141,15 +140,16 @@ class KubernetesRuntime:
                 self._applied[plan.name] = digest
             observed = [await self._deployment(namespace, service) for service, _ in forks]
         except BaselineMissing as e:
-            return [_failed(p.service, "BaselineNotFound", str(e)) for p in plan.forks]
+            return [failed(p.service, "BaselineNotFound", str(e)) for p in plan.forks]
         except NamespaceTerminating:
             raise  # a namespace deleted behind our back: gone soon, then made anew
         except (Invalid, Forbidden) as e:
             raise PermanentError(f"Kube{e.reason}", e.message) from e
         if any(obj is None for obj in observed):
             self._applied.pop(plan.name, None)  # deleted behind our back: apply again next time
+        now = time.time()
         return [
-            _fork_status(service, obj, render.fork_upstream(plan.name, service, port))
+            fork_status(service, obj, render.fork_upstream(plan.name, service, port), now=now)
             for (service, port), obj in zip(forks, observed, strict=True)
         ]
 
@@ -328,58 +328,6 @@ def _blocking(namespace: Obj, uid: str) -> bool:
     meta = namespace["metadata"]
     owner = (meta.get("annotations") or {}).get(UID)
     return bool(meta.get("deletionTimestamp")) or (owner is not None and owner != uid)
-
-
-def _fork_status(service: str, deployment: Obj | None, upstream: str) -> ForkStatus:
-    """A fork's state from its Deployment: Ready when the current generation's replicas are
-    all available; failed when the Deployment says it cannot get there."""
-    if deployment is None:
-        return _waiting(service, "the Deployment is not there yet")
-    meta, spec, status = deployment["metadata"], deployment["spec"], deployment.get("status", {})
-    started = _timestamp(meta.get("creationTimestamp"))
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    failure = conditions.get("ReplicaFailure")
-    if failure and failure.get("status") == "True":
-        message = failure.get("message") or "pods cannot be created"
-        since = _timestamp(failure.get("lastTransitionTime")) or time.time()
-        if time.time() - since >= REPLICA_FAILURE_GRACE:
-            return _failed(service, "ReplicaFailure", message, upstream, started)
-        return ForkStatus(service, ForkState.STARTING, upstream, None, started, message)
-    progressing = conditions.get("Progressing")
-    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
-        message = progressing.get("message") or "the rollout passed its progress deadline"
-        return _failed(service, "ProgressDeadlineExceeded", message, upstream, started)
-    current = status.get("observedGeneration", 0) >= meta.get("generation", 1)
-    wanted = spec.get("replicas", 1)
-    ready = (
-        current
-        and status.get("updatedReplicas", 0) >= wanted
-        and status.get("availableReplicas", 0) >= wanted
-    )
-    state = ForkState.READY if ready else ForkState.STARTING
-    message = None if ready else f"{status.get('availableReplicas', 0)}/{wanted} replicas available"
-    # timed by the Deployment's own progress deadline, which also covers later rollouts
-    return ForkStatus(service, state, upstream, None, started, message, self_timed=True)
-
-
-def _waiting(service: str, message: str) -> ForkStatus:
-    return ForkStatus(service, ForkState.STARTING, None, None, None, message)
-
-
-def _failed(
-    service: str,
-    reason: str,
-    message: str,
-    upstream: str | None = None,
-    started: float | None = None,
-) -> ForkStatus:
-    return ForkStatus(service, ForkState.EXITED, upstream, None, started, message, reason=reason)
-
-
-def _timestamp(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def _digest(objects: list[Obj]) -> str:
