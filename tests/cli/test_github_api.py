@@ -93,7 +93,7 @@ def test_a_refusal_names_the_missing_permission(fake: FakeGitHub, github: GitHub
 
     assert refused.value.status == 403
     assert "Resource not accessible by integration" in refused.value.message
-    assert "it needs issues=write; pull_requests=write" in refused.value.message
+    assert "it needs issues=write or pull_requests=write" in refused.value.message
     assert fake.pr_comments(42) == []
 
 

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from sandboxd_cli.errors import BadInput
 from sandboxd_cli.pr_comment import (
+    AUTHOR,
     LIMIT,
     Facts,
     Fork,
     Stamp,
+    close_fences,
     code_block,
     inline_code,
     load_template,
@@ -41,8 +43,8 @@ def facts(forks: int = 2, **fields: object) -> Facts:
     return Facts(**{**base, **fields})  # type: ignore[arg-type]
 
 
-def comment(cid: int, body: str) -> dict[str, object]:
-    return {"id": cid, "body": body}
+def comment(cid: int, body: str, login: str = AUTHOR) -> dict[str, object]:
+    return {"id": cid, "body": body, "user": {"login": login}}
 
 
 def test_a_rendered_body_ends_with_its_stamp() -> None:
@@ -68,11 +70,23 @@ def test_the_oldest_marked_comment_is_kept_and_the_rest_go() -> None:
     assert plan([comment(3, "lgtm")], STAMP.name).keep is None
 
 
-def test_an_older_event_for_another_head_is_stale() -> None:
+def test_only_the_actions_own_comments_count() -> None:
+    """Anyone can end a comment with the marker, dated far ahead: it must not freeze the PR."""
+    forged = Stamp(STAMP.name, "f" * 40, "9999-12-31T00:00:00Z").marker()
+    comments = [comment(1, forged, login="stranger"), comment(2, STAMP.marker())]
+    chosen = plan(comments, STAMP.name)
+    assert chosen.keep is not None and chosen.keep.id == 2 and not chosen.stale(STAMP)
+    assert plan(comments, STAMP.name, author="my-app[bot]").keep is None
+    assert plan([{"id": 3, "body": STAMP.marker()}], STAMP.name).keep is None  # no user
+
+
+def test_an_older_event_is_stale_whatever_its_head() -> None:
     newer = Stamp(STAMP.name, "b" * 40, "2026-12-06T10:05:00Z")
     chosen = plan([comment(1, "x\n" + newer.marker())], STAMP.name)
     assert chosen.stale(STAMP)
-    assert not chosen.stale(Stamp(STAMP.name, "b" * 40, "2026-12-06T10:00:00Z"))  # same head
+    # a re-run of a `closed` run after a reopen: the same head, an older event
+    assert chosen.stale(Stamp(STAMP.name, "b" * 40, "2026-12-06T10:00:00Z"))
+    assert not chosen.stale(newer)  # a re-run of the same event
     assert not plan([comment(1, STAMP.marker())], STAMP.name).stale(newer)
     unreadable = Stamp(STAMP.name, "b" * 40, "yesterday")
     assert not plan([comment(1, unreadable.marker())], STAMP.name).stale(STAMP)
@@ -92,6 +106,7 @@ def test_a_body_never_exceeds_githubs_limit(forks: int) -> None:
 def test_a_huge_message_is_cut_and_the_stamp_kept() -> None:
     body = render(load_template(TEMPLATE), facts(0, message="x" * 200_000, state="Failed"), STAMP)
     assert len(body) <= LIMIT and stamp_of(body) == STAMP and "cut to GitHub's" in body
+    assert close_fences(body) == body  # the marker is not left inside a code block
 
 
 def test_a_broken_template_is_bad_input(tmp_path: Path) -> None:
@@ -122,6 +137,18 @@ def test_a_code_block_is_never_closed_early(text: str) -> None:
     fence = block[0]
     assert block[-1] == fence
     assert not any(line.strip().startswith(fence) for line in block[1:-1])
+    assert not any("\r" in line for line in block)  # CommonMark ends a line at a CR as well
+
+
+def test_a_carriage_return_cannot_close_the_block() -> None:
+    block = code_block("boom\r```\r@acme/admins [x](https://evil.example)")
+    assert block.split("\n")[0] == "````" and block.endswith("\n````")
+
+
+def test_a_cut_body_closes_the_code_block_it_leaves_open() -> None:
+    assert close_fences("a\n```\ncode") == "a\n```\ncode\n```\n"
+    assert close_fences("a\n````\n```\nstill code") == "a\n````\n```\nstill code\n````\n"
+    assert close_fences("a\n```\ncode\n```\nafter") == "a\n```\ncode\n```\nafter"
 
 
 @given(st.text())

@@ -60,7 +60,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 
 def event(action: str, number: int, sha: str, updated: str, **head: Any) -> dict[str, Any]:
-    repo = {"full_name": head.get("repo", REPO)}
+    """A `pull_request` payload; `repo=` the head's repository (None: a deleted fork's)."""
+    full_name = head.get("repo", REPO)
+    repo = {"full_name": full_name} if full_name is not None else None
     pull_request = {"number": number, "updated_at": updated, "state": "open",
                     "head": {"sha": sha, "repo": repo}, "base": {"repo": {"full_name": REPO}}}  # fmt: skip
     return {"action": action, "number": number, "pull_request": pull_request}
@@ -164,12 +166,15 @@ def test_a_pull_requests_life(installed: System, tmp_path: Path) -> None:
     [comment] = marked(github, number)
     assert SHA2[:7] in comment["body"] and SHA1[:7] not in comment["body"]
     assert sandbox(system, name).json()["labels"]["github.sha"] == SHA2
-    assert len(github.deployments) == 2
+    first_deployment, second_deployment = sorted(github.deployments)
+    # (made inactive by the action: GitHub's auto_inactive skips transient environments)
+    assert github.statuses[first_deployment][-1]["state"] == "inactive"
+    assert github.statuses[second_deployment][-1]["state"] == "success"
 
     # a re-run of the opened job (an older head, an older event) leaves everything alone
     again = job(system, opened, tmp_path / "rerun", spec=spec(tmp_path / "rerun", "v1"))
     assert again.ok, again.log
-    assert any("newer head" in n.message for n in again.annotations("notice"))
+    assert any("newer event" in n.message for n in again.annotations("notice"))
     assert marked(github, number) == [comment]
     assert greeting(system, out["baggage"]) == ("v2", f"sandbox={name}")
 
@@ -184,8 +189,22 @@ def test_a_pull_requests_life(installed: System, tmp_path: Path) -> None:
     for did in github.deployments:
         assert github.statuses[did][-1]["state"] == "inactive"
 
+    # reopened, then a re-run of the closed job: the older event leaves the sandbox alone
+    reopened = event("reopened", number, SHA2, "2026-12-06T10:12:00Z")
+    fourth = job(system, reopened, tmp_path / "reopened", spec=spec(tmp_path / "reopened", "v3"))
+    assert fourth.ok, fourth.log
+    assert greeting(system, fourth.outputs["baggage"]) == ("v3", f"sandbox={name}")
+    late = job(system, closed, tmp_path / "closed-again")
+    assert late.ok, late.log
+    assert any("newer event" in n.message for n in late.annotations("notice"))
+    assert sandbox(system, name).json()["phase"] == "Ready"
+    assert "is Ready" in marked(github, number)[0]["body"]
+    final = job(system, event("closed", number, SHA2, "2026-12-06T10:15:00Z"), tmp_path / "end")
+    assert final.ok, final.log
+    assert sandbox(system, name).json()["phase"] == "Deleted"
+
     # the scoped token never shows in the job's log; it was masked before anything else
-    for result in (first, second, again, third):
+    for result in (first, second, again, third, fourth, late, final):
         assert system.token not in result.log
         assert result.raw_stdout.startswith(f"::add-mask::{system.token}\n")
 
@@ -194,6 +213,9 @@ def test_the_marker_is_found_past_150_comments(installed: System, tmp_path: Path
     system, github, number = installed, installed.github, 43
     for i in range(150):
         github.add_comment(number, f"review remark {i}")
+    # a stranger's comment that ends like ours, from a far future: not the sandbox's
+    forged = f"<!-- sandboxd:comment sandbox={pr_name(REPO, number)} head={'f' * 40} updated=9999-12-31T00:00:00Z -->"
+    github.add_comment(number, forged, login="stranger")
     opened = event("opened", number, SHA1, "2026-12-06T11:00:00Z")
     first = job(system, opened, tmp_path / "a", spec=spec(tmp_path / "a", "v1"), comment="true")
     assert first.ok, first.log
@@ -204,8 +226,10 @@ def test_the_marker_is_found_past_150_comments(installed: System, tmp_path: Path
     during = github.seen[calls:]
     assert any("page=2" in target for method, target, _ in during if method == "GET")
     assert not any(m == "POST" and "/comments" in t for m, t, _ in during)
-    assert [str(c["id"]) for c in marked(github, number)] == [first.outputs["comment-id"]]
+    ours = [c for c in marked(github, number) if c["user"]["login"] != "stranger"]
+    assert [str(c["id"]) for c in ours] == [first.outputs["comment-id"]]
     assert second.outputs["comment-id"] == first.outputs["comment-id"]
+    assert greeting(system, second.outputs["baggage"])[0] == "v2"  # not frozen by the forgery
     assert job(system, event("closed", number, SHA2, "2026-12-06T11:02:00Z"), tmp_path / "c").ok
 
 
@@ -233,26 +257,42 @@ def test_two_racing_runs_leave_one_comment(installed: System, tmp_path: Path) ->
     assert job(system, event("closed", number, SHA1, "2026-12-06T12:01:00Z"), tmp_path / "c").ok
 
 
-def test_a_token_without_comment_permission_is_a_warning(installed: System, tmp_path: Path) -> None:
-    system, github, number = installed, installed.github, 45
-    permission = {"x-accepted-github-permissions": "pull_requests=write"}
-    github.refuse("GET", rf"/issues/{number}/comments$", 403, headers=permission,
+@pytest.mark.parametrize(
+    ("number", "method", "path", "permission"),
+    [
+        (45, "GET", r"/issues/45/comments$", "pull_requests=read"),
+        (48, "POST", r"/issues/48/comments$", "pull_requests=write"),
+        (49, "POST", r"/deployments$", "deployments=write"),
+    ],
+    ids=["list-comments", "comment", "deploy"],
+)
+def test_what_github_refuses_is_a_warning(
+    installed: System, tmp_path: Path, number: int, method: str, path: str, permission: str
+) -> None:
+    system, github = installed, installed.github
+    github.refuse(method, path, 403, headers={"x-accepted-github-permissions": permission},
                   message="Resource not accessible by integration")  # fmt: skip
     opened = event("opened", number, SHA1, "2026-12-06T13:00:00Z")
     result = job(system, opened, tmp_path / "a", spec=spec(tmp_path / "a", "v1"))
     assert result.ok, result.log
     [warning] = result.annotations("warning")
-    assert "pull_requests=write" in warning.message
-    assert result.outputs["comment-id"] == ""
+    assert permission in warning.message and "Resource not accessible" in warning.message
     assert greeting(system, result.outputs["baggage"])[0] == "v1"
-    assert marked(github, number) == []
+    assert sandbox(system, pr_name(REPO, number)).json()["phase"] == "Ready"
+    if path.endswith("comments$"):
+        assert result.outputs["comment-id"] == "" and marked(github, number) == []
+    else:
+        assert str(marked(github, number)[0]["id"]) == result.outputs["comment-id"]
     assert job(system, event("closed", number, SHA1, "2026-12-06T13:01:00Z"), tmp_path / "b").ok
 
 
-def test_a_forks_pull_request_gets_a_notice(installed: System, tmp_path: Path) -> None:
+@pytest.mark.parametrize("head_repo", ["stranger/agents", None], ids=["fork", "deleted-fork"])
+def test_a_forks_pull_request_gets_a_notice(
+    installed: System, tmp_path: Path, head_repo: str | None
+) -> None:
     system, github, number = installed, installed.github, 46
     calls = len(github.seen)
-    opened = event("opened", number, SHA1, "2026-12-06T14:00:00Z", repo="stranger/agents")
+    opened = event("opened", number, SHA1, "2026-12-06T14:00:00Z", repo=head_repo)
     result = job(system, opened, tmp_path / "a", spec=spec(tmp_path / "a", "v1"), token="")
     assert result.ok, result.log
     [notice] = result.annotations("notice")

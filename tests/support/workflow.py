@@ -45,6 +45,7 @@ class Result:
     """Every step's stdout and stderr as the job's log shows it: masked, commands removed."""
     raw_stdout: str
     """Exactly what the steps printed on stdout (to check what a mask hid)."""
+    raw_stderr: str = ""
     commands: list[Command] = field(default_factory=list)
     summary: str = ""
     exit_codes: list[int] = field(default_factory=list)
@@ -88,9 +89,7 @@ def run_action(
         name: inputs[name] if name in inputs else evaluate(str(spec.get("default", "")), context)
         for name, spec in declared.items()
     }
-    for name, spec in declared.items():
-        if spec.get("required") and not context["inputs"][name]:
-            raise Unsupported(f"required input {name} not given")
+    # (`required:` is not enforced: GitHub's runner does not enforce it for actions either)
 
     job_env = dict(env)
     masks: list[str] = []
@@ -124,9 +123,11 @@ def run_action(
             capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
         result.raw_stdout += done.stdout
+        result.raw_stderr += done.stderr
         result.exit_codes.append(done.returncode)
         shown = []
-        for line in done.stdout.splitlines():
+        # The runner reads workflow commands on both streams.
+        for line in [*done.stdout.splitlines(), *done.stderr.splitlines()]:
             found = _COMMAND.match(line)
             if found is None:
                 shown.append(line)
@@ -138,7 +139,7 @@ def run_action(
             properties = dict(p.split("=", 1) for p in (props or "").split(",") if "=" in p)
             properties = {k: unescape(v, prop=True) for k, v in properties.items()}
             result.commands.append(Command(name, unescape(message), properties))
-        result.log += _masked("\n".join([*shown, done.stderr]), masks) + "\n"
+        result.log += _masked("\n".join(shown), masks) + "\n"
         outputs = _key_values(files["GITHUB_OUTPUT"].read_text())
         if step.get("id"):
             context["steps"][step["id"]] = {"outputs": outputs}
@@ -149,11 +150,10 @@ def run_action(
         if done.returncode != 0:
             result.ok = False
             break
-    if result.ok:
-        result.outputs = {
-            name: evaluate(str(spec["value"]), context)
-            for name, spec in (action.get("outputs") or {}).items()
-        }
+    result.outputs = {  # (also after a failed step: what it set stays set)
+        name: evaluate(str(spec["value"]), context)
+        for name, spec in (action.get("outputs") or {}).items()
+    }
     return result
 
 

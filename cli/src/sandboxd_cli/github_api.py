@@ -182,11 +182,16 @@ def _refusal(method: str, url: str, response: httpx.Response) -> str:
     except (ValueError, AttributeError):
         said = response.text[:200]
     line = f"GitHub refused {method} {path} ({response.status_code}: {said or 'no message'})"
-    if response.status_code in (403, 404):
-        wanted = response.headers.get("x-accepted-github-permissions")
-        needs = f"it needs {wanted}" if wanted else "it may lack a permission"
+    if response.status_code == 403:
+        # `a=write, b=read; c=write`: `;` separates alternatives, `,` joins a set's members.
+        wanted = response.headers.get("x-accepted-github-permissions", "")
+        options = [" and ".join(p.strip() for p in o.split(",")) for o in wanted.split(";")]
+        options = [o for o in options if o]
+        needs = f"it needs {' or '.join(options)}" if options else "it may lack a permission"
         line += (
-            f"; {needs}: give the job `permissions:` pull-requests: write (comments) and "
-            "deployments: write"
+            f"; {needs} (the workflow's `permissions:` — pull-requests: write for the comment, "
+            "deployments: write for the deployment)"
         )
+    elif response.status_code == 404:
+        line += "; it does not exist, or the token cannot see it"
     return line

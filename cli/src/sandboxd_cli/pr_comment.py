@@ -1,11 +1,13 @@
 """The pull request's sandbox comment: what it says, and which existing comment is it.
 
 Exactly one comment per sandbox lives on a PR. It is found again by a hidden marker, an HTML
-comment GitHub does not show, that also records which run wrote it: the PR's head commit and
-the PR's `updated_at` from that run's event. A run whose event is older than the comment's, for
-another head, leaves the comment (and the sandbox) alone, so a re-run of an old workflow cannot
-roll the page back. When two runs race and both create a comment, the oldest marked comment is
-kept and the others are deleted (`plan`).
+comment GitHub does not show, that ends the body and records which run wrote it: the PR's head
+commit and the PR's `updated_at` from that run's event. Only comments by the action's own
+author count (`github-actions[bot]` for the job's token): anyone may write a comment that ends
+like ours. A run whose event is older than the comment's leaves the comment (and the sandbox)
+alone, so a re-run of an old workflow — a push's, or a `closed` one after a reopen — cannot roll
+the sandbox or the comment back. When two runs race and both create a comment, the oldest
+marked comment is kept and the others are deleted (`plan`).
 
 The body is rendered from a Jinja2 template (`templates/github/comment.md.j2` by default; a
 user's own can replace it). The marker is appended by this module, not by the template, so an
@@ -50,9 +52,8 @@ class Stamp:
         return f"<!-- sandboxd:comment {fields} -->"
 
     def newer_than(self, other: Stamp) -> bool:
-        """Whether this stamp is from a later event, for another head commit."""
-        if self.head == other.head:
-            return False
+        """Whether this stamp is from a later event than `other` (the PR's `updated_at` moves
+        on every event a run is for; a re-run of the same event has the same one)."""
         mine, theirs = _instant(self.updated), _instant(other.updated)
         return mine is not None and theirs is not None and mine > theirs
 
@@ -88,19 +89,26 @@ class Plan:
         return self.keep is not None and self.keep.stamp.newer_than(run)
 
 
-def marked(comments: Iterable[Mapping[str, Any]], name: str) -> list[Marked]:
-    """The comments carrying this sandbox's marker, oldest (lowest id) first."""
+AUTHOR = "github-actions[bot]"
+"""Who writes the comment with a job's `GITHUB_TOKEN`."""
+
+
+def marked(
+    comments: Iterable[Mapping[str, Any]], name: str, *, author: str = AUTHOR
+) -> list[Marked]:
+    """`author`'s comments carrying this sandbox's marker, oldest (lowest id) first."""
     found = []
     for comment in comments:
-        body, cid = comment.get("body"), comment.get("id")
-        stamp = stamp_of(body) if isinstance(body, str) else None
+        body, cid, user = comment.get("body"), comment.get("id"), comment.get("user")
+        login = user.get("login") if isinstance(user, Mapping) else None
+        stamp = stamp_of(body) if isinstance(body, str) and login == author else None
         if stamp is not None and stamp.name == name and isinstance(cid, int):
             found.append(Marked(cid, stamp))
     return sorted(found, key=lambda m: m.id)
 
 
-def plan(comments: Iterable[Mapping[str, Any]], name: str) -> Plan:
-    found = marked(comments, name)
+def plan(comments: Iterable[Mapping[str, Any]], name: str, *, author: str = AUTHOR) -> Plan:
+    found = marked(comments, name, author=author)
     if not found:
         return Plan(keep=None)
     return Plan(keep=found[0], extra=tuple(m.id for m in found[1:]))
@@ -186,7 +194,7 @@ def render(template: jinja2.Template, facts: Facts, stamp: Stamp) -> str:
                 high = middle - 1
         body = _text(template, facts, low)
     if len(body) > room:  # not even without forks: a huge message or template
-        body = body[: room - len(_CUT_NOTE)] + _CUT_NOTE
+        body = close_fences(body[: room - len(_CUT_NOTE) - 40]) + _CUT_NOTE
     return body.rstrip("\n") + marker
 
 
@@ -230,9 +238,25 @@ def table_cell(value: object) -> str:
     return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
+def close_fences(text: str) -> str:
+    """`text` with a code block it leaves open closed, so what follows is not shown as code."""
+    open_fence = ""
+    for line in text.split("\n"):
+        found = re.match(r" {0,3}(`{3,})", line)
+        if found is None:
+            continue
+        fence = found.group(1)
+        if not open_fence:
+            open_fence = fence
+        elif len(fence) >= len(open_fence) and not line.strip().strip("`"):
+            open_fence = ""
+    return f"{text}\n{open_fence}\n" if open_fence else text
+
+
 def code_block(value: object, language: str = "") -> str:
-    """`value` as a fenced block whatever fences it holds."""
-    text = str(value).rstrip("\n")
+    """`value` as a fenced block whatever fences it holds (CommonMark ends a line at LF, CR
+    or CRLF: each is made a LF first, or a CR could close the block early)."""
+    text = re.sub(r"\r\n?", "\n", str(value)).rstrip("\n")
     run = max((len(m) for m in re.findall(r"^\s*(`{3,})", text, re.M)), default=0)
     fence = "`" * max(3, run + 1)
     return f"{fence}{language}\n{text}\n{fence}"

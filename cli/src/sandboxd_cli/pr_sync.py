@@ -18,7 +18,7 @@ and job summary; a failed sandbox is an error annotation with the fork's reason 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,16 @@ from sandboxd_cli.actions import Job
 from sandboxd_cli.client import Api, Json
 from sandboxd_cli.errors import BadInput, CliError, NotFound
 from sandboxd_cli.github_api import GitHub, GitHubError
-from sandboxd_cli.pr_comment import Facts, Fork, Plan, Stamp, load_template, plan, render
+from sandboxd_cli.pr_comment import (
+    AUTHOR,
+    Facts,
+    Fork,
+    Plan,
+    Stamp,
+    load_template,
+    plan,
+    render,
+)
 from sandboxd_cli.render import text
 from sandboxd_cli.spec import Flags, build_spec
 from sandboxd_cli.views import forks_of
@@ -38,7 +47,7 @@ from sandboxd_cli.views import forks_of
 LOG_LINES = 20
 """How much of a failed fork's log an error annotation quotes."""
 Wait = Callable[[Api, Json, float], tuple[Json, CliError | None]]
-WaitDeleted = Callable[[Api, str, float], Json | None]
+WaitDeleted = Callable[[Api, str, float], tuple[Json | None, CliError | None]]
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,8 @@ class Run:
     server_url: str
     run_url: str
     from_fork: bool
-    """The PR's head lives in another repository: the job gets no secrets."""
+    """The job gets no secrets: the PR's head lives in another repository (or in one since
+    deleted: `head.repo` is null), or Dependabot opened it."""
 
     @property
     def stamp(self) -> Stamp:
@@ -101,7 +111,11 @@ def read_run(env: Mapping[str, str], event: Mapping[str, Any], command: str | No
         name=github.pr_name(repository, number),
         server_url=server.rstrip("/"),
         run_url=f"{server.rstrip('/')}/{repository}/actions/runs/{run_id}" if run_id else "",
-        from_fork=isinstance(head_repo, str) and head_repo.lower() != repository.lower(),
+        from_fork=(
+            not isinstance(head_repo, str)
+            or head_repo.lower() != repository.lower()
+            or env.get("GITHUB_ACTOR") == "dependabot[bot]"
+        ),
     )
 
 
@@ -121,7 +135,11 @@ class Sync:
     job: Job
     template: jinja2.Template | None
     """None: no comment (`comment: false`)."""
+    author: str = AUTHOR
+    """Whose comments are the action's (others may copy its marker)."""
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    left_alone: bool = False
+    """Whether this run found a newer run's comment and changed nothing."""
 
     # up ----------------------------------------------------------------------------------
     def up(self, spec_base: Mapping[str, Any], *, timeout: float, wait: Wait) -> CliError | None:
@@ -158,17 +176,22 @@ class Sync:
 
     def _leave_alone(self, existing: Plan) -> None:
         assert existing.keep is not None
+        self.left_alone = True
         newer = existing.keep.stamp
         self.job.notice(
-            f"a run for a newer head ({newer.head[:7]}) already updated sandbox {self.run.name}: "
-            f"this run for {self.run.head[:7]} leaves the sandbox and its comment alone",
+            f"a run for a newer event of this pull request (head {newer.head[:7]}, "
+            f"{newer.updated}) already updated sandbox {self.run.name}: this run (head "
+            f"{self.run.head[:7]}, {self.run.updated}) leaves the sandbox and its comment alone",
             title="sandboxd: older run",
         )
         try:
             sandbox = self.api.get(self.run.name)
         except NotFound:
             return
-        self._report(self._facts(sandbox, None), existing.keep.id)
+        facts = self._facts(sandbox, None)
+        labels = sandbox.get("labels")
+        head = labels.get(github.SHA_LABEL) if isinstance(labels, dict) else None
+        self._report(replace(facts, head=str(head or newer.head)), existing.keep.id)
 
     def _facts(self, sandbox: Json, error: CliError | None) -> Facts:
         phase = text(sandbox.get("phase"))
@@ -229,29 +252,34 @@ class Sync:
         return chunk.data.decode("utf-8", "replace").rstrip("\n")
 
     # down --------------------------------------------------------------------------------
-    def down(self, *, timeout: float, wait: WaitDeleted) -> None:
+    def down(self, *, timeout: float, wait: WaitDeleted) -> CliError | None:
+        """Delete and wait; the comment says so (or, past `timeout`, that it is still being
+        deleted, and the error is returned)."""
         existing = self._comments()
         if existing is not None and existing.stale(self.run.stamp):
             self._leave_alone(existing)
-            return
+            return None
         try:
             self.api.delete(self.run.name)
-            sandbox = wait(self.api, self.run.name, timeout)
+            sandbox, error = wait(self.api, self.run.name, timeout)
         except NotFound:
-            sandbox = None
-        deleted = text(sandbox.get("deletedAt")) if sandbox else ""
-        deleted = deleted if deleted != "-" else self.clock().isoformat(timespec="seconds")
-        facts = Facts(
-            name=self.run.name,
-            state="Deleted",
-            head=self.run.head,
-            commit_url=self.run.commit_url,
-            deleted_at=deleted,
-            run_url=self.run.run_url,
-        )
+            sandbox, error = None, None
+        if error is not None and sandbox is not None:
+            facts = self._facts(sandbox, error)
+        else:
+            deleted = str(sandbox.get("deletedAt") or "") if sandbox else ""
+            facts = Facts(
+                name=self.run.name,
+                state="Deleted",
+                head=self.run.head,
+                commit_url=self.run.commit_url,
+                deleted_at=deleted or self.clock().isoformat(timespec="seconds"),
+                run_url=self.run.run_url,
+            )
         comment_id = self._post(facts, existing) if existing and existing.keep else None
         self._retire_deployments()
         self._report(facts, comment_id)
+        return error
 
     # the comment -------------------------------------------------------------------------
     def _comments(self) -> Plan | None:
@@ -259,7 +287,7 @@ class Sync:
         if self.hub is None or self.template is None:
             return None
         try:
-            return plan(self.hub.comments(self.run.number), self.run.name)
+            return plan(self.hub.comments(self.run.number), self.run.name, author=self.author)
         except GitHubError as e:
             self._refused("read the PR's comments", e)
             return None
@@ -273,7 +301,9 @@ class Sync:
             if existing.keep is None:
                 mine = int(self.hub.create_comment(self.run.number, body)["id"])
                 # Another run may have created one at the same moment: keep the oldest.
-                existing = plan(self.hub.comments(self.run.number), self.run.name)
+                existing = plan(
+                    self.hub.comments(self.run.number), self.run.name, author=self.author
+                )
                 if existing.keep is None or existing.keep.id == mine:
                     self._delete(existing.extra)
                     return mine
@@ -282,7 +312,13 @@ class Sync:
                     return existing.keep.id
             self._delete(existing.extra)
             assert existing.keep is not None
-            self.hub.update_comment(existing.keep.id, body)
+            try:
+                self.hub.update_comment(existing.keep.id, body)
+            except GitHubError as e:
+                if e.status != 404:
+                    raise
+                # Deleted since it was listed (by a person, or a racing run): make it anew.
+                return int(self.hub.create_comment(self.run.number, body)["id"])
             return existing.keep.id
         except GitHubError as e:
             self._refused("comment on the PR", e)
@@ -307,24 +343,28 @@ class Sync:
                 environment=self.run.environment,
                 description=f"sandboxd sandbox {self.run.name}",
             )
+            made = int(deployment["id"])
             self.hub.deployment_status(
-                int(deployment["id"]),
+                made,
                 state="failure" if failed else "success",
                 environment_url=facts.page_url or None,
                 log_url=self.run.run_url or None,
-                auto_inactive=True,  # the environment's earlier deployments become inactive
             )
         except (GitHubError, KeyError, TypeError, ValueError) as e:
             self._refused("create a deployment", e)
+            return
+        # GitHub's `auto_inactive` skips transient environments: retire the earlier ones here.
+        self._retire_deployments(keep=made)
 
-    def _retire_deployments(self) -> None:
+    def _retire_deployments(self, *, keep: int | None = None) -> None:
         if self.hub is None:
             return
         try:
             for deployment in list(self.hub.deployments(self.run.environment)):
-                self.hub.deployment_status(int(deployment["id"]), state="inactive")
+                if int(deployment["id"]) != keep:
+                    self.hub.deployment_status(int(deployment["id"]), state="inactive")
         except (GitHubError, KeyError, TypeError, ValueError) as e:
-            self._refused("mark the sandbox's deployments inactive", e)
+            self._refused("mark the sandbox's earlier deployments inactive", e)
 
     def _refused(self, what: str, e: Exception) -> None:
         self.job.warning(f"could not {what}: {e}", title="sandboxd: GitHub refused")
