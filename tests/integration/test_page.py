@@ -540,3 +540,20 @@ def test_the_polling_fallback_answers_what_changed_as_json(
     unchanged = world.web.get(f"/s/{name}/state", params={"since": body["id"]}, headers=cookie)
     assert unchanged.json() == {"id": body["id"], "sections": {}}
     assert world.web.get(f"/s/{name}/state").status_code == 403
+
+
+def test_behind_https_both_cookies_are_secure(tmp_path: Path) -> None:
+    public = "https://sandboxd.example"
+    env = {"SANDBOXD_VIEW_KEY": VIEW_KEY, "SANDBOXD_PUBLIC_URL": public}
+    with (
+        running_sandboxd(tmp_path / "data", env=env) as server,
+        server.client() as api,
+        httpx.Client(base_url=server.url, timeout=30, cookies=_no_cookies()) as web,
+    ):
+        link = api.post("/v1/sandboxes", json={"name": "tls"}).json()["links"]["page"]
+        assert link.startswith(f"{public}/s/tls?view=")
+        opened = web.get(link.removeprefix(public))
+        session = web.post("/signin", data={"token": server.token}, headers={"Origin": public})
+        for answer in (opened, session):
+            assert answer.status_code == 303
+            assert "; secure" in answer.headers["set-cookie"].lower()

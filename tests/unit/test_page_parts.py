@@ -122,3 +122,22 @@ async def test_a_quiet_stream_sends_heartbeats_and_a_refused_viewer_ends_it() ->
 
     chunks = [c async for c in live.stream(look, {}, interval=0, heartbeat=0)]
     assert chunks[1:] == [b": ping\n\n"]
+
+
+async def test_viewers_of_one_sandbox_share_a_fresh_look() -> None:
+    made = []
+
+    async def make() -> live.Seen:
+        made.append(1)
+        return live.Seen(SECTIONS_A)
+
+    shared = live.Shared(fresh=3600)
+    assert (await shared.look("a/1", make)).sections == SECTIONS_A
+    await shared.look("a/1", make)
+    assert len(made) == 1
+    await shared.look("b/1", make)  # another sandbox: its own look
+    assert len(made) == 2
+    stale = live.Shared(fresh=0)
+    await stale.look("a/1", make)
+    await stale.look("a/1", make)
+    assert len(made) == 4

@@ -43,6 +43,27 @@ class Seen:
     gone: bool = False
 
 
+class Shared:
+    """One look at a sandbox shared by its viewers: a look younger than `fresh` seconds is
+    reused, so ten open pages of one sandbox cost about what one does. (A look holds
+    nothing that depends on the viewer; each viewer's access is checked apart.)"""
+
+    def __init__(self, *, fresh: float = 0.25, keep: int = 1024) -> None:
+        self.fresh = fresh
+        self.keep = keep
+        self._looks: dict[str, tuple[float, asyncio.Future[Seen]]] = {}
+
+    async def look(self, key: str, make: Callable[[], Awaitable[Seen]]) -> Seen:
+        now = time.monotonic()
+        found = self._looks.get(key)
+        if found is None or now - found[0] >= self.fresh:
+            if len(self._looks) >= self.keep:
+                self._looks = {k: v for k, v in self._looks.items() if now - v[0] < self.fresh}
+            found = (now, asyncio.ensure_future(make()))
+            self._looks[key] = found
+        return await asyncio.shield(found[1])
+
+
 def digest(html: str) -> str:
     return hashlib.sha256(html.encode()).hexdigest()[:_DIGEST]
 

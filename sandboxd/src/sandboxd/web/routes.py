@@ -47,6 +47,7 @@ class Web:
     def __init__(self) -> None:
         self.pages = Pages()
         self.streams = Gate(MAX_STREAMS)
+        self.shared = live.Shared()
 
 
 def install(app: FastAPI) -> None:
@@ -152,12 +153,18 @@ async def sandbox_events(state: StateDep, web: WebDep, request: Request, name: s
         return _problem(web, 503, "Busy", "Too many live pages are open; this one polls.")
     uid = row.uid
 
-    async def look() -> live.Seen:
+    async def render() -> live.Seen:
         now = await state.store.get(name)
-        if now is None or now.uid != uid or not await _sees(state, request, now):
+        if now is None or now.uid != uid:
             return live.Seen(None)
         facts = await gather(state, now)
         return live.Seen(web.pages.sections(facts), gone=now.phase == Phase.DELETED)
+
+    async def look() -> live.Seen:
+        row = await state.store.get(name)
+        if row is None or row.uid != uid or not await _sees(state, request, row):
+            return live.Seen(None)
+        return await web.shared.look(f"{name}/{uid}", render)
 
     async def events() -> AsyncIterator[bytes]:
         try:
