@@ -539,7 +539,9 @@ def test_the_polling_fallback_answers_what_changed_as_json(
     assert set(body["sections"]) >= {"status", "forks", "faults", "events"}
     unchanged = world.web.get(f"/s/{name}/state", params={"since": body["id"]}, headers=cookie)
     assert unchanged.json() == {"id": body["id"], "sections": {}}
-    assert world.web.get(f"/s/{name}/state").status_code == 403
+    denied = world.web.get(f"/s/{name}/state")
+    assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
+    assert world.web.get("/s/never-made/state").json()["error"] == "not_found"
 
 
 def test_behind_https_both_cookies_are_secure(tmp_path: Path) -> None:

@@ -182,9 +182,9 @@ async def sandbox_state(state: StateDep, web: WebDep, request: Request, name: st
     from `since` (an event id), as JSON; 410 with the last of them once deleted."""
     row = await _row(state, web, request, name)
     if isinstance(row, Response):
-        return JSONResponse(
-            {"error": "unavailable", "status": row.status_code}, row.status_code, headers=HEADERS
-        )
+        code = row.status_code
+        error = {404: "not_found", 403: "forbidden"}.get(code, "unavailable")
+        return JSONResponse({"error": error, "message": "reload the page"}, code, headers=HEADERS)
     facts = await gather(state, row)
     body = live.update(web.pages.sections(facts), live.known(request.query_params.get("since")))
     code = 410 if row.phase == Phase.DELETED else 200
