@@ -250,13 +250,27 @@ def test_the_page_says_how_to_reach_each_service_with_lines_to_copy(world: World
     assert {key, f"baggage: sandbox={key}"} <= copied
 
 
+def settled(world: World) -> tuple[Doc, dict[str, Any], list[dict[str, Any]]]:
+    """The page, with the fault counts and metrics the API gives just before and after it
+    (the routers' reports may still be arriving: the same on both sides, or look again)."""
+
+    def look() -> tuple[Doc, dict[str, Any], list[dict[str, Any]]] | None:
+        before = world.api.get("/v1/sandboxes/pr-7").json()["faults"][0]
+        metrics = world.api.get("/v1/sandboxes/pr-7/metrics").json()["services"]
+        doc = Doc(world.page("pr-7").text)
+        after = world.api.get("/v1/sandboxes/pr-7").json()["faults"][0]
+        again = world.api.get("/v1/sandboxes/pr-7/metrics").json()["services"]
+        same = before == after and [m["sandbox"] for m in metrics] == [m["sandbox"] for m in again]
+        return (doc, after, metrics) if same else None
+
+    return poll.until(look, timeout=30, what="the page and the API to agree")
+
+
 def test_the_page_shows_faults_traffic_requests_traces_and_events(world: World) -> None:
-    doc = Doc(world.page("pr-7").text)
-    fault = world.api.get("/v1/sandboxes/pr-7").json()["faults"][0]
+    doc, fault, metrics = settled(world)
     row = doc.attrs("tr", **{"data-fault": "lag"})
     assert row and "latency" in doc["faults"]
     assert f"{fault['matched']} {fault['injected']}" in doc["faults"]
-    metrics = world.api.get("/v1/sandboxes/pr-7/metrics").json()["services"]
     echo = next(m for m in metrics if m["service"] == "echo")
     assert doc.attrs("tr", **{"data-service": "echo"})
     assert f"echo {echo['sandbox']['requests']} " in doc["metrics"]
