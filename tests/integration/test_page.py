@@ -9,6 +9,7 @@ import json
 import secrets
 import subprocess
 import sys
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -573,3 +574,19 @@ def test_behind_https_both_cookies_are_secure(tmp_path: Path) -> None:
         for answer in (opened, session):
             assert answer.status_code == 303
             assert "; secure" in answer.headers["set-cookie"].lower()
+
+
+def test_a_stopping_server_ends_live_pages_cleanly(tmp_path: Path) -> None:
+    env = {"SANDBOXD_VIEW_KEY": VIEW_KEY}
+    with running_sandboxd(tmp_path / "data", env=env) as server, server.client() as api:
+        link = api.post("/v1/sandboxes", json={"name": "watched"}).json()["links"]["page"]
+        cookie = {"Cookie": f"sandboxd-view={parse_qs(urlsplit(link).query)['view'][0]}"}
+        with httpx.stream("GET", f"{server.url}/s/watched/events", headers=cookie) as stream:
+            lines = stream.iter_lines()
+            assert next(events(lines)).kind == "sections"
+            stopping = threading.Thread(target=server.stop)
+            stopping.start()
+            rest = list(lines)  # to the end of the body: no truncated chunk
+            stopping.join()
+        assert all(not line or line.startswith(":") for line in rest)
+        assert server.proc is not None and server.proc.returncode in (0, -15)  # (as uvicorn stops)

@@ -17,6 +17,7 @@ reconnects with its last id, and a link or session that lapsed meanwhile is refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -100,12 +101,15 @@ async def stream(
     interval: float = INTERVAL,
     heartbeat: float = HEARTBEAT,
     lifetime: float = LIFETIME,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[bytes]:
     """The events of one client: a first one at once (so it knows the stream works), then one
-    per change, `gone` when the sandbox is deleted (the end)."""
+    per change, `gone` when the sandbox is deleted (the end). `stop` set (the server is
+    stopping) ends it at once, cleanly: a held stream would hold up the shutdown."""
+    stop = stop or asyncio.Event()
     started = quiet_since = time.monotonic()
     first = True
-    while time.monotonic() - started < lifetime:
+    while time.monotonic() - started < lifetime and not stop.is_set():
         seen = await look()
         if seen.sections is None:
             return
@@ -119,4 +123,5 @@ async def stream(
         elif time.monotonic() - quiet_since >= heartbeat:
             yield b": ping\n\n"
             quiet_since = time.monotonic()
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

@@ -9,6 +9,7 @@ valid link or session for it), never JSON or a traceback; only the polling endpo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -48,6 +49,12 @@ class Web:
         self.pages = Pages()
         self.streams = Gate(MAX_STREAMS)
         self.shared = live.Shared()
+        self.stopping = asyncio.Event()
+
+    def close(self) -> None:
+        """The server is stopping: end every live page's stream now (browsers reconnect to
+        the next server, with their last event id)."""
+        self.stopping.set()
 
 
 def install(app: FastAPI) -> None:
@@ -168,7 +175,7 @@ async def sandbox_events(state: StateDep, web: WebDep, request: Request, name: s
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for chunk in live.stream(look, since):
+            async for chunk in live.stream(look, since, stop=web.stopping):
                 yield chunk
         finally:
             web.streams.leave()
