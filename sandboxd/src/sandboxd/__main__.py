@@ -176,8 +176,9 @@ def serve(
 
 
 class _Server(uvicorn.Server):
-    """Releases the routers' long polls as soon as a stop is asked for; uvicorn would otherwise
-    wait for them (up to the graceful timeout) before it lets the app shut down."""
+    """Releases the routers' long polls and the web page's streams as soon as a stop is asked
+    for; uvicorn would otherwise wait for them (up to the graceful timeout) before it lets the
+    app shut down."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
@@ -185,6 +186,9 @@ class _Server(uvicorn.Server):
         state = getattr(getattr(app, "state", None), "sandboxd", None)
         if state is not None:
             asyncio.get_event_loop().call_soon_threadsafe(state.routes.close)
+        web = getattr(getattr(app, "state", None), "web", None)
+        if web is not None:  # the web page's live streams
+            asyncio.get_event_loop().call_soon_threadsafe(web.close)
 
 
 def _fail(message: str) -> None:

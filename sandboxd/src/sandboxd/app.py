@@ -38,6 +38,7 @@ from sandboxd.runtime.supervisor import Supervisor, check_port_free
 from sandboxd.settings import Settings
 from sandboxd.store.engine import make_engine
 from sandboxd.store.repository import Store
+from sandboxd.web import routes as web
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL = 0.001
@@ -52,6 +53,14 @@ def admin_token(settings: Settings) -> str:
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
     return _token_file(settings.data_path / "admin-token")
+
+
+def view_key(settings: Settings) -> bytes:
+    """The key of the web page's links and sessions: the configured one, else the one in
+    `<data dir>/view-key`, made on first start (as the admin token is)."""
+    if settings.view_key is not None:
+        return settings.view_key.get_secret_value().encode()
+    return _token_file(settings.data_path / "view-key").encode()
 
 
 def router_token(settings: Settings) -> str:
@@ -213,6 +222,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                 admin_hashes={hash_token(token)},
                 route_reader_hashes={hash_token(reader)},
                 audit=trail,
+                view_key=view_key(settings),
             )
             task = asyncio.create_task(reconciler.run(), name="reconciler")
             stack.push_async_callback(_cancel, task)
@@ -248,6 +258,7 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
     app.include_router(observe.router)
     app.include_router(audit.router)
     app.include_router(system.ops)
+    web.install(app)
     signals_limit = {"/v1/router-signals": max(signals.MAX_POST_BYTES, settings.max_request_bytes)}
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes, larger=signals_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)

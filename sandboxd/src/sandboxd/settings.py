@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandboxd.core.capability import MIN_KEY
 from sandboxd.core.duration import parse_duration
 
 
@@ -67,6 +68,10 @@ class Settings(BaseSettings):
     """The longest TTL a sandbox may have, at creation or when extended."""
     admin_token: SecretStr | None = None
     """The admin bearer token; generated into `<data dir>/admin-token` (0600) when not given."""
+    view_key: SecretStr | None = None
+    """The key that signs the web page's links and sign-in sessions (at least 32 characters);
+    generated into `<data dir>/view-key` (0600) when not given. Give every replica the same
+    one; changing it ends every link and session handed out."""
     public_url: str | None = None
     """The URL users reach the API at, for links; default http://host:port."""
     router_host: str = "127.0.0.1"
@@ -115,6 +120,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("view_key", mode="after")
+    @classmethod
+    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value()) < MIN_KEY:
+            raise ValueError(f"the view key must have at least {MIN_KEY} characters")
+        return value
 
     @field_validator("host", mode="after")
     @classmethod

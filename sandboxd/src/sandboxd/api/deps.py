@@ -92,6 +92,8 @@ class AppState:
     long_polls: Gate = field(default_factory=lambda: Gate(MAX_LONG_POLLS))
     audit: AuditSink | None = None
     """Where each API call is recorded (`sandboxd.api.audit`)."""
+    view_key: bytes = b""
+    """Signs the web page's links (`links.page`) and sign-in sessions; empty: no links."""
 
 
 ROUTER_CALLS = frozenset(

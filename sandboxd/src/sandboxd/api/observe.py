@@ -8,7 +8,7 @@ A sandbox that is deleted, or was never created, is a 404: its signals went with
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -39,7 +39,7 @@ from sandboxd.core import compare
 from sandboxd.core.clock import rfc3339
 from sandboxd.core.duration import PATTERN, format_duration, parse_duration
 from sandboxd.core.phases import Phase
-from sandboxd.core.signals import Side, Span, traces
+from sandboxd.core.signals import Side, Span, Trace, traces
 from sandboxd.core.tokens import Caller
 from sandboxd.errors import InvalidRequest, NotFound
 from sandboxd.store.signals import RECORDS_KEPT, RecordFilter
@@ -47,6 +47,7 @@ from sandboxd.store.tables import SandboxRow
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["signals"], dependencies=[Depends(require_token)])
 NameParam = Annotated[str, Path(max_length=63, description="The sandbox's name")]
+NO_FILTER = RecordFilter()
 MIN_WINDOW, MAX_WINDOW = 10, 3600
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No live sandbox of that name"}
@@ -92,7 +93,27 @@ async def sandbox_metrics(
 ) -> MetricsOut:
     """Per service the sandbox's figures and the baseline's over the same window, merged over
     every router, and a verdict per figure (`sandboxd.core.compare` states the rules)."""
-    seconds = _window(window)
+    criteria = compare.Criteria(alpha=alpha, effect=effect, min_samples=min_samples)
+    return await metrics_of(
+        state, name, allow=lambda row: check_access(caller, row), seconds=_window(window),
+        exclude_injected=exclude_injected, criteria=criteria,
+    )  # fmt: skip
+
+
+DEFAULT_CRITERIA = compare.Criteria(alpha=0.05, effect=0.2, min_samples=20)
+
+
+async def metrics_of(
+    state: AppState,
+    name: str,
+    *,
+    allow: Callable[[SandboxRow], None],
+    seconds: int = 300,
+    exclude_injected: bool = True,
+    criteria: compare.Criteria = DEFAULT_CRITERIA,
+) -> MetricsOut:
+    """`GET /v1/sandboxes/{name}/metrics`'s answer (also the web page's): `allow` raises when
+    the sandbox found is not the caller's to see; NotFound when none is live."""
     now = time.time()
     since = now - seconds
     found = await state.store.live_signal_sides(
@@ -101,9 +122,8 @@ async def sandbox_metrics(
     if found is None:
         raise _not_found(name)
     row, mine, theirs = found
-    check_access(caller, row)
+    allow(row)
     services = sorted(set(mine) | {fork.service for fork in row.spec.forks})
-    criteria = compare.Criteria(alpha=alpha, effect=effect, min_samples=min_samples)
     figures = [_service(s, mine.get(s, Side()), theirs.get(s, Side()), criteria) for s in services]
     return MetricsOut(
         sandbox=name, window=format_duration(seconds), from_=rfc3339(_utc(since)),
@@ -198,6 +218,19 @@ async def sandbox_requests(
     """The sandbox's newest request records (the newest 1,000 are kept), newest first."""
     row = await _live_row(state, name, caller)
     where = RecordFilter(service=service, status=_statuses(status), error=error, trace_id=trace_id)
+    found = await recent_requests(state, row, where=where, limit=limit, fault=fault)
+    return RequestList(items=[RequestOut.model_validate(r) for r in found])
+
+
+async def recent_requests(
+    state: AppState,
+    row: SandboxRow,
+    *,
+    where: RecordFilter = NO_FILTER,
+    limit: int = 100,
+    fault: str | None = None,
+) -> list[Mapping[str, Any]]:
+    """The sandbox's newest request records, newest first (`/requests`, and the web page)."""
     # a fault is matched here, in the records (the ring is bounded): read the whole ring
     wanted = limit if fault is None else 2 * RECORDS_KEPT
     found = await state.store.request_records(
@@ -205,7 +238,7 @@ async def sandbox_requests(
     )
     if fault is not None:
         found = [r for r in found if any(fault in (f["id"], f["kind"]) for f in r["faults"])]
-    return RequestList(items=[RequestOut.model_validate(r) for r in found[:limit]])
+    return found[:limit]
 
 
 def _statuses(status: str | None) -> tuple[int, int] | None:
@@ -227,9 +260,7 @@ async def sandbox_traces(
     """The sandbox's newest traces as span trees (one span per request its routers recorded;
     a span whose parent is not known is a root), newest first."""
     row = await _live_row(state, name, caller)
-    found = await state.store.traced_records(
-        routing_key=row.routing_key, limit=limit, trace_id=trace_id
-    )
+    found = await recent_traces(state, row, limit=limit, trace_id=trace_id)
     return TraceList(
         items=[
             TraceOut(
@@ -238,9 +269,19 @@ async def sandbox_traces(
                 duration_ms=t.duration_ms,
                 spans=[_span(s) for s in t.roots],
             )
-            for t in traces(found)[:limit]
+            for t in found
         ]
     )
+
+
+async def recent_traces(
+    state: AppState, row: SandboxRow, *, limit: int = 20, trace_id: str | None = None
+) -> list[Trace]:
+    """The sandbox's newest traces as span trees, newest first (`/traces`, and the web page)."""
+    found = await state.store.traced_records(
+        routing_key=row.routing_key, limit=limit, trace_id=trace_id
+    )
+    return traces(found)[:limit]
 
 
 def _span(span: Span) -> SpanOut:

@@ -14,7 +14,7 @@ from pydantic import ValidationError, WithJsonSchema
 
 from sandboxd.api.deps import AppState, CallerDep, StateDep, check_access, require_token
 from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
-from sandboxd.api.views import event_view, sandbox_view
+from sandboxd.api.views import event_view, page_link, sandbox_view
 from sandboxd.core.clock import utcnow
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
@@ -53,16 +53,22 @@ _CONFLICT: dict[int | str, dict[str, Any]] = {
 
 
 async def _view(state: AppState, row: SandboxRow) -> SandboxOut:
-    return (await _views(state, [row]))[0]
+    return (await views(state, [row]))[0]
 
 
-async def _views(state: AppState, rows: Sequence[SandboxRow]) -> list[SandboxOut]:
+async def views(state: AppState, rows: Sequence[SandboxRow]) -> list[SandboxOut]:
     """The rows as shown, with their fault counts read in one query."""
     keys = [row.routing_key for row in rows if row.spec.faults]
     counts = await state.store.fault_counts(keys) if keys else {}
     url, key = state.settings.effective_public_url, state.catalog.baggage_key
     return [
-        sandbox_view(row, base_url=url, baggage_key=key, counts=counts.get(row.routing_key, {}))
+        sandbox_view(
+            row,
+            base_url=url,
+            baggage_key=key,
+            counts=counts.get(row.routing_key, {}),
+            page=page_link(row, base_url=url, key=state.view_key, max_ttl=state.settings.max_ttl),
+        )
         for row in rows
     ]
 
@@ -211,7 +217,7 @@ async def list_sandboxes(
         wanted[caller.scope.key] = caller.scope.value
     rows = await state.store.sandboxes()
     matching = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted.items())]
-    return SandboxList(items=await _views(state, matching))
+    return SandboxList(items=await views(state, matching))
 
 
 @router.get("/{name}", response_model=SandboxOut, responses={**ERRORS, **_NOT_FOUND})

@@ -18,8 +18,10 @@ from sandboxd.api.schemas import (
     ServiceList,
     ServiceOut,
 )
+from sandboxd.core.catalog import Service
 from sandboxd.core.plan import reachable_host
 from sandboxd.errors import Unavailable
+from sandboxd.settings import Settings
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 ops = APIRouter(tags=["operations"])
@@ -77,7 +79,6 @@ def _too_many_polls(state: AppState) -> Response:
 
 @v1.get("/services", tags=["routing"], response_model=ServiceList, responses=ERRORS)
 async def services(state: StateDep) -> ServiceList:
-    host = reachable_host(state.settings.router_host)
     return ServiceList(
         baggage_key=state.catalog.baggage_key,
         items=[
@@ -85,12 +86,19 @@ async def services(state: StateDep) -> ServiceList:
                 name=s.name,
                 protocol=s.protocol,
                 router_port=s.router_port,
-                router_url=f"http://{host}:{s.router_port}" if s.router_port else None,
+                router_url=router_url(state.settings, s),
                 baseline=BaselineOut(url=s.baseline.url, health=s.baseline.health),
             )
             for s in state.catalog.services
         ],
     )
+
+
+def router_url(settings: Settings, service: Service) -> str | None:
+    """Where clients reach `service` through the router (None: it has no router port)."""
+    if not service.router_port:
+        return None
+    return f"http://{reachable_host(settings.router_host)}:{service.router_port}"
 
 
 @ops.get("/healthz")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sandboxd.api.schemas import EventOut, SandboxOut
+from sandboxd.core.capability import mint_view, view_expiry
 from sandboxd.core.clock import rfc3339
 from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.naming import baggage_member
@@ -17,10 +18,19 @@ NO_COUNTS: Mapping[str, Counts] = {}
 
 
 def sandbox_view(
-    row: SandboxRow, *, base_url: str, baggage_key: str, counts: Mapping[str, Counts] = NO_COUNTS
+    row: SandboxRow,
+    *,
+    base_url: str,
+    baggage_key: str,
+    counts: Mapping[str, Counts] = NO_COUNTS,
+    page: str | None = None,
 ) -> SandboxOut:
-    """`counts`: per fault id, summed over the routers' reports (`sandboxd.store.counts`)."""
+    """`counts`: per fault id, summed over the routers' reports (`sandboxd.store.counts`);
+    `page`: the web page's link (`page_link`), shown as `links.page`."""
     self_url = f"{base_url}/v1/sandboxes/{row.name}"
+    links = {"self": self_url, "events": f"{self_url}/events"}
+    if page is not None:
+        links["page"] = page
     return SandboxOut(
         name=row.name,
         uid=row.uid,
@@ -40,11 +50,18 @@ def sandbox_view(
         generation=row.generation,
         forks=row.forks,
         faults=[fault_view(f, counts.get(str(f.id), Counts())) for f in row.spec.faults],
-        links={
-            "self": self_url,
-            "events": f"{self_url}/events",
-        },
+        links=links,
     )
+
+
+def page_link(row: SandboxRow, *, base_url: str, key: bytes, max_ttl: int) -> str | None:
+    """The sandbox's page with a view capability for it (`sandboxd.core.capability`): what
+    the pull request's comment links to. It expires `view_expiry` after the sandbox does."""
+    if not key:
+        return None
+    expires = view_expiry(row.expires_at, max_ttl=max_ttl)
+    token = mint_view(key, name=row.name, uid=row.uid, expires=expires)
+    return f"{base_url}/s/{row.name}?view={token}"
 
 
 def fault_view(fault: FaultSpec, counts: Counts) -> dict[str, Any]:

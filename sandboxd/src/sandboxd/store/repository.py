@@ -168,6 +168,12 @@ class Store:
             return session.exec(select(TokenRow).where(TokenRow.token_hash == token_hash)).first()
 
     @_off_loop
+    def token_named(self, name: str) -> TokenRow | None:
+        """The token `name`, looked up on every request of a web session it signed in."""
+        with self._tx(read_only=True) as session:
+            return session.get(TokenRow, name)
+
+    @_off_loop
     def tokens(self) -> list[TokenRow]:
         with self._tx(read_only=True) as session:
             return list(session.exec(select(TokenRow).order_by(TokenRow.name)).all())
