@@ -140,12 +140,15 @@ def test_a_pull_requests_life(installed: System, tmp_path: Path) -> None:
     out = first.outputs
     assert out["name"] == name
     assert out["baggage"] == f"sandbox={out['routing-key']}"
-    assert out["expires-at"] and out["page-url"].endswith(f"/v1/sandboxes/{name}")
+    assert out["expires-at"] and out["page-url"].startswith(f"{system.sandboxd.url}/s/{name}?")
+    page = httpx.get(out["page-url"], follow_redirects=True, timeout=10)  # the link works
+    assert page.status_code == 200 and name in page.text and out["routing-key"] in page.text
     assert greeting(system, out["baggage"]) == ("v1", f"sandbox={name}")
     comments = marked(github, number)
     assert [str(c["id"]) for c in comments] == [out["comment-id"]]
     body = comments[0]["body"]
     assert "is Ready" in body and SHA1[:7] in body and out["routing-key"] in body
+    assert out["page-url"] in body
     assert f"baggage: {out['baggage']}" in body and f"curl -H 'baggage: {out['baggage']}'" in body
     assert out["routing-key"] in first.summary and name in first.summary
     [deployment] = github.deployments.values()
