@@ -82,7 +82,7 @@ INSTALL = [  # manifests/README.md, with throwaway Secret values
     ("-n", "sandboxd", "create", "secret", "generic", "sandboxd-database",
      "--from-literal=url=postgresql+psycopg://sandboxd:test@postgres:5432/sandboxd"),
     ("-n", "sandboxd", "create", "secret", "generic", "sandboxd-admin",
-     "--from-literal=token=test-admin-token"),
+     "--from-literal=token=test-admin-token", f"--from-literal=view-key={'v' * 64}"),
 ]  # fmt: skip
 
 
@@ -210,6 +210,7 @@ def test_the_control_plane_is_hardened_and_wired_to_its_secrets_catalog_and_prob
     assert_hardened(pod, main)
     assert secret_ref(main, "SANDBOXD_DATABASE_URL") == {"name": "sandboxd-database", "key": "url"}
     assert secret_ref(main, "SANDBOXD_ADMIN_TOKEN") == {"name": "sandboxd-admin", "key": "token"}
+    assert secret_ref(main, "SANDBOXD_VIEW_KEY") == {"name": "sandboxd-admin", "key": "view-key"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: volumes[m["name"]] for m in main["volumeMounts"]}
     assert "emptyDir" in mounts["/var/lib/sandboxd"] and "emptyDir" in mounts["/tmp"]
