@@ -306,7 +306,8 @@ def test_the_page_sends_a_strict_policy_and_works_without_javascript(world: Worl
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"), [("page.css", "text/css"), ("page.js", "text/javascript")]
+    ("name", "kind"),
+    [("page.css", "text/css"), ("page.js", "text/javascript"), ("icon.svg", "image/svg+xml")],
 )
 def test_the_stylesheet_and_script_are_cached_by_content(
     world: World, name: str, kind: str

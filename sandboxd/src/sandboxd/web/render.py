@@ -31,7 +31,11 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",  # a page shown to one viewer; never kept by a shared cache
 }
-ASSET_TYPES = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
+ASSET_TYPES = {
+    "page.css": "text/css; charset=utf-8",
+    "page.js": "text/javascript; charset=utf-8",
+    "icon.svg": "image/svg+xml",  # named by the pages, else browsers ask /favicon.ico (a 404)
+}
 
 
 @dataclass(frozen=True, slots=True)

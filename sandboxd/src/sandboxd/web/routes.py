@@ -239,7 +239,7 @@ async def sign_out(state: StateDep, web: WebDep, request: Request) -> Response:
 
 @router.get("/static/{file}")
 async def static(web: WebDep, request: Request, file: str) -> Response:
-    """page.css and page.js: cached for a year under their URL's content hash (`?v=`, what
+    """page.css, page.js and icon.svg: cached for a year under their URL's content hash (`?v=`, what
     the pages link to), revalidated by ETag otherwise."""
     asset = web.pages.assets.get(file)
     if asset is None:
