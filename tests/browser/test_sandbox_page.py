@@ -222,3 +222,25 @@ def test_status_is_text_not_colour_alone(open_page: OpenPage, world: World) -> N
     verdicts = page.locator("#metrics .verdict")
     for i in range(verdicts.count()):
         assert verdicts.nth(i).inner_text().strip() == verdicts.nth(i).get_attribute("data-verdict")
+
+
+def test_without_server_sent_events_it_polls_and_still_follows_changes(
+    open_page: OpenPage, world: World, watch: Watch
+) -> None:
+    """A proxy that cuts the event stream (the browser's requests for it fail here): the page
+    falls back to polling `/s/<name>/state`, and a change still shows without a reload."""
+    world.make("poll-me", forks=False)
+    page = open_page("poll-me")
+    page.context.route("**/s/poll-me/events*", lambda route: route.abort())
+    page.reload()
+    expect(page.locator("#live-status")).to_have_text("Updating every 2 s.", timeout=8000)
+    page.evaluate("window.sameDocument = true")
+    fault = {"id": "boom", "service": "echo", "kind": "http_error", "status": 503}
+    assert world.api.patch("/v1/sandboxes/poll-me", json={"faults": [fault]}).status_code == 200
+    expect(page.locator('#faults tr[data-fault="boom"]')).to_be_visible(timeout=LIVE)
+    assert world.api.delete("/v1/sandboxes/poll-me").status_code in (200, 202, 204)
+    expect(page.locator("#live-status")).to_have_text("This sandbox was deleted.", timeout=LIVE)
+    expect(page.locator("#phase")).to_have_text("Deleted")
+    assert page.evaluate("window.sameDocument") is True
+    # the cut stream's failures are the only errors (a deleted sandbox's poll is not one)
+    watch.errors[:] = [e for e in watch.errors if "/s/poll-me/events" not in e]

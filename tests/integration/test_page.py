@@ -344,6 +344,9 @@ def test_a_deleted_sandbox_gets_a_410_page(world: World) -> None:
     assert answer.status_code == 410
     assert answer.headers["content-type"].startswith("text/html")
     assert Doc(answer.text)["problem"] == "Sandbox deleted"
+    polled = world.web.get("/s/short-lived/state", headers={"Cookie": f"sandboxd-view={cap}"})
+    assert polled.status_code == 200 and polled.json()["gone"] is True  # a 4xx: a console error
+    assert "Deleted" in polled.json()["sections"]["status"]
 
 
 def refused(answer: httpx.Response) -> bool:
@@ -554,7 +557,7 @@ def test_the_polling_fallback_answers_what_changed_as_json(
     body = whole.json()
     assert set(body["sections"]) >= {"status", "forks", "faults", "events"}
     unchanged = world.web.get(f"/s/{name}/state", params={"since": body["id"]}, headers=cookie)
-    assert unchanged.json() == {"id": body["id"], "sections": {}}
+    assert unchanged.json() == {"id": body["id"], "sections": {}, "gone": False}
     denied = world.web.get(f"/s/{name}/state")
     assert denied.status_code == 403 and denied.json()["error"] == "forbidden"
     assert world.web.get("/s/never-made/state").json()["error"] == "not_found"

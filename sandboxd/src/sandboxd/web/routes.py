@@ -186,7 +186,8 @@ async def sandbox_events(state: StateDep, web: WebDep, request: Request, name: s
 @router.get("/s/{name}/state")
 async def sandbox_state(state: StateDep, web: WebDep, request: Request, name: str) -> Response:
     """What page.js polls when server-sent events do not reach it: the sections that differ
-    from `since` (an event id), as JSON; 410 with the last of them once deleted."""
+    from `since` (an event id), as JSON, with `"gone": true` once deleted (a 200 still: a
+    browser logs every 4xx of a fetch as a console error)."""
     row = await _row(state, web, request, name)
     if isinstance(row, Response):
         code = row.status_code
@@ -194,8 +195,8 @@ async def sandbox_state(state: StateDep, web: WebDep, request: Request, name: st
         return JSONResponse({"error": error, "message": "reload the page"}, code, headers=HEADERS)
     facts = await gather(state, row)
     body = live.update(web.pages.sections(facts), live.known(request.query_params.get("since")))
-    code = 410 if row.phase == Phase.DELETED else 200
-    return JSONResponse(body, code, headers={**HEADERS, "Cache-Control": "no-cache"})
+    body["gone"] = row.phase == Phase.DELETED
+    return JSONResponse(body, headers={**HEADERS, "Cache-Control": "no-cache"})
 
 
 @router.get("/", response_class=HTMLResponse)

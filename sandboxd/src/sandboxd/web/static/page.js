@@ -72,9 +72,10 @@
       fetch(body.dataset.poll + "?since=" + encodeURIComponent(lastId),
             { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) {
-          if (r.status === 410) { clearInterval(polling); return r.json().then(gone); }
           if (!r.ok) { clearInterval(polling); say("Not updating (" + r.status + "): refresh."); return null; }
-          return r.json().then(apply);
+          return r.json().then(function (update) {
+            if (update.gone) { clearInterval(polling); gone(update); } else apply(update);
+          });
         })
         .catch(function () { say("Not updating: refresh."); });
     }, 2000);
