@@ -74,10 +74,12 @@ class World:
         """The page link the API gives (and the pull request's comment carries)."""
         return str(self.sandbox(name)["links"]["page"])
 
-    def make(self, name: str, *, forks: bool = True) -> dict[str, Any]:
-        spec: dict[str, Any] = {"name": name}
+    def make(self, name: str, *, forks: bool | list[Any] = True, **more: Any) -> dict[str, Any]:
+        """A sandbox (by default with a fork of `echo`), once Ready."""
+        spec: dict[str, Any] = {"name": name, **more}
         if forks:
-            spec["forks"] = [{"service": "echo", "command": fork_command()}]
+            default = [{"service": "echo", "command": fork_command()}]
+            spec["forks"] = default if forks is True else forks
         created = self.api.post("/v1/sandboxes", json=spec)
         assert created.status_code == 201, created.text
         ready: dict[str, Any] = wait_phase(self.api, name, "Ready")

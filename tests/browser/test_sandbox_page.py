@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sys
 from typing import Any
 
 import pytest
@@ -19,10 +20,19 @@ from playwright.sync_api import Page, expect
 
 from tests.browser import axe
 from tests.browser.conftest import SHA, OpenPage, Watch, World, artifacts
+from tests.conftest import ENVSERVER
 
 pytestmark = pytest.mark.slow
 LIVE = 3000  # ms: the issue's "at most 2 s behind", with room for the change to happen
 COUNTDOWN = re.compile(r"^\((\d+d )?(\d+h )?\d+m \d+s left\)$")
+XSS_LABEL = "<script>window.pwned = 'label'</script>"
+XSS_LOG = "<img src=x onerror=\"window.pwned = 'log'\"> & <b>bold</b>"
+# A fork that prints HTML to its log, then serves as envserver does.
+NOISY_FORK = [
+    sys.executable, "-c",
+    f"print({XSS_LOG!r}, flush=True); import runpy, sys; sys.argv = [{ENVSERVER!r}]; "
+    f"runpy.run_path({ENVSERVER!r}, run_name='__main__')",
+]  # fmt: skip
 
 
 def expected_copies(world: World, name: str) -> dict[str, str]:
@@ -244,3 +254,25 @@ def test_without_server_sent_events_it_polls_and_still_follows_changes(
     assert page.evaluate("window.sameDocument") is True
     # the cut stream's failures are the only errors (a deleted sandbox's poll is not one)
     watch.errors[:] = [e for e in watch.errors if "/s/poll-me/events" not in e]
+
+
+def test_html_from_a_pull_request_shows_as_text_and_never_runs(
+    open_page: OpenPage, world: World
+) -> None:
+    """A label and a fork's log line carrying HTML: shown as text on the page as served and
+    in the sections the live update swaps in (here, when the sandbox is deleted)."""
+    fork = {"service": "echo", "command": NOISY_FORK}
+    world.make("xss", labels={"note": XSS_LABEL}, forks=[fork])
+    page = open_page("xss")
+    expect(page.locator("#live-status")).to_have_text("Live.")
+
+    def shown_as_text() -> None:
+        expect(page.locator('#labels tr[data-label="note"] td')).to_have_text(XSS_LABEL)
+        assert page.locator("#labels img, #labels script, .fork-log img, .fork-log b").count() == 0
+        assert page.evaluate("window.pwned") is None
+
+    expect(page.locator('article[data-fork="echo"] .fork-log')).to_contain_text(XSS_LOG)
+    shown_as_text()
+    assert world.api.delete("/v1/sandboxes/xss").status_code in (200, 202, 204)
+    expect(page.locator("#live-status")).to_have_text("This sandbox was deleted.", timeout=LIVE)
+    shown_as_text()
