@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.router.conftest import KEYS, Origin, Router, raw, routes_table, start_router
+from tests.support import poll
 from tests.support.server import free_port
 
 TOKENS = {"pr-1": "tok1" + "a" * 28, "pr-2": "tok2" + "b" * 28}
@@ -244,3 +245,22 @@ def test_on_mcp_a_key_in_params_meta_wins_over_the_cookie(mcp_router: Router) ->
     by_cookie = httpx.post(f"{mcp_router.url}/mcp", json=rpc(), headers=cookie)
     assert by_cookie.json()["origin"] == "fork1"
     assert headers_named(by_cookie, "baggage") == [f"sandbox={KEYS['pr-1']}"]
+
+
+def test_the_gateway_answers_preview_links_and_routes_by_the_cookie(
+    origins: dict[str, Origin], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    table = routes_table(free_port(), origins)
+    table["routes"][KEYS["pr-1"]].update(preview=TOKENS["pr-1"], expiresAt=EXPIRES)
+    port = free_port()
+    gateway = start_router(tmp_path_factory.mktemp("gw"), table, "--gateway-port", str(port))
+    try:
+        poll.port_open(port, timeout=15)
+        host = {"Host": "echo.example.com"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=host) as browser:
+            opened = browser.get(f"/.sandboxd/preview/{TOKENS['pr-1']}?next=/echo")
+            assert opened.status_code == 303 and "sandboxd-preview" in browser.cookies
+            assert browser.get("/echo").json()["origin"] == "fork1"
+    finally:
+        gateway.proc.terminate()
+        gateway.proc.wait()
