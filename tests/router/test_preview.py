@@ -167,7 +167,7 @@ def test_exit_and_off_clear_the_cookie(router: Router) -> None:
     assert off.status_code == 303 and off.headers["location"] == "/echo?a=1&b=2"
     assert attributes(off.headers["set-cookie"])["max-age"] == "0"
     crafted = raw(router.port, b"GET //evil.example?sandboxd-preview=off HTTP/1.1\r\nHost: x\r\n"
-                  b"Connection: close\r\n\r\n")  # fmt: skip
+                  b"Cookie: sandboxd-preview=x\r\nConnection: close\r\n\r\n")  # fmt: skip
     assert b"\r\nLocation: /\r\n" in crafted
 
 
