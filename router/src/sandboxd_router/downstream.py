@@ -56,7 +56,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         self._refusal: tuple[int, str, str] | None = None  # sent when its request's turn comes
         self._out: list[bytes] | None = None  # corked: writes collect here until uncork()
         self.feeding = False  # inside data_received: upstream writes are corked too
-        self.cookie = False  # the request whose head is read has a Cookie header
+        self.cookie = False  # the request whose head is read may have a preview cookie
         self._preview: preview.Preview | None = None  # that of `_held`, when it had one
 
     def _exchange(self) -> Exchange:

@@ -22,8 +22,9 @@ cookie its own browser refuses over plain HTTP: nothing for anyone else.
 `next` is a relative path only: it must start with one `/` and hold printable ASCII without
 a backslash (browsers read `/\\host` as `//host`); anything else becomes `/`.
 
-Nothing here runs for a request without a `Cookie` header or a target of ours: the hot path
-pays a test of a flag and one of the target's second byte (`downstream.DownstreamConnection`).
+Nothing here runs for a request whose `Cookie` header does not hold `sandboxd-preview` and
+whose target is not ours: the hot path pays a search of the Cookie header (`intake`), a test of
+a flag and one of the target's second byte (`downstream.DownstreamConnection`).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def inspect(
     after this request (said in an answer's head)."""
     found = Preview()
     token = take_cookie(head)
-    secure = _behind_https(head)
     if target.startswith(LINK) and method in (b"GET", b"HEAD"):
+        secure = _behind_https(head)
         path, _, query = target[len(LINK) :].partition(b"?")
         location = safe_next(unquote_to_bytes(_param(query, b"next") or b"/"))
         route = None if path == EXIT else _live(table, path.decode("latin-1"))
@@ -89,6 +90,7 @@ def inspect(
         label = route.decision if route is not None else b"baseline"
         found.answer = redirect(location, cookies, route=label, close=close)
         return found
+    secure = _behind_https(head)
     if method in (b"GET", b"HEAD") and target.find(OFF) >= 0:
         path, _, query = target.partition(b"?")
         rest = [p for p in query.split(b"&") if p != OFF]
@@ -112,6 +114,8 @@ def take_cookie(head: RequestHeaders) -> bytes | None:
         if name != b"cookie":
             continue
         line = lines[i]
+        if line.find(COOKIE) < 0:
+            continue  # (the name of each of ours holds it)
         colon = line.index(b":")
         pieces = line[colon + 2 : -2].split(b";")
         kept = []
