@@ -264,3 +264,15 @@ def test_the_gateway_answers_preview_links_and_routes_by_the_cookie(
     finally:
         gateway.proc.terminate()
         gateway.proc.wait()
+
+
+@pytest.mark.parametrize(
+    "cookie", ["a=1;b=2", "x = y ;; z", "sandboxd-previewer=1", "a=sandboxd-preview=1; b"]
+)
+def test_a_cookie_header_without_the_routers_cookie_passes_as_it_came(
+    router: Router, cookie: str
+) -> None:
+    response = httpx.get(f"{router.url}/echo", headers={"Cookie": cookie})
+    assert response.json()["origin"] == "baseline"
+    assert headers_named(response, "cookie") == [cookie.strip()]
+    assert response.headers.get_list("set-cookie") == []
