@@ -17,7 +17,9 @@ benchmarks/_against.py) and measures it in the same run, printing the tree's cou
 check that a change to the hot path costs no instructions. `--against-venv DIR` measures the
 router installed in another virtualenv instead. `--compiled-only` skips the interpreted router
 and nginx. The router records every request (the default; access log off, no control plane);
-`--recording` also measures it with `--record off`: what recording costs the request path.
+`--recording` also measures it with `--record off`: what recording costs the request path;
+`--cookie` adds a browser's Cookie header to every request (what looking for the preview cookie
+costs).
 A process's count moves by up to about 1 % with its string-hash seed (dict probes), so
 `--rounds N` measures each subject in N processes, in turn, and shows the median.
 """
@@ -52,6 +54,7 @@ from benchmarks._procs import (
 
 ROUTER_SOURCES = Path(__file__).resolve().parents[1] / "router" / "src" / "sandboxd_router"
 WARM_UP = 300
+COOKIE = "_ga=GA1.1.1234567890.1700000000; theme=dark; session=8f14e45fceea167a5a36dedd4bea2543"
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
@@ -78,7 +81,7 @@ def exchange(sock: socket.socket, request: bytes) -> bytes:
             return data[: end + 4]
 
 
-def count(subject: Subject, work_dir: Path, n: int, run: int = 0) -> float:
+def count(subject: Subject, work_dir: Path, n: int, run: int = 0, *, cookie: str = "") -> float:
     name = f"{subject.name}.{run}"
     out = work_dir / f"{name}.callgrind"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -87,7 +90,8 @@ def count(subject: Subject, work_dir: Path, n: int, run: int = 0) -> float:
     proc = subprocess.Popen(argv, stdout=log, stderr=log, env=subject.env)
     try:
         sock = _connect(subject, proc)
-        request = f"GET / HTTP/1.1\r\nHost: x\r\nbaggage: {BAGGAGE}\r\n\r\n".encode()
+        extra = f"Cookie: {cookie}\r\n" if cookie else ""
+        request = f"GET / HTTP/1.1\r\nHost: x\r\nbaggage: {BAGGAGE}\r\n{extra}\r\n".encode()
         for _ in range(WARM_UP):
             head = exchange(sock, request)
         if f"sandbox={SANDBOX}".encode() not in head or not head.startswith(b"HTTP/1.1 200"):
@@ -197,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also the compiled router with --record off (what recording adds to the request "
         "path; its telemetry process is not counted)",
     )
+    parser.add_argument(
+        "--cookie",
+        action="store_true",
+        help="every request also carries a browser's Cookie header (three cookies, none the "
+        "router's): what looking for the preview cookie costs",
+    )
     other = parser.add_mutually_exclusive_group()
     other.add_argument("--against", metavar="REF", help="also measure the router of a git ref")
     other.add_argument(
@@ -221,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[float]] = {s.name: [] for s in measured}
             for run in range(args.rounds):  # each subject once a round, in turn
                 for subject in measured:
-                    runs[subject.name].append(count(subject, work_dir, args.requests, run))
+                    cookie = COOKIE if args.cookie else ""
+                    runs[subject.name].append(
+                        count(subject, work_dir, args.requests, run, cookie=cookie)
+                    )
             results = {name: statistics.median(values) for name, values in runs.items()}
         except HarnessError as e:
             print(f"router_instructions: {e}", file=sys.stderr)
@@ -229,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.stop_all()
     print(f"Instructions per proxied request (callgrind, user space, {args.requests} requests, "
-          f"c=1 keep-alive, 1 KiB responses, {TABLE:,} sandboxes, routed to a fork):")  # fmt: skip
+          f"c=1 keep-alive, 1 KiB responses, {TABLE:,} sandboxes, routed to a fork"
+          f"{', a Cookie header' if args.cookie else ''}):")  # fmt: skip
     for name, value in results.items():
         spread = f"  ({min(runs[name]):,.0f} to {max(runs[name]):,.0f})" if args.rounds > 1 else ""
         print(f"  {name:20} {value:10,.0f}{spread}")

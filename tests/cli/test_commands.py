@@ -172,8 +172,10 @@ def test_get_shows_the_sandbox(web: Result, server: Sandboxd, sandbox: Invoke) -
 
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert f"Routing key:   {sandbox_now['routingKey']}" in lines
-    assert "Phase:         Ready" in lines
+    spaced = [" ".join(line.split()) for line in lines]  # (the column's width varies)
+    assert f"Routing key: {sandbox_now['routingKey']}" in spaced
+    assert "Phase: Ready" in spaced
+    assert f"Preview (echo): {sandbox_now['links']['preview:echo']}" in spaced
     upstream = sandbox_now["forks"][0]["upstream"]
     assert any(line.split()[:3] == ["echo", "Ready", upstream] for line in lines)
 

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import threading
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -46,8 +47,11 @@ def test_create_becomes_ready_and_routes_to_its_fork(client: httpx.Client) -> No
         "sandbox": name,
         "forks": {"echo": fork["upstream"]},
         "faults": [],
+        "preview": entry["preview"],  # the preview token (tests/integration/test_preview_links.py)
+        "expiresAt": int(datetime.fromisoformat(ready["expiresAt"]).timestamp()),
         "rev": entry["rev"],  # a digest of the rest (tests/unit/test_core.py)
     }
+    assert len(entry["preview"]) == 32 and entry["preview"] != body["routingKey"]
     assert {s["name"] for s in routes["services"]} == {"echo", "tools"}
     client.delete(f"/v1/sandboxes/{name}")
 

@@ -11,6 +11,7 @@ never arrived. Paths:
   /upload          reads the whole body, answers its length and SHA-256
   /slow?ms=N       waits N ms before answering
   /cookie          sets a cookie
+  /router-cookie   sets the router's preview cookie (which the router must drop) and another
   /close           a body delimited by closing the connection
   /status?code=N   an empty answer with that status
   /drop-next       answers, then closes this connection silently when its next request comes
@@ -107,6 +108,13 @@ class Origin(asyncio.Protocol):
             self.reply(200, b"slow")
         elif path == "/cookie":
             self.reply(200, b"cookie", extra=[("Set-Cookie", f"session={self.name}; Path=/")])
+        elif path == "/router-cookie":
+            cookies = [
+                ("Set-Cookie", f"sandboxd-preview=from-{self.name}; Path=/"),
+                ("Set-Cookie", f"session={self.name}; Path=/"),
+                ("set-cookie", " __Host-sandboxd-preview=x; Path=/; Secure"),
+            ]
+            self.reply(200, b"cookie", extra=cookies)
         elif path == "/close":
             self.write_head(200, [("Content-Type", "text/plain"), ("Connection", "close")])
             self.transport.write(b"until-close")  # type: ignore[union-attr]

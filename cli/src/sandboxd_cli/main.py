@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sandboxd_cli.commands import down, faults, github_cmd, logs, sandboxes, signals, up
+from sandboxd_cli.commands import down, faults, github_cmd, logs, preview, sandboxes, signals, up
 from sandboxd_cli.config import DEFAULT_URL
 from sandboxd_cli.errors import EXIT_CODES_HELP
 from sandboxd_cli.options import Globals, OutputOption, show
@@ -28,6 +28,7 @@ app.add_typer(logs.app)
 app.add_typer(faults.app)
 app.add_typer(signals.app)
 app.add_typer(github_cmd.app)
+app.add_typer(preview.app)
 
 
 @app.callback()

@@ -61,7 +61,7 @@ def details(sandbox: Json, *, now: datetime) -> str:
     ]
     links = sandbox.get("links")
     if isinstance(links, Mapping):
-        fields += [(f"Link ({key})", text(value)) for key, value in links.items()]
+        fields += [(_link_label(key), text(value)) for key, value in links.items()]
     width = max(len(label) for label, _ in fields) + 1
     lines = [f"{(label + ':').ljust(width)} {value}" for label, value in fields]
     return "\n".join([*lines, "Forks:", _indent(fork_table(sandbox))])
@@ -184,3 +184,9 @@ def fault_table(items: Sequence[Json]) -> str:
 def _pairs(item: Json, keys: Sequence[str], *, skip: Mapping[str, object] = {}) -> str:
     shown = [(k, item.get(k)) for k in keys if item.get(k) is not None]
     return " ".join(f"{k}={text(v)}" for k, v in shown if skip.get(k) != v)
+
+
+def _link_label(key: str) -> str:
+    """`preview:<service>` links (the router's preview links) read as "Preview (<service>)"."""
+    service = key.removeprefix("preview:")
+    return f"Preview ({service})" if service != key else f"Link ({key})"

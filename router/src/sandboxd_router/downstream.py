@@ -15,10 +15,11 @@ from typing import Final, cast
 
 import httptools
 
-from sandboxd_router import intake, record, responses, routing
+from sandboxd_router import intake, preview, record, responses, routing
+from sandboxd_router.baggage import find_key
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.errors import Refusal
-from sandboxd_router.exchange import ANSWERING, HOLDING, Exchange
+from sandboxd_router.exchange import ANSWERING, DONE, HOLDING, Exchange
 from sandboxd_router.faults import rpc_of
 from sandboxd_router.intake import Intake
 from sandboxd_router.routing import FORWARD, HOLD, Decision
@@ -55,6 +56,8 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         self._refusal: tuple[int, str, str] | None = None  # sent when its request's turn comes
         self._out: list[bytes] | None = None  # corked: writes collect here until uncork()
         self.feeding = False  # inside data_received: upstream writes are corked too
+        self.cookie = False  # the request whose head is read may have a preview cookie
+        self._preview: preview.Preview | None = None  # that of `_held`, when it had one
 
     def _exchange(self) -> Exchange:
         return Exchange(self, self.peer, self.context)
@@ -165,6 +168,11 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         assert parser is not None  # (we are called back by it)
         self._head_read(ex, parser)
         state = self.state
+        seen = None
+        if self.cookie or preview.ours(ex.target):
+            seen = self._preview_of(ex)
+            if seen is None:
+                return  # answered by the router
         decision = routing.route(
             state.table,
             state.sessions,
@@ -174,7 +182,12 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             baggage=ex.baggage,
             session=ex.session,
             has_body=intake.has_body(ex),
+            preview=seen.key if seen is not None else None,
         )
+        if decision.action == HOLD:
+            self._preview = seen  # (for `_release`)
+        elif seen is not None:
+            decision = self._previewed(ex, decision, seen)
         ex.routed(decision)
         if decision.faults is not None:  # that sandbox has faults on this service
             decision = self._fault(ex, decision)
@@ -189,6 +202,49 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             where = f"port {port}" if port is not None else f"host {ex.host!r}"
             message = f"no service is routed on {where}"
             ex.fail(404 if port is None else 503, "unknown_service", message)
+
+    def _preview_of(self, ex: Exchange) -> preview.Preview | None:
+        """The request's preview cookie (taken out of its head), or None when the router
+        answered the request itself (a preview link, an exit)."""
+        self.cookie = False
+        seen = preview.inspect(
+            ex.head, ex.target, ex.method, self.state.table, close=not ex.keep_alive
+        )
+        if seen.answer is None:
+            return seen
+        if ex is not self.queue[0] or intake.has_body(ex):
+            message = "a preview link takes a request without a body, not pipelined"
+            self.reject(400, message, code="bad_request")
+            return None
+        ex.phase, ex.status = DONE, 303
+        self.write(seen.answer)
+        self.exchange_done(ex, reuse=ex.keep_alive)
+        return None
+
+    def _previewed(self, ex: Exchange, decision: Decision, seen: preview.Preview) -> Decision:
+        """Routed by the cookie: the forwarded baggage names the sandbox, so the service's own
+        calls stay in it. A cookie that names no live sandbox is cleared in the response (an
+        extra header line after `sandboxd-route`, as faults add theirs; not on MCP services,
+        whose sessions keep the label)."""
+        table = self.state.table
+        route = seen.route
+        if (
+            route is not None
+            and decision.route is route
+            and find_key(ex.baggage, table.key) is None
+        ):
+            preview.add_baggage(ex.head, table.key + b"=" + route.key.encode())
+        service = decision.service
+        if seen.clear and service is not None and not service.is_mcp:
+            return Decision(
+                decision.action,
+                service,
+                decision.upstream,
+                decision.label + seen.clear,
+                decision.sandbox,
+                decision.route,
+            )
+        return decision
 
     def _fault(self, ex: Exchange, decision: Decision) -> Decision:
         """Decide the request's faults from its head; or, when a fault needs the JSON-RPC
@@ -243,8 +299,12 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
             return  # answered meanwhile (a refusal, a timeout)
         read = whole and ex.body_size <= state.limits.mcp_body_bytes
         body = b"".join(ex.body) if read else None
+        seen, self._preview = self._preview, None
         if decision is None:
-            decision = routing.route_by_body(state.table, service, body)
+            key = seen.key if seen is not None else None
+            decision = routing.route_by_body(state.table, service, body, key)
+            if seen is not None:
+                decision = self._previewed(ex, decision, seen)
         ex.routed(decision)
         faults = decision.faults
         if faults is not None:

@@ -147,6 +147,8 @@ class ResponseHeaders:
             return
         if lower == b"mcp-session-id":
             self.session = value
+        elif lower == b"set-cookie" and _router_cookie(value):
+            return  # the router's own (`sandboxd_router.preview`): no service may set it
         self.lines.append(name + b": " + value + CRLF)
         self.names.append(lower)
 
@@ -176,6 +178,15 @@ class ResponseHeaders:
             parts.append(b"Connection: close\r\n")
         parts.append(CRLF)
         return b"".join(parts)
+
+
+ROUTER_COOKIES: Final = (b"sandboxd-preview", b"__Host-sandboxd-preview")
+
+
+def _router_cookie(set_cookie: bytes) -> bool:
+    """A `Set-Cookie` value that names a cookie of the router's (as a browser reads the name:
+    up to the first `=`, trimmed)."""
+    return set_cookie.split(b"=", 1)[0].strip(b" \t") in ROUTER_COOKIES
 
 
 _STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}

@@ -26,6 +26,7 @@ class Intake(Corkable):
     parser: httptools.HttpRequestParser | None
     parsing: Exchange | None  # the request whose head or body is being read
     http11: bool  # the last request's version: HTTP/1.1 (else 1.0)
+    cookie: bool  # the request being read may have a preview cookie (`sandboxd_router.preview`)
     _head_bytes: int
 
     def on_url(self, url: bytes) -> None:
@@ -57,6 +58,8 @@ class Intake(Corkable):
             ex.traceparent = value
         elif lower == b"mcp-protocol-version":
             ex.protocol = value
+        elif lower == b"cookie" and value.find(b"sandboxd-preview") >= 0:
+            self.cookie = True  # (perhaps: `preview.take_cookie` reads it)
 
     def _count(self, n: int) -> None:
         self._head_bytes += n

@@ -34,6 +34,7 @@ HOT = (
     "headers",
     "intake",
     "mcp",
+    "preview",
     "record",
     "responses",
     "rewrite",

@@ -4,7 +4,7 @@
 2. the routing key in the `baggage` header(s);
 3. for `mcp` services, the routing key in the JSON-RPC body's `params._meta.baggage`
    (the body is read first — bounded);
-4. a preview cookie (a later release);
+4. a preview cookie (`sandboxd_router.preview`: the connection finds it, and passes its key);
 5. otherwise the baseline.
 
 A key whose sandbox forks the service goes to the fork; any other key, or none, to the baseline.
@@ -53,9 +53,11 @@ def route(
     baggage: list[bytes],
     session: bytes | None,
     has_body: bool,
+    preview: str | None = None,
 ) -> Decision:
     """Decide from the head alone: forward, hold for the body (rule 3), or unknown service.
-    `port` is the listener's (None: gateway mode, the Host header names the service)."""
+    `port` is the listener's (None: gateway mode, the Host header names the service);
+    `preview`: the routing key a live preview cookie names (rule 4)."""
     service = table.by_port.get(port) if port is not None else _by_host(table, host)
     if service is None:
         return Decision(UNKNOWN, None)
@@ -68,16 +70,20 @@ def route(
             entry = table.by_sandbox.get(sandbox) if sandbox is not None else _entry(table, baggage)
             return Decision(FORWARD, service, upstream, label, _sandbox_of(label), entry)
     key = find_key(baggage, table.key) if baggage else None
-    if key is None and service.is_mcp and method == b"POST" and has_body:
-        return Decision(HOLD, service)
+    if key is None:
+        if service.is_mcp and method == b"POST" and has_body:
+            return Decision(HOLD, service)
+        key = preview
     return _choose(table, service, key)
 
 
-def route_by_body(table: Table, service: Service, body: bytes | None) -> Decision:
+def route_by_body(
+    table: Table, service: Service, body: bytes | None, preview: str | None = None
+) -> Decision:
     """Route a held MCP request by its `body`; None when it was not read (too large, or the
     shared budget for held bodies is spent): then by the remaining rules."""
     key = key_from_body(body, table.key) if body is not None else None
-    return _choose(table, service, key)
+    return _choose(table, service, key if key is not None else preview)
 
 
 def _choose(table: Table, service: Service, key: str | None) -> Decision:

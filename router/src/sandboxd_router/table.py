@@ -42,6 +42,10 @@ class Route:
     rev: str = ""
     """The control plane's digest of the entry: an entry of the next table with the same one
     is this very route (nothing parsed or compiled again, the counters carry on)."""
+    preview: str = ""
+    """The sandbox's preview token ("": none; `sandboxd_router.preview`)."""
+    expires: float = 0.0
+    """The sandbox's expiry in Unix seconds (0: not said): a preview cookie lasts no longer."""
 
 
 # what a decision says to do
@@ -93,6 +97,8 @@ class Table:
     """The same entries by sandbox name: an MCP session's sandbox, for its faults."""
     decided: dict[str | None, dict[str, Decision]] = field(default_factory=dict, compare=False)
     """Decisions made so far, by routing key (None: no key) and service name."""
+    previews: dict[str, Route] = field(default_factory=dict, compare=False)
+    """The same entries by preview token: what a preview cookie names."""
 
     def service_for_host(self, host: bytes) -> Service | None:
         """Gateway mode: the service named by the Host's first DNS label (or the whole host)."""
@@ -176,6 +182,8 @@ def parse_table(
                 by_service=book.compile(sandbox, route.get("faults") or [], key=key),
                 key=key,
                 rev=_own(rev) if isinstance(rev, str) else "",
+                preview=_own(route.get("preview") or ""),
+                expires=float(route.get("expiresAt") or 0),
             )
         book.commit()
         return Table(
@@ -185,6 +193,7 @@ def parse_table(
             by_port={s.port: s for s in services.values() if s.port is not None},
             routes=routes,
             by_sandbox={r.sandbox: r for r in routes.values()},
+            previews={r.preview: r for r in routes.values() if r.preview},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise TableError(f"malformed route table: {e!r}") from e

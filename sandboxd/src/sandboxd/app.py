@@ -25,6 +25,7 @@ from sandboxd.api.deps import AppState
 from sandboxd.api.middleware import BodyLimit, RequestMetrics
 from sandboxd.core.catalog import Catalog, load_catalog
 from sandboxd.core.plan import ProcessPlan, plan_baselines, reachable_host
+from sandboxd.core.preview import preview_key
 from sandboxd.core.tokens import hash_token
 from sandboxd.metrics import Metrics
 from sandboxd.reconciler.controller import Reconciler, ReconcilerConfig
@@ -180,7 +181,8 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                 open_runtime(settings, catalog=file_catalog, on_change=kick, confined=confined)
             )
             runtime, catalog = opened.runtime, opened.catalog
-            routes = RouteBook(catalog=catalog)
+            keyed = view_key(settings)
+            routes = RouteBook(catalog=catalog, preview_key=preview_key(keyed))
             reconciler = Reconciler(
                 store=store,
                 runtime=runtime,
@@ -222,7 +224,8 @@ def create_app(settings: Settings, *, confined: Confinement) -> FastAPI:
                 admin_hashes={hash_token(token)},
                 route_reader_hashes={hash_token(reader)},
                 audit=trail,
-                view_key=view_key(settings),
+                view_key=keyed,
+                preview_key=preview_key(keyed),
             )
             task = asyncio.create_task(reconciler.run(), name="reconciler")
             stack.push_async_callback(_cancel, task)

@@ -17,17 +17,26 @@ from collections.abc import Iterable
 
 from sandboxd.core.catalog import Catalog
 from sandboxd.core.phases import LIVE
+from sandboxd.core.preview import epoch, preview_token
 from sandboxd.core.routes import RoutedSandbox, RouteTable, build_route_table, route_entry
 from sandboxd.store.tables import SandboxRow
 
 
-def routed(row: SandboxRow) -> RoutedSandbox | None:
-    """A live sandbox routes its key (to its forks, where their upstream is known); a
-    terminating or deleted one does not route at all."""
+def routed(row: SandboxRow, *, preview_key: bytes = b"") -> RoutedSandbox | None:
+    """A live sandbox routes its key (to its forks, where their upstream is known), and its
+    preview token when there is a `preview_key`; a terminating or deleted one does not route
+    at all (so its preview token is revoked with it)."""
     if row.phase not in LIVE:
         return None
     forks = {f.service: f.upstream for f in row.forks if f.upstream}
-    return RoutedSandbox(row.name, row.routing_key, forks, tuple(row.spec.faults))
+    return RoutedSandbox(
+        row.name,
+        row.routing_key,
+        forks,
+        tuple(row.spec.faults),
+        preview=preview_token(preview_key, uid=row.uid),
+        expires=epoch(row.expires_at),
+    )
 
 
 RECENT = 16
@@ -35,8 +44,11 @@ RECENT = 16
 
 
 class RouteBook:
-    def __init__(self, *, catalog: Catalog) -> None:
+    def __init__(self, *, catalog: Catalog, preview_key: bytes = b"") -> None:
+        """`preview_key`: what preview tokens are derived with (`core.preview.preview_key`;
+        empty: the table carries none)."""
         self._catalog = catalog
+        self._preview_key = preview_key
         self._entries: dict[str, RoutedSandbox] = {}
         self._table = build_route_table(catalog=catalog, sandboxes=())
         self._changed = asyncio.Event()
@@ -61,7 +73,7 @@ class RouteBook:
         self._writes += 1
         for row in rows:
             self._touched[row.name] = self._writes
-            entry = routed(row)
+            entry = routed(row, preview_key=self._preview_key)
             if self._entries.get(row.name) != entry:
                 changed = True
                 if entry is None:
@@ -82,7 +94,8 @@ class RouteBook:
         entries = {
             row.name: self._same(e)
             for row in rows
-            if row.name not in newer and (e := routed(row)) is not None
+            if row.name not in newer
+            and (e := routed(row, preview_key=self._preview_key)) is not None
         }
         for name in newer:
             if (entry := self._entries.get(name)) is not None:

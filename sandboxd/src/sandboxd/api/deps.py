@@ -94,6 +94,8 @@ class AppState:
     """Where each API call is recorded (`sandboxd.api.audit`)."""
     view_key: bytes = b""
     """Signs the web page's links (`links.page`) and sign-in sessions; empty: no links."""
+    preview_key: bytes = b""
+    """Derives the preview tokens (`sandboxd.core.preview`); empty: no preview links."""
 
 
 ROUTER_CALLS = frozenset(

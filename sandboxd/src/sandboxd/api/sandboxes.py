@@ -14,7 +14,8 @@ from pydantic import ValidationError, WithJsonSchema
 
 from sandboxd.api.deps import AppState, CallerDep, StateDep, check_access, require_token
 from sandboxd.api.schemas import BODY_ERRORS, ERRORS, ErrorOut, EventList, SandboxList, SandboxOut
-from sandboxd.api.views import event_view, page_link, sandbox_view
+from sandboxd.api.system import router_url
+from sandboxd.api.views import event_view, page_link, preview_links, sandbox_view
 from sandboxd.core.clock import utcnow
 from sandboxd.core.duration import format_duration, parse_duration
 from sandboxd.core.errors import describe, one_line
@@ -61,6 +62,7 @@ async def views(state: AppState, rows: Sequence[SandboxRow]) -> list[SandboxOut]
     keys = [row.routing_key for row in rows if row.spec.faults]
     counts = await state.store.fault_counts(keys) if keys else {}
     url, key = state.settings.effective_public_url, state.catalog.baggage_key
+    routers = {s.name: u for s in state.catalog.services if (u := router_url(state.settings, s))}
     return [
         sandbox_view(
             row,
@@ -68,6 +70,7 @@ async def views(state: AppState, rows: Sequence[SandboxRow]) -> list[SandboxOut]
             baggage_key=key,
             counts=counts.get(row.routing_key, {}),
             page=page_link(row, base_url=url, key=state.view_key, max_ttl=state.settings.max_ttl),
+            previews=preview_links(row, key=state.preview_key, routers=routers),
         )
         for row in rows
     ]

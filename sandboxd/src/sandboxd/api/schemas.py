@@ -39,7 +39,11 @@ class SandboxOut(Out):
     generation: int
     forks: list[ForkRecord]
     faults: list[dict[str, Any]]
-    links: dict[str, str]
+    links: dict[str, str] = Field(
+        description="`self`, `events`; `page`: the web page with a view capability; "
+        "`preview:<service>`: the service's preview link on the router (a URL that sets the "
+        "sandbox's preview cookie and redirects to `next`), for each service with a router URL"
+    )
 
 
 class SandboxList(Out):

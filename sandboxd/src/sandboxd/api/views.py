@@ -10,11 +10,13 @@ from sandboxd.core.capability import mint_view, view_expiry
 from sandboxd.core.clock import rfc3339
 from sandboxd.core.fault_spec import FaultSpec
 from sandboxd.core.naming import baggage_member
-from sandboxd.core.phases import Phase
+from sandboxd.core.phases import LIVE, Phase
+from sandboxd.core.preview import preview_token, preview_url
 from sandboxd.store.counts import Counts
 from sandboxd.store.tables import EventRow, SandboxRow
 
 NO_COUNTS: Mapping[str, Counts] = {}
+NO_LINKS: Mapping[str, str] = {}
 
 
 def sandbox_view(
@@ -24,13 +26,17 @@ def sandbox_view(
     baggage_key: str,
     counts: Mapping[str, Counts] = NO_COUNTS,
     page: str | None = None,
+    previews: Mapping[str, str] = NO_LINKS,
 ) -> SandboxOut:
     """`counts`: per fault id, summed over the routers' reports (`sandboxd.store.counts`);
-    `page`: the web page's link (`page_link`), shown as `links.page`."""
+    `page`: the web page's link (`page_link`), shown as `links.page`; `previews`: the
+    preview links by service (`preview_links`), shown as `links["preview:<service>"]`."""
     self_url = f"{base_url}/v1/sandboxes/{row.name}"
     links = {"self": self_url, "events": f"{self_url}/events"}
     if page is not None:
         links["page"] = page
+    for service, url in previews.items():
+        links[f"preview:{service}"] = url
     return SandboxOut(
         name=row.name,
         uid=row.uid,
@@ -62,6 +68,16 @@ def page_link(row: SandboxRow, *, base_url: str, key: bytes, max_ttl: int) -> st
     expires = view_expiry(row.expires_at, max_ttl=max_ttl)
     token = mint_view(key, name=row.name, uid=row.uid, expires=expires)
     return f"{base_url}/s/{row.name}?view={token}"
+
+
+def preview_links(row: SandboxRow, *, key: bytes, routers: Mapping[str, str]) -> dict[str, str]:
+    """A live sandbox's preview link on each service's router URL (`routers`: service →
+    router URL, for the services that have one); none without a key or once it is gone (its
+    token routes nowhere then)."""
+    token = preview_token(key, uid=row.uid)
+    if not token or row.phase not in LIVE:
+        return {}
+    return {service: preview_url(url, token) for service, url in routers.items()}
 
 
 def fault_view(fault: FaultSpec, counts: Counts) -> dict[str, Any]:

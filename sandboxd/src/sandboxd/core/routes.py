@@ -25,6 +25,11 @@ class RoutedSandbox:
     routing_key: str
     forks: dict[str, str]  # service → upstream URL
     faults: tuple[FaultSpec, ...] = ()
+    preview: str = ""
+    """The sandbox's preview token (`sandboxd.core.preview`; "" for none): routers map it to
+    the routing key, so a token works exactly while the sandbox is in the table."""
+    expires: int = 0
+    """The sandbox's expiry in Unix seconds (0: unknown): a preview cookie lasts no longer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,10 @@ def route_entry(sb: RoutedSandbox) -> bytes:
         # and always an id (a spec gives them; `with_ids` covers a hand-made entry).
         "faults": [fault.as_json() for fault in with_ids(list(sb.faults))],
     }
+    if sb.preview:
+        entry["preview"] = sb.preview
+    if sb.expires:
+        entry["expiresAt"] = sb.expires
     # A digest of the entry: a router keeps what it built for an entry whose `rev` it has
     # seen, so a table of thousands of sandboxes costs it the changed ones, not all of them.
     content = json.dumps(entry, separators=SEPARATORS).encode()
