@@ -149,6 +149,8 @@ def test_a_pull_requests_life(installed: System, tmp_path: Path) -> None:
     body = comments[0]["body"]
     assert "is Ready" in body and SHA1[:7] in body and out["routing-key"] in body
     assert out["page-url"] in body
+    preview = sandbox(system, name).json()["links"]["preview:echo"]
+    assert f"- `echo`: {preview}" in body
     assert f"baggage: {out['baggage']}" in body and f"curl -H 'baggage: {out['baggage']}'" in body
     assert out["routing-key"] in first.summary and name in first.summary
     [deployment] = github.deployments.values()

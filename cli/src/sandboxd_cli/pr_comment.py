@@ -123,6 +123,8 @@ class Fork:
     protocol: str = "http"
     url: str = ""
     """The service's address on the router ("" when the router has no public address)."""
+    preview: str = ""
+    """A preview link: opened in a browser, it routes that browser to the sandbox."""
 
 
 @dataclass(frozen=True)

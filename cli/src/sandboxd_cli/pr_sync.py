@@ -212,6 +212,7 @@ class Sync:
             )
         links = sandbox.get("links")
         links = links if isinstance(links, dict) else {}
+        forks = [replace(f, preview=str(links.get(f"preview:{f.service}") or "")) for f in forks]
         return Facts(
             name=self.run.name,
             state=state,
