@@ -248,6 +248,9 @@ def test_the_page_says_how_to_reach_each_service_with_lines_to_copy(world: World
                   "headers": {"baggage": f"sandbox={key}"}}
     }  # fmt: skip
     assert doc.raw("mcp-config") in copied
+    links = world.api.get("/v1/sandboxes/pr-7").json()["links"]
+    previews = {a["href"] for a in doc.attrs("a", **{"class": "preview-link"})}
+    assert previews == {links[f"preview:{name}"] for name in services}
     assert {key, f"baggage: sandbox={key}"} <= copied
 
 

@@ -62,6 +62,8 @@ class Reach:
     protocol: str
     url: str
     curl: str
+    preview: str | None
+    """The service's preview link: it routes the browser that opens it to this sandbox."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,13 @@ async def gather(state: AppState, row: SandboxRow) -> Facts:
     """Everything the page of the live sandbox `row` shows."""
     (sandbox,) = await views(state, [row])
     reach = [
-        Reach(s.name, s.protocol, url, curl_line(url, sandbox.baggage))
+        Reach(
+            s.name,
+            s.protocol,
+            url,
+            curl_line(url, sandbox.baggage),
+            sandbox.links.get(f"preview:{s.name}"),
+        )
         for s in state.catalog.services
         if (url := router_url(state.settings, s)) is not None
     ]
