@@ -141,3 +141,33 @@ async def test_viewers_of_one_sandbox_share_a_fresh_look() -> None:
     await stale.look("a/1", make)
     await stale.look("a/1", make)
     assert len(made) == 4
+
+
+def test_an_unexpected_error_on_a_page_is_a_500_page_not_json() -> None:
+    """The page routes' guard: the API's own refusals pass through, anything else is a plain
+    HTML page (the traceback goes to the log)."""
+    from fastapi import APIRouter, FastAPI
+    from fastapi.testclient import TestClient
+
+    from sandboxd.web.routes import PageRoute, Web
+
+    app = FastAPI()
+    app.state.web = Web()
+    pages = APIRouter(route_class=PageRoute)
+
+    @pages.get("/boom")
+    async def boom() -> str:
+        raise RuntimeError("a bug")
+
+    @pages.get("/n/{count}")
+    async def typed(count: int) -> int:
+        return count
+
+    app.include_router(pages)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/boom")
+        assert answer.status_code == 500
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "Something went wrong" in answer.text and "a bug" not in answer.text
+        assert client.get("/n/x").status_code == 422  # not swallowed
+        assert client.get("/n/3").json() == 3

@@ -62,7 +62,7 @@ class Reach:
     protocol: str
     url: str
     curl: str
-    preview: str | None
+    preview: str | None = None
     """The service's preview link: it routes the browser that opens it to this sandbox."""
 
 

@@ -10,12 +10,14 @@ valid link or session for it), never JSON or a traceback; only the polling endpo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -23,6 +25,8 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from sandboxd.api.deps import AppState, Gate, StateDep
 from sandboxd.core.capability import BadToken, check_view
@@ -34,7 +38,29 @@ from sandboxd.web import access, live
 from sandboxd.web.facts import gather
 from sandboxd.web.render import HEADERS, Pages
 
-router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
+
+
+class PageRoute(APIRoute):
+    """A page's route: an error nobody expected is a plain 500 page too (and the traceback
+    goes to the server's log), not the API's JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (HTTPException, RequestValidationError):
+                raise  # the API's own answers (405, 422) stay as they are
+            except Exception:
+                log.exception("unhandled error on %s", request.url.path)
+                return server_error(request.app.state.web)
+
+        return guarded
+
+
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 MAX_STREAMS = 256
 """Live pages open at once; beyond, a page falls back to polling (503 to its stream)."""
 MAX_TOKEN_FIELD = 512
@@ -77,6 +103,12 @@ def _page(web: Web, template: str, *, code: int = 200, **context: Any) -> HTMLRe
 def _problem(web: Web, code: int, heading: str, message: str, hint: str = "") -> HTMLResponse:
     context = {"status": code, "heading": heading, "message": message, "hint": hint}
     return _page(web, "problem", code=code, title=heading, **context)
+
+
+def server_error(web: Web) -> HTMLResponse:
+    return _problem(
+        web, 500, "Something went wrong", "sandboxd could not show this page; its log says why."
+    )
 
 
 def _not_found(web: Web, name: str) -> HTMLResponse:
