@@ -18,10 +18,10 @@ import pytest
 
 from tests.conftest import fork_command
 from tests.integration.conftest import wait_phase
-from tests.integration.test_with_router import catalog
+from tests.integration.test_with_router import embedded
 from tests.support import poll
 from tests.support.procs import fork_pids
-from tests.support.server import Sandboxd, free_port, running_sandboxd
+from tests.support.server import Sandboxd
 
 pytestmark = pytest.mark.slow
 NAME = "pr-rollout"
@@ -29,13 +29,9 @@ NAME = "pr-rollout"
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandboxd, str]]:
-    root = tmp_path_factory.mktemp("rollout")
-    port = free_port()
-    cat = catalog(root / "sandboxd.yaml", router_port=port, baseline_port=free_port())
     env = {"SANDBOXD_HEALTH_TIMEOUT": "3", "SANDBOXD_STOP_GRACE": "1"}
-    args = ["--with-router", "--start-baseline"]
-    with running_sandboxd(root / "data", catalog=cat, args=args, env=env) as server:
-        yield server, f"http://127.0.0.1:{port}/"
+    with embedded(tmp_path_factory.mktemp("rollout"), env=env) as system:
+        yield system
 
 
 def apply(client: httpx.Client, fork: dict[str, Any]) -> dict[str, Any]:

@@ -21,10 +21,10 @@ import pytest
 from sandboxd_cli.github import pr_name
 from tests.conftest import fork_command
 from tests.integration.test_tokens import token
-from tests.integration.test_with_router import catalog
+from tests.integration.test_with_router import embedded
 from tests.support import fake_github
 from tests.support.fake_github import FakeGitHub
-from tests.support.server import Sandboxd, free_port, running_sandboxd
+from tests.support.server import Sandboxd
 from tests.support.workflow import Result, run_action
 
 pytestmark = pytest.mark.slow
@@ -45,18 +45,12 @@ class System:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     root = tmp_path_factory.mktemp("action")
-    port = free_port()
-    cat = catalog(root / "sandboxd.yaml", router_port=port, baseline_port=free_port())
     env = {"SANDBOXD_HEALTH_TIMEOUT": "4", "SANDBOXD_STOP_GRACE": "1"}
-    args = ["--with-router", "--start-baseline"]
-    with (
-        running_sandboxd(root / "data", catalog=cat, args=args, env=env) as server,
-        fake_github.running() as github,
-    ):
+    with embedded(root, env=env) as (server, router), fake_github.running() as github:
         scoped = token(server, "ci-acme", f"github.repo={REPO}")
         temp = root / "runner-temp"
         temp.mkdir()
-        yield System(server, f"http://127.0.0.1:{port}/", scoped, github, temp)
+        yield System(server, router, scoped, github, temp)
 
 
 def event(action: str, number: int, sha: str, updated: str, **head: Any) -> dict[str, Any]:

@@ -14,9 +14,8 @@ import pytest
 
 from tests.conftest import fork_command
 from tests.integration.conftest import wait_phase
-from tests.integration.test_with_router import catalog
+from tests.integration.test_with_router import embedded
 from tests.support import poll
-from tests.support.server import free_port, running_sandboxd
 
 pytestmark = pytest.mark.slow
 SANDBOX_CLI = str(Path(sys.executable).parent / "sandbox")
@@ -27,13 +26,7 @@ def served_by(client: httpx.Client, url: str) -> str:
 
 
 def test_a_preview_link_opens_the_fork_until_the_sandbox_is_deleted(tmp_path: Path) -> None:
-    port = free_port()
-    cat = catalog(tmp_path / "sandboxd.yaml", router_port=port, baseline_port=free_port())
-    args = ["--with-router", "--start-baseline"]
-    with (
-        running_sandboxd(tmp_path / "data", catalog=cat, args=args) as server,
-        server.client() as c,
-    ):
+    with embedded(tmp_path) as (server, router), server.client() as c:
         c.post("/v1/sandboxes", json={"name": "pr-7", "forks": [{"service": "echo", "command": fork_command()}]})  # fmt: skip
         body = wait_phase(c, "pr-7", "Ready")
         env = {**os.environ, "SANDBOXD_URL": server.url, "SANDBOXD_TOKEN": server.token}
@@ -41,7 +34,7 @@ def test_a_preview_link_opens_the_fork_until_the_sandbox_is_deleted(tmp_path: Pa
         shown = json.loads(subprocess.run(cli, env=env, capture_output=True, check=True).stdout)
         url = shown["url"]
         token = url.split("/.sandboxd/preview/", 1)[1].split("?", 1)[0]
-        assert url == f"http://127.0.0.1:{port}/.sandboxd/preview/{token}?next=/page%3Fx%3D1"
+        assert url == f"{router}.sandboxd/preview/{token}?next=/page%3Fx%3D1"
         assert body["links"]["preview:echo"].startswith(url.split("?")[0])
         assert token not in (body["routingKey"], body["uid"])  # not the routing key
         routes = c.get("/v1/routes").json()["routes"]
@@ -49,13 +42,13 @@ def test_a_preview_link_opens_the_fork_until_the_sandbox_is_deleted(tmp_path: Pa
 
         with httpx.Client(follow_redirects=True) as browser:
             assert poll.until(lambda: _try(lambda: served_by(browser, url)), lambda s: s == "pr-7", timeout=20)  # fmt: skip
-            assert served_by(browser, f"http://127.0.0.1:{port}/other") == "pr-7"
+            assert served_by(browser, f"{router}other") == "pr-7"
             with httpx.Client() as stranger:
-                assert served_by(stranger, f"http://127.0.0.1:{port}/") == ""  # the baseline
+                assert served_by(stranger, router) == ""  # the baseline
 
             assert c.delete("/v1/sandboxes/pr-7").status_code == 202
             wait_phase(c, "pr-7", "Deleted")
-            home = f"http://127.0.0.1:{port}/"
+            home = router
             assert poll.until(lambda: _try(lambda: served_by(browser, home)), lambda s: s == "", timeout=20) == ""  # fmt: skip
             assert "sandboxd-preview" not in browser.cookies  # cleared by the router
             again = browser.get(url, timeout=5)  # the old link: revoked, the baseline

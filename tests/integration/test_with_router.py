@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,6 +35,17 @@ services:
 """
     )
     return path
+
+
+@contextmanager
+def embedded(root: Path, *, env: Mapping[str, str] | None = None) -> Iterator[tuple[Sandboxd, str]]:
+    """`sandboxd serve --with-router --start-baseline` with the `echo` catalog: the server and
+    the echo service's address on the router."""
+    port = free_port()
+    cat = catalog(root / "sandboxd.yaml", router_port=port, baseline_port=free_port())
+    args = ["--with-router", "--start-baseline"]
+    with running_sandboxd(root / "data", catalog=cat, args=args, env=env) as server:
+        yield server, f"http://127.0.0.1:{port}/"
 
 
 def served_by(url: str, **headers: str) -> tuple[str, str]:

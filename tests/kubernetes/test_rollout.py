@@ -96,6 +96,18 @@ def _until_phase(
     return body
 
 
+def _serving(
+    server: Sandboxd, api: httpx.Client, k8s: httpx.Client, name: str
+) -> tuple[str, str, str]:
+    """Create the sandbox with a good image and wait until it is Ready: its routing key, its
+    fork's upstream, and the one pod serving it."""
+    key = str(_put(api, name, "acme/echo:1")["routingKey"])
+    first = _until_phase(server, api, name, {"Ready", "Failed"})
+    assert first["phase"] == "Ready", first
+    (old,) = _selected_pods(k8s, f"sbx-{name}")
+    return key, str(first["forks"][0]["upstream"]), old
+
+
 def _selected_pods(k8s: httpx.Client, ns: str) -> dict[str, dict[str, Any]]:
     """The pods the fork's Service sends traffic to (the Ready ones among them), by name."""
     selector = k8s.get(f"/api/v1/namespaces/{ns}/services/echo").json()["spec"]["selector"]
@@ -146,11 +158,7 @@ def test_an_update_rolls_out_beside_the_serving_pod_and_replaces_it_once_ready(
         server.client() as api,
         kube.client() as k8s,
     ):
-        key = _put(api, name, "acme/echo:1")["routingKey"]
-        first = _until_phase(server, api, name, {"Ready", "Failed"})
-        assert first["phase"] == "Ready", first
-        upstream = first["forks"][0]["upstream"]
-        (old,) = _selected_pods(k8s, ns)
+        key, upstream, old = _serving(server, api, k8s, name)
         deployment = k8s.get(f"/apis/apps/v1/namespaces/{ns}/deployments/echo").json()
         assert deployment["spec"]["strategy"] == {
             "type": "RollingUpdate",
@@ -207,11 +215,7 @@ def test_an_update_that_never_gets_ready_fails_while_the_old_pod_serves_until_fi
         server.client() as api,
         kube.client() as k8s,
     ):
-        key = _put(api, name, "acme/echo:1")["routingKey"]
-        first = _until_phase(server, api, name, {"Ready", "Failed"})
-        assert first["phase"] == "Ready", first
-        upstream = first["forks"][0]["upstream"]
-        (old,) = _selected_pods(k8s, ns)
+        key, upstream, old = _serving(server, api, k8s, name)
 
         _put(api, name, f"acme/echo:{broken}")
         failed = _until_phase(server, api, name, {"Failed", "Ready"})

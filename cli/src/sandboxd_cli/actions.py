@@ -54,14 +54,14 @@ class Job:
 
     def set_outputs(self, outputs: Mapping[str, str]) -> None:
         """Append `outputs` to `GITHUB_OUTPUT` (outside a job: print them as `name=value`)."""
-        lines = []
-        for name, value in outputs.items():
-            delimiter = _delimiter(value)
-            lines += [f"{name}<<{delimiter}", value, delimiter]
         if self._outputs is None:
             for name, value in outputs.items():
                 self._emit(f"{name}={value}")
             return
+        lines = []
+        for name, value in outputs.items():
+            delimiter = _delimiter(value)
+            lines += [f"{name}<<{delimiter}", value, delimiter]
         with self._outputs.open("a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 

@@ -197,22 +197,23 @@ class Sync:
         phase = text(sandbox.get("phase"))
         state = "Starting" if error is not None and phase not in ("Failed", "Ready") else phase
         catalog = {s.get("name"): s for s in self.api.services().get("items") or []}
+        links = sandbox.get("links")
+        links = links if isinstance(links, dict) else {}
         forks = []
         for fork in forks_of(sandbox):
-            service = catalog.get(fork.get("service")) or {}
+            name = text(fork.get("service"))
+            service = catalog.get(name) or {}
             url = service.get("routerUrl")
             forks.append(
                 Fork(
-                    service=text(fork.get("service")),
+                    service=name,
                     phase=text(fork.get("phase")),
                     message=str(fork.get("message") or ""),
                     protocol=str(service.get("protocol") or "http"),
                     url=f"{url.rstrip('/')}/" if isinstance(url, str) and url else "",
+                    preview=str(links.get(f"preview:{name}") or ""),
                 )
             )
-        links = sandbox.get("links")
-        links = links if isinstance(links, dict) else {}
-        forks = [replace(f, preview=str(links.get(f"preview:{f.service}") or "")) for f in forks]
         return Facts(
             name=self.run.name,
             state=state,
