@@ -12,6 +12,7 @@ from pathlib import Path
 from random import Random
 
 from sandboxd_router.record import CLIENT_CAP, OTHER, Recorder
+from sandboxd_router.telemetry import traceparent
 from sandboxd_router.telemetry.observed import (
     BASELINE,
     HTTP_5XX,
@@ -235,17 +236,34 @@ def test_records_decoded_alike_share_their_names() -> None:
 
 def test_the_traceparent_is_the_records_within_the_bytes_kept() -> None:
     """The traceparent and the target come out of one bytes object (the record's tail): each
-    is its own, cut where the record cut it."""
+    is its own, cut where the record cut it (a header cut short ends in a dash)."""
     recorder, reader = paired(64)
     traceparents = [None, b"", b"00-ab", b"x" * 55, b"00-" + b"7" * 70, b"\xc3\xa9-\x00-"]
     for n, raw in enumerate(traceparents):
         recorder.write(0.0, recorder.ids("web", "", ""), False, b"GET", 200, n, 0, raw, 0,
                        target=b"/p%d?q" % n + b"z" * (60 * (n % 2)))  # fmt: skip
     decoded = reader.read()
-    assert [o.raw_traceparent for o in decoded] == [(raw or b"")[:55] for raw in traceparents]
-    texts = [raw[:55].decode("ascii", "replace") if raw else None for raw in traceparents]
+    kept = [(raw or b"")[:55] + (b"-" if raw and len(raw) > 55 else b"") for raw in traceparents]
+    assert [o.raw_traceparent for o in decoded] == kept
+    texts = [raw.decode("ascii", "replace") if raw else None for raw in kept]
     assert [o.traceparent for o in decoded] == texts
     assert [o.path for o in decoded] == [f"/p{n}" for n in range(len(traceparents))]
+    recorder.close()
+    reader.close()
+
+
+def test_a_version_00_traceparent_longer_than_55_characters_is_invalid() -> None:
+    """Version 00 is exactly 55 characters: one with more is no parent, though its first 55
+    are well formed; a later version may be longer, and is read by its first four fields."""
+    recorder, reader = paired(64)
+    fields = b"-" + b"4b" * 16 + b"-" + b"00f067aa0ba902b7" + b"-01"
+    headers = [b"00" + fields, b"00" + fields + b"-extra", b"01" + fields + b"-extra"]
+    for raw in headers:
+        recorder.write(0.0, recorder.ids("web", "", ""), False, b"GET", 200, 0, 0, raw, 0)
+    decoded = reader.read()
+    got = [traceparent.fields_of(o.raw_traceparent) for o in decoded]
+    assert got == [b"00" + fields, None, b"01" + fields]
+    assert [traceparent.parse(o.traceparent) is not None for o in decoded] == [True, False, True]
     recorder.close()
     reader.close()
 

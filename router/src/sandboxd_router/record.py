@@ -43,7 +43,8 @@ DONE_AT: Final = 16
 DONE_WORD: Final = DONE_AT // 8
 DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
 # seq, end, duration, bytes in, bytes out, service, pair, method, status, error, flags,
-# traceparent's length and bytes (struct pads with zeros and cuts past 55), the target's length
+# traceparent's length (up to 255: the reader tells a longer header from a 55-character one)
+# and bytes (struct pads with zeros and cuts past 55), the target's length
 # and its first bytes
 CORE: Final = struct.Struct("<QddQQIIIHBBB55sH40s")
 # written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, the JSON-RPC error's
@@ -252,7 +253,7 @@ class Recorder:
             status,
             error,
             flags,
-            min(len(traceparent), TRACEPARENT) if traceparent is not None else 0,
+            min(len(traceparent), 255) if traceparent is not None else 0,  # (its bytes: cut)
             traceparent if traceparent is not None else b"",
             min(len(target), 0xFFFF),
             target,  # (cut at PATH bytes; the reader keeps those before a `?`)

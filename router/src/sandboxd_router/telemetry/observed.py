@@ -175,9 +175,11 @@ class Observed:
             self.tp_bytes, self.tp_at = tail, 1
             self.tp_len = min(tail[0], TAIL_TRACEPARENT)
             self._raw: bytes | None = None
+            self._cut = tail[0] > TAIL_TRACEPARENT
         else:
             self.tp_bytes, self.tp_at, self.tp_len = raw_traceparent, 0, len(raw_traceparent)
             self._raw = raw_traceparent
+            self._cut = False
         self.error = error
         self.injected = injected
         self.faults = faults
@@ -213,11 +215,16 @@ class Observed:
 
     @property
     def raw_traceparent(self) -> bytes:
-        """The request's `traceparent` as the record holds it (b"" for none)."""
+        """The request's `traceparent` as the record holds it (b"" for none). A header longer
+        than the record keeps is its first 55 bytes and a dash, the 56th character a later
+        version's must have: so version 00, exactly 55 characters, is then invalid."""
         raw = self._raw
         if raw is None:
             at = self.tp_at
-            raw = self._raw = self.tp_bytes[at : at + self.tp_len]
+            raw = self.tp_bytes[at : at + self.tp_len]
+            if self._cut:
+                raw += b"-"
+            self._raw = raw
         return raw
 
     @property
