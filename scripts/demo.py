@@ -31,7 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "troubleshooter"
 BIN = Path(sys.executable).parent
-AGENT = "http://127.0.0.1:7311/diagnose"  # the agent's routerPort in the catalog
+PAGE = "http://127.0.0.1:7311/"  # the agent's routerPort in the catalog: its web page
+AGENT = f"{PAGE}diagnose"
 SANDBOXES = ("schema-change", "fixed-agent")
 FAULT_SCENARIOS = {
     "rate_limit": ("fault-rate-limit", "get_logs answers 429, Retry-After: 1, twice"),
@@ -77,6 +78,14 @@ def diagnose(baggage: str | None) -> dict[str, Any]:
     except (httpx.HTTPError, ValueError) as e:
         return {"status": None, "route": None, "error": str(e), "ok": False}
     return {**body, "status": response.status_code, "route": response.headers.get("sandboxd-route")}
+
+
+def page_of(url: str) -> str:
+    """The agent's page a browser lands on from `url` (redirects and cookies followed)."""
+    try:
+        return httpx.get(url, follow_redirects=True, timeout=10).text
+    except httpx.HTTPError as e:
+        return str(e)
 
 
 def show(label: str, answer: dict[str, Any]) -> None:
@@ -185,6 +194,7 @@ def run(once: bool, port: int) -> bool:
 
         say("the pull request, twice: its tool change alone, and after its fix")
         keys: dict[str, str] = {}
+        previews: dict[str, str] = {}
         for name in SANDBOXES:
             up = sandbox("up", "-f", str(EXAMPLE / "sandboxes" / f"{name}.yaml"), env=env)
             print(up.stdout.strip().splitlines()[0] if up.stdout else up.stderr)
@@ -193,6 +203,7 @@ def run(once: bool, port: int) -> bool:
                 sandbox("get", name, "-o", "json", env=env, show=False).stdout or "{}"
             )
             keys[name] = str(state.get("baggage"))
+            previews[name] = str(state.get("links", {}).get("preview:agent"))
             forks = [f["service"] for f in state.get("forks", [])]
             share = f"{len(forks) / 3:.0%}"
             print(f"    runs {len(forks)} of the 3 services ({', '.join(forks)}); the rest is")
@@ -227,6 +238,11 @@ def run(once: bool, port: int) -> bool:
             "diagnosis"
         ) == base.get("diagnosis")
 
+        checks["fixed-agent's preview link opens its agent's page"] = (
+            'data-sandbox="fixed-agent"' in page_of(previews["fixed-agent"])
+            and 'data-sandbox="baseline"' in page_of(PAGE)
+        )
+
         keys |= fault_act(env, base, checks)
 
         print("\nCall it yourself:")
@@ -234,6 +250,11 @@ def run(once: bool, port: int) -> bool:
         body = '{"namespace":"demo"}'
         for name in keys:
             print(f"  curl -si -X POST {AGENT} -d '{body}' -H 'baggage: {keys[name]}'")
+        print("\nOr open the agent's page in a browser (a preview link puts that browser in the")
+        print("sandbox, for the page and its Diagnose button; ?sandboxd-preview=off leaves it):")
+        print(f"  {PAGE}  the baseline")
+        print(f"  {previews['schema-change']}  schema-change: the baseline agent, cluster-mcp v2")
+        print(f"  {previews['fixed-agent']}  fixed-agent: agent v2, cluster-mcp v2")
         if not once:
             say("running — Ctrl-C to stop")
             print(f"  export SANDBOXD_URL={url} SANDBOXD_DATA_DIR={data_dir}")

@@ -17,7 +17,9 @@
   agent never invents a diagnosis past a failed step;
 - 400 with `ok: false` for a body that is not `{"namespace": "<name>"}`.
 
-`GET /healthz` answers 200. The tool servers are reached through the router, at
+`GET /` is a small web page (`web_page.py`): which build of the agent served it, and a
+"Diagnose" button whose `fetch()` calls `POST /diagnose` — what a sandbox's preview link shows
+in a browser. `GET /healthz` answers 200. The tool servers are reached through the router, at
 `$SANDBOXD_SERVICE_CLUSTER_MCP_URL/mcp` and `$SANDBOXD_SERVICE_LOGS_MCP_URL/mcp`, with the
 request's `baggage` and trace context on every call, so a request tagged for a sandbox reaches
 that sandbox's forks and the baseline for everything else. That is OpenTelemetry's job here:
@@ -34,7 +36,8 @@ never reach the diagnosis. See `tools.py` and `failures.py`.
 
 Settings come from the environment once, at start: `AGENT_PROMPT_VERSION` (v1 | v2, default
 v1), `AGENT_TOOL_TIMEOUT_S` (the limit per tool call, default 10), `AGENT_MODEL_URL`/
-`AGENT_MODEL` (see `diagnoser.py`).
+`AGENT_MODEL` (see `diagnoser.py`), `AGENT_DEBUG_REQUESTS=1` (serve the headers of the newest
+requests at `GET /debug/requests`, for tests: see `received.py`; off by default).
 """
 
 from __future__ import annotations
@@ -48,11 +51,14 @@ import uvicorn
 from diagnoser import Diagnoser, diagnoser_from_env
 from failures import ToolCallError
 from opentelemetry import context, propagate, trace
+from received import VIEW, Received, Recording
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from tools import connect
+from web_page import page_routes
 from workflow import LAST_RUN_FIELDS, Evidence, MissingField, diagnose
 
 
@@ -68,6 +74,8 @@ class Settings:
     """The sandbox this process runs in ("baseline" when none); reported, never acted on."""
     tool_timeout: float
     """Seconds one tool call may take before the agent gives up on it."""
+    debug_requests: bool = False
+    """Serve the newest requests' headers at `GET /debug/requests` (they hold users' cookies)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,6 +88,7 @@ class Settings:
             logs_url=_mcp_url("SANDBOXD_SERVICE_LOGS_MCP_URL", "http://127.0.0.1:7313"),
             sandbox=os.environ.get("SANDBOXD_SANDBOX") or "baseline",
             tool_timeout=_seconds("AGENT_TOOL_TIMEOUT_S", default=10.0),
+            debug_requests=_switch("AGENT_DEBUG_REQUESTS"),
         )
 
 
@@ -92,6 +101,13 @@ def _seconds(variable: str, *, default: float) -> float:
     if not 0 < seconds <= 600:
         raise SystemExit(f"agent: {variable}: {value!r} is not a number of seconds in (0, 600]")
     return seconds
+
+
+def _switch(variable: str) -> bool:
+    value = os.environ.get(variable, "")
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"agent: {variable}: {value!r} is not 1 (on) or 0 (off)")
+    return value == "1"
 
 
 def _mcp_url(variable: str, default: str) -> str:
@@ -173,12 +189,21 @@ def build_app(*, settings: Settings, diagnoser: Diagnoser) -> Starlette:
     async def healthz(_: Request) -> Response:
         return PlainTextResponse(f"agent {settings.prompt_version}")
 
-    return Starlette(
-        routes=[
-            Route("/diagnose", run, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route("/diagnose", run, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        *page_routes(
+            prompt_version=settings.prompt_version,
+            model_version=diagnoser.version,
+            sandbox=settings.sandbox,
+        ),
+    ]
+    middleware = []
+    if settings.debug_requests:
+        received = Received()
+        routes.append(Route(VIEW, received.view, methods=["GET"]))
+        middleware.append(Middleware(Recording, received=received))
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def _answered(answer: dict[str, Any], status: int) -> Response:

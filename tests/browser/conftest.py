@@ -161,6 +161,18 @@ class Watch:
         if not url.startswith(self.origin + "/"):
             self.foreign.append(url)
 
+    def new_page(self, context: BrowserContext) -> Page:
+        """The one page of a new `context`, watched with its context from now on."""
+        context.on("request", lambda r: self.request(r.url))
+        page = context.new_page()
+        page.on("console", self.console)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        return page
+
+    def check(self) -> None:
+        assert not self.errors, "the page logged errors:\n" + "\n".join(self.errors)
+        assert not self.foreign, "the page asked another origin:\n" + "\n".join(self.foreign)
+
 
 OpenPage = Callable[..., Page]
 
@@ -179,10 +191,7 @@ def open_page(browser: Browser, world: World, watch: Watch) -> Iterator[OpenPage
     def open_(name: str = "pr-7", **options: Any) -> Page:
         context = browser.new_context(**options)
         contexts.append(context)
-        context.on("request", lambda r: watch.request(r.url))
-        page = context.new_page()
-        page.on("console", watch.console)
-        page.on("pageerror", lambda e: watch.errors.append(f"uncaught: {e}"))
+        page = watch.new_page(context)
         answer = page.goto(world.link(name))
         assert answer is not None and answer.status == 200, answer and answer.status
         assert page.url == f"{world.server.url}/s/{name}"  # the capability left the URL
@@ -191,5 +200,4 @@ def open_page(browser: Browser, world: World, watch: Watch) -> Iterator[OpenPage
     yield open_
     for context in contexts:
         context.close()
-    assert not watch.errors, "the page logged errors:\n" + "\n".join(watch.errors)
-    assert not watch.foreign, "the page asked another origin:\n" + "\n".join(watch.foreign)
+    watch.check()

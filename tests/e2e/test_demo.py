@@ -27,5 +27,6 @@ def test_demo_once_shows_the_three_outcomes_the_fault_act_and_cleans_up() -> Non
     assert "get_logs was retried 2 times" in result.stdout
     assert "cluster-mcp describe_pod: answered invalid JSON" in result.stdout
     assert "fault-malformed: the agent fails visibly" in result.stdout
+    assert "fixed-agent's preview link opens its agent's page" in result.stdout
     for name in ("schema-change", "fixed-agent", "fault-rate-limit", "fault-malformed"):
         assert fork_pids(sandbox=name) == []

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,15 +119,21 @@ class Troubleshooter:
 
 
 @contextmanager
-def running_troubleshooter(data_dir: Path) -> Iterator[Troubleshooter]:
-    """sandboxd serving the example with its router and baselines; all stopped on exit."""
+def running_troubleshooter(
+    data_dir: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[Troubleshooter]:
+    """sandboxd serving the example with its router and baselines; all stopped on exit.
+    `env`: more of sandboxd's environment, which its baselines and forks inherit."""
     data_dir.mkdir(parents=True, exist_ok=True)
     catalog = portable_catalog(data_dir)
     ports = {s["name"]: s["routerPort"] for s in yaml.safe_load(catalog.read_text())["services"]}
     # The baselines run `python3`: the one of this virtualenv, which has the MCP SDK.
-    env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     with running_sandboxd(
-        data_dir, catalog=catalog, env=env, args=["--with-router", "--start-baseline"]
+        data_dir,
+        catalog=catalog,
+        env={**(env or {}), **path},
+        args=["--with-router", "--start-baseline"],
     ) as server:
         app = Troubleshooter(server=server, ports=ports)
         wait_for_router(app)
