@@ -224,8 +224,8 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
     def _previewed(self, ex: Exchange, decision: Decision, seen: preview.Preview) -> Decision:
         """Routed by the cookie: the forwarded baggage names the sandbox, so the service's own
         calls stay in it. A cookie that names no live sandbox is cleared in the response (an
-        extra header line after `sandboxd-route`, as faults add theirs; not on MCP services,
-        whose sessions keep the label)."""
+        extra header line after `sandboxd-route`, as faults add theirs; an MCP session started
+        by it remembers only the first line, `mcp.Sessions.remember`)."""
         table = self.state.table
         route = seen.route
         if (
@@ -235,7 +235,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         ):
             preview.add_baggage(ex.head, table.key + b"=" + route.key.encode())
         service = decision.service
-        if seen.clear and service is not None and not service.is_mcp:
+        if seen.clear and service is not None:
             return Decision(
                 decision.action,
                 service,

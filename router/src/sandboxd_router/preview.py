@@ -12,7 +12,7 @@ The router's own cookies never reach a service: they are cut out of every `Cooki
 dropped (`headers.ResponseHeaders`). `/.sandboxd/preview/exit`, and `?sandboxd-preview=off`
 on any GET or HEAD that has the cookie, clear the cookie with a 303 (to `next`, or to the same
 URL without that parameter); a cookie whose token is not live gets the baseline and a clearing
-`Set-Cookie`.
+`Set-Cookie`, on every kind of service (an MCP session keeps its route, not that line).
 
 HTTPS: the router has no TLS listener of its own, so it is behind HTTPS when the request's
 first `X-Forwarded-Proto` says `https` (set by the TLS terminator in front of it). Then the
