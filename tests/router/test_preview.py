@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.router.conftest import KEYS, Origin, Router, raw, routes_table, start_router
-from tests.support import poll
+from tests.support import access_log, poll
 from tests.support.server import free_port
 
 TOKENS = {"pr-1": "tok1" + "a" * 28, "pr-2": "tok2" + "b" * 28}
@@ -26,7 +27,8 @@ def router(
     table = routes_table(free_port(), origins)
     for name, token in TOKENS.items():
         table["routes"][KEYS[name]].update(preview=token, expiresAt=EXPIRES)
-    r = start_router(tmp_path_factory.mktemp("router"), table)
+    tmp = tmp_path_factory.mktemp("router")
+    r = start_router(tmp, table, "--record-file", str(tmp / "records.jsonl"))
     yield r
     r.proc.terminate()
     r.proc.wait()
@@ -208,6 +210,67 @@ def test_a_preview_link_with_a_body_or_another_method_is_refused(router: Router)
     body = raw(router.port, f"GET /.sandboxd/preview/{TOKENS['pr-1']} HTTP/1.1\r\nHost: x\r\n"
                "Content-Length: 1\r\n\r\nx".encode())  # fmt: skip
     assert body.startswith(b"HTTP/1.1 400 ")
+
+
+def traced() -> tuple[str, dict[str, str]]:
+    """A trace id of its own, and the headers that carry it: what picks a request's lines."""
+    trace_id = uuid.uuid4().hex
+    return trace_id, {"traceparent": f"00-{trace_id}-{'1' * 16}-01"}
+
+
+def logged(router: Router, trace_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request's access log line and its full record (`--record-file`)."""
+    records = router.log.parent / "records.jsonl"
+
+    def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        line = access_log.entries(router.log, trace_id=trace_id)
+        full = [r for r in access_log.entries(records) if trace_id in (r["traceparent"] or "")]
+        return line, full
+
+    line, full = poll.until(both, lambda found: all(found), timeout=10, what="the logged lines")
+    assert len(line) == 1 and len(full) == 1
+    return line[0], full[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "route", "sandbox", "path"),
+    [
+        ("GET", f"/.sandboxd/preview/{TOKENS['pr-1']}?next=/echo", "sandbox=pr-1", "pr-1", "-"),
+        ("HEAD", f"/.sandboxd/preview/{TOKENS['pr-2']}", "sandbox=pr-2", "pr-2", "-"),
+        ("GET", f"/.sandboxd/preview/{GONE}?next=/echo", "baseline", "", "-"),
+        ("GET", "/.sandboxd/preview/exit?next=/echo", "baseline", "", "exit"),
+        ("GET", "/echo?sandboxd-preview=off", "baseline", "", None),
+    ],
+)
+def test_the_routers_own_answers_are_logged_like_any_request(
+    router: Router, method: str, target: str, route: str, sandbox: str, path: str | None
+) -> None:
+    trace_id, headers = traced()
+    cookie = {"Cookie": f"sandboxd-preview={TOKENS['pr-1']}"}
+    answer = httpx.request(method, f"{router.url}{target}", headers={**headers, **cookie})
+    assert answer.status_code == 303 and answer.headers["sandboxd-route"] == route
+    line, full = logged(router, trace_id)
+    assert (line["service"], line["route"], line["method"]) == ("echo", route, method)
+    assert line["status"] == 303 and line["bytesOut"] == 0
+    assert (full["service"], full["sandbox"], full["status"]) == ("echo", sandbox, 303)
+    assert full["routing_key"] == (KEYS[sandbox] if sandbox else "")
+    assert full["path"] == (f"/.sandboxd/preview/{path}" if path else "/echo")
+    assert full["error"] == ""  # not an error of the service's
+
+
+def test_a_links_token_is_never_logged(router: Router) -> None:
+    trace_id, headers = traced()
+    token = TOKENS["pr-1"]
+    refused = raw(router.port, f"GET /.sandboxd/preview/{token} HTTP/1.1\r\nHost: x\r\n"
+                  f"traceparent: {headers['traceparent']}\r\nContent-Length: 1\r\n\r\nx".encode())  # fmt: skip
+    assert refused.startswith(b"HTTP/1.1 400 ")
+    line, full = logged(router, trace_id)
+    assert (line["service"], line["status"], full["path"]) == ("echo", 400, "/.sandboxd/preview/-")
+    answered_id, answered = traced()
+    assert httpx.get(f"{router.url}/.sandboxd/preview/{token}", headers=answered).status_code == 303
+    logged(router, answered_id)  # (its lines are in the files now)
+    for path in (router.log, router.log.parent / "records.jsonl"):
+        assert token not in path.read_text()
 
 
 def test_malformed_cookie_headers_never_fail(router: Router, tmp_path: Path) -> None:

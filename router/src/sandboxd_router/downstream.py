@@ -19,7 +19,7 @@ from sandboxd_router import intake, preview, record, responses, routing
 from sandboxd_router.baggage import find_key
 from sandboxd_router.boundary import Downstream
 from sandboxd_router.errors import Refusal
-from sandboxd_router.exchange import ANSWERING, DONE, HOLDING, Exchange
+from sandboxd_router.exchange import ANSWERING, HOLDING, Exchange
 from sandboxd_router.faults import rpc_of
 from sandboxd_router.intake import Intake
 from sandboxd_router.routing import FORWARD, HOLD, Decision
@@ -207,25 +207,27 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         """The request's preview cookie (taken out of its head), or None when the router
         answered the request itself (a preview link, an exit)."""
         self.cookie = False
-        seen = preview.inspect(
-            ex.head, ex.target, ex.method, self.state.table, close=not ex.keep_alive
-        )
-        if seen.answer is None:
+        table = self.state.table
+        seen = preview.inspect(ex.head, ex.target, ex.method, table, close=not ex.keep_alive)
+        answer = seen.answer
+        if answer is None:
             return seen
+        # recorded as any request: the listener's service, the route the answer names
+        service = routing.service_of(table, port=self.port, host=ex.host)
+        ex.routed(preview.answered(seen, service))
+        ex.target = seen.target
         if ex is not self.queue[0] or intake.has_body(ex):
             message = "a preview link takes a request without a body, not pipelined"
             self.reject(400, message, code="bad_request")
             return None
-        ex.phase, ex.status = DONE, 303
-        self.write(seen.answer)
-        self.exchange_done(ex, reuse=ex.keep_alive)
+        ex.answered(303, answer)
         return None
 
     def _previewed(self, ex: Exchange, decision: Decision, seen: preview.Preview) -> Decision:
         """Routed by the cookie: the forwarded baggage names the sandbox, so the service's own
         calls stay in it. A cookie that names no live sandbox is cleared in the response (an
-        extra header line after `sandboxd-route`, as faults add theirs; not on MCP services,
-        whose sessions keep the label)."""
+        extra header line after `sandboxd-route`, as faults add theirs; an MCP session started
+        by it remembers only the first line, `mcp.Sessions.remember`)."""
         table = self.state.table
         route = seen.route
         if (
@@ -235,7 +237,7 @@ class DownstreamConnection(Intake, Downstream, asyncio.Protocol):
         ):
             preview.add_baggage(ex.head, table.key + b"=" + route.key.encode())
         service = decision.service
-        if seen.clear and service is not None and not service.is_mcp:
+        if seen.clear and service is not None:
             return Decision(
                 decision.action,
                 service,

@@ -589,6 +589,16 @@ class Exchange:
         self.downstream.write_error(status, body, route=self.decision.label)
         self._record()
 
+    def answered(self, status: int, response: bytes) -> None:
+        """The router answered the request itself, whole (a preview link's 303): the answer
+        leaves, is recorded as any other, and the connection goes on."""
+        self.phase = DONE
+        self.status = status
+        self.downstream.write(response)
+        self.downstream.uncork()
+        self._record()
+        self.downstream.exchange_done(self, reuse=self.keep_alive)
+
     def client_gone(self) -> None:
         """The client closed its connection before this exchange ended. Recorded as far as it
         went: a response the client stopped reading (an MCP client may close an event stream

@@ -56,7 +56,11 @@ class Sessions:
     def remember(
         self, session: bytes, upstream: Upstream, decision: bytes, sandbox: str | None = None
     ) -> None:
+        """`decision`: the `sandboxd-route` value of the response that started it; only its
+        first line is the session's (a line after it, such as a dead preview cookie cleared,
+        was for that response)."""
         self.forget(session)
+        decision = decision.partition(b"\r\n")[0]
         baseline = decision == BASELINE
         group = self._groups.get(decision)
         size = len(group) if group is not None else 0

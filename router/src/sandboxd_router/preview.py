@@ -12,7 +12,10 @@ The router's own cookies never reach a service: they are cut out of every `Cooki
 dropped (`headers.ResponseHeaders`). `/.sandboxd/preview/exit`, and `?sandboxd-preview=off`
 on any GET or HEAD that has the cookie, clear the cookie with a 303 (to `next`, or to the same
 URL without that parameter); a cookie whose token is not live gets the baseline and a clearing
-`Set-Cookie`.
+`Set-Cookie`, on every kind of service (an MCP session keeps its route, not that line).
+
+The router's own answers are recorded as any request is (`answered`): the listener's service,
+the route their `sandboxd-route` says, status 303; a link's path without its token.
 
 HTTPS: the router has no TLS listener of its own, so it is behind HTTPS when the request's
 first `X-Forwarded-Proto` says `https` (set by the TLS terminator in front of it). Then the
@@ -34,7 +37,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from sandboxd_router.headers import CRLF, RequestHeaders
-from sandboxd_router.table import Route, Table
+from sandboxd_router.table import FORWARD, Decision, Route, Service, Table
 
 COOKIE: Final = b"sandboxd-preview"
 HOST_COOKIE: Final = b"__Host-sandboxd-preview"  # behind HTTPS
@@ -47,6 +50,7 @@ MAX_NEXT: Final = 2048
 _TOKEN_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _DOT: Final = 0x2E  # "." of "/.sandboxd/"
 _ATTRIBUTES: Final = b"; Path=/; HttpOnly; SameSite=Lax"
+RECORDED_LINK: Final = LINK + b"-"  # a link's path as recorded: its token is a capability
 
 
 def ours(target: bytes) -> bool:
@@ -59,13 +63,15 @@ def ours(target: bytes) -> bool:
 class Preview:
     """What a request's preview cookie and target say."""
 
-    __slots__ = ("answer", "clear", "route")
+    __slots__ = ("answer", "clear", "route", "target")
 
-    def __init__(self) -> None:
+    def __init__(self, target: bytes) -> None:
         self.answer: bytes | None = None
         """A response the router gives itself (a 303), instead of routing the request."""
         self.route: Route | None = None
-        """The live sandbox the cookie names."""
+        """The live sandbox the cookie names (with an `answer`: the one the link names)."""
+        self.target = target
+        """The request's target as its record keeps it."""
         self.clear = b""
         """Header lines that clear the cookie (a cookie that names no live sandbox)."""
 
@@ -79,7 +85,7 @@ def inspect(
 ) -> Preview:
     """Take the router's cookies out of `head`, and decide. `close`: the connection closes
     after this request (said in an answer's head)."""
-    found = Preview()
+    found = Preview(target)
     token = take_cookie(head)
     if target.startswith(LINK) and method in (b"GET", b"HEAD"):
         secure = _behind_https(head)
@@ -89,6 +95,9 @@ def inspect(
         cookies = _set(route, secure) if route is not None else _clear(secure)
         label = route.decision if route is not None else b"baseline"
         found.answer = redirect(location, cookies, route=label, close=close)
+        found.route = route
+        if path != EXIT:
+            found.target = RECORDED_LINK
         return found
     secure = _behind_https(head)
     if method in (b"GET", b"HEAD") and target.find(OFF) >= 0:
@@ -102,6 +111,16 @@ def inspect(
         if found.route is None:
             found.clear = b"".join(b"\r\nSet-Cookie: " + c for c in _clear(secure))
     return found
+
+
+def answered(seen: Preview, service: Service | None) -> Decision:
+    """The decision an answer of the router's own is recorded with: `service` is the
+    listener's (None: no service there), the route the answer's `sandboxd-route` names (a live
+    link's sandbox, forked on this service or not: the cookie is for all of them)."""
+    route = seen.route
+    if route is None:
+        return Decision(FORWARD, service)
+    return Decision(FORWARD, service, None, route.decision, route.sandbox, route)
 
 
 def take_cookie(head: RequestHeaders) -> bytes | None:

@@ -37,7 +37,16 @@ from sandboxd_router.table import (
     Table,
 )
 
-__all__ = ["FORWARD", "HOLD", "NOWHERE", "UNKNOWN", "Decision", "route", "route_by_body"]
+__all__ = [
+    "FORWARD",
+    "HOLD",
+    "NOWHERE",
+    "UNKNOWN",
+    "Decision",
+    "route",
+    "route_by_body",
+    "service_of",
+]
 
 NOWHERE: Final = Decision(FORWARD, None)
 """Not routed (yet): what a request refused before routing is answered as."""
@@ -84,6 +93,12 @@ def route_by_body(
     shared budget for held bodies is spent): then by the remaining rules."""
     key = key_from_body(body, table.key) if body is not None else None
     return _choose(table, service, key if key is not None else preview)
+
+
+def service_of(table: Table, *, port: int | None, host: bytes | None) -> Service | None:
+    """The service a request is for, as `route` finds it (for a request the router answers
+    itself, to be recorded under it)."""
+    return table.by_port.get(port) if port is not None else _by_host(table, host)
 
 
 def _choose(table: Table, service: Service, key: str | None) -> Decision:

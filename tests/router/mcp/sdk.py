@@ -31,6 +31,7 @@ class Exchange:
     status: int
     route: str | None
     fault: str | None = None  # the `sandboxd-fault` header(s), comma-joined
+    cookies: tuple[str, ...] = ()  # the `Set-Cookie` headers
 
 
 @dataclass
@@ -86,8 +87,11 @@ async def connect(
         request = response.request
         route = response.headers.get("sandboxd-route")
         fault = response.headers.get("sandboxd-fault")
+        cookies = tuple(response.headers.get_list("set-cookie"))
         seen.items.append(
-            Exchange(request.method, rpc_method(request), response.status_code, route, fault)
+            Exchange(
+                request.method, rpc_method(request), response.status_code, route, fault, cookies
+            )
         )
 
     http = httpx2.AsyncClient(
