@@ -21,8 +21,6 @@ import importlib.util
 import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +42,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.e2e.troubleshooter import EXAMPLE, SANDBOXES, Troubleshooter, running_troubleshooter
+from tests.e2e.troubleshooter import (
+    EXAMPLE,
+    SANDBOXES,
+    Troubleshooter,
+    agent_process,
+    running_troubleshooter,
+)
 from tests.support import poll
 from tests.support.otel import Collector, Span, running_collector, serving
 from tests.support.server import free_port
@@ -263,22 +267,11 @@ def lone_agent(world: World, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SANDBOXD_"))}
     full |= env | {
-        "PORT": str(port),
         "SANDBOXD_SERVICE_CLUSTER_MCP_URL": world.app.url("cluster-mcp"),
         "SANDBOXD_SERVICE_LOGS_MCP_URL": world.app.url("logs-mcp"),
     }
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE / "agent.py")],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        poll.port_open(port, timeout=30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
+    with agent_process(port, full) as url:
+        yield url
 
 
 def test_with_the_sdk_disabled_the_key_and_trace_still_flow_and_nothing_is_exported(

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests.e2e.troubleshooter import EXAMPLE
-from tests.support import poll
+from tests.e2e.troubleshooter import EXAMPLE, agent_process
 from tests.support.server import free_port
 
 
@@ -25,19 +24,8 @@ def agent_env(**more: str) -> dict[str, str]:
 @contextmanager
 def lone_agent(**env: str) -> Iterator[str]:
     """agent.py on a free port with `env` added; its URL. Stopped on exit."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE / "agent.py")],
-        env=agent_env(PORT=str(port), **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        poll.port_open(port, timeout=30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
+    with agent_process(free_port(), agent_env(**env)) as url:
+        yield url
 
 
 def test_the_page_names_its_build_and_loads_only_from_its_own_origin() -> None:

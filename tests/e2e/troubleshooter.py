@@ -140,6 +140,24 @@ def running_troubleshooter(
         yield app
 
 
+@contextmanager
+def agent_process(port: int, env: Mapping[str, str]) -> Iterator[str]:
+    """examples/troubleshooter/agent.py alone on `port` with exactly `env`; its URL. Stopped
+    (and so flushed) on exit."""
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLE / "agent.py")],
+        env={**env, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        poll.port_open(port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def wait_for_router(app: Troubleshooter, *, timeout: float = 20) -> None:
     poll.until(
         lambda: answer(app.diagnose()),
