@@ -31,6 +31,11 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",  # a page shown to one viewer; never kept by a shared cache
 }
+FORM_HEADERS = {**HEADERS, "Referrer-Policy": "same-origin"}
+"""For the pages with the sign-in and sign-out forms: under `no-referrer` a browser sends
+`Origin: null` with a form's POST, even to its own site, and the CSRF check
+(`sandboxd.web.access.same_site`) refuses it. `same-origin` sends the real origin to this
+site and still no referrer to any other."""
 ASSET_TYPES = {
     "page.css": "text/css; charset=utf-8",
     "page.js": "text/javascript; charset=utf-8",

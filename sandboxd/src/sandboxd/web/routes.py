@@ -36,7 +36,7 @@ from sandboxd.core.phases import Phase
 from sandboxd.store.tables import SandboxRow
 from sandboxd.web import access, live
 from sandboxd.web.facts import gather
-from sandboxd.web.render import HEADERS, Pages
+from sandboxd.web.render import FORM_HEADERS, HEADERS, Pages
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,14 @@ async def _web(request: Request) -> Web:
 WebDep = Annotated[Web, Depends(_web)]
 
 
-def _page(web: Web, template: str, *, code: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(web.pages.render(template, **context), code, headers=HEADERS)
+def _page(
+    web: Web, template: str, *, code: int = 200, headers: dict[str, str] = HEADERS, **context: Any
+) -> HTMLResponse:
+    return HTMLResponse(web.pages.render(template, **context), code, headers=headers)
 
 
 def _problem(web: Web, code: int, heading: str, message: str, hint: str = "") -> HTMLResponse:
-    context = {"status": code, "heading": heading, "message": message, "hint": hint}
+    context: dict[str, Any] = {"status": code, "heading": heading, "message": message, "hint": hint}
     return _page(web, "problem", code=code, title=heading, **context)
 
 
@@ -236,14 +238,15 @@ async def index(state: StateDep, web: WebDep, request: Request) -> Response:
     """The sandboxes the signed-in token may see; the sign-in form otherwise."""
     caller = await access.signed_in(state, request)
     if caller is None:
-        return _page(web, "signin", title="Sign in", error="")
+        return _page(web, "signin", headers=FORM_HEADERS, title="Sign in", error="")
     rows = [r for r in await state.store.sandboxes() if access.sees(caller, r)]
     shown = [
         {"name": r.name, "phase": r.phase, "labels": r.labels, "expires_at": rfc3339(r.expires_at)}
         for r in rows
     ]
     scope = str(caller.scope) if caller.scope else ""
-    return _page(web, "index", title="Sandboxes", viewer=caller.name, scope=scope, rows=shown)
+    context: dict[str, Any] = {"viewer": caller.name, "scope": scope, "rows": shown}
+    return _page(web, "index", headers=FORM_HEADERS, title="Sandboxes", **context)
 
 
 @router.post("/signin", response_class=HTMLResponse)
@@ -255,7 +258,7 @@ async def sign_in(state: StateDep, web: WebDep, request: Request) -> Response:
     signed = await access.sign_in(state, token) if 0 < len(token) <= MAX_TOKEN_FIELD else None
     if signed is None:
         error = "That token cannot sign in (unknown, expired or revoked, or a router's)."
-        return _page(web, "signin", code=403, title="Sign in", error=error)
+        return _page(web, "signin", code=403, headers=FORM_HEADERS, title="Sign in", error=error)
     response = RedirectResponse("/", 303, headers=HEADERS)
     access.set_session_cookie(response, state, signed[1])
     return response
