@@ -27,10 +27,14 @@ from tests.support.server import Sandboxd, running_sandboxd
 CHROMIUM = os.environ.get("SANDBOXD_CHROMIUM", "/usr/bin/chromium")
 # Playwright adds --headless and a fresh, empty --user-data-dir of its own to every launch. The
 # rest keep Chromium off the network it would otherwise reach for at start (updates, sync,
-# field trials): this machine's network is closed, and those attempts fail noisily.
+# field trials): this machine's network is closed, and those attempts fail noisily. The resolver
+# rule answers every name but 127.0.0.1 "not found" at once, so nothing ever asks DNS: a test that
+# sends the browser elsewhere (a redirect off the origin) fails the same way, at once, on any
+# network, and the Watch names the request.
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]  # fmt: skip
 VIEW_KEY = "browser-test-view-key-0123456789abcdef"
 SHA = "0123456789abcdef0123456789abcdef01234567"
