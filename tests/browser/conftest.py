@@ -155,6 +155,7 @@ class Watch:
     errors: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    pages: list[Page] = field(default_factory=list)
 
     def console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
@@ -171,6 +172,7 @@ class Watch:
         page = context.new_page()
         page.on("console", self.console)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.pages.append(page)
         return page
 
     def check(self) -> None:
