@@ -11,8 +11,6 @@ fail on any other error, as `open_page` does."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -238,13 +236,7 @@ def test_the_page_cookie_opens_no_other_sandboxs_page(
 
 
 def make_token(world: World, name: str, label: str = ACME) -> str:
-    """A scoped token, made as an operator does (`sandboxd token create`)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "sandboxd", "token", "create", name, "--label", label],
-        env=world.server.env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return world.server.scoped_token(name, label)
 
 
 def sign_in(page: Page, world: World, token: str) -> Page:

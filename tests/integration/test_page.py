@@ -419,12 +419,7 @@ def sign_in(world: World, token: str, *, origin: str | None = None) -> httpx.Res
 
 
 def make_token(world: World, name: str, label: str = ACME) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "sandboxd", "token", "create", name, "--label", label],
-        env=world.server.env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return world.server.scoped_token(name, label)
 
 
 def listed(world: World, session: str) -> list[str]:

@@ -22,12 +22,7 @@ ACME = "github.repo=acme/agents"
 
 
 def token(api: Sandboxd, name: str, label: str = ACME, *extra: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "sandboxd", "token", "create", name, "--label", label, *extra],
-        env=api.env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return api.scoped_token(name, label, *extra)
 
 
 def sandboxd_token(api: Sandboxd, *args: str) -> subprocess.CompletedProcess[str]:

@@ -54,6 +54,15 @@ class Sandboxd:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
+    def scoped_token(self, name: str, label: str, *extra: str) -> str:
+        """A scoped token, made as an operator does (`sandboxd token create`)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "sandboxd", "token", "create", name, "--label", label, *extra],
+            env=self.env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
     def start(self, *, timeout: float = 30) -> None:
         with (self.data_dir / "sandboxd.log").open("ab") as log:
             self.proc = subprocess.Popen(
