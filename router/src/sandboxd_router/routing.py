@@ -67,7 +67,7 @@ def route(
     """Decide from the head alone: forward, hold for the body (rule 3), or unknown service.
     `port` is the listener's (None: gateway mode, the Host header names the service);
     `preview`: the routing key a live preview cookie names (rule 4)."""
-    service = table.by_port.get(port) if port is not None else _by_host(table, host)
+    service = service_of(table, port=port, host=host)
     if service is None:
         return Decision(UNKNOWN, None)
     if service.is_mcp and session is not None:
@@ -96,8 +96,9 @@ def route_by_body(
 
 
 def service_of(table: Table, *, port: int | None, host: bytes | None) -> Service | None:
-    """The service a request is for, as `route` finds it (for a request the router answers
-    itself, to be recorded under it)."""
+    """The service a request is for: its listener's, or in gateway mode (`port` None) the one
+    its Host header names. (`route` starts here; so is a request the router answers itself
+    recorded under its service.)"""
     return table.by_port.get(port) if port is not None else _by_host(table, host)
 
 
