@@ -11,6 +11,7 @@ import gzip
 import http.server
 import ipaddress
 import logging
+import re
 import ssl
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from sandboxd_router.telemetry import spans
+from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import (
     BASELINE,
     HTTP_5XX,
@@ -37,6 +38,7 @@ from sandboxd_router.telemetry.observed import (
     TOOL_ERROR,
     TRANSPORT,
     Fault,
+    Names,
     Observed,
 )
 from sandboxd_router.telemetry.otlp import SpanExport, SpanSink, enabled, encoder, from_env
@@ -171,6 +173,114 @@ def test_what_repeats_is_cached_and_what_varies_is_not() -> None:
                                                          spans.span_of(o).attributes)  # fmt: skip
         assert span.span_id.hex() == spans.span_id(o.seq)
     assert got[1].trace_id.hex() == "1" * 32 and got[1].end_time_unix_nano == 1765000001500000000
+
+
+def test_spans_of_one_names_object_are_each_their_own() -> None:
+    """The spans of one `Names` (as the ring's reader shares it) reuse what the last plain one
+    had only while it holds: every field that varies from one to the next is its own."""
+    names = Names("cluster-mcp", "pr-1", "k1", "sandbox", "POST")
+
+    def of(**more: Any) -> Observed:
+        given = {"service": names.service, "sandbox": names.sandbox, "route": names.route,
+                 "method": names.method, "names": names, "traceparent": None,
+                 "raw_traceparent": TRACEPARENT.encode()}  # fmt: skip
+        return observed(**(given | more))
+
+    batch = [
+        of(), of(seq=18, end=1765000001.5), of(bytes_in=7), of(bytes_out=1 << 20),
+        of(path="/a"), of(path="/a", seq=19), of(path="/b"), of(path=""),
+        of(raw_traceparent=b""), of(raw_traceparent=TRACEPARENT.upper().encode()),
+        of(raw_traceparent=f"00-{'1' * 32}-{'2' * 16}-01".encode()),
+        of(status=503, error=HTTP_5XX), of(status=503, error=HTTP_5XX, seq=20), of(),
+        of(status=404), of(), of(rpc_method="tools/list"), of(),
+        of(injected=True, faults=(SLOW,), injected_at=0.002), of(),
+        of(rpc_method="tools/call", tool="describe_pod", rpc_id="7"), of(protocol="2025-06-18"),
+        of(error=TRANSPORT), of(error=JSONRPC), of(rpc_code=-32601, error=JSONRPC),
+        of(tool="t"), of(),
+        of(sandbox="pr-2"), of(), of(service="api"), of(), of(route=BASELINE), of(),
+        of(method="GET"), of(),
+        of(path="/" + "p" * 1500),  # (a span past 1 KiB)
+    ]  # fmt: skip
+    encoder = SpanEncoder({})
+    _, _, got = decoded(encoder.request([encoder.spans(batch), encoder.spans(batch)]))
+    for o, span in zip(batch * 2, got, strict=True):
+        expected = spans.span_of(o)
+        assert (span.name, as_dict(span.attributes)) == (expected.name, expected.attributes)
+        assert len(span.attributes) == len(expected.attributes)
+        assert [(e.name, as_dict(e.attributes)) for e in span.events] == [
+            (e.name, e.attributes) for e in expected.events
+        ]
+        assert (span.status.code == Status.StatusCode.STATUS_CODE_ERROR) is expected.failed
+        assert span.span_id.hex() == spans.span_id(o.seq)
+        assert span.end_time_unix_nano == int(o.start * 1e9) + int(o.duration * 1e9)
+        context = traceparent.ids_of(o.raw_traceparent)
+        if context is None:
+            assert span.parent_span_id == b"" and span.flags == 0x100
+        else:
+            assert (span.trace_id, span.parent_span_id, span.flags) == (*context, 0x300)
+
+
+def reference_ids(raw: bytes) -> tuple[bytes, bytes] | None:
+    """Trace Context level 1's reading of a header, written the plain way."""
+    text = raw.strip(b" \t")
+    if len(text) > 55 and not text.startswith(b"00") and text[55:56] == b"-":
+        text = text[:55]  # a later version's first four fields
+    found = re.fullmatch(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})", text)
+    if found is None or found[1] == b"ff" or found[2] == b"0" * 32 or found[3] == b"0" * 16:
+        return None
+    return bytes.fromhex(found[2].decode()), bytes.fromhex(found[3].decode())
+
+
+def test_the_traceparent_is_read_as_trace_context_says_whatever_byte_is_where() -> None:
+    """Every byte value in every position of a valid header (the version, the dashes, both
+    ids, the flags) is read as the plain reading does, and so is each id's every digit and
+    every place for an id's one nonzero byte, uppercase, later versions and whitespace."""
+    headers = [f"00-{TRACE}-{PARENT}-01".encode(), b"cc-" + TRACE.encode() + b"-" + b"f" * 16
+               + b"-ff"]  # fmt: skip
+    for n in range(16):  # an id's one nonzero digit in each place, as each of its values
+        for digit in "123456789abcdef":
+            headers.append(f"00-{'0' * 31 + digit}-{'0' * n}{digit}{'0' * (15 - n)}-01".encode())
+            headers.append(f"00-{'0' * 2 * n}{digit}{'0' * (31 - 2 * n)}-{PARENT}-01".encode())
+    many = []
+    for header in headers[:2]:
+        for at in range(len(header)):
+            for byte in range(256):
+                many.append(header[:at] + bytes((byte,)) + header[at + 1 :])
+    upper = TRACEPARENT.upper().encode()
+    many += [upper, upper[:3] + TRACEPARENT.encode()[3:], TRACEPARENT.encode()[:36] + upper[36:]]
+    many += [b"cc-" + TRACEPARENT.encode()[3:] + tail for tail in (b"-", b"-x", b"x", b"")]
+    many += [TRACEPARENT.encode() + tail for tail in (b"-", b"-x", b" ", b"\t ", b"\n")]
+    many += [b" " + TRACEPARENT.encode(), b"f" * 55, b"0" * 55, b"-" * 55, b"", b"00"]
+    for raw in headers + many:
+        expected = reference_ids(raw)
+        assert traceparent.ids_of(raw) == expected, raw
+        if len(raw) == traceparent.LENGTH:
+            valid, *_ = traceparent.decode(raw)
+            assert valid is (expected is not None), raw
+    assert len(many) > 100 * 256
+
+
+def test_a_span_continues_exactly_the_traces_the_header_names() -> None:
+    """The encoder's ids are the header's bytes; a header that is not valid starts a trace."""
+    raws = [f"00-{'0' * 31}1-{'0' * 15}1-01", f"00-8{'0' * 31}-8{'0' * 15}-01",
+            f"00-{'0' * 15}8{'f' * 16}-{'0' * 14}80-01", f"00-{'f' * 32}-{'f' * 16}-01",
+            f"00-{'7f' * 16}-{'80' * 8}-01", f"01-{TRACE}-{PARENT}-01-x", TRACEPARENT.upper(),
+            f"00-{TRACE}-{PARENT}-0A", f"00-{TRACE}-{PARENT}-01-x", f"00-{TRACE}_{PARENT}-01",
+            f"00-{TRACE}-{'0' * 16}-01", f"00-{'0' * 32}-{PARENT}-01", f"ff-{TRACE}-{PARENT}-01",
+            f"0g-{TRACE}-{PARENT}-01", f"00-{TRACE[:31]}g-{PARENT}-01",
+            f"00-{TRACE}-{PARENT[:15]}:-01", f"00-{TRACE}-{PARENT}-0`"]  # fmt: skip
+    batch = [observed(traceparent=None, raw_traceparent=raw.encode(), seq=n)
+             for n, raw in enumerate(raws)]  # fmt: skip
+    encoder = SpanEncoder({})
+    _, _, got = decoded(encoder.request([encoder.spans(batch)]))
+    for raw, span in zip(raws, got, strict=True):
+        expected = reference_ids(raw.encode())
+        if expected is None:
+            assert span.parent_span_id == b"" and span.flags == 0x100, raw
+            assert len(span.trace_id) == 16 and span.trace_id != bytes(16)
+        else:
+            assert (span.trace_id, span.parent_span_id, span.flags) == (*expected, 0x300), raw
+    assert sum(reference_ids(raw.encode()) is not None for raw in raws) == 6
 
 
 def test_a_thousand_sandboxes_share_their_span_shapes() -> None:

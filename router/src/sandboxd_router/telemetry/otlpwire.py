@@ -26,17 +26,15 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from librt.strings import BytesWriter, read_i16_le, write_i32_le, write_i64_le
+from librt.strings import BytesWriter, write_i16_le, write_i64_le
 from mypy_extensions import i64
 
 from sandboxd_router.telemetry import spans, traceparent
-from sandboxd_router.telemetry.observed import Observed
+from sandboxd_router.telemetry.observed import Names, Observed
 from sandboxd_router.telemetry.spans import Shape
 
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
 _MASK64: Final = (1 << 64) - 1
-_I32_MAX: Final = 0x7FFFFFFF
-_WRAP: Final = 1 << 32
 _DOUBLE: Final = struct.Struct("<d")
 _EVENT_TIME: Final = struct.Struct("<BQ")  # Event.time_unix_nano (1): fixed64
 
@@ -116,11 +114,54 @@ class _Shaped:
         self.events = events
 
 
+class _Named:
+    """What the plain spans (no fault, no MCP field) of one `Names`, status and outcome share,
+    and the varying attributes of the last of them, encoded: one span's worth of bytes (the
+    rest is shared), kept for each `Names` seen."""
+
+    def __init__(self, o: Observed, shaped: _Shaped, sandbox: bytes) -> None:
+        self.sandbox = o.sandbox
+        self.service = o.service
+        self.route = o.route
+        self.method = o.method
+        self.status = o.status
+        self.error = o.error
+        self.shaped = shaped
+        self.sandbox_attribute = sandbox
+        self.size_in = -1
+        self.size_out = -1
+        self.path = ""
+        self.tail = b""
+        """The body sizes' and path's attributes for `size_in`, `size_out` and `path`."""
+        self.middle = b""
+        """All of a span but its ids and times: the shape's `remote` head when `remote`, else
+        its `root`, the sandbox's attribute and `tail` (b"": not made yet)."""
+        self.remote = False
+
+    def varied(self, size_in: int, size_out: int, path: str, tail: bytes) -> None:
+        self.size_in = size_in
+        self.size_out = size_out
+        self.path = path
+        self.tail = tail
+        self.middle = b""
+
+    def middle_of(self, remote: bool) -> bytes:
+        """`middle` for a span that continues a caller's trace (`remote`) or starts one."""
+        if remote != self.remote or not self.middle:
+            head = self.shaped.remote if remote else self.shaped.root
+            self.middle = head + self.sandbox_attribute + self.tail
+            self.remote = remote
+        return self.middle
+
+
+_PLAIN: Final = 5
+"""The length of a plain request's `spans.shape`."""
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
 """A span's field key and length, by its length, for the lengths most spans have."""
-_TRACE_ID: Final = b"\x0a\x10"  # Span.trace_id (1), 16 bytes
-_PARENT_ID: Final = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
-_SPAN_ID: Final = b"\x12\x08"  # Span.span_id (2), 8 bytes
+# the keys and lengths of the ids, read as little-endian 16-bit numbers (one write each)
+_TRACE_ID: Final = 0x100A  # Span.trace_id (1), 16 bytes: 0a 10
+_PARENT_ID: Final = 0x0822  # Span.parent_span_id (4), 8 bytes: 22 08
+_SPAN_ID: Final = 0x0812  # Span.span_id (2), 8 bytes: 12 08
 _START: Final = 0x39  # Span.start_time_unix_nano (7): fixed64
 _END: Final = 0x41  # Span.end_time_unix_nano (8): fixed64
 _ROOT_SIZE: Final = 2 + 16 + 2 + 8 + 1 + 8 + 1 + 8  # the trace id, span id and times
@@ -180,6 +221,9 @@ class SpanEncoder:
         self._numbers: dict[int, tuple[bytes, bytes]] = {}
         """The same of the larger sizes, both by size."""
         self._max_values = values
+        self._named: dict[Names, _Named] = {}
+        """What the last plain span of each `Names` was made of, by that object (hashed by
+        its identity: no key to build, hash or compare)."""
 
     def spans(self, batch: list[Observed]) -> bytes:
         """The spans of `batch`, each a `ScopeSpans.spans` field, in one piece: what `request`
@@ -202,29 +246,64 @@ class SpanEncoder:
         return b"".join(itertools.chain(head, (self._scope,), encoded))
 
     def _add(self, o: Observed, out: BytesWriter) -> None:
-        """Writes the span of `o` to `out`: its field's head, then its fields. (Its pieces are
-        gathered first: the head holds the span's length.)"""
+        """Writes the span of `o` to `out`: its field's head, then its fields. Most spans are
+        a plain request's (no fault, no MCP) with the names, status, outcome, sizes and path
+        of the last span of their `Names` (one object per sandbox and service, from the ring's
+        reader): theirs is one lookup by that object's identity, its ids and times, and one
+        write of the rest."""
+        named = self._named.get(o.names)
+        if (
+            named is None
+            or named.status != o.status
+            or named.error != o.error
+            or named.sandbox is not o.sandbox  # (the names `named` was made of, to the letter)
+            or named.service is not o.service
+            or named.route is not o.route
+            or named.method is not o.method
+            or o.faults
+            or o.rpc_method is not None
+            or o.tool is not None
+            or o.protocol is not None
+            or o.rpc_code is not None
+        ):
+            self._add_shaped(o, out)
+            return
+        path = o.path
+        if o.bytes_in != named.size_in or o.bytes_out != named.size_out or path != named.path:
+            size_in, size_out, encoded_path, _ = self._varying(o)
+            named.varied(o.bytes_in, o.bytes_out, path, size_in + size_out + encoded_path)
+        valid, high, low, parent = _context(o)
+        middle = named.middle if valid == named.remote and named.middle else named.middle_of(valid)
+        size = len(middle) + (_REMOTE_SIZE if valid else _ROOT_SIZE)
+        out.write(_SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size))
+        _ids_and_times(o, valid, high, low, parent, out)
+        out.write(middle)
+
+    def _add_shaped(self, o: Observed, out: BytesWriter) -> None:
+        """`_add` of any span, by its `spans.shape` (and, for a plain request's, what the next
+        spans of its names find)."""
         key = spans.shape(o)
         shaped = self._shapes.get(key)
         if shaped is None:
             shaped = self._learn(o, key)
-        raw = o.raw_traceparent  # (the text is made only for a request built without it)
-        context = traceparent.fields_of(raw) if raw else traceparent.fields(o.traceparent)
+        valid, high, low, parent = _context(o)
         sandbox = b""
         if o.sandbox:  # (`spans.span_of` gives baseline traffic no `sandboxd.sandbox`)
             got = self._sandboxes.get(o.sandbox)
             sandbox = got if got is not None else self._sandbox(o.sandbox)
         size_in, size_out, path, more = self._varying(o)
+        if len(key) == _PLAIN:  # (no fault, no MCP field: the next spans of its names)
+            self._name(o, shaped, sandbox, size_in + size_out + path)
         events = _events(o, shaped.events) if shaped.events else b""
         size = len(sandbox) + len(size_in) + len(size_out) + len(path) + len(more) + len(events)
-        if context is None:  # no caller's trace: the router's span starts one
-            head = shaped.root
-            size += len(head) + _ROOT_SIZE
-        else:
+        if valid:  # a child of the caller's span
             head = shaped.remote
             size += len(head) + _REMOTE_SIZE
+        else:  # no caller's trace: the router's span starts one
+            head = shaped.root
+            size += len(head) + _ROOT_SIZE
         out.write(_SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size))
-        _ids_and_times(o, context, out)
+        _ids_and_times(o, valid, high, low, parent, out)
         out.write(head)
         out.write(sandbox)
         out.write(size_in)
@@ -232,6 +311,14 @@ class SpanEncoder:
         out.write(path)
         out.write(more)
         out.write(events)
+
+    def _name(self, o: Observed, shaped: _Shaped, sandbox: bytes, tail: bytes) -> None:
+        """Keeps what the next plain spans of `o.names` share with `o`'s."""
+        if len(self._named) >= self._max_sandboxes and o.names not in self._named:
+            self._named.clear()  # (names come and go with their sandboxes)
+        named = _Named(o, shaped, sandbox)
+        named.varied(o.bytes_in, o.bytes_out, o.path, tail)
+        self._named[o.names] = named
 
     def _varying(self, o: Observed) -> tuple[bytes, bytes, bytes, bytes]:
         """The `spans.VARYING` attributes, encoded: the body sizes', the path's and the MCP
@@ -307,47 +394,37 @@ class SpanEncoder:
         return shaped
 
 
-def _ids_and_times(o: Observed, context: bytes | None, out: BytesWriter) -> None:
-    """Writes the span's trace id, its parent's id when `context` (`traceparent.fields_of`)
-    holds one, its span id and its times."""
-    out.write(_TRACE_ID)
-    if context is None:
-        out.write((random.getrandbits(128) or 1).to_bytes(16, "big"))
+def _context(o: Observed) -> tuple[bool, i64, i64, i64]:
+    """`traceparent.decode` of the request's header (not valid when it has none)."""
+    raw = o.raw_traceparent  # (the text is made only for a request built without it)
+    if len(raw) != traceparent.LENGTH:  # (most are exactly the 55 bytes of version 00)
+        fields = traceparent.fields_of(raw) if raw else traceparent.fields(o.traceparent)
+        if fields is None:
+            return False, 0, 0, 0
+        raw = fields
+    return traceparent.decode(raw)
+
+
+def _ids_and_times(o: Observed, valid: bool, high: i64, low: i64, parent: i64,
+                   out: BytesWriter) -> None:  # fmt: skip
+    """Writes the span's trace id, its parent's id when `valid` (`traceparent.decode`), its
+    span id and its times."""
+    write_i16_le(out, _TRACE_ID)
+    if valid:
+        write_i64_le(out, high)
+        write_i64_le(out, low)
+        write_i16_le(out, _PARENT_ID)
+        write_i64_le(out, parent)
     else:
-        _decode(context, 3, 35, out)
-        out.write(_PARENT_ID)
-        _decode(context, 36, 52, out)
-    first, last = spans.span_halves(o.seq)
-    out.write(_SPAN_ID)
-    write_i32_le(out, first - _WRAP if first > _I32_MAX else first)  # (the same 4 bytes)
-    write_i32_le(out, last - _WRAP if last > _I32_MAX else last)
+        out.write((random.getrandbits(128) or 1).to_bytes(16, "big"))
+    write_i16_le(out, _SPAN_ID)
+    write_i64_le(out, spans.span_bytes(o.seq))
     duration = o.duration
     start = int((o.end - duration) * 1e9)  # (the end from the duration: ns are past a double)
     out.append(_START)
     write_i64_le(out, start)
     out.append(_END)
     write_i64_le(out, start + int(duration * 1e9))
-
-
-def _hex_pairs() -> bytes:
-    table = bytearray(0x6767)
-    for high, first in enumerate(b"0123456789abcdef"):
-        for low, second in enumerate(b"0123456789abcdef"):
-            table[first | second << 8] = high << 4 | low
-    return bytes(table)
-
-
-_HEX_PAIRS: Final = _hex_pairs()
-"""The byte two lowercase hex digits stand for, by the digits read as a little-endian 16-bit
-number (the highest pair, "ff", is 0x6666)."""
-
-
-def _decode(digits: bytes, start: i64, stop: i64, out: BytesWriter) -> None:
-    """Writes the bytes `digits[start:stop]` stand for (lowercase hex, checked: `traceparent`)
-    to `out`: a pair of digits, one read and one look-up (compiled: no object made)."""
-    while start < stop:
-        out.append(_HEX_PAIRS[read_i16_le(digits, start)])
-        start += 2
 
 
 def _events(o: Observed, events: tuple[bytes, ...]) -> bytes:

@@ -16,6 +16,8 @@ import os
 import struct
 from typing import Final, NamedTuple
 
+from mypy_extensions import i64
+
 from sandboxd_router.telemetry.observed import HTTP_5XX, JSONRPC, Observed
 
 SERVER: Final = "server"  # the span kind (the exporter maps it to the SDK's SpanKind)
@@ -213,6 +215,8 @@ def fault_time(o: Observed) -> float:
 
 
 _M32: Final = 0xFFFFFFFF
+_I32_MAX: Final = 0x7FFFFFFF
+_WRAP: Final = 1 << 32
 _M30: Final = 0x3FFFFFFF
 # two Feistel rounds' keys and multipliers, drawn per process. Compiled, a product is machine
 # arithmetic only when both factors are under 2**30 (mypyc's check is that conservative), so
@@ -233,9 +237,18 @@ def span_id(seq: int) -> str:
     return HALVES.pack(first, last).hex()
 
 
+def span_bytes(seq: int) -> i64:
+    """`span_id(seq)`'s 8 bytes as one signed little-endian number (what the OTLP encoder
+    writes)."""
+    first, last = span_halves(seq)
+    if last > _I32_MAX:  # (its high bit the sign: the same 8 bytes)
+        last -= _WRAP
+    return i64(first) | i64(last) * 0x100000000
+
+
 def span_halves(seq: int) -> tuple[int, int]:
-    """`span_id(seq)`'s 8 bytes as two little-endian 32-bit numbers (what the OTLP encoder
-    writes). Two Feistel rounds over the halves of `seq` (below 2**64):
+    """`span_id(seq)`'s 8 bytes as two little-endian 32-bit numbers. Two Feistel rounds over
+    the halves of `seq` (below 2**64):
     one-to-one whatever the round function, so unique within this process, and, keyed at
     random per process, unlikely to repeat across processes."""
     high = (seq >> 32) ^ (((seq & _M30) * _MUL1) >> 14 & _M32) ^ _KEY1
