@@ -482,6 +482,33 @@ def test_spans_reach_an_otlp_endpoint_in_batches_on_one_connection(collector: Co
     assert {h["content-type"] for h in collector.headers} == {"application/x-protobuf"}
 
 
+def test_a_batch_goes_in_pieces_each_request_whole_and_as_long_as_it_says(
+    collector: Collector,
+) -> None:
+    """A batch made of a few big reads is sent as those pieces after its head (no copy joins
+    them), one of many small reads joined first: either is one request of exactly its
+    Content-Length, and the connection carries the next."""
+    encoder = SpanEncoder({"service.name": "r"})
+    few = [encoder.spans([observed(seq=seq + n) for n in range(300)]) for seq in (0, 300, 600)]
+    many = [encoder.span(observed(seq=seq)) for seq in range(1000, 1040)]
+    for pieces in (few, many):
+        sent = encoder.request_pieces(pieces)
+        assert b"".join(sent) == encoder.request(pieces)
+        assert len(sent) == (len(pieces) + 1 if pieces is few else 2)
+    export = export_to(collector.server_port, batch=900 + 40)
+    export.add_many([observed(seq=n) for n in range(900)])
+    for seq in range(1000, 1040):
+        export.add(observed(seq=seq))
+    poll.until(lambda: len(collector.spans), lambda n: n == 940, timeout=10, what="940 spans")
+    export.add_many([observed(seq=n) for n in range(2000, 2900)])  # (each read its own piece)
+    poll.until(lambda: len(collector.spans), lambda n: n == 1840, timeout=10, what="the rest")
+    export.close()
+    assert sorted(s.span_id.hex() for s in collector.spans) == sorted(
+        spans.span_id(seq) for seq in [*range(900), *range(1000, 1040), *range(2000, 2900)]
+    )
+    assert len(collector.connections) == 1 and export.failed == 0
+
+
 def test_through_the_sink_only_sandbox_traffic_and_sampled_baseline(collector: Collector) -> None:
     sink = SpanSink(export_to(collector.server_port), baseline=0.5)
     sink.add(observed(seq=1))

@@ -42,9 +42,14 @@ class Connection:
         self.tls = (context or ssl.create_default_context()) if parts.scheme == "https" else None
         self._conn: http.client.HTTPConnection | None = None
 
-    def post(self, target: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
-        """POST `body` to `target` (path and query); raises `OSError` or
-        `http.client.HTTPException` when no whole answer came."""
+    def post(
+        self, target: str, body: bytes | list[bytes], headers: dict[str, str], timeout: float
+    ) -> Answer:
+        """POST `body` (or the pieces it is made of, sent one after the other: no copy joins
+        them) to `target` (path and query); raises `OSError` or `http.client.HTTPException`
+        when no whole answer came."""
+        if not isinstance(body, bytes):
+            headers = {**headers, "Content-Length": str(sum(map(len, body)))}
         reused = self._conn is not None
         try:
             return self._exchange(target, body, headers, timeout)
@@ -59,7 +64,7 @@ class Connection:
             self._conn = None
 
     def _exchange(
-        self, target: str, body: bytes, headers: dict[str, str], timeout: float
+        self, target: str, body: bytes | list[bytes], headers: dict[str, str], timeout: float
     ) -> Answer:
         conn = self._connect(timeout)
         try:

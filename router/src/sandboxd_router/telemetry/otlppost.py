@@ -122,9 +122,9 @@ class Poster:
         """The last attempt got no answer, or only "later" (429, 502, 503, 504): known at the
         first attempt, not after the retries (the exporter encodes nothing meanwhile)."""
 
-    def post(self, body: bytes) -> int:
-        """The endpoint's last answer to the batch (retried as the module says): 2xx it was
-        accepted; 0 no answer came."""
+    def post(self, body: bytes | list[bytes]) -> int:
+        """The endpoint's last answer to the batch, `body` or the pieces it is made of in
+        order (retried as the module says): 2xx it was accepted; 0 no answer came."""
         data = self._compress(body)
         deadline = time.monotonic() + self.settings.timeout
         status = 0
@@ -146,7 +146,7 @@ class Poster:
         self._stop.set()
         self._connection.close()
 
-    def _send(self, data: bytes, deadline: float) -> tuple[int, float | None]:
+    def _send(self, data: bytes | list[bytes], deadline: float) -> tuple[int, float | None]:
         """The answer's status (0: no answer) and its Retry-After in seconds, if any."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -165,8 +165,12 @@ class Poster:
             context.load_cert_chain(s.client_certificate, s.client_key)
         return context
 
-    def _compress(self, body: bytes) -> bytes:
+    def _compress(self, body: bytes | list[bytes]) -> bytes | list[bytes]:
         # level 1: a span batch compresses well at once; more costs the telemetry process CPU
+        if self.settings.compression == "none":
+            return body
+        if not isinstance(body, bytes):
+            body = b"".join(body)
         if self.settings.compression == "gzip":
             return gzip.compress(body, compresslevel=1)
         if self.settings.compression == "deflate":

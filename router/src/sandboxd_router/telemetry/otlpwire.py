@@ -6,6 +6,10 @@ from one request to the next (name, kind, status, all but the `spans.VARYING` at
 fault events but for their time): that part is encoded once per `spans.shape` and kept in a
 bounded cache, shared by every sandbox (each sandbox's `sandboxd.sandbox` attribute is encoded
 once too, and put after it), so a span costs its ids, its times and the varying attributes.
+And most spans cost less: a plain request's (no fault, no MCP field) whose names, status,
+outcome, body sizes and path are those of the last span of its `Names` (the ring's reader
+makes one per sandbox, service and method) is its ids, its times and one write of what that
+span had.
 
 A read's spans are written into one `librt.strings.BytesWriter` (mypyc's runtime library,
 which the build already needs): compiled, its writes of bytes and of fixed-width numbers are
@@ -20,7 +24,6 @@ fields may come in any order and a repeated field is the same field written agai
 
 from __future__ import annotations
 
-import itertools
 import random
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -154,6 +157,8 @@ class _Named:
         return self.middle
 
 
+_PIECES: Final = 16
+"""Up to this many pieces of spans are sent as they are (`request_pieces`)."""
 _PLAIN: Final = 5
 """The length of a plain request's `spans.shape`."""
 _SPAN_HEADS: Final = tuple(_SPAN + varint(n) for n in range(1024))
@@ -221,6 +226,8 @@ class SpanEncoder:
         self._numbers: dict[int, tuple[bytes, bytes]] = {}
         """The same of the larger sizes, both by size."""
         self._max_values = values
+        self._out = BytesWriter()
+        """Where `spans` writes, kept: its buffer grows to a read's spans once, not each read."""
         self._named: dict[Names, _Named] = {}
         """What the last plain span of each `Names` was made of, by that object (hashed by
         its identity: no key to build, hash or compare)."""
@@ -228,7 +235,8 @@ class SpanEncoder:
     def spans(self, batch: list[Observed]) -> bytes:
         """The spans of `batch`, each a `ScopeSpans.spans` field, in one piece: what `request`
         joins."""
-        out = BytesWriter()
+        out = self._out
+        out.truncate(0)  # (and what a span that failed to encode left)
         for o in batch:
             self._add(o, out)
         return out.getvalue()
@@ -237,13 +245,21 @@ class SpanEncoder:
         return self.spans([o])
 
     def request(self, encoded: Sequence[bytes]) -> bytes:
-        """An `ExportTraceServiceRequest` of spans made by `spans` (or `span`): one copy of them
-        (a batch is ~600 kB; each nesting by concatenation would copy it again)."""
+        """An `ExportTraceServiceRequest` of spans made by `spans` (or `span`), in one piece."""
+        return b"".join(self.request_pieces(encoded))
+
+    def request_pieces(self, encoded: Sequence[bytes]) -> list[bytes]:
+        """`request` as pieces to send one after the other: its head, then `encoded` as they
+        are (a batch is ~600 kB: joining it would copy it), unless they are many small ones
+        (a send each would cost more than a copy)."""
         scope_spans = len(self._scope) + sum(map(len, encoded))
         scope_head = b"\x12" + varint(scope_spans)  # ResourceSpans.scope_spans (2)
         resource_spans = len(self._resource) + len(self._schema) + len(scope_head) + scope_spans
-        head = (b"\x0a", varint(resource_spans), self._resource, self._schema, scope_head)
-        return b"".join(itertools.chain(head, (self._scope,), encoded))
+        head = b"".join((b"\x0a", varint(resource_spans), self._resource, self._schema,
+                         scope_head, self._scope))  # fmt: skip
+        if len(encoded) > _PIECES:
+            return [head, b"".join(encoded)]
+        return [head, *encoded]
 
     def _add(self, o: Observed, out: BytesWriter) -> None:
         """Writes the span of `o` to `out`: its field's head, then its fields. Most spans are
