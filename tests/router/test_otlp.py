@@ -83,6 +83,8 @@ KINDS = {
     "baseline sampled": observed(sandbox="", routing_key="", route=BASELINE),
     "odd method": observed(method="get", bytes_out=1 << 40),
     "unicode sandbox": observed(sandbox="prö-1", seq=1 << 40),
+    "past 2**62": observed(seq=(1 << 62) + 5),
+    "the last seq": observed(seq=(1 << 64) - 1),
     "mcp session": observed(rpc_method="tools/call", tool="t", rpc_id="8", path="/mcp",
                             session="5e55", protocol="2025-06-18"),
     "mcp stateless": observed(rpc_method="tools/call", tool="t", rpc_id="9", path="/mcp",
@@ -218,6 +220,16 @@ def test_spans_of_one_names_object_are_each_their_own() -> None:
             assert span.parent_span_id == b"" and span.flags == 0x100
         else:
             assert (span.trace_id, span.parent_span_id, span.flags) == (*context, 0x300)
+
+
+def test_the_span_ids_bytes_are_the_span_id() -> None:
+    """`spans.span_bytes` (native ints below 2**62, `span_halves` past them) is `span_id`."""
+    seqs = [*range(5000), *range((1 << 32) - 50, (1 << 32) + 50),
+            *range((1 << 62) - 50, (1 << 62) + 50), (1 << 63) + 5, (1 << 64) - 1]  # fmt: skip
+    for seq in seqs:
+        assert int(spans.span_bytes(seq)).to_bytes(8, "little", signed=True).hex() == (
+            spans.span_id(seq)
+        )
 
 
 def reference_ids(raw: bytes) -> tuple[bytes, bytes] | None:

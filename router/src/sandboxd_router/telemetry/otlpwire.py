@@ -276,7 +276,7 @@ class SpanEncoder:
             or named.service is not o.service
             or named.route is not o.route
             or named.method is not o.method
-            or o.faults
+            or len(o.faults) != 0  # (compiled: a length read; `o.faults` is a call)
             or o.rpc_method is not None
             or o.tool is not None
             or o.protocol is not None

@@ -218,6 +218,7 @@ _M32: Final = 0xFFFFFFFF
 _I32_MAX: Final = 0x7FFFFFFF
 _WRAP: Final = 1 << 32
 _M30: Final = 0x3FFFFFFF
+_NATIVE: Final = (1 << 62) - 1  # (the largest int mypyc holds unboxed)
 # two Feistel rounds' keys and multipliers, drawn per process. Compiled, a product is machine
 # arithmetic only when both factors are under 2**30 (mypyc's check is that conservative), so
 # the round function multiplies 30 bits of a half by a 30-bit number: past that, or past
@@ -239,11 +240,21 @@ def span_id(seq: int) -> str:
 
 def span_bytes(seq: int) -> i64:
     """`span_id(seq)`'s 8 bytes as one signed little-endian number (what the OTLP encoder
-    writes)."""
-    first, last = span_halves(seq)
-    if last > _I32_MAX:  # (its high bit the sign: the same 8 bytes)
-        last -= _WRAP
-    return i64(first) | i64(last) * 0x100000000
+    writes). `span_halves` in native ints for the numbers a ring reaches (below 2**62: every
+    product and xor fits in an i64), no object made."""
+    if not 0 <= seq <= _NATIVE:
+        first, last = span_halves(seq)
+        if last > _I32_MAX:  # (its high bit the sign: the same 8 bytes)
+            last -= _WRAP
+        return i64(first) | i64(last) * 0x100000000
+    n = i64(seq)
+    high = (n >> 32) ^ (((n & _M30) * i64(_MUL1)) >> 14 & _M32) ^ i64(_KEY1)
+    low = (n & _M32) ^ (((high & _M30) * i64(_MUL2)) >> 14 & _M32) ^ i64(_KEY2)
+    if high == 0 and low == 0:  # all-zero is not a span id
+        return 1
+    if high > _I32_MAX:
+        high -= _WRAP
+    return low | high * 0x100000000
 
 
 def span_halves(seq: int) -> tuple[int, int]:
