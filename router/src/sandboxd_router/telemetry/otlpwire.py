@@ -122,7 +122,7 @@ class _Named:
     and the varying attributes of the last of them, encoded: one span's worth of bytes (the
     rest is shared), kept for each `Names` seen."""
 
-    def __init__(self, o: Observed, shaped: _Shaped, sandbox: bytes) -> None:
+    def __init__(self, o: Observed, shaped: _Shaped, sandbox: bytes, remote: bool) -> None:
         self.sandbox = o.sandbox
         self.service = o.service
         self.route = o.route
@@ -136,24 +136,24 @@ class _Named:
         self.path = ""
         self.tail = b""
         """The body sizes' and path's attributes for `size_in`, `size_out` and `path`."""
+        self.remote = remote
         self.middle = b""
         """All of a span but its ids and times: the shape's `remote` head when `remote`, else
-        its `root`, the sandbox's attribute and `tail` (b"": not made yet)."""
-        self.remote = False
+        its `root`, the sandbox's attribute and `tail` (made by `varied`, again by
+        `middle_of`)."""
 
     def varied(self, size_in: int, size_out: int, path: str, tail: bytes) -> None:
         self.size_in = size_in
         self.size_out = size_out
         self.path = path
         self.tail = tail
-        self.middle = b""
+        self.middle_of(self.remote)
 
     def middle_of(self, remote: bool) -> bytes:
         """`middle` for a span that continues a caller's trace (`remote`) or starts one."""
-        if remote != self.remote or not self.middle:
-            head = self.shaped.remote if remote else self.shaped.root
-            self.middle = head + self.sandbox_attribute + self.tail
-            self.remote = remote
+        head = self.shaped.remote if remote else self.shaped.root
+        self.middle = head + self.sandbox_attribute + self.tail
+        self.remote = remote
         return self.middle
 
 
@@ -284,12 +284,13 @@ class SpanEncoder:
         ):
             self._add_shaped(o, out)
             return
+        valid, high, low, parent = _context(o)
         path = o.path
         if o.bytes_in != named.size_in or o.bytes_out != named.size_out or path != named.path:
             size_in, size_out, encoded_path, _ = self._varying(o)
+            named.remote = valid  # (the middle `varied` makes: this span's)
             named.varied(o.bytes_in, o.bytes_out, path, size_in + size_out + encoded_path)
-        valid, high, low, parent = _context(o)
-        middle = named.middle if valid == named.remote and named.middle else named.middle_of(valid)
+        middle = named.middle if valid == named.remote else named.middle_of(valid)
         size = len(middle) + (_REMOTE_SIZE if valid else _ROOT_SIZE)
         out.write(_SPAN_HEADS[size] if size < 1024 else _SPAN + varint(size))
         _ids_and_times(o, valid, high, low, parent, out)
@@ -309,7 +310,7 @@ class SpanEncoder:
             sandbox = got if got is not None else self._sandbox(o.sandbox)
         size_in, size_out, path, more = self._varying(o)
         if len(key) == _PLAIN:  # (no fault, no MCP field: the next spans of its names)
-            self._name(o, shaped, sandbox, size_in + size_out + path)
+            self._name(o, shaped, sandbox, size_in + size_out + path, valid)
         events = _events(o, shaped.events) if shaped.events else b""
         size = len(sandbox) + len(size_in) + len(size_out) + len(path) + len(more) + len(events)
         if valid:  # a child of the caller's span
@@ -328,11 +329,14 @@ class SpanEncoder:
         out.write(more)
         out.write(events)
 
-    def _name(self, o: Observed, shaped: _Shaped, sandbox: bytes, tail: bytes) -> None:
-        """Keeps what the next plain spans of `o.names` share with `o`'s."""
+    def _name(
+        self, o: Observed, shaped: _Shaped, sandbox: bytes, tail: bytes, remote: bool
+    ) -> None:
+        """Keeps what the next plain spans of `o.names` share with `o`'s (a child of the
+        caller's span when `remote`)."""
         if len(self._named) >= self._max_sandboxes and o.names not in self._named:
             self._named.clear()  # (names come and go with their sandboxes)
-        named = _Named(o, shaped, sandbox)
+        named = _Named(o, shaped, sandbox, remote)
         named.varied(o.bytes_in, o.bytes_out, o.path, tail)
         self._named[o.names] = named
 

@@ -7,15 +7,15 @@ character is a dash; version ff is invalid, as are all-zero ids.
 
 Read from the bytes the request path recorded (`fields_of`, `decode`): this runs for every span
 exported, so the 55 bytes are checked and their ids decoded in one pass, eight digits at a time
-(SWAR: a digit a byte lane of one 64-bit number; compiled, `u64` arithmetic is machine
-arithmetic), with no object made.
+(SWAR: the digits of one 64-bit read tested and decoded together; compiled, `i64` arithmetic
+is machine arithmetic), with no object made.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from librt.strings import read_i16_le, read_i32_le
+from librt.strings import read_i16_le, read_i64_le
 from mypy_extensions import i64
 
 LENGTH: Final = 55
@@ -23,7 +23,15 @@ LENGTH: Final = 55
 _BLANK: Final = b" \t"
 _DASH: Final = 0x2D
 _VERSION_FF: Final = 0x6666  # "ff" read as a little-endian 16-bit number
-_HIGH_BITS: Final = 0x80808080
+_HIGH_BITS: Final = 0x0080808080808080
+"""Bit 7 of every byte but the last (whose bit 7 is an i64's sign: a constant that large
+would be a boxed int, converted at each use)."""
+_LOW_BYTES: Final = 0x00FF00FF00FF00FF
+_BIT7: Final = 0x0080008000800080
+_NIBBLES: Final = 0x000F000F000F000F
+_FOUR_ZEROS: Final = 0x3030303000000000
+_I32_MAX: Final = 0x7FFFFFFF
+_WRAP: Final = 1 << 32
 
 
 def ids(value: str | None) -> tuple[bytes, bytes] | None:
@@ -82,8 +90,9 @@ def decode(fields: bytes) -> tuple[bool, i64, i64, i64]:
     version = read_i16_le(fields, 0)
     if version == _VERSION_FF:  # version ff is invalid
         return False, 0, 0, 0
-    # the version's two digits and the flags', as the four digits of one number
-    if _pair(i64(version) & 0xFFFF | (i64(read_i16_le(fields, 53)) & 0xFFFF) << 16) < 0:
+    # the version's two digits and the flags', then four zeros, as the digits of one number
+    version_and_flags = i64(version) & 0xFFFF | (i64(read_i16_le(fields, 53)) & 0xFFFF) << 16
+    if _group(version_and_flags | _FOUR_ZEROS) < 0:
         return False, 0, 0, 0
     high_ok, high = _eight(fields, 3)
     low_ok, low = _eight(fields, 19)
@@ -98,32 +107,39 @@ def decode(fields: bytes) -> tuple[bool, i64, i64, i64]:
 def _eight(fields: bytes, at: i64) -> tuple[bool, i64]:
     """Whether the 16 digits at `at` are lowercase hex, and the 8 bytes they stand for, as a
     signed little-endian number."""
-    a = _pair(i64(read_i32_le(fields, at)))
-    b = _pair(i64(read_i32_le(fields, at + 4)))
-    c = _pair(i64(read_i32_le(fields, at + 8)))
-    d = _pair(i64(read_i32_le(fields, at + 12)))
-    if (a | b | c | d) < 0:
+    first = _group(read_i64_le(fields, at))
+    last = _group(read_i64_le(fields, at + 8))
+    if first < 0 or last < 0:
         return False, 0
-    if d & 0x8000:  # the last byte's high bit is the number's sign (so no shift overflows)
-        d -= 0x10000
-    return True, a | b << 16 | c << 32 | d * 0x1000000000000
+    if last > _I32_MAX:  # the last byte's high bit is the number's sign (so nothing overflows)
+        last -= _WRAP
+    return True, first | last * _WRAP
 
 
-def _pair(x: i64) -> i64:
-    """The 2 bytes that the 4 hex digits of `x` (the first in its lowest byte) stand for, as a
-    little-endian number; -1 when any is not a lowercase hex digit. Each test is one addition
-    whose carry into a byte's high bit says which side of a bound that byte is (no carry
-    leaves its byte: each is below 0x80 by then; 32 bits of them: none leaves an i64)."""
-    if x & _HIGH_BITS:  # past ASCII (or, from a negative i32, its sign)
+def _group(x: i64) -> i64:
+    """The 4 bytes that the 8 hex digits of `x` (the first in its lowest byte) stand for, as a
+    little-endian number; -1 when any is not a lowercase hex digit.
+
+    SWAR: the digits of the pairs' high nibbles and those of their low nibbles each in the low
+    byte of a 16-bit lane; each test is one addition whose carry into a lane's bit 7 says which
+    side of a bound that lane's digit is (digits below 0x80: no carry leaves its lane, nothing
+    reaches an i64's sign)."""
+    if x < 0 or x & _HIGH_BITS:  # past ASCII
         return -1
-    digit = (x + 0x50505050) & ((x + 0x46464646) & _HIGH_BITS ^ _HIGH_BITS)  # 0x30-0x39
-    letter = (x + 0x1F1F1F1F) & ((x + 0x19191919) & _HIGH_BITS ^ _HIGH_BITS)  # 0x61-0x66
-    if (digit | letter) != _HIGH_BITS:
+    high = x & _LOW_BYTES
+    low = (x >> 8) & _LOW_BYTES
+    high_letter = (high + 0x001F001F001F001F) & ((high + 0x0019001900190019) & _BIT7 ^ _BIT7)
+    low_letter = (low + 0x001F001F001F001F) & ((low + 0x0019001900190019) & _BIT7 ^ _BIT7)
+    high_digit = (high + 0x0050005000500050) & ((high + 0x0046004600460046) & _BIT7 ^ _BIT7)
+    low_digit = (low + 0x0050005000500050) & ((low + 0x0046004600460046) & _BIT7 ^ _BIT7)
+    # "0"-"9" (0x30-0x39) or "a"-"f" (0x61-0x66) in every lane of both
+    if (high_digit | high_letter) & (low_digit | low_letter) != _BIT7:
         return -1
-    nibbles = (x & 0x0F0F0F0F) + (letter >> 7) * 9
-    # each pair's nibbles side by side (the first digit the high one), then the two bytes
-    pairs = (nibbles & 0x000F000F) << 4 | (nibbles >> 8) & 0x000F000F
-    return (pairs | pairs >> 8) & 0xFFFF
+    high = (high & _NIBBLES) + (high_letter >> 7) * 9
+    low = (low & _NIBBLES) + (low_letter >> 7) * 9
+    pairs = high << 4 | low  # a byte a lane
+    pairs = (pairs | pairs >> 8) & 0x0000FFFF0000FFFF
+    return (pairs | pairs >> 16) & 0xFFFFFFFF
 
 
 def _ascii(value: str | None) -> bytes:
