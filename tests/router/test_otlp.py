@@ -533,6 +533,24 @@ def test_through_the_sink_only_sandbox_traffic_and_sampled_baseline(collector: C
     assert sorted(s.span_id.hex() for s in collector.spans) == sorted(map(spans.span_id, (1, 3)))
 
 
+def test_a_read_through_the_sink_keeps_exactly_sandbox_traffic(collector: Collector) -> None:
+    """Without a baseline sampled, a read's spans are its requests with a sandbox's key that
+    were routed (the read itself when all are)."""
+    sink = SpanSink(export_to(collector.server_port))
+    every = [observed(seq=n) for n in range(1, 4)]
+    assert spans.of_sandboxes(every) is every
+    mixed = [observed(seq=4), observed(seq=5, sandbox="", route=BASELINE),
+             observed(seq=6, service="-"), observed(seq=7), observed(seq=8, sandbox="")]  # fmt: skip
+    assert [o.seq for o in spans.of_sandboxes(mixed)] == [4, 7]
+    sink.add_all(every)
+    sink.add_all(mixed)
+    poll.until(lambda: len(collector.spans), lambda n: n == 5, timeout=10, what="5 spans")
+    sink.export.close()
+    assert sorted(s.span_id.hex() for s in collector.spans) == sorted(
+        map(spans.span_id, (1, 2, 3, 4, 7))
+    )
+
+
 def test_a_dead_endpoint_drops_and_counts_and_never_blocks() -> None:
     dead = free_port()  # nothing listens
     export = export_to(dead, timeout=0.5, max_queue=100)

@@ -11,7 +11,7 @@ and only when on, so a telemetry process that does not export never imports it.
 
 A span is what `spans.span_of` says of a request, with the span id the control plane's request
 records carry (`spans.span_id`): a backend and `/traces` hold the same spans. Each is encoded
-when seen (`otlpwire`, a read of the ring at once, compiled: ~2,700 instructions a span with
+when seen (`otlpwire`, a read of the ring at once, compiled: ~2,400 instructions a span with
 its post by `benchmarks/otlp_instructions.py`, where the SDK took ~43 µs) and queued as
 bytes; the queue is bounded: when the endpoint is slow, what does not fit is dropped and
 counted (`dropped`), as is all of it while the endpoint is down (before any is encoded), and

@@ -58,8 +58,11 @@ class Span(NamedTuple):
 
 def of_sandboxes(batch: list[Observed]) -> list[Observed]:
     """The requests of `batch` that carried a sandbox's key and were routed to a service: the
-    ones that are always a span."""
-    return [o for o in batch if o.sandbox and o.service != "-"]
+    ones that are always a span (`batch` itself when all are: no list is made)."""
+    for o in batch:
+        if not o.sandbox or o.service == "-":
+            return [o for o in batch if o.sandbox and o.service != "-"]
+    return batch
 
 
 def span_of(observed: Observed) -> Span:
