@@ -41,7 +41,14 @@ from sandboxd_router.telemetry.observed import (
     Names,
     Observed,
 )
-from sandboxd_router.telemetry.otlp import SpanExport, SpanSink, enabled, encoder, from_env
+from sandboxd_router.telemetry.otlp import (
+    Batching,
+    SpanExport,
+    SpanSink,
+    enabled,
+    encoder,
+    from_env,
+)
 from sandboxd_router.telemetry.otlppost import Poster, Settings
 from sandboxd_router.telemetry.otlpwire import SpanEncoder
 from tests.support import poll
@@ -392,6 +399,39 @@ def test_the_settings_are_the_standard_variables(
     environ: dict[str, str], settings: Settings
 ) -> None:
     assert Settings.from_env(environ) == settings
+
+
+@pytest.mark.parametrize(
+    ("environ", "batching", "warned"),
+    [
+        ({}, Batching(delay=1.0, max_queue=8192, batch=2048), ""),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "250", "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+          "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "512"}, Batching(0.25, 4096, 512), ""),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, Batching(1.0, 100, 100), "above the queue"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "soon", "OTEL_BSP_MAX_QUEUE_SIZE": "-5",
+          "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "0"}, Batching(), "not a positive integer"),
+    ],
+)  # fmt: skip
+def test_the_batching_is_the_batch_span_processors_variables(
+    environ: dict[str, str], batching: Batching, warned: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sandboxd_router.telemetry"):
+        assert Batching.from_env(environ) == batching
+    assert warned in caplog.text if warned else not caplog.text
+
+
+def test_the_exporter_posts_batches_of_the_size_the_variables_say(collector: Collector) -> None:
+    export = from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_port}",
+                       "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "30", "OTEL_BSP_MAX_QUEUE_SIZE": "60",
+                       "OTEL_BSP_SCHEDULE_DELAY": "50"})  # fmt: skip
+    assert export is not None
+    try:
+        export.add_many([observed(seq=seq) for seq in range(1, 101)])  # 40 find the queue full
+        poll.until(lambda: len(collector.spans), lambda n: n == 60, timeout=10, what="60 spans")
+    finally:
+        export.close()
+    assert export.dropped == 40 and export.exported == 60
+    assert len(collector.headers) == 2  # two batches of 30
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,11 @@ process, never from the request path.
 Off unless the standard variables ask for it: `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` set (or `OTEL_TRACES_EXPORTER=otlp`), and neither
 `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`. The rest of the configuration
-(headers, timeout, compression, certificates) comes from the same variables (`otlppost`), and
-the resource from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` through the SDK's
-`Resource.create` (service name by default `sandboxd-router`): the only use of the SDK, once,
-and only when on, so a telemetry process that does not export never imports it.
+(headers, timeout, compression, certificates) comes from the same variables (`otlppost`), the
+batching from the batch span processor's (`OTEL_BSP_*`, `Batching`), and the resource from
+`OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` through the SDK's `Resource.create` (service
+name by default `sandboxd-router`): the only use of the SDK, once, and only when on, so a
+telemetry process that does not export never imports it.
 
 A span is what `spans.span_of` says of a request, with the span id the control plane's request
 records carry (`spans.span_id`): a backend and `/traces` hold the same spans. Each is encoded
@@ -28,6 +29,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sandboxd_router.telemetry import spans, traceparent
 from sandboxd_router.telemetry.observed import Observed
@@ -243,6 +245,47 @@ class SpanSink:
         await asyncio.to_thread(self.export.close)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """The batch span processor's standard variables, as `SpanExport` applies them:
+    `OTEL_BSP_SCHEDULE_DELAY` (ms: the longest a span waits for a batch to fill),
+    `OTEL_BSP_MAX_QUEUE_SIZE` (spans waiting, beyond which they are dropped) and
+    `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (spans a post). The defaults are not the SDK's (5,000 ms,
+    2,048, 512): a post costs the same CPU whatever it holds, and this process shares a core
+    with the router, so batches are larger and a second's traffic may wait. A value that is not
+    a positive integer is warned of and the default used; a batch larger than the queue is the
+    queue's size (as the SDK requires)."""
+
+    delay: float = 1.0
+    max_queue: int = 8192
+    batch: int = 2048
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Batching:
+        delay = _positive(env, "OTEL_BSP_SCHEDULE_DELAY", 1000)
+        max_queue = _positive(env, "OTEL_BSP_MAX_QUEUE_SIZE", cls.max_queue)
+        batch = _positive(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", cls.batch)
+        if batch > max_queue:
+            log.warning("OTEL_BSP_MAX_EXPORT_BATCH_SIZE %d is above the queue's %d: %d",
+                        batch, max_queue, max_queue)  # fmt: skip
+            batch = max_queue
+        return cls(delay=delay / 1000, max_queue=max_queue, batch=batch)
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        log.warning("%s=%r is not a positive integer: %d", name, text, default)
+        return default
+    return number
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> SpanExport | None:
     """The exporter the standard variables ask for, or None (off)."""
     env = os.environ if environ is None else environ
@@ -254,7 +297,14 @@ def from_env(environ: Mapping[str, str] | None = None) -> SpanExport | None:
     except (ValueError, OSError) as e:  # (ssl.SSLError is an OSError)
         log.error("no spans are exported: OTLP endpoint %s: %s", settings.url, e)
         return None
-    return SpanExport(encoder(env), poster)
+    batching = Batching.from_env(env)
+    return SpanExport(
+        encoder(env),
+        poster,
+        max_queue=batching.max_queue,
+        batch=batching.batch,
+        delay=batching.delay,
+    )
 
 
 def encoder(env: Mapping[str, str]) -> SpanEncoder:
