@@ -30,8 +30,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 import time
 from typing import Final
+
+from librt.strings import BytesWriter, write_f64_le, write_i32_le, write_i64_le
+from mypy_extensions import i64
 
 from sandboxd_router.faults import Fault
 
@@ -42,15 +46,15 @@ HEAD: Final = struct.Struct("<IIQQ")  # magic, slot size, slots, done (at DONE_A
 DONE_AT: Final = 16
 DONE_WORD: Final = DONE_AT // 8
 DONE = struct.Struct("=Q")  # native order: written through a memoryview of words
+DONE_LOW: Final = DONE_AT if sys.byteorder == "little" else DONE_AT + 7  # its low byte
 # seq, end, duration, bytes in, bytes out, service, pair, method, status, error, flags,
 # traceparent's length (up to 255: the reader tells a longer header from a 55-character one)
 # and bytes (struct pads with zeros and cuts past 55), the target's length
 # and its first bytes
 CORE: Final = struct.Struct("<QddQQIIIHBBB55sH40s")
-# CORE's very bytes as the writer packs them: the six fields that repeat from one request of a
-# decision to the next (service, pair, method, status, error, flags) as one piece, packed once
-# and kept on the decision's `Ids` while they do (a value packed costs ~70 instructions).
-WRITE: Final = struct.Struct("<QddQQ16sB55sH40s")
+# The six fields that repeat from one request of a decision to the next (service, pair,
+# method, status, error, flags), packed once as one piece and kept on the decision's `Ids` while
+# they do.
 SHAPE: Final = struct.Struct("<IIIHBB")
 # written only with EXTRA in flags: injected_at, 3 faults, rpc method, tool, the JSON-RPC error's
 # code (with RPC_CODE in flags), the MCP protocol version, rpc id's length and bytes, the session
@@ -88,9 +92,10 @@ GENERATION: Final = 200_000  # interned names kept before starting afresh
 CLIENT_CHARS: Final = 256  # a client's name is cut to this (the control plane's bound)
 CLIENT_CAP: Final = 1000  # distinct tool names / JSON-RPC methods / versions interned (then OTHER)
 METHOD_CAP: Final = 64  # distinct HTTP methods
+ZEROS: Final = [bytes(n) for n in range(TRACEPARENT + 1)]  # what pads a short field
 DEFAULT_SLOTS: Final = 1 << 13  # 2 MiB: 0.16 s of requests at 50,000 a second (read every 50 ms)
 
-assert CORE.size == WRITE.size == EXTRA_AT
+assert CORE.size == EXTRA_AT
 assert SHAPE.size == 16
 assert EXTRA_AT + EXTRA.size == SLOT
 
@@ -103,7 +108,7 @@ class Ids:
     epoch: int
     service: int
     pair: int
-    shape_key: int
+    shape_key: i64
     shape: bytes
     """The last record's `SHAPE` bytes, and its (method, status, error, flags) as one int."""
 
@@ -125,11 +130,13 @@ class Recorder:
         os.ftruncate(self.fd, HEADER + slots * SLOT)
         self.ring = mmap.mmap(self.fd, HEADER + slots * SLOT)
         HEAD.pack_into(self.ring, 0, MAGIC, SLOT, slots, 0)
+        self._cores = [slice(HEADER + i * SLOT, HEADER + i * SLOT + EXTRA_AT) for i in range(slots)]
+        """Each slot's core as a slice of the ring, made once (128 bytes a slot: 1 MiB for the
+        default slots): making one per record (its two ints and itself) cost ~300 instructions."""
         self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
+        self._out = BytesWriter()  # a record being built (`write`)
         self._clock = time.perf_counter
-        self._pack = WRITE.pack_into
-        """(Bound once: a method called by name is looked up on every call.)"""
         """(An attribute: compiled, `time.perf_counter` is a module attribute looked up by name
         each call.)"""
         self._wall = time.time() - time.perf_counter()
@@ -209,17 +216,18 @@ class Recorder:
     ) -> None:
         """Record one request; `started`: its `time.perf_counter()` at the head's first byte;
         `ids`: of its decision's names (`ids`), this epoch's; `target`: the request target in
-        origin form (its query is not kept)."""
+        origin form (its query is not kept).
+
+        The record is built in a `BytesWriter` (mypyc writes its fields as C: no int or float
+        object per field, as `struct` needs) and copied into its slot in one slice assignment."""
         now = self._clock()
-        seq = self.seq
-        offset = HEADER + (seq % self.slots) * SLOT
         flags = FORKED if forked else 0
-        ring = self.ring
-        if faults is not None or rpc_method is not None or session is not None:
+        extra = faults is not None or rpc_method is not None or session is not None
+        first = second = third = rpc = tool_id = protocol_id = 0
+        if extra:  # (interned before the method, as ever: the names pipe's order is kept)
             flags |= EXTRA_FLAG
             if rpc_code is not None:
                 flags |= RPC_CODE
-            first = second = third = 0
             if faults:
                 flags |= INJECTED
                 first = self._fault(faults[0])
@@ -227,22 +235,9 @@ class Recorder:
                     second = self._fault(faults[1])
                 if len(faults) > 2:
                     third = self._fault(faults[2])
-            EXTRA.pack_into(
-                ring,
-                offset + EXTRA_AT,
-                injected_at,
-                first,
-                second,
-                third,
-                self._client(self._rpc, rpc_method),
-                self._client(self._tools, tool),
-                rpc_code if rpc_code is not None else 0,
-                self._client(self._protocols, protocol),
-                min(len(rpc_id), RPC_ID) if rpc_id is not None else 0,
-                rpc_id if rpc_id is not None else b"",
-                min(len(session), 255) if session is not None else 0,  # (> SESSION: cut)
-                session if session is not None else b"",
-            )
+            rpc = self._client(self._rpc, rpc_method)
+            tool_id = self._client(self._tools, tool)
+            protocol_id = self._client(self._protocols, protocol)
         if method == self._last_method:  # (most requests of a stream share a method)
             method_id = self._last_method_id
         else:
@@ -250,27 +245,70 @@ class Recorder:
             method_id = self._method(method) if known is None else known
             self._last_method = method
             self._last_method_id = method_id
-        key = method_id | status << 32 | error << 48 | flags << 56  # (< 2**62: a machine int)
+        # (an i64: shifts in C; status < 2**16, error and flags < 2**8)
+        key: i64 = i64(method_id) | i64(status) << 32 | i64(error) << 48 | i64(flags) << 56
         if key != ids.shape_key:
             ids.shape = SHAPE.pack(ids.service, ids.pair, method_id, status, error, flags)
             ids.shape_key = key
-        self._pack(
-            ring,
-            offset,
-            seq,
-            now + self._wall,
-            now - started,
-            bytes_in,
-            bytes_out,
-            ids.shape,
-            min(len(traceparent), 255) if traceparent is not None else 0,  # (its bytes: cut)
-            traceparent if traceparent is not None else b"",
-            min(len(target), 0xFFFF),
-            target,  # (cut at PATH bytes; the reader keeps those before a `?`)
-        )
+        seq = self.seq
+        out = self._out
+        out.truncate(0)
+        write_i64_le(out, seq)  # (the "Q" fields: below 2**63, the same 8 bytes)
+        write_f64_le(out, now + self._wall)
+        write_f64_le(out, now - started)
+        write_i64_le(out, bytes_in)
+        write_i64_le(out, bytes_out)
+        out.write(ids.shape)
+        if traceparent is None:
+            out.append(0)
+            out.write(ZEROS[TRACEPARENT])
+        else:
+            out.append(min(len(traceparent), 255))  # (the reader tells a longer one by it)
+            _field(out, traceparent, TRACEPARENT)
+        length = min(len(target), 0xFFFF)
+        out.append(length & 0xFF)
+        out.append(length >> 8)
+        if length < PATH:  # (most targets: written here, not by a call)
+            out.write(target)
+            out.write(ZEROS[PATH - length])
+        else:
+            _field(out, target, PATH)  # (the reader keeps the bytes before a `?`)
+        if extra:
+            write_f64_le(out, injected_at)
+            _u32(out, first)
+            _u32(out, second)
+            _u32(out, third)
+            _u32(out, rpc)
+            _u32(out, tool_id)
+            write_i32_le(out, rpc_code if rpc_code is not None else 0)
+            _u32(out, protocol_id)
+            if rpc_id is None:
+                out.append(0)
+                out.write(ZEROS[RPC_ID])
+            else:
+                out.append(min(len(rpc_id), RPC_ID))
+                _field(out, rpc_id, RPC_ID)
+            if session is None:
+                out.append(0)
+                out.write(ZEROS[SESSION])
+            else:
+                out.append(min(len(session), 255))  # (> SESSION: cut, and read as none)
+                _field(out, session, SESSION)
+        slot = seq % self.slots
+        if extra:
+            offset = HEADER + slot * SLOT
+            self.ring[offset : offset + SLOT] = out.getvalue()
+        else:
+            self.ring[self._cores[slot]] = out.getvalue()
         seq += 1
         self.seq = seq
-        self._words[DONE_WORD] = seq  # last: the record is whole before the reader may read it
+        # last: the record is whole before the reader may read it. Mostly only `done`'s low byte
+        # changes: that byte stored through the mmap (a small int: no int object made) costs ~70
+        # instructions less than the word through the memoryview.
+        if seq & 0xFF:
+            self.ring[DONE_LOW] = seq & 0xFF
+        else:
+            self._words[DONE_WORD] = seq
 
     # interning (rare: a name's first use) -----------------------------------------------------
     def _service(self, name: str) -> int:
@@ -372,6 +410,21 @@ class Recorder:
         self._wall = time.time() - time.perf_counter()
         if self._pending:
             self._send(b"")
+
+
+def _u32(out: BytesWriter, value: int) -> None:
+    """An unsigned 32-bit field (as `struct`'s "I"): mypyc writes only signed ones natively."""
+    write_i32_le(out, value - (1 << 32) if value >= 1 << 31 else value)
+
+
+def _field(out: BytesWriter, value: bytes, size: int) -> None:
+    """`value` as a field of `size` bytes: cut, or padded with zeros (as `struct`'s "s")."""
+    n = len(value)
+    if n >= size:
+        out.write(value if n == size else value[:size])
+    else:
+        out.write(value)
+        out.write(ZEROS[size - n])
 
 
 def _printable(name: str) -> str:
