@@ -18,7 +18,8 @@ from orjson import dumps  # (a module global: no attribute lookup a call)
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.spans import VARYING, Shape, Span, shape, span_id, span_of, varying
 from sandboxd_router.telemetry.thousandths import round3, text3
-from sandboxd_router.telemetry.traceparent import parse
+from sandboxd_router.telemetry.traceparent import fields as header_fields
+from sandboxd_router.telemetry.traceparent import fields_of, parse
 
 QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools;
 # span shapes)
@@ -88,8 +89,7 @@ class RecordText:
         q = self.quoted
         sandbox = q(o.sandbox)
         name, attributes, events, place = self._span(o, sandbox)
-        context = parse(o.traceparent)
-        trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
+        trace, parent = _context(o)
         faults = "[]"
         if o.faults:
             faults = ",".join(f'{{"kind":{q(f.kind)},"id":{q(f.id)}}}' for f in o.faults)
@@ -178,3 +178,12 @@ class RecordText:
 
 
 NULLS: Final = ("null", "null")
+
+
+def _context(o: Observed) -> tuple[str, str]:
+    """`parse(o.traceparent)`'s trace and parent span ids as JSON (nulls for none), cut out of
+    the header's valid fields (lowercase hex already: nothing decoded and encoded again)."""
+    fields = fields_of(o.raw_traceparent) if o.tp_len else header_fields(o.traceparent)
+    if fields is None:
+        return NULLS
+    return f'"{fields[3:35].decode()}"', f'"{fields[36:52].decode()}"'
