@@ -42,7 +42,7 @@ class Names:
     a sink derives from these names alone it keeps here, and finds again with no lookup."""
 
     __slots__ = ("method", "middle", "middle_status", "middles", "route", "routing_key",
-                 "sandbox", "service")  # fmt: skip
+                 "sandbox", "service", "tally")  # fmt: skip
 
     def __init__(
         self, service: str, sandbox: str, routing_key: str, route: str, method: str
@@ -58,6 +58,9 @@ class Names:
         none yet): it depends on these names and the status only."""
         self.middles: dict[int, bytes] | None = None
         """Its middles for the other statuses seen, by status."""
+        self.tally: object = None
+        """Where the signals' tally counts these names' requests now (`tally.Open`), kept
+        here: found with no lookup."""
 
 
 class Observed:
