@@ -452,6 +452,7 @@ def test_a_dropped_bucket_is_used_again_as_new() -> None:
     later = {"end": T0 + 11, "sandbox": "pr-2", "routing_key": "k4y", "duration": 0.002}
     tally.add(observed(**{**later, "service": "other"}))  # a live bucket of the next window
     old_key, old = next(iter(tally.buckets.items()))
+    assert old.json(old_key) == orjson.dumps(old.wire(old_key))  # (its head kept from now on)
     tally.drop_buckets([old_key])
     tally.add(observed(**later))
     key, reused = list(tally.buckets.items())[-1]
@@ -462,5 +463,6 @@ def test_a_dropped_bucket_is_used_again_as_new() -> None:
     (bucket,) = fresh.buckets.values()
     assert reused.wire(key) == bucket.wire(key)
     assert reused.wire(key)["requests"] == 1
+    assert reused.json(key) == bucket.json(key) == orjson.dumps(bucket.wire(key))
     tally.drop_buckets(list(tally.buckets))  # traffic stopped: every window closed
     assert tally._spare == []

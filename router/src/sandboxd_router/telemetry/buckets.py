@@ -12,6 +12,9 @@ from __future__ import annotations
 from random import Random
 from typing import Final
 
+from librt.strings import BytesWriter
+from orjson import dumps
+
 from sandboxd_router.telemetry.observed import (
     ERRORS,
     HTTP_5XX,
@@ -93,6 +96,8 @@ class Durations:
 
 class Bucket:
     __slots__ = (
+        "_head",
+        "_head_key",
         "acked",
         "bytes_in",
         "bytes_out",
@@ -133,6 +138,10 @@ class Bucket:
         self.uses = 0
         """How many times it was `reset` for other names: a post's acknowledgement of an
         earlier use must not mark it."""
+        self._head = b""
+        """`json`'s text up to `"requests":`, for the key `_head_key` (a bucket is sent again
+        while it changes: its names are escaped once)."""
+        self._head_key: Key | None = None
 
     def reset(self) -> None:
         """As new, for another window's names (`tally.Tally` keeps the buckets it drops for the
@@ -146,6 +155,7 @@ class Bucket:
         self.tools = None
         self.latency.clear()
         self.injected_latency = None
+        self._head_key = None
         histogram = self.histogram
         for slot in range(len(histogram)):
             histogram[slot] = 0
@@ -225,6 +235,79 @@ class Bucket:
             "tools": {tool: _tool_wire(figures) for tool, figures in (self.tools or {}).items()},
         }
 
+    def json(self, key: Key) -> bytes:
+        """`orjson.dumps(self.wire(key))`, byte for byte, written directly: no dicts nor
+        lists made, and the samples' texts (most of a bucket's bytes) kept per value."""
+        if self._head_key is not key:
+            sandbox, routing_key, service, start = key
+            self._head = b'{"sandbox":%b,"routingKey":%b,"service":%b,"start":%b,"width":%b,' % (
+                dumps(sandbox), dumps(routing_key), dumps(service), dumps(start), dumps(WIDTH)
+            )  # fmt: skip
+            self._head_key = key
+        out = BytesWriter()
+        out.write(self._head)
+        out.write(b'"requests":')
+        out.write(str(self.requests).encode())
+        out.write(b',"injected":')
+        out.write(str(self.injected).encode())
+        out.write(b',"errors":')
+        out.write(_errors_json(self.errors))
+        out.write(b',"injectedErrors":')
+        out.write(_errors_json(self.injected_errors))
+        out.write(b',"faults":')
+        out.write(dumps(self.faults) if self.faults else b"{}")
+        out.write(b',"latencyMs":')
+        _samples_json(out, self.latency)
+        out.write(b',"injectedLatencyMs":')
+        _samples_json(out, self.injected_latency or [])
+        out.write(b',"histogram":')
+        out.write(dumps(self.histogram))
+        out.write(b',"bytesIn":')
+        out.write(str(self.bytes_in).encode())
+        out.write(b',"bytesOut":')
+        out.write(str(self.bytes_out).encode())
+        out.write(b',"tools":')
+        tools = self.tools
+        if tools:
+            out.write(dumps({tool: _tool_wire(figures) for tool, figures in tools.items()}))
+        else:
+            out.write(b"{}")
+        out.write(b"}")
+        return out.getvalue()
+
+
+_TEXTS: Final[list[bytes | None]] = [None] * SHARED
+"""A sample's JSON text by its thousandths, under `SHARED` (made when first written)."""
+
+
+def _samples_json(out: BytesWriter, samples: list[object]) -> None:
+    """A list of samples (floats, `Durations.sample`) as orjson writes it: a value of a
+    thousandth under `SHARED` (most) from its kept text, the others by orjson itself."""
+    out.append(_OPEN)
+    first = True
+    for sample in samples:
+        if not first:
+            out.append(_COMMA)
+        first = False
+        text: bytes | None = None
+        if isinstance(sample, float):
+            n = thousandths(sample)
+            if 0 <= n < SHARED and float(n) / 1000.0 == sample:
+                text = _TEXTS[n]
+                if text is None:
+                    text = _TEXTS[n] = dumps(sample)
+        out.write(text if text is not None else dumps(sample))
+    out.append(_CLOSE)
+
+
+_OPEN: Final = 0x5B  # "["
+_COMMA: Final = 0x2C
+_CLOSE: Final = 0x5D
+
+
+def _errors_json(counts: list[int] | None) -> bytes:
+    return _ZERO_ERRORS if counts is None else dumps(_errors_wire(counts))
+
 
 def _sample(samples: list[object], value: object, seen: int, cap: int, rng: Random) -> None:
     """Keep `value`, the `seen`-th of its kind, in a uniform sample of at most `cap`."""
@@ -241,6 +324,9 @@ def _errors_wire(counts: list[int] | None) -> dict[str, int]:
     if counts is None:
         counts = [0, 0, 0, 0]
     return {HTTP_5XX: counts[0], JSONRPC: counts[1], TOOL_ERROR: counts[2], TRANSPORT: counts[3]}
+
+
+_ZERO_ERRORS: Final = dumps(_errors_wire(None))
 
 
 def _tool_wire(figures: list[int]) -> dict[str, int]:

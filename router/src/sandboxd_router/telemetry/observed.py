@@ -42,7 +42,7 @@ class Names:
     a sink derives from these names alone it keeps here, and finds again with no lookup."""
 
     __slots__ = ("method", "middle", "middle_status", "middles", "route", "routing_key",
-                 "sandbox", "service")  # fmt: skip
+                 "sandbox", "service", "tally")  # fmt: skip
 
     def __init__(
         self, service: str, sandbox: str, routing_key: str, route: str, method: str
@@ -58,6 +58,9 @@ class Names:
         none yet): it depends on these names and the status only."""
         self.middles: dict[int, bytes] | None = None
         """Its middles for the other statuses seen, by status."""
+        self.tally: object = None
+        """Where the signals' tally counts these names' requests now (`tally.Open`), kept
+        here: found with no lookup."""
 
 
 class Observed:
@@ -171,7 +174,7 @@ class Observed:
         self.bytes_out = bytes_out
         self._traceparent = traceparent
         self._tail = tail
-        if tail:
+        if len(tail):  # (compiled: a length read; a truth test is a generic call)
             self.tp_bytes, self.tp_at = tail, 1
             self.tp_len = min(tail[0], TAIL_TRACEPARENT)
             self._raw: bytes | None = None
@@ -189,7 +192,7 @@ class Observed:
         self.rpc_id = rpc_id
         self.seq = seq
         self.number = 0
-        self._path: str | None = None if target or tail else path
+        self._path: str | None = None if len(target) or len(tail) else path
         self._target = target
         self._target_len = target_len
         self.session = session
@@ -242,7 +245,7 @@ class Observed:
         text = self._path
         if text is None:
             tail = self._tail
-            if tail:
+            if len(tail):
                 length = tail[TAIL_TARGET_LEN] | tail[TAIL_TARGET_LEN + 1] << 8
                 raw = _path(tail[TAIL_TARGET:], length)
             else:

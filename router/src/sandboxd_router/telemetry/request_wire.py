@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from librt.strings import BytesWriter
 from orjson import dumps  # (a module global: no attribute lookup a call)
 
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.spans import VARYING, Shape, Span, shape, span_id, span_of, varying
 from sandboxd_router.telemetry.thousandths import round3, text3
-from sandboxd_router.telemetry.traceparent import parse
+from sandboxd_router.telemetry.traceparent import fields as header_fields
+from sandboxd_router.telemetry.traceparent import fields_of, parse
 
 QUOTED: Final = 100_000  # names' JSON texts kept (services, sandboxes, keys, methods, tools;
 # span shapes)
@@ -64,62 +66,130 @@ def _events(span: Span) -> list[dict[str, object]]:
 
 class RecordText:
     def __init__(self) -> None:
-        self._quoted: dict[str, str] = {}
-        self._shapes: dict[Shape, tuple[str, str, str, str]] = {}
+        self._quoted: dict[str, bytes] = {}
+        self._shapes: dict[Shape, tuple[bytes, bytes, bytes, bytes]] = {}
         """`spans.shape(o)` → the span's name and its attributes but the `VARYING` ones and the
         sandbox's, as JSON: those before `sandboxd.sandbox` (left open) and those after it;
         and the record's `"service":…,"route":…,`. Keyed by what no sandbox has of its own, so
         that a thousand sandboxes share a shape; the sandbox's name (in `_quoted`) goes between
         the two when a record is written."""
+        self._out = BytesWriter()
+        """Where a record is written, piece by piece (emptied for each)."""
 
     def texts(self, batch: list[tuple[int, Observed]]) -> list[bytes]:
-        """`text` of each (number, request): one call for a whole post's records; encoded, with
-        a comma between two, for one `b"".join` of the whole body (not a copy per step)."""
+        """`text` of each (number, request): one call for a whole post's records, with a comma
+        between two, for one `b"".join` of the whole body (not a copy per step)."""
         out: list[bytes] = []
         for seq, o in batch:
             if out:
                 out.append(b",")
-            out.append(self.text(seq, o).encode())
+            out.append(self.text(seq, o))
         return out
 
-    def text(self, seq: int, o: Observed) -> str:
-        """`wire_of`'s dict as orjson writes it. (The trace context's ids and the span id are
-        lowercase hex: `traceparent.parse` matched them, `spans.span_id` made them.)"""
+    def text(self, seq: int, o: Observed) -> bytes:
+        """`wire_of`'s dict as orjson writes it, written straight as bytes: the names escaped
+        once, the pieces copied one after the other into one buffer. (The trace context's ids
+        and the span id are lowercase hex: `traceparent.fields_of` checked them,
+        `spans.span_id` made them.)"""
         q = self.quoted
+        out = self._out
+        out.truncate(0)
         sandbox = q(o.sandbox)
-        name, attributes, events, place = self._span(o, sandbox)
-        context = parse(o.traceparent)
-        trace, parent = (f'"{context[0]}"', f'"{context[1]}"') if context else NULLS
-        faults = "[]"
-        if o.faults:
-            faults = ",".join(f'{{"kind":{q(f.kind)},"id":{q(f.id)}}}' for f in o.faults)
-            faults = "[" + faults + "]"
-        mcp = ',"rpcMethod":null,"tool":null,"rpcId":null'
-        if o.rpc_method is not None or o.tool is not None or o.rpc_id is not None:
-            rpc_id = "null" if o.rpc_id is None else dumps(o.rpc_id).decode()
-            mcp = f',"rpcMethod":{q(o.rpc_method)},"tool":{q(o.tool)},"rpcId":{rpc_id}'
-        return (
-            f'{{"seq":{seq},"sandbox":{sandbox},"routingKey":{q(o.routing_key)},'
-            f"{place}"
-            f'"start":{dumps(o.end - o.duration).decode()},'
-            f'"durationMs":{text3(o.duration * 1000)},'
-            f'"method":{q(o.method)},"status":{o.status},"bytesIn":{o.bytes_in},'
-            f'"bytesOut":{o.bytes_out},"error":{q(o.error or None)},'
-            f'"injected":{"true" if o.injected else "false"},"faults":{faults},'
-            f'"traceId":{trace},"spanId":"{span_id(o.seq)}","parentSpanId":{parent}{mcp},'
-            f'"name":{name},"attributes":{attributes},"events":{events}}}'
-        )
-
-    def _span(self, o: Observed, sandbox: str) -> tuple[str, str, str, str]:
-        """The span's name, attributes and events as JSON, and the record's service and route;
-        what depends on `spans.shape(o)` alone (every attribute but the `VARYING` ones, which
-        `span_of` adds last, and the sandbox's `sandboxd.sandbox`, `sandbox` quoted) made
-        once."""
-        if o.faults:  # (rare: the events' time varies)
+        span: Span | None = None
+        if o.faults:  # (rare: not cached, the events' time varies)
             span = span_of(o)
+            name, before, after, place = q(span.name), b"", b"", self._place(o)
+        else:
+            name, before, after, place = self._shape(o)
+        out.write(b'{"seq":')
+        out.write(str(seq).encode())
+        out.write(b',"sandbox":')
+        out.write(sandbox)
+        out.write(b',"routingKey":')
+        out.write(q(o.routing_key))
+        out.append(_COMMA)
+        out.write(place)
+        out.write(b'"start":')
+        out.write(dumps(o.end - o.duration))
+        out.write(b',"durationMs":')
+        out.write(text3(o.duration * 1000).encode())
+        out.write(b',"method":')
+        out.write(q(o.method))
+        out.write(b',"status":')
+        out.write(str(o.status).encode())
+        out.write(b',"bytesIn":')
+        out.write(str(o.bytes_in).encode())
+        out.write(b',"bytesOut":')
+        out.write(str(o.bytes_out).encode())
+        out.write(b',"error":')
+        out.write(q(o.error) if o.error else b"null")
+        out.write(b',"injected":true,"faults":' if o.injected else b',"injected":false,"faults":')
+        if o.faults:
+            faults = [b'{"kind":%b,"id":%b}' % (q(f.kind), q(f.id)) for f in o.faults]
+            out.write(b"[" + b",".join(faults) + b"]")
+        else:
+            out.write(b"[]")
+        fields = fields_of(o.raw_traceparent) if o.tp_len else header_fields(o.traceparent)
+        if fields is None:
+            out.write(b',"traceId":null,"spanId":"')
+        else:
+            out.write(b',"traceId":"')
+            out.write(fields[3:35])
+            out.write(b'","spanId":"')
+        out.write(span_id(o.seq).encode())
+        if fields is None:
+            out.write(b'","parentSpanId":null')
+        else:
+            out.write(b'","parentSpanId":"')
+            out.write(fields[36:52])
+            out.append(_QUOTE)
+        if o.rpc_method is not None or o.tool is not None or o.rpc_id is not None:
+            out.write(b',"rpcMethod":')
+            out.write(q(o.rpc_method))
+            out.write(b',"tool":')
+            out.write(q(o.tool))
+            out.write(b',"rpcId":')
+            out.write(b"null" if o.rpc_id is None else dumps(o.rpc_id))
+        else:
+            out.write(b',"rpcMethod":null,"tool":null,"rpcId":null')
+        out.write(b',"name":')
+        out.write(name)
+        out.write(b',"attributes":')
+        if span is not None:
             events = _events(span)
-            return (self.quoted(span.name), dumps(span.attributes).decode(),
-                    dumps(events).decode() if events else "[]", self._place(o))  # fmt: skip
+            out.write(dumps(span.attributes))
+            out.write(b',"events":')
+            out.write(dumps(events) if events else b"[]")
+            out.write(b"}")
+            return out.getvalue()
+        out.write(before)
+        if o.sandbox:  # (`spans._shaped` leaves it out for baseline traffic)
+            out.write(b',"sandboxd.sandbox":')
+            out.write(sandbox)
+        out.append(_COMMA)
+        out.write(after)
+        path, size_in, size_out, rpc_id, session = varying(o)
+        if path is not None:
+            out.write(b',"url.path":')
+            out.write(dumps(path))
+        out.write(b',"http.request.body.size":')
+        out.write(str(size_in).encode())
+        out.write(b',"http.response.body.size":')
+        out.write(str(size_out).encode())
+        if rpc_id is not None:
+            out.write(b',"jsonrpc.request.id":')
+            out.write(dumps(rpc_id))
+        if session is not None:
+            out.write(b',"mcp.session.id":')
+            out.write(dumps(session))
+        out.write(b'},"events":[]}')
+        return out.getvalue()
+
+    def _shape(self, o: Observed) -> tuple[bytes, bytes, bytes, bytes]:
+        """The span's name and its fixed attributes as JSON, split around the sandbox's
+        (`_shapes`), and the record's service and route: what depends on `spans.shape(o)`
+        alone (every attribute but the `VARYING` ones, which `span_of` adds last, and the
+        sandbox's), made once."""
         key = shape(o)
         known = self._shapes.get(key)
         if known is None:
@@ -127,24 +197,9 @@ class RecordText:
             if len(self._shapes) >= QUOTED:
                 self._shapes.clear()
             self._shapes[key] = known
-        name, before, after, place = known
-        if o.sandbox:  # (`spans._shaped` leaves it out for baseline traffic)
-            attributes = f'{before},"sandboxd.sandbox":{sandbox},{after}'
-        else:
-            attributes = f"{before},{after}"
-        path, size_in, size_out, rpc_id, session = varying(o)
-        if path is not None:
-            attributes = f'{attributes},"url.path":{dumps(path).decode()}'
-        attributes = (
-            f'{attributes},"http.request.body.size":{size_in},"http.response.body.size":{size_out}'
-        )
-        if rpc_id is not None:
-            attributes = f'{attributes},"jsonrpc.request.id":{dumps(rpc_id).decode()}'
-        if session is not None:
-            attributes = f'{attributes},"mcp.session.id":{dumps(session).decode()}'
-        return name, attributes + "}", "[]", place
+        return known
 
-    def _learn(self, o: Observed) -> tuple[str, str, str, str]:
+    def _learn(self, o: Observed) -> tuple[bytes, bytes, bytes, bytes]:
         """`_shapes`' entry for `o`: the fixed attributes split around `sandboxd.sandbox`
         (`spans._shaped` sets it just before `sandboxd.route`, which it always sets)."""
         span = span_of(o)
@@ -158,23 +213,24 @@ class RecordText:
                 part[k] = v
         # open on both sides: before ends at `http.request.method` or later, after starts at
         # `sandboxd.route`
-        return (self.quoted(span.name), dumps(before).decode()[:-1],
-                dumps(after).decode()[1:-1], self._place(o))  # fmt: skip
+        return (self.quoted(span.name), dumps(before)[:-1], dumps(after)[1:-1],
+                self._place(o))  # fmt: skip
 
-    def _place(self, o: Observed) -> str:
+    def _place(self, o: Observed) -> bytes:
         """`"service":…,"route":…,`."""
-        return f'"service":{self.quoted(o.service)},"route":{self.quoted(o.route)},'
+        return b'"service":%b,"route":%b,' % (self.quoted(o.service), self.quoted(o.route))
 
-    def quoted(self, name: str | None) -> str:
+    def quoted(self, name: str | None) -> bytes:
         """A name as a JSON string (null for None), escaped once."""
         if name is None:
-            return "null"
+            return b"null"
         text = self._quoted.get(name)
         if text is None:
             if len(self._quoted) >= QUOTED:  # (sandboxes come and go: start afresh, rarely)
                 self._quoted.clear()
-            text = self._quoted[name] = dumps(name).decode()
+            text = self._quoted[name] = dumps(name)
         return text
 
 
-NULLS: Final = ("null", "null")
+_COMMA: Final = 0x2C
+_QUOTE: Final = 0x22

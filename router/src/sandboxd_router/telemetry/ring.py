@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from typing import Any, Final
+
+from librt.strings import read_f64_le, read_i16_le, read_i32_le, read_i64_le
+from mypy_extensions import i64
 
 from sandboxd_router import record
 from sandboxd_router.telemetry.observed import (
@@ -42,25 +46,48 @@ BATCH: Final = 1024  # records decoded per read at most (the rest the next round
 # objects are few enough that the heap they leave behind, fragmented, stays small
 
 
-def _slot() -> struct.Struct:
-    """A whole slot, the core's fields only: what every record has, in one C call per record
-    (the extra fields of the few records that have them by a second call), the traceparent
-    and the target as one bytes object, the record's tail (`observed.TAIL_TARGET`...). (A
-    function: the compiled build checks its modules together, and a module-level use of
-    `record`'s inferred names there comes before their types are known.)"""
-    head, tail = record.CORE.format.split("B55sH40s")  # (the traceparent's length on)
-    assert not tail
+# Where the core's fields lie in a slot (`record.CORE`: checked below), read by native reads
+# (`librt.strings`: compiled, a few machine instructions each, no object made for a number).
+SLOT_SIZE: Final = 256
+AT_END: Final = 8
+AT_DURATION: Final = 16
+AT_BYTES_IN: Final = 24
+AT_BYTES_OUT: Final = 32
+AT_SERVICE: Final = 40
+AT_PAIR: Final = 44
+AT_METHOD: Final = 48
+AT_STATUS: Final = 52
+AT_ERROR: Final = 54
+AT_FLAGS: Final = 55
+AT_TAIL: Final = 56
+"""The record's tail (`observed.TAIL_TARGET`...): the traceparent's length and bytes, the
+target's length and first bytes, up to `record.EXTRA_AT`, copied as one bytes object."""
+U16: Final = 0xFFFF
+U32: Final = 0xFFFFFFFF
+INJECTED: Final = 1
+EXTRA_FLAG: Final = 2
+FORKED: Final = 4
+
+
+def _check_layout() -> None:
+    """The offsets above are `record.CORE`'s. (A function: the compiled build checks its
+    modules together, and a module-level use of `record`'s inferred names there comes before
+    their types are known.)"""
+    fields = re.findall(r"\d*[a-zA-Z]", record.CORE.format)
+    offsets = [struct.calcsize("<" + "".join(fields[:i])) for i in range(len(fields))]
+    assert SLOT_SIZE == record.SLOT
+    assert offsets[1:5] == [AT_END, AT_DURATION, AT_BYTES_IN, AT_BYTES_OUT]
+    assert offsets[5:9] == [AT_SERVICE, AT_PAIR, AT_METHOD, AT_STATUS]
+    assert offsets[9:12] == [AT_ERROR, AT_FLAGS, AT_TAIL]
+    assert fields[11:] == ["B", "55s", "H", "40s"]  # the tail: `observed.TAIL_*`
     assert record.TRACEPARENT == TAIL_TRACEPARENT
     assert TAIL_TARGET_LEN == 1 + TAIL_TRACEPARENT
     assert TAIL_TARGET == TAIL_TARGET_LEN + 2
-    size = 1 + TAIL_TRACEPARENT + 2 + record.PATH
-    slot = struct.Struct(f"{head}{size}s{record.SLOT - record.CORE.size}x")
-    assert slot.size == record.SLOT
-    assert struct.calcsize(f"{head}{size}s") == record.CORE.size
-    return slot
+    assert AT_TAIL + TAIL_TARGET + record.PATH == record.EXTRA_AT == record.CORE.size
+    assert (INJECTED, EXTRA_FLAG, FORKED) == (record.INJECTED, record.EXTRA_FLAG, record.FORKED)
 
 
-SLOT = _slot()
+_check_layout()
 
 
 class RingError(ValueError):
@@ -100,10 +127,6 @@ class RingReader:
         self.eof = False
         """The writer closed the names pipe: nothing more will come once the ring is read."""
         self.names: dict[int, str] = {0: ""}
-        self._view = memoryview(self.ring)
-        self._slots_copy = memoryview(bytearray(BATCH * record.SLOT))
-        """Where a read copies the slots (a memoryview: a bytearray's own slice assignment
-        from another buffer first copies it into a new bytearray, 256 KB a read)."""
         self._pairs: dict[int, tuple[str, str]] = {}
         self._base = 0  # the first id of the names' live generation
         self._last: list[_Known | None] = []
@@ -135,52 +158,38 @@ class RingReader:
         safe = after - self.slots + 1  # a record below this may be torn (being overwritten)
         decoded: list[Observed] = []
         seq = first
-        at = 0
-        number: int
-        for row in SLOT.iter_unpack(raw):
-            number = row[0]
-            if seq < safe or number != seq:
+        at: i64 = 0
+        while seq < last:
+            if seq < safe or read_i64_le(raw, at) != seq:
                 self.lost += 1
             else:
-                decoded.append(self._decode(row, raw, at, seq))
+                decoded.append(self._decode(raw, at, seq))
             seq += 1
-            at += record.SLOT
+            at += SLOT_SIZE
         self.position = last
         self._forget_dead()
         return decoded
 
-    def _copy(self, first: int, last: int) -> memoryview:
-        """The slots of records `first` to `last` (excluded), in order, copied into the same
-        buffer every time (a new one of 256 KB each read costs its pages' first touch)."""
+    def _copy(self, first: int, last: int) -> bytes:
+        """The slots of records `first` to `last` (excluded), in order, as one bytes object
+        (the fields are read from it by native reads: no tuple, no object per field)."""
         size, slots = record.SLOT, self.slots
         a, b = first % slots, (last - 1) % slots + 1
         at = record.HEADER
-        buffer, ring = self._slots_copy, self._view
+        ring = self.ring
         if a < b:
-            buffer[: (b - a) * size] = ring[at + a * size : at + b * size]
-        else:
-            split = (slots - a) * size
-            buffer[:split] = ring[at + a * size : at + slots * size]
-            buffer[split : split + b * size] = ring[at : at + b * size]
-        return buffer[: (last - first) * size]
+            return ring[at + a * size : at + b * size]
+        return ring[at + a * size : at + slots * size] + ring[at : at + b * size]
 
-    def _decode(self, row: tuple[Any, ...], raw: memoryview, at: int, seq: int) -> Observed:
-        """The record in `row`, whose slot starts at `at` in `raw`."""
-        # (typed: the compiled build then works on machine numbers, not on objects)
-        end: float
-        duration: float
-        bytes_in: int
-        bytes_out: int
-        service: int
-        pair: int
-        method: int
-        status: int
-        error: int
-        flags: int
-        tail: bytes
-        (_, end, duration, bytes_in, bytes_out, service, pair, method, status, error, flags,
-         tail) = row  # fmt: skip
-        forked = flags & record.FORKED
+    def _decode(self, raw: bytes, at: i64, seq: int) -> Observed:
+        """The record whose slot starts at `at` in `raw`."""
+        # (mypyc reads signed numbers only: the unsigned ones masked; the sizes and the
+        # number, below 2^63, read alike)
+        service = int(read_i32_le(raw, at + AT_SERVICE)) & U32
+        pair = int(read_i32_le(raw, at + AT_PAIR)) & U32
+        method = int(read_i32_le(raw, at + AT_METHOD)) & U32
+        flags = raw[at + AT_FLAGS]
+        forked = flags & FORKED
         lasts, index = self._last, pair - self._base
         names = lasts[index] if 0 <= index < len(lasts) else None
         if names is None or not (
@@ -188,12 +197,14 @@ class RingReader:
         ):
             names = self._names(pair, service, method, forked)
         observed = Observed(
-            end, duration, names.service, names.sandbox, names.routing_key, names.route,
-            names.method, status, bytes_in, bytes_out, None, _outcome(error),
-            bool(flags & record.INJECTED),
-            seq=seq, names=names, tail=tail,
+            read_f64_le(raw, at + AT_END), read_f64_le(raw, at + AT_DURATION), names.service,
+            names.sandbox, names.routing_key, names.route, names.method,
+            int(read_i16_le(raw, at + AT_STATUS)) & U16, read_i64_le(raw, at + AT_BYTES_IN),
+            read_i64_le(raw, at + AT_BYTES_OUT), None, _outcome(raw[at + AT_ERROR]),
+            bool(flags & INJECTED),
+            seq=seq, names=names, tail=raw[at + AT_TAIL : at + record.EXTRA_AT],
         )  # fmt: skip
-        if flags & record.EXTRA_FLAG:
+        if flags & EXTRA_FLAG:
             self._extra(observed, raw, at + record.EXTRA_AT, flags)
         return observed
 
@@ -219,7 +230,7 @@ class RingReader:
                 lasts.extend([None] * (index + 1 - len(lasts)))
             lasts[index] = known
 
-    def _extra(self, observed: Observed, raw: memoryview, at: int, flags: int) -> None:
+    def _extra(self, observed: Observed, raw: bytes, at: int, flags: int) -> None:
         """The fields only faults and MCP calls have."""
         (injected_at, f1, f2, f3, rpc_method, tool, rpc_code, protocol, id_len, rpc_id,
          session_len, session) = record.EXTRA.unpack_from(raw, at)  # fmt: skip
@@ -306,7 +317,6 @@ class RingReader:
             self._known.clear()
 
     def close(self) -> None:
-        self._view.release()
         self.ring.close()
         os.close(self.names_fd)
 

@@ -11,15 +11,17 @@ for what failed: under load the records kept are a sample, and the failures stay
 
 from __future__ import annotations
 
+import itertools
 import logging
 from random import Random
 from typing import Final
 
 from sandboxd_router.telemetry.buckets import WIDTH, Bucket, Durations, Key
-from sandboxd_router.telemetry.observed import Names, Observed
+from sandboxd_router.telemetry.observed import Observed
 
 log = logging.getLogger("sandboxd_router.telemetry")
 
+_EPOCHS: Final = itertools.count(1)  # (shared: two tallies never have the same epoch)
 COMPACT: Final = 64  # records dropped from the front of a `Fifo` before its list is moved
 UNROUTED: Final = "-"  # `Observed.service` of a request no service was routed for
 
@@ -108,13 +110,15 @@ class Queue:
 
 class Open:
     """The bucket the requests of some names (`Observed.names`) count in now, and their
-    sandbox's records waiting (None for no sandbox): found by one lookup of the names object
-    the ring shares among the requests decoded alike (its identity is its hash), where
-    `Tally.buckets`' key is a tuple made, hashed and compared per request."""
+    sandbox's records waiting (None for no sandbox): kept on the names object the ring shares
+    among the requests decoded alike (`Names.tally`), where `Tally.buckets`' key is a tuple
+    made, hashed and compared per request."""
 
-    __slots__ = ("bucket", "queue", "start")
+    __slots__ = ("bucket", "epoch", "queue", "start")
 
-    def __init__(self, start: int, bucket: Bucket, queue: Queue | None) -> None:
+    def __init__(self, epoch: int, start: int, bucket: Bucket, queue: Queue | None) -> None:
+        self.epoch = epoch
+        """The tally's `_epoch` when made: an `Open` of another is stale."""
         self.start = start
         self.bucket = bucket
         self.queue = queue
@@ -132,8 +136,9 @@ class Tally:
         self._spare: list[Bucket] = []
         """Buckets dropped, reset and used again (`Bucket.reset`): at most as many as are live
         (the next window's names are about this one's), none once traffic stops."""
-        self._open: dict[Names, Open] = {}
-        """Names → `Open`; emptied whenever a bucket or a queue goes."""
+        self._epoch = next(_EPOCHS)
+        """The `Open`s on names (`Names.tally`) made since the last bucket or queue went, by
+        this tally: the others are stale (a new epoch whenever one goes)."""
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
@@ -155,9 +160,10 @@ class Tally:
         ms = durations.sample(o.duration)  # to the µs: half the cost of encoding samples
         end = int(o.end)
         start = end - end % WIDTH
-        now = self._open.get(o.names)
-        if now is None or now.start != start:
-            now = self._open[o.names] = self._opened(o, start)
+        names = o.names
+        now = names.tally
+        if not isinstance(now, Open) or now.epoch != self._epoch or now.start != start:
+            now = names.tally = self._opened(o, start)
         now.bucket.add(o, ms, durations.slot, self.rng)
         if now.queue is not None:
             self._wait(o, now.queue)
@@ -174,7 +180,7 @@ class Tally:
             queue = self.pending.get(owner)
             if queue is None:
                 queue = self.pending[owner] = Queue()
-        return Open(start, bucket, queue)
+        return Open(self._epoch, start, bucket, queue)
 
     def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
@@ -200,7 +206,7 @@ class Tally:
                 spare.append(bucket)
         del spare[len(self.buckets) :]
         if keys:
-            self._open.clear()
+            self._epoch = next(_EPOCHS)
 
     def queued(self) -> list[Waiting]:
         """Every record waiting, in the order seen (their numbers are all different: no two
@@ -224,7 +230,7 @@ class Tally:
             self.waiting -= queue.acknowledged(seq)
             if not queue.size:
                 del self.pending[owner]
-                self._open.clear()
+                self._epoch = next(_EPOCHS)
 
 
 def _number(waiting: Waiting) -> int:
