@@ -228,7 +228,8 @@ class RecordText:
         if text is None:
             if len(self._quoted) >= QUOTED:  # (sandboxes come and go: start afresh, rarely)
                 self._quoted.clear()
-            text = self._quoted[name] = dumps(name)
+            # (copied to its size: orjson's bytes keep the ~4 KB buffer it wrote in)
+            text = self._quoted[name] = bytes(memoryview(dumps(name)))
         return text
 
 
