@@ -254,6 +254,10 @@ def run(procs: Processes, tmp: Path, tools: dict[str, str], args: argparse.Names
         for label, runs in results.items():
             calm = [r for r in runs if max(r.noise) <= args.noise]
             print(summary(label, calm) if calm else f"  {label:20} no calm run")
+        time.sleep(1.5)  # the telemetry processes' last tick: what they lost, logged
+        for name in names:
+            if _recording.usage(procs.pid(name)).telemetry_pid:
+                print(f"  {name}: {_recording.records_lost(procs, name)} records lost in all")
         if args.profile is not None:
             profile(procs, names, args.profile, load)
     machine_load("after")

@@ -287,7 +287,9 @@ class RingReader:
                 break  # the rest comes with the next read
             body = buffer[at + record.NAME.size : at + record.NAME.size + size]
             at += record.NAME.size + size
-            if ident == record.GENERATION_MARK:
+            if ident == record.WAKE_MARK:
+                pass  # (its work is done: it woke the reader's loop)
+            elif ident == record.GENERATION_MARK:
                 self._dead.append(record.GENERATION_BODY.unpack(body))
             elif ident == record.GONE_MARK:
                 (after,) = record.GONE_BODY.unpack_from(body)
