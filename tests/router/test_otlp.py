@@ -229,6 +229,18 @@ def test_spans_of_one_names_object_are_each_their_own() -> None:
             assert (span.trace_id, span.parent_span_id, span.flags) == (*context, 0x300)
 
 
+def test_two_encoders_over_the_same_names_write_what_a_fresh_one_does() -> None:
+    """What a `Names` keeps of its last plain span is one encoder's: another encoder, taking
+    turns with it over the same names, writes each span as an encoder that never saw one."""
+    names = Names("echo", "pr-1", "k1", "sandbox", "GET")
+    given = {"service": names.service, "sandbox": names.sandbox, "route": names.route,
+             "method": names.method, "names": names}  # fmt: skip
+    batch = [observed(**given, seq=n, bytes_out=n % 3, status=200 + n % 2) for n in range(12)]
+    one, other = SpanEncoder({}), SpanEncoder({})
+    turns = [(one if n % 2 else other).span(o) for n, o in enumerate(batch * 2)]
+    assert turns == [SpanEncoder({}).span(o) for o in batch * 2]
+
+
 def test_the_span_ids_bytes_are_the_span_id() -> None:
     """`spans.span_bytes` (native ints below 2**62, `span_halves` past them) is `span_id`."""
     seqs = [*range(5000), *range((1 << 32) - 50, (1 << 32) + 50),

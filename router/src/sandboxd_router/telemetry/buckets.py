@@ -23,7 +23,7 @@ from sandboxd_router.telemetry.observed import (
     TRANSPORT,
     Observed,
 )
-from sandboxd_router.telemetry.thousandths import round3, thousandths
+from sandboxd_router.telemetry.thousandths import kept_json, round3, thousandths
 
 WIDTH: Final = 10  # seconds
 HISTOGRAM_MS: Final = (
@@ -295,9 +295,7 @@ def _samples_json(out: BytesWriter, samples: list[object]) -> None:
             if 0 <= n < SHARED and float(n) / 1000.0 == sample:
                 text = _TEXTS[n]
                 if text is None:
-                    # (copied to its size: orjson's bytes keep the ~4 KB buffer it wrote in,
-                    # 17 MB for the table)
-                    text = _TEXTS[n] = bytes(memoryview(dumps(sample)))
+                    text = _TEXTS[n] = kept_json(sample)
         out.write(text if text is not None else dumps(sample))
     out.append(_CLOSE)
 
@@ -328,7 +326,7 @@ def _errors_wire(counts: list[int] | None) -> dict[str, int]:
     return {HTTP_5XX: counts[0], JSONRPC: counts[1], TOOL_ERROR: counts[2], TRANSPORT: counts[3]}
 
 
-_ZERO_ERRORS: Final = bytes(memoryview(dumps(_errors_wire(None))))  # (to its size)
+_ZERO_ERRORS: Final = kept_json(_errors_wire(None))
 
 
 def _tool_wire(figures: list[int]) -> dict[str, int]:

@@ -42,7 +42,7 @@ class Names:
     a sink derives from these names alone it keeps here, and finds again with no lookup."""
 
     __slots__ = ("method", "middle", "middle_status", "middles", "route", "routing_key",
-                 "sandbox", "service", "tally")  # fmt: skip
+                 "sandbox", "service", "span", "tally")  # fmt: skip
 
     def __init__(
         self, service: str, sandbox: str, routing_key: str, route: str, method: str
@@ -61,6 +61,9 @@ class Names:
         self.tally: object = None
         """Where the signals' tally counts these names' requests now (`tally.Open`), kept
         here: found with no lookup."""
+        self.span: object = None
+        """What the OTLP encoder's last plain span of these names was made of
+        (`otlpwire._Named`, with the encoder that made it), kept here alike."""
 
 
 class Observed:

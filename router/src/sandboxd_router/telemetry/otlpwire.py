@@ -33,7 +33,7 @@ from librt.strings import BytesWriter, write_i16_le, write_i64_le
 from mypy_extensions import i64
 
 from sandboxd_router.telemetry import spans, traceparent
-from sandboxd_router.telemetry.observed import Names, Observed
+from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.spans import Shape
 
 _SMALL: Final = [bytes((n,)) for n in range(0x80)]
@@ -122,7 +122,11 @@ class _Named:
     and the varying attributes of the last of them, encoded: one span's worth of bytes (the
     rest is shared), kept for each `Names` seen."""
 
-    def __init__(self, o: Observed, shaped: _Shaped, sandbox: bytes, remote: bool) -> None:
+    def __init__(
+        self, owner: object, o: Observed, shaped: _Shaped, sandbox: bytes, remote: bool
+    ) -> None:
+        self.owner = owner
+        """The encoder that made it: another one's (a test's, say) is not this one's."""
         self.sandbox = o.sandbox
         self.service = o.service
         self.route = o.route
@@ -228,9 +232,6 @@ class SpanEncoder:
         self._max_values = values
         self._out = BytesWriter()
         """Where `spans` writes, kept: its buffer grows to a read's spans once, not each read."""
-        self._named: dict[Names, _Named] = {}
-        """What the last plain span of each `Names` was made of, by that object (hashed by
-        its identity: no key to build, hash or compare)."""
 
     def spans(self, batch: list[Observed]) -> bytes:
         """The spans of `batch`, each a `ScopeSpans.spans` field, in one piece: what `request`
@@ -265,11 +266,12 @@ class SpanEncoder:
         """Writes the span of `o` to `out`: its field's head, then its fields. Most spans are
         a plain request's (no fault, no MCP) with the names, status, outcome, sizes and path
         of the last span of their `Names` (one object per sandbox and service, from the ring's
-        reader): theirs is one lookup by that object's identity, its ids and times, and one
+        reader): theirs is what that object keeps (`Names.span`), its ids and times, and one
         write of the rest."""
-        named = self._named.get(o.names)
+        named = o.names.span
         if (
-            named is None
+            not isinstance(named, _Named)
+            or named.owner is not self
             or named.status != o.status
             or named.error != o.error
             or named.sandbox is not o.sandbox  # (the names `named` was made of, to the letter)
@@ -333,12 +335,10 @@ class SpanEncoder:
         self, o: Observed, shaped: _Shaped, sandbox: bytes, tail: bytes, remote: bool
     ) -> None:
         """Keeps what the next plain spans of `o.names` share with `o`'s (a child of the
-        caller's span when `remote`)."""
-        if len(self._named) >= self._max_sandboxes and o.names not in self._named:
-            self._named.clear()  # (names come and go with their sandboxes)
-        named = _Named(o, shaped, sandbox, remote)
+        caller's span when `remote`), on the names (they come and go with their sandboxes)."""
+        named = _Named(self, o, shaped, sandbox, remote)
         named.varied(o.bytes_in, o.bytes_out, o.path, tail)
-        self._named[o.names] = named
+        o.names.span = named
 
     def _varying(self, o: Observed) -> tuple[bytes, bytes, bytes, bytes]:
         """The `spans.VARYING` attributes, encoded: the body sizes', the path's and the MCP

@@ -18,7 +18,7 @@ from orjson import dumps  # (a module global: no attribute lookup a call)
 
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.spans import VARYING, Shape, Span, shape, span_id, span_of, varying
-from sandboxd_router.telemetry.thousandths import round3, text3
+from sandboxd_router.telemetry.thousandths import kept_json, round3, text3
 from sandboxd_router.telemetry.traceparent import fields as header_fields
 from sandboxd_router.telemetry.traceparent import fields_of, parse
 
@@ -228,8 +228,7 @@ class RecordText:
         if text is None:
             if len(self._quoted) >= QUOTED:  # (sandboxes come and go: start afresh, rarely)
                 self._quoted.clear()
-            # (copied to its size: orjson's bytes keep the ~4 KB buffer it wrote in)
-            text = self._quoted[name] = bytes(memoryview(dumps(name)))
+            text = self._quoted[name] = kept_json(name)
         return text
 
 

@@ -26,6 +26,13 @@ SUFFIXES: Final = [f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000)]
 SUFFIX_BYTES: Final = [suffix.encode() for suffix in SUFFIXES]
 
 
+def kept_json(value: object) -> bytes:
+    """orjson's JSON text of `value`, copied to its size: for a text kept to be reused (a
+    bytes object orjson returns holds the ~4 KB buffer it wrote in: 17 MB for a table of
+    4,096 latency samples)."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def thousandths(x: float) -> int:
     """`round(x, 3) * 1000` as an int; -1 when only `round` itself can tell (see above)."""
     scaled = x * 1000.0
