@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Iterable
 
@@ -29,6 +30,16 @@ def percentile(values_ns: Iterable[int], q: float) -> float:
 
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
+
+
+def median_interval(values: list[float], *, level: float = 0.95, draws: int = 10_000
+                    ) -> tuple[float, float]:  # fmt: skip
+    """A bootstrap interval of the median of `values` (resampled with replacement; seeded, so
+    one set of values always gives the same interval)."""
+    rng = random.Random(13)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    cut = int((1 - level) / 2 * draws)
+    return medians[cut], medians[draws - 1 - cut]
 
 
 def ms(ns: float) -> str:

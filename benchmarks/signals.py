@@ -67,7 +67,7 @@ from benchmarks._procs import (  # noqa: E402
 )
 from benchmarks._propagation import POPULATION, populate  # noqa: E402
 from benchmarks._recording import Proxy, Runs  # noqa: E402
-from benchmarks._stats import krps, median  # noqa: E402
+from benchmarks._stats import krps, median, median_interval  # noqa: E402
 from tests.support.server import Sandboxd, running_sandboxd  # noqa: E402
 
 T = TypeVar("T")
@@ -281,11 +281,16 @@ def print_throughput(world: World, cfg: Settings, runs: dict[str, Runs]) -> None
 
 
 def ratio(runs: dict[str, Runs], a: str, b: str) -> tuple[float, str]:
-    """median(a) ÷ median(b), and the pairwise ratios of each repetition."""
+    """median(a) ÷ median(b) (the bar's figure), the ratios of each repetition (a's run ÷ the
+    b run beside it), and their median with its 95 % bootstrap interval: how far this run's
+    noise leaves the figure from the line."""
     value = median(runs[a].rps) / median(runs[b].rps)
-    pairs = "/".join(f"{x / y:.2f}" for x, y in zip(runs[a].rps, runs[b].rps, strict=True))
+    each = [x / y for x, y in zip(runs[a].rps, runs[b].rps, strict=True)]
+    pairs = "/".join(f"{r:.2f}" for r in each)
+    low, high = median_interval(each)
     rates = f"{krps(median(runs[a].rps))} ÷ {krps(median(runs[b].rps))} req/s"
-    return value, f"{value:.2f} ({rates}; each repetition {pairs})"
+    spread = f"their median {median(each):.3f}, 95 % interval {low:.2f} to {high:.2f}"
+    return value, f"{value:.3f} ({rates}; each repetition {pairs}; {spread})"
 
 
 def throughput_bars(runs: dict[str, Runs]) -> list[Bar]:
