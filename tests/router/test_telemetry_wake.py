@@ -15,6 +15,7 @@ from sandboxd_router.record import Recorder
 from sandboxd_router.telemetry import __main__ as telemetry
 from sandboxd_router.telemetry.observed import Observed
 from sandboxd_router.telemetry.ring import RingReader
+from tests.support import poll
 
 
 def write(recorder: Recorder, n: int) -> None:
@@ -79,13 +80,9 @@ class Collected:
         pass
 
 
-async def until(check: Callable[[], bool], limit: float = 10.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + limit
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
+async def until(check: Callable[[], bool], what: str) -> None:
+    """`poll.until` off the event loop's thread: the loop under test runs meanwhile."""
+    await asyncio.to_thread(poll.until, check, timeout=10, what=what)
 
 
 async def test_the_loop_reads_when_woken_not_when_polled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,13 +97,13 @@ async def test_the_loop_reads_when_woken_not_when_polled(monkeypatch: pytest.Mon
     sink = Collected()
     loop = asyncio.create_task(telemetry.run(RingReader(recorder.fd, names_r, 0), [sink]))
     write(recorder, 0)  # its names go on the pipe: they wake the loop too
-    assert await until(lambda: sink.seen == [0]), sink.seen
+    await until(lambda: sink.seen == [0], "the first record, woken by its names")
     for n in range(1, 511):
         write(recorder, n)
     await asyncio.sleep(0.3)
     assert sink.seen == [0]  # not woken: under half the ring, no new name
     write(recorder, 511)
-    assert await until(lambda: len(sink.seen) == 512), sink.seen[-1:]
+    await until(lambda: len(sink.seen) == 512, "half the ring, woken by the writer")
     assert sink.seen == list(range(512))
     write(recorder, 512)
     recorder.detach()  # the router stops: the last record is read, and the loop ends

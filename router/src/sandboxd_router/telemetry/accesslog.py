@@ -43,7 +43,7 @@ class AccessLogSink:
         self._out = BytesWriter()
         """The lines since the last flush, written piece by piece into one buffer (no bytes
         object a line), written out as one."""
-        self._count = 0  # lines in `_lines`
+        self._count = 0  # lines in `_out`
         self._second, self._second_text = -1, b""
         self._time_n, self._time_text = -1, b""
         self._numbers: list[bytes | None] = [None] * NUMBERS
