@@ -262,10 +262,34 @@ async def test_past_the_bounds_plain_records_go_before_failed_ones(
     await s.close()
 
 
+async def test_a_busy_sandbox_sends_its_newest_plain_records_and_every_failure(
+    control_plane: ControlPlane,
+) -> None:
+    """Past `PLAIN_PER_SANDBOX` plain records a sandbox's oldest plain one goes (the control
+    plane would keep them a second or less, at a cost of its own per record), while its
+    failures are kept up to `PER_SANDBOX`; the aggregates count every request."""
+    assert signals.PLAIN_PER_SANDBOX == 250
+    s = sink(control_plane.url)
+    statuses = [503 if i % 100 == 0 else 200 for i in range(2000)]
+    for status in statuses:  # 20 failures among 2,000
+        s.add(observed(sandbox="busy", status=status))
+    s.add(observed(sandbox="quiet"))
+    assert s.pending_requests == 250 + 20 + 1 and s.dropped_requests == 1980 - 250
+    await s.send()
+    sent = [r for p in control_plane.posts for r in p["requests"]]
+    busy = [r for r in sent if r["sandbox"] == "busy"]
+    failed = [i + 1 for i, status in enumerate(statuses) if status == 503]  # (numbered from 1)
+    plain = [i + 1 for i, status in enumerate(statuses) if status == 200][-250:]
+    assert [r["seq"] for r in busy] == sorted(failed + plain)
+    assert [r["sandbox"] for r in sent].count("quiet") == 1
+    assert control_plane.sent_buckets() == [("busy", "svc", T0, 2000), ("quiet", "svc", T0, 1)]
+    await s.close()
+
+
 async def test_posts_carry_at_most_1000_buckets_and_1000_records(
     control_plane: ControlPlane,
 ) -> None:
-    s = sink(control_plane.url, max_pending=5000)
+    s = sink(control_plane.url, max_pending=5000, plain_per_sandbox=1000)
     for i in range(1500):  # 1,500 sandboxes: 1,500 buckets, 1,500 records
         s.add(observed(sandbox=f"pr-{i}"))
     for _ in range(1000):  # pr-0 now has 1,001: its oldest is dropped (1,000 per sandbox)

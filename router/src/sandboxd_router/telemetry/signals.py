@@ -21,7 +21,9 @@ changed, in posts of at most `MAX_ENTRIES` buckets and `MAX_ENTRIES` request rec
   is dropped and counted (`dropped_requests`) — a plain one (2xx/3xx, no error, no fault)
   before any that failed or carried a fault (`tally.notable`) —, so a long outage costs
   bounded memory, a busy sandbox cannot push out a quiet one's records, and a harness finds
-  the failures even when the records are a sample;
+  the failures even when the records are a sample. Of the plain ones, at most
+  `plain_per_sandbox` wait per sandbox (`PLAIN_PER_SANDBOX`: its newest kept, the older
+  dropped and counted alike);
 - a failed post leaves everything pending for the next report (logged once per outage); a 422
   is logged and its entries dropped, since sending them again would not help.
 """
@@ -66,6 +68,13 @@ router's core, and the control plane a row: at 5,000 a second and 28,000 request
 ~1 µs a request of the ~2.5 the telemetry process spent); past it the plain ones go first (see
 above). The aggregates count every request whatever this drops."""
 PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
+PLAIN_PER_SANDBOX: Final = 250
+"""Plain records (2xx/3xx, no error, no fault) waiting per sandbox: at most this many a second
+reach the control plane for a sandbox, its newest. Each costs the control plane ~40 µs to
+validate and store (`POST /v1/router-signals`): one busy sandbox sending the whole ring's worth
+(`PER_SANDBOX`) each second took 4-5 % of a core there, for records replaced a second later.
+The ring then holds the newest plain records of the last four seconds or more, and every
+failure up to `PER_SANDBOX`."""
 MAX_BUCKETS: Final = 20_000  # ~6 KB each at most: 3,000 busy pairs need about 12,000
 BUSY: Final = 64  # requests: a bucket this full re-sends its samples at most every RESEND
 RESEND: Final = 5.0  # seconds (a harness reading right after its traffic: see the README)
@@ -85,6 +94,7 @@ class SignalsSink:
         clock: Callable[[], float] = time.time,
         max_pending: int = MAX_PENDING,
         per_sandbox: int = PER_SANDBOX,
+        plain_per_sandbox: int = PLAIN_PER_SANDBOX,
         max_buckets: int = MAX_BUCKETS,
         timeout: float = 5.0,
         rng: Random | None = None,
@@ -102,7 +112,8 @@ class SignalsSink:
         """Buckets dropped unsent (older than `HORIZON`, or over `max_buckets`)."""
         # reservoir sampling needs no secrecy, only speed
         rng = rng or Random(os.urandom(16))  # noqa: S311
-        self._tally = Tally(max_pending=max_pending, per_sandbox=per_sandbox, rng=rng)
+        self._tally = Tally(max_pending=max_pending, per_sandbox=per_sandbox, rng=rng,
+                            plain_per_sandbox=plain_per_sandbox)  # fmt: skip
         self._buckets = self._tally.buckets
         self.add = self._tally.add
         """Count one request (the per-request work is the compiled `Tally`'s)."""

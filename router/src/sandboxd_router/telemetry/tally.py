@@ -3,10 +3,12 @@
 sent as records. The per-request half of the sink, compiled with the router's hot path
 (`native.HOT`); the reports (I/O) stay in `signals`.
 
-At most `per_sandbox` records wait per sandbox and `max_pending` in all; past either one of that
-sandbox's goes (counted in `dropped`): its oldest plain record — a request that got a 2xx or 3xx,
-no error and no fault — and only when it has none left, its oldest notable one. A harness looks
-for what failed: under load the records kept are a sample, and the failures stay in it.
+At most `plain_per_sandbox` plain records wait per sandbox — requests that got a 2xx or 3xx,
+no error and no fault: past it that sandbox's oldest plain one goes —, `per_sandbox` records of
+any kind per sandbox and `max_pending` in all; past either of those one of that sandbox's goes:
+its oldest plain record, and only when it has none left, its oldest notable one. Every record
+dropped is counted in `dropped`. A harness looks for what failed: under load the records kept
+are a sample, and the failures stay in it.
 """
 
 from __future__ import annotations
@@ -125,9 +127,12 @@ class Open:
 
 
 class Tally:
-    def __init__(self, *, max_pending: int, per_sandbox: int, rng: Random) -> None:
+    def __init__(
+        self, *, max_pending: int, per_sandbox: int, rng: Random, plain_per_sandbox: int = -1
+    ) -> None:
         self.max_pending = max_pending
         self.per_sandbox = per_sandbox
+        self.plain_per_sandbox = per_sandbox if plain_per_sandbox < 0 else plain_per_sandbox
         self.rng = rng
         self._durations = Durations()
         self.buckets: dict[Key, Bucket] = {}
@@ -146,7 +151,8 @@ class Tally:
         self.waiting = 0
         self.seq = 0
         self.dropped = 0
-        """Request records dropped unsent (over `max_pending` or `per_sandbox`)."""
+        """Request records dropped unsent (over `max_pending`, `per_sandbox` or
+        `plain_per_sandbox`)."""
 
     def add_all(self, batch: list[Observed]) -> None:
         """`add` for each (one call for a batch: what the telemetry process's loop calls)."""
@@ -192,7 +198,15 @@ class Tally:
     def _wait(self, o: Observed, queue: Queue) -> None:
         self.seq += 1
         o.number = self.seq
-        (queue.notable if notable(o) else queue.plain).append(o)
+        if notable(o):
+            queue.notable.append(o)
+        else:
+            plain = queue.plain
+            plain.append(o)
+            if len(plain) > self.plain_per_sandbox:  # a busy sandbox's: its newest ones kept
+                plain.drop_first()
+                self.dropped += 1
+                return
         queue.size += 1
         self.waiting += 1
         if queue.size > self.per_sandbox or self.waiting > self.max_pending:
