@@ -70,8 +70,8 @@ above). The aggregates count every request whatever this drops."""
 PER_SANDBOX: Final = 1000  # the control plane's ring of a sandbox's records
 PLAIN_PER_SANDBOX: Final = 250
 """Plain records (2xx/3xx, no error, no fault) waiting per sandbox: at most this many a second
-reach the control plane for a sandbox, its newest. Each costs the control plane ~40 µs to
-validate and store (`POST /v1/router-signals`): one busy sandbox sending the whole ring's worth
+reach the control plane for a sandbox, its newest. Each costs the control plane ~47 µs to
+validate and store (`benchmarks/metrics_api.py`): one busy sandbox sending the whole ring's worth
 (`PER_SANDBOX`) each second took 4-5 % of a core there, for records replaced a second later.
 The ring then holds the newest plain records of the last four seconds or more, and every
 failure up to `PER_SANDBOX`."""
