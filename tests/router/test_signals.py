@@ -445,7 +445,7 @@ def test_a_dropped_bucket_is_used_again_as_new() -> None:
     """The buckets a window drops are reset and reused for the next window's names (not ~6
     objects each made anew, amid a batch's short-lived ones, every 10 s): a reused bucket
     counts exactly as a new one; no more are kept than are live, none once traffic stops."""
-    tally = Tally(max_pending=100, per_sandbox=100, rng=Random(1))
+    tally = Tally(max_pending=100, per_sandbox=100, plain_per_sandbox=100, rng=Random(1))
     call = {"rpc_method": "tools/call", "rpc_id": "1", "tool": "describe_pod"}
     for n in range(600):  # past the sample cap, every field used
         tally.add(observed(duration=n / 1000, bytes_in=n, **call))
@@ -459,7 +459,7 @@ def test_a_dropped_bucket_is_used_again_as_new() -> None:
     key, reused = list(tally.buckets.items())[-1]
     assert reused is old
     assert key == ("pr-2", "k4y", "cluster-mcp", T0 + 10)
-    fresh = Tally(max_pending=100, per_sandbox=100, rng=Random(1))
+    fresh = Tally(max_pending=100, per_sandbox=100, plain_per_sandbox=100, rng=Random(1))
     fresh.add(observed(**later))
     (bucket,) = fresh.buckets.values()
     assert reused.wire(key) == bucket.wire(key)
@@ -473,7 +473,7 @@ def test_names_let_go_of_the_buckets_and_queues_that_went() -> None:
     """A names object (which the ring keeps for long, shared by its requests) carries where
     its requests count now; once that bucket is dropped, or that sandbox's queue is sent and
     gone, it must not keep them alive: at 1,000 sandboxes that was 26 MB of samples."""
-    tally = Tally(max_pending=100, per_sandbox=100, rng=Random(1))
+    tally = Tally(max_pending=100, per_sandbox=100, plain_per_sandbox=100, rng=Random(1))
     records = [observed(sandbox=f"pr-{n}", duration=n / 1000) for n in range(50)]
     for o in records:
         tally.add(o)
@@ -494,7 +494,7 @@ def test_the_json_texts_kept_for_reuse_take_the_memory_of_their_text() -> None:
     buckets) are copied to their size: an orjson bytes object keeps the ~4 KB buffer it wrote
     in, which made the telemetry process 26 MB larger at 1,000 sandboxes."""
     text = RecordText()
-    tally = Tally(max_pending=100, per_sandbox=100, rng=Random(1))
+    tally = Tally(max_pending=100, per_sandbox=100, plain_per_sandbox=100, rng=Random(1))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

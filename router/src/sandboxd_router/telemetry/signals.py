@@ -112,8 +112,8 @@ class SignalsSink:
         """Buckets dropped unsent (older than `HORIZON`, or over `max_buckets`)."""
         # reservoir sampling needs no secrecy, only speed
         rng = rng or Random(os.urandom(16))  # noqa: S311
-        self._tally = Tally(max_pending=max_pending, per_sandbox=per_sandbox, rng=rng,
-                            plain_per_sandbox=plain_per_sandbox)  # fmt: skip
+        self._tally = Tally(max_pending=max_pending, per_sandbox=per_sandbox,
+                            plain_per_sandbox=plain_per_sandbox, rng=rng)  # fmt: skip
         self._buckets = self._tally.buckets
         self.add = self._tally.add
         """Count one request (the per-request work is the compiled `Tally`'s)."""

@@ -3,12 +3,12 @@
 sent as records. The per-request half of the sink, compiled with the router's hot path
 (`native.HOT`); the reports (I/O) stay in `signals`.
 
-At most `plain_per_sandbox` plain records wait per sandbox — requests that got a 2xx or 3xx,
-no error and no fault: past it that sandbox's oldest plain one goes —, `per_sandbox` records of
-any kind per sandbox and `max_pending` in all; past either of those one of that sandbox's goes:
-its oldest plain record, and only when it has none left, its oldest notable one. Every record
-dropped is counted in `dropped`. A harness looks for what failed: under load the records kept
-are a sample, and the failures stay in it.
+A plain record is one of a request that got a 2xx or 3xx, no error and no fault. At most
+`plain_per_sandbox` plain records wait per sandbox: past it, that sandbox's oldest plain one
+goes. At most `per_sandbox` records of any kind wait per sandbox and `max_pending` in all: past
+either, one of that sandbox's goes, its oldest plain record, and only when it has none left its
+oldest notable one. Every record dropped is counted in `dropped`. A harness looks for what
+failed: under load the records kept are a sample, and the failures stay in it.
 """
 
 from __future__ import annotations
@@ -128,11 +128,11 @@ class Open:
 
 class Tally:
     def __init__(
-        self, *, max_pending: int, per_sandbox: int, rng: Random, plain_per_sandbox: int = -1
+        self, *, max_pending: int, per_sandbox: int, plain_per_sandbox: int, rng: Random
     ) -> None:
         self.max_pending = max_pending
         self.per_sandbox = per_sandbox
-        self.plain_per_sandbox = per_sandbox if plain_per_sandbox < 0 else plain_per_sandbox
+        self.plain_per_sandbox = plain_per_sandbox
         self.rng = rng
         self._durations = Durations()
         self.buckets: dict[Key, Bucket] = {}
