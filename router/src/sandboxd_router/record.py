@@ -135,9 +135,6 @@ class Recorder:
         os.ftruncate(self.fd, HEADER + slots * SLOT)
         self.ring = mmap.mmap(self.fd, HEADER + slots * SLOT)
         HEAD.pack_into(self.ring, 0, MAGIC, SLOT, slots, 0)
-        self._cores = [slice(HEADER + i * SLOT, HEADER + i * SLOT + EXTRA_AT) for i in range(slots)]
-        """Each slot's core as a slice of the ring, made once (128 bytes a slot: 1 MiB for the
-        default slots): making one per record (its two ints and itself) cost ~300 instructions."""
         self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
         self._out = BytesWriter()  # a record being built (`write`)
@@ -303,12 +300,12 @@ class Recorder:
             else:
                 out.append(min(len(session), 255))  # (> SESSION: cut, and read as none)
                 _field(out, session, SESSION)
-        slot = seq % self.slots
-        if extra:
-            offset = HEADER + slot * SLOT
-            self.ring[offset : offset + SLOT] = out.getvalue()
-        else:
-            self.ring[self._cores[slot]] = out.getvalue()
+        # A slice made per record, not one kept per slot: the kept ones (a slice and two ints a
+        # slot) held 1.1 MB resident and were read cold, a record each; in the router's profile
+        # under load the two ways cost alike (~0.1 µs a request: benchmarks/signals_perf.py
+        # --profile), and alone the made slice costs 30-60 ns more (benchmarks/record_cost.py)
+        offset = HEADER + seq % self.slots * SLOT
+        self.ring[offset : offset + (SLOT if extra else EXTRA_AT)] = out.getvalue()
         seq += 1
         self.seq = seq
         # last: the record is whole before the reader may read it. Mostly only `done`'s low byte
