@@ -301,9 +301,10 @@ class Recorder:
                 out.append(min(len(session), 255))  # (> SESSION: cut, and read as none)
                 _field(out, session, SESSION)
         # A slice made per record, not one kept per slot: the kept ones (a slice and two ints a
-        # slot) held 1.1 MB resident and were read cold, a record each; in the router's profile
-        # under load the two ways cost alike (~0.1 µs a request: benchmarks/signals_perf.py
-        # --profile), and alone the made slice costs 30-60 ns more (benchmarks/record_cost.py)
+        # slot) held 1.1 MB resident and were read cold, a record each. Making it costs ~500
+        # instructions (benchmarks/router_instructions.py), 30-60 ns alone, and about what the
+        # cold reads cost under load (~0.1 µs a request: benchmarks/signals_perf.py --profile);
+        # `mmap.write` at the mapping's position costs the same instructions.
         offset = HEADER + seq % self.slots * SLOT
         self.ring[offset : offset + (SLOT if extra else EXTRA_AT)] = out.getvalue()
         seq += 1
