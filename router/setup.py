@@ -22,7 +22,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent / "src" / "sandboxd_router"
 native = runpy.run_path(str(PACKAGE_DIR / "native.py"))
 HOT, MANIFEST = native["HOT"], native["MANIFEST"]
 
-SOURCES = {name: native["digest"](native["source"](PACKAGE_DIR, name)) for name in HOT}
+C_MODULES = native["C_MODULES"]
+SOURCES = native["built_sources"](PACKAGE_DIR)
 
 if os.environ.get("SANDBOXD_ROUTER_INTERPRETED"):  # a plain install, on purpose
     extensions = []
@@ -39,6 +40,14 @@ else:
         ],
         group_name=native["PACKAGE"],
     )
+    extensions += [
+        Extension(
+            f"{native['PACKAGE']}.{name}",
+            [f"src/sandboxd_router/{name}.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        )
+        for name in C_MODULES
+    ]
     for extension in extensions:
         extension.optional = True
 

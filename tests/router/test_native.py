@@ -92,6 +92,24 @@ def test_an_edited_source_runs_as_written_not_the_stale_build(tmp_path: Path) ->
     assert done.stdout.strip() == "True"
 
 
+def test_an_edited_c_source_makes_the_whole_build_unused(tmp_path: Path) -> None:
+    """The C writer of plain records is checked as the compiled modules are: edited after the
+    build, nothing compiled runs (and the recorder writes every record in Python)."""
+    src = _copy_build(tmp_path)
+    c = src / "sandboxd_router" / "_ringstore.c"
+    c.write_text(c.read_text() + "\n/* edited */\n")
+    got = _probe(src)
+    assert (
+        got["mode"] == "interpreted: _ringstore.c changed since the build (rebuild: scripts/setup)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "from sandboxd_router.record import Recorder; "
+         "print(Recorder(8)._store is None)"],
+        env={"PYTHONPATH": str(src)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "True"
+
+
 def test_another_builds_shared_library_first_on_the_path_is_not_used(tmp_path: Path) -> None:
     """The compiled modules import the group's library by name: if the first one on the path is
     not the one built with them (here: the copy lacks its own, the tree's comes next), they
@@ -130,7 +148,7 @@ from sandboxd_router.telemetry.signals import SignalsSink
 clock = iter(range(10**9))
 time.perf_counter = lambda: 1000 + next(clock) / 997  # the same records in every run
 time.time = lambda: 1765000000.0
-recorder = Recorder(1 << 12)
+recorder = Recorder(1 << 12, store=False)  # (the C store reads the real clock: test_ringstore)
 names_r, names_w = os.pipe()
 start = recorder.attach(names_w)
 rng = Random(5)
@@ -220,6 +238,9 @@ def test_a_wheel_carries_the_compiled_build(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert f"sandboxd_router/{native.MANIFEST}" in names
     assert any(n.startswith(f"{native.PACKAGE}__mypyc") for n in names)
+    for name in native.C_MODULES:  # the extension, and its source (checked at import)
+        assert f"sandboxd_router/{name}.c" in names
+        assert any(n.startswith(f"sandboxd_router/{name}.") and _is_extension(n) for n in names)
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     got = _probe(site)
@@ -227,3 +248,9 @@ def test_a_wheel_carries_the_compiled_build(tmp_path: Path) -> None:
     files = got["files"]
     assert isinstance(files, dict)
     assert all(_is_extension(f) and f.startswith(str(site)) for f in files.values())
+    done = subprocess.run(
+        [sys.executable, "-c", "from sandboxd_router.record import Recorder; "
+         "print(Recorder(8)._store is not None)"],
+        env={"PYTHONPATH": str(site)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "True"

@@ -56,6 +56,9 @@ HOT = (
     "telemetry.thousandths",
     "telemetry.traceparent",
 )
+C_MODULES = ("_ringstore",)
+"""Extensions written in C (`sandboxd_router/<name>.c`), built with `HOT` and checked alike:
+used only when the build runs compiled (`record.native_store`)."""
 MANIFEST = "_compiled.json"
 _HERE = Path(__file__).resolve().parent
 
@@ -70,6 +73,19 @@ def digest(path: Path) -> str:
 def source(package_dir: Path, name: str) -> Path:
     """The source of the hot module `name` ("record", "telemetry.ring")."""
     return package_dir.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def c_source(package_dir: Path, name: str) -> Path:
+    """The source of the C extension `name` ("_ringstore")."""
+    return package_dir / f"{name}.c"
+
+
+def built_sources(package_dir: Path) -> dict[str, str]:
+    """What a build records (`write_manifest`): each compiled module's source digest, by
+    name."""
+    sources = {name: digest(source(package_dir, name)) for name in HOT}
+    sources.update({name: digest(c_source(package_dir, name)) for name in C_MODULES})
+    return sources
 
 
 def write_manifest(directory: Path, sources: dict[str, str]) -> None:
@@ -100,6 +116,11 @@ def _problem(package_dir: Path) -> str | None:
         if built.get(name) != digest(path):
             changed = path.relative_to(package_dir)
             return f"{changed} changed since the build (rebuild: scripts/setup)"
+    for name in C_MODULES:
+        if not any((package_dir / name).with_suffix(s).exists() for s in suffixes):
+            return f"the C extension {name} is missing"
+        if built.get(name) != digest(c_source(package_dir, name)):
+            return f"{name}.c changed since the build (rebuild: scripts/setup)"
     return None
 
 

@@ -35,12 +35,20 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Final
 
 from librt.strings import BytesWriter, write_f64_le, write_i32_le, write_i64_le
 from mypy_extensions import i64
 
+from sandboxd_router import native
 from sandboxd_router.faults import Fault
+
+try:  # the plain record written in C (`_ringstore.c`), built with the compiled modules
+    from sandboxd_router._ringstore import LAYOUT as STORE_LAYOUT
+    from sandboxd_router._ringstore import Store
+except ImportError:  # (a build without a C compiler: the Python writer does every record)
+    STORE_LAYOUT = ()
 
 MAGIC: Final = 0x31524253  # "SBR1"
 HEADER: Final = 64
@@ -101,6 +109,9 @@ ZEROS: Final = [bytes(n) for n in range(TRACEPARENT + 1)]  # what pads a short f
 DEFAULT_SLOTS: Final = 1 << 13  # 2 MiB: 0.16 s of requests at 50,000 a second
 
 assert CORE.size == EXTRA_AT
+AT_SHAPE: Final = 40  # where `SHAPE` lies in `CORE` (then the traceparent's length and bytes,
+# the target's length and bytes): what `_ringstore.c` is checked against
+assert struct.calcsize(CORE.format[:6]) == AT_SHAPE
 assert SHAPE.size == 16
 assert EXTRA_AT + EXTRA.size == SLOT
 
@@ -128,7 +139,11 @@ class Ids:
 class Recorder:
     """The writer's side, owned by the router's event loop thread (not thread-safe)."""
 
-    def __init__(self, slots: int = DEFAULT_SLOTS, *, generation: int = GENERATION) -> None:
+    def __init__(
+        self, slots: int = DEFAULT_SLOTS, *, generation: int = GENERATION, store: bool = True
+    ) -> None:
+        """`store`: write plain records in C when this build has it (`native_store`); False:
+        every record in Python (the tests compare the two)."""
         self.slots = slots
         self.generation = generation  # names kept before starting afresh
         self.fd = os.memfd_create("sandboxd-record", os.MFD_CLOEXEC)
@@ -138,12 +153,19 @@ class Recorder:
         self._words = memoryview(self.ring).cast("Q")  # the header's `done`: word DONE_AT / 8
         self.seq = 0
         self._out = BytesWriter()  # a record being built (`write`)
+        self._store = native_store(self.ring, slots) if store else None
+        self._plain: Callable[[int, float, int, int, bytes, bytes | None, bytes], None] | None = (
+            self._store.plain if self._store is not None else None
+        )
+        """The C writer of plain records (a bound method: called with no lookup), or None."""
         self._clock = time.perf_counter
         """(An attribute: compiled, `time.perf_counter` is a module attribute looked up by name
         each call.)"""
         self._wall = time.time() - time.perf_counter()
         """Wall-clock time minus the performance counter: one clock read per record, not two
         (set again every second by `flush`, so the wall clock's adjustments are followed)."""
+        if self._store is not None:
+            self._store.wall = self._wall
         self.names_fd = -1
         self._pending = b""  # names the pipe could not take yet (full)
         self._wake_every = max(256, slots // 2 // 256 * 256)
@@ -183,6 +205,8 @@ class Recorder:
 
     def close(self) -> None:
         self.detach()
+        if self._store is not None:
+            self._store.release()  # (the map cannot close while the store holds it)
         self._words.release()
         self.ring.close()
         os.close(self.fd)
@@ -224,9 +248,10 @@ class Recorder:
         `ids`: of its decision's names (`ids`), this epoch's; `target`: the request target in
         origin form (its query is not kept).
 
-        The record is built in a `BytesWriter` (mypyc writes its fields as C: no int or float
-        object per field, as `struct` needs) and copied into its slot in one slice assignment."""
-        now = self._clock()
+        A plain record (no fault, no MCP facts: most) is written by the C store when this
+        build has one. Else the record is built in a `BytesWriter` (mypyc writes its fields as
+        C: no int or float object per field, as `struct` needs) and copied into its slot in
+        one slice assignment."""
         flags = FORKED if forked else 0
         extra = faults is not None or rpc_method is not None or session is not None
         first = second = third = rpc = tool_id = protocol_id = 0
@@ -257,6 +282,16 @@ class Recorder:
             ids.shape = SHAPE.pack(ids.service, ids.pair, method_id, status, error, flags)
             ids.shape_key = key
         seq = self.seq
+        plain = self._plain
+        if plain is not None and not extra:
+            # (it stores `done`'s whole word: the low byte stored below stays right after it)
+            plain(seq, started, bytes_in, bytes_out, ids.shape, traceparent, target)
+            seq += 1
+            self.seq = seq
+            if not seq & 0xFF and seq % self._wake_every == 0:
+                self._send(WAKE)
+            return
+        now = self._clock()
         out = self._out
         out.truncate(0)
         write_i64_le(out, seq)  # (the "Q" fields: below 2**63, the same 8 bytes)
@@ -417,8 +452,22 @@ class Recorder:
     def flush(self) -> None:
         """Once a second: names a full pipe held back, and the wall clock's offset."""
         self._wall = time.time() - time.perf_counter()
+        if self._store is not None:
+            self._store.wall = self._wall
         if self._pending:
             self._send(b"")
+
+
+def native_store(ring: mmap.mmap, slots: int) -> Store | None:
+    """The C writer of plain records on `ring`, when this build runs compiled (`native.mode`:
+    its C was built with the compiled modules, from the source beside it) and was written for
+    this layout; else None."""
+    tp_len = AT_SHAPE + SHAPE.size
+    layout = (HEADER, SLOT, DONE_AT, AT_SHAPE, SHAPE.size, tp_len, TRACEPARENT,
+              tp_len + 1 + TRACEPARENT, PATH)  # fmt: skip
+    if native.mode != "compiled" or layout != STORE_LAYOUT:
+        return None
+    return Store(ring, slots)
 
 
 def _u32(out: BytesWriter, value: int) -> None:
