@@ -54,6 +54,17 @@ def _probe(src: Path) -> dict[str, object]:
     return result
 
 
+def _run(src: Path, code: str) -> str:
+    """What `code` prints, run with `src` first on the path."""
+    done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src)},
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+STORE_PROBE = "from sandboxd_router.record import Recorder; print(Recorder(8)._store is not None)"
+"""Whether the recorder writes plain records with the C store."""
+
+
 def test_the_installed_hot_path_is_compiled() -> None:
     """What the tests and benchmarks exercise is the compiled build (scripts/setup builds it)."""
     assert native.mode == "compiled"
@@ -70,44 +81,29 @@ def test_a_copy_of_the_build_loads_compiled(tmp_path: Path) -> None:
     assert all(_is_extension(f) and f.startswith(str(tmp_path)) for f in files.values())
 
 
-def test_an_edited_source_runs_as_written_not_the_stale_build(tmp_path: Path) -> None:
+def _edited(tmp_path: Path, name: str, addition: str) -> tuple[Path, dict[str, object]]:
+    """A copy of the build with `addition` appended to its source `name`, and what it runs:
+    every hot module from its source (compiled ones call each other directly: never a mix)."""
     src = _copy_build(tmp_path)
-    exchange = src / "sandboxd_router" / "exchange.py"
-    exchange.write_text(exchange.read_text() + "\nEDITED = True\n")
+    edited = src / "sandboxd_router" / name
+    edited.write_text(edited.read_text() + addition)
     got = _probe(src)
-    assert (
-        got["mode"] == "interpreted: exchange.py changed since the build (rebuild: scripts/setup)"
-    )
+    assert got["mode"] == f"interpreted: {name} changed since the build (rebuild: scripts/setup)"
     files = got["files"]
-    assert isinstance(files, dict)
-    # all of them from source, not only the edited one: compiled modules call each other directly
-    assert all(f.endswith(".py") for f in files.values())
-    done = subprocess.run(
-        [sys.executable, "-c", "from sandboxd_router import exchange; print(exchange.EDITED)"],
-        env={"PYTHONPATH": str(src)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert done.stdout.strip() == "True"
+    assert isinstance(files, dict) and all(f.endswith(".py") for f in files.values())
+    return src, got
+
+
+def test_an_edited_source_runs_as_written_not_the_stale_build(tmp_path: Path) -> None:
+    src, _ = _edited(tmp_path, "exchange.py", "\nEDITED = True\n")
+    assert _run(src, "from sandboxd_router import exchange; print(exchange.EDITED)") == "True"
 
 
 def test_an_edited_c_source_makes_the_whole_build_unused(tmp_path: Path) -> None:
     """The C writer of plain records is checked as the compiled modules are: edited after the
     build, nothing compiled runs (and the recorder writes every record in Python)."""
-    src = _copy_build(tmp_path)
-    c = src / "sandboxd_router" / "_ringstore.c"
-    c.write_text(c.read_text() + "\n/* edited */\n")
-    got = _probe(src)
-    assert (
-        got["mode"] == "interpreted: _ringstore.c changed since the build (rebuild: scripts/setup)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", "from sandboxd_router.record import Recorder; "
-         "print(Recorder(8)._store is None)"],
-        env={"PYTHONPATH": str(src)}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert done.stdout.strip() == "True"
+    src, _ = _edited(tmp_path, "_ringstore.c", "\n/* edited */\n")
+    assert _run(src, STORE_PROBE) == "False"
 
 
 def test_another_builds_shared_library_first_on_the_path_is_not_used(tmp_path: Path) -> None:
@@ -248,9 +244,4 @@ def test_a_wheel_carries_the_compiled_build(tmp_path: Path) -> None:
     files = got["files"]
     assert isinstance(files, dict)
     assert all(_is_extension(f) and f.startswith(str(site)) for f in files.values())
-    done = subprocess.run(
-        [sys.executable, "-c", "from sandboxd_router.record import Recorder; "
-         "print(Recorder(8)._store is not None)"],
-        env={"PYTHONPATH": str(site)}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert done.stdout.strip() == "True"
+    assert _run(site, STORE_PROBE) == "True"

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from sandboxd_router import native, record
 from sandboxd_router.faults import Fault
 from sandboxd_router.record import Recorder
+from tests.router.test_record_bytes import done
+from tests.router.test_record_bytes import slot as slot_of
 
 pytestmark = pytest.mark.skipif(
     native.mode != "compiled", reason="the C store is used by the compiled build only"
@@ -29,16 +31,6 @@ def pair(slots: int = 8) -> tuple[Recorder, Recorder]:
     assert c._store is not None and py._store is None
     py._wall = c._wall  # (each read its own clocks: the same offset for both)
     return c, py
-
-
-def slot_of(recorder: Recorder, n: int) -> bytes:
-    at = record.HEADER + (n % recorder.slots) * record.SLOT
-    return bytes(recorder.ring[at : at + record.SLOT])
-
-
-def done(recorder: Recorder) -> int:
-    value: int = record.DONE.unpack_from(recorder.ring, record.DONE_AT)[0]
-    return value
 
 
 def same_but_the_clock(a: bytes, b: bytes, started: float, wall: float) -> None:
