@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <endian.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -43,7 +44,11 @@ typedef struct {
     double wall;    /* wall-clock time minus the monotonic clock (`Recorder._wall`) */
 } Store;
 
-static void put_u64(char *at, uint64_t v) { for (int i = 0; i < 8; i++) at[i] = (char)(v >> (8 * i)); }
+/* little-endian, as `record.CORE` lays them out (one store on x86-64) */
+static void put_u64(char *at, uint64_t v) {
+    uint64_t le = htole64(v);
+    memcpy(at, &le, 8);
+}
 
 static void put_f64(char *at, double d) {
     uint64_t v;
