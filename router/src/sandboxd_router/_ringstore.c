@@ -33,7 +33,6 @@ enum {
     AT_TARGET_LEN = 112,
     AT_TARGET = 114,
     PATH = 40,
-    EXTRA_AT = 154,
 };
 
 typedef struct {
@@ -195,7 +194,8 @@ static PyTypeObject StoreType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_ringstore", "The request record's plain case, in C.", -1, NULL, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_ringstore", "The request record's plain case, in C.", -1,
+    NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__ringstore(void) {

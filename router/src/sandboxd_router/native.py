@@ -75,17 +75,18 @@ def source(package_dir: Path, name: str) -> Path:
     return package_dir.joinpath(*name.split(".")).with_suffix(".py")
 
 
-def c_source(package_dir: Path, name: str) -> Path:
-    """The source of the C extension `name` ("_ringstore")."""
-    return package_dir / f"{name}.c"
+def compiled_sources(package_dir: Path) -> dict[str, Path]:
+    """Every compiled module's source, by name: `HOT`'s .py files, then `C_MODULES`' .c ones
+    (each built beside its source, as `<name>.<extension suffix>`)."""
+    sources = {name: source(package_dir, name) for name in HOT}
+    sources.update({name: package_dir / f"{name}.c" for name in C_MODULES})
+    return sources
 
 
 def built_sources(package_dir: Path) -> dict[str, str]:
     """What a build records (`write_manifest`): each compiled module's source digest, by
     name."""
-    sources = {name: digest(source(package_dir, name)) for name in HOT}
-    sources.update({name: digest(c_source(package_dir, name)) for name in C_MODULES})
-    return sources
+    return {name: digest(path) for name, path in compiled_sources(package_dir).items()}
 
 
 def write_manifest(directory: Path, sources: dict[str, str]) -> None:
@@ -109,18 +110,12 @@ def _problem(package_dir: Path) -> str | None:
         return f"the compiled library {shared} is missing"
     if Path(spec.origin).resolve().parent != package_dir.parent.resolve():
         return f"the first {shared} on the path is not this build's ({spec.origin})"
-    for name in HOT:
-        path = source(package_dir, name)
+    for name, path in compiled_sources(package_dir).items():
         if not any(path.with_suffix(s).exists() for s in suffixes):
             return f"the compiled {name} module is missing"
         if built.get(name) != digest(path):
             changed = path.relative_to(package_dir)
             return f"{changed} changed since the build (rebuild: scripts/setup)"
-    for name in C_MODULES:
-        if not any((package_dir / name).with_suffix(s).exists() for s in suffixes):
-            return f"the C extension {name} is missing"
-        if built.get(name) != digest(c_source(package_dir, name)):
-            return f"{name}.c changed since the build (rebuild: scripts/setup)"
     return None
 
 

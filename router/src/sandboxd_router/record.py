@@ -161,11 +161,10 @@ class Recorder:
         self._clock = time.perf_counter
         """(An attribute: compiled, `time.perf_counter` is a module attribute looked up by name
         each call.)"""
-        self._wall = time.time() - time.perf_counter()
+        self._wall = 0.0
         """Wall-clock time minus the performance counter: one clock read per record, not two
         (set again every second by `flush`, so the wall clock's adjustments are followed)."""
-        if self._store is not None:
-            self._store.wall = self._wall
+        self._read_wall()
         self.names_fd = -1
         self._pending = b""  # names the pipe could not take yet (full)
         self._wake_every = max(256, slots // 2 // 256 * 256)
@@ -451,11 +450,14 @@ class Recorder:
 
     def flush(self) -> None:
         """Once a second: names a full pipe held back, and the wall clock's offset."""
+        self._read_wall()
+        if self._pending:
+            self._send(b"")
+
+    def _read_wall(self) -> None:
         self._wall = time.time() - time.perf_counter()
         if self._store is not None:
             self._store.wall = self._wall
-        if self._pending:
-            self._send(b"")
 
 
 def native_store(ring: mmap.mmap, slots: int) -> Store | None:
