@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 TOOLS = {"nginx": "nginx", "wrk": "wrk"}  # binary → Debian package
 
@@ -50,6 +51,19 @@ def ensure_tools() -> dict[str, str]:
 
 def _which(binary: str) -> str | None:
     return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin")
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the harness, so that a run stopped by
+    Ctrl-C, `kill` or `timeout` (or started in the background, where SIGINT is ignored) unwinds
+    through the `finally` that stops its servers: each runs in a session of its own, so
+    nothing else would stop them, and a server left running spoils the next measurement."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def prepare_self() -> None:

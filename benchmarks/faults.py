@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 
@@ -48,6 +47,7 @@ from benchmarks._procs import (  # noqa: E402
     Processes,
     ensure_tools,
     free_port,
+    interrupt_on_signals,
     machine_load,
     prepare_self,
 )
@@ -306,10 +306,6 @@ def run(config: Settings, work_dir: Path, procs: Processes, nginx: str) -> list[
     return [latency_bar(slow, plain), rewrite_bar(tools)]
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 round, fewer requests")
@@ -322,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_requests=base.latency_requests,
         rewrite_requests=args.requests or base.rewrite_requests,
     )
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_signals()
     try:
         prepare_self()
         nginx = ensure_tools()["nginx"]

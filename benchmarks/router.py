@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,6 +45,7 @@ from benchmarks._procs import (  # noqa: E402
     HarnessError,
     Processes,
     ensure_tools,
+    interrupt_on_signals,
     machine_load,
     prepare_self,
 )
@@ -118,16 +117,9 @@ def report(bars: list[Bar], problems: list[str], config: Settings) -> None:
         print(f"  problem: {problem}")
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    # Also when started in the background (SIGINT ignored): unwinds through the `finally`
-    # that stops every server.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     config = settings(argv)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_signals()
     try:
         prepare_self()
         tools = ensure_tools()

@@ -48,6 +48,7 @@ from benchmarks._procs import (
     Processes,
     ensure_tools,
     free_port,
+    interrupt_on_signals,
     prepare_self,
     venv_bin,
 )
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"router_instructions: {tool} is missing (Debian: apt-get install valgrind)")
             return 2
+    interrupt_on_signals()
     prepare_self()
     tools = ensure_tools()
     with tempfile.TemporaryDirectory(prefix="sandboxd-instructions-") as tmp:

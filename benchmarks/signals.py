@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,6 +61,7 @@ from benchmarks._procs import (  # noqa: E402
     Processes,
     ensure_tools,
     free_port,
+    interrupt_on_signals,
     machine_load,
     prepare_self,
 )
@@ -440,14 +440,9 @@ def report(bars: list[Bar], cfg: Settings) -> None:
         print(f"  {i}. {bar.title}: {bar.measured}; bar {bar.bar}: {'PASS' if bar.ok else 'FAIL'}")
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg = settings(argv)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_signals()
     try:
         prepare_self()
         tools = ensure_tools()

@@ -49,6 +49,7 @@ from benchmarks._procs import (  # noqa: E402
     _descendants,
     ensure_tools,
     free_port,
+    interrupt_on_signals,
     machine_load,
     prepare_self,
 )
@@ -276,6 +277,7 @@ def main() -> int:
     if not shutil.which("perf"):
         print("signals_perf: needs perf (Debian: linux-perf)", file=sys.stderr)
         return 2
+    interrupt_on_signals()
     try:
         prepare_self()
         tools = ensure_tools()

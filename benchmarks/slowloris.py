@@ -29,6 +29,7 @@ from benchmarks._procs import (
     Processes,
     ensure_tools,
     free_port,
+    interrupt_on_signals,
     prepare_self,
 )
 from benchmarks._stats import krps, median
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--head-timeout", type=float, default=5)
     args = parser.parse_args(argv)
+    interrupt_on_signals()
     try:
         prepare_self()
         tools = ensure_tools()
