@@ -2,13 +2,21 @@
 
 Following polls with the byte offset the server returns (`Sandboxd-Log-Offset`), so nothing is
 printed twice or skipped even when the log grows between polls. It ends on Ctrl-C (exit 0) or
-when the sandbox disappears (404, exit 0 with a note on stderr).
+when the sandbox disappears (404, exit 0 with a note on stderr). Ctrl-C stops it between two
+polls, not inside one: an interrupt raised in the middle of the HTTP client's work can leave
+its connection pool locked for the close that follows (the process then hangs); a second
+Ctrl-C stops it at once.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -48,16 +56,45 @@ def logs(
 
 
 def follow_from(api: Api, name: str, service: str, *, offset: int, output: Output) -> None:
-    """Print what is appended from `offset` on, until the sandbox (or its log) is gone."""
-    while True:
-        time.sleep(FOLLOW_INTERVAL)
-        try:
-            chunk = api.logs(name, service, offset=offset)
-        except NotFound:
-            typer.echo(f"sandbox {name}: the log of {service} is gone; stopped following", err=True)
-            return
-        emit(chunk, output)
-        offset = chunk.next_offset
+    """Print what is appended from `offset` on, until the sandbox (or its log) is gone or
+    Ctrl-C."""
+    with _interrupted_between_polls() as interrupted:
+        while not interrupted():
+            time.sleep(FOLLOW_INTERVAL)  # (a Ctrl-C's handler returns: the sleep goes on)
+            if interrupted():
+                return
+            try:
+                chunk = api.logs(name, service, offset=offset)
+            except NotFound:
+                typer.echo(
+                    f"sandbox {name}: the log of {service} is gone; stopped following", err=True
+                )
+                return
+            emit(chunk, output)
+            offset = chunk.next_offset
+
+
+@contextmanager
+def _interrupted_between_polls() -> Iterator[Callable[[], bool]]:
+    """Whether Ctrl-C was pressed: the first one only noted, a second one a KeyboardInterrupt
+    as usual. (Off the main thread no handler can be set, and a process started with SIGINT
+    ignored keeps ignoring it: there, Ctrl-C does what it did.)"""
+    pressed = False
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        nonlocal pressed
+        pressed = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def emit(chunk: LogChunk, output: Output) -> None:
