@@ -240,6 +240,9 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(
             stdout=stdout,
             stderr=subprocess.PIPE,
             env=env,
+            # Ctrl-C as in a terminal, whatever this run inherited (a run started in the
+            # background by a shell has SIGINT ignored, and so would the follower)
+            preexec_fn=_sigint_default,
         )
     try:
         poll.until(lambda: out.stat().st_size > 0, timeout=10, what="the follower's first line")
@@ -247,10 +250,19 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(
         poll.until(lambda: b"/marker-for-follow" in out.read_bytes(), timeout=10, what="the marker")
     finally:
         follower.send_signal(signal.SIGINT)
-        _, stderr = follower.communicate(timeout=10)
+        try:
+            _, stderr = follower.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            follower.kill()  # (not left running, nor its pipe open, for the tests after)
+            follower.communicate()
+            raise
 
     assert follower.returncode == 0
     assert b"Traceback" not in stderr
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_logs_of_an_unknown_fork_exit_6(web: Result, sandbox: Invoke) -> None:

@@ -9,6 +9,7 @@ These drive `follow_from` in this process with real signals, against a stand-in 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,6 +41,15 @@ class _Log:
 @pytest.fixture(autouse=True)
 def _quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "FOLLOW_INTERVAL", 0.01)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """SIGINT handled as Python does by default, whatever this test run inherited (a run
+    started in the background by a shell has it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_during_a_poll_lets_it_finish_then_stops(capsys: pytest.CaptureFixture[str]) -> None:

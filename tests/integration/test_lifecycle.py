@@ -54,9 +54,11 @@ def test_sigkill_while_provisioning_converges_to_ready_with_one_fork(server: San
         client.post("/v1/sandboxes", json={"name": "prov", "forks": forks})
         wait_phase(client, "prov", "Provisioning")
     server.kill()
-    assert (
-        len(fork_pids(sandbox="prov")) == 1
-    )  # the fork outlives its parent: a restart must adopt it
+    # the fork outlives its parent: a restart must adopt it (killed between the fork's fork()
+    # and its exec, the parent leaves a child whose environment, read from /proc, has the
+    # markers only once the exec is done)
+    poll.until(lambda: len(fork_pids(sandbox="prov")), lambda n: n == 1, timeout=10,
+               what="the fork, marked")  # fmt: skip
     server.start()
     with server.client() as client:
         ready = wait_phase(client, "prov", "Ready")
