@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ENVSERVER, write_catalog
 from tests.integration.conftest import wait_phase
 from tests.support import poll
+from tests.support.procs import alive
 from tests.support.server import free_port, running_sandboxd
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_a_restart_stops_lying_forks_and_adopts_the_rest(tmp_path: Path) -> None
             assert after["upstream"] == before["honest"]["upstream"]
             for name in LIES:
                 liar = before[name]["pid"]
-                poll.until(lambda pid=liar: _alive(pid), lambda alive: not alive, timeout=20)
+                poll.until(lambda pid=liar: alive(pid), lambda running: not running, timeout=20)
                 assert f"stopping pid {liar}: not a fork sandboxd started" in server.log()
                 again = poll.until(  # the sandbox still wants its fork: a new one
                     lambda n=name: client.get(f"/v1/sandboxes/{n}").json(),
@@ -84,11 +85,3 @@ def _group(pgid: int) -> list[int]:
         if entry.name.isdigit() and int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

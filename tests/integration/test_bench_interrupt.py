@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.support import poll
+from tests.support.procs import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,14 +39,6 @@ finally:
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(
     ("how", "sig"),
     [
@@ -64,16 +58,14 @@ def test_a_stopped_harness_stops_its_servers(tmp_path: Path, how: str, sig: int)
     try:
         assert harness.stdout is not None
         server = int(harness.stdout.readline())
-        assert _alive(server)
+        assert alive(server)
         harness.send_signal(sig)
         assert harness.wait(30) == 130, how
-        deadline = time.monotonic() + 10
-        while _alive(server) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(server), f"{how}: the server outlived its harness"
+        poll.until(lambda: alive(server), lambda running: not running, timeout=10,
+                   what=f"{how}: the server stopped with its harness")  # fmt: skip
     finally:
         for pid in (harness.pid, server):
-            if pid and _alive(pid):
+            if pid and alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         harness.wait(10)
         if harness.stdout is not None:
